@@ -1,0 +1,48 @@
+"""Minibatches: every step's rows drawn up front in chunks, so the training loop only indexes a list."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+# Indices are drawn this many elements at a time; fixed, so the draws never depend on anything else.
+CHUNK_ELEMENTS = 65_536
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int | None, steps: int, sampling: str,
+            seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (x, y) for each of `steps` steps; batch_size None means the whole table every step."""
+    rows = x.shape[0]
+    if batch_size is None or batch_size >= rows and sampling != "with_replacement":
+        for _ in range(steps):
+            yield x, y
+        return
+    # The sampler's generator lives on the CPU, so the same seed gives the same rows on any device.
+    gen = torch.Generator().manual_seed(seed)
+    for index, sizes in _index_chunks(rows, batch_size, steps, sampling, gen):
+        index = index.to(x.device)
+        yield from zip(x[index].split(sizes), y[index].split(sizes))
+
+
+def _index_chunks(rows: int, batch_size: int, steps: int, sampling: str,
+                  gen: torch.Generator) -> Iterator[tuple[torch.Tensor, list[int]]]:
+    per_chunk = max(1, CHUNK_ELEMENTS // batch_size)
+    if sampling == "with_replacement":
+        done = 0
+        while done < steps:
+            count = min(per_chunk, steps - done)
+            yield torch.randint(0, rows, (count * batch_size,), generator=gen), [batch_size] * count
+            done += count
+        return
+    pending: list[torch.Tensor] = []
+    for step in range(steps):
+        if not pending:
+            order = torch.randperm(rows, generator=gen) if sampling == "shuffle" else torch.arange(rows)
+            pending = list(order.split(batch_size))[::-1]
+        if step % per_chunk == 0:
+            if step:
+                yield torch.cat(chunk), [len(c) for c in chunk]
+            chunk = []
+        chunk.append(pending.pop())
+    if steps:
+        yield torch.cat(chunk), [len(c) for c in chunk]

@@ -1,0 +1,20 @@
+"""Errors a user can cause, printed as sentences rather than tracebacks."""
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake in a spec, a command line or a log folder; exit status 2."""
+
+    exit_status = 2
+
+    def __init__(self, problems: str | list[str]):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class SpecError(UserError):
+    """One or more problems found while validating specs."""
+
+
+class LogDirError(UserError):
+    """A log folder that cannot be used as asked."""

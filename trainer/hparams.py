@@ -1,0 +1,160 @@
+"""HParams records, built as pure protobuf values: a run's session start and end, and the
+experiment record that declares the columns of TensorBoard's HParams table.
+
+A run's hparams are its resolved settings, flattened to dotted keys, each with a fixed type:
+booleans stay booleans, numbers are numbers, everything else (lists, choices, missing values)
+is a string spelled the same way in every run, so no column mixes types.
+"""
+from __future__ import annotations
+
+import json
+import time
+import types
+from dataclasses import fields, is_dataclass
+from typing import Any, Iterable, Literal, Union, get_args, get_origin, get_type_hints
+
+from google.protobuf import struct_pb2
+from tensorboard.compat.proto import summary_pb2
+from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+HParamValue = Union[bool, float, str]
+
+# The metrics that become HParams columns: tag, display name, description.
+METRICS = (
+    ("final/eval_loss", "final loss", "full-data loss at the end of training, mean per row"),
+    ("final/weight_distance", "distance to truth", "Euclidean distance from the weights to the true weights"),
+    ("final/converged", "converged", "1 if the full-data loss stayed within eval.tolerance to the end"),
+    ("final/converged_step", "converged at step", "first evaluation step from which the loss stayed within tolerance"),
+    ("final/diverged", "diverged", "1 if the loss became NaN or infinite"),
+)
+METRIC_TAGS = tuple(tag for tag, _, _ in METRICS)
+
+STATUS = {
+    "complete": api_pb2.STATUS_SUCCESS,
+    "diverged": api_pb2.STATUS_FAILURE,
+    "failed": api_pb2.STATUS_FAILURE,
+    "interrupted": api_pb2.STATUS_FAILURE,
+}
+
+# Settings that change what is logged, not what is learned.
+NOT_HPARAMS = ("name", "description", "log")
+
+
+def hparams_of(config: Any, experiment: str, resolved: dict[str, float]) -> dict[str, HParamValue]:
+    """Every setting of a run as a typed hparam; `resolved` supplies numbers the spec left open."""
+    values: dict[str, HParamValue] = {"experiment": experiment}
+    _flatten(config, "", values)
+    for key, number in resolved.items():
+        values[key] = float(number)
+    return values
+
+
+def _flatten(node: Any, prefix: str, out: dict[str, HParamValue]) -> None:
+    hints = get_type_hints(type(node))
+    for f in fields(node):
+        key = f"{prefix}{f.name}"
+        if not prefix and f.name in NOT_HPARAMS:
+            continue
+        value = getattr(node, f.name)
+        if is_dataclass(value):
+            _flatten(value, f"{key}.", out)
+            continue
+        kind = column_type(hints[f.name])
+        if kind == "number":
+            if value is not None:
+                out[key] = float(value)
+        elif kind == "bool":
+            out[key] = bool(value)
+        else:
+            out[key] = as_text(value)
+
+
+def column_type(annotation: Any) -> str:
+    """'bool', 'number' or 'string': the one type an annotated setting always has as an hparam."""
+    options = [annotation]
+    if get_origin(annotation) in (Union, types.UnionType):
+        options = [a for a in get_args(annotation) if a is not type(None)]
+    if options == [bool]:
+        return "bool"
+    if all(o in (int, float) for o in options):
+        return "number"
+    if any(o in (int, float) for o in options) and all(o in (int, float) or get_origin(o) is Literal
+                                                       for o in options):
+        return "number"   # e.g. batch_size: int | 'full', recorded as the resolved number of rows
+    return "string"
+
+
+def as_text(value: Any) -> str:
+    """The single spelling of a non-numeric setting: strings as they are, the rest as JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, tuple):
+        value = list(value)
+    return json.dumps(value)
+
+
+def _value_pb(value: HParamValue) -> struct_pb2.Value:
+    if isinstance(value, bool):
+        return struct_pb2.Value(bool_value=value)
+    if isinstance(value, (int, float)):
+        return struct_pb2.Value(number_value=value)
+    return struct_pb2.Value(string_value=str(value))
+
+
+def _summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> summary_pb2.Summary:
+    summary = summary_pb2.Summary()
+    summary.value.add(tag=tag, metadata=metadata.create_summary_metadata(data), tensor=metadata.NULL_TENSOR)
+    return summary
+
+
+def session_start_pb(hparams: dict[str, HParamValue], start_time: float | None = None) -> summary_pb2.Summary:
+    """The run's session-start record. An empty group name keeps every run in a row of its own."""
+    info = plugin_data_pb2.SessionStartInfo(start_time_secs=start_time or time.time(), group_name="")
+    for key, value in hparams.items():
+        info.hparams[key].CopyFrom(_value_pb(value))
+    return _summary(metadata.SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=info))
+
+
+def session_end_pb(status: str, end_time: float | None = None) -> summary_pb2.Summary:
+    """The run's session-end record with its real status."""
+    info = plugin_data_pb2.SessionEndInfo(status=STATUS[status], end_time_secs=end_time or time.time())
+    return _summary(metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=info))
+
+
+def declared_keys(runs: Iterable[dict[str, Any]]) -> list[str]:
+    """The hparams worth a column: the experiment, every swept key, and every key whose value varies."""
+    runs = list(runs)
+    keys: list[str] = ["experiment"]
+    seen_values: dict[str, set[str]] = {}
+    present: dict[str, int] = {}
+    for run in runs:
+        for key in run.get("swept", {}):
+            if key not in keys:
+                keys.append(key)
+        for key, value in run["hparams"].items():
+            seen_values.setdefault(key, set()).add(json.dumps(value))
+            present[key] = present.get(key, 0) + 1
+    for key, values in seen_values.items():
+        if key not in keys and (len(values) > 1 or present[key] != len(runs)):
+            keys.append(key)
+    return [k for k in keys if k in seen_values]
+
+
+def experiment_pb(runs: Iterable[dict[str, Any]], description: str = "") -> summary_pb2.Summary:
+    """The experiment record: the declared hparams with their discrete domains, and the metrics."""
+    runs = list(runs)
+    infos = []
+    for key in declared_keys(runs):
+        values = {json.dumps(r["hparams"][key]): r["hparams"][key] for r in runs if key in r["hparams"]}
+        ordered = sorted(values.values(), key=lambda v: (isinstance(v, str), v))
+        sample = ordered[0]
+        kind = (api_pb2.DATA_TYPE_BOOL if isinstance(sample, bool) else
+                api_pb2.DATA_TYPE_FLOAT64 if isinstance(sample, (int, float)) else api_pb2.DATA_TYPE_STRING)
+        domain = struct_pb2.ListValue(values=[_value_pb(v) for v in ordered])
+        infos.append(api_pb2.HParamInfo(name=key, type=kind, domain_discrete=domain))
+    metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), display_name=display,
+                                  description=text, dataset_type=api_pb2.DATASET_TRAINING)
+               for tag, display, text in METRICS]
+    experiment = api_pb2.Experiment(description=description, hparam_infos=infos, metric_infos=metrics,
+                                    time_created_secs=time.time())
+    return _summary(metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))

@@ -1,0 +1,234 @@
+"""Expanding specs into planned runs: the grid, run names, and validation of every run before any starts."""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from trainer import data
+from trainer.errors import SpecError
+from trainer.schema import Config, Invalid, LinearModel, build
+from trainer.spec import Spec, combine, load_spec
+
+MAX_RUNS = 10_000
+MAX_NAME = 100
+BASE_RUN = "base"
+DEFAULT_STEPS = 1000
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One run, fully validated: where it goes and what it trains."""
+
+    experiment: str
+    name: str
+    config: Config
+    swept: tuple[tuple[str, Any], ...]     # (dotted key, value) pairs that name the run
+    spec_path: str
+    data_folder: str                       # CSV paths are relative to this folder
+    rows: int
+    features: int
+    steps: int
+    batch_size: int
+
+    @property
+    def folder(self) -> str:
+        """The run's folder, relative to the log folder."""
+        return f"{self.experiment}/{self.name}"
+
+    @property
+    def swept_keys(self) -> list[str]:
+        return [k for k, _ in self.swept]
+
+    def cost(self) -> float:
+        """A rough relative duration, so the longest runs start first."""
+        return self.steps * (1.0 + self.batch_size * parameter_count(self.config, self.features) / 20_000)
+
+
+def total_steps(config: Config, rows: int, batch_size: int) -> int:
+    train = config.train
+    if train.steps is not None:
+        return train.steps
+    if train.epochs is not None:
+        return train.epochs * math.ceil(rows / batch_size)
+    return DEFAULT_STEPS
+
+
+def parameter_count(config: Config, features: int) -> int:
+    model = config.model
+    if isinstance(model, LinearModel):
+        return features + int(model.bias)
+    widths = [features, *model.hidden, 1]
+    return sum(a * b + (b if model.bias else 0) for a, b in zip(widths, widths[1:]))
+
+
+# --- naming -----------------------------------------------------------------------------------
+
+
+def format_value(value: Any) -> str:
+    """A swept value as it reads in a run name."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return "-".join(format_value(v) for v in value)
+    if isinstance(value, dict):
+        return "-".join(f"{k}-{format_value(v)}" for k, v in value.items())
+    return str(value)
+
+
+def labels(keys: list[str]) -> dict[str, str]:
+    """Short labels for swept keys: the last part of each, unless two would read the same."""
+    short = {k: k.rpartition(".")[2] for k in keys}
+    counts: dict[str, int] = {}
+    for label in short.values():
+        counts[label] = counts.get(label, 0) + 1
+    return {k: (label if counts[label] == 1 else k) for k, label in short.items()}
+
+
+def run_name(values: list[tuple[str, Any]]) -> str:
+    """A readable folder name from swept values, safe on any file system and bounded in length."""
+    if not values:
+        return BASE_RUN
+    names = labels([k for k, _ in values])
+    text = ",".join(f"{names[k]}={format_value(v)}" for k, v in values)
+    safe = re.sub(r"[^A-Za-z0-9._,=+-]", "_", text)
+    if safe.startswith("."):
+        safe = "_" + safe[1:]
+    if len(safe) > MAX_NAME:
+        digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+        safe = f"{safe[:MAX_NAME - 9]}~{digest}"
+    return safe
+
+
+# --- planning ---------------------------------------------------------------------------------
+
+
+def plan(paths: list[str], overrides: list[str] = (), allow_large: bool = False) -> list[RunPlan]:
+    """Load, expand and validate every spec; all problems of all specs raise one SpecError."""
+    problems: list[str] = []
+    runs: list[RunPlan] = []
+    names: dict[str, str] = {}
+    for path in paths:
+        try:
+            spec = load_spec(path, overrides)
+        except SpecError as exc:
+            problems.extend(exc.problems)
+            continue
+        if spec.name in names:
+            problems.append(f"{path}: the experiment name {spec.name!r} is already used by {names[spec.name]}; "
+                            f"give each spec its own name")
+            continue
+        names[spec.name] = path
+        try:
+            runs.extend(expand(spec, allow_large))
+        except SpecError as exc:
+            problems.extend(exc.problems)
+    if not problems:
+        problems.extend(_device_problems(runs))
+    if problems:
+        raise SpecError(problems)
+    return runs
+
+
+def expand(spec: Spec, allow_large: bool = False) -> list[RunPlan]:
+    """Every run of one spec, validated; problems raise SpecError."""
+    count = math.prod(len(v) for v in spec.sweep.values())
+    if count > MAX_RUNS and not allow_large:
+        raise SpecError(f"{spec.where('sweep')}: sweep: {count:,} runs is more than {MAX_RUNS:,}, which is "
+                        f"likely a mistake; pass --allow-large to run them all")
+    keys = list(spec.sweep) + spec.overridden
+    found: dict[str, list[str]] = {}
+    runs: list[RunPlan] = []
+    by_name: dict[str, RunPlan] = {}
+    for combo in itertools.product(*spec.sweep.values()):
+        values = dict(zip(spec.sweep, combo))
+        raw = combine(spec, values)
+        named = [(k, values[k]) if k in values else (k, _lookup(raw, k)) for k in keys]
+        name = run_name(named)
+        try:
+            run = _validate(spec, raw, name, tuple(named))
+        except Invalid as invalid:
+            for key, message in invalid.problems:
+                found.setdefault(f"{_locate(spec, key)}: {key}: {message}", []).append(name)
+            continue
+        if name in by_name:
+            found.setdefault(f"{spec.where('sweep')}: sweep: runs {format_values(by_name[name].swept)} and "
+                             f"{format_values(run.swept)} would both be written to the folder {name!r}; "
+                             f"make the swept values distinct", []).append(name)
+            continue
+        by_name[name] = run
+        runs.append(run)
+    if found:
+        raise SpecError([message + _which_runs(names, count) for message, names in found.items()])
+    return runs
+
+
+def format_values(values: tuple[tuple[str, Any], ...]) -> str:
+    return "{" + ", ".join(f"{k}: {json.dumps(v)}" for k, v in values) + "}"
+
+
+def _which_runs(names: list[str], total: int) -> str:
+    if total <= 1 or len(names) == total:
+        return ""
+    shown = ", ".join(names[:2])
+    more = f" and {len(names) - 2} more" if len(names) > 2 else ""
+    return f" (in run{'s' if len(names) > 1 else ''} {shown}{more})"
+
+
+def _lookup(raw: dict[str, Any], key: str) -> Any:
+    node: Any = raw
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _locate(spec: Spec, key: str) -> str:
+    """Where the value of a key came from: its --set, its sweep line, or its line in the file."""
+    probe = key.split("[")[0]
+    while probe:
+        if probe in spec.origins:
+            return spec.origins[probe]
+        if probe in spec.sweep:
+            return spec.where(f"sweep.{probe}")
+        probe = probe.rpartition(".")[0]
+    return spec.where(key)
+
+
+def _validate(spec: Spec, raw: dict[str, Any], name: str, swept: tuple[tuple[str, Any], ...]) -> RunPlan:
+    config: Config = build(Config, raw)
+    info = data.inspect(config.data, spec.folder)
+    problems: list[tuple[str, str]] = []
+    batch = config.train.batch_size
+    batch_size = info.rows if batch == "full" else batch
+    if batch_size > info.rows:
+        problems.append(("train.batch_size", f"{batch} is larger than the data ({info.rows} rows); "
+                                             f"use at most {info.rows}, or 'full'"))
+    model = config.model
+    if isinstance(model, LinearModel) and isinstance(model.init, tuple) and len(model.init) != info.features:
+        problems.append(("model.init", f"has {len(model.init)} values but the data has {info.features} features; "
+                                       f"give one initial weight per feature"))
+    if problems:
+        raise Invalid(problems)
+    return RunPlan(
+        experiment=config.name, name=name, config=config, swept=swept, spec_path=spec.path,
+        data_folder=str(spec.folder), rows=info.rows, features=info.features,
+        steps=total_steps(config, info.rows, batch_size), batch_size=batch_size)
+
+
+def _device_problems(runs: list[RunPlan]) -> list[str]:
+    wanting = [r for r in runs if r.config.train.device == "cuda"]
+    if not wanting:
+        return []
+    import torch  # only when a spec asks for the GPU
+
+    if torch.cuda.is_available():
+        return []
+    return [f"{wanting[0].spec_path}: train.device: 'cuda' was asked for (run {wanting[0].name}) but torch "
+            f"{torch.__version__} sees no GPU; use 'auto' or 'cpu', or install a CUDA build of torch"]
+

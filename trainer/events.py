@@ -6,6 +6,7 @@ here a step's scalars become one event, encoded from precomputed bytes.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import socket
@@ -36,20 +37,28 @@ def masked_crc32c(data: bytes) -> int:
 
 def frame(record: bytes) -> bytes:
     """One TFRecord: length, its checksum, the bytes, their checksum."""
-    header = _pack_u64(len(record))
-    return header + _pack_u32(masked_crc32c(header)) + record + _pack_u32(masked_crc32c(record))
+    return _framed_length(len(record)) + record + _pack_u32(masked_crc32c(record))
+
+
+@functools.lru_cache(maxsize=4096)
+def _framed_length(length: int) -> bytes:
+    # Records of a run mostly share a handful of lengths, so their headers are computed once.
+    header = _pack_u64(length)
+    return header + _pack_u32(masked_crc32c(header))
 
 
 def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return _SMALL_VARINTS[n]
     out = bytearray()
-    while True:
-        byte = n & 0x7F
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
         n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+    out.append(n)
+    return bytes(out)
+
+
+_SMALL_VARINTS = [bytes((n,)) for n in range(0x80)]
 
 
 class ScalarTags:
@@ -57,21 +66,46 @@ class ScalarTags:
 
     def __init__(self, tags: Sequence[str]):
         self.tags = list(tags)
-        self._prefixes = []
+        prefixes = []
         for tag in self.tags:
             raw = tag.encode()
             value = b"\x0a" + _varint(len(raw)) + raw + b"\x15"          # tag, then simple_value's key
-            self._prefixes.append(b"\x0a" + _varint(len(value) + 4) + value)  # Summary.value entry
+            prefixes.append(b"\x0a" + _varint(len(value) + 4) + value)  # Summary.value entry
+        # One struct packs the fixed prefixes and the floats between them in a single call.
+        self._struct = struct.Struct("<" + "".join(f"{len(p)}sf" for p in prefixes))
+        self._args: list = [x for p in prefixes for x in (p, 0.0)]
 
     def encode(self, values: Sequence[float]) -> bytes:
         """The Summary body for these values, in tag order."""
-        return b"".join([p + _pack_f32(v) for p, v in zip(self._prefixes, values)])
+        self._args[1::2] = values
+        return self._struct.pack(*self._args)
 
 
-def scalar_event(step: int, wall_time: float, summary_body: bytes) -> bytes:
+def summary_event(step: int, wall_time: float, summary_body: bytes) -> bytes:
     """An Event holding a Summary, encoded as protobuf would (fields 1, 2, 5)."""
-    return (b"\x09" + _pack_f64(wall_time) + b"\x10" + _varint(step & 0xFFFFFFFFFFFFFFFF)
-            + b"\x2a" + _varint(len(summary_body)) + summary_body)
+    return b"".join((_EVENT_HEAD.pack(0x09, wall_time, 0x10), _varint(step), b"\x2a",
+                     _varint(len(summary_body)), summary_body))
+
+
+_EVENT_HEAD = struct.Struct("<BdB")   # wall_time's key and value, then step's key
+
+
+def histogram_value(tag: str, lo: float, hi: float, count: float, total: float, squares: float,
+                    limits: Sequence[float], buckets: Sequence[float]) -> bytes:
+    """A Summary.value entry holding a HistogramProto, encoded as protobuf would."""
+    n = len(limits)
+    packed = _pack_f64s(n)
+    histo = (b"\x09" + _pack_f64(lo) + b"\x11" + _pack_f64(hi) + b"\x19" + _pack_f64(count)
+             + b"\x21" + _pack_f64(total) + b"\x29" + _pack_f64(squares)
+             + b"\x32" + _varint(8 * n) + packed(*limits) + b"\x3a" + _varint(8 * n) + packed(*buckets))
+    raw = tag.encode()
+    value = b"\x0a" + _varint(len(raw)) + raw + b"\x2a" + _varint(len(histo)) + histo
+    return b"\x0a" + _varint(len(value)) + value
+
+
+@functools.lru_cache(maxsize=None)
+def _pack_f64s(n: int):
+    return struct.Struct(f"<{n}d").pack
 
 
 class EventFile:

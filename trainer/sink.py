@@ -7,16 +7,17 @@ Logging only reads: it never draws random numbers or touches the model's state.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from tensorboard.compat.proto import summary_pb2
 from torch.utils.tensorboard import summary as tb_summary
 
-from trainer.events import EventFile, ScalarTags, scalar_event
+from trainer import events
+from trainer.events import EventFile, ScalarTags, summary_event
 from trainer.hparams import METRIC_TAGS, session_end_pb, session_start_pb
 from trainer.schema import LogSettings
 
@@ -72,19 +73,35 @@ def histogram_stats(t: torch.Tensor, bins: int = HISTOGRAM_BINS) -> torch.Tensor
     return torch.cat([lo.view(1), hi.view(1), flat.sum().view(1), flat.dot(flat).view(1), counts])
 
 
-def histogram_pb(stats: list[float], count: int) -> summary_pb2.HistogramProto:
+def histogram_value(tag: str, stats: list[float], count: int) -> bytes:
+    """Encode [min, max, sum, sum of squares, *bucket counts] as a histogram with equal-width buckets."""
     lo, hi, total, squares, *counts = stats
-    bins = len(counts)
     if not hi > lo:   # all equal (or not finite): one bucket holds everything
-        return summary_pb2.HistogramProto(min=lo, max=hi, num=count, sum=total, sum_squares=squares,
-                                          bucket_limit=[hi], bucket=[float(count)])
+        return events.histogram_value(tag, lo, hi, count, total, squares, [hi], [float(count)])
+    bins = len(counts)
     limits = [lo + (hi - lo) * (i + 1) / bins for i in range(bins)]
-    return summary_pb2.HistogramProto(min=lo, max=hi, num=count, sum=total, sum_squares=squares,
-                                      bucket_limit=limits, bucket=counts)
+    return events.histogram_value(tag, lo, hi, count, total, squares, limits, counts)
+
+
+def binned(values: list[float]) -> list[float]:
+    """histogram_stats for a few values already on the host, with no more buckets than values."""
+    finite = [v for v in values if math.isfinite(v)] or [0.0]
+    lo, hi = min(finite), max(finite)
+    bins = min(HISTOGRAM_BINS, len(values))
+    counts = [0.0] * bins
+    width = (hi - lo) / bins
+    for v in values:
+        i = int((v - lo) / width) if width > 0 and math.isfinite(v) else 0
+        counts[min(max(i, 0), bins - 1)] += 1
+    return [lo, hi, math.fsum(values), math.fsum(v * v for v in values), *counts]
 
 
 class TensorBoardSink:
-    """Writes a run's curves, histograms, configuration and hparams into one event file."""
+    """Writes a run's curves, histograms, configuration and hparams into one event file.
+
+    A logged step holds, in order: the weights of small parameters (one value per element) and the
+    norms of large ones, then the same for the gradients.
+    """
 
     def __init__(self, folder: str | Path, settings: LogSettings, hparams: dict[str, Any], config_text: str,
                  has_truth: bool):
@@ -100,100 +117,138 @@ class TensorBoardSink:
     def begin(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.events = EventFile(self.folder)
         self.optimizer = optimizer
-        named = [(n, p) for n, p in model.named_parameters()]
-        small = [(n, p) for n, p in named if p.numel() <= self.max_elements]
-        large = [(n, p) for n, p in named if p.numel() > self.max_elements]
-        self.params = [p for _, p in named]
-        self.small_params = [p for _, p in small]
-        self.large_params = [p for _, p in large]
+        named = list(model.named_parameters())
+        self.small = [(n, p) for n, p in named if p.numel() <= self.max_elements]
+        self.large = [(n, p) for n, p in named if p.numel() > self.max_elements]
+        self.small_params = [p for _, p in self.small]
         # Views of the parameters: the optimizer updates in place, so these always show the current values.
-        self.small_views = [p.detach().view(-1) for p in self.small_params]
-        weight_tags = [f"weights/{e}" for n, p in small for e in element_names(n, p.shape)]
-        grad_tags = [f"gradients/{e}" for n, p in small for e in element_names(n, p.shape)]
-        weight_tags += [f"weights/{n}.norm" for n, _ in large]
-        grad_tags += [f"gradients/{n}.norm" for n, _ in large]
+        views = [p.detach().view(-1) for p in self.small_params]
+        self.copy_weights = (lambda: views[0].clone()) if len(views) == 1 else (lambda: torch.cat(views))
+        self.small_size = sum(p.numel() for p in self.small_params)
+        weight_tags = [f"weights/{e}" for n, p in self.small for e in element_names(n, p.shape)]
+        weight_tags += [f"weights/{n}.norm" for n, _ in self.large]
+        grad_tags = [t.replace("weights/", "gradients/", 1) for t in weight_tags]
         self.step_tags = ScalarTags(["loss/train", "train/lr", *weight_tags, *grad_tags])
         self.final_tags = ScalarTags(weight_tags)
         self.eval_tags = ScalarTags(["eval/loss", "eval/distance_to_truth"] if self.has_truth else ["eval/loss"])
-        self.histogram_tags = [f"histograms/{kind}/{n}" for n, _ in named for kind in ("weights", "gradients")]
-        self.param_sizes = [p.numel() for _, p in named]
-        self.rows: list[torch.Tensor] = []
-        self.row_steps: list[int] = []
-        self.row_info: list[tuple[float, float]] = []      # (wall time, learning rate)
-        self.histograms: list[tuple[int, float, torch.Tensor]] = []
+        self._reset()
         start = time.time()
         self.events.write_summary(session_start_pb(self.hparams, start), 0, start)
         indented = "\n".join("    " + line for line in self.config_text.splitlines())
         self.events.write_summary(tb_summary.text("config", indented), 0, start)
         self.events.flush()
 
-    def _weights(self) -> list[torch.Tensor]:
-        return [*self.small_views, *(torch.linalg.vector_norm(p.detach()).view(1) for p in self.large_params)]
+    def _reset(self) -> None:
+        self.info: list[tuple[int, float, float]] = []       # (step, wall time, learning rate)
+        self.weights: list[torch.Tensor] = []                # small parameters' elements, copied
+        self.grads: list[list[torch.Tensor | None]] = []     # small parameters' gradients, by reference
+        self.norms: list[torch.Tensor] = []                  # large parameters' weight and gradient norms
+        self.large_histograms: list[torch.Tensor] = []       # per histogram step, binned on the device
 
     def capture(self, step: int) -> None:
         """Keep this step's weights and gradients (before the update) on the device."""
-        if step % self.every == 0:
-            grads = [p.grad.view(-1) if p.grad is not None else torch.zeros_like(v)
-                     for p, v in zip(self.small_params, self.small_views)]
-            grads += [torch.linalg.vector_norm(p.grad).view(1) if p.grad is not None
-                      else torch.zeros(1, device=p.device) for p in self.large_params]
-            self.rows.append(torch.cat([*self._weights(), *grads]))
-            self.row_steps.append(step)
-            self.row_info.append((time.time(), self.optimizer.param_groups[0]["lr"]))
-        if self.histograms_every and step % self.histograms_every == 0:
-            stats = [histogram_stats(t) for p in self.params
-                     for t in (p, p.grad if p.grad is not None else torch.zeros_like(p))]
-            self.histograms.append((step, time.time(), torch.stack(stats)))
+        histogram = self.histograms_every and step % self.histograms_every == 0
+        if step % self.every and not histogram:
+            return
+        self.info.append((step, time.time(), self.optimizer.param_groups[0]["lr"]))
+        if self.small_params:
+            self.weights.append(self.copy_weights())
+            # zero_grad() leaves .grad as None and backward() makes a new tensor each step, which
+            # torch's optimizers only read: keeping a reference is as good as a copy, and free.
+            self.grads.append([p.grad for p in self.small_params])
+        if self.large:
+            self.norms.append(torch.stack([torch.linalg.vector_norm(t.detach()) for _, p in self.large
+                                           for t in (p, _grad(p))]))
+            if histogram:
+                self.large_histograms.append(torch.stack([histogram_stats(t) for _, p in self.large
+                                                          for t in (p, _grad(p))]))
+
+    def _rows(self) -> list[list[float]]:
+        """The captured steps as host values, in the logged layout, with one transfer per kind."""
+        count = len(self.info)
+        parts = []
+        if self.small_params:
+            parts.append(torch.stack(self.weights).view(count, -1))
+        if self.large:
+            parts.append(torch.stack(self.norms)[:, 0::2])
+        if self.small_params:
+            for i, p in enumerate(self.small_params):
+                parts.append(torch.stack([g[i] if g[i] is not None else torch.zeros_like(p) for g in self.grads])
+                             .view(count, -1))
+        if self.large:
+            parts.append(torch.stack(self.norms)[:, 1::2])
+        return torch.cat(parts, dim=1).tolist() if count else []
 
     def write(self, first_step: int, losses: list[float], evaluations: list[Evaluation], last_step: int) -> None:
         """Write the captured steps up to last_step, with the losses of steps first_step onward."""
-        bodies: dict[int, list[bytes]] = {}
-        times: dict[int, float] = {}
-        if self.rows:
-            values = torch.stack(self.rows).tolist()
-            for step, (wall, lr), row in zip(self.row_steps, self.row_info, values):
-                if step <= last_step:
-                    bodies[step] = [self.step_tags.encode([losses[step - first_step], lr, *row])]
-                    times[step] = wall
-        for ev in evaluations:
-            if ev.step <= last_step:
-                bodies.setdefault(ev.step, []).append(self._encode_evaluation(ev))
-                times.setdefault(ev.step, time.time())
-        for step in sorted(bodies):
-            self.events.write_raw(scalar_event(step, times[step], b"".join(bodies[step])))
-        if self.histograms:
-            self._write_histograms(last_step)
-        self.rows, self.row_steps, self.row_info, self.histograms = [], [], [], []
+        rows = self._rows()
+        # Evaluations usually fall on logged steps; any that do not go in their own event, in step order.
+        pending = {ev.step: self._encode_evaluation(ev) for ev in evaluations if ev.step <= last_step}
+        between = sorted(s for s in pending if s % self.every)
+        encode, every, write = self.step_tags.encode, self.every, self.events.write_raw
+        for (step, wall, lr), row in zip(self.info, rows):
+            if step > last_step:
+                break
+            while between and between[0] < step:
+                early = between.pop(0)
+                write(summary_event(early, wall, pending.pop(early)))
+            if step % every == 0:
+                body = encode([losses[step - first_step], lr, *row])
+                write(summary_event(step, wall, body + pending.pop(step) if step in pending else body))
+        for step in sorted(pending):
+            write(summary_event(step, time.time(), pending[step]))
+        if self.histograms_every:
+            self._write_histograms(rows, last_step)
+        self._reset()
         self.events.flush()
 
     def _encode_evaluation(self, ev: Evaluation) -> bytes:
         return self.eval_tags.encode([ev.loss, ev.distance] if self.has_truth else [ev.loss])
 
-    def _write_histograms(self, last_step: int) -> None:
-        all_stats = torch.stack([s for _, _, s in self.histograms]).tolist()
-        for (step, wall, _), stats in zip(self.histograms, all_stats):
-            if step > last_step:
+    def _write_histograms(self, rows: list[list[float]], last_step: int) -> None:
+        """Small parameters are binned here from their captured values; large ones were binned on the device."""
+        large = iter(torch.stack(self.large_histograms).tolist() if self.large_histograms else [])
+        grad_start = self.small_size + len(self.large)
+        for (step, wall, _), row in zip(self.info, rows):
+            if step % self.histograms_every:
                 continue
-            summary = summary_pb2.Summary()
-            for tag, size, row in zip(self.histogram_tags, (s for s in self.param_sizes for _ in (0, 1)), stats):
-                summary.value.add(tag=tag, histo=histogram_pb(row, size))
-            self.events.write_summary(summary, step, wall)
+            large_stats = next(large, [])
+            if step > last_step:
+                break
+            body = []
+            offset = 0
+            for name, p in self.small:
+                size = p.numel()
+                weights, grads = row[offset:offset + size], row[grad_start + offset:grad_start + offset + size]
+                body.append(histogram_value(f"histograms/weights/{name}", binned(weights), size))
+                body.append(histogram_value(f"histograms/gradients/{name}", binned(grads), size))
+                offset += size
+            for (name, p), weights, grads in zip(self.large, large_stats[0::2], large_stats[1::2]):
+                body.append(histogram_value(f"histograms/weights/{name}", weights, p.numel()))
+                body.append(histogram_value(f"histograms/gradients/{name}", grads, p.numel()))
+            self.events.write_raw(summary_event(step, wall, b"".join(body)))
 
     def finish(self, status: str, steps: int, metrics: dict[str, Any], final: Evaluation | None) -> None:
         """The final weights and evaluation, the HParams metrics and the session's end."""
         now = time.time()
         body = []
         if status == "complete":
-            body.append(self.final_tags.encode(torch.cat(self._weights()).tolist()))
+            weights = [p.detach().view(-1) for p in self.small_params]
+            weights += [torch.linalg.vector_norm(p.detach()).view(1) for _, p in self.large]
+            body.append(self.final_tags.encode(torch.cat(weights).tolist()))
             if final is not None:
                 body.append(self._encode_evaluation(final))
         numbers = {tag: metrics.get(tag.removeprefix("final/")) for tag in METRIC_TAGS}
-        present = [(tag, float(v)) for tag, v in numbers.items() if v is not None and v == v and abs(v) != float("inf")]
+        present = [(tag, float(v)) for tag, v in numbers.items() if v is not None and math.isfinite(v)]
         body.append(ScalarTags([t for t, _ in present]).encode([v for _, v in present]))
-        self.events.write_raw(scalar_event(steps, now, b"".join(body)))
+        self.events.write_raw(summary_event(steps, now, b"".join(body)))
         self.events.write_summary(session_end_pb(status, now), steps, now)
         self.events.flush()
 
     def close(self) -> None:
         if self.events is not None:
             self.events.close()
+
+
+def _grad(p: torch.Tensor) -> torch.Tensor:
+    return p.grad if p.grad is not None else torch.zeros_like(p)

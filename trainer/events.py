@@ -108,6 +108,13 @@ def _pack_f64s(n: int):
     return struct.Struct(f"<{n}d").pack
 
 
+def event_file_bytes(summaries: Sequence[tuple[summary_pb2.Summary, int]], wall_time: float) -> bytes:
+    """A whole event file's content: the version record, then one event per (summary, step)."""
+    records = [event_pb2.Event(wall_time=wall_time, file_version="brain.Event:2")]
+    records += [event_pb2.Event(summary=s, step=step, wall_time=wall_time) for s, step in summaries]
+    return b"".join(frame(r.SerializeToString()) for r in records)
+
+
 class EventFile:
     """An event file in a run folder, written synchronously through one buffer."""
 

@@ -61,7 +61,7 @@ def _flatten(node: Any, prefix: str, out: dict[str, HParamValue]) -> None:
             continue
         kind = column_type(hints[f.name])
         if kind == "number":
-            if value is not None:
+            if isinstance(value, (int, float)):     # a choice such as 'full' comes resolved
                 out[key] = float(value)
         elif kind == "bool":
             out[key] = bool(value)

@@ -52,11 +52,24 @@ class NullSink:
         pass
 
 
-def element_names(name: str, shape: torch.Size) -> list[str]:
-    """'weight[2]' for each element of a parameter; leading size-1 dimensions are dropped."""
+# Tags. They are short on purpose: a step's event repeats every tag, so tag length is most of a
+# run's disk size. w/... are weights, g/... their gradients, one curve per element.
+LOSS = "loss"                    # the minibatch loss, with the spec's reduction
+LR = "lr"                        # written when it changes
+EVAL_LOSS = "eval/loss"          # the full-data loss, mean per row
+EVAL_DISTANCE = "eval/distance"  # distance from the weights to the true weights
+
+
+def element_names(name: str, shape: torch.Size, linear: bool = False) -> list[str]:
+    """Curve names for a parameter's elements: '0'.. for a linear model's weights, 'b' for its
+    bias, 'name[i,j]' elsewhere (leading size-1 dimensions dropped)."""
     dims = list(shape)
     while len(dims) > 1 and dims[0] == 1:
         dims.pop(0)
+    if linear and name == "weight":
+        return [str(i) for i in range(dims[-1])]
+    if linear and name == "bias":
+        return ["b"]
     if not dims:
         return [name]
     return [f"{name}[{','.join(map(str, index))}]" for index in itertools.product(*(range(d) for d in dims))]
@@ -125,12 +138,14 @@ class TensorBoardSink:
         views = [p.detach().view(-1) for p in self.small_params]
         self.copy_weights = (lambda: views[0].clone()) if len(views) == 1 else (lambda: torch.cat(views))
         self.small_size = sum(p.numel() for p in self.small_params)
-        weight_tags = [f"weights/{e}" for n, p in self.small for e in element_names(n, p.shape)]
-        weight_tags += [f"weights/{n}.norm" for n, _ in self.large]
-        grad_tags = [t.replace("weights/", "gradients/", 1) for t in weight_tags]
-        self.step_tags = ScalarTags(["loss/train", "train/lr", *weight_tags, *grad_tags])
-        self.final_tags = ScalarTags(weight_tags)
-        self.eval_tags = ScalarTags(["eval/loss", "eval/distance_to_truth"] if self.has_truth else ["eval/loss"])
+        linear = isinstance(model, torch.nn.Linear)
+        curves = [e for n, p in self.small for e in element_names(n, p.shape, linear)]
+        curves += [f"{n}.norm" for n, _ in self.large]
+        self.step_tags = ScalarTags([LOSS, *(f"w/{c}" for c in curves), *(f"g/{c}" for c in curves)])
+        self.lr_tags = ScalarTags([LR])
+        self.last_lr: float | None = None
+        self.final_tags = ScalarTags([f"w/{c}" for c in curves])
+        self.eval_tags = ScalarTags([EVAL_LOSS, EVAL_DISTANCE] if self.has_truth else [EVAL_LOSS])
         self._reset()
         start = time.time()
         self.events.write_summary(session_start_pb(self.hparams, start), 0, start)
@@ -193,7 +208,10 @@ class TensorBoardSink:
                 early = between.pop(0)
                 write(summary_event(early, wall, pending.pop(early)))
             if step % every == 0:
-                body = encode([losses[step - first_step], lr, *row])
+                body = encode([losses[step - first_step], *row])
+                if lr != self.last_lr:
+                    body += self.lr_tags.encode([lr])
+                    self.last_lr = lr
                 write(summary_event(step, wall, body + pending.pop(step) if step in pending else body))
         for step in sorted(pending):
             write(summary_event(step, time.time(), pending[step]))
@@ -220,12 +238,12 @@ class TensorBoardSink:
             for name, p in self.small:
                 size = p.numel()
                 weights, grads = row[offset:offset + size], row[grad_start + offset:grad_start + offset + size]
-                body.append(histogram_value(f"histograms/weights/{name}", binned(weights), size))
-                body.append(histogram_value(f"histograms/gradients/{name}", binned(grads), size))
+                body.append(histogram_value(f"hist/w/{name}", binned(weights), size))
+                body.append(histogram_value(f"hist/g/{name}", binned(grads), size))
                 offset += size
             for (name, p), weights, grads in zip(self.large, large_stats[0::2], large_stats[1::2]):
-                body.append(histogram_value(f"histograms/weights/{name}", weights, p.numel()))
-                body.append(histogram_value(f"histograms/gradients/{name}", grads, p.numel()))
+                body.append(histogram_value(f"hist/w/{name}", weights, p.numel()))
+                body.append(histogram_value(f"hist/g/{name}", grads, p.numel()))
             self.events.write_raw(summary_event(step, wall, b"".join(body)))
 
     def finish(self, status: str, steps: int, metrics: dict[str, Any], final: Evaluation | None) -> None:

@@ -34,6 +34,7 @@ class RunPlan:
     features: int
     steps: int
     batch_size: int
+    has_truth: bool                        # the data knows the true weights of this linear model
 
     @property
     def folder(self) -> str:
@@ -218,7 +219,8 @@ def _validate(spec: Spec, raw: dict[str, Any], name: str, swept: tuple[tuple[str
     return RunPlan(
         experiment=config.name, name=name, config=config, swept=swept, spec_path=spec.path,
         data_folder=str(spec.folder), rows=info.rows, features=info.features,
-        steps=total_steps(config, info.rows, batch_size), batch_size=batch_size)
+        steps=total_steps(config, info.rows, batch_size), batch_size=batch_size,
+        has_truth=info.true_weights is not None and isinstance(model, LinearModel))
 
 
 def _device_problems(runs: list[RunPlan]) -> list[str]:

@@ -1,0 +1,66 @@
+# Everyday commands. Each target calls the package's CLI; the logic lives in trainer/.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch; a GPU user sets TORCH, e.g. TORCH="torch --index-url https://download.pytorch.org/whl/cu124"
+TORCH ?= torch==2.13.0
+LOGDIR ?= logs
+EXPERIMENTS ?= $(sort $(wildcard experiments/*.yaml))
+WORKERS ?=
+SRC ?=
+PORT ?= 6006
+
+.PHONY: setup sweep dry-run check test tensorboard status index merge bench screenshot clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+# Create the virtual environment and install the project (done by the other targets on first use)
+setup: $(BIN)/.installed
+
+# Run the full comparison set (every spec in experiments/) into $(LOGDIR)/
+sweep: setup
+	$(BIN)/python -m trainer sweep $(EXPERIMENTS) --logdir $(LOGDIR) $(if $(WORKERS),--workers $(WORKERS))
+
+# List the runs `make sweep` would run, writing nothing
+dry-run: setup
+	$(BIN)/python -m trainer sweep $(EXPERIMENTS) --logdir $(LOGDIR) --dry-run
+
+# Validate the specs without running anything
+check: setup
+	$(BIN)/python -m trainer check $(EXPERIMENTS)
+
+# Run the test suite
+test: setup
+	$(BIN)/python -m pytest -q
+
+# Serve $(LOGDIR)/ with TensorBoard on port $(PORT)
+tensorboard: setup
+	$(BIN)/tensorboard --logdir $(LOGDIR) --port $(PORT)
+
+# List the runs in $(LOGDIR)/ and their states
+status: setup
+	$(BIN)/python -m trainer status $(LOGDIR)
+
+# Rebuild the HParams experiment record of $(LOGDIR)/
+index: setup
+	$(BIN)/python -m trainer index $(LOGDIR)
+
+# Merge teammates' log folders into $(LOGDIR)/: make merge SRC="../alice/logs ../bob/logs"
+merge: setup
+	$(BIN)/python -m trainer merge $(SRC) --into $(LOGDIR)
+
+# Measure logging overhead, sweep scaling and log sizes; prints the table
+bench: setup
+	$(BIN)/python scripts/bench.py
+
+# Screenshot of the HParams view of $(LOGDIR)/ in headless Chromium, into docs/
+screenshot: setup
+	$(BIN)/python scripts/screenshot.py --logdir $(LOGDIR) --out docs/hparams.png
+
+# Remove the virtual environment (logs are kept)
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,144 @@
+"""One run, start to finish: a clean folder, the resolved configuration, training, the final record."""
+from __future__ import annotations
+
+import datetime
+import errno
+import functools
+import platform
+import shutil
+import socket
+import subprocess
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from trainer import rundir
+from trainer.hparams import hparams_of
+from trainer.schema import as_data
+from trainer.sweep import RunPlan
+
+# Errors of the file system itself: no run can succeed until someone frees space or fixes rights.
+LOGDIR_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+@dataclass
+class Summary:
+    """The one line a sweep keeps per run."""
+
+    folder: str
+    status: str
+    metrics: dict[str, Any]
+    duration: float
+    error: str | None = None
+    logdir_fault: bool = False      # the log folder itself is unusable: stop the sweep
+
+
+def resolved_values(run: RunPlan) -> dict[str, float]:
+    """Numbers the spec left open, as the run used them."""
+    return {"train.batch_size": run.batch_size, "train.steps": run.steps}
+
+
+def config_text(run: RunPlan) -> str:
+    """The resolved configuration as YAML, with what the spec left open spelled out in comments."""
+    header = [f"# {run.folder}", f"# from {Path(run.spec_path).name}"]
+    if run.swept:
+        header.append("# swept: " + ", ".join(f"{k}={v!r}" for k, v in run.swept))
+    header.append(f"# resolved: steps={run.steps}, batch_size={run.batch_size} of {run.rows} rows")
+    body = yaml.safe_dump(as_data(run.config), sort_keys=False, default_flow_style=None, width=100)
+    return "\n".join(header) + "\n" + body
+
+
+@functools.lru_cache(maxsize=1)
+def project_commit() -> str | None:
+    """The git commit of the project's own code, where it is a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+@functools.lru_cache(maxsize=1)
+def versions() -> dict[str, str]:
+    import tensorboard
+    import torch
+
+    from trainer import __version__
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "tensorboard": tensorboard.__version__, "trainer": __version__}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def execute(run: RunPlan, logdir: Path, should_stop: Callable[[], bool] = lambda: False,
+            on_progress: Callable[[int], None] = lambda steps: None) -> Summary:
+    """Run one configuration into a clean folder and write its record; never raises for a run's fault."""
+    from trainer.sink import TensorBoardSink
+    from trainer.train import train
+
+    folder = logdir / run.folder
+    started, clock = _now(), time.monotonic()
+    hparams = hparams_of(run.config, run.experiment, resolved_values(run))
+    record: dict[str, Any] = {
+        "format": rundir.RECORD_FORMAT, "experiment": run.experiment, "run": run.name,
+        "status": "failed", "config_digest": rundir.config_digest(run.config),
+        "swept": dict(run.swept), "hparams": hparams, "metrics": {},
+        "steps": run.steps, "steps_done": 0, "seed": run.config.train.seed,
+        "resolved": {"steps": run.steps, "batch_size": run.batch_size, "rows": run.rows, "device": None},
+        "started": started, "ended": None, "duration_s": None, "host": socket.gethostname(),
+        "versions": versions(), "commit": project_commit(), "error": None,
+        "config": as_data(run.config),
+    }
+    sink = None
+    try:
+        # A half-written event file left beside a new one would show doubled curves.
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        text = config_text(run)
+        (folder / rundir.CONFIG).write_text(text, encoding="utf-8")
+        sink = TensorBoardSink(folder, run.config.log, hparams, text, run.has_truth)
+        outcome = train(run, sink, should_stop, on_progress)
+        record.update(status=outcome.status, metrics=outcome.metrics, steps_done=outcome.steps_done,
+                      final_weights=outcome.final_weights)
+        record["resolved"]["device"] = outcome.device
+    except Exception as exc:  # the run's fault is recorded; the sweep goes on
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        if sink is not None and sink.events is not None:
+            try:
+                sink.finish("failed", 0, {}, None)
+            except Exception:
+                pass
+        try:
+            (folder / rundir.TRACEBACK).write_text(traceback.format_exc(), encoding="utf-8")
+        except OSError:
+            pass
+        if isinstance(exc, OSError) and exc.errno in LOGDIR_ERRNOS:
+            return _finish(folder, record, clock, logdir_fault=True)
+    finally:
+        if sink is not None:
+            try:
+                sink.close()
+            except OSError:
+                pass
+    return _finish(folder, record, clock)
+
+
+def _finish(folder: Path, record: dict[str, Any], clock: float, logdir_fault: bool = False) -> Summary:
+    duration = time.monotonic() - clock
+    record.update(ended=_now(), duration_s=round(duration, 3))
+    try:
+        rundir.write_record(folder, record)
+    except OSError as exc:
+        logdir_fault = logdir_fault or exc.errno in LOGDIR_ERRNOS
+        record["error"] = record["error"] or f"cannot write {folder / rundir.RECORD}: {exc.strerror}"
+        record["status"] = "failed"
+    return Summary(f"{record['experiment']}/{record['run']}", record["status"], record["metrics"], duration,
+                   record["error"], logdir_fault)

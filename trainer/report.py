@@ -1,0 +1,82 @@
+"""Tables for people: the end-of-sweep summary and the status of a log folder."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from trainer import rundir
+
+MAX_ROWS = 40
+
+
+def _number(value: Any) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def table(rows: list[list[str]], header: list[str]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return [fmt.format(*header).rstrip(), *(fmt.format(*r).rstrip() for r in rows)]
+
+
+def run_rows(records: Iterable[dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    for record in records:
+        metrics = record.get("metrics") or {}
+        converged = metrics.get("converged_step")
+        rows.append([record["folder"], record.get("status", "?"), _number(metrics.get("eval_loss")),
+                     _number(metrics.get("weight_distance")),
+                     "-" if converged is None else str(converged),
+                     "-" if record.get("duration_s") is None else f"{record['duration_s']:.1f} s"])
+    return rows
+
+
+RUN_HEADER = ["run", "status", "final loss", "distance", "converged at", "time"]
+
+
+def sweep_summary(records: list[dict[str, Any]], report: Any, logdir: Path, command: str) -> list[str]:
+    """What the sweep did, a table of its runs, its failures, and how to look at the results."""
+    rows = run_rows(sorted(records, key=lambda r: r["folder"]))
+    lines = [""]
+    lines += table(rows[:MAX_ROWS], RUN_HEADER)
+    if len(rows) > MAX_ROWS:
+        lines.append(f"... and {len(rows) - MAX_ROWS} more: python -m trainer status {logdir}")
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record.get("status", "?")] = counts.get(record.get("status", "?"), 0) + 1
+    done = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    lines.append("")
+    lines.append(f"{len(records)} runs: {done} ({len(report.ran)} run now, {len(report.kept)} already done"
+                 + (f", {len(report.elsewhere)} left to another sweep" if report.elsewhere else "") + ")")
+    if report.kept_failed:
+        lines.append(f"{len(report.kept_failed)} runs failed before and were not retried; "
+                     f"add --rerun-failed to retry them")
+    failed = [s for s in report.ran if s.status == "failed"]
+    if failed:
+        lines.append("Failed:")
+        for summary in failed[:MAX_ROWS]:
+            trace = logdir / summary.folder / rundir.TRACEBACK
+            where = f" (traceback: {trace})" if trace.exists() else ""
+            lines.append(f"  {summary.folder}: {summary.error}{where}")
+    if report.logdir_fault:
+        lines.append(f"Stopped: the log folder cannot be written ({report.logdir_fault}); "
+                     f"free space or fix its permissions, then run the same command again.")
+    if report.interrupted:
+        lines.append(f"Interrupted. Finished runs are kept; to resume, run the same command again:\n  {command}")
+    lines.append(f"Open TensorBoard:  tensorboard --logdir {logdir}")
+    return lines
+
+
+def status_lines(logdir: Path) -> list[str]:
+    """Every run under a log folder with its state: complete, diverged, failed, interrupted,
+    unfinished (its process is gone) or running."""
+    rows, counts = [], {}
+    for experiment, name in rundir.run_folders(logdir):
+        state = rundir.state_of(logdir, experiment, name)
+        counts[state.state] = counts.get(state.state, 0) + 1
+        record = dict(state.record or {}, folder=f"{experiment}/{name}", status=state.state)
+        rows.append(run_rows([record])[0])
+    if not rows:
+        return [f"no runs under {logdir}"]
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    return [*table(rows, RUN_HEADER), "", f"{len(rows)} runs: {summary}"]

@@ -82,12 +82,12 @@ class ScalarTags:
 
 
 def summary_event(step: int, wall_time: float, summary_body: bytes) -> bytes:
-    """An Event holding a Summary, encoded as protobuf would (fields 1, 2, 5)."""
-    return b"".join((_EVENT_HEAD.pack(0x09, wall_time, 0x10), _varint(step), b"\x2a",
+    """An Event holding a Summary, encoded as protobuf would (fields 1, 2, 5; a zero step is omitted)."""
+    return b"".join((_WALL_TIME.pack(0x09, wall_time), b"\x10" + _varint(step) if step else b"", b"\x2a",
                      _varint(len(summary_body)), summary_body))
 
 
-_EVENT_HEAD = struct.Struct("<BdB")   # wall_time's key and value, then step's key
+_WALL_TIME = struct.Struct("<Bd")   # wall_time's key, then its value
 
 
 def histogram_value(tag: str, lo: float, hi: float, count: float, total: float, squares: float,
@@ -122,6 +122,7 @@ class EventFile:
         name = "events.out.tfevents.%010d.%s.%s.%s%s" % (
             time.time(), socket.gethostname(), os.getpid(), next(_file_numbers), suffix)
         self.path = Path(folder) / name
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "wb")
         self._pending = bytearray()
         self.write_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))

@@ -70,7 +70,7 @@ def element_names(name: str, shape: torch.Size, linear: bool = False) -> list[st
         return [str(i) for i in range(dims[-1])]
     if linear and name == "bias":
         return ["b"]
-    if not dims:
+    if not dims or dims == [1]:
         return [name]
     return [f"{name}[{','.join(map(str, index))}]" for index in itertools.product(*(range(d) for d in dims))]
 

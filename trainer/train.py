@@ -1,6 +1,7 @@
 """The training loop: compute each step, hand values to the sink, stop on divergence or when asked."""
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,6 @@ from trainer import data
 from trainer.batches import batches
 from trainer.models import build_loss, build_model
 from trainer.optim import build_optimizer, build_schedule
-from trainer.schema import LinearModel
 from trainer.sink import Evaluation, NullSink
 from trainer.sweep import RunPlan, parameter_count
 
@@ -32,6 +32,7 @@ class Outcome:
     device: str
     metrics: dict[str, Any]
     final_weights: dict[str, list[float]] = field(default_factory=dict)
+    weights_sha256: str = ""          # of all final parameters' bytes: equal digests, identical weights
 
 
 def choose_device(run: RunPlan) -> torch.device:
@@ -51,7 +52,7 @@ class Evaluator:
         self.x, self.y = dataset.x, dataset.y
         self.loss = build_loss(run.config.loss, reduction="mean")
         self.truth = None
-        if isinstance(run.config.model, LinearModel) and dataset.true_weights is not None:
+        if run.has_truth:
             truth = [dataset.true_weights.view(-1)]
             if run.config.model.bias:
                 truth.append(torch.tensor([dataset.true_bias or 0.0], device=dataset.x.device))
@@ -141,9 +142,11 @@ def train(run: RunPlan, sink: Any = None, should_stop: Callable[[], bool] = lamb
         "diverged_step": last if status == "diverged" else None,
     }
     sink.finish(status, run.steps if status == "complete" else last, metrics, final)
-    weights = {name: p.detach().view(-1).tolist() for name, p in model.named_parameters()
-               if p.numel() <= config.log.max_elements}
-    return Outcome(status, last + 1 if status != "complete" else run.steps, str(device), metrics, weights)
+    # JSON has no NaN: a diverged weight is recorded as null.
+    weights = {name: [v if math.isfinite(v) else None for v in p.detach().view(-1).tolist()]
+               for name, p in model.named_parameters() if p.numel() <= config.log.max_elements}
+    digest = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in model.parameters())).hexdigest()
+    return Outcome(status, last + 1 if status != "complete" else run.steps, str(device), metrics, weights, digest)
 
 
 def _evaluation(step: int, values: list[float]) -> Evaluation:

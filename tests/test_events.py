@@ -1,0 +1,59 @@
+"""Our event encoding against protobuf's and tensorboard's own: same bytes, same checksums."""
+from __future__ import annotations
+
+import math
+
+import pytest
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tensorboard_crc
+
+from trainer import events
+from tests.conftest import read_events
+
+
+@pytest.mark.parametrize("tags, values", [
+    pytest.param(["loss"], [0.5], id="one"),
+    pytest.param(["loss", "w/0", "w/1", "g/0", "g/1"], [1.0, -2.5, 3e-8, math.inf, 0.0], id="several"),
+    pytest.param(["a" * 200], [float("nan")], id="long-tag-nan"),
+    pytest.param(["ünïcode/tag"], [7.0], id="unicode"),
+])
+def test_scalar_encoding_matches_protobuf(tags, values):
+    body = events.ScalarTags(tags).encode(values)
+    expected = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=t, simple_value=v)
+                                          for t, v in zip(tags, values)])
+    assert body == expected.SerializeToString()
+
+
+@pytest.mark.parametrize("step", [0, 1, 127, 128, 300, 2**20, 2**40])
+def test_event_encoding_matches_protobuf(step):
+    body = events.ScalarTags(["loss"]).encode([1.5])
+    encoded = events.summary_event(step, 1234.5, body)
+    expected = event_pb2.Event(wall_time=1234.5, step=step, summary=summary_pb2.Summary.FromString(body))
+    assert encoded == expected.SerializeToString()
+
+
+def test_histogram_encoding_parses_to_the_same_histogram():
+    value = events.histogram_value("hist/w/weight", -1.0, 3.0, 4, 2.0, 14.0, [0.0, 1.0, 3.0], [1.0, 2.0, 1.0])
+    summary = summary_pb2.Summary.FromString(value)
+    histo = summary.value[0].histo
+    assert summary.value[0].tag == "hist/w/weight"
+    assert (histo.min, histo.max, histo.num, histo.sum, histo.sum_squares) == (-1.0, 3.0, 4, 2.0, 14.0)
+    assert list(histo.bucket_limit) == [0.0, 1.0, 3.0] and list(histo.bucket) == [1.0, 2.0, 1.0]
+
+
+@pytest.mark.parametrize("data", [b"", b"x", b"hello world" * 50, bytes(range(256))])
+def test_checksum_matches_tensorboard(data):
+    assert events.masked_crc32c(data) == tensorboard_crc(data)
+
+
+def test_event_file_reads_back_with_tensorboard(tmp_path):
+    file = events.EventFile(tmp_path)
+    tags = events.ScalarTags(["loss", "w/0"])
+    for step in range(5):
+        file.write_raw(events.summary_event(step, 100.0 + step, tags.encode([step * 0.5, -step])))
+    file.close()
+    acc = read_events(tmp_path)
+    assert [e.value for e in acc.Scalars("loss")] == [0.0, 0.5, 1.0, 1.5, 2.0]
+    assert [e.step for e in acc.Scalars("w/0")] == [0, 1, 2, 3, 4]
+    assert [e.wall_time for e in acc.Scalars("w/0")] == [100.0, 101.0, 102.0, 103.0, 104.0]
+    assert file.path.name.startswith("events.out.tfevents.")

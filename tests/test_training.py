@@ -83,7 +83,9 @@ def test_run_logs_loss_weights_gradients_histograms_hparams_and_config(write_spe
     for h in histograms:
         assert h.histogram_value.num == 4 and sum(h.histogram_value.bucket) == 4
         assert h.histogram_value.min == min(values[f"w/{i}"][h.step] for i in range(4))
-    assert {"_hparams_/session_start_info", "_hparams_/session_end_info", "config/text_summary"} <= set(tags["tensors"])
+    assert {"_hparams_/session_start_info", "_hparams_/session_end_info", "config"} <= set(tags["tensors"])
+    shown = acc.Tensors("config")[0].tensor_proto.string_val[0].decode()
+    assert "optimizer:" in shown and "kind: sgd" in shown
     assert "optimizer:" in (folder / "config.yaml").read_text()
     assert record["status"] == "complete" and record["resolved"]["device"] == "cpu"
     assert record["seed"] == 0 and record["versions"]["torch"] == torch.__version__
@@ -211,3 +213,4 @@ def test_same_numbers_with_any_number_of_workers(tmp_path):
         records = sorted((json.loads(p.read_text()) for p in logdir.glob("*/*/record.json")), key=lambda r: r["run"])
         digests.append([(r["run"], r["weights_sha256"], r["metrics"]) for r in records])
     assert len(digests[0]) == 4 and digests[0] == digests[1]
+

@@ -1,0 +1,87 @@
+"""The two ways of capturing weights and gradients agree, and their histograms match torch.histc."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from trainer.capture import DeviceCapture, HostCapture
+
+
+def _model_with_grads(seed: int) -> list[torch.nn.Parameter]:
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1))
+    model(torch.randn(7, 6)).pow(2).sum().backward()
+    return list(model.parameters())
+
+
+def _steps(capture, params, histogram_every=2, steps=5):
+    for step in range(steps):
+        capture.capture(step % histogram_every == 0)
+        with torch.no_grad():
+            for p in params:
+                p.add_(0.1 * p.grad)
+                p.grad = p.grad * 0.5        # a new gradient tensor each step, as backward() makes
+    return capture.take()
+
+
+def test_host_and_device_capture_agree():
+    params = _model_with_grads(0)
+    small, large = [p for p in params if p.numel() <= 5], [p for p in params if p.numel() > 5]
+    host_rows, host_hist = _steps(HostCapture(small, large), params)
+    params2 = _model_with_grads(0)
+    small2, large2 = [p for p in params2 if p.numel() <= 5], [p for p in params2 if p.numel() > 5]
+    device_rows, device_hist = _steps(DeviceCapture(small2, large2), params2)
+    assert len(host_rows) == 5 and len(host_hist) == 3
+    for a, b in zip(host_rows, device_rows):
+        assert a == pytest.approx(b, rel=1e-5)
+    for a, b in zip(host_hist, device_hist):
+        for stats_a, stats_b in zip(a, b):
+            assert stats_a == pytest.approx(stats_b, rel=1e-4, abs=1e-6)
+
+
+def test_rows_hold_small_elements_and_large_norms_before_the_update():
+    params = _model_with_grads(1)
+    small, large = [p for p in params if p.numel() <= 5], [p for p in params if p.numel() > 5]
+    weights = [p.detach().clone() for p in params]
+    grads = [p.grad.clone() for p in params]
+    capture = HostCapture(small, large)
+    capture.capture(False)
+    with torch.no_grad():
+        for p in params:
+            p.add_(1.0)                      # the optimizer's in-place update after the capture
+    (row,), _ = capture.take()
+    by_param = dict(zip(map(id, params), zip(weights, grads)))
+    expected = [float(v) for p in small for v in by_param[id(p)][0].view(-1)]
+    expected += [float(by_param[id(p)][0].norm()) for p in large]
+    expected += [float(v) for p in small for v in by_param[id(p)][1].view(-1)]
+    expected += [float(by_param[id(p)][1].norm()) for p in large]
+    assert row == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("capture_kind", [HostCapture, DeviceCapture])
+def test_histogram_counts_match_torch_histc(capture_kind):
+    torch.manual_seed(2)
+    p = torch.nn.Parameter(torch.randn(200))
+    p.grad = torch.randn(200)
+    capture = capture_kind([], [p])
+    capture.capture(True)
+    _, [[weights, grads]] = capture.take()
+    for stats, values in ((weights, p.detach()), (grads, p.grad)):
+        lo, hi, total, squares, *counts = stats
+        assert (lo, hi) == (pytest.approx(float(values.min())), pytest.approx(float(values.max())))
+        assert total == pytest.approx(float(values.sum()), abs=1e-4)
+        assert squares == pytest.approx(float((values * values).sum()), rel=1e-5)
+        assert len(counts) == 30 and sum(counts) == 200
+        assert counts == pytest.approx(torch.histc(values, bins=30, min=lo, max=hi).tolist(), abs=1)
+
+
+@pytest.mark.parametrize("capture_kind", [HostCapture, DeviceCapture])
+def test_non_finite_values_do_not_stop_logging(capture_kind):
+    p = torch.nn.Parameter(torch.tensor([1.0, math.nan, math.inf, -2.0]))
+    p.grad = torch.tensor([0.0, 0.0, 0.0, 0.0])
+    capture = capture_kind([p], [])
+    capture.capture(True)
+    rows, [[weights, grads]] = capture.take()
+    assert math.isnan(rows[0][1]) and sum(weights[4:]) == 4 and sum(grads[4:]) == 4

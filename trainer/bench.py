@@ -1,0 +1,343 @@
+"""`make bench`: what logging costs, how sweeps scale, and how big the logs are, measured side by side.
+
+Every timing is the median of repeated runs taken in turn (A, B, A, B, ...), so a noisy neighbour
+slows both sides alike. Nothing here is asserted: the table shows each figure next to its target.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import yaml
+
+from trainer import index
+from trainer.sink import NullSink, TensorBoardSink
+from trainer.sweep import plan
+from trainer.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+NOTEBOOK = {
+    "name": "bench-notebook", "data": {"kind": "seed_toy"}, "model": {"kind": "linear", "bias": False},
+    "loss": {"kind": "l1", "reduction": "sum"}, "optimizer": {"kind": "sgd", "lr": 0.1},
+    "train": {"steps": 1000, "batch_size": 1, "device": "cpu"},
+    "log": {"every": 1, "histograms_every": 10},
+}
+MLP = {
+    "name": "bench-mlp", "data": {"kind": "synthetic", "rows": 4000, "features": 16, "noise": 0.1},
+    "model": {"kind": "mlp", "hidden": [32, 32]}, "loss": {"kind": "mse"},
+    "optimizer": {"kind": "adam", "lr": 0.003},
+    "train": {"steps": 1000, "batch_size": 32, "device": "cpu"},
+    "log": {"every": 1, "histograms_every": 10},
+}
+
+
+def median_time(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each function, run in turn `repeats` times after one warm-up each."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(median_time(fn))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+# --- the hand-written references ---------------------------------------------------------------
+
+
+def hand_loop(problem: dict, writer_dir: Path | None) -> None:
+    """A plain torch loop as people write it; with writer_dir, the usual SummaryWriter logging."""
+    torch.manual_seed(0)
+    random.seed(0)
+    run = plan_one(problem)
+    from trainer import data
+    dataset = data.load(run.config.data, Path(run.data_folder))
+    x, y = dataset.x, dataset.y
+    if problem is NOTEBOOK:
+        model = torch.nn.Sequential(torch.nn.Linear(4, 1, bias=False))
+        criterion = torch.nn.L1Loss(reduction="sum")
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    else:
+        model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32),
+                                    torch.nn.ReLU(), torch.nn.Linear(32, 1))
+        criterion = torch.nn.MSELoss()
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.003)
+    writer = None
+    if writer_dir is not None:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(writer_dir))
+    batch = run.batch_size
+    for step in range(run.steps):
+        if batch == 1:
+            i = random.choice(range(x.shape[0]))
+            xb, yb = x[i:i + 1], y[i:i + 1]
+        else:
+            idx = torch.randint(0, x.shape[0], (batch,))
+            xb, yb = x[idx], y[idx]
+        loss = criterion(model(xb).view(-1), yb)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if writer is not None:
+            writer.add_scalar("loss", loss.item(), step)
+            if problem is NOTEBOOK:
+                for j, w in enumerate(model[0].weight.view(-1).tolist()):
+                    writer.add_scalar(f"weight/{j}", w, step)
+                writer.add_histogram("grad", model[0].weight.grad, step)
+            else:
+                for name, p in model.named_parameters():
+                    writer.add_scalar(f"norm/{name}", p.detach().norm().item(), step)
+                if step % 10 == 0:
+                    for name, p in model.named_parameters():
+                        writer.add_histogram(f"grad/{name}", p.grad, step)
+    if writer is not None:
+        writer.add_hparams({"lr": optimizer.param_groups[0]["lr"], "batch_size": batch},
+                           {"final_loss": loss.item()})
+        writer.close()
+
+
+def plan_one(problem: dict):
+    folder = Path(tempfile.mkdtemp(prefix="bench-spec-"))
+    path = folder / f"{problem['name']}.yaml"
+    path.write_text(yaml.safe_dump(problem))
+    (run,) = plan([str(path)])
+    return run
+
+
+def trainer_run(run, logdir: Path | None) -> None:
+    if logdir is None:
+        train(run, NullSink())
+        return
+    shutil.rmtree(logdir, ignore_errors=True)
+    sink = TensorBoardSink(logdir, run.config.log, {"lr": 0.1}, "bench", run.has_truth)
+    try:
+        train(run, sink)
+    finally:
+        sink.close()
+
+
+def measure_logging(problem: dict, repeats: int, scratch: Path) -> dict[str, float]:
+    run = plan_one(problem)
+    return interleaved({
+        "hand, no logging": lambda: hand_loop(problem, None),
+        "hand, SummaryWriter logging": lambda: hand_loop(problem, Path(tempfile.mkdtemp(dir=scratch))),
+        "trainer, logging off": lambda: trainer_run(run, None),
+        "trainer, full logging": lambda: trainer_run(run, scratch / "trainer-run"),
+    }, repeats)
+
+
+# --- sizes ------------------------------------------------------------------------------------
+
+
+def log_sizes(scratch: Path) -> dict[str, float]:
+    """Bytes on disk for a 1000-step notebook run with full logging, and per histogram event."""
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto import event_pb2
+
+    run = plan_one(NOTEBOOK)
+    folder = scratch / "sizes"
+    trainer_run(run, folder)
+    event_file = next(folder.glob("events.out.tfevents.*"))
+    histogram_bytes = []
+    for raw in RawEventFileLoader(str(event_file)).Load():
+        event = event_pb2.Event.FromString(raw)
+        if event.HasField("summary") and any(v.HasField("histo") for v in event.summary.value):
+            histogram_bytes.append(len(raw) + 16)          # plus the record's framing
+    disk = sum(p.stat().st_blocks * 512 for p in folder.iterdir())
+    return {"run folder on disk (bytes)": disk, "event file (bytes)": event_file.stat().st_size,
+            "histogram event (bytes, median)": statistics.median(histogram_bytes),
+            "histograms per event": 2}
+
+
+# --- sweeps -----------------------------------------------------------------------------------
+
+
+class TreeMemory:
+    """Samples the resident memory of a process and its children until stopped."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.parent: list[int] = []
+        self.total: list[int] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def _rss(pid: int) -> int:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    @staticmethod
+    def _children(pid: int) -> list[int]:
+        found = []
+        try:
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+        return found
+
+    def _sample(self) -> None:
+        while not self.done.wait(0.2):
+            pids, queue = [], [self.pid]
+            while queue:
+                pid = queue.pop()
+                pids.append(pid)
+                queue += self._children(pid)
+            self.parent.append(self._rss(self.pid))
+            self.total.append(sum(self._rss(p) for p in pids))
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
+
+
+def timed_sweep(specs: list[str], logdir: Path, workers: int, extra: list[str] = ()) -> tuple[float, TreeMemory]:
+    shutil.rmtree(logdir, ignore_errors=True)
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "trainer", "sweep", *specs, "--logdir", str(logdir),
+                             "--workers", str(workers), "--quiet", *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    memory = TreeMemory(proc.pid)
+    _, err = proc.communicate()
+    elapsed = time.perf_counter() - start
+    memory.stop()
+    if proc.returncode != 0:
+        raise SystemExit(f"sweep failed ({proc.returncode}): {err.decode()[-2000:]}")
+    return elapsed, memory
+
+
+def measure_scaling(repeats: int, scratch: Path) -> dict[str, float]:
+    specs = [str(p) for p in sorted((ROOT / "experiments").glob("*.yaml"))]
+    times: dict[int, list[float]] = {1: [], 2: []}
+    for _ in range(repeats):
+        for workers in (1, 2):
+            times[workers].append(timed_sweep(specs, scratch / f"compare-{workers}", workers)[0])
+    return {f"comparison set, {w} worker{'s' if w > 1 else ''} (s)": statistics.median(t) for w, t in times.items()}
+
+
+def measure_large_sweep(scratch: Path, runs: int) -> dict[str, float]:
+    """A sweep of `runs` notebook runs of 200 steps: time, memory, and the end-of-sweep work."""
+    spec = scratch / "many.yaml"
+    spec.write_text(yaml.safe_dump({**NOTEBOOK, "name": "many", "train": {**NOTEBOOK["train"], "steps": 200},
+                                    "sweep": {"train.seed": list(range(runs))}}))
+    quarter = scratch / "quarter.yaml"
+    quarter.write_text(yaml.safe_dump({**NOTEBOOK, "name": "quarter",
+                                       "train": {**NOTEBOOK["train"], "steps": 200},
+                                       "sweep": {"train.seed": list(range(runs // 4))}}))
+    small_time, _ = timed_sweep([str(quarter)], scratch / "quarter-logs", 2)
+    elapsed, memory = timed_sweep([str(spec)], scratch / "many-logs", 2)
+    logdir = scratch / "many-logs"
+    start = time.perf_counter()
+    records = index.records(logdir)
+    index.rebuild(logdir, records)
+    index_time = time.perf_counter() - start
+    samples = memory.parent
+    early = statistics.median(samples[len(samples) // 10: len(samples) // 5 + 1]) if len(samples) > 10 else 0
+    late = statistics.median(samples[-max(1, len(samples) // 10):]) if samples else 0
+    return {
+        f"{runs // 4}-run sweep (s)": small_time,
+        f"{runs}-run sweep (s)": elapsed,
+        f"time per run, {runs // 4} runs (ms)": 1000 * small_time / (runs // 4),
+        f"time per run, {runs} runs (ms)": 1000 * elapsed / runs,
+        "sweep process memory early (MB)": early / 2**20,
+        "sweep process memory late (MB)": late / 2**20,
+        "peak memory, sweep and workers (MB)": max(memory.total or [0]) / 2**20,
+        f"index of {runs} runs (s)": index_time,
+    }
+
+
+# --- the table --------------------------------------------------------------------------------
+
+
+def report(results: dict) -> list[str]:
+    lines = [f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+             f"torch {torch.__version__}, device cpu"]
+    for problem in ("notebook", "mlp"):
+        t = results[problem]
+        ref = t["hand, no logging"]
+        lines.append("")
+        lines.append(f"{problem}: 1000 steps, median of {results['repeats']} runs")
+        lines.append(f"  {'':32} {'seconds':>9} {'x hand loop':>12}")
+        for name, seconds in t.items():
+            lines.append(f"  {name:32} {seconds:9.3f} {seconds / ref:12.2f}")
+        overhead = t["trainer, full logging"] / t["trainer, logging off"]
+        lines.append(f"  full logging / logging off = {overhead:.3f}   (target <= 1.15: {_ok(overhead <= 1.15)})")
+        lines.append(f"  full logging / hand, no logging = {t['trainer, full logging'] / ref:.3f}"
+                     f"   (target <= 1.0: {_ok(t['trainer, full logging'] / ref <= 1.0)})")
+    scaling = results["scaling"]
+    one, two = scaling["comparison set, 1 worker (s)"], scaling["comparison set, 2 workers (s)"]
+    lines.append("")
+    lines.append(f"comparison set ({results['comparison_runs']} runs): 1 worker {one:.1f} s, 2 workers {two:.1f} s,"
+                 f" speed-up {one / two:.2f}   (target >= 1.8: {_ok(one / two >= 1.8)})")
+    sizes = results["sizes"]
+    lines.append(f"notebook run, 1000 steps, full logging: {sizes['run folder on disk (bytes)'] / 1000:.0f} KB on "
+                 f"disk (target < 200 KB: {_ok(sizes['run folder on disk (bytes)'] < 200_000)}); histogram event "
+                 f"{sizes['histogram event (bytes, median)']:.0f} bytes for two histograms "
+                 f"(target < 1 KB: {_ok(sizes['histogram event (bytes, median)'] < 1000)})")
+    if "large" in results:
+        lines.append("")
+        for name, value in results["large"].items():
+            lines.append(f"  {name:40} {value:10.2f}")
+        big = results["large"]
+        peak = big["peak memory, sweep and workers (MB)"]
+        lines.append(f"  peak memory target < 2048 MB: {_ok(peak < 2048)}")
+    return lines
+
+
+def _ok(flag: bool) -> str:
+    return "met" if flag else "MISSED"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per measurement (median reported)")
+    parser.add_argument("--sweep-repeats", type=int, default=3, help="timed comparison-set sweeps per worker count")
+    parser.add_argument("--large-runs", type=int, default=1000, help="runs in the scale test (0 to skip)")
+    parser.add_argument("--out", default="bench-out/results.json", help="where to write the figures as JSON")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    scratch = Path(tempfile.mkdtemp(prefix="bench-"))
+    try:
+        results: dict = {"repeats": args.repeats}
+        results["notebook"] = measure_logging(NOTEBOOK, args.repeats, scratch)
+        results["mlp"] = measure_logging(MLP, args.repeats, scratch)
+        results["sizes"] = log_sizes(scratch)
+        results["comparison_runs"] = len(plan([str(p) for p in sorted((ROOT / "experiments").glob("*.yaml"))]))
+        results["scaling"] = measure_scaling(args.sweep_repeats, scratch)
+        if args.large_runs:
+            results["large"] = measure_large_sweep(scratch, args.large_runs)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    lines = report(results)
+    print("\n".join(lines))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    return 0

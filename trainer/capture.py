@@ -1,0 +1,201 @@
+"""Capturing a step's weights and gradients cheaply, and bringing them to the host once per chunk.
+
+Two ways, one result. On the CPU the parameters are read through zero-copy NumPy views, whose
+operations cost a fraction of a torch call each. On a GPU everything stays on the device as small
+tensors until the chunk ends, then crosses to the host in a few transfers, never one `.item()` per value.
+
+What a chunk yields, per captured step, is a row: the elements of small parameters' weights, the
+norms of large ones, then the same for the gradients. Per histogram step it yields, for every
+parameter's weights and then every parameter's gradients, [min, max, sum, sum of squares, *counts]
+with equal-width buckets, no more buckets than elements.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+HISTOGRAM_BINS = 30
+
+Row = list[float]
+Stats = list[float]
+
+
+def bucket_layout(sizes: list[int], bins: int = HISTOGRAM_BINS) -> tuple[list[int], list[int]]:
+    """Buckets per tensor (at most one per element) and where each tensor's buckets start."""
+    counts = [max(1, min(bins, size)) for size in sizes]
+    starts = [sum(counts[:i]) for i in range(len(counts))]
+    return counts, starts
+
+
+def split_stats(lo: list[float], hi: list[float], sums: list[float], squares: list[float],
+                counts: list[float], bins: list[int], starts: list[int]) -> list[Stats]:
+    return [[lo[i], hi[i], sums[i], squares[i], *counts[starts[i]:starts[i] + bins[i]]] for i in range(len(bins))]
+
+
+class HostCapture:
+    """For parameters on the CPU: NumPy views of the parameters, copies only where values change."""
+
+    def __init__(self, small: list[torch.nn.Parameter], large: list[torch.nn.Parameter]):
+        self.small, self.large = small, large
+        self.params = small + large
+        # Views share the parameters' memory: the optimizer updates in place, so they stay current.
+        self.small_views = [p.detach().numpy().reshape(-1) for p in small]
+        self.large_views = [p.detach().numpy().reshape(-1) for p in large]
+        self.all_views = [p.detach().numpy().reshape(-1) for p in self.params]
+        sizes = [p.numel() for p in self.params] * 2
+        self.bins, self.starts = bucket_layout(sizes)
+        self.segment_starts = np.cumsum([0] + sizes[:-1])
+        self.segment = np.repeat(np.arange(len(sizes)), sizes)
+        self.bins_per_element = np.array(self.bins)[self.segment]
+        self.bucket_base = np.array(self.starts)[self.segment]
+        self.reset()
+
+    def reset(self) -> None:
+        self.weights: list[np.ndarray] = []
+        self.grads: list[list[torch.Tensor | None]] = []
+        self.norms: list[list[float]] = []
+        self.histogram_values: list[np.ndarray] = []
+
+    def capture(self, histogram: bool) -> None:
+        if self.small:
+            views = self.small_views
+            self.weights.append(views[0].copy() if len(views) == 1 else np.concatenate(views))
+            # zero_grad() leaves .grad as None and backward() makes a new tensor each step, which
+            # torch's optimizers only read: keeping a reference is as good as a copy, and free.
+            self.grads.append([p.grad for p in self.small])
+        if self.large:
+            grads = [_grad_view(p) for p in self.large]
+            self.norms.append([math.sqrt(np.dot(v, v)) for v in self.large_views + grads])
+        if histogram:
+            self.histogram_values.append(np.concatenate(self.all_views + [_grad_view(p) for p in self.params]))
+
+    def take(self) -> tuple[list[Row], list[list[Stats]]]:
+        count = len(self.weights) or len(self.norms)
+        parts = []
+        norms = np.array(self.norms, dtype=np.float64).reshape(count, -1) if self.large else None
+        if self.small:
+            parts.append(np.stack(self.weights))
+        if norms is not None:
+            parts.append(norms[:, :len(self.large)])
+        if self.small:
+            parts.append(np.stack([np.concatenate([_as_array(g, p) for g, p in zip(step, self.small)])
+                                   for step in self.grads]))
+        if norms is not None:
+            parts.append(norms[:, len(self.large):])
+        rows = np.hstack([part.astype(np.float64) for part in parts]).tolist() if count else []
+        histograms = self._histograms(np.stack(self.histogram_values)) if self.histogram_values else []
+        self.reset()
+        return rows, histograms
+
+    def _histograms(self, values: np.ndarray) -> list[list[Stats]]:
+        """All histograms of all histogram steps of a chunk, in a handful of NumPy operations."""
+        steps = values.shape[0]
+        with np.errstate(all="ignore"):
+            lo = np.minimum.reduceat(values, self.segment_starts, axis=1)
+            hi = np.maximum.reduceat(values, self.segment_starts, axis=1)
+            sums = np.add.reduceat(values, self.segment_starts, axis=1, dtype=np.float64)
+            squares = np.add.reduceat(np.square(values, dtype=np.float64), self.segment_starts, axis=1)
+            width = (hi - lo) / np.array(self.bins)
+            position = (values - lo[:, self.segment]) / width[:, self.segment]
+            # NaN and inf land in an edge bucket instead of failing: logging never stops a run.
+            bucket = np.clip(np.nan_to_num(position, nan=0.0, posinf=0.0, neginf=0.0), 0, self.bins_per_element - 1)
+        total = sum(self.bins)
+        ids = self.bucket_base + bucket.astype(np.int64) + (np.arange(steps) * total)[:, None]
+        counts = np.bincount(ids.ravel(), minlength=steps * total).reshape(steps, total).astype(np.float64)
+        lo, hi = lo.astype(np.float64).tolist(), hi.astype(np.float64).tolist()
+        sums, squares, counts = sums.tolist(), squares.tolist(), counts.tolist()
+        return [split_stats(lo[h], hi[h], sums[h], squares[h], counts[h], self.bins, self.starts)
+                for h in range(steps)]
+
+
+def _grad_view(p: torch.nn.Parameter) -> np.ndarray:
+    return p.grad.numpy().reshape(-1) if p.grad is not None else np.zeros(p.numel(), dtype=np.float32)
+
+
+def _as_array(grad: torch.Tensor | None, p: torch.nn.Parameter) -> np.ndarray:
+    return grad.numpy().reshape(-1) if grad is not None else np.zeros(p.numel(), dtype=np.float32)
+
+
+class DeviceCapture:
+    """For parameters on a GPU: small tensors on the device, a few transfers per chunk."""
+
+    def __init__(self, small: list[torch.nn.Parameter], large: list[torch.nn.Parameter]):
+        self.small, self.large = small, large
+        self.params = small + large
+        views = [p.detach().view(-1) for p in small]
+        self.copy_weights = (lambda: views[0].clone()) if len(views) == 1 else (lambda: torch.cat(views))
+        self.large_weights = [p.detach() for p in large]
+        sizes = [p.numel() for p in self.params] * 2
+        self.bins, self.starts = bucket_layout(sizes)
+        device = self.params[0].device
+        self.segment = torch.repeat_interleave(torch.arange(len(sizes), device=device),
+                                               torch.tensor(sizes, device=device))
+        self.bins_per_element = torch.tensor(self.bins, device=device)[self.segment]
+        self.bucket_base = torch.tensor(self.starts, device=device)[self.segment]
+        self.reset()
+
+    def reset(self) -> None:
+        self.weights: list[torch.Tensor] = []
+        self.grads: list[list[torch.Tensor | None]] = []
+        self.norms: list[torch.Tensor] = []
+        self.histogram_rows: list[torch.Tensor] = []
+
+    def capture(self, histogram: bool) -> None:
+        if self.small:
+            self.weights.append(self.copy_weights())
+            self.grads.append([p.grad for p in self.small])    # references: see HostCapture.capture
+        if self.large:
+            self.norms.append(torch.stack(torch._foreach_norm(
+                [*self.large_weights, *(_grad(p) for p in self.large)])))
+        if histogram:
+            self.histogram_rows.append(self._histogram([p.detach() for p in self.params]
+                                                       + [_grad(p) for p in self.params]))
+
+    def _histogram(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        flat = torch.cat([t.reshape(-1) for t in tensors]).float()
+        n, seg = len(tensors), self.segment
+        lo = torch.full((n,), math.inf, device=flat.device).scatter_reduce_(0, seg, flat, "amin")
+        hi = torch.full((n,), -math.inf, device=flat.device).scatter_reduce_(0, seg, flat, "amax")
+        width = (hi - lo) / torch.tensor(self.bins, device=flat.device)
+        position = ((flat - lo[seg]) / width[seg]).nan_to_num(0.0, posinf=0.0, neginf=0.0)
+        bucket = torch.minimum(position.clamp_min(0), (self.bins_per_element - 1).float()).long()
+        counts = torch.zeros(sum(self.bins), device=flat.device).index_add_(
+            0, self.bucket_base + bucket, torch.ones_like(flat))
+        sums = torch.zeros(2 * n, device=flat.device).index_add_(0, torch.cat([seg, seg + n]),
+                                                                 torch.cat([flat, flat * flat]))
+        return torch.cat([lo, hi, sums, counts])
+
+    def take(self) -> tuple[list[Row], list[list[Stats]]]:
+        count = len(self.weights) or len(self.norms)
+        parts = []
+        norms = torch.stack(self.norms) if self.large else None
+        if self.small:
+            parts.append(torch.stack(self.weights).view(count, -1))
+        if norms is not None:
+            parts.append(norms[:, :len(self.large)])
+        if self.small:
+            for i, p in enumerate(self.small):
+                parts.append(torch.stack([g[i] if g[i] is not None else torch.zeros_like(p) for g in self.grads])
+                             .view(count, -1))
+        if norms is not None:
+            parts.append(norms[:, len(self.large):])
+        rows = torch.cat(parts, dim=1).double().tolist() if count else []
+        histograms = []
+        n = 2 * len(self.params)
+        for row in (torch.stack(self.histogram_rows).double().tolist() if self.histogram_rows else []):
+            lo, hi, sums, squares = row[:n], row[n:2 * n], row[2 * n:3 * n], row[3 * n:4 * n]
+            histograms.append(split_stats(lo, hi, sums, squares, row[4 * n:], self.bins, self.starts))
+        self.reset()
+        return rows, histograms
+
+
+def _grad(p: torch.nn.Parameter) -> torch.Tensor:
+    return p.grad.detach() if p.grad is not None else torch.zeros_like(p)
+
+
+def capture_for(small: list[torch.nn.Parameter], large: list[torch.nn.Parameter]) -> HostCapture | DeviceCapture:
+    """The cheaper way for where the parameters live."""
+    on_cpu = all(p.device.type == "cpu" and p.dtype == torch.float32 for p in small + large)
+    return HostCapture(small, large) if on_cpu else DeviceCapture(small, large)

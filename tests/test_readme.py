@@ -1,0 +1,29 @@
+"""The README's spec reference is the schema's, and its examples are valid specs."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from trainer.reference import with_reference
+from trainer.sweep import plan
+
+README = Path(__file__).parents[1] / "README.md"
+
+
+def test_spec_reference_is_up_to_date():
+    text = README.read_text()
+    assert with_reference(text) == text, "run: python -m trainer.reference README.md"
+
+
+def test_readme_example_spec_is_valid(tmp_path):
+    example = re.search(r"```yaml\n(.*?)```", README.read_text(), re.S).group(1)
+    path = tmp_path / "example.yaml"
+    path.write_text(example)
+    runs = plan([str(path)])
+    assert [r.name for r in runs] == ["batch_size=1,weight_decay=0.0", "batch_size=1,weight_decay=0.1",
+                                      "batch_size=full,weight_decay=0.0", "batch_size=full,weight_decay=0.1"]
+
+
+def test_comparison_set_is_valid():
+    specs = sorted(str(p) for p in (Path(__file__).parents[1] / "experiments").glob("*.yaml"))
+    assert len(plan(specs)) == 62

@@ -214,3 +214,22 @@ def test_same_numbers_with_any_number_of_workers(tmp_path):
         digests.append([(r["run"], r["weights_sha256"], r["metrics"]) for r in records])
     assert len(digests[0]) == 4 and digests[0] == digests[1]
 
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_run_logs_the_same_curves_as_the_cpu(write_spec, tmp_path):
+    spec = write_spec("gpu", """
+        name: gpu
+        data: {kind: synthetic, rows: 64, features: 4}
+        model: {kind: mlp, hidden: [8]}
+        train: {steps: 50, batch_size: 8}
+        sweep:
+          train.device: [cpu, cuda]
+    """)
+    assert main(["sweep", spec, "--logdir", str(tmp_path / "logs"), "--workers", "1", "--quiet"]) == 0
+    cpu, cuda = scalars(tmp_path / "logs/gpu/device=cpu"), scalars(tmp_path / "logs/gpu/device=cuda")
+    assert set(cpu) == set(cuda)
+    record = json.loads((tmp_path / "logs/gpu/device=cuda/record.json").read_text())
+    assert record["resolved"]["device"].startswith("cuda") and record["status"] == "complete"
+    assert cuda["loss"][0] == pytest.approx(cpu["loss"][0], rel=1e-4)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import functools
 import hashlib
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,46 +81,56 @@ def _read_csv(path: Path, shown: str) -> tuple[tuple[str, ...], tuple[tuple[floa
         raise Invalid([("data.path", f"no such file {shown!r} (looked for {path})")])
     except OSError as exc:
         raise Invalid([("data.path", f"cannot read {shown!r}: {exc.strerror}")])
-    return _parse_csv(str(path), shown, stat.st_mtime_ns, stat.st_size)
+    table = _parse_csv(str(path), shown, stat.st_mtime_ns, stat.st_size)
+    if isinstance(table, str):
+        raise Invalid([("data.path", table)])
+    return table
 
 
 @functools.lru_cache(maxsize=32)
-def _parse_csv(path: str, shown: str, mtime_ns: int, size: int) -> tuple:
-    """Header, numeric rows and digest of a CSV file; cached per file version."""
+def _parse_csv(path: str, shown: str, mtime_ns: int, size: int) -> tuple | str:
+    """Header, numeric rows and digest of a CSV file, or what is wrong with it; cached per file version.
+
+    A problem is returned rather than raised so that it is cached too: every run of a sweep asks.
+    """
     try:
         raw = Path(path).read_bytes()
         text = raw.decode("utf-8-sig")
     except IsADirectoryError:
-        raise Invalid([("data.path", f"{shown!r} is a folder, not a CSV file")])
+        return f"{shown!r} is a folder, not a CSV file"
     except UnicodeDecodeError:
-        raise Invalid([("data.path", f"{shown!r} is not UTF-8 text")])
+        return f"{shown!r} is not UTF-8 text"
     except OSError as exc:
-        raise Invalid([("data.path", f"cannot read {shown!r}: {exc.strerror}")])
-    reader = csv.reader(text.splitlines())
-    header = tuple(h.strip() for h in next(reader, ()))
-    if not header:
-        raise Invalid([("data.path", f"{shown!r} is empty; it needs a header row and data rows")])
-    if len(set(header)) != len(header):
-        dup = next(h for h in header if header.count(h) > 1)
-        raise Invalid([("data.path", f"{shown!r} has the column {dup!r} twice")])
-    rows = []
-    for number, cells in enumerate(reader, start=2):
-        if not cells or all(not c.strip() for c in cells):
-            continue
-        if len(cells) != len(header):
-            raise Invalid([("data.path", f"{shown}:{number}: has {len(cells)} cells, the header has {len(header)}")])
-        values = []
-        for column, cell in zip(header, cells):
-            try:
-                value = float(cell)
-            except ValueError:
-                raise Invalid([("data.path", f"{shown}:{number}: column {column!r}: {cell.strip()!r} is not a number")])
-            if not math.isfinite(value):
-                raise Invalid([("data.path", f"{shown}:{number}: column {column!r}: {cell.strip()!r} is not finite")])
-            values.append(value)
-        rows.append(tuple(values))
+        return f"cannot read {shown!r}: {exc.strerror}"
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = tuple(h.strip() for h in next(reader, ()))
+        if not header:
+            return f"{shown!r} is empty; it needs a header row and data rows"
+        if len(set(header)) != len(header):
+            dup = next(h for h in header if header.count(h) > 1)
+            return f"{shown!r} has the column {dup!r} twice"
+        rows = []
+        for cells in reader:
+            if not cells or all(not c.strip() for c in cells):
+                continue
+            where = f"{shown}:{reader.line_num}: row {len(rows) + 1}"
+            if len(cells) != len(header):
+                return f"{where} has {len(cells)} cells, the header has {len(header)}"
+            values = []
+            for column, cell in zip(header, cells):
+                try:
+                    value = float(cell)
+                except ValueError:
+                    return f"{where}, column {column!r}: {cell.strip()!r} is not a number"
+                if not math.isfinite(value):
+                    return f"{where}, column {column!r}: {cell.strip()!r} is not finite"
+                values.append(value)
+            rows.append(tuple(values))
+    except csv.Error as exc:
+        return f"{shown}:{reader.line_num}: cannot be read as CSV: {exc}"
     if not rows:
-        raise Invalid([("data.path", f"{shown!r} has a header but no data rows")])
+        return f"{shown!r} has a header but no data rows"
     return header, tuple(rows), hashlib.sha256(raw).hexdigest()
 
 

@@ -8,6 +8,7 @@ is a string spelled the same way in every run, so no column mixes types.
 from __future__ import annotations
 
 import json
+import math
 import time
 import types
 from dataclasses import fields, is_dataclass
@@ -121,6 +122,21 @@ def session_end_pb(status: str, end_time: float | None = None) -> summary_pb2.Su
     return _summary(metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=info))
 
 
+def is_hparam_value(value: Any) -> bool:
+    """Whether a value can be an hparam: a boolean, a finite number or a string."""
+    if isinstance(value, (bool, str)):
+        return True
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _kind(value: HParamValue) -> int:
+    if isinstance(value, bool):
+        return api_pb2.DATA_TYPE_BOOL
+    if isinstance(value, (int, float)):
+        return api_pb2.DATA_TYPE_FLOAT64
+    return api_pb2.DATA_TYPE_STRING
+
+
 def declared_keys(runs: Iterable[dict[str, Any]]) -> list[str]:
     """The hparams worth a column: the experiment, every swept key, and every key whose value varies."""
     runs = list(runs)
@@ -132,6 +148,8 @@ def declared_keys(runs: Iterable[dict[str, Any]]) -> list[str]:
             if key not in keys:
                 keys.append(key)
         for key, value in run["hparams"].items():
+            if not is_hparam_value(value):
+                continue
             seen_values.setdefault(key, set()).add(json.dumps(value))
             present[key] = present.get(key, 0) + 1
     for key, values in seen_values.items():
@@ -140,21 +158,29 @@ def declared_keys(runs: Iterable[dict[str, Any]]) -> list[str]:
     return [k for k in keys if k in seen_values]
 
 
-def experiment_pb(runs: Iterable[dict[str, Any]], description: str = "") -> summary_pb2.Summary:
+def hparam_info_pb(key: str, values: Iterable[Any]) -> api_pb2.HParamInfo:
+    """A column: its type, the discrete domain of the runs' values, and whether they differ."""
+    # One version of the project writes one type per key; should teammates' versions disagree,
+    # the column becomes text, so TensorBoard never gets a domain of mixed types.
+    distinct = {json.dumps(v): v for v in values if is_hparam_value(v)}
+    kinds = {_kind(v) for v in distinct.values()}
+    if len(kinds) > 1:
+        distinct = {text: as_text(v) for text, v in distinct.items()}
+        kinds = {api_pb2.DATA_TYPE_STRING}
+    ordered = sorted(distinct.values())
+    domain = struct_pb2.ListValue(values=[_value_pb(v) for v in ordered])
+    return api_pb2.HParamInfo(name=key, type=kinds.pop(), domain_discrete=domain, differs=len(ordered) > 1)
+
+
+def experiment_pb(runs: Iterable[dict[str, Any]], description: str = "",
+                  time_created: float = 0.0) -> summary_pb2.Summary:
     """The experiment record: the declared hparams with their discrete domains, and the metrics."""
     runs = list(runs)
-    infos = []
-    for key in declared_keys(runs):
-        values = {json.dumps(r["hparams"][key]): r["hparams"][key] for r in runs if key in r["hparams"]}
-        ordered = sorted(values.values(), key=lambda v: (isinstance(v, str), v))
-        sample = ordered[0]
-        kind = (api_pb2.DATA_TYPE_BOOL if isinstance(sample, bool) else
-                api_pb2.DATA_TYPE_FLOAT64 if isinstance(sample, (int, float)) else api_pb2.DATA_TYPE_STRING)
-        domain = struct_pb2.ListValue(values=[_value_pb(v) for v in ordered])
-        infos.append(api_pb2.HParamInfo(name=key, type=kind, domain_discrete=domain))
+    infos = [hparam_info_pb(key, [r["hparams"][key] for r in runs if key in r["hparams"]])
+             for key in declared_keys(runs)]
     metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), display_name=display,
                                   description=text, dataset_type=api_pb2.DATASET_TRAINING)
                for tag, display, text in METRICS]
     experiment = api_pb2.Experiment(description=description, hparam_infos=infos, metric_infos=metrics,
-                                    time_created_secs=time.time())
+                                    time_created_secs=time_created)
     return _summary(metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))

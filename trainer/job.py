@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime
 import errno
 import functools
+import os
 import platform
 import shutil
 import socket
@@ -92,7 +93,7 @@ def execute(run: RunPlan, logdir: Path, should_stop: Callable[[], bool] = lambda
         "swept": dict(run.swept), "hparams": hparams, "metrics": {},
         "steps": run.steps, "steps_done": 0, "seed": run.config.train.seed,
         "resolved": {"steps": run.steps, "batch_size": run.batch_size, "rows": run.rows, "device": None},
-        "started": started, "ended": None, "duration_s": None, "host": socket.gethostname(),
+        "started": started, "ended": None, "duration_s": None, "host": socket.gethostname(), "pid": os.getpid(),
         "versions": versions(), "commit": project_commit(), "error": None,
         "config": as_data(run.config),
     }
@@ -107,20 +108,22 @@ def execute(run: RunPlan, logdir: Path, should_stop: Callable[[], bool] = lambda
         sink = TensorBoardSink(folder, run.config.log, hparams, text, run.has_truth)
         outcome = train(run, sink, should_stop, on_progress)
         record.update(status=outcome.status, metrics=outcome.metrics, steps_done=outcome.steps_done,
-                      final_weights=outcome.final_weights)
+                      final_weights=outcome.final_weights, weights_sha256=outcome.weights_sha256)
         record["resolved"]["device"] = outcome.device
     except Exception as exc:  # the run's fault is recorded; the sweep goes on
-        record["error"] = f"{type(exc).__name__}: {exc}"
+        # A full or read-only disk is no fault of the run: it is left to be run again once that is fixed.
+        logdir_fault = isinstance(exc, OSError) and exc.errno in LOGDIR_ERRNOS
+        record.update(status="interrupted" if logdir_fault else "failed", error=f"{type(exc).__name__}: {exc}")
         if sink is not None and sink.events is not None:
             try:
-                sink.finish("failed", 0, {}, None)
+                sink.finish(record["status"], 0, {}, None)
             except Exception:
                 pass
         try:
             (folder / rundir.TRACEBACK).write_text(traceback.format_exc(), encoding="utf-8")
         except OSError:
             pass
-        if isinstance(exc, OSError) and exc.errno in LOGDIR_ERRNOS:
+        if logdir_fault:
             return _finish(folder, record, clock, logdir_fault=True)
     finally:
         if sink is not None:
@@ -136,9 +139,9 @@ def _finish(folder: Path, record: dict[str, Any], clock: float, logdir_fault: bo
     record.update(ended=_now(), duration_s=round(duration, 3))
     try:
         rundir.write_record(folder, record)
-    except OSError as exc:
+    except OSError as exc:   # with no record the run counts as unfinished: the next sweep runs it again
         logdir_fault = logdir_fault or exc.errno in LOGDIR_ERRNOS
         record["error"] = record["error"] or f"cannot write {folder / rundir.RECORD}: {exc.strerror}"
-        record["status"] = "failed"
+        record["status"] = "interrupted" if logdir_fault else "failed"
     return Summary(f"{record['experiment']}/{record['run']}", record["status"], record["metrics"], duration,
                    record["error"], logdir_fault)

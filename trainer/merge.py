@@ -1,7 +1,12 @@
 """Merging teammates' log folders: every distinct run kept once, nothing overwritten, nothing trusted.
 
-A copied folder is read as data only: records through json, never unpickled; symlinks are not
-followed; folder names that are not plain run names are refused rather than joined to a path.
+A copied folder is read as data only: records through json, never unpickled, and checked for shape
+before use; symlinks are neither followed nor copied, and only plain files are read; folder names
+that are not plain experiment or run names are refused rather than joined to a path.
+
+Two runs are the same run when their resolved configuration, status and results agree; a run
+that shares its name with a different run is kept under `<name>~<digest>`, and its record says
+which name it came from (`merged_from`), so merging the same folders again finds it.
 """
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import hashlib
 import json
 import re
 import shutil
+import stat
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +22,10 @@ from typing import Any
 
 from trainer import rundir
 from trainer.errors import LogDirError
+from trainer.index import read_record
 from trainer.spec import EXPERIMENT_NAME
 
+MAX_NAME = 128
 RUN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._,=+~-]{0,127}$")
 UNFINISHED = ("interrupted", "unfinished", "running", "missing")
 
@@ -42,33 +50,118 @@ class MergeResult:
 def identity(record: dict[str, Any]) -> str:
     """Same configuration, same status and same results: the same run."""
     key = {"config": record.get("config_digest"), "status": record.get("status"), "metrics": record.get("metrics")}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return "record:" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def files_identity(folder: Path) -> str:
+    """For a run without a record: the names and contents of its plain files."""
+    digest = hashlib.sha256()
+    for item in _plain_files(folder):
+        digest.update(item.name.encode() + b"\0")
+        content = hashlib.sha256()
+        with open(item, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                content.update(block)
+        digest.update(content.digest())
+    return "files:" + digest.hexdigest()
+
+
+def _plain_files(folder: Path) -> list[Path]:
+    """The regular files of a folder, symlinks, hidden files and everything else left out."""
+    found = []
+    for item in sorted(folder.iterdir()):
+        try:
+            mode = item.lstat().st_mode
+        except OSError:
+            continue
+        if stat.S_ISREG(mode) and not item.name.startswith("."):
+            found.append(item)
+    return found
+
+
+def family(name: str, record: dict[str, Any] | None) -> str:
+    """The name a run was first written under: its own, or the one it was renamed from by a merge."""
+    original = record.get("merged_from") if record else None
+    return original if isinstance(original, str) and RUN_NAME.match(original) else name
+
+
+@dataclass
+class Destination:
+    """The runs already in one experiment folder of the destination: name -> (family, identity)."""
+
+    folder: Path
+    runs: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, folder: Path) -> "Destination":
+        found = cls(folder)
+        if folder.is_dir():
+            for run in sorted(folder.iterdir()):
+                if run.name.startswith(".") or run.is_symlink() or not run.is_dir():
+                    continue
+                record, _ = read_record(run)
+                found.add(run.name, family(run.name, record), identity(record) if record else files_identity(run))
+        return found
+
+    def add(self, name: str, origin: str, ident: str) -> None:
+        self.runs[name] = (origin, ident)
+
+    def holds(self, origin: str, ident: str) -> bool:
+        return any(o == origin and i == ident for o, i in self.runs.values())
+
+    def free_name(self, name: str, origin: str, ident: str) -> str:
+        """The run's own name where it is free, else its original name with a digest of the run."""
+        if name not in self.runs and not (self.folder / name).exists():
+            return name
+        digest = ident.partition(":")[2]
+        for length in (8, 16, 64):
+            candidate = f"{origin[:MAX_NAME - length - 1]}~{digest[:length]}"
+            if candidate not in self.runs and not (self.folder / candidate).exists():
+                return candidate
+        raise LogDirError(f"{self.folder / name}: no free name for a different run of the same name")
+
+
+def _check_folders(sources: list[Path], dest: Path) -> None:
+    target = dest.resolve()
+    for source in sources:
+        if not source.is_dir():
+            raise LogDirError(f"{source}: no such log folder")
+        origin = source.resolve()
+        if origin == target:
+            raise LogDirError(f"{source}: is the destination itself")
+        if target.is_relative_to(origin):
+            raise LogDirError(f"{dest}: is inside the source {source}; merge into a folder outside it")
+        if origin.is_relative_to(target):
+            raise LogDirError(f"{source}: is inside the destination {dest}; move it out first")
 
 
 def merge(sources: list[Path], dest: Path, include_unfinished: bool = False) -> MergeResult:
     """Copy every run of the source log folders into dest."""
-    for source in sources:
-        if not source.is_dir():
-            raise LogDirError(f"{source}: no such log folder")
-        if source.resolve() == dest.resolve():
-            raise LogDirError(f"{source}: is the destination itself")
+    _check_folders(sources, dest)
     dest.mkdir(parents=True, exist_ok=True)
     result = MergeResult()
+    destinations: dict[str, Destination] = {}
     for source in sources:
         for experiment in sorted(source.iterdir()):
-            if experiment.name.startswith(".") or not experiment.is_dir() and not experiment.is_symlink():
+            if experiment.name.startswith("."):
                 continue
-            if experiment.is_symlink() or not EXPERIMENT_NAME.match(experiment.name):
-                result.refused.append(f"{experiment}: {'a symlink' if experiment.is_symlink() else 'not an experiment name'}")
+            if experiment.is_symlink():
+                result.refused.append(f"{experiment}: a symlink (not followed)")
                 continue
+            if not experiment.is_dir():
+                continue            # the source's own HParams record, notes, ...
+            if not EXPERIMENT_NAME.match(experiment.name):
+                result.refused.append(f"{experiment}: {experiment.name!r} is not an experiment name")
+                continue
+            if experiment.name not in destinations:
+                destinations[experiment.name] = Destination.load(dest / experiment.name)
             for run in sorted(experiment.iterdir()):
-                if run.name.startswith("."):
-                    continue
-                _merge_run(run, dest / experiment.name, include_unfinished, result)
+                if not run.name.startswith("."):
+                    _merge_run(run, destinations[experiment.name], include_unfinished, result)
     return result
 
 
-def _merge_run(run: Path, into: Path, include_unfinished: bool, result: MergeResult) -> None:
+def _merge_run(run: Path, into: Destination, include_unfinished: bool, result: MergeResult) -> None:
     if run.is_symlink():
         result.refused.append(f"{run}: a symlink (not followed)")
         return
@@ -77,45 +170,38 @@ def _merge_run(run: Path, into: Path, include_unfinished: bool, result: MergeRes
     if not RUN_NAME.match(run.name):
         result.refused.append(f"{run}: {run.name!r} is not a run folder name")
         return
-    record = rundir.read_record(run)
-    status = record.get("status") if record else "unfinished"
+    record, problem = read_record(run)
+    if problem is not None:
+        result.refused.append(f"{run}: {problem}")
+        return
+    status = record["status"] if record else "unfinished"
     if status in UNFINISHED and not include_unfinished:
         result.unfinished.append(str(run))
         return
-    ident = identity(record) if record else hashlib.sha256(str(sorted(p.name for p in run.iterdir())).encode()).hexdigest()
-    target = into / run.name
-    for existing in [target, *sorted(into.glob(f"{glob_escape(run.name)}~*"))]:
-        other = rundir.read_record(existing) if existing.is_dir() else None
-        if other is not None and record is not None and identity(other) == ident:
-            result.identical.append(str(run))
-            return
-    name = run.name if not target.exists() else f"{run.name}~{ident[:8]}"
-    if (into / name).exists():          # the same unrecorded folder merged before
+    origin = family(run.name, record)
+    ident = identity(record) if record else files_identity(run)
+    if into.holds(origin, ident):
         result.identical.append(str(run))
         return
-    _copy_run(run, into, name, record)
+    name = into.free_name(run.name, origin, ident)
+    _copy_run(run, into.folder, name, record, origin)
+    into.add(name, origin, ident)
     if name == run.name:
         result.copied.append(str(run))
     else:
-        result.renamed.append((str(run), f"{into.name}/{name}"))
+        result.renamed.append((str(run), f"{into.folder.name}/{name}"))
 
 
-def glob_escape(name: str) -> str:
-    return re.sub(r"([*?\[\]])", r"[\1]", name)
-
-
-def _copy_run(run: Path, into: Path, name: str, record: dict[str, Any] | None) -> None:
+def _copy_run(run: Path, into: Path, name: str, record: dict[str, Any] | None, origin: str) -> None:
     """Copy a run's plain files into a hidden folder, then rename it into place in one step."""
     into.mkdir(parents=True, exist_ok=True)
     staging = into / f".merge-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
-        for item in run.iterdir():
-            if item.is_symlink() or not item.is_file() or item.name.startswith("."):
-                continue
+        for item in _plain_files(run):
             shutil.copyfile(item, staging / item.name, follow_symlinks=False)
         if record is not None and name != run.name:
-            rundir.write_record(staging, {**record, "run": name, "merged_from": run.name})
+            rundir.write_record(staging, {**record, "run": name, "merged_from": origin})
         staging.rename(into / name)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

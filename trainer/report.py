@@ -9,6 +9,10 @@ from trainer import rundir
 MAX_ROWS = 40
 
 
+def _runs(count: int) -> str:
+    return f"{count} run" + ("" if count == 1 else "s")
+
+
 def _number(value: Any) -> str:
     return "-" if value is None else f"{value:.4g}"
 
@@ -46,11 +50,13 @@ def sweep_summary(records: list[dict[str, Any]], report: Any, logdir: Path, comm
         counts[record.get("status", "?")] = counts.get(record.get("status", "?"), 0) + 1
     done = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     lines.append("")
-    lines.append(f"{len(records)} runs: {done} ({len(report.ran)} run now, {len(report.kept)} already done"
+    lines.append(f"{_runs(len(records))}" + (f": {done}" if done else "")
+                 + f" ({len(report.ran)} run now, {len(report.kept)} already done"
                  + (f", {len(report.elsewhere)} left to another sweep" if report.elsewhere else "") + ")")
     if report.kept_failed:
-        lines.append(f"{len(report.kept_failed)} runs failed before and were not retried; "
-                     f"add --rerun-failed to retry them")
+        count = len(report.kept_failed)
+        lines.append(f"{_runs(count)} failed before and {'was' if count == 1 else 'were'} not retried; "
+                     f"add --rerun-failed to retry {'it' if count == 1 else 'them'}")
     failed = [s for s in report.ran if s.status == "failed"]
     if failed:
         lines.append("Failed:")

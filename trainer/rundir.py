@@ -62,6 +62,15 @@ def read_record(folder: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and "status" in record else None
 
 
+def record_stamp(folder: Path) -> tuple[int, int] | None:
+    """Tells one writing of a run's record from another (a rename gives a new inode), or None if absent."""
+    try:
+        info = (folder / RECORD).stat()
+    except OSError:
+        return None
+    return info.st_ino, info.st_mtime_ns
+
+
 def write_record(folder: Path, record: dict[str, Any]) -> None:
     write_atomic(folder / RECORD, json.dumps(record, indent=2, sort_keys=False, allow_nan=False) + "\n")
 

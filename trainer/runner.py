@@ -2,7 +2,9 @@
 
 The parent process never imports torch: it plans, claims runs, hands them to workers one at a time
 (longest first, so both cores stay busy to the end), keeps one summary per finished run, and keeps
-its claims fresh. A worker that dies is replaced; Ctrl-C stops the workers at their next chunk of steps.
+its claims fresh. A worker that dies is replaced and its run recorded as failed; a worker whose
+parent dies is killed by the kernel (Linux) or exits within half a second. Ctrl-C and SIGTERM only
+set a flag: the workers stop at their next chunk of steps and record their runs as interrupted.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ from trainer.sweep import RunPlan
 
 # After Ctrl-C, workers get this long to record their runs as interrupted before they are killed.
 STOP_GRACE = 10.0
+# Ctrl-C reaches every process of the terminal's group, SIGTERM often too; only the parent acts on them.
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 @dataclass
@@ -43,7 +47,7 @@ class Report:
     ran: list[Summary] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)            # complete with the same configuration
     kept_failed: list[str] = field(default_factory=list)     # failed before; --rerun-failed retries
-    elsewhere: list[str] = field(default_factory=list)       # claimed by another sweep
+    elsewhere: list[str] = field(default_factory=list)       # run, or being run, by another sweep
     interrupted: bool = False
     logdir_fault: str | None = None
 
@@ -64,23 +68,22 @@ def check_writable(logdir: Path) -> None:
         raise LogDirError(f"cannot write to the log folder {logdir}: {reason}")
 
 
-def select(runs: list[RunPlan], opts: Options, report: Report) -> list[RunPlan]:
-    """The runs that need running; a finished run whose configuration changed stops everything."""
-    todo, changed = [], []
+def select(runs: list[RunPlan], opts: Options, report: Report) -> tuple[list[RunPlan], dict[str, Any]]:
+    """The runs that need running, longest first, and the record each had when looked at.
+
+    A finished run whose configuration changed stops everything: nothing is run, nothing written.
+    """
+    todo, changed, seen = [], [], {}
     for run in runs:
         state = rundir.state_of(opts.logdir, run.experiment, run.name)
-        same = state.record is not None and state.record.get("config_digest") == rundir.config_digest(run.config)
-        if opts.force or state.state in ("missing", "unfinished", "interrupted", "running"):
+        verdict = _verdict(state, run, opts)
+        if verdict == "run":
             todo.append(run)
-        elif state.state in rundir.FINISHED:
-            if same:
-                report.kept.append(run.folder)
-            else:
-                changed.append((run, state.record))
-        elif same and not opts.rerun_failed:
-            report.kept_failed.append(run.folder)
+            seen[run.folder] = rundir.record_stamp(opts.logdir / run.folder)
+        elif verdict == "changed":
+            changed.append((run, state.record))
         else:
-            todo.append(run)
+            getattr(report, verdict).append(run.folder)
     if changed:
         lines = [f"{opts.logdir / run.folder}: logged with a different configuration "
                  f"({describe_changes(record.get('config', {}), run)})" for run, record in changed[:10]]
@@ -90,7 +93,17 @@ def select(runs: list[RunPlan], opts: Options, report: Report) -> list[RunPlan]:
                      f"was run. Pass --force to rerun them with the new configuration, or give another --logdir "
                      f"to keep both.")
         raise LogDirError(lines)
-    return sorted(todo, key=lambda r: -r.cost())
+    return sorted(todo, key=lambda r: -r.cost()), seen
+
+
+def _verdict(state: rundir.RunState, run: RunPlan, opts: Options) -> str:
+    """'run', 'kept' (a result with this configuration), 'kept_failed' or 'changed' (a result of another)."""
+    same = state.record is not None and state.record.get("config_digest") == rundir.config_digest(run.config)
+    if opts.force or state.state in ("missing", "unfinished", "interrupted", "running"):
+        return "run"
+    if state.state in rundir.FINISHED:
+        return "kept" if same else "changed"
+    return "kept_failed" if same and not opts.rerun_failed else "run"
 
 
 def describe_changes(old: dict[str, Any], run: RunPlan) -> str:
@@ -118,17 +131,64 @@ def _diff(old: Any, new: Any, prefix: str) -> list[tuple[str, Any, Any]]:
 def run_all(runs: list[RunPlan], opts: Options) -> Report:
     """Run what needs running; returns the report (the caller prints it)."""
     report = Report()
-    check_writable(opts.logdir)
-    todo = select(runs, opts, report)
-    progress = opts.progress or Progress(enabled=False)
-    progress.start(len(runs), len(runs) - len(todo))
-    if todo:
-        if opts.workers == 0:
-            _run_here(todo, opts, report, progress)
-        else:
-            _run_pool(todo, opts, report, progress)
-    progress.close()
+    with StopRequest() as stop:
+        todo, seen = select(runs, opts, report)
+        progress = opts.progress or Progress(enabled=False)
+        progress.start(len(runs), len(runs) - len(todo))
+        if todo:
+            check_writable(opts.logdir)   # after select: a refused sweep leaves the folder untouched
+            if opts.workers == 0:
+                _run_here(todo, seen, opts, report, progress, stop)
+            else:
+                _run_pool(todo, seen, opts, report, progress, stop)
+        progress.close()
+        report.interrupted = stop.is_set()
     return report
+
+
+class StopRequest:
+    """Ctrl-C and SIGTERM as a flag that the runner reads between its own steps.
+
+    The handlers raise nothing: an exception raised at an arbitrary line could lose a summary a
+    worker had already sent, or leave a claim unreleased. They count the signal and wake the
+    runner's wait through a pipe; a second signal cuts the grace period short.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.wake_fd, self._write_fd = os.pipe()
+        for fd in (self.wake_fd, self._write_fd):
+            os.set_blocking(fd, False)
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        os.close(self.wake_fd)
+        os.close(self._write_fd)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        try:
+            os.write(self._write_fd, b"!")
+        except OSError:
+            pass   # the pipe is full: the runner is awake anyway
+
+    def is_set(self) -> bool:
+        return self.count > 0
+
+    def clear_wakeups(self) -> None:
+        try:
+            while os.read(self.wake_fd, 512):
+                pass
+        except OSError:
+            pass
 
 
 # --- claims -----------------------------------------------------------------------------------
@@ -171,21 +231,23 @@ class Claims:
             self.held.clear()
 
 
-def _claim_for_running(run: RunPlan, opts: Options, claims: Claims, report: Report,
+def _claim_for_running(run: RunPlan, opts: Options, seen: dict[str, Any], claims: Claims, report: Report,
                        progress: Progress) -> Path | None:
-    """Claim a run just before it starts, and look again: another sweep may have done it meanwhile."""
+    """Claim a run just before it starts, and look again: another sweep may have run it meanwhile."""
     path = claims.take(run)
     if path is None:
         report.elsewhere.append(run.folder)
         progress.left_alone(run.folder, "running elsewhere")
         return None
-    state = rundir.state_of(opts.logdir, run.experiment, run.name)
-    if not opts.force and state.state in rundir.FINISHED and state.record and \
-            state.record.get("config_digest") == rundir.config_digest(run.config):
-        claims.release(path)
-        report.kept.append(run.folder)
-        progress.left_alone(run.folder, "done by another sweep")
-        return None
+    if rundir.record_stamp(opts.logdir / run.folder) != seen.get(run.folder):
+        # Recorded by another sweep since this one looked: its result stands (two sweeps started
+        # with --force or --rerun-failed would otherwise each run it), unless it was interrupted.
+        state = rundir.state_of(opts.logdir, run.experiment, run.name)
+        if state.record is not None and state.state != "interrupted":
+            claims.release(path)
+            report.elsewhere.append(run.folder)
+            progress.left_alone(run.folder, f"{state.state} in another sweep")
+            return None
     return path
 
 
@@ -199,17 +261,16 @@ def _record(report: Report, progress: Progress, summary: Summary) -> None:
 # --- in this process --------------------------------------------------------------------------
 
 
-def _run_here(todo: list[RunPlan], opts: Options, report: Report, progress: Progress) -> None:
+def _run_here(todo: list[RunPlan], seen: dict[str, Any], opts: Options, report: Report, progress: Progress,
+              stop: StopRequest) -> None:
     import torch
     torch.set_num_threads(1)   # the same arithmetic as in a sweep's workers
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
     claims = Claims(opts.logdir)
     try:
         for run in todo:
             if stop.is_set() or report.logdir_fault:
                 break
-            path = _claim_for_running(run, opts, claims, report, progress)
+            path = _claim_for_running(run, opts, seen, claims, report, progress)
             if path is None:
                 continue
             progress.begin_steps(run)
@@ -218,19 +279,19 @@ def _run_here(todo: list[RunPlan], opts: Options, report: Report, progress: Prog
             _record(report, progress, summary)
     finally:
         claims.close()
-        signal.signal(signal.SIGINT, previous)
-    report.interrupted = stop.is_set()
 
 
 # --- worker processes -------------------------------------------------------------------------
 
 
 def _worker_main(conn: multiprocessing.connection.Connection, stop: Any, parent: int) -> None:
-    """A worker: one torch thread, deaf to Ctrl-C (the parent decides), gone when the parent is."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """A worker: one torch thread, deaf to Ctrl-C and SIGTERM (the parent decides), gone when the parent is."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)   # blocked by the parent until now
+    _die_with_parent(parent)
     import torch
     torch.set_num_threads(1)
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     while True:
         try:
             task = conn.recv()
@@ -246,6 +307,24 @@ def _worker_main(conn: multiprocessing.connection.Connection, stop: Any, parent:
         conn.send(summary)
 
 
+def _die_with_parent(parent: int) -> None:
+    """A worker whose sweep was killed must not go on writing into a run that a rerun may take over."""
+    if not _ask_kernel_to_kill_orphan():
+        threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:   # the parent died before this worker could ask
+        os._exit(1)
+
+
+def _ask_kernel_to_kill_orphan() -> bool:
+    """Linux: SIGKILL this process the moment its parent dies. False where that is not available."""
+    try:
+        import ctypes
+        pr_set_pdeathsig = 1
+        return ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def _exit_with_parent(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(0.5)
@@ -256,14 +335,23 @@ class Worker:
     def __init__(self, ctx: Any, stop: Any):
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_worker_main, args=(child, stop, os.getpid()), daemon=True)
-        self.process.start()
+        # Started with the stop signals blocked (the mask is inherited), so a Ctrl-C that comes while
+        # the worker is still importing cannot kill it with a KeyboardInterrupt traceback.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            self.process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         child.close()
         self.run: RunPlan | None = None
         self.claim: Path | None = None
 
     def give(self, run: RunPlan, claim: Path, logdir: Path) -> None:
         self.run, self.claim = run, claim
-        self.conn.send((run, str(logdir)))
+        try:
+            self.conn.send((run, str(logdir)))
+        except OSError:
+            pass   # the process is gone; its sentinel is ready and the run is recorded as failed
 
     def stop(self) -> None:
         try:
@@ -276,57 +364,76 @@ class Worker:
             self.process.join()
 
 
-def _run_pool(todo: list[RunPlan], opts: Options, report: Report, progress: Progress) -> None:
+def _run_pool(todo: list[RunPlan], seen: dict[str, Any], opts: Options, report: Report, progress: Progress,
+              stop: StopRequest) -> None:
+    """Hand runs to workers until none is left; on a stop request, give the runs in progress a grace
+    period to record themselves as interrupted, then kill what is left."""
     ctx = multiprocessing.get_context("spawn")
-    stop = ctx.Event()
+    stopping = ctx.Event()          # the workers' should_stop
     pending = collections.deque(todo)
     claims = Claims(opts.logdir)
-    workers = [Worker(ctx, stop) for _ in range(min(opts.workers, len(todo)))]
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    pool: list[Worker] = []
+    deadline: float | None = None
     try:
-        _dispatch_until_done(workers, pending, opts, claims, report, progress, ctx, stop)
-    except KeyboardInterrupt:
-        report.interrupted = True
-        stop.set()
-        progress.note("Interrupted: stopping the runs in progress ...")
-        _drain(workers, opts, claims, report, progress)
+        pool += [Worker(ctx, stopping) for _ in range(min(opts.workers, len(todo)))]
+        while True:
+            if stop.is_set() and deadline is None:
+                stopping.set()
+                deadline = time.monotonic() + STOP_GRACE
+                progress.note("Interrupted: stopping the runs in progress ...")
+            if deadline is None and report.logdir_fault is None:
+                _hand_out(pool, pending, seen, opts, claims, report, progress, ctx, stopping)
+            busy = [w for w in pool if w.run is not None]
+            if not busy:
+                return
+            if deadline is not None and (time.monotonic() >= deadline or stop.count > 1):
+                for worker in busy:
+                    worker.process.kill()
+                    _finish_run(worker, _died(worker, opts, "interrupted"), claims, report, progress)
+                return
+            timeout = rundir.HEARTBEAT_EVERY if deadline is None else deadline - time.monotonic()
+            ready = multiprocessing.connection.wait(
+                [w.conn for w in busy] + [w.process.sentinel for w in busy] + [stop.wake_fd],
+                timeout=max(0.0, timeout))
+            stop.clear_wakeups()
+            for worker in busy:
+                if worker.conn not in ready and worker.process.sentinel not in ready:
+                    continue
+                summary = _collect(worker)
+                if summary is None:                   # the process died: record it, start another
+                    summary = _died(worker, opts, "failed" if deadline is None else "interrupted")
+                    pool.remove(worker)
+                    if pending and deadline is None and report.logdir_fault is None:
+                        pool.append(Worker(ctx, stopping))
+                _finish_run(worker, summary, claims, report, progress)
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        for worker in workers:
+        for worker in pool:
             worker.stop()
         claims.close()
 
 
-def _raise_interrupt(*_: Any) -> None:
-    raise KeyboardInterrupt
+def _hand_out(pool: list[Worker], pending: collections.deque, seen: dict[str, Any], opts: Options,
+              claims: Claims, report: Report, progress: Progress, ctx: Any, stopping: Any) -> None:
+    """Give each idle worker the next run it may claim."""
+    for i, worker in enumerate(pool):
+        if worker.run is None and pending and not worker.process.is_alive():
+            worker.stop()
+            pool[i] = worker = Worker(ctx, stopping)   # died while idle
+        while worker.run is None and pending:
+            run = pending.popleft()
+            path = _claim_for_running(run, opts, seen, claims, report, progress)
+            if path is not None:
+                worker.give(run, path, opts.logdir)
 
 
-def _dispatch_until_done(workers: list[Worker], pending: collections.deque, opts: Options, claims: Claims,
-                         report: Report, progress: Progress, ctx: Any, stop: Any) -> None:
-    while True:
-        for worker in workers:
-            while worker.run is None and pending and report.logdir_fault is None:
-                run = pending.popleft()
-                path = _claim_for_running(run, opts, claims, report, progress)
-                if path is not None:
-                    worker.give(run, path, opts.logdir)
-        busy = [w for w in workers if w.run is not None]
-        if not busy:
-            return
-        waiting = [w.conn for w in busy] + [w.process.sentinel for w in busy]
-        ready = multiprocessing.connection.wait(waiting, timeout=rundir.HEARTBEAT_EVERY)
-        for worker in busy:
-            if worker.conn in ready or worker.process.sentinel in ready:
-                summary = _collect(worker, opts)
-                if summary is None:                     # the process died: record it, start another
-                    summary = _died(worker, opts)
-                    workers[workers.index(worker)] = Worker(ctx, stop)
-                claims.release(worker.claim)
-                worker.run = worker.claim = None
-                _record(report, progress, summary)
+def _finish_run(worker: Worker, summary: Summary, claims: Claims, report: Report, progress: Progress) -> None:
+    if worker.claim is not None:
+        claims.release(worker.claim)
+    worker.run = worker.claim = None
+    _record(report, progress, summary)
 
 
-def _collect(worker: Worker, opts: Options) -> Summary | None:
+def _collect(worker: Worker) -> Summary | None:
     try:
         if worker.conn.poll():
             return worker.conn.recv()
@@ -359,38 +466,17 @@ def mark_ended(logdir: Path, run: RunPlan, status: str, error: str) -> Summary:
         "hparams": hparams_of(run.config, run.experiment, resolved_values(run)), "metrics": {},
         "steps": run.steps, "error": error,
     }
-    try:
+    try:   # the session end, so TensorBoard agrees; the run's own event file may end mid-record
         folder.mkdir(parents=True, exist_ok=True)
         events = EventFile(folder, suffix=".end")
-        events.write_summary(session_end_pb(status, now), 0, now)
-        events.close()
+        try:
+            events.write_summary(session_end_pb(status, now), 0, now)
+        finally:
+            events.close()
+    except OSError:
+        pass
+    try:
         rundir.write_record(folder, record)
     except OSError as exc:
         error = f"{error}; and its record could not be written: {exc.strerror}"
     return Summary(run.folder, status, {}, 0.0, error)
-
-
-def _drain(workers: list[Worker], opts: Options, claims: Claims, report: Report, progress: Progress) -> None:
-    """Give busy workers a moment to record their runs as interrupted; then kill them."""
-    deadline = time.monotonic() + STOP_GRACE
-    try:
-        while any(w.run is not None for w in workers) and time.monotonic() < deadline:
-            busy = [w for w in workers if w.run is not None]
-            ready = multiprocessing.connection.wait([w.conn for w in busy] + [w.process.sentinel for w in busy],
-                                                    timeout=max(0.0, deadline - time.monotonic()))
-            for worker in busy:
-                if worker.conn in ready or worker.process.sentinel in ready:
-                    summary = _collect(worker, opts) or _died(worker, opts, "interrupted")
-                    claims.release(worker.claim)
-                    worker.run = worker.claim = None
-                    _record(report, progress, summary)
-    except KeyboardInterrupt:
-        pass  # a second Ctrl-C: stop waiting
-    for worker in workers:
-        if worker.run is not None:
-            worker.process.kill()
-            _record(report, progress, _died(worker, opts, "interrupted"))
-            claims.release(worker.claim)
-            worker.run = worker.claim = None
-
-

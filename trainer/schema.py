@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import math
+import re
+import reprlib
 import types
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, Callable, Literal, Union, get_args, get_origin, get_type_hints
@@ -17,7 +20,7 @@ def setting(default: Any = MISSING, *checks: Check, doc: str = "") -> Any:
 
 def _bound(test: Callable[[Any], bool], text: str) -> Check:
     # Choices such as batch_size 'full' are checked by their type, not by bounds.
-    return lambda v: None if isinstance(v, str) or test(v) else f"must be {text}, got {v!r}"
+    return lambda v: None if isinstance(v, str) or test(v) else f"must be {text}, got {show(v)}"
 
 
 def greater_than(bound: float) -> Check:
@@ -49,6 +52,17 @@ def each(check: Check) -> Check:
 
 def non_empty(values: Any) -> str | None:
     return None if values is None or len(values) > 0 else "must not be empty"
+
+
+# An experiment name is a folder under the log folder: one plain path component, never '.' or '..'.
+EXPERIMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def experiment_name(name: Any) -> str | None:
+    if EXPERIMENT_NAME.match(name):
+        return None
+    return (f"{show(name)} is not a valid experiment name: use letters, digits, '.', '_' and '-', "
+            f"starting with a letter or digit, at most 64 characters")
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -277,7 +291,7 @@ ScheduleSpec = Union[ConstantSchedule, StepSchedule, CosineSchedule, Exponential
 class Config:
     """One run's complete configuration."""
 
-    name: str = setting(doc="experiment name: the folder under the log folder")
+    name: str = setting(MISSING, experiment_name, doc="experiment name: the folder under the log folder")
     description: str = setting("", doc="free text, shown with the run")
     data: DataSpec = setting(SeedToyData(), doc="the table to learn")
     model: ModelSpec = setting(LinearModel(), doc="what is trained")
@@ -302,7 +316,8 @@ class Invalid(Exception):
 
 def suggest(word: str, choices: list[str]) -> str:
     """' (did you mean 'x'?)' for the closest choice, or ''."""
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    same_but_case = [c for c in choices if c.lower() == word.lower()]
+    close = same_but_case or difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -310,11 +325,30 @@ def join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _type_name(value: Any) -> str:
+_SHOW = reprlib.Repr()
+_SHOW.maxstring, _SHOW.maxother, _SHOW.maxlist, _SHOW.maxdict, _SHOW.maxlevel = 60, 60, 6, 4, 3
+
+
+def show(value: Any) -> str:
+    """A value as a message quotes it: YAML's null, true and false; long values cut short."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return _SHOW.repr(value)
+
+
+def type_name(value: Any) -> str:
+    """'a string', 'a list', ...: what a YAML value is, as a message says it."""
     if value is None:
         return "null"
     return {bool: "a boolean", int: "a whole number", float: "a number", str: "a string",
             list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+
+
+def got(value: Any) -> str:
+    """'got 'fast' (a string)': the value and, where it is not plain from the value, its type."""
+    return "got null" if value is None else f"got {show(value)} ({type_name(value)})"
 
 
 def describe(tp: Any) -> str:
@@ -344,6 +378,13 @@ def describe(tp: Any) -> str:
     return str(tp)
 
 
+@functools.cache
+def hints(cls: type) -> dict[str, Any]:
+    """The resolved field types of a schema class (cached: resolving them is slow)."""
+    return get_type_hints(cls)
+
+
+@functools.cache
 def variants(tp: Any) -> dict[str, type] | None:
     """For a union of dataclasses told apart by 'kind', the classes by kind."""
     if get_origin(tp) not in (Union, types.UnionType):
@@ -351,7 +392,7 @@ def variants(tp: Any) -> dict[str, type] | None:
     classes = get_args(tp)
     if not all(is_dataclass(c) for c in classes):
         return None
-    return {get_args(get_type_hints(c)["kind"])[0]: c for c in classes}
+    return {get_args(hints(c)["kind"])[0]: c for c in classes}
 
 
 def convert(tp: Any, value: Any, path: str) -> Any:
@@ -370,13 +411,13 @@ def convert(tp: Any, value: Any, path: str) -> Any:
                 continue
         literals = [a for o in get_args(tp) if get_origin(o) is Literal for a in get_args(o)]
         hint = suggest(value, [str(a) for a in literals]) if isinstance(value, str) else ""
-        raise Invalid([(path, f"must be {describe(tp)}, got {value!r}{hint}")])
+        raise Invalid([(path, f"must be {describe(tp)}, {f'got {show(value)}' if hint else got(value)}{hint}")])
     if origin is Literal:
         choices = get_args(tp)
         if isinstance(value, str) and value in choices:
             return value
         hint = suggest(value, list(choices)) if isinstance(value, str) else ""
-        raise Invalid([(path, f"must be {describe(tp)}, got {value!r}{hint}")])
+        raise Invalid([(path, f"must be {describe(tp)}, got {show(value)}{hint}")])
     if origin is tuple:
         return _convert_tuple(tp, value, path)
     if tp is type(None):
@@ -391,42 +432,42 @@ def convert(tp: Any, value: Any, path: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):
-                raise Invalid([(path, f"must be a finite number, got {value!r}")])
+                raise Invalid([(path, f"must be a finite number, got {show(value)}")])
             return float(value)
     elif tp is str:
         if isinstance(value, str):
             return value
-    raise Invalid([(path, f"must be {describe(tp)}, got {value!r} ({_type_name(value)})")])
+    raise Invalid([(path, f"must be {describe(tp)}, {got(value)}")])
 
 
 def _convert_tuple(tp: Any, value: Any, path: str) -> tuple:
     args = get_args(tp)
     if not isinstance(value, (list, tuple)):
-        raise Invalid([(path, f"must be {describe(tp)}, got {value!r} ({_type_name(value)})")])
+        raise Invalid([(path, f"must be {describe(tp)}, {got(value)}")])
     if len(args) == 2 and args[1] is Ellipsis:
         item_types = [args[0]] * len(value)
     else:
         if len(value) != len(args):
-            raise Invalid([(path, f"must be a list of {len(args)} values, got {len(value)}")])
+            raise Invalid([(path, f"must be a list of {len(args)} values, got {len(value)}: {show(value)}")])
         item_types = list(args)
     return tuple(convert(t, v, f"{path}[{i}]") for i, (t, v) in enumerate(zip(item_types, value)))
 
 
 def _convert_variant(kinds: dict[str, type], value: Any, path: str) -> Any:
     if not isinstance(value, dict):
-        raise Invalid([(path, f"must be a mapping, got {value!r} ({_type_name(value)})")])
+        raise Invalid([(path, f"must be a mapping, {got(value)}")])
     kind = value.get("kind", next(iter(kinds)))
     if kind not in kinds:
-        raise Invalid([(join(path, "kind"),
-                        f"must be one of {', '.join(map(repr, kinds))}, got {kind!r}{suggest(str(kind), list(kinds))}")])
+        hint = suggest(kind, list(kinds)) if isinstance(kind, str) else ""
+        raise Invalid([(join(path, "kind"), f"must be one of {', '.join(map(repr, kinds))}, got {show(kind)}{hint}")])
     return build(kinds[kind], value, path)
 
 
 def build(cls: type, raw: Any, path: str = "") -> Any:
     """Build a dataclass from a mapping, rejecting unknown keys and wrong types."""
     if not isinstance(raw, dict):
-        raise Invalid([(path or "(top level)", f"must be a mapping, got {raw!r} ({_type_name(raw)})")])
-    hints = get_type_hints(cls)
+        raise Invalid([(path or "(top level)", f"must be a mapping, {got(raw)}")])
+    types_ = hints(cls)
     known = {f.name: f for f in fields(cls)}
     problems: list[tuple[str, str]] = []
     for key in raw:
@@ -440,7 +481,7 @@ def build(cls: type, raw: Any, path: str = "") -> Any:
                 problems.append((key, "is required"))
             continue
         try:
-            values[name] = convert(hints[name], raw[name], key)
+            values[name] = convert(types_[name], raw[name], key)
         except Invalid as invalid:
             problems.extend(invalid.problems)
             continue
@@ -460,11 +501,51 @@ def build(cls: type, raw: Any, path: str = "") -> Any:
 
 def _unknown_key(cls: type, key: str, known: list[str]) -> str:
     kind = getattr(cls, "kind", None)
-    if isinstance(kind, str):
-        settings = [k for k in known if k != "kind"]
-        listing = ", ".join(settings) if settings else "none"
-        return f"unknown key {key!r} for kind {kind!r}{suggest(key, known)}; its settings: {listing}"
-    return f"unknown key {key!r}{suggest(key, known)}"
+    if not isinstance(kind, str):
+        return f"unknown key {key!r}{suggest(key, known)}"
+    settings = [k for k in known if k != "kind"]
+    listing = ", ".join(settings) if settings else "none"
+    hint = suggest(key, known)
+    if not hint:
+        # A setting of a sibling kind (momentum under adam) is a wrong kind more than a misspelling.
+        owners = [k for k, c in (_family(cls) or {}).items() if key in {f.name for f in fields(c)}]
+        if owners:
+            hint = f" (only kind {' and '.join(map(repr, owners))} {'has' if len(owners) == 1 else 'have'} it)"
+    return f"unknown key {key!r} for kind {kind!r}{hint}; its settings: {listing}"
+
+
+def _family(cls: type) -> dict[str, type] | None:
+    """The kinds that share a config section with cls (the optimizers of 'optimizer', ...)."""
+    for tp in hints(Config).values():
+        kinds = variants(tp)
+        if kinds and cls in kinds.values():
+            return kinds
+    return None
+
+
+def check_key(cls: type, dotted: str) -> str | None:
+    """Why a dotted key such as 'optimizer.lr' names no setting of cls, or None where it does.
+
+    For a section with kinds, a key is accepted when any kind has it; which kind is used is only
+    known once the spec is built.
+    """
+    parts = dotted.split(".")
+    classes = [cls]
+    for depth, part in enumerate(parts):
+        here = ".".join(parts[:depth + 1])
+        names = list(dict.fromkeys(f.name for c in classes for f in fields(c)))
+        if part not in names:
+            return f"unknown key {here!r}{suggest(part, names)}"
+        found = [hints(c)[part] for c in classes if part in {f.name for f in fields(c)}]
+        classes = []
+        for tp in found:
+            kinds = variants(tp)
+            classes.extend(kinds.values() if kinds else [tp] if is_dataclass(tp) else [])
+        if not classes and depth < len(parts) - 1:
+            literals = tuple(dict.fromkeys(a for tp in found if get_origin(tp) is Literal for a in get_args(tp)))
+            what = describe(Literal[literals]) if len(literals) > 1 else describe(found[0])
+            return f"{here} is a setting ({what}), not a section, so it has no key {parts[depth + 1]!r}"
+    return None
 
 
 def as_data(instance: Any) -> Any:

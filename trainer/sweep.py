@@ -11,8 +11,8 @@ from typing import Any
 
 from trainer import data
 from trainer.errors import SpecError
-from trainer.schema import Config, Invalid, LinearModel, build
-from trainer.spec import Spec, combine, load_spec
+from trainer.schema import Config, Invalid, LinearModel, build, experiment_name
+from trainer.spec import Spec, combine, load_spec, parent_key, parse_overrides
 
 MAX_RUNS = 10_000
 MAX_NAME = 100
@@ -112,29 +112,46 @@ def run_name(values: list[tuple[str, Any]]) -> str:
 
 def plan(paths: list[str], overrides: list[str] = (), allow_large: bool = False) -> list[RunPlan]:
     """Load, expand and validate every spec; all problems of all specs raise one SpecError."""
-    problems: list[str] = []
+    parsed, problems = parse_overrides(overrides)
     runs: list[RunPlan] = []
-    names: dict[str, str] = {}
+    specs: dict[str, Spec] = {}
+    names: dict[str, Spec] = {}
     for path in paths:
         try:
-            spec = load_spec(path, overrides)
+            spec = load_spec(path, parsed)
         except SpecError as exc:
             problems.extend(exc.problems)
             continue
-        if spec.name in names:
-            problems.append(f"{path}: the experiment name {spec.name!r} is already used by {names[spec.name]}; "
-                            f"give each spec its own name")
-            continue
-        names[spec.name] = path
+        specs[path] = spec
+        problems.extend(spec.problems)
+        if isinstance(spec.name, str) and experiment_name(spec.name) is None:
+            # Folder names that differ only in case are one folder on macOS and Windows.
+            other = names.setdefault(spec.name.lower(), spec)
+            if other is not spec:
+                problems.append(_same_name(spec, other))
+                continue
         try:
             runs.extend(expand(spec, allow_large))
         except SpecError as exc:
             problems.extend(exc.problems)
     if not problems:
-        problems.extend(_device_problems(runs))
+        problems.extend(_device_problems(runs, specs))
     if problems:
-        raise SpecError(problems)
+        raise SpecError(list(dict.fromkeys(problems)))
     return runs
+
+
+def _same_name(spec: Spec, other: Spec) -> str:
+    where = spec.where("name")
+    if where == other.where("name"):
+        return (f"{where}: name: would give {other.path} and {spec.path} the same experiment name "
+                f"{spec.name!r}; give one spec at a time a new name, or change the name in each file")
+    return (f"{where}: name: the experiment name {spec.name!r} is already used by {other.where('name')}"
+            f"{_case_note(spec.name, other.name)}; give each spec its own name")
+
+
+def _case_note(name: str, other: str) -> str:
+    return "" if name == other else f" as {other!r} (names that differ only in case share a folder on macOS and Windows)"
 
 
 def expand(spec: Spec, allow_large: bool = False) -> list[RunPlan]:
@@ -145,28 +162,31 @@ def expand(spec: Spec, allow_large: bool = False) -> list[RunPlan]:
                         f"likely a mistake; pass --allow-large to run them all")
     keys = list(spec.sweep) + spec.overridden
     found: dict[str, list[str]] = {}
+    collisions: list[str] = []
     runs: list[RunPlan] = []
     by_name: dict[str, RunPlan] = {}
-    for combo in itertools.product(*spec.sweep.values()):
-        values = dict(zip(spec.sweep, combo))
-        raw = combine(spec, values)
-        named = [(k, values[k]) if k in values else (k, _lookup(raw, k)) for k in keys]
-        name = run_name(named)
+    for picks in itertools.product(*(range(len(v)) for v in spec.sweep.values())):
+        indices = dict(zip(spec.sweep, picks))
+        values = {k: spec.sweep[k][i] for k, i in indices.items()}
         try:
+            raw = combine(spec, values)
+            named = [(k, values[k]) if k in values else (k, _lookup(raw, k)) for k in keys]
+            name = run_name(named)
             run = _validate(spec, raw, name, tuple(named))
         except Invalid as invalid:
             for key, message in invalid.problems:
-                found.setdefault(f"{_locate(spec, key)}: {key}: {message}", []).append(name)
+                found.setdefault(f"{_locate(spec, key, indices)}: {key}: {message}", []).append(
+                    run_name([(k, values[k]) for k in spec.sweep]))
             continue
-        if name in by_name:
-            found.setdefault(f"{spec.where('sweep')}: sweep: runs {format_values(by_name[name].swept)} and "
-                             f"{format_values(run.swept)} would both be written to the folder {name!r}; "
-                             f"make the swept values distinct", []).append(name)
+        other = by_name.setdefault(name.lower(), run)
+        if other is not run:
+            collisions.append(f"{spec.where('sweep')}: sweep: runs {format_values(other.swept)} and "
+                              f"{format_values(run.swept)} would both be written to the folder {name!r}"
+                              f"{_case_note(name, other.name)}; make the swept values distinct")
             continue
-        by_name[name] = run
         runs.append(run)
-    if found:
-        raise SpecError([message + _which_runs(names, count) for message, names in found.items()])
+    if found or collisions:
+        raise SpecError([message + _which_runs(names, count) for message, names in found.items()] + collisions)
     return runs
 
 
@@ -189,15 +209,21 @@ def _lookup(raw: dict[str, Any], key: str) -> Any:
     return node
 
 
-def _locate(spec: Spec, key: str) -> str:
-    """Where the value of a key came from: its --set, its sweep line, or its line in the file."""
-    probe = key.split("[")[0]
+def _locate(spec: Spec, key: str, indices: dict[str, int] | None = None) -> str:
+    """Where the value of a key came from: its --set, its swept value's line, or its line in the file.
+
+    The deepest --set or swept key at or above the key gave its value (see spec.combine).
+    """
+    origins = spec.origins
+    probe = key
     while probe:
-        if probe in spec.origins:
-            return spec.origins[probe]
+        if probe in origins:
+            return origins[probe]
         if probe in spec.sweep:
-            return spec.where(f"sweep.{probe}")
-        probe = probe.rpartition(".")[0]
+            if indices is None or probe not in indices:
+                return spec.where(f"sweep.{probe}")
+            return spec.where(f"sweep.{probe}[{indices[probe]}]{key[len(probe):]}")
+        probe = parent_key(probe)
     return spec.where(key)
 
 
@@ -223,7 +249,7 @@ def _validate(spec: Spec, raw: dict[str, Any], name: str, swept: tuple[tuple[str
         has_truth=info.true_weights is not None and isinstance(model, LinearModel))
 
 
-def _device_problems(runs: list[RunPlan]) -> list[str]:
+def _device_problems(runs: list[RunPlan], specs: dict[str, Spec]) -> list[str]:
     wanting = [r for r in runs if r.config.train.device == "cuda"]
     if not wanting:
         return []
@@ -231,6 +257,7 @@ def _device_problems(runs: list[RunPlan]) -> list[str]:
 
     if torch.cuda.is_available():
         return []
-    return [f"{wanting[0].spec_path}: train.device: 'cuda' was asked for (run {wanting[0].name}) but torch "
-            f"{torch.__version__} sees no GPU; use 'auto' or 'cpu', or install a CUDA build of torch"]
-
+    run = wanting[0]
+    return [f"{_locate(specs[run.spec_path], 'train.device')}: train.device: 'cuda' was asked for (run "
+            f"{run.experiment}/{run.name}) but torch {torch.__version__} sees no GPU; use 'auto' or 'cpu', "
+            f"or install a CUDA build of torch"]

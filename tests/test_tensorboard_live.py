@@ -1,0 +1,325 @@
+"""The HParams view as people see it: a real TensorBoard server over log folders made by the real CLI.
+
+Every assertion goes through TensorBoard's HTTP API, the same calls its HParams dashboard makes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+PROJECT = Path(__file__).resolve().parents[1]
+# Waits are generous because the machine may be busy; each ends as soon as its condition holds.
+LOAD_TIMEOUT = 120.0
+COMMAND_TIMEOUT = 180.0
+METRIC_TAGS = {"final/eval_loss", "final/weight_distance", "final/converged", "final/converged_step",
+               "final/diverged"}
+ALL_STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
+EXPECTED_STATUS = {"complete": "STATUS_SUCCESS", "diverged": "STATUS_FAILURE", "failed": "STATUS_FAILURE"}
+CRASHING_RUN = "batch_size=1,bias=true"
+
+GRID = """
+    name: grid
+    data: {kind: seed_toy}
+    model: {kind: linear}
+    loss: {kind: mse, reduction: mean}
+    optimizer: {kind: sgd, lr: 0.05}
+    train: {steps: 60}
+    log: {every: 1, histograms_every: 20}
+    sweep:
+      train.batch_size: [1, full]
+      model.bias: [false, true]
+"""
+BLOWUP = """
+    name: blowup
+    data: {kind: seed_toy}
+    loss: {kind: mse, reduction: sum}
+    optimizer: {kind: sgd, lr: 100.0}
+    train: {steps: 60, batch_size: full}
+"""
+SHARED = """
+    name: shared
+    data: {{kind: seed_toy}}
+    loss: {{kind: mse, reduction: mean}}
+    optimizer: {{kind: sgd, lr: {lr}}}
+    train: {{steps: 60}}
+    sweep:
+      train.batch_size: [1, full]
+"""
+# `python -m trainer` with one run's worker process dying after its curves, before its final
+# metrics, as on a segfault or the OOM killer. Workers are started with 'spawn' and import this file as their main module, so the
+# patch below reaches them; the CLI itself runs only in the parent.
+CRASHING_CLI = f"""
+import os
+import sys
+
+import trainer.train
+
+_train = trainer.train.train
+
+
+class DyingSink:
+    def __init__(self, sink):
+        self.sink = sink
+
+    def __getattr__(self, name):
+        return getattr(self.sink, name)
+
+    def finish(self, *args, **kwargs):
+        os._exit(3)
+
+
+def train(run, sink=None, *args, **kwargs):
+    return _train(run, DyingSink(sink) if run.name == {CRASHING_RUN!r} else sink, *args, **kwargs)
+
+
+trainer.train.train = train
+
+if __name__ == "__main__":
+    from trainer.cli import main
+    sys.exit(main(sys.argv[1:]))
+"""
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def environment() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT), os.environ.get("PYTHONPATH")]))}
+
+
+def cli(*args: Any, script: Path | None = None) -> subprocess.Popen:
+    """Start the project's CLI (or a script wrapping it) in a process of its own."""
+    command = [sys.executable, str(script)] if script else [sys.executable, "-m", "trainer"]
+    return subprocess.Popen([*command, *map(str, args)], env=environment(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen) -> tuple[int, str]:
+    out, _ = process.communicate(timeout=COMMAND_TIMEOUT)
+    return process.returncode, out
+
+
+def records(logdir: Path) -> dict[str, dict[str, Any]]:
+    """Each run folder's record.json, by the folder's path relative to the log folder."""
+    return {str(p.parent.relative_to(logdir)): json.loads(p.read_text()) for p in logdir.glob("*/*/record.json")}
+
+
+# --- the server -------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    port: int
+    output: Path
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url(path), timeout=30) as response:
+            return json.load(response)
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        request = urllib.request.Request(self.url(path), data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.load(response)
+
+    def experiment(self) -> dict[str, Any]:
+        return self.post("/data/plugin/hparams/experiment", {"experimentName": ""})
+
+    def session_groups(self) -> dict[str, Any]:
+        return self.post("/data/plugin/hparams/session_groups", {
+            "experimentName": "", "allowedStatuses": ALL_STATUSES, "startIndex": 0, "sliceSize": 1000})
+
+    def log(self) -> str:
+        return self.output.read_text(errors="replace")[-3000:]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop a server and the data server it started: they share a process group of their own."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=20)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    try:
+        os.killpg(process.pid, signal.SIGKILL)      # a data server left behind
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def wait_for(condition: Callable[[], Any], what: str, server: Server, timeout: float = LOAD_TIMEOUT) -> Any:
+    """Poll until condition() returns something true; fail with the server's log after timeout."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            pytest.fail(f"TensorBoard exited with status {server.process.returncode}:\n{server.log()}")
+        try:
+            result = condition()
+            if result:
+                return result
+        except (urllib.error.URLError, ConnectionError, OSError, ValueError) as exc:
+            last_error = exc
+        time.sleep(0.25)
+    pytest.fail(f"TensorBoard did not {what} within {timeout:.0f} s (last error: {last_error}):\n{server.log()}")
+
+
+@pytest.fixture
+def tensorboard(tmp_path: Path):
+    """start(logdir) -> a TensorBoard server that has loaded every run of logdir; all are stopped after."""
+    processes: list[subprocess.Popen] = []
+
+    def start(logdir: Path) -> Server:
+        output = tmp_path / f"tensorboard-{len(processes)}.log"
+        port = free_port()
+        command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir),
+                   "--host", "127.0.0.1", "--port", str(port)]
+        with open(output, "w") as out:
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        processes.append(process)
+        server = Server(process, port, output)
+        expected = {".", *records(logdir)}
+        wait_for(lambda: expected <= set(server.get("/data/runs")), "list every run", server)
+        # A run's data arrives in one piece, but runs arrive one by one: wait for two equal answers.
+        previous: list[Any] = [None]
+
+        def settled() -> bool:
+            now = server.session_groups()
+            same, previous[0] = now == previous[0], now
+            return same and now["totalSize"] > 0
+        wait_for(settled, "settle", server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for process in processes:
+            stop(process)
+
+
+# --- what the HParams view must show ----------------------------------------------------------
+
+
+def check_hparams_view(server: Server, logdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Assert the HParams view shows each run of logdir once, as recorded; returns its columns and rows."""
+    recorded = records(logdir)
+    experiment = server.experiment()
+    columns = {info["name"]: info for info in experiment["hparamInfos"]}
+    assert {m["name"]["tag"] for m in experiment["metricInfos"]} == METRIC_TAGS
+    assert all(m["name"].get("group", "") == "" for m in experiment["metricInfos"])
+    expected_type = {bool: "DATA_TYPE_BOOL", float: "DATA_TYPE_FLOAT64", str: "DATA_TYPE_STRING"}
+    for name, info in columns.items():
+        values = {json.dumps(r["hparams"][name]) for r in recorded.values() if name in r["hparams"]}
+        assert values, f"column {name} is held by no run"
+        types = {type(json.loads(v)) for v in values}
+        assert types == {bool} or types == {str} or types <= {int, float}, (name, values)
+        assert info["type"] == expected_type[float if types <= {int, float} else types.pop()], info
+        assert info["differs"] == (len(values) > 1), info
+
+    answer = server.session_groups()
+    groups = answer["sessionGroups"]
+    names = [g["name"] for g in groups]
+    assert sorted(names) == sorted(recorded) and answer["totalSize"] == len(recorded)       # each once
+    by_run = {}
+    for group in groups:
+        record = recorded[group["name"]]
+        (session,) = group["sessions"]
+        assert session["name"] == group["name"]
+        assert session["status"] == EXPECTED_STATUS[record["status"]], group["name"]
+        assert set(group["hparams"]) == set(record["hparams"])
+        for key, value in record["hparams"].items():
+            shown = group["hparams"][key]
+            assert shown == value and type(shown) in ((bool,) if isinstance(value, bool) else
+                                                      (str,) if isinstance(value, str) else (int, float)), key
+        metrics = {m["name"]["tag"]: m["value"] for m in session.get("metricValues", [])}
+        expected = {f"final/{k}": float(v) for k, v in record["metrics"].items() if f"final/{k}" in METRIC_TAGS
+                    and v is not None}
+        assert metrics == pytest.approx(expected, rel=1e-6), group["name"]
+        by_run[group["name"]] = group
+
+    tags = server.get("/data/plugin/scalars/tags")
+    assert sorted(run for run in tags if run != ".") == sorted(recorded)
+    for run, run_tags in tags.items():
+        if run != ".":
+            assert "loss" in run_tags and "w/0" in run_tags           # curves, and not columns
+    assert not METRIC_TAGS & set(tags.get(".", {}))
+    runs = server.get("/data/runs")
+    assert len(runs) == len(set(runs))
+    return columns, by_run
+
+
+def test_hparams_view_of_a_sweep_with_failures_and_of_merged_folders(tmp_path, tensorboard):
+    specs = tmp_path / "experiments"
+    grid, blowup = write(specs / "grid.yaml", GRID), write(specs / "blowup.yaml", BLOWUP)
+    wrapper = write(tmp_path / "crashing_cli.py", CRASHING_CLI)
+    logs = tmp_path / "logs"
+    alice, bob, team = tmp_path / "alice", tmp_path / "bob", tmp_path / "team"
+    teammates = [cli("sweep", write(tmp_path / name / "shared.yaml", SHARED.format(lr=lr)), "--logdir",
+                     tmp_path / name / "logs", "--workers", "1", "--quiet") for name, lr in (("alice", 0.05), ("bob", 0.02))]
+
+    code, out = finish(cli("sweep", grid, blowup, "--logdir", logs, "--workers", "2", "--quiet", script=wrapper))
+    assert code == 1, out                                                  # one run failed
+    statuses = {folder: r["status"] for folder, r in records(logs).items()}
+    assert statuses == {"grid/batch_size=1,bias=false": "complete", "grid/batch_size=full,bias=false": "complete",
+                        "grid/batch_size=full,bias=true": "complete", f"grid/{CRASHING_RUN}": "failed",
+                        "blowup/base": "diverged"}, out
+    assert "worker process" in records(logs)[f"grid/{CRASHING_RUN}"]["error"]
+
+    columns, groups = check_hparams_view(tensorboard(logs), logs)
+    assert {"experiment", "train.batch_size", "model.bias", "loss.reduction", "optimizer.lr"} <= set(columns)
+    assert not {"loss", "lr", "w/0", "g/0", "w/b", "eval/loss"} & set(columns)
+    assert groups["blowup/base"]["hparams"]["optimizer.lr"] == 100.0
+    assert groups[f"grid/{CRASHING_RUN}"]["hparams"]["model.bias"] is True
+    assert groups[f"grid/{CRASHING_RUN}"]["sessions"][0].get("metricValues", []) == []
+
+    for process in teammates:
+        code, out = finish(process)
+        assert code == 0, out
+    code, out = finish(cli("merge", alice / "logs", bob / "logs", "--into", team))
+    assert code == 0, out
+    merged = records(team)
+    assert len(merged) == 4 and len({r["config_digest"] for r in merged.values()}) == 4
+    sources = {r["config_digest"]: r for d in (alice, bob) for r in records(d / "logs").values()}
+    for folder, record in merged.items():
+        assert record["metrics"] == sources[record["config_digest"]]["metrics"], folder
+    columns, groups = check_hparams_view(tensorboard(team), team)
+    assert columns["optimizer.lr"]["differs"] and columns["train.batch_size"]["differs"]
+    shown = {(g["hparams"]["optimizer.lr"], g["hparams"]["train.batch_size"]) for g in groups.values()}
+    assert shown == {(0.05, 1.0), (0.05, 10.0), (0.02, 1.0), (0.02, 10.0)}
+    assert {"shared/batch_size=1", "shared/batch_size=full"} <= set(groups)
+    for folder, group in groups.items():
+        shown_metrics = {m["name"]["tag"] for m in group["sessions"][0]["metricValues"]}
+        converged = {"final/converged_step"} if merged[folder]["metrics"]["converged"] else set()
+        assert shown_metrics == METRIC_TAGS - {"final/converged_step"} | converged, folder
+

@@ -115,7 +115,7 @@ def _execute(runs: list[RunPlan], args: argparse.Namespace, workers: int) -> int
     planned = {r.folder for r in runs}
     ours = [r for r in records if r["folder"] in planned]
     command = "python -m trainer " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
-    for line in report.sweep_summary(ours, result, logdir, command or "the same command"):
+    for line in report.sweep_summary(ours, result, logdir, command or "the same command", len(runs)):
         print(line)
     if result.interrupted:
         return EXIT_INTERRUPTED

@@ -38,7 +38,8 @@ def run_rows(records: Iterable[dict[str, Any]]) -> list[list[str]]:
 RUN_HEADER = ["run", "status", "final loss", "distance", "converged at", "time"]
 
 
-def sweep_summary(records: list[dict[str, Any]], report: Any, logdir: Path, command: str) -> list[str]:
+def sweep_summary(records: list[dict[str, Any]], report: Any, logdir: Path, command: str,
+                  planned: int | None = None) -> list[str]:
     """What the sweep did, a table of its runs, its failures, and how to look at the results."""
     rows = run_rows(sorted(records, key=lambda r: r["folder"]))
     lines = [""]
@@ -53,6 +54,9 @@ def sweep_summary(records: list[dict[str, Any]], report: Any, logdir: Path, comm
     lines.append(f"{_runs(len(records))}" + (f": {done}" if done else "")
                  + f" ({len(report.ran)} run now, {len(report.kept)} already done"
                  + (f", {len(report.elsewhere)} left to another sweep" if report.elsewhere else "") + ")")
+    if planned is not None and planned > len(records):
+        missing = planned - len(records)
+        lines.append(f"{_runs(missing)} of the {planned} planned {'has' if missing == 1 else 'have'} not run yet")
     if report.kept_failed:
         count = len(report.kept_failed)
         lines.append(f"{_runs(count)} failed before and {'was' if count == 1 else 'were'} not retried; "

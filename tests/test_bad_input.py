@@ -83,6 +83,13 @@ CASES = [
               + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 9))),
          [f"{SPEC}:2: the YAML expands to more than 100,000 values (through anchors and aliases?); "
           f"a spec holds a few settings"], id="yaml-alias-bomb"),
+    case(spec("name: x\ndescription: &me [*me]\n"),
+         [f"{SPEC}:2: the YAML is nested more than 40 levels deep (through anchors and aliases?); "
+          f"a spec holds a few settings"], id="yaml-alias-to-itself"),
+    case(spec("name: x\nsweep:\n  optimizer:\n    - &sgd {kind: sgd, lr: 0.1}\n    - <<: *sgd\n"
+              "      momentum: 0.9\n      lr: -1\n"),
+         [f"{SPEC}:7: optimizer.lr: must be > 0, got -1.0 (in run optimizer=kind-sgd-lr--1-momentum-0.9)"],
+         id="yaml-merge-key-value-names-its-line"),
     # --- unknown keys --------------------------------------------------------------------------
     case(spec("name: x\noptimiser: {kind: sgd}\n"),
          [f"{SPEC}:2: optimiser: unknown key 'optimiser' (did you mean 'optimizer'?)"], id="unknown-top-level"),

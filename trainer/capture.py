@@ -1,8 +1,9 @@
 """Capturing a step's weights and gradients cheaply, and bringing them to the host once per chunk.
 
-Two ways, one result. On the CPU the parameters are read through zero-copy NumPy views, whose
-operations cost a fraction of a torch call each. On a GPU everything stays on the device as small
-tensors until the chunk ends, then crosses to the host in a few transfers, never one `.item()` per value.
+Two ways, one result. For a small model on the CPU, a step costs one NumPy copy of the weights
+and a list of references to the gradients; norms and histograms are computed once per chunk, in
+bulk. On a GPU (or for a large model) the reductions run on the device each step as small
+tensors, which cross to the host in a few transfers per chunk, never one `.item()` per value.
 
 What a chunk yields, per captured step, is a row: the elements of small parameters' weights, the
 norms of large ones, then the same for the gradients. Per histogram step it yields, for every
@@ -35,19 +36,24 @@ def split_stats(lo: list[float], hi: list[float], sums: list[float], squares: li
 
 
 class HostCapture:
-    """For parameters on the CPU: NumPy views of the parameters, copies only where values change."""
+    """For small models on the CPU: a copy of the weights and a reference to the gradients per
+    captured step (one NumPy call), and every reduction done once per chunk, in bulk."""
+
+    # Copies of this many elements a step, for a chunk of steps, stay well under 100 MB.
+    MAX_ELEMENTS = 50_000
 
     def __init__(self, small: list[torch.nn.Parameter], large: list[torch.nn.Parameter]):
-        self.small, self.large = small, large
         self.params = small + large
+        self.large_count = len(large)
         # Views share the parameters' memory: the optimizer updates in place, so they stay current.
-        self.small_views = [p.detach().numpy().reshape(-1) for p in small]
-        self.large_views = [p.detach().numpy().reshape(-1) for p in large]
-        self.all_views = [p.detach().numpy().reshape(-1) for p in self.params]
-        sizes = [p.numel() for p in self.params] * 2
-        self.bins, self.starts = bucket_layout(sizes)
-        self.segment_starts = np.cumsum([0] + sizes[:-1])
-        self.segment = np.repeat(np.arange(len(sizes)), sizes)
+        self.views = [p.detach().numpy().reshape(-1) for p in self.params]
+        sizes = [p.numel() for p in self.params]
+        self.small_elements = sum(sizes[:len(small)])
+        self.large_starts = np.cumsum([0] + sizes[len(small):-1]) if large else None
+        both = sizes * 2
+        self.bins, self.starts = bucket_layout(both)
+        self.segment_starts = np.cumsum([0] + both[:-1])
+        self.segment = np.repeat(np.arange(len(both)), both)
         self.bins_per_element = np.array(self.bins)[self.segment]
         self.bucket_base = np.array(self.starts)[self.segment]
         self.reset()
@@ -55,39 +61,37 @@ class HostCapture:
     def reset(self) -> None:
         self.weights: list[np.ndarray] = []
         self.grads: list[list[torch.Tensor | None]] = []
-        self.norms: list[list[float]] = []
-        self.histogram_values: list[np.ndarray] = []
+        self.histogram_flags: list[bool] = []
 
     def capture(self, histogram: bool) -> None:
-        if self.small:
-            views = self.small_views
-            self.weights.append(views[0].copy() if len(views) == 1 else np.concatenate(views))
-            # zero_grad() leaves .grad as None and backward() makes a new tensor each step, which
-            # torch's optimizers only read: keeping a reference is as good as a copy, and free.
-            self.grads.append([p.grad for p in self.small])
-        if self.large:
-            grads = [_grad_view(p) for p in self.large]
-            self.norms.append([math.sqrt(np.dot(v, v)) for v in self.large_views + grads])
-        if histogram:
-            self.histogram_values.append(np.concatenate(self.all_views + [_grad_view(p) for p in self.params]))
+        views = self.views
+        self.weights.append(views[0].copy() if len(views) == 1 else np.concatenate(views))
+        # zero_grad() leaves .grad as None and backward() makes a new tensor each step, which
+        # torch's optimizers only read: keeping a reference is as good as a copy, and free.
+        self.grads.append([p.grad for p in self.params])
+        self.histogram_flags.append(histogram)
 
     def take(self) -> tuple[list[Row], list[list[Stats]]]:
-        count = len(self.weights) or len(self.norms)
-        parts = []
-        norms = np.array(self.norms, dtype=np.float64).reshape(count, -1) if self.large else None
-        if self.small:
-            parts.append(np.stack(self.weights))
-        if norms is not None:
-            parts.append(norms[:, :len(self.large)])
-        if self.small:
-            parts.append(np.stack([np.concatenate([_as_array(g, p) for g, p in zip(step, self.small)])
-                                   for step in self.grads]))
-        if norms is not None:
-            parts.append(norms[:, len(self.large):])
-        rows = np.hstack([part.astype(np.float64) for part in parts]).tolist() if count else []
-        histograms = self._histograms(np.stack(self.histogram_values)) if self.histogram_values else []
+        if not self.weights:
+            return [], []
+        weights = np.stack(self.weights)
+        grads = np.hstack([torch.stack([g[i] if g[i] is not None else torch.zeros_like(p) for g in self.grads])
+                           .view(len(self.grads), -1).numpy() for i, p in enumerate(self.params)])
+        cut = self.small_elements
+        parts = [weights[:, :cut].astype(np.float64)]
+        if self.large_count:
+            parts.append(self._norms(weights[:, cut:]))
+        parts.append(grads[:, :cut].astype(np.float64))
+        if self.large_count:
+            parts.append(self._norms(grads[:, cut:]))
+        rows = np.hstack(parts).tolist()
+        flags = np.array(self.histogram_flags)
+        histograms = self._histograms(np.hstack([weights[flags], grads[flags]])) if flags.any() else []
         self.reset()
         return rows, histograms
+
+    def _norms(self, values: np.ndarray) -> np.ndarray:
+        return np.sqrt(np.add.reduceat(np.square(values, dtype=np.float64), self.large_starts, axis=1))
 
     def _histograms(self, values: np.ndarray) -> list[list[Stats]]:
         """All histograms of all histogram steps of a chunk, in a handful of NumPy operations."""
@@ -108,15 +112,6 @@ class HostCapture:
         sums, squares, counts = sums.tolist(), squares.tolist(), counts.tolist()
         return [split_stats(lo[h], hi[h], sums[h], squares[h], counts[h], self.bins, self.starts)
                 for h in range(steps)]
-
-
-def _grad_view(p: torch.nn.Parameter) -> np.ndarray:
-    return p.grad.numpy().reshape(-1) if p.grad is not None else np.zeros(p.numel(), dtype=np.float32)
-
-
-def _as_array(grad: torch.Tensor | None, p: torch.nn.Parameter) -> np.ndarray:
-    return grad.numpy().reshape(-1) if grad is not None else np.zeros(p.numel(), dtype=np.float32)
-
 
 class DeviceCapture:
     """For parameters on a GPU: small tensors on the device, a few transfers per chunk."""
@@ -197,5 +192,8 @@ def _grad(p: torch.nn.Parameter) -> torch.Tensor:
 
 def capture_for(small: list[torch.nn.Parameter], large: list[torch.nn.Parameter]) -> HostCapture | DeviceCapture:
     """The cheaper way for where the parameters live."""
-    on_cpu = all(p.device.type == "cpu" and p.dtype == torch.float32 for p in small + large)
-    return HostCapture(small, large) if on_cpu else DeviceCapture(small, large)
+    params = small + large
+    on_cpu = all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
+    if on_cpu and sum(p.numel() for p in params) <= HostCapture.MAX_ELEMENTS:
+        return HostCapture(small, large)
+    return DeviceCapture(small, large)

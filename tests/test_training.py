@@ -233,3 +233,21 @@ def test_cuda_run_logs_the_same_curves_as_the_cpu(write_spec, tmp_path):
     record = json.loads((tmp_path / "logs/gpu/device=cuda/record.json").read_text())
     assert record["resolved"]["device"].startswith("cuda") and record["status"] == "complete"
     assert cuda["loss"][0] == pytest.approx(cpu["loss"][0], rel=1e-4)
+
+
+def test_a_run_that_fails_before_training_still_shows_in_tensorboard(write_spec, tmp_path, monkeypatch):
+    import trainer.data
+
+    def unreadable(*args, **kwargs):
+        raise OSError("the data went away")
+
+    monkeypatch.setattr(trainer.data, "load", unreadable)
+    spec = write_spec("early", "name: early\n")
+    logdir = tmp_path / "logs"
+    assert main(["run", spec, "--logdir", str(logdir), "--quiet"]) == 1
+    folder = logdir / "early/base"
+    record = json.loads((folder / "record.json").read_text())
+    assert record["status"] == "failed" and "the data went away" in record["error"]
+    assert "OSError: the data went away" in (folder / "traceback.txt").read_text()
+    tensors = read_events(folder).Tags()["tensors"]
+    assert {"_hparams_/session_start_info", "_hparams_/session_end_info"} <= set(tensors)

@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in exc.problems:
             print(f"error: {line}", file=sys.stderr)
         return exc.exit_status
+    except KeyboardInterrupt:     # before runs start or after they end: nothing to record
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _plan(args: argparse.Namespace) -> list[RunPlan]:
@@ -166,7 +169,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         print(line)
     count, _ = index.rebuild(Path(args.into))
     print(f"{args.into}: HParams record rebuilt for {count} runs")
-    return 0
+    return 1 if result.refused else 0
 
 
 COMMANDS = {"sweep": cmd_sweep, "run": cmd_run, "check": cmd_check, "status": cmd_status,

@@ -9,6 +9,8 @@ import platform
 import shutil
 import socket
 import subprocess
+import sys
+import sysconfig
 import time
 import traceback
 from dataclasses import dataclass
@@ -74,6 +76,38 @@ def versions() -> dict[str, str]:
             "tensorboard": tensorboard.__version__, "trainer": __version__}
 
 
+def _prefixes() -> list[tuple[str, str]]:
+    places = {sysconfig.get_paths()["purelib"]: "", sysconfig.get_paths()["platlib"]: "",
+              str(Path(__file__).resolve().parents[1]): "", os.getcwd(): "", sys.prefix: "",
+              str(Path.home()): "~"}
+    return sorted(((base + os.sep, name + os.sep if name else "") for base, name in places.items() if base),
+                  key=lambda pair: -len(pair[0]))
+
+
+def portable(text: str) -> str:
+    """Text with this machine's folders taken out, so that a log folder holds no absolute paths."""
+    for base, name in _prefixes():
+        text = text.replace(base, name)
+    return text
+
+
+def end_session(folder: Path, hparams: dict[str, Any], status: str, suffix: str = "") -> None:
+    """Give a run that could not finish its own event file a session end (and a start, if it never
+    wrote one), so that TensorBoard lists it with its real status."""
+    from trainer.events import EventFile
+    from trainer.hparams import session_end_pb, session_start_pb
+
+    started = any(p.stat().st_size > 0 for p in folder.glob("events.out.tfevents.*"))
+    events = EventFile(folder, suffix)
+    try:
+        now = time.time()
+        if not started:
+            events.write_summary(session_start_pb(hparams, now), 0, now)
+        events.write_summary(session_end_pb(status, now), 0, now)
+    finally:
+        events.close()
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -113,14 +147,17 @@ def execute(run: RunPlan, logdir: Path, should_stop: Callable[[], bool] = lambda
     except Exception as exc:  # the run's fault is recorded; the sweep goes on
         # A full or read-only disk is no fault of the run: it is left to be run again once that is fixed.
         logdir_fault = isinstance(exc, OSError) and exc.errno in LOGDIR_ERRNOS
-        record.update(status="interrupted" if logdir_fault else "failed", error=f"{type(exc).__name__}: {exc}")
-        if sink is not None and sink.events is not None:
-            try:
-                sink.finish(record["status"], 0, {}, None)
-            except Exception:
-                pass
+        record.update(status="interrupted" if logdir_fault else "failed",
+                      error=portable(f"{type(exc).__name__}: {exc}"))
         try:
-            (folder / rundir.TRACEBACK).write_text(traceback.format_exc(), encoding="utf-8")
+            if sink is not None and sink.events is not None:
+                sink.finish(record["status"], 0, {}, None)
+            elif folder.is_dir():   # it failed before its event file began
+                end_session(folder, hparams, record["status"])
+        except Exception:
+            pass
+        try:
+            (folder / rundir.TRACEBACK).write_text(portable(traceback.format_exc()), encoding="utf-8")
         except OSError:
             pass
         if logdir_fault:

@@ -22,7 +22,6 @@ from typing import Any
 
 from trainer import rundir
 from trainer.errors import LogDirError
-from trainer.index import read_record
 from trainer.spec import EXPERIMENT_NAME
 
 MAX_NAME = 128
@@ -99,7 +98,7 @@ class Destination:
             for run in sorted(folder.iterdir()):
                 if run.name.startswith(".") or run.is_symlink() or not run.is_dir():
                     continue
-                record, _ = read_record(run)
+                record, _ = rundir.load_record(run)
                 found.add(run.name, family(run.name, record), identity(record) if record else files_identity(run))
         return found
 
@@ -170,7 +169,7 @@ def _merge_run(run: Path, into: Destination, include_unfinished: bool, result: M
     if not RUN_NAME.match(run.name):
         result.refused.append(f"{run}: {run.name!r} is not a run folder name")
         return
-    record, problem = read_record(run)
+    record, problem = rundir.load_record(run)
     if problem is not None:
         result.refused.append(f"{run}: {problem}")
         return

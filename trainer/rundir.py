@@ -10,12 +10,14 @@ import hashlib
 import json
 import os
 import socket
+import stat
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainer.hparams import is_hparam_value
 from trainer.schema import Config, as_data
 
 RECORD = "record.json"
@@ -53,13 +55,74 @@ def config_digest(config: Config) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
+# Far more than any run's record; a bigger file is not one.
+MAX_RECORD_BYTES = 16 * 1024 * 1024
+
+
+def record_problem(record: Any) -> str | None:
+    """Why a record.json's content is not a run record this project can index, or None."""
+    if not isinstance(record, dict):
+        return f"holds {type(record).__name__}, not a mapping"
+    status = record.get("status")
+    if status not in STATES:
+        return f"status {status!r} is not one of {', '.join(STATES)}"
+    hparams = record.get("hparams")
+    if not isinstance(hparams, dict) or not hparams:
+        return "has no hparams mapping"
+    for key, value in hparams.items():
+        if not is_hparam_value(value):
+            return f"hparams[{key!r}] = {value!r}, of unsupported type {type(value).__name__!r}"
+    for part in ("swept", "metrics"):
+        if not isinstance(record.get(part, {}), dict):
+            return f"{part} is {type(record[part]).__name__}, not a mapping"
+    metrics = record.get("metrics", {})
+    for key, value in metrics.items():
+        if value is not None and (isinstance(value, str) or not is_hparam_value(value)):
+            return f"metrics[{key!r}] = {value!r} is not a finite number"
+    if not isinstance(record.get("config_digest", ""), str):
+        return "config_digest is not a string"
+    return None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def load_record(run: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """A run's record as untrusted data: (record, None), (None, None) if it has none, or (None, why not)."""
+    # Only a plain file is read: a symlink could point anywhere, a FIFO would block.
+    path = run / RECORD
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, f"record.json cannot be read: {exc.strerror}"
+    if stat.S_ISLNK(info.st_mode):
+        return None, "record.json is a symlink (not followed)"
+    if not stat.S_ISREG(info.st_mode):
+        return None, "record.json is not a plain file"
+    if info.st_size > MAX_RECORD_BYTES:
+        return None, f"record.json is {info.st_size:,} bytes, too large for a run record"
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            data = f.read(MAX_RECORD_BYTES + 1)
+    except OSError as exc:
+        return None, f"record.json cannot be read: {exc.strerror}"
+    try:
+        record = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return None, f"record.json is not valid JSON ({type(exc).__name__}: {str(exc)[:100]})"
+    problem = record_problem(record)
+    if problem is not None:
+        return None, f"record.json is not a run record: {problem}"
+    return record, None
+
+
 def read_record(folder: Path) -> dict[str, Any] | None:
     """A run's record, or None where there is none or it cannot be read as one."""
-    try:
-        record = json.loads((folder / RECORD).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) and "status" in record else None
+    return load_record(folder)[0]
 
 
 def record_stamp(folder: Path) -> tuple[int, int] | None:

@@ -454,12 +454,9 @@ def _died(worker: Worker, opts: Options, status: str = "failed") -> Summary:
 
 def mark_ended(logdir: Path, run: RunPlan, status: str, error: str) -> Summary:
     """Write the record (and a session end) of a run that could not write its own."""
-    from trainer.events import EventFile
-    from trainer.hparams import session_end_pb
-    from trainer.job import hparams_of, resolved_values
+    from trainer.job import end_session, hparams_of, resolved_values
 
     folder = logdir / run.folder
-    now = time.time()
     record = {
         "format": rundir.RECORD_FORMAT, "experiment": run.experiment, "run": run.name, "status": status,
         "config_digest": rundir.config_digest(run.config), "swept": dict(run.swept),
@@ -468,11 +465,7 @@ def mark_ended(logdir: Path, run: RunPlan, status: str, error: str) -> Summary:
     }
     try:   # the session end, so TensorBoard agrees; the run's own event file may end mid-record
         folder.mkdir(parents=True, exist_ok=True)
-        events = EventFile(folder, suffix=".end")
-        try:
-            events.write_summary(session_end_pb(status, now), 0, now)
-        finally:
-            events.close()
+        end_session(folder, record["hparams"], status, suffix=".end")
     except OSError:
         pass
     try:

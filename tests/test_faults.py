@@ -550,6 +550,22 @@ def test_a_worker_killed_mid_run_fails_that_run_and_is_replaced(tmp_path, sweeps
 # --- a log folder that cannot be written ------------------------------------------------------
 
 
+def test_workers_that_cannot_start_stop_the_sweep_and_fail_no_run(tmp_path):
+    """A wrapper script without a __main__ guard makes every spawned worker die while starting."""
+    spec = toy_spec(tmp_path, "train.seed: [0, 1, 2]")
+    script = tmp_path / "unguarded.py"
+    script.write_text("import sys\nfrom trainer.cli import main\nsys.exit(main())\n")
+    logdir = tmp_path / "logs"
+    code, out, err = trainer(tmp_path, "sweep", spec, "--logdir", logdir, "--workers", 2, "--quiet", script=script)
+    assert code == 2
+    assert "Stopped: a worker process exited with status 1 before it was ready, so no run was started" in out
+    assert out.count("Stopped:") == 1
+    assert records(logdir) == {}                      # no run was recorded as failed
+    assert not list((logdir / "toy" / ".claims").glob("*"))
+    code, out, _ = trainer(tmp_path, "sweep", spec, "--logdir", logdir, "--workers", 2, "--quiet")
+    assert code == 0 and "3 runs: 3 complete" in out
+
+
 def test_a_log_folder_that_cannot_be_made_is_one_error(tmp_path):
     spec = toy_spec(tmp_path, "train.seed: [0, 1]")
     (tmp_path / "afile").write_text("")

@@ -122,7 +122,7 @@ def _execute(runs: list[RunPlan], args: argparse.Namespace, workers: int) -> int
         print(line)
     if result.interrupted:
         return EXIT_INTERRUPTED
-    if result.logdir_fault:
+    if result.logdir_fault or result.startup_fault:
         return 2
     return EXIT_FAILED_RUNS if result.failed else 0
 

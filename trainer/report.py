@@ -71,6 +71,8 @@ def sweep_summary(records: list[dict[str, Any]], report: Any, logdir: Path, comm
     if report.logdir_fault:
         lines.append(f"Stopped: the log folder cannot be written ({report.logdir_fault}); "
                      f"free space or fix its permissions, then run the same command again.")
+    if report.startup_fault:
+        lines.append(f"Stopped: {report.startup_fault}")
     if report.interrupted:
         lines.append(f"Interrupted. Finished runs are kept; to resume, run the same command again:\n  {command}")
     lines.append(f"Open TensorBoard:  tensorboard --logdir {logdir}")

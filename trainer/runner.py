@@ -13,6 +13,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ class Report:
     elsewhere: list[str] = field(default_factory=list)       # run, or being run, by another sweep
     interrupted: bool = False
     logdir_fault: str | None = None
+    startup_fault: str | None = None           # worker processes could not start
 
     @property
     def failed(self) -> list[Summary]:
@@ -292,6 +294,10 @@ def _worker_main(conn: multiprocessing.connection.Connection, stop: Any, parent:
     _die_with_parent(parent)
     import torch
     torch.set_num_threads(1)
+    # torch imports its compiler the first time an optimizer is made; pay that before saying ready.
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    from trainer import sink, train  # noqa: F401  (what execute() imports on first use)
+    conn.send(READY)
     while True:
         try:
             task = conn.recv()
@@ -331,6 +337,13 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)
 
 
+READY = "ready"
+
+
+class WorkerStartError(Exception):
+    """A worker process died before it could take a run: nothing will run until that is fixed."""
+
+
 class Worker:
     def __init__(self, ctx: Any, stop: Any):
         self.conn, child = ctx.Pipe()
@@ -343,6 +356,7 @@ class Worker:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         child.close()
+        self.ready = False
         self.run: RunPlan | None = None
         self.claim: Path | None = None
 
@@ -400,12 +414,21 @@ def _run_pool(todo: list[RunPlan], seen: dict[str, Any], opts: Options, report: 
                 if worker.conn not in ready and worker.process.sentinel not in ready:
                     continue
                 summary = _collect(worker)
+                if summary is None and worker.process.is_alive():
+                    continue                          # it only said it is ready
                 if summary is None:                   # the process died: record it, start another
                     summary = _died(worker, opts, "failed" if deadline is None else "interrupted")
                     pool.remove(worker)
                     if pending and deadline is None and report.logdir_fault is None:
                         pool.append(Worker(ctx, stopping))
                 _finish_run(worker, summary, claims, report, progress)
+    except WorkerStartError as exc:
+        # Not the runs' fault: they are left as they were, to run once workers can start.
+        report.startup_fault = str(exc)
+        for worker in pool:
+            if worker.claim is not None:
+                claims.release(worker.claim)
+            worker.run = worker.claim = None
     finally:
         for worker in pool:
             worker.stop()
@@ -434,11 +457,21 @@ def _finish_run(worker: Worker, summary: Summary, claims: Claims, report: Report
 
 
 def _collect(worker: Worker) -> Summary | None:
+    """The worker's summary of its run; None if it has none to give (it died)."""
     try:
-        if worker.conn.poll():
-            return worker.conn.recv()
+        while worker.conn.poll():
+            message = worker.conn.recv()
+            if message != READY:
+                return message
+            worker.ready = True
     except (EOFError, OSError):
         pass
+    if not worker.ready and not worker.process.is_alive():
+        worker.process.join(timeout=1)
+        raise WorkerStartError(
+            f"a worker process exited with status {worker.process.exitcode} before it was ready, so no run was "
+            f"started. Check that `{Path(sys.executable).name} -c 'import torch'` works, and that a script "
+            f"starting a sweep does so under `if __name__ == \"__main__\":`")
     return None
 
 

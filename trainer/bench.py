@@ -6,6 +6,7 @@ slows both sides alike. Nothing here is asserted: the table shows each figure ne
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -45,7 +46,9 @@ MLP = {
 }
 
 
-def median_time(fn: Callable[[], object]) -> float:
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds for one call, after collecting the garbage an earlier measurement left behind."""
+    gc.collect()
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
@@ -58,7 +61,7 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str,
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            times[name].append(median_time(fn))
+            times[name].append(timed(fn))
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -317,7 +320,7 @@ def _ok(flag: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=7, help="timed runs per measurement (median reported)")
+    parser.add_argument("--repeats", type=int, default=11, help="timed runs per measurement (median reported)")
     parser.add_argument("--sweep-repeats", type=int, default=3, help="timed comparison-set sweeps per worker count")
     parser.add_argument("--large-runs", type=int, default=1000, help="runs in the scale test (0 to skip)")
     parser.add_argument("--out", default="bench-out/results.json", help="where to write the figures as JSON")

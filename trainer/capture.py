@@ -19,7 +19,6 @@ import torch
 
 HISTOGRAM_BINS = 30
 
-Row = list[float]
 Stats = list[float]
 
 
@@ -71,9 +70,9 @@ class HostCapture:
         self.grads.append([p.grad for p in self.params])
         self.histogram_flags.append(histogram)
 
-    def take(self) -> tuple[list[Row], list[list[Stats]]]:
+    def take(self) -> tuple[np.ndarray, list[list[Stats]]]:
         if not self.weights:
-            return [], []
+            return np.zeros((0, 0)), []
         weights = np.stack(self.weights)
         grads = np.hstack([torch.stack([g[i] if g[i] is not None else torch.zeros_like(p) for g in self.grads])
                            .view(len(self.grads), -1).numpy() for i, p in enumerate(self.params)])
@@ -84,7 +83,7 @@ class HostCapture:
         parts.append(grads[:, :cut].astype(np.float64))
         if self.large_count:
             parts.append(self._norms(grads[:, cut:]))
-        rows = np.hstack(parts).tolist()
+        rows = np.hstack(parts)
         flags = np.array(self.histogram_flags)
         histograms = self._histograms(np.hstack([weights[flags], grads[flags]])) if flags.any() else []
         self.reset()
@@ -162,7 +161,7 @@ class DeviceCapture:
                                                                  torch.cat([flat, flat * flat]))
         return torch.cat([lo, hi, sums, counts])
 
-    def take(self) -> tuple[list[Row], list[list[Stats]]]:
+    def take(self) -> tuple[np.ndarray, list[list[Stats]]]:
         count = len(self.weights) or len(self.norms)
         parts = []
         norms = torch.stack(self.norms) if self.large else None
@@ -176,7 +175,7 @@ class DeviceCapture:
                              .view(count, -1))
         if norms is not None:
             parts.append(norms[:, len(self.large):])
-        rows = torch.cat(parts, dim=1).double().tolist() if count else []
+        rows = torch.cat(parts, dim=1).double().cpu().numpy() if count else np.zeros((0, 0))
         histograms = []
         n = 2 * len(self.params)
         for row in (torch.stack(self.histogram_rows).double().tolist() if self.histogram_rows else []):

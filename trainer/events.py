@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2
 
 try:  # a maintained C implementation; tensorboard's pure-Python one is the fallback
@@ -61,16 +62,19 @@ def _varint(n: int) -> bytes:
 _SMALL_VARINTS = [bytes((n,)) for n in range(0x80)]
 
 
+def _value_prefix(tag: str) -> bytes:
+    """The bytes of a Summary.value entry holding a simple_value, up to the value's four bytes."""
+    raw = tag.encode()
+    value = b"\x0a" + _varint(len(raw)) + raw + b"\x15"          # tag, then simple_value's key
+    return b"\x0a" + _varint(len(value) + 4) + value
+
+
 class ScalarTags:
     """Precomputed wire bytes for a fixed list of scalar tags (Summary.Value with simple_value)."""
 
     def __init__(self, tags: Sequence[str]):
         self.tags = list(tags)
-        prefixes = []
-        for tag in self.tags:
-            raw = tag.encode()
-            value = b"\x0a" + _varint(len(raw)) + raw + b"\x15"          # tag, then simple_value's key
-            prefixes.append(b"\x0a" + _varint(len(value) + 4) + value)  # Summary.value entry
+        prefixes = [_value_prefix(tag) for tag in self.tags]
         # One struct packs the fixed prefixes and the floats between them in a single call.
         self._struct = struct.Struct("<" + "".join(f"{len(p)}sf" for p in prefixes))
         self._args: list = [x for p in prefixes for x in (p, 0.0)]
@@ -79,6 +83,66 @@ class ScalarTags:
         """The Summary body for these values, in tag order."""
         self._args[1::2] = values
         return self._struct.pack(*self._args)
+
+
+class ScalarBlock:
+    """The framed scalar events of many steps for one fixed list of tags, encoded at once.
+
+    Between the values, every record of a block is the same bytes; so a chunk of steps is a NumPy
+    array of records, built from a template row, with the wall times, steps and values written
+    column-wise. Only the checksums are computed record by record.
+    """
+
+    def __init__(self, tags: Sequence[str]):
+        self.tags = list(tags)
+        prefixes = [_value_prefix(tag) for tag in self.tags]
+        self.body = b"".join(p + b"\0\0\0\0" for p in prefixes)
+        offsets, at = [], 0
+        for p in prefixes:
+            at += len(p)
+            offsets.append(at)
+            at += 4
+        self.value_offsets = np.array(offsets)
+
+    def encode(self, steps: np.ndarray, walls: np.ndarray, values: np.ndarray) -> tuple[bytes, np.ndarray]:
+        """Records for steps[i] with values[i] (one column per tag); returns the bytes and where
+        each record ends in them. Steps must increase."""
+        steps = np.asarray(steps, dtype=np.int64)
+        chunks, ends, done = [], [], 0
+        # Records are the same length while the step's varint is: at most a few groups per chunk.
+        sizes = (steps > 0).astype(np.int64) + sum((steps >= 1 << (7 * k)).astype(np.int64) for k in range(1, 10))
+        start = 0
+        while start < len(steps):
+            stop = start + int(np.argmax(sizes[start:] != sizes[start])) if (sizes[start:] != sizes[start]).any() \
+                else len(steps)
+            data, length = self._group(steps[start:stop], walls[start:stop], values[start:stop], int(sizes[start]))
+            chunks.append(data)
+            ends.append(done + length * np.arange(1, stop - start + 1))
+            done += len(data)
+            start = stop
+        return b"".join(chunks), (np.concatenate(ends) if ends else np.zeros(0, dtype=np.int64))
+
+    def _group(self, steps: np.ndarray, walls: np.ndarray, values: np.ndarray, step_bytes: int) -> tuple[bytes, int]:
+        count = len(steps)
+        head = b"\x09" + bytes(8) + (b"\x10" + bytes(step_bytes) if step_bytes else b"")
+        event = head + b"\x2a" + _varint(len(self.body)) + self.body
+        template = _framed_length(len(event)) + event + bytes(4)
+        records = np.frombuffer(template, dtype=np.uint8).repeat(count).reshape(-1, count).T.copy()
+        at = 12 + 1                                            # past the frame header and wall_time's key
+        records[:, at:at + 8] = walls.astype("<f8").view(np.uint8).reshape(count, 8)
+        if step_bytes:
+            for i in range(step_bytes):                       # the step as a varint
+                byte = (steps >> (7 * i)) & 0x7F
+                records[:, at + 9 + i] = byte | (0x80 if i < step_bytes - 1 else 0)
+        body_at = 12 + len(event) - len(self.body)
+        columns = (body_at + self.value_offsets)[:, None] + np.arange(4)
+        records[:, columns.ravel()] = values.astype("<f4").view(np.uint8).reshape(count, -1)
+        flat, width, length = records.tobytes(), records.shape[1], len(event)
+        crcs = np.array([_crc32c(flat[i + 12:i + 12 + length]) for i in range(0, count * width, width)],
+                        dtype=np.uint64)
+        masked = (((crcs >> 15) | (crcs << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+        records[:, -4:] = masked.astype("<u4").view(np.uint8).reshape(count, 4)
+        return records.tobytes(), records.shape[1]
 
 
 def summary_event(step: int, wall_time: float, summary_body: bytes) -> bytes:
@@ -130,6 +194,10 @@ class EventFile:
 
     def write_raw(self, event: bytes) -> None:
         self._pending += frame(event)
+
+    def write_records(self, records: bytes) -> None:
+        """Append records that are framed already (see ScalarBlock)."""
+        self._pending += records
 
     def write_event(self, event: event_pb2.Event) -> None:
         self.write_raw(event.SerializeToString())

@@ -109,7 +109,7 @@ def end_session(folder: Path, hparams: dict[str, Any], status: str, suffix: str 
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def execute(run: RunPlan, logdir: Path, should_stop: Callable[[], bool] = lambda: False,

@@ -1,11 +1,13 @@
 """Models and losses built from their specs."""
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from trainer.schema import HuberLoss, L1Loss, LinearModel, LossSpec, MlpModel, ModelSpec, MseLoss
 
@@ -42,13 +44,14 @@ def build_model(spec: ModelSpec, features: int, seed: int) -> nn.Module:
     return model
 
 
-def build_loss(spec: LossSpec, reduction: str | None = None) -> nn.Module:
-    """The loss module; `reduction` overrides the spec's (evaluation always takes the mean)."""
+def build_loss(spec: LossSpec, reduction: str | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss function (torch's functional form: the same numbers as its module, without the
+    module call); `reduction` overrides the spec's (evaluation always takes the mean)."""
     reduction = reduction or spec.reduction
     if isinstance(spec, L1Loss):
-        return nn.L1Loss(reduction=reduction)
+        return functools.partial(F.l1_loss, reduction=reduction)
     if isinstance(spec, MseLoss):
-        return nn.MSELoss(reduction=reduction)
+        return functools.partial(F.mse_loss, reduction=reduction)
     if isinstance(spec, HuberLoss):
-        return nn.HuberLoss(reduction=reduction, delta=spec.delta)
+        return functools.partial(F.huber_loss, reduction=reduction, delta=spec.delta)
     raise TypeError(f"unknown loss spec {spec!r}")

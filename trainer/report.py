@@ -56,7 +56,9 @@ def sweep_summary(records: list[dict[str, Any]], report: Any, logdir: Path, comm
                  + (f", {len(report.elsewhere)} left to another sweep" if report.elsewhere else "") + ")")
     if planned is not None and planned > len(records):
         missing = planned - len(records)
-        lines.append(f"{_runs(missing)} of the {planned} planned {'has' if missing == 1 else 'have'} not run yet")
+        elsewhere = " (another sweep is running them)" if report.elsewhere else ""
+        lines.append(f"{_runs(missing)} of the {planned} planned {'has' if missing == 1 else 'have'} "
+                     f"no record yet{elsewhere}")
     if report.kept_failed:
         count = len(report.kept_failed)
         lines.append(f"{_runs(count)} failed before and {'was' if count == 1 else 'were'} not retried; "

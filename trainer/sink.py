@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tensorboard.compat.proto import summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorboard.plugins.text import metadata as text_metadata
 
 from trainer import events
-from trainer.events import EventFile, ScalarTags, summary_event
+from trainer.events import EventFile, ScalarBlock, ScalarTags, summary_event
 from trainer.hparams import METRIC_TAGS, session_end_pb, session_start_pb
 from trainer.capture import capture_for
 from trainer.schema import LogSettings
@@ -126,7 +127,7 @@ class TensorBoardSink:
         linear = isinstance(model, torch.nn.Linear)
         curves = [e for n, p in small for e in element_names(n, p.shape, linear)]
         curves += [f"{n}.norm" for n, _ in large]
-        self.step_tags = ScalarTags([LOSS, *(f"w/{c}" for c in curves), *(f"g/{c}" for c in curves)])
+        self.step_block = ScalarBlock([LOSS, *(f"w/{c}" for c in curves), *(f"g/{c}" for c in curves)])
         self.lr_tags = ScalarTags([LR])
         self.last_lr: float | None = None
         self.final_tags = ScalarTags([f"w/{c}" for c in curves])
@@ -152,30 +153,37 @@ class TensorBoardSink:
     def write(self, first_step: int, losses: list[float], evaluations: list[Evaluation], last_step: int) -> None:
         """Write the captured steps up to last_step, with the losses of steps first_step onward."""
         rows, histograms = self.capturing.take()
-        # Evaluations usually fall on logged steps; any that do not go in their own event, in step order.
-        pending = {ev.step: self._encode_evaluation(ev) for ev in evaluations if ev.step <= last_step}
-        between = sorted(s for s in pending if s % self.every)
-        encode, every, write = self.step_tags.encode, self.every, self.events.write_raw
-        for (step, wall, lr), row in zip(self.info, rows):
-            if step > last_step:
-                break
-            while between and between[0] < step:
-                early = between.pop(0)
-                write(summary_event(early, wall, pending.pop(early)))
-            if step % every == 0:
-                body = encode([losses[step - first_step], *row])
-                if lr != self.last_lr:
-                    body += self.lr_tags.encode([lr])
-                    self.last_lr = lr
-                write(summary_event(step, wall, body + pending.pop(step) if step in pending else body))
-        for step in sorted(pending):
-            write(summary_event(step, time.time(), pending[step]))
+        logged = [i for i, (step, _, _) in enumerate(self.info) if step % self.every == 0 and step <= last_step]
+        steps = np.array([self.info[i][0] for i in logged], dtype=np.int64)
+        block, ends = b"", np.zeros(0, dtype=np.int64)
+        if logged:
+            walls = np.array([self.info[i][1] for i in logged])
+            values = np.column_stack([np.asarray(losses)[steps - first_step], rows[logged]])
+            block, ends = self.step_block.encode(steps, walls, values)
+        # The learning rate when it changes, and the evaluations: events of their own, in step order.
+        extra = []
+        for i in logged:
+            step, wall, lr = self.info[i]
+            if lr != self.last_lr:
+                extra.append((step, wall, self.lr_tags.encode([lr])))
+                self.last_lr = lr
+        walls_by_step = {step: wall for step, wall, _ in self.info}
+        extra += [(ev.step, walls_by_step.get(ev.step, time.time()), self._encode_evaluation(ev))
+                  for ev in evaluations if ev.step <= last_step]
+        done = 0
+        for step, wall, body in sorted(extra, key=lambda e: e[0]):
+            upto = int(ends[np.searchsorted(steps, step, side="right") - 1]) if len(steps) and steps[0] <= step else 0
+            if upto > done:
+                self.events.write_records(block[done:upto])
+                done = upto
+            self.events.write_raw(summary_event(step, wall, body))
+        self.events.write_records(block[done:])
         histogram_steps = [(step, wall) for step, wall, _ in self.info
                            if self.histograms_every and step % self.histograms_every == 0]
         for (step, wall), stats in zip(histogram_steps, histograms):
             if step > last_step:
                 break
-            write(summary_event(step, wall, b"".join(
+            self.events.write_raw(summary_event(step, wall, b"".join(
                 histogram_value(tag, values, size)
                 for tag, values, size in zip(self.histogram_tags, stats, self.histogram_sizes))))
         self.info = []

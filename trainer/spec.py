@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -334,20 +335,28 @@ def _read_sweep(sweep: Any, lines: dict[str, int], path: str, problems: list[str
             problems.append(f"{at}: the list of values is empty; give at least one value")
             continue
         distinct: list[Any] = []
+        seen: set[str] = set()
         for value in values:
-            if any(_same(value, s) for s in distinct):
+            if _identity(value) in seen:
                 problems.append(f"{at}: {show(value)} is listed twice; each value gives one run")
             else:
                 distinct.append(value)
+                seen.add(_identity(value))
         grid[key] = distinct
     return grid
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Equal as settings: 1 and 1.0 are the same value, true and 1 are not."""
-    return type(a) is type(b) and a == b or (
-        isinstance(a, (int, float)) and isinstance(b, (int, float))
-        and not isinstance(a, bool) and not isinstance(b, bool) and a == b)
+def _identity(value: Any) -> str:
+    """Equal for equal settings: 1 and 1.0 are the same value, true and 1 are not."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (int, float)):
+        return f"number:{float(value)!r}"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(str(k))}:{_identity(v)}" for k, v in sorted(value.items(), key=str)) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_identity(v) for v in value) + "]"
+    return repr(value)
 
 
 def combine(spec: Spec, values: dict[str, Any]) -> dict[str, Any]:

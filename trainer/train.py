@@ -94,6 +94,7 @@ def train(run: RunPlan, sink: Any = None, should_stop: Callable[[], bool] = lamb
     steps = batches(dataset.x, dataset.y, None if full else run.batch_size, run.steps,
                     config.train.sampling, config.train.seed)
     eval_every = config.eval.every
+    params = list(model.parameters())
     sink.begin(model, optimizer)
 
     history: list[Evaluation] = []
@@ -103,7 +104,10 @@ def train(run: RunPlan, sink: Any = None, should_stop: Callable[[], bool] = lamb
     status, last = "complete", run.steps - 1
     for step, (x, y) in enumerate(steps):
         loss = loss_fn(model(x).view(-1), y)
-        optimizer.zero_grad()
+        # What optimizer.zero_grad() does, without its profiler and compiler hooks (16 us a step,
+        # a tenth of a notebook step); the update itself is torch's optimizer, untouched.
+        for p in params:
+            p.grad = None
         loss.backward()
         # logging (reads only): the loss, the evaluation and the sink's capture, all before the update
         losses.append(loss.detach())

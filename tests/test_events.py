@@ -1,6 +1,7 @@
 """Our event encoding against protobuf's and tensorboard's own: same bytes, same checksums."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -57,3 +58,20 @@ def test_event_file_reads_back_with_tensorboard(tmp_path):
     assert [e.step for e in acc.Scalars("w/0")] == [0, 1, 2, 3, 4]
     assert [e.wall_time for e in acc.Scalars("w/0")] == [100.0, 101.0, 102.0, 103.0, 104.0]
     assert file.path.name.startswith("events.out.tfevents.")
+
+
+@pytest.mark.parametrize("steps", [
+    pytest.param([0, 1, 2, 3], id="from-zero"),
+    pytest.param([120, 126, 127, 128, 129, 200], id="across-a-varint-size"),
+    pytest.param([5, 16383, 16384, 2**21, 2**35], id="large"),
+])
+def test_a_block_of_step_events_is_the_same_bytes_as_one_event_at_a_time(steps):
+    import numpy as np
+    tags = ["loss", "w/0", "w/1", "g/0", "g/1"]
+    walls = np.linspace(1000.0, 1010.0, len(steps))
+    values = np.random.default_rng(0).standard_normal((len(steps), len(tags)))
+    data, ends = events.ScalarBlock(tags).encode(np.array(steps), walls, values)
+    one_by_one = [events.frame(events.summary_event(s, float(w), events.ScalarTags(tags).encode(v.tolist())))
+                  for s, w, v in zip(steps, walls, values)]
+    assert data == b"".join(one_by_one)
+    assert ends.tolist() == list(itertools.accumulate(len(r) for r in one_by_one))

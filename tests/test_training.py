@@ -251,3 +251,23 @@ def test_a_run_that_fails_before_training_still_shows_in_tensorboard(write_spec,
     assert "OSError: the data went away" in (folder / "traceback.txt").read_text()
     tensors = read_events(folder).Tags()["tensors"]
     assert {"_hparams_/session_start_info", "_hparams_/session_end_info"} <= set(tensors)
+
+
+def test_events_stay_in_step_order_when_logging_and_evaluation_do_not_align(write_spec, tmp_path):
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    spec = write_spec("unaligned", """
+        name: unaligned
+        train: {steps: 230}
+        schedule: {kind: step, step_size: 50, gamma: 0.5}
+        eval: {every: 7}
+        log: {every: 3, histograms_every: 20}
+    """)
+    folder = run_one(spec, tmp_path / "logs")
+    (event_file,) = folder.glob("events.out.tfevents.*")
+    order = [e.step for e in EventFileLoader(str(event_file)).Load() if e.HasField("summary")]
+    assert order == sorted(order)
+    values = scalars(folder)
+    assert sorted(values["loss"]) == list(range(0, 230, 3))
+    assert sorted(values["eval/loss"]) == list(range(0, 230, 7)) + [230]
+    assert values["lr"] == {0: pytest.approx(0.1), 51: pytest.approx(0.05), 102: pytest.approx(0.025),
+                            150: pytest.approx(0.0125), 201: pytest.approx(0.00625)}

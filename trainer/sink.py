@@ -170,6 +170,12 @@ class TensorBoardSink:
         walls_by_step = {step: wall for step, wall, _ in self.info}
         extra += [(ev.step, walls_by_step.get(ev.step, time.time()), self._encode_evaluation(ev))
                   for ev in evaluations if ev.step <= last_step]
+        histogram_steps = [(step, wall) for step, wall, _ in self.info
+                           if self.histograms_every and step % self.histograms_every == 0]
+        extra += [(step, wall, b"".join(histogram_value(tag, values, size) for tag, values, size
+                                        in zip(self.histogram_tags, stats, self.histogram_sizes)))
+                  for (step, wall), stats in zip(histogram_steps, histograms) if step <= last_step]
+        # Everything goes to the file in step order; a step's own event comes first.
         done = 0
         for step, wall, body in sorted(extra, key=lambda e: e[0]):
             upto = int(ends[np.searchsorted(steps, step, side="right") - 1]) if len(steps) and steps[0] <= step else 0
@@ -178,14 +184,6 @@ class TensorBoardSink:
                 done = upto
             self.events.write_raw(summary_event(step, wall, body))
         self.events.write_records(block[done:])
-        histogram_steps = [(step, wall) for step, wall, _ in self.info
-                           if self.histograms_every and step % self.histograms_every == 0]
-        for (step, wall), stats in zip(histogram_steps, histograms):
-            if step > last_step:
-                break
-            self.events.write_raw(summary_event(step, wall, b"".join(
-                histogram_value(tag, values, size)
-                for tag, values, size in zip(self.histogram_tags, stats, self.histogram_sizes))))
         self.info = []
         self.events.flush()
 

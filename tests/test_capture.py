@@ -9,6 +9,12 @@ import torch
 from trainer.capture import DeviceCapture, HostCapture
 
 
+def stats(batch, h: int, i: int) -> list[float]:
+    """Tensor i's histogram at histogram step h: min, max, sum, sum of squares, counts."""
+    a, b = batch.starts[i], batch.starts[i] + batch.bins[i]
+    return [batch.lo[h, i], batch.hi[h, i], batch.sums[h, i], batch.squares[h, i], *batch.counts[h, a:b]]
+
+
 def _model_with_grads(seed: int) -> list[torch.nn.Parameter]:
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1))
@@ -36,9 +42,9 @@ def test_host_and_device_capture_agree():
     assert len(host_rows) == 5 and len(host_hist) == 3
     for a, b in zip(host_rows, device_rows):
         assert a == pytest.approx(b, rel=1e-5)
-    for a, b in zip(host_hist, device_hist):
-        for stats_a, stats_b in zip(a, b):
-            assert stats_a == pytest.approx(stats_b, rel=1e-4, abs=1e-6)
+    for h in range(3):
+        for i in range(2 * len(params)):
+            assert stats(host_hist, h, i) == pytest.approx(stats(device_hist, h, i), rel=1e-4, abs=1e-6)
 
 
 def test_rows_hold_small_elements_and_large_norms_before_the_update():
@@ -67,9 +73,9 @@ def test_histogram_counts_match_torch_histc(capture_kind):
     p.grad = torch.randn(200)
     capture = capture_kind([], [p])
     capture.capture(True)
-    _, [[weights, grads]] = capture.take()
-    for stats, values in ((weights, p.detach()), (grads, p.grad)):
-        lo, hi, total, squares, *counts = stats
+    _, batch = capture.take()
+    for i, values in ((0, p.detach()), (1, p.grad)):
+        lo, hi, total, squares, *counts = stats(batch, 0, i)
         assert (lo, hi) == (pytest.approx(float(values.min())), pytest.approx(float(values.max())))
         assert total == pytest.approx(float(values.sum()), abs=1e-4)
         assert squares == pytest.approx(float((values * values).sum()), rel=1e-5)
@@ -83,5 +89,5 @@ def test_non_finite_values_do_not_stop_logging(capture_kind):
     p.grad = torch.tensor([0.0, 0.0, 0.0, 0.0])
     capture = capture_kind([p], [])
     capture.capture(True)
-    rows, [[weights, grads]] = capture.take()
-    assert math.isnan(rows[0][1]) and sum(weights[4:]) == 4 and sum(grads[4:]) == 4
+    rows, batch = capture.take()
+    assert math.isnan(rows[0][1]) and sum(stats(batch, 0, 0)[4:]) == 4 and sum(stats(batch, 0, 1)[4:]) == 4

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import struct
 
 import pytest
 from tensorboard.compat.proto import event_pb2, summary_pb2
@@ -34,7 +35,8 @@ def test_event_encoding_matches_protobuf(step):
 
 
 def test_histogram_encoding_parses_to_the_same_histogram():
-    value = events.histogram_value("hist/w/weight", -1.0, 3.0, 4, 2.0, 14.0, [0.0, 1.0, 3.0], [1.0, 2.0, 1.0])
+    value = events.histogram_value("hist/w/weight", -1.0, 3.0, 4, 2.0, 14.0,
+                                   struct.pack("<3d", 0.0, 1.0, 3.0), struct.pack("<3d", 1.0, 2.0, 1.0))
     summary = summary_pb2.Summary.FromString(value)
     histo = summary.value[0].histo
     assert summary.value[0].tag == "hist/w/weight"

@@ -13,13 +13,13 @@ with equal-width buckets, no more buckets than elements.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 HISTOGRAM_BINS = 30
 
-Stats = list[float]
 
 
 def bucket_layout(sizes: list[int], bins: int = HISTOGRAM_BINS) -> tuple[list[int], list[int]]:
@@ -29,27 +29,39 @@ def bucket_layout(sizes: list[int], bins: int = HISTOGRAM_BINS) -> tuple[list[in
     return counts, starts
 
 
-def split_stats(lo: list[float], hi: list[float], sums: list[float], squares: list[float],
-                counts: list[float], bins: list[int], starts: list[int]) -> list[Stats]:
-    return [[lo[i], hi[i], sums[i], squares[i], *counts[starts[i]:starts[i] + bins[i]]] for i in range(len(bins))]
+@dataclass
+class HistogramBatch:
+    """The histograms of a chunk's histogram steps: row h, column i is tensor i at step h; the
+    bucket counts of tensor i are columns starts[i] : starts[i] + bins[i] of `counts`."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    sums: np.ndarray
+    squares: np.ndarray
+    counts: np.ndarray
+    bins: list[int]
+    starts: list[int]
+
+    def __len__(self) -> int:
+        return self.lo.shape[0]
 
 
 class HostCapture:
-    """For small models on the CPU: a copy of the weights and a reference to the gradients per
-    captured step (one NumPy call), and every reduction done once per chunk, in bulk."""
+    """For small models on the CPU. A step copies the small parameters' weights (one NumPy call),
+    keeps references to their gradients, and takes the norms of the large ones; histogram steps
+    copy every value. Everything else is done once per chunk, in bulk."""
 
-    # Copies of this many elements a step, for a chunk of steps, stay well under 100 MB.
+    # The histogram copies of this many elements, for a chunk, stay well under 100 MB.
     MAX_ELEMENTS = 50_000
 
     def __init__(self, small: list[torch.nn.Parameter], large: list[torch.nn.Parameter]):
+        self.small, self.large = small, large
         self.params = small + large
-        self.large_count = len(large)
         # Views share the parameters' memory: the optimizer updates in place, so they stay current.
-        self.views = [p.detach().numpy().reshape(-1) for p in self.params]
-        sizes = [p.numel() for p in self.params]
-        self.small_elements = sum(sizes[:len(small)])
-        self.large_starts = np.cumsum([0] + sizes[len(small):-1]) if large else None
-        both = sizes * 2
+        self.small_views = [p.detach().numpy().reshape(-1) for p in small]
+        self.large_views = [p.detach().numpy().reshape(-1) for p in large]
+        self.all_views = self.small_views + self.large_views
+        both = [p.numel() for p in self.params] * 2
         self.bins, self.starts = bucket_layout(both)
         self.segment_starts = np.cumsum([0] + both[:-1])
         self.segment = np.repeat(np.arange(len(both)), both)
@@ -60,39 +72,43 @@ class HostCapture:
     def reset(self) -> None:
         self.weights: list[np.ndarray] = []
         self.grads: list[list[torch.Tensor | None]] = []
-        self.histogram_flags: list[bool] = []
+        self.norms: list[list[float]] = []
+        self.histogram_values: list[np.ndarray] = []
+        self.count = 0
 
     def capture(self, histogram: bool) -> None:
-        views = self.views
-        self.weights.append(views[0].copy() if len(views) == 1 else np.concatenate(views))
-        # zero_grad() leaves .grad as None and backward() makes a new tensor each step, which
-        # torch's optimizers only read: keeping a reference is as good as a copy, and free.
-        self.grads.append([p.grad for p in self.params])
-        self.histogram_flags.append(histogram)
+        self.count += 1
+        if self.small:
+            views = self.small_views
+            self.weights.append(views[0].copy() if len(views) == 1 else np.concatenate(views))
+            # zero_grad() leaves .grad as None and backward() makes a new tensor each step, which
+            # torch's optimizers only read: keeping a reference is as good as a copy, and free.
+            self.grads.append([p.grad for p in self.small])
+        if self.large:
+            grads = [_grad_view(p) for p in self.large]
+            self.norms.append([math.sqrt(np.dot(v, v)) for v in self.large_views + grads])
+        if histogram:
+            self.histogram_values.append(np.concatenate(self.all_views + [_grad_view(p) for p in self.params]))
 
-    def take(self) -> tuple[np.ndarray, list[list[Stats]]]:
-        if not self.weights:
-            return np.zeros((0, 0)), []
-        weights = np.stack(self.weights)
-        grads = np.hstack([torch.stack([g[i] if g[i] is not None else torch.zeros_like(p) for g in self.grads])
-                           .view(len(self.grads), -1).numpy() for i, p in enumerate(self.params)])
-        cut = self.small_elements
-        parts = [weights[:, :cut].astype(np.float64)]
-        if self.large_count:
-            parts.append(self._norms(weights[:, cut:]))
-        parts.append(grads[:, :cut].astype(np.float64))
-        if self.large_count:
-            parts.append(self._norms(grads[:, cut:]))
-        rows = np.hstack(parts)
-        flags = np.array(self.histogram_flags)
-        histograms = self._histograms(np.hstack([weights[flags], grads[flags]])) if flags.any() else []
+    def take(self) -> tuple[np.ndarray, HistogramBatch | None]:
+        count = self.count
+        parts = []
+        norms = np.array(self.norms, dtype=np.float64).reshape(count, -1) if self.large else None
+        if self.small:
+            parts.append(np.stack(self.weights))
+        if norms is not None:
+            parts.append(norms[:, :len(self.large)])
+        for i, p in enumerate(self.small):
+            parts.append(torch.stack([g[i] if g[i] is not None else torch.zeros_like(p) for g in self.grads])
+                         .view(count, -1).numpy())
+        if norms is not None:
+            parts.append(norms[:, len(self.large):])
+        rows = np.hstack([part.astype(np.float64) for part in parts]) if count else np.zeros((0, 0))
+        histograms = self._histograms(np.stack(self.histogram_values)) if self.histogram_values else None
         self.reset()
         return rows, histograms
 
-    def _norms(self, values: np.ndarray) -> np.ndarray:
-        return np.sqrt(np.add.reduceat(np.square(values, dtype=np.float64), self.large_starts, axis=1))
-
-    def _histograms(self, values: np.ndarray) -> list[list[Stats]]:
+    def _histograms(self, values: np.ndarray) -> HistogramBatch:
         """All histograms of all histogram steps of a chunk, in a handful of NumPy operations."""
         steps = values.shape[0]
         with np.errstate(all="ignore"):
@@ -107,10 +123,8 @@ class HostCapture:
         total = sum(self.bins)
         ids = self.bucket_base + bucket.astype(np.int64) + (np.arange(steps) * total)[:, None]
         counts = np.bincount(ids.ravel(), minlength=steps * total).reshape(steps, total).astype(np.float64)
-        lo, hi = lo.astype(np.float64).tolist(), hi.astype(np.float64).tolist()
-        sums, squares, counts = sums.tolist(), squares.tolist(), counts.tolist()
-        return [split_stats(lo[h], hi[h], sums[h], squares[h], counts[h], self.bins, self.starts)
-                for h in range(steps)]
+        return HistogramBatch(lo.astype(np.float64), hi.astype(np.float64), sums, squares, counts,
+                              self.bins, self.starts)
 
 class DeviceCapture:
     """For parameters on a GPU: small tensors on the device, a few transfers per chunk."""
@@ -161,7 +175,7 @@ class DeviceCapture:
                                                                  torch.cat([flat, flat * flat]))
         return torch.cat([lo, hi, sums, counts])
 
-    def take(self) -> tuple[np.ndarray, list[list[Stats]]]:
+    def take(self) -> tuple[np.ndarray, HistogramBatch | None]:
         count = len(self.weights) or len(self.norms)
         parts = []
         norms = torch.stack(self.norms) if self.large else None
@@ -176,13 +190,18 @@ class DeviceCapture:
         if norms is not None:
             parts.append(norms[:, len(self.large):])
         rows = torch.cat(parts, dim=1).double().cpu().numpy() if count else np.zeros((0, 0))
-        histograms = []
+        histograms = None
         n = 2 * len(self.params)
-        for row in (torch.stack(self.histogram_rows).double().tolist() if self.histogram_rows else []):
-            lo, hi, sums, squares = row[:n], row[n:2 * n], row[2 * n:3 * n], row[3 * n:4 * n]
-            histograms.append(split_stats(lo, hi, sums, squares, row[4 * n:], self.bins, self.starts))
+        if self.histogram_rows:
+            table = torch.stack(self.histogram_rows).double().cpu().numpy()
+            histograms = HistogramBatch(table[:, :n], table[:, n:2 * n], table[:, 2 * n:3 * n],
+                                        table[:, 3 * n:4 * n], table[:, 4 * n:], self.bins, self.starts)
         self.reset()
         return rows, histograms
+
+
+def _grad_view(p: torch.nn.Parameter) -> np.ndarray:
+    return p.grad.numpy().reshape(-1) if p.grad is not None else np.zeros(p.numel(), dtype=np.float32)
 
 
 def _grad(p: torch.nn.Parameter) -> torch.Tensor:

@@ -27,7 +27,6 @@ _file_numbers = itertools.count()
 _pack_u64 = struct.Struct("<Q").pack
 _pack_u32 = struct.Struct("<I").pack
 _pack_f32 = struct.Struct("<f").pack
-_pack_f64 = struct.Struct("<d").pack
 
 
 def masked_crc32c(data: bytes) -> int:
@@ -155,21 +154,17 @@ _WALL_TIME = struct.Struct("<Bd")   # wall_time's key, then its value
 
 
 def histogram_value(tag: str, lo: float, hi: float, count: float, total: float, squares: float,
-                    limits: Sequence[float], buckets: Sequence[float]) -> bytes:
-    """A Summary.value entry holding a HistogramProto, encoded as protobuf would."""
-    n = len(limits)
-    packed = _pack_f64s(n)
-    histo = (b"\x09" + _pack_f64(lo) + b"\x11" + _pack_f64(hi) + b"\x19" + _pack_f64(count)
-             + b"\x21" + _pack_f64(total) + b"\x29" + _pack_f64(squares)
-             + b"\x32" + _varint(8 * n) + packed(*limits) + b"\x3a" + _varint(8 * n) + packed(*buckets))
+                    limits: bytes, buckets: bytes) -> bytes:
+    """A Summary.value entry holding a HistogramProto, encoded as protobuf would; `limits` and
+    `buckets` are packed little-endian doubles (as NumPy's '<f8' gives them)."""
+    histo = b"".join((_HISTOGRAM_HEAD.pack(0x09, lo, 0x11, hi, 0x19, count, 0x21, total, 0x29, squares),
+                      b"\x32", _varint(len(limits)), limits, b"\x3a", _varint(len(buckets)), buckets))
     raw = tag.encode()
-    value = b"\x0a" + _varint(len(raw)) + raw + b"\x2a" + _varint(len(histo)) + histo
+    value = b"".join((b"\x0a", _varint(len(raw)), raw, b"\x2a", _varint(len(histo)), histo))
     return b"\x0a" + _varint(len(value)) + value
 
 
-@functools.lru_cache(maxsize=None)
-def _pack_f64s(n: int):
-    return struct.Struct(f"<{n}d").pack
+_HISTOGRAM_HEAD = struct.Struct("<BdBdBdBdBd")   # min, max, num, sum, sum_squares with their keys
 
 
 def event_file_bytes(summaries: Sequence[tuple[summary_pb2.Summary, int]], wall_time: float) -> bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from tensorboard.plugins.text import metadata as text_metadata
 from trainer import events
 from trainer.events import EventFile, ScalarBlock, ScalarTags, summary_event
 from trainer.hparams import METRIC_TAGS, session_end_pb, session_start_pb
-from trainer.capture import capture_for
+from trainer.capture import HistogramBatch, capture_for
 from trainer.schema import LogSettings
 
 
@@ -76,15 +77,33 @@ def element_names(name: str, shape: torch.Size, linear: bool = False) -> list[st
     return [f"{name}[{','.join(map(str, index))}]" for index in itertools.product(*(range(d) for d in dims))]
 
 
-def histogram_value(tag: str, stats: list[float], count: int) -> bytes:
-    """Encode [min, max, sum, sum of squares, *bucket counts] as a histogram with equal-width buckets."""
-    lo, hi, total, squares, *counts = stats
-    if not hi > lo:   # all equal (or not finite): one bucket holds everything
-        return events.histogram_value(tag, lo, hi, count, total, squares, [hi], [float(count)])
-    bins = len(counts)
-    step = (hi - lo) / bins
-    limits = [lo + step * (i + 1) for i in range(bins - 1)] + [hi]
-    return events.histogram_value(tag, lo, hi, count, total, squares, limits, counts)
+def histogram_bodies(batch: HistogramBatch, tags: list[str], sizes: list[int]) -> list[bytes]:
+    """The Summary body of each histogram step: one histogram per tensor, equal-width buckets
+    between its min and max (one bucket where they are equal or not finite)."""
+    bins, starts = np.array(batch.bins), np.array(batch.starts)
+    owner = np.repeat(np.arange(len(bins)), bins)                  # which tensor each bucket is of
+    rank = np.arange(owner.size) - starts[owner] + 1               # 1 .. bins within its tensor
+    with np.errstate(all="ignore"):
+        width = (batch.hi - batch.lo) / bins
+        limits = batch.lo[:, owner] + width[:, owner] * rank
+    limits[:, starts + bins - 1] = batch.hi                       # the last edge exactly at the max
+    limit_bytes, count_bytes = limits.astype("<f8"), batch.counts.astype("<f8")
+    bodies = []
+    for h in range(len(batch)):
+        lo, hi, sums, squares = (batch.lo[h].tolist(), batch.hi[h].tolist(),
+                                 batch.sums[h].tolist(), batch.squares[h].tolist())
+        packed_limits, packed_counts = limit_bytes[h].tobytes(), count_bytes[h].tobytes()
+        parts = []
+        for i, (tag, size) in enumerate(zip(tags, sizes)):
+            if hi[i] > lo[i]:
+                a, b = 8 * starts[i], 8 * (starts[i] + bins[i])
+                parts.append(events.histogram_value(tag, lo[i], hi[i], size, sums[i], squares[i],
+                                                    packed_limits[a:b], packed_counts[a:b]))
+            else:
+                one = struct.pack("<d", hi[i]), struct.pack("<d", size)
+                parts.append(events.histogram_value(tag, lo[i], hi[i], size, sums[i], squares[i], *one))
+        bodies.append(b"".join(parts))
+    return bodies
 
 
 def text_summary(tag: str, text: str) -> summary_pb2.Summary:
@@ -170,11 +189,11 @@ class TensorBoardSink:
         walls_by_step = {step: wall for step, wall, _ in self.info}
         extra += [(ev.step, walls_by_step.get(ev.step, time.time()), self._encode_evaluation(ev))
                   for ev in evaluations if ev.step <= last_step]
-        histogram_steps = [(step, wall) for step, wall, _ in self.info
-                           if self.histograms_every and step % self.histograms_every == 0]
-        extra += [(step, wall, b"".join(histogram_value(tag, values, size) for tag, values, size
-                                        in zip(self.histogram_tags, stats, self.histogram_sizes)))
-                  for (step, wall), stats in zip(histogram_steps, histograms) if step <= last_step]
+        if histograms is not None:
+            histogram_steps = [(step, wall) for step, wall, _ in self.info
+                               if self.histograms_every and step % self.histograms_every == 0]
+            bodies = histogram_bodies(histograms, self.histogram_tags, self.histogram_sizes)
+            extra += [(step, wall, body) for (step, wall), body in zip(histogram_steps, bodies) if step <= last_step]
         # Everything goes to the file in step order; a step's own event comes first.
         done = 0
         for step, wall, body in sorted(extra, key=lambda e: e[0]):

@@ -16,21 +16,19 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
+
+from trainer.tensorboard_server import TensorBoardServer
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--hide-scrollbars", "--remote-debugging-pipe"]
-ALL_STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
 # The settings a reader compares first; those the log folder lacks are left out.
 COLUMNS = "experiment,train.batch_size,loss.kind,loss.reduction,optimizer.lr,optimizer.weight_decay"
 
@@ -66,54 +64,9 @@ TABLE_TEXT = FIND_PANE.replace("TF-HPARAMS-QUERY-PANE", "VAADIN-GRID") + \
 # --- TensorBoard ------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def fetch(port: int, path: str, body: dict[str, Any] | None = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.load(response)
-
-
-def session_groups(port: int) -> dict[str, Any]:
-    return fetch(port, "/data/plugin/hparams/session_groups",
-                 {"experimentName": "", "allowedStatuses": ALL_STATUSES, "startIndex": 0, "sliceSize": 100000})
-
-
 def run_folders(logdir: Path) -> set[str]:
     """The runs TensorBoard will list: every folder holding an event file, relative to logdir."""
     return {str(p.parent.relative_to(logdir)) for p in logdir.rglob("events.out.tfevents.*")}
-
-
-def start_tensorboard(logdir: Path, port: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir),
-                             "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-
-
-def wait_until_loaded(server: subprocess.Popen, port: int, logdir: Path, timeout: float) -> dict[str, Any]:
-    """Poll until every run is listed and two answers of the HParams API agree; returns the last."""
-    expected = run_folders(logdir)
-    deadline = time.monotonic() + timeout
-    previous = None
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            sys.exit(f"error: TensorBoard exited with status {server.returncode}")
-        try:
-            if expected <= set(fetch(port, "/data/runs")):
-                groups = session_groups(port)
-                if groups == previous and groups.get("totalSize"):
-                    return groups
-                previous = groups
-        except (urllib.error.URLError, ConnectionError, ValueError):
-            pass
-        time.sleep(0.5)
-    sys.exit(f"error: TensorBoard did not load {logdir} within {timeout:.0f} s")
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -233,26 +186,25 @@ def main() -> int:
         sys.exit(f"error: {logdir}: no event files; run a sweep into it first")
     executable = find_browser(args.browser)
     out.parent.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    server = start_tensorboard(logdir, port)
-    try:
-        groups = wait_until_loaded(server, port, logdir, args.timeout)
-        experiment = fetch(port, "/data/plugin/hparams/experiment", {"experimentName": ""})
+    with tempfile.TemporaryDirectory(prefix="screenshot-") as scratch, \
+            TensorBoardServer(logdir, Path(scratch) / "tensorboard.log") as server:
+        try:
+            groups = server.wait_loaded(run_folders(logdir), args.timeout)
+        except RuntimeError as exc:
+            sys.exit(f"error: {exc}")
+        experiment = server.experiment()
         hparams = [info["name"] for info in experiment.get("hparamInfos", [])]
         columns = [c for c in args.columns.split(",") if c in hparams]
-        with tempfile.TemporaryDirectory(prefix="screenshot-") as scratch:
-            try:
-                browser = Chromium(executable, f"{scratch}/profile", Path(scratch) / "chromium.log")
-            except (OSError, RuntimeError) as exc:
-                log = (Path(scratch) / "chromium.log").read_text(errors="replace")[-2000:]
-                sys.exit(f"error: Chromium could not start ({exc}):\n{log}")
-            try:
-                shown = screenshot(browser, f"http://127.0.0.1:{port}/#hparams", out, args.width, args.height,
-                                   columns, args.timeout)
-            finally:
-                browser.close()
-    finally:
-        stop(server)
+        try:
+            browser = Chromium(executable, f"{scratch}/profile", Path(scratch) / "chromium.log")
+        except (OSError, RuntimeError) as exc:
+            log = (Path(scratch) / "chromium.log").read_text(errors="replace")[-2000:]
+            sys.exit(f"error: Chromium could not start ({exc}):\n{log}")
+        try:
+            shown = screenshot(browser, server.url("/#hparams"), out, args.width, args.height,
+                               columns, args.timeout)
+        finally:
+            browser.close()
     metrics = len(experiment.get("metricInfos", []))
     print(f"{out}: HParams view of {logdir}: {groups['totalSize']} sessions, {len(hparams) + metrics} columns "
           f"({len(hparams)} hparams, {metrics} metrics); shown: {', '.join(shown) or 'TensorBoard defaults'}, "

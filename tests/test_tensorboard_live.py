@@ -6,19 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
+
+from trainer.tensorboard_server import TensorBoardServer
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +24,6 @@ LOAD_TIMEOUT = 120.0
 COMMAND_TIMEOUT = 180.0
 METRIC_TAGS = {"final/eval_loss", "final/weight_distance", "final/converged", "final/converged_step",
                "final/diverged"}
-ALL_STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
 EXPECTED_STATUS = {"complete": "STATUS_SUCCESS", "diverged": "STATUS_FAILURE", "failed": "STATUS_FAILURE"}
 CRASHING_RUN = "batch_size=1,bias=true"
 
@@ -125,113 +120,31 @@ def records(logdir: Path) -> dict[str, dict[str, Any]]:
 # --- the server -------------------------------------------------------------------------------
 
 
-@dataclass
-class Server:
-    process: subprocess.Popen
-    port: int
-    output: Path
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url(path), timeout=30) as response:
-            return json.load(response)
-
-    def post(self, path: str, body: dict[str, Any]) -> Any:
-        request = urllib.request.Request(self.url(path), data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.load(response)
-
-    def experiment(self) -> dict[str, Any]:
-        return self.post("/data/plugin/hparams/experiment", {"experimentName": ""})
-
-    def session_groups(self) -> dict[str, Any]:
-        return self.post("/data/plugin/hparams/session_groups", {
-            "experimentName": "", "allowedStatuses": ALL_STATUSES, "startIndex": 0, "sliceSize": 1000})
-
-    def log(self) -> str:
-        return self.output.read_text(errors="replace")[-3000:]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Stop a server and the data server it started: they share a process group of their own."""
-    if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=20)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    try:
-        os.killpg(process.pid, signal.SIGKILL)      # a data server left behind
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def wait_for(condition: Callable[[], Any], what: str, server: Server, timeout: float = LOAD_TIMEOUT) -> Any:
-    """Poll until condition() returns something true; fail with the server's log after timeout."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            pytest.fail(f"TensorBoard exited with status {server.process.returncode}:\n{server.log()}")
-        try:
-            result = condition()
-            if result:
-                return result
-        except (urllib.error.URLError, ConnectionError, OSError, ValueError) as exc:
-            last_error = exc
-        time.sleep(0.25)
-    pytest.fail(f"TensorBoard did not {what} within {timeout:.0f} s (last error: {last_error}):\n{server.log()}")
-
-
 @pytest.fixture
 def tensorboard(tmp_path: Path):
     """start(logdir) -> a TensorBoard server that has loaded every run of logdir; all are stopped after."""
-    processes: list[subprocess.Popen] = []
+    servers: list[TensorBoardServer] = []
 
-    def start(logdir: Path) -> Server:
-        output = tmp_path / f"tensorboard-{len(processes)}.log"
-        port = free_port()
-        command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir),
-                   "--host", "127.0.0.1", "--port", str(port)]
-        with open(output, "w") as out:
-            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        processes.append(process)
-        server = Server(process, port, output)
-        expected = {".", *records(logdir)}
-        wait_for(lambda: expected <= set(server.get("/data/runs")), "list every run", server)
-        # A run's data arrives in one piece, but runs arrive one by one: wait for two equal answers.
-        previous: list[Any] = [None]
-
-        def settled() -> bool:
-            now = server.session_groups()
-            same, previous[0] = now == previous[0], now
-            return same and now["totalSize"] > 0
-        wait_for(settled, "settle", server)
+    def start(logdir: Path) -> TensorBoardServer:
+        server = TensorBoardServer(logdir, tmp_path / f"tensorboard-{len(servers)}.log")
+        servers.append(server)
+        try:
+            server.wait_loaded({".", *records(logdir)}, LOAD_TIMEOUT)
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
         return server
 
     try:
         yield start
     finally:
-        for process in processes:
-            stop(process)
+        for server in servers:
+            server.stop()
 
 
 # --- what the HParams view must show ----------------------------------------------------------
 
 
-def check_hparams_view(server: Server, logdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def check_hparams_view(server: TensorBoardServer, logdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Assert the HParams view shows each run of logdir once, as recorded; returns its columns and rows."""
     recorded = records(logdir)
     experiment = server.experiment()

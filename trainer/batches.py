@@ -35,6 +35,7 @@ def _index_chunks(rows: int, batch_size: int, steps: int, sampling: str,
             done += count
         return
     pending: list[torch.Tensor] = []
+    chunk: list[torch.Tensor] = []
     for step in range(steps):
         if not pending:
             order = torch.randperm(rows, generator=gen) if sampling == "shuffle" else torch.arange(rows)

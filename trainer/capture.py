@@ -47,21 +47,22 @@ class HistogramBatch:
 
 
 class HostCapture:
-    """For small models on the CPU. A step copies the small parameters' weights (one NumPy call),
-    keeps references to their gradients, and takes the norms of the large ones; histogram steps
-    copy every value. Everything else is done once per chunk, in bulk."""
+    """For small models on the CPU. A step copies the weights (one NumPy call) and keeps references
+    to the gradients; norms and histograms are computed once per chunk, in bulk."""
 
-    # The histogram copies of this many elements, for a chunk, stay well under 100 MB.
+    # Copies of this many elements a step, for a chunk of steps, stay well under 100 MB.
     MAX_ELEMENTS = 50_000
 
     def __init__(self, small: list[torch.nn.Parameter], large: list[torch.nn.Parameter]):
-        self.small, self.large = small, large
         self.params = small + large
+        self.large_count = len(large)
         # Views share the parameters' memory: the optimizer updates in place, so they stay current.
-        self.small_views = [p.detach().numpy().reshape(-1) for p in small]
-        self.large_views = [p.detach().numpy().reshape(-1) for p in large]
-        self.all_views = self.small_views + self.large_views
-        both = [p.numel() for p in self.params] * 2
+        self.views = [p.detach().numpy().reshape(-1) for p in self.params]
+        sizes = [p.numel() for p in self.params]
+        self.total = sum(sizes)
+        self.small_elements = sum(sizes[:len(small)])
+        self.large_starts = np.cumsum([0] + sizes[len(small):-1]) if large else None
+        both = sizes * 2
         self.bins, self.starts = bucket_layout(both)
         self.segment_starts = np.cumsum([0] + both[:-1])
         self.segment = np.repeat(np.arange(len(both)), both)
@@ -72,41 +73,37 @@ class HostCapture:
     def reset(self) -> None:
         self.weights: list[np.ndarray] = []
         self.grads: list[list[torch.Tensor | None]] = []
-        self.norms: list[list[float]] = []
-        self.histogram_values: list[np.ndarray] = []
-        self.count = 0
+        self.histogram_flags: list[bool] = []
 
     def capture(self, histogram: bool) -> None:
-        self.count += 1
-        if self.small:
-            views = self.small_views
-            self.weights.append(views[0].copy() if len(views) == 1 else np.concatenate(views))
-            # zero_grad() leaves .grad as None and backward() makes a new tensor each step, which
-            # torch's optimizers only read: keeping a reference is as good as a copy, and free.
-            self.grads.append([p.grad for p in self.small])
-        if self.large:
-            grads = [_grad_view(p) for p in self.large]
-            self.norms.append([math.sqrt(np.dot(v, v)) for v in self.large_views + grads])
-        if histogram:
-            self.histogram_values.append(np.concatenate(self.all_views + [_grad_view(p) for p in self.params]))
+        views = self.views
+        self.weights.append(views[0].copy() if len(views) == 1 else np.concatenate(views))
+        # zero_grad() leaves .grad as None and backward() makes a new tensor each step, which
+        # torch's optimizers only read: keeping a reference is as good as a copy, and free.
+        self.grads.append([p.grad for p in self.params])
+        self.histogram_flags.append(histogram)
 
     def take(self) -> tuple[np.ndarray, HistogramBatch | None]:
-        count = self.count
-        parts = []
-        norms = np.array(self.norms, dtype=np.float64).reshape(count, -1) if self.large else None
-        if self.small:
-            parts.append(np.stack(self.weights))
-        if norms is not None:
-            parts.append(norms[:, :len(self.large)])
-        for i, p in enumerate(self.small):
-            parts.append(torch.stack([g[i] if g[i] is not None else torch.zeros_like(p) for g in self.grads])
-                         .view(count, -1).numpy())
-        if norms is not None:
-            parts.append(norms[:, len(self.large):])
-        rows = np.hstack([part.astype(np.float64) for part in parts]) if count else np.zeros((0, 0))
-        histograms = self._histograms(np.stack(self.histogram_values)) if self.histogram_values else None
+        count = len(self.weights)
+        if not count:
+            return np.zeros((0, 0)), None
+        weights = np.stack(self.weights)
+        grads = np.hstack([torch.stack([g[i] if g[i] is not None else torch.zeros_like(p) for g in self.grads])
+                           .view(count, -1).numpy() for i, p in enumerate(self.params)])
+        cut = self.small_elements
+        parts = [weights[:, :cut].astype(np.float64)]
+        if self.large_count:
+            parts.append(self._norms(weights[:, cut:]))
+        parts.append(grads[:, :cut].astype(np.float64))
+        if self.large_count:
+            parts.append(self._norms(grads[:, cut:]))
+        flags = np.array(self.histogram_flags)
+        histograms = self._histograms(np.hstack([weights[flags], grads[flags]])) if flags.any() else None
         self.reset()
-        return rows, histograms
+        return np.hstack(parts), histograms
+
+    def _norms(self, values: np.ndarray) -> np.ndarray:
+        return np.sqrt(np.add.reduceat(np.square(values, dtype=np.float64), self.large_starts, axis=1))
 
     def _histograms(self, values: np.ndarray) -> HistogramBatch:
         """All histograms of all histogram steps of a chunk, in a handful of NumPy operations."""

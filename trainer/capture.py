@@ -6,9 +6,9 @@ bulk. On a GPU (or for a large model) the reductions run on the device each step
 tensors, which cross to the host in a few transfers per chunk, never one `.item()` per value.
 
 What a chunk yields, per captured step, is a row: the elements of small parameters' weights, the
-norms of large ones, then the same for the gradients. Per histogram step it yields, for every
-parameter's weights and then every parameter's gradients, [min, max, sum, sum of squares, *counts]
-with equal-width buckets, no more buckets than elements.
+norms of large ones, then the same for the gradients. For its histogram steps it yields a
+HistogramBatch: for every parameter's weights and then every parameter's gradients, the min, max,
+sum, sum of squares and equal-width bucket counts (no more buckets than elements).
 """
 from __future__ import annotations
 

@@ -197,10 +197,6 @@ class DeviceCapture:
         return rows, histograms
 
 
-def _grad_view(p: torch.nn.Parameter) -> np.ndarray:
-    return p.grad.numpy().reshape(-1) if p.grad is not None else np.zeros(p.numel(), dtype=np.float32)
-
-
 def _grad(p: torch.nn.Parameter) -> torch.Tensor:
     return p.grad.detach() if p.grad is not None else torch.zeros_like(p)
 

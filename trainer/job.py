@@ -112,6 +112,17 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
+def base_record(run: RunPlan, status: str, error: str | None) -> dict[str, Any]:
+    """What every record says of its run, whoever writes it (needs no torch: the sweep's parent
+    writes it for a run whose worker died)."""
+    return {
+        "format": rundir.RECORD_FORMAT, "experiment": run.experiment, "run": run.name, "status": status,
+        "config_digest": rundir.config_digest(run.config), "swept": dict(run.swept),
+        "hparams": hparams_of(run.config, run.experiment, resolved_values(run)), "metrics": {},
+        "steps": run.steps, "seed": run.config.train.seed, "error": error, "config": as_data(run.config),
+    }
+
+
 def execute(run: RunPlan, logdir: Path, should_stop: Callable[[], bool] = lambda: False,
             on_progress: Callable[[int], None] = lambda steps: None) -> Summary:
     """Run one configuration into a clean folder and write its record; never raises for a run's fault."""
@@ -120,17 +131,14 @@ def execute(run: RunPlan, logdir: Path, should_stop: Callable[[], bool] = lambda
 
     folder = logdir / run.folder
     started, clock = _now(), time.monotonic()
-    hparams = hparams_of(run.config, run.experiment, resolved_values(run))
-    record: dict[str, Any] = {
-        "format": rundir.RECORD_FORMAT, "experiment": run.experiment, "run": run.name,
-        "status": "failed", "config_digest": rundir.config_digest(run.config),
-        "swept": dict(run.swept), "hparams": hparams, "metrics": {},
-        "steps": run.steps, "steps_done": 0, "seed": run.config.train.seed,
+    record = base_record(run, "failed", None)
+    record.update({
+        "steps_done": 0,
         "resolved": {"steps": run.steps, "batch_size": run.batch_size, "rows": run.rows, "device": None},
         "started": started, "ended": None, "duration_s": None, "host": socket.gethostname(), "pid": os.getpid(),
-        "versions": versions(), "commit": project_commit(), "error": None,
-        "config": as_data(run.config),
-    }
+        "versions": versions(), "commit": project_commit(),
+    })
+    hparams = record["hparams"]
     sink = None
     try:
         # A half-written event file left beside a new one would show doubled curves.

@@ -493,15 +493,10 @@ def _died(worker: Worker, opts: Options, status: str = "failed") -> Summary:
 
 def mark_ended(logdir: Path, run: RunPlan, status: str, error: str) -> Summary:
     """Write the record (and a session end) of a run that could not write its own."""
-    from trainer.job import end_session, hparams_of, resolved_values
+    from trainer.job import base_record, end_session
 
     folder = logdir / run.folder
-    record = {
-        "format": rundir.RECORD_FORMAT, "experiment": run.experiment, "run": run.name, "status": status,
-        "config_digest": rundir.config_digest(run.config), "swept": dict(run.swept),
-        "hparams": hparams_of(run.config, run.experiment, resolved_values(run)), "metrics": {},
-        "steps": run.steps, "error": error,
-    }
+    record = base_record(run, status, error)
     try:   # the session end, so TensorBoard agrees; the run's own event file may end mid-record
         folder.mkdir(parents=True, exist_ok=True)
         end_session(folder, record["hparams"], status, suffix=".end")

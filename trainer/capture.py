@@ -88,8 +88,7 @@ class HostCapture:
         if not count:
             return np.zeros((0, 0)), None
         weights = np.stack(self.weights)
-        grads = np.hstack([torch.stack([g[i] if g[i] is not None else torch.zeros_like(p) for g in self.grads])
-                           .view(count, -1).numpy() for i, p in enumerate(self.params)])
+        grads = stacked_grads(self.grads, self.params).numpy()
         cut = self.small_elements
         parts = [weights[:, :cut].astype(np.float64)]
         if self.large_count:
@@ -181,9 +180,7 @@ class DeviceCapture:
         if norms is not None:
             parts.append(norms[:, :len(self.large)])
         if self.small:
-            for i, p in enumerate(self.small):
-                parts.append(torch.stack([g[i] if g[i] is not None else torch.zeros_like(p) for g in self.grads])
-                             .view(count, -1))
+            parts.append(stacked_grads(self.grads, self.small))
         if norms is not None:
             parts.append(norms[:, len(self.large):])
         rows = torch.cat(parts, dim=1).double().cpu().numpy() if count else np.zeros((0, 0))
@@ -195,6 +192,13 @@ class DeviceCapture:
                                         table[:, 3 * n:4 * n], table[:, 4 * n:], self.bins, self.starts)
         self.reset()
         return rows, histograms
+
+
+def stacked_grads(grads: list[list[torch.Tensor | None]], params: list[torch.nn.Parameter]) -> torch.Tensor:
+    """One row per captured step: the referenced gradients of `params`, flattened side by side
+    (zeros for a parameter the loss did not reach)."""
+    return torch.cat([torch.stack([step[i] if step[i] is not None else torch.zeros_like(p) for step in grads])
+                      .view(len(grads), -1) for i, p in enumerate(params)], dim=1)
 
 
 def _grad(p: torch.nn.Parameter) -> torch.Tensor:

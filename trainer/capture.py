@@ -56,28 +56,32 @@ class HostCapture:
     def __init__(self, small: list[torch.nn.Parameter], large: list[torch.nn.Parameter]):
         self.params = small + large
         self.large_count = len(large)
-        # Views share the parameters' memory: the optimizer updates in place, so they stay current.
-        self.views = [p.detach().numpy().reshape(-1) for p in self.params]
+        # Buffers share the parameters' memory: the optimizer updates in place, so they stay current.
+        self.memory = [memoryview(p.detach().numpy()).cast("B") for p in self.params]
         sizes = [p.numel() for p in self.params]
         self.total = sum(sizes)
         self.small_elements = sum(sizes[:len(small)])
-        self.large_starts = np.cumsum([0] + sizes[len(small):-1]) if large else None
+        large_starts = np.cumsum([self.small_elements] + sizes[len(small):]).tolist()
+        self.large_spans = list(zip(large_starts, large_starts[1:]))
         both = sizes * 2
         self.bins, self.starts = bucket_layout(both)
         self.segment_starts = np.cumsum([0] + both[:-1])
-        self.segment = np.repeat(np.arange(len(both)), both)
-        self.bins_per_element = np.array(self.bins)[self.segment]
-        self.bucket_base = np.array(self.starts)[self.segment]
+        self.segment_sizes = np.array(both)
+        self.bin_counts = np.array(self.bins, dtype=np.float32)
+        self.last_bucket = np.repeat(self.bin_counts - 1, both)
+        self.bucket_base = np.repeat(np.array(self.starts, dtype=np.intp), both)
         self.reset()
 
     def reset(self) -> None:
-        self.weights: list[np.ndarray] = []
+        self.weights: list[bytes] = []
         self.grads: list[list[torch.Tensor | None]] = []
         self.histogram_flags: list[bool] = []
 
     def capture(self, histogram: bool) -> None:
-        views = self.views
-        self.weights.append(views[0].copy() if len(views) == 1 else np.concatenate(views))
+        # Between two steps the training loop's own code fills the CPU's caches, so what counts
+        # here is how much code runs, not how many bytes move: joining the parameters' raw memory
+        # into one bytes object is a fraction of the cost of a NumPy or torch copy.
+        self.weights.append(b"".join(self.memory))
         # zero_grad() leaves .grad as None and backward() makes a new tensor each step, which
         # torch's optimizers only read: keeping a reference is as good as a copy, and free.
         self.grads.append([p.grad for p in self.params])
@@ -87,40 +91,47 @@ class HostCapture:
         count = len(self.weights)
         if not count:
             return np.zeros((0, 0)), None
-        weights = np.stack(self.weights)
+        weights = np.frombuffer(b"".join(self.weights), dtype=np.float32).reshape(count, self.total)
         grads = stacked_grads(self.grads, self.params).numpy()
         cut = self.small_elements
         parts = [weights[:, :cut].astype(np.float64)]
         if self.large_count:
-            parts.append(self._norms(weights[:, cut:]))
+            parts.append(self._norms(weights))
         parts.append(grads[:, :cut].astype(np.float64))
         if self.large_count:
-            parts.append(self._norms(grads[:, cut:]))
+            parts.append(self._norms(grads))
         flags = np.array(self.histogram_flags)
         histograms = self._histograms(np.hstack([weights[flags], grads[flags]])) if flags.any() else None
         self.reset()
         return np.hstack(parts), histograms
 
     def _norms(self, values: np.ndarray) -> np.ndarray:
-        return np.sqrt(np.add.reduceat(np.square(values, dtype=np.float64), self.large_starts, axis=1))
+        """Each large parameter's norm in each row (float32 sums, as torch's own norm takes them)."""
+        return np.sqrt(np.column_stack([np.einsum("ij,ij->i", values[:, a:b], values[:, a:b])
+                                        for a, b in self.large_spans])).astype(np.float64)
 
     def _histograms(self, values: np.ndarray) -> HistogramBatch:
-        """All histograms of all histogram steps of a chunk, in a handful of NumPy operations."""
-        steps = values.shape[0]
+        """All histograms of all histogram steps of a chunk, in a handful of NumPy operations (in
+        float32, as DeviceCapture computes them, so both put an element in the same bucket)."""
+        steps, total = values.shape[0], sum(self.bins)
         with np.errstate(all="ignore"):
             lo = np.minimum.reduceat(values, self.segment_starts, axis=1)
             hi = np.maximum.reduceat(values, self.segment_starts, axis=1)
             sums = np.add.reduceat(values, self.segment_starts, axis=1, dtype=np.float64)
             squares = np.add.reduceat(np.square(values, dtype=np.float64), self.segment_starts, axis=1)
-            width = (hi - lo) / np.array(self.bins)
-            position = (values - lo[:, self.segment]) / width[:, self.segment]
-            # NaN and inf land in an edge bucket instead of failing: logging never stops a run.
-            bucket = np.clip(np.nan_to_num(position, nan=0.0, posinf=0.0, neginf=0.0), 0, self.bins_per_element - 1)
-        total = sum(self.bins)
-        ids = self.bucket_base + bucket.astype(np.int64) + (np.arange(steps) * total)[:, None]
+            width = (hi - lo) / self.bin_counts
+            position = values - np.repeat(lo, self.segment_sizes, axis=1)
+            position /= np.repeat(width, self.segment_sizes, axis=1)
+            # NaN lands in the first bucket and infinities at the edges: logging never stops a run.
+            np.fmax(position, 0, out=position)
+            np.fmin(position, self.last_bucket, out=position)
+        ids = position.astype(np.intp)
+        ids += self.bucket_base
+        ids += (np.arange(steps) * total)[:, None]
         counts = np.bincount(ids.ravel(), minlength=steps * total).reshape(steps, total).astype(np.float64)
         return HistogramBatch(lo.astype(np.float64), hi.astype(np.float64), sums, squares, counts,
                               self.bins, self.starts)
+
 
 class DeviceCapture:
     """For parameters on a GPU: small tensors on the device, a few transfers per chunk."""
@@ -163,7 +174,8 @@ class DeviceCapture:
         lo = torch.full((n,), math.inf, device=flat.device).scatter_reduce_(0, seg, flat, "amin")
         hi = torch.full((n,), -math.inf, device=flat.device).scatter_reduce_(0, seg, flat, "amax")
         width = (hi - lo) / torch.tensor(self.bins, device=flat.device)
-        position = ((flat - lo[seg]) / width[seg]).nan_to_num(0.0, posinf=0.0, neginf=0.0)
+        # As on the host: NaN in the first bucket, infinities at the edges.
+        position = ((flat - lo[seg]) / width[seg]).nan_to_num(0.0)
         bucket = torch.minimum(position.clamp_min(0), (self.bins_per_element - 1).float()).long()
         counts = torch.zeros(sum(self.bins), device=flat.device).index_add_(
             0, self.bucket_base + bucket, torch.ones_like(flat))
@@ -208,7 +220,7 @@ def _grad(p: torch.nn.Parameter) -> torch.Tensor:
 def capture_for(small: list[torch.nn.Parameter], large: list[torch.nn.Parameter]) -> HostCapture | DeviceCapture:
     """The cheaper way for where the parameters live."""
     params = small + large
-    on_cpu = all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
+    on_cpu = all(p.device.type == "cpu" and p.dtype == torch.float32 and p.is_contiguous() for p in params)
     if on_cpu and sum(p.numel() for p in params) <= HostCapture.MAX_ELEMENTS:
         return HostCapture(small, large)
     return DeviceCapture(small, large)

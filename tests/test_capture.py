@@ -6,7 +6,10 @@ import math
 import pytest
 import torch
 
+from tests.conftest import read_events
 from trainer.capture import DeviceCapture, HostCapture
+from trainer.schema import LogSettings
+from trainer.sink import TensorBoardSink
 
 
 def stats(batch, h: int, i: int) -> list[float]:
@@ -91,3 +94,38 @@ def test_non_finite_values_do_not_stop_logging(capture_kind):
     capture.capture(True)
     rows, batch = capture.take()
     assert math.isnan(rows[0][1]) and sum(stats(batch, 0, 0)[4:]) == 4 and sum(stats(batch, 0, 1)[4:]) == 4
+
+
+def test_histograms_of_constant_and_varied_tensors_read_back_from_the_event_file(tmp_path):
+    """Most histogram steps are encoded as one block; a step where a tensor holds a single value
+    gives that tensor one bucket instead, and both read back as TensorBoard shows them."""
+    torch.manual_seed(3)
+    model = torch.nn.Linear(40, 1)
+    with torch.no_grad():
+        model.weight.fill_(0.5)                          # one value until the first update
+    sink = TensorBoardSink(tmp_path, LogSettings(every=1, histograms_every=1), {"lr": 0.1}, "text", False)
+    sink.begin(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    grads = [torch.randn(1, 40), torch.zeros(1, 40), torch.randn(1, 40)]
+    for step, grad in enumerate(grads):
+        model.weight.grad, model.bias.grad = grad, torch.randn(1)
+        sink.capture(step)
+        with torch.no_grad():
+            model.weight.add_(torch.randn(1, 40))
+    sink.write(0, [1.0, 2.0, 3.0], [], 2)
+    sink.close()
+    acc = read_events(tmp_path)
+    weights = {h.step: h.histogram_value for h in acc.Histograms("hist/w/weight")}
+    gradients = {h.step: h.histogram_value for h in acc.Histograms("hist/g/weight")}
+    assert (list(weights[0].bucket_limit), list(weights[0].bucket)) == ([0.5], [40.0])
+    assert (list(gradients[1].bucket_limit), list(gradients[1].bucket)) == ([0.0], [40.0])
+    for histogram, values in ((weights[1], None), (weights[2], None), (gradients[0], grads[0]), (gradients[2], grads[2])):
+        assert len(histogram.bucket) == 30 and sum(histogram.bucket) == 40 and histogram.num == 40
+        assert list(histogram.bucket_limit) == sorted(histogram.bucket_limit)
+        assert histogram.bucket_limit[-1] == histogram.max
+        if values is not None:
+            assert (histogram.min, histogram.max) == (pytest.approx(float(values.min())), pytest.approx(float(values.max())))
+            assert list(histogram.bucket) == pytest.approx(
+                torch.histc(values, bins=30, min=histogram.min, max=histogram.max).tolist(), abs=1)
+    for step in range(3):
+        bias = [h.histogram_value for h in acc.Histograms("hist/g/bias") if h.step == step][0]
+        assert list(bias.bucket) == [1.0] and bias.bucket_limit[0] == pytest.approx(float(bias.max))

@@ -44,6 +44,25 @@ def test_histogram_encoding_parses_to_the_same_histogram():
     assert list(histo.bucket_limit) == [0.0, 1.0, 3.0] and list(histo.bucket) == [1.0, 2.0, 1.0]
 
 
+@pytest.mark.parametrize("bins", [[1], [3, 30], [30, 200, 2]], ids=["one-bucket", "two", "long-lists"])
+def test_a_block_of_histogram_bodies_is_the_same_bytes_as_one_histogram_at_a_time(bins):
+    import numpy as np
+    tags = [f"hist/w/p{i}" for i in range(len(bins))]
+    rng = np.random.default_rng(1)
+    steps, n, total = 4, len(bins), sum(bins)
+    numbers = np.hstack([rng.standard_normal((steps, 5 * n)), rng.standard_normal((steps, total)),
+                         rng.integers(0, 9, (steps, total)).astype(float)])
+    bodies = events.HistogramBlock(tags, bins).encode(numbers)
+    starts = [sum(bins[:i]) for i in range(n)]
+    for row, body in zip(numbers, bodies):
+        head, limits, counts = row[:5 * n].reshape(5, n), row[5 * n:5 * n + total], row[5 * n + total:]
+        expected = b"".join(events.histogram_value(tag, *head[:, i], limits[a:a + b].astype("<f8").tobytes(),
+                                                   counts[a:a + b].astype("<f8").tobytes())
+                            for i, (tag, a, b) in enumerate(zip(tags, starts, bins)))
+        assert body == expected
+        assert summary_pb2.Summary.FromString(body).value[n - 1].histo.bucket_limit == list(limits[starts[-1]:])
+
+
 @pytest.mark.parametrize("data", [b"", b"x", b"hello world" * 50, bytes(range(256))])
 def test_checksum_matches_tensorboard(data):
     assert events.masked_crc32c(data) == tensorboard_crc(data)

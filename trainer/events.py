@@ -167,6 +167,41 @@ def histogram_value(tag: str, lo: float, hi: float, count: float, total: float, 
 _HISTOGRAM_HEAD = struct.Struct("<BdBdBdBdBd")   # min, max, num, sum, sum_squares with their keys
 
 
+class HistogramBlock:
+    """Summary bodies with one histogram per tag, for many steps at once.
+
+    While every tag keeps its number of buckets, the bodies are the same bytes between their
+    numbers; so a chunk's bodies are rows of a NumPy array built from a template row, with all
+    numbers written in one assignment (as ScalarBlock does for scalars).
+    """
+
+    def __init__(self, tags: Sequence[str], bins: Sequence[int]):
+        self.tags, self.bins = list(tags), list(bins)
+        parts, heads, limits, counts = [], [], [], []
+        at = 0
+        for tag, b in zip(self.tags, self.bins):
+            value = histogram_value(tag, 0.0, 0.0, 0.0, 0.0, 0.0, bytes(8 * b), bytes(8 * b))
+            listed = 1 + len(_varint(8 * b))                                 # a packed list's key and length
+            histo = at + len(value) - (_HISTOGRAM_HEAD.size + 2 * (listed + 8 * b))
+            heads.append([histo + 1 + 9 * k for k in range(5)])              # min, max, num, sum, sum_squares
+            limits += [histo + _HISTOGRAM_HEAD.size + listed + 8 * k for k in range(b)]
+            counts += [histo + _HISTOGRAM_HEAD.size + 2 * listed + 8 * (b + k) for k in range(b)]
+            parts.append(value)
+            at += len(value)
+        self.template = np.frombuffer(b"".join(parts), dtype=np.uint8)
+        offsets = np.array([h[k] for k in range(5) for h in heads] + limits + counts, dtype=np.int64)
+        self.byte_columns = (offsets[:, None] + np.arange(8)).ravel()
+
+    def encode(self, numbers: np.ndarray) -> list[bytes]:
+        """A body per row of `numbers`: every tag's min, then every tag's max, count, sum and sum of
+        squares, then all tags' bucket limits, then all their bucket counts."""
+        count, width = len(numbers), len(self.template)
+        rows = np.tile(self.template, (count, 1))
+        rows[:, self.byte_columns] = np.ascontiguousarray(numbers, dtype="<f8").view(np.uint8).reshape(count, -1)
+        data = rows.tobytes()
+        return [data[i:i + width] for i in range(0, count * width, width)]
+
+
 def event_file_bytes(summaries: Sequence[tuple[summary_pb2.Summary, int]], wall_time: float) -> bytes:
     """A whole event file's content: the version record, then one event per (summary, step)."""
     records = [event_pb2.Event(wall_time=wall_time, file_version="brain.Event:2")]

@@ -20,9 +20,9 @@ from tensorboard.compat.proto import summary_pb2, tensor_pb2, tensor_shape_pb2, 
 from tensorboard.plugins.text import metadata as text_metadata
 
 from trainer import events
-from trainer.events import EventFile, ScalarBlock, ScalarTags, summary_event
+from trainer.events import EventFile, HistogramBlock, ScalarBlock, ScalarTags, summary_event
 from trainer.hparams import METRIC_TAGS, session_end_pb, session_start_pb
-from trainer.capture import HistogramBatch, capture_for
+from trainer.capture import HistogramBatch, bucket_layout, capture_for
 from trainer.schema import LogSettings
 
 
@@ -77,7 +77,7 @@ def element_names(name: str, shape: torch.Size, linear: bool = False) -> list[st
     return [f"{name}[{','.join(map(str, index))}]" for index in itertools.product(*(range(d) for d in dims))]
 
 
-def histogram_bodies(batch: HistogramBatch, tags: list[str], sizes: list[int]) -> list[bytes]:
+def histogram_bodies(block: HistogramBlock, batch: HistogramBatch, sizes: list[int]) -> list[bytes]:
     """The Summary body of each histogram step: one histogram per tensor, equal-width buckets
     between its min and max (one bucket where they are equal or not finite)."""
     bins, starts = np.array(batch.bins), np.array(batch.starts)
@@ -86,24 +86,31 @@ def histogram_bodies(batch: HistogramBatch, tags: list[str], sizes: list[int]) -
     with np.errstate(all="ignore"):
         width = (batch.hi - batch.lo) / bins
         limits = batch.lo[:, owner] + width[:, owner] * rank
+        # The block's layout holds while every tensor of more than one bucket has distinct values.
+        spread = ((batch.hi > batch.lo) | (bins == 1)).all(axis=1)
     limits[:, starts + bins - 1] = batch.hi                       # the last edge exactly at the max
-    limit_bytes, count_bytes = limits.astype("<f8"), batch.counts.astype("<f8")
-    bodies = []
-    for h in range(len(batch)):
-        lo, hi, sums, squares = (batch.lo[h].tolist(), batch.hi[h].tolist(),
-                                 batch.sums[h].tolist(), batch.squares[h].tolist())
-        packed_limits, packed_counts = limit_bytes[h].tobytes(), count_bytes[h].tobytes()
-        parts = []
-        for i, (tag, size) in enumerate(zip(tags, sizes)):
-            if hi[i] > lo[i]:
-                a, b = 8 * starts[i], 8 * (starts[i] + bins[i])
-                parts.append(events.histogram_value(tag, lo[i], hi[i], size, sums[i], squares[i],
-                                                    packed_limits[a:b], packed_counts[a:b]))
-            else:
-                one = struct.pack("<d", hi[i]), struct.pack("<d", size)
-                parts.append(events.histogram_value(tag, lo[i], hi[i], size, sums[i], squares[i], *one))
-        bodies.append(b"".join(parts))
+    numbers = np.hstack([batch.lo, batch.hi, np.broadcast_to(np.array(sizes, dtype=np.float64), batch.lo.shape),
+                         batch.sums, batch.squares, limits, batch.counts])
+    bodies = block.encode(numbers)
+    for h in np.flatnonzero(~spread):                               # a tensor with one value: its own layout
+        bodies[h] = _uneven_histogram_body(block.tags, sizes, batch, limits, h)
     return bodies
+
+
+def _uneven_histogram_body(tags: list[str], sizes: list[int], batch: HistogramBatch, limits: np.ndarray,
+                           h: int) -> bytes:
+    parts = []
+    for i, (tag, size) in enumerate(zip(tags, sizes)):
+        lo, hi = float(batch.lo[h, i]), float(batch.hi[h, i])
+        if hi > lo:
+            a, b = batch.starts[i], batch.starts[i] + batch.bins[i]
+            parts.append(events.histogram_value(tag, lo, hi, size, batch.sums[h, i], batch.squares[h, i],
+                                                limits[h, a:b].astype("<f8").tobytes(),
+                                                batch.counts[h, a:b].astype("<f8").tobytes()))
+        else:
+            parts.append(events.histogram_value(tag, lo, hi, size, batch.sums[h, i], batch.squares[h, i],
+                                                struct.pack("<d", hi), struct.pack("<d", size)))
+    return b"".join(parts)
 
 
 def text_summary(tag: str, text: str) -> summary_pb2.Summary:
@@ -154,6 +161,7 @@ class TensorBoardSink:
         names = [n for n, _ in small + large]
         self.histogram_tags = [f"hist/w/{n}" for n in names] + [f"hist/g/{n}" for n in names]
         self.histogram_sizes = [p.numel() for p in self.params] * 2
+        self.histogram_block = HistogramBlock(self.histogram_tags, bucket_layout(self.histogram_sizes)[0])
         self.info: list[tuple[int, float, float]] = []     # captured steps: (step, wall time, learning rate)
         start = time.time()
         self.events.write_summary(session_start_pb(self.hparams, start), 0, start)
@@ -192,7 +200,7 @@ class TensorBoardSink:
         if histograms is not None:
             histogram_steps = [(step, wall) for step, wall, _ in self.info
                                if self.histograms_every and step % self.histograms_every == 0]
-            bodies = histogram_bodies(histograms, self.histogram_tags, self.histogram_sizes)
+            bodies = histogram_bodies(self.histogram_block, histograms, self.histogram_sizes)
             extra += [(step, wall, body) for (step, wall), body in zip(histogram_steps, bodies) if step <= last_step]
         # Everything goes to the file in step order; a step's own event comes first.
         done = 0

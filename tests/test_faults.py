@@ -418,7 +418,7 @@ RAISING = """\
         def train(run, sink=None, should_stop=lambda: False, on_progress=lambda steps: None):
             def progress(steps):
                 on_progress(steps)
-                if run.name == {name!r} and steps >= 100:
+                if run.name == {name!r} and steps >= 1000:
                     raise RuntimeError(f"deliberate fault at step {{steps}}")
             return real_train(run, sink, should_stop, progress)
 
@@ -431,7 +431,8 @@ RAISING = """\
 
 
 def test_a_run_that_raises_is_recorded_failed_and_the_flags_rerun_what_they_say(tmp_path):
-    spec = toy_spec(tmp_path, "train.seed: [0, 1, 2]", steps=200)
+    # The toy model is tiny, so its chunks are 1000 steps long: the fault comes after the first one.
+    spec = toy_spec(tmp_path, "train.seed: [0, 1, 2]", steps=2000)
     logdir = tmp_path / "logs"
     script = tmp_path / "raising.py"
     script.write_text(textwrap.dedent(RAISING.format(name="seed=1")))
@@ -440,13 +441,13 @@ def test_a_run_that_raises_is_recorded_failed_and_the_flags_rerun_what_they_say(
     code, out, err = trainer(tmp_path, *args, script=script, name="raising")
     assert code == 1, out + err
     failed = record(logdir, "toy/seed=1")
-    assert failed["status"] == "failed" and failed["error"] == "RuntimeError: deliberate fault at step 100"
+    assert failed["status"] == "failed" and failed["error"] == "RuntimeError: deliberate fault at step 1000"
     trace = (logdir / "toy/seed=1/traceback.txt").read_text()
-    assert "Traceback" in trace and "RuntimeError: deliberate fault at step 100" in trace
-    assert f"toy/seed=1: RuntimeError: deliberate fault at step 100 " \
+    assert "Traceback" in trace and "RuntimeError: deliberate fault at step 1000" in trace
+    assert f"toy/seed=1: RuntimeError: deliberate fault at step 1000 " \
            f"(traceback: {logdir}/toy/seed=1/traceback.txt)" in out
     steps = assert_clean_run(logdir / "toy/seed=1")
-    assert sorted(steps["loss"]) == list(range(0, 100, 10))
+    assert sorted(steps["loss"]) == list(range(0, 1000, 10))
     assert read_events(logdir / "toy/seed=1")[1] == [api_pb2.STATUS_FAILURE]
     others = {n: d for n, d in records(logdir).items() if n != "seed=1"}
     assert {n: d["status"] for n, d in others.items()} == {"seed=0": "complete", "seed=2": "complete"}
@@ -482,12 +483,12 @@ def test_a_run_that_raises_is_recorded_failed_and_the_flags_rerun_what_they_say(
         assert_clean_run(logdir / "toy" / name)
 
     # A changed configuration is refused, and nothing on disk changes.
-    spec.write_text(spec.read_text().replace("steps: 200", "steps: 300"))
+    spec.write_text(spec.read_text().replace("steps: 2000", "steps: 3000"))
     before = tree(logdir)
     code, out, err = trainer(tmp_path, *args, name="changed")
     assert code == 2, out + err
     assert "Traceback" not in err
-    assert "logged with a different configuration (train.steps: 200 -> 300)" in err
+    assert "logged with a different configuration (train.steps: 2000 -> 3000)" in err
     assert "3 finished runs would be replaced; nothing was run" in err
     assert "--force" in err and "--logdir" in err
     assert tree(logdir) == before
@@ -582,7 +583,8 @@ def test_a_full_disk_stops_the_sweep_with_one_sentence_and_loses_no_run(tmp_path
     import torch
     from trainer.events import EventFile
 
-    spec = toy_spec(tmp_path, "train.seed: [0, 1, 2]", steps=200)
+    # The toy model is tiny, so its chunks are 1000 steps long: the fault comes after the first one.
+    spec = toy_spec(tmp_path, "train.seed: [0, 1, 2]", steps=2000)
     runs = plan([str(spec)])
     logdir = tmp_path / "logs"
     real_flush = EventFile.flush

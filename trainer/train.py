@@ -16,8 +16,10 @@ from trainer.optim import build_optimizer, build_schedule
 from trainer.sink import Evaluation, NullSink
 from trainer.sweep import RunPlan, parameter_count
 
-# Steps between host syncs: the divergence check, the logging flush and the stop check.
-CHUNK = 100
+# Steps between host syncs (the divergence check, the logging flush and the stop check): as many
+# as keep a chunk's captured weights and gradients near CHUNK_BYTES, within these bounds. A tiny
+# model gets long chunks, since a flush has a fixed cost that would otherwise outweigh its steps.
+MIN_CHUNK, MAX_CHUNK, CHUNK_BYTES = 100, 1000, 64 * 1024
 # Below this many multiply-adds per step a GPU only adds kernel-launch latency (measured: the
 # notebook's model runs about six times slower on an H100 than on one CPU core).
 GPU_MIN_WORK = 1_000_000
@@ -68,6 +70,12 @@ class Evaluator:
         return torch.cat([loss, torch.linalg.vector_norm(weights - self.truth).view(1)])
 
 
+def chunk_steps(params: list[torch.nn.Parameter]) -> int:
+    """Steps per chunk for a model with these parameters (each step keeps 8 bytes an element)."""
+    elements = max(1, sum(p.numel() for p in params))
+    return max(MIN_CHUNK, min(MAX_CHUNK, CHUNK_BYTES // (8 * elements)))
+
+
 def converged_step(evaluations: list[Evaluation], tolerance: float) -> int | None:
     """The first evaluation step from which the loss stayed within tolerance to the end."""
     found = None
@@ -95,6 +103,7 @@ def train(run: RunPlan, sink: Any = None, should_stop: Callable[[], bool] = lamb
                     config.train.sampling, config.train.seed)
     eval_every = config.eval.every
     params = list(model.parameters())
+    chunk = chunk_steps(params)
     sink.begin(model, optimizer)
 
     history: list[Evaluation] = []
@@ -117,7 +126,7 @@ def train(run: RunPlan, sink: Any = None, should_stop: Callable[[], bool] = lamb
         optimizer.step()
         if schedule is not None:
             schedule.step()
-        if (step + 1) % CHUNK and step + 1 != run.steps:
+        if (step + 1) % chunk and step + 1 != run.steps:
             continue
         bad = _flush(sink, first, losses, evals, history)
         losses, evals, first = [], [], step + 1

@@ -371,7 +371,7 @@ def _ok(flag: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=21, help="timed runs per measurement (median reported)")
+    parser.add_argument("--repeats", type=int, default=31, help="timed runs per measurement (median reported)")
     parser.add_argument("--sweep-repeats", type=int, default=3, help="timed comparison-set sweeps per worker count")
     parser.add_argument("--large-runs", type=int, default=1000, help="runs in the scale test (0 to skip)")
     parser.add_argument("--out", default="bench-out/results.json", help="where to write the figures as JSON")

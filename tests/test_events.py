@@ -96,3 +96,17 @@ def test_a_block_of_step_events_is_the_same_bytes_as_one_event_at_a_time(steps):
                   for s, w, v in zip(steps, walls, values)]
     assert data == b"".join(one_by_one)
     assert ends.tolist() == list(itertools.accumulate(len(r) for r in one_by_one))
+
+
+def test_hparams_records_match_what_tensorboards_own_metadata_module_makes():
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+
+    from trainer import hparams
+    assert (hparams.PLUGIN_NAME, hparams.PLUGIN_DATA_VERSION) == (metadata.PLUGIN_NAME, metadata.PLUGIN_DATA_VERSION)
+    assert (hparams.EXPERIMENT_TAG, hparams.SESSION_START_INFO_TAG, hparams.SESSION_END_INFO_TAG) == \
+        (metadata.EXPERIMENT_TAG, metadata.SESSION_START_INFO_TAG, metadata.SESSION_END_INFO_TAG)
+    assert hparams.NULL_TENSOR.SerializeToString() == metadata.NULL_TENSOR.SerializeToString()
+    data = plugin_data_pb2.HParamsPluginData(
+        session_end_info=plugin_data_pb2.SessionEndInfo(status=2, end_time_secs=12.5))
+    assert hparams.summary_metadata(data).SerializeToString() == \
+        metadata.create_summary_metadata(data).SerializeToString()

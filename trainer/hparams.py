@@ -15,10 +15,21 @@ from dataclasses import fields, is_dataclass
 from typing import Any, Iterable, Literal, Union, get_args, get_origin, get_type_hints
 
 from google.protobuf import struct_pb2
-from tensorboard.compat.proto import summary_pb2
-from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+from tensorboard.compat.proto import summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
 HParamValue = Union[bool, float, str]
+
+# What tensorboard.plugins.hparams.metadata defines for writers, without importing it: that module
+# brings in tensorboard's TensorFlow stub, a fifth of a second that the sweep and every worker
+# would pay before their first run. tests/test_events.py checks these against it.
+PLUGIN_NAME, PLUGIN_DATA_VERSION = "hparams", 0
+EXPERIMENT_TAG = "_hparams_/experiment"
+SESSION_START_INFO_TAG = "_hparams_/session_start_info"
+SESSION_END_INFO_TAG = "_hparams_/session_end_info"
+NULL_TENSOR = tensor_pb2.TensorProto(
+    dtype=types_pb2.DT_FLOAT,
+    tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=0)]))
 
 # The metrics that become HParams columns: tag, display name, description.
 METRICS = (
@@ -102,9 +113,18 @@ def _value_pb(value: HParamValue) -> struct_pb2.Value:
     return struct_pb2.Value(string_value=str(value))
 
 
+def summary_metadata(data: plugin_data_pb2.HParamsPluginData) -> summary_pb2.SummaryMetadata:
+    """The hparams plugin's metadata holding `data` (as its create_summary_metadata makes it)."""
+    content = plugin_data_pb2.HParamsPluginData()
+    content.CopyFrom(data)
+    content.version = PLUGIN_DATA_VERSION
+    return summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(
+        plugin_name=PLUGIN_NAME, content=content.SerializeToString()))
+
+
 def _summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> summary_pb2.Summary:
     summary = summary_pb2.Summary()
-    summary.value.add(tag=tag, metadata=metadata.create_summary_metadata(data), tensor=metadata.NULL_TENSOR)
+    summary.value.add(tag=tag, metadata=summary_metadata(data), tensor=NULL_TENSOR)
     return summary
 
 
@@ -113,13 +133,13 @@ def session_start_pb(hparams: dict[str, HParamValue], start_time: float | None =
     info = plugin_data_pb2.SessionStartInfo(start_time_secs=start_time or time.time(), group_name="")
     for key, value in hparams.items():
         info.hparams[key].CopyFrom(_value_pb(value))
-    return _summary(metadata.SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=info))
+    return _summary(SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=info))
 
 
 def session_end_pb(status: str, end_time: float | None = None) -> summary_pb2.Summary:
     """The run's session-end record with its real status."""
     info = plugin_data_pb2.SessionEndInfo(status=STATUS[status], end_time_secs=end_time or time.time())
-    return _summary(metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=info))
+    return _summary(SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=info))
 
 
 def is_hparam_value(value: Any) -> bool:
@@ -183,4 +203,4 @@ def experiment_pb(runs: Iterable[dict[str, Any]], description: str = "",
                for tag, display, text in METRICS]
     experiment = api_pb2.Experiment(description=description, hparam_infos=infos, metric_infos=metrics,
                                     time_created_secs=time_created)
-    return _summary(metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))
+    return _summary(EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))

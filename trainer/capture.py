@@ -106,7 +106,7 @@ class HostCapture:
         return np.hstack(parts), histograms
 
     def _norms(self, values: np.ndarray) -> np.ndarray:
-        """Each large parameter's norm in each row (float32 sums, as torch's own norm takes them)."""
+        """Each large parameter's norm in each row (summed in float32: the curves are float32 anyway)."""
         return np.sqrt(np.column_stack([np.einsum("ij,ij->i", values[:, a:b], values[:, a:b])
                                         for a, b in self.large_spans])).astype(np.float64)
 

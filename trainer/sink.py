@@ -93,12 +93,12 @@ def histogram_bodies(block: HistogramBlock, batch: HistogramBatch, sizes: list[i
                          batch.sums, batch.squares, limits, batch.counts])
     bodies = block.encode(numbers)
     for h in np.flatnonzero(~spread):                               # a tensor with one value: its own layout
-        bodies[h] = _uneven_histogram_body(block.tags, sizes, batch, limits, h)
+        bodies[h] = _histogram_body(block.tags, sizes, batch, limits, h)
     return bodies
 
 
-def _uneven_histogram_body(tags: list[str], sizes: list[int], batch: HistogramBatch, limits: np.ndarray,
-                           h: int) -> bytes:
+def _histogram_body(tags: list[str], sizes: list[int], batch: HistogramBatch, limits: np.ndarray, h: int) -> bytes:
+    """Histogram step h's body, tensor by tensor: a tensor holding a single value gets one bucket."""
     parts = []
     for i, (tag, size) in enumerate(zip(tags, sizes)):
         lo, hi = float(batch.lo[h, i]), float(batch.hi[h, i])

@@ -583,8 +583,7 @@ def test_a_full_disk_stops_the_sweep_with_one_sentence_and_loses_no_run(tmp_path
     import torch
     from trainer.events import EventFile
 
-    # The toy model is tiny, so its chunks are 1000 steps long: the fault comes after the first one.
-    spec = toy_spec(tmp_path, "train.seed: [0, 1, 2]", steps=2000)
+    spec = toy_spec(tmp_path, "train.seed: [0, 1, 2]", steps=200)
     runs = plan([str(spec)])
     logdir = tmp_path / "logs"
     real_flush = EventFile.flush

@@ -22,7 +22,7 @@ from tensorboard.plugins.text import metadata as text_metadata
 from trainer import events
 from trainer.events import EventFile, HistogramBlock, ScalarBlock, ScalarTags, summary_event
 from trainer.hparams import METRIC_TAGS, session_end_pb, session_start_pb
-from trainer.capture import HistogramBatch, bucket_layout, capture_for
+from trainer.capture import HistogramBatch, capture_for
 from trainer.schema import LogSettings
 
 
@@ -161,7 +161,7 @@ class TensorBoardSink:
         names = [n for n, _ in small + large]
         self.histogram_tags = [f"hist/w/{n}" for n in names] + [f"hist/g/{n}" for n in names]
         self.histogram_sizes = [p.numel() for p in self.params] * 2
-        self.histogram_block = HistogramBlock(self.histogram_tags, bucket_layout(self.histogram_sizes)[0])
+        self.histogram_block = HistogramBlock(self.histogram_tags, self.capturing.bins)
         self.info: list[tuple[int, float, float]] = []     # captured steps: (step, wall time, learning rate)
         start = time.time()
         self.events.write_summary(session_start_pb(self.hparams, start), 0, start)

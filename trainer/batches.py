@@ -1,7 +1,7 @@
 """Minibatches: every step's rows drawn up front in chunks, so the training loop only indexes a list."""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -47,3 +47,28 @@ def _index_chunks(rows: int, batch_size: int, steps: int, sampling: str,
         chunk.append(pending.pop())
     if steps:
         yield torch.cat(chunk), [len(c) for c in chunk]
+
+
+def loader_batches(dataset: Any, batch_size: int | None, steps: int, sampling: str, seed: int,
+                   device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (x, y) for each of `steps` steps from a map-style Dataset, through a DataLoader whose
+    sampler is seeded like the tensor path's (with replacement, a permutation per epoch, or in order)."""
+    from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+
+    rows = len(dataset)
+    size = rows if batch_size is None else batch_size
+    gen = torch.Generator().manual_seed(seed)
+    if sampling == "with_replacement" and batch_size is not None:
+        sampler = RandomSampler(dataset, replacement=True, num_samples=steps * size, generator=gen)
+    elif sampling == "shuffle" and batch_size is not None:
+        sampler = RandomSampler(dataset, generator=gen)
+    else:
+        sampler = SequentialSampler(dataset)
+    loader = DataLoader(dataset, batch_size=size, sampler=sampler)
+    done = 0
+    while done < steps:
+        for x, y in loader:
+            yield x.to(device), y.to(device)
+            done += 1
+            if done == steps:
+                return

@@ -31,15 +31,39 @@ NULL_TENSOR = tensor_pb2.TensorProto(
     dtype=types_pb2.DT_FLOAT,
     tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=0)]))
 
-# The metrics that become HParams columns: tag, display name, description.
+# Metrics with a fixed meaning: tag, display name, description. Every other final/<split>/<name>
+# and best/<split>/<name> of a run's record is a column too, described by metric_text.
 METRICS = (
-    ("final/eval_loss", "final loss", "full-data loss at the end of training, mean per row"),
     ("final/weight_distance", "distance to truth", "Euclidean distance from the weights to the true weights"),
-    ("final/converged", "converged", "1 if the full-data loss stayed within eval.tolerance to the end"),
+    ("final/converged", "converged", "1 if the training loss stayed within eval.tolerance to the end"),
     ("final/converged_step", "converged at step", "first evaluation step from which the loss stayed within tolerance"),
     ("final/diverged", "diverged", "1 if the loss became NaN or infinite"),
 )
-METRIC_TAGS = tuple(tag for tag, _, _ in METRICS)
+SPLITS = {"train": "training rows", "val": "validation rows"}
+
+
+def metric_text(tag: str) -> tuple[str, str]:
+    """A metric column's display name and description: 'final val/accuracy' for final/val/accuracy."""
+    for known, display, text in METRICS:
+        if tag == known:
+            return display, text
+    when, _, value = tag.partition("/")
+    split, _, name = value.partition("/")
+    where = SPLITS.get(split, split)
+    if when == "best":
+        return f"best {value}", f"best {name} on the {where} over the run's evaluations"
+    return f"{when} {value}", f"{name} on the {where} at the end of training" + (" (mean per row)" if name == "loss" else "")
+
+
+def metric_tags(runs: Iterable[dict[str, Any]]) -> list[str]:
+    """The metric columns the runs' records hold, in first-seen order (the fixed ones last)."""
+    found: dict[str, None] = {}
+    for run in runs:
+        for key in run.get("metrics") or {}:
+            if "/" in key:
+                found[key] = None
+    fixed = [tag for tag, _, _ in METRICS]
+    return [t for t in found if t not in fixed] + [t for t in fixed if t in found]
 
 STATUS = {
     "complete": api_pb2.STATUS_SUCCESS,
@@ -198,9 +222,10 @@ def experiment_pb(runs: Iterable[dict[str, Any]], description: str = "",
     runs = list(runs)
     infos = [hparam_info_pb(key, [r["hparams"][key] for r in runs if key in r["hparams"]])
              for key in declared_keys(runs)]
-    metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), display_name=display,
-                                  description=text, dataset_type=api_pb2.DATASET_TRAINING)
-               for tag, display, text in METRICS]
+    metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), display_name=metric_text(tag)[0],
+                                  description=metric_text(tag)[1],
+                                  dataset_type=api_pb2.DATASET_VALIDATION if "/val/" in tag else api_pb2.DATASET_TRAINING)
+               for tag in metric_tags(runs)]
     experiment = api_pb2.Experiment(description=description, hparam_infos=infos, metric_infos=metrics,
                                     time_created_secs=time_created)
     return _summary(EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))

@@ -22,6 +22,7 @@ import yaml
 from trainer import rundir
 from trainer.hparams import hparams_of
 from trainer.schema import as_data
+from trainer.status import Status
 from trainer.sweep import RunPlan
 
 # Errors of the file system itself: no run can succeed until someone frees space or fixes rights.
@@ -120,7 +121,15 @@ def base_record(run: RunPlan, status: str, error: str | None) -> dict[str, Any]:
         "config_digest": rundir.config_digest(run.config), "swept": dict(run.swept),
         "hparams": hparams_of(run.config, run.experiment, resolved_values(run)), "metrics": {},
         "steps": run.steps, "seed": run.config.train.seed, "error": error, "config": as_data(run.config),
+        "spec": portable(str(Path(run.spec_path))), "code": code_record(run),
     }
+
+
+def code_record(run: RunPlan) -> dict[str, Any]:
+    """Which user code the run called, by where the spec names it: import path, module file, sha256."""
+    from trainer import kinds
+
+    return {where: kinds.code_of(path) for where, path in run.code}
 
 
 def execute(run: RunPlan, logdir: Path, should_stop: Callable[[], bool] = lambda: False,
@@ -134,7 +143,9 @@ def execute(run: RunPlan, logdir: Path, should_stop: Callable[[], bool] = lambda
     record = base_record(run, "failed", None)
     record.update({
         "steps_done": 0,
-        "resolved": {"steps": run.steps, "batch_size": run.batch_size, "rows": run.rows, "device": None},
+        "resolved": {"steps": run.steps, "batch_size": run.batch_size, "rows": run.rows,
+                     "validation_rows": run.validation_rows, "input_shape": list(run.input_shape),
+                     "outputs": run.outputs, "classes": run.classes, "device": None},
         "started": started, "ended": None, "duration_s": None, "host": socket.gethostname(), "pid": os.getpid(),
         "versions": versions(), "commit": project_commit(),
     })
@@ -147,11 +158,14 @@ def execute(run: RunPlan, logdir: Path, should_stop: Callable[[], bool] = lambda
         folder.mkdir(parents=True)
         text = config_text(run)
         (folder / rundir.CONFIG).write_text(text, encoding="utf-8")
-        sink = TensorBoardSink(folder, run.config.log, hparams, text, run.has_truth)
+        sink = TensorBoardSink(folder, run.config.log, hparams, text)
         outcome = train(run, sink, should_stop, on_progress)
         record.update(status=outcome.status, metrics=outcome.metrics, steps_done=outcome.steps_done,
                       final_weights=outcome.final_weights, weights_sha256=outcome.weights_sha256)
         record["resolved"]["device"] = outcome.device
+        if outcome.status == Status.COMPLETE and run.config.log.checkpoint == "final":
+            save_checkpoint(folder, outcome.model)
+            record["checkpoint"] = rundir.CHECKPOINT
     except Exception as exc:  # the run's fault is recorded; the sweep goes on
         # A full or read-only disk is no fault of the run: it is left to be run again once that is fixed.
         logdir_fault = isinstance(exc, OSError) and exc.errno in LOGDIR_ERRNOS
@@ -177,6 +191,17 @@ def execute(run: RunPlan, logdir: Path, should_stop: Callable[[], bool] = lambda
             except OSError:
                 pass
     return _finish(folder, record, clock)
+
+
+def save_checkpoint(folder: Path, model: Any) -> None:
+    """The model's final state_dict, on the CPU, written atomically (see trainer.checkpoint)."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({name: t.detach().cpu() for name, t in model.state_dict().items()}, buffer)
+    rundir.write_atomic(folder / rundir.CHECKPOINT, buffer.getvalue())
 
 
 def _finish(folder: Path, record: dict[str, Any], clock: float, logdir_fault: bool = False) -> Summary:

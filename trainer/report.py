@@ -27,12 +27,17 @@ def run_rows(records: Iterable[dict[str, Any]]) -> list[list[str]]:
     rows = []
     for record in records:
         metrics = record.get("metrics") or {}
-        converged = metrics.get("converged_step")
-        rows.append([record["folder"], record.get("status", "?"), _number(metrics.get("eval_loss")),
-                     _number(metrics.get("weight_distance")),
+        converged = metrics.get("final/converged_step")
+        rows.append([record["folder"], record.get("status", "?"), _number(main_loss(metrics)),
+                     _number(metrics.get("final/weight_distance")),
                      "-" if converged is None else str(converged),
                      "-" if record.get("duration_s") is None else f"{record['duration_s']:.1f} s"])
     return rows
+
+
+def main_loss(metrics: dict[str, Any]) -> Any:
+    """The final loss that ranks a run: on the validation rows where there are some."""
+    return metrics.get("final/val/loss", metrics.get("final/train/loss"))
 
 
 RUN_HEADER = ["run", "status", "final loss", "distance", "converged at", "time"]

@@ -23,6 +23,7 @@ from trainer.schema import Config, as_data
 RECORD = "record.json"
 CONFIG = "config.yaml"
 TRACEBACK = "traceback.txt"
+CHECKPOINT = "model.pt"
 CLAIMS = ".claims"
 RECORD_FORMAT = 1
 # A claim whose owner has not touched it for this long is taken over, wherever the owner runs.

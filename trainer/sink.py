@@ -21,25 +21,35 @@ from tensorboard.plugins.text import metadata as text_metadata
 
 from trainer import events
 from trainer.events import EventFile, HistogramBlock, ScalarBlock, ScalarTags, summary_event
-from trainer.hparams import METRIC_TAGS, session_end_pb, session_start_pb
 from trainer.capture import HistogramBatch, capture_for
+from trainer.hparams import session_end_pb, session_start_pb
 from trainer.schema import LogSettings
+from trainer.status import Status
 
 
 @dataclass
 class Evaluation:
-    """The full-data loss (mean per row) and the distance to the true weights at one step."""
+    """An evaluation's values at one step, in the order of the evaluator's tags (the training
+    loss first)."""
 
     step: int
-    loss: float
-    distance: float | None
+    values: list[float]
+
+    @property
+    def loss(self) -> float:
+        """The loss on all training rows, mean per row."""
+        return self.values[0]
 
 
 class NullSink:
     """Writes nothing; the loop computes exactly what it computes with a real sink."""
 
-    def begin(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def begin(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, eval_tags: list[str]) -> None:
         pass
+
+    def writer(self) -> None:
+        """No SummaryWriter: with logging off, a user's hook is not called."""
+        return None
 
     def capture(self, step: int) -> None:
         pass
@@ -47,7 +57,7 @@ class NullSink:
     def write(self, first_step: int, losses: list[float], evaluations: list[Evaluation], last_step: int) -> None:
         pass
 
-    def finish(self, status: str, steps: int, metrics: dict[str, Any], final: Evaluation | None) -> None:
+    def finish(self, status: Status, steps: int, metrics: dict[str, Any], final: Evaluation | None) -> None:
         pass
 
     def close(self) -> None:
@@ -58,8 +68,9 @@ class NullSink:
 # run's disk size. w/... are weights, g/... their gradients, one curve per element.
 LOSS = "loss"                    # the minibatch loss, with the spec's reduction
 LR = "lr"                        # written when it changes
-EVAL_LOSS = "eval/loss"          # the full-data loss, mean per row
-EVAL_DISTANCE = "eval/distance"  # distance from the weights to the true weights
+DISTANCE = "eval/distance"       # distance from the weights to the true weights
+# Evaluations are train/<name> and val/<name> (see trainer.evaluate); a run's final metrics are
+# final/<tag> and best/<tag>, the HParams columns.
 
 
 def element_names(name: str, shape: torch.Size, linear: bool = False) -> list[str]:
@@ -130,18 +141,26 @@ class TensorBoardSink:
     element) and the norms of large ones, then the same for the gradients.
     """
 
-    def __init__(self, folder: str | Path, settings: LogSettings, hparams: dict[str, Any], config_text: str,
-                 has_truth: bool):
+    def __init__(self, folder: str | Path, settings: LogSettings, hparams: dict[str, Any], config_text: str):
         self.folder = Path(folder)
         self.every = settings.every
         self.histograms_every = settings.histograms_every
         self.max_elements = settings.max_elements
         self.hparams = hparams
         self.config_text = config_text
-        self.has_truth = has_truth
         self.events: EventFile | None = None
+        self.pending: list[tuple[int, bytes]] = []     # events of the user's SummaryWriter, not yet written
+        self._writer: Any = None
 
-    def begin(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def writer(self) -> Any:
+        """A torch SummaryWriter whose events go into this run's event file (see trainer.writer)."""
+        if self._writer is None:
+            from trainer.writer import RunWriter
+
+            self._writer = RunWriter(str(self.folder), self.pending)
+        return self._writer
+
+    def begin(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, eval_tags: list[str]) -> None:
         self.events = EventFile(self.folder)
         self.optimizer = optimizer
         named = list(model.named_parameters())
@@ -157,7 +176,7 @@ class TensorBoardSink:
         self.lr_tags = ScalarTags([LR])
         self.last_lr: float | None = None
         self.final_tags = ScalarTags([f"w/{c}" for c in curves])
-        self.eval_tags = ScalarTags([EVAL_LOSS, EVAL_DISTANCE] if self.has_truth else [EVAL_LOSS])
+        self.eval_tags = ScalarTags(eval_tags)
         names = [n for n, _ in small + large]
         self.histogram_tags = [f"hist/w/{n}" for n in names] + [f"hist/g/{n}" for n in names]
         self.histogram_sizes = [p.numel() for p in self.params] * 2
@@ -188,48 +207,55 @@ class TensorBoardSink:
             values = np.column_stack([np.asarray(losses)[steps - first_step], rows[logged]])
             block, ends = self.step_block.encode(steps, walls, values)
         # The learning rate when it changes, and the evaluations: events of their own, in step order.
-        extra = []
+        extra: list[tuple[int, bytes]] = []      # (step, event) besides the steps' own, for the file's order
         for i in logged:
             step, wall, lr = self.info[i]
             if lr != self.last_lr:
-                extra.append((step, wall, self.lr_tags.encode([lr])))
+                extra.append((step, summary_event(step, wall, self.lr_tags.encode([lr]))))
                 self.last_lr = lr
         walls_by_step = {step: wall for step, wall, _ in self.info}
-        extra += [(ev.step, walls_by_step.get(ev.step, time.time()), self._encode_evaluation(ev))
+        extra += [(ev.step, summary_event(ev.step, walls_by_step.get(ev.step, time.time()),
+                                          self.eval_tags.encode(ev.values)))
                   for ev in evaluations if ev.step <= last_step]
         if histograms is not None:
             histogram_steps = [(step, wall) for step, wall, _ in self.info
                                if self.histograms_every and step % self.histograms_every == 0]
             bodies = histogram_bodies(self.histogram_block, histograms, self.histogram_sizes)
-            extra += [(step, wall, body) for (step, wall), body in zip(histogram_steps, bodies) if step <= last_step]
+            extra += [(step, summary_event(step, wall, body))
+                      for (step, wall), body in zip(histogram_steps, bodies) if step <= last_step]
+        extra += self._take_pending()
         # Everything goes to the file in step order; a step's own event comes first.
         done = 0
-        for step, wall, body in sorted(extra, key=lambda e: e[0]):
+        for step, event in sorted(extra, key=lambda e: e[0]):
             upto = int(ends[np.searchsorted(steps, step, side="right") - 1]) if len(steps) and steps[0] <= step else 0
             if upto > done:
                 self.events.write_records(block[done:upto])
                 done = upto
-            self.events.write_raw(summary_event(step, wall, body))
+            self.events.write_raw(event)
         self.events.write_records(block[done:])
         self.info = []
         self.events.flush()
 
-    def _encode_evaluation(self, ev: Evaluation) -> bytes:
-        return self.eval_tags.encode([ev.loss, ev.distance] if self.has_truth else [ev.loss])
+    def _take_pending(self) -> list[tuple[int, bytes]]:
+        taken = list(self.pending)
+        self.pending.clear()
+        return taken
 
-    def finish(self, status: str, steps: int, metrics: dict[str, Any], final: Evaluation | None) -> None:
+    def finish(self, status: Status, steps: int, metrics: dict[str, Any], final: Evaluation | None) -> None:
         """The final weights and evaluation, the HParams metrics and the session's end."""
         now = time.time()
+        for _, event in self._take_pending():     # what a hook logged at the final evaluation
+            self.events.write_raw(event)
         body = []
-        if status == "complete":
+        if status == Status.COMPLETE:
             small, large = self.params[:self.small_count], self.params[self.small_count:]
             weights = [p.detach().view(-1) for p in small]
             weights += [torch.linalg.vector_norm(p.detach()).view(1) for p in large]
             body.append(self.final_tags.encode(torch.cat(weights).tolist()))
             if final is not None:
-                body.append(self._encode_evaluation(final))
-        numbers = {tag: metrics.get(tag.removeprefix("final/")) for tag in METRIC_TAGS}
-        present = [(tag, float(v)) for tag, v in numbers.items() if v is not None and math.isfinite(v)]
+                body.append(self.eval_tags.encode(final.values))
+        present = [(tag, float(v)) for tag, v in metrics.items()
+                   if "/" in tag and v is not None and math.isfinite(v)]
         body.append(ScalarTags([t for t, _ in present]).encode([v for _, v in present]))
         self.events.write_raw(summary_event(steps, now, b"".join(body)))
         self.events.write_summary(session_end_pb(status, now), steps, now)

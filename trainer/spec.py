@@ -11,7 +11,9 @@ from typing import Any, Sequence
 import yaml
 
 from trainer.errors import SpecError
+from trainer.kinds import FAMILIES
 from trainer.schema import EXPERIMENT_NAME, Config, Invalid, check_key, show, suggest, type_name
+from trainer.strict import is_import_path
 
 __all__ = ["EXPERIMENT_NAME", "Override", "Spec", "combine", "load_spec", "parse_override", "parse_overrides",
            "put", "read_yaml"]
@@ -245,8 +247,28 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, parsed
 
 
-def parse_overrides(texts: Sequence[str]) -> tuple[list[Override], list[str]]:
-    """Every --set parsed and its key checked against the schema: (overrides, problems)."""
+def user_sections(data: dict[str, Any]) -> set[str]:
+    """The sections whose kind a spec names as user code (in the file or in its sweep): their
+    keys are only known once that code is imported."""
+    found = set()
+    sweep = data.get("sweep") if isinstance(data.get("sweep"), dict) else {}
+    for section in FAMILIES:
+        written = data.get(section)
+        kinds = [written.get("kind")] if isinstance(written, dict) else []
+        kinds += sweep.get(f"{section}.kind") or [] if isinstance(sweep.get(f"{section}.kind"), list) else []
+        versions = sweep.get(section) if isinstance(sweep.get(section), list) else []
+        kinds += [v.get("kind") for v in versions if isinstance(v, dict)]
+        if any(is_import_path(k) for k in kinds):
+            found.add(section)
+    return found
+
+
+def parse_overrides(texts: Sequence[str], open_sections: set[str] | frozenset[str] = frozenset(FAMILIES)
+                    ) -> tuple[list[Override], list[str]]:
+    """Every --set parsed and its key checked against the schema: (overrides, problems).
+
+    Keys below `open_sections` (by default every section with kinds, since any spec may name user
+    code there) are checked once each spec is built."""
     overrides: list[Override] = []
     problems: list[str] = []
     for text in texts:
@@ -255,7 +277,7 @@ def parse_overrides(texts: Sequence[str]) -> tuple[list[Override], list[str]]:
         except SpecError as exc:
             problems.extend(exc.problems)
             continue
-        problem = check_key(Config, key)
+        problem = check_key(Config, key, open_sections)
         if problem:
             problems.append(f"--set {text}: {problem}")
             continue
@@ -291,9 +313,10 @@ def load_spec(path: str, overrides: Sequence[str | Override] = ()) -> Spec:
     base = {k: v for k, v in data.items() if k != "sweep"}
     base.setdefault("name", Path(path).stem)
     problems: list[str] = []
-    sweep = _read_sweep(data.get("sweep"), lines, path, problems) if "sweep" in data else {}
+    open_sections = user_sections(data)
+    sweep = _read_sweep(data.get("sweep"), lines, path, problems, open_sections) if "sweep" in data else {}
     texts = [o for o in overrides if isinstance(o, str)]
-    parsed, override_problems = parse_overrides(texts)
+    parsed, override_problems = parse_overrides(texts, open_sections)
     problems.extend(override_problems)
     parsed += [o for o in overrides if isinstance(o, Override)]
     spec = Spec(path=path, folder=Path(path).parent, base=base, sweep=sweep, lines=lines, problems=problems)
@@ -304,7 +327,8 @@ def load_spec(path: str, overrides: Sequence[str | Override] = ()) -> Spec:
     return spec
 
 
-def _read_sweep(sweep: Any, lines: dict[str, int], path: str, problems: list[str]) -> dict[str, list[Any]]:
+def _read_sweep(sweep: Any, lines: dict[str, int], path: str, problems: list[str],
+                open_sections: set[str]) -> dict[str, list[Any]]:
     where = f"{path}:{lines.get('sweep', '?')}"
     if not isinstance(sweep, dict):
         problems.append(f"{where}: sweep: must be a mapping of dotted keys to lists of values, "
@@ -319,7 +343,7 @@ def _read_sweep(sweep: Any, lines: dict[str, int], path: str, problems: list[str
         if key == "name":
             problems.append(f"{at}: the experiment name cannot be swept; write one spec per name")
             continue
-        problem = check_key(Config, key)
+        problem = check_key(Config, key, open_sections)
         if problem:
             problems.append(f"{at}: {problem}")
             continue

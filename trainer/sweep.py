@@ -9,10 +9,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from trainer import data
+from trainer import data, kinds, losses, metrics, models
 from trainer.errors import SpecError
-from trainer.schema import Config, Invalid, LinearModel, build, experiment_name
+from trainer.models import LinearModel
+from trainer.schema import Config, Invalid, build, experiment_name
 from trainer.spec import Spec, combine, load_spec, parent_key, parse_overrides
+from trainer.strict import is_import_path
 
 MAX_RUNS = 10_000
 MAX_NAME = 100
@@ -29,12 +31,19 @@ class RunPlan:
     config: Config
     swept: tuple[tuple[str, Any], ...]     # (dotted key, value) pairs that name the run
     spec_path: str
-    data_folder: str                       # CSV paths are relative to this folder
-    rows: int
-    features: int
+    data_folder: str                       # CSV paths and user modules are looked up here
+    rows: int                              # training rows
+    features: int                          # of a row of a table (0 for images and other shapes)
     steps: int
     batch_size: int
     has_truth: bool                        # the data knows the true weights of this linear model
+    validation_rows: int = 0
+    input_shape: tuple[int, ...] = ()
+    outputs: int = 1                       # of a built-in model
+    classes: int | None = None             # class labels: how many; None for real targets
+    parameters: int | None = None          # the model's parameter elements, where known
+    regression: bool = True                # a built-in regression loss: convergence within eval.tolerance means something
+    code: tuple[tuple[str, str], ...] = ()  # (where, import path) of every piece of user code the run calls
 
     @property
     def folder(self) -> str:
@@ -45,9 +54,13 @@ class RunPlan:
     def swept_keys(self) -> list[str]:
         return [k for k, _ in self.swept]
 
+    @property
+    def shape(self) -> models.Shape:
+        return models.Shape(self.features, self.outputs)
+
     def cost(self) -> float:
         """A rough relative duration, so the longest runs start first."""
-        return self.steps * (1.0 + self.batch_size * parameter_count(self.config, self.features) / 20_000)
+        return self.steps * (1.0 + self.batch_size * (self.parameters or 10_000) / 20_000)
 
 
 def total_steps(config: Config, rows: int, batch_size: int) -> int:
@@ -57,14 +70,6 @@ def total_steps(config: Config, rows: int, batch_size: int) -> int:
     if train.epochs is not None:
         return train.epochs * math.ceil(rows / batch_size)
     return DEFAULT_STEPS
-
-
-def parameter_count(config: Config, features: int) -> int:
-    model = config.model
-    if isinstance(model, LinearModel):
-        return features + int(model.bias)
-    widths = [features, *model.hidden, 1]
-    return sum(a * b + (b if model.bias else 0) for a, b in zip(widths, widths[1:]))
 
 
 # --- naming -----------------------------------------------------------------------------------
@@ -228,25 +233,69 @@ def _locate(spec: Spec, key: str, indices: dict[str, int] | None = None) -> str:
 
 
 def _validate(spec: Spec, raw: dict[str, Any], name: str, swept: tuple[tuple[str, Any], ...]) -> RunPlan:
-    config: Config = build(Config, raw)
+    with kinds.searching(spec.folder):
+        config: Config = build(Config, raw)
     info = data.inspect(config.data, spec.folder)
     problems: list[tuple[str, str]] = []
     batch = config.train.batch_size
     batch_size = info.rows if batch == "full" else batch
     if batch_size > info.rows:
-        problems.append(("train.batch_size", f"{batch} is larger than the data ({info.rows} rows); "
+        held = f" after {info.validation_rows} held out for validation" if info.validation_rows else ""
+        problems.append(("train.batch_size", f"{batch} is larger than the training data ({info.rows} rows{held}); "
                                              f"use at most {info.rows}, or 'full'"))
+    problems += losses.check_targets(config.loss, info.classes)
     model = config.model
+    outputs = _outputs(config, info)
+    if models.is_builtin(model) and len(info.input_shape) != 1:
+        problems.append(("model.kind", f"{model.kind!r} takes rows of features, but one input of this data has the "
+                                       f"shape {list(info.input_shape)}; use a model of your own (module:Class)"))
     if isinstance(model, LinearModel) and isinstance(model.init, tuple) and len(model.init) != info.features:
         problems.append(("model.init", f"has {len(model.init)} values but the data has {info.features} features; "
                                        f"give one initial weight per feature"))
+    if outputs is None:
+        problems.append(("model.outputs", "the number of classes cannot be told from this data (a Dataset's labels "
+                                          "are not scanned); give model.outputs"))
+    code = [(f"{section}.kind", getattr(config, section).kind) for section in kinds.FAMILIES
+            if is_import_path(getattr(config, section).kind)]
+    for i, metric_name in enumerate(config.eval.metrics):
+        key = f"eval.metrics[{i}]"
+        try:
+            metric = metrics.resolve(metric_name, spec.folder, key)
+        except Invalid as invalid:
+            problems += invalid.problems
+            continue
+        if metric.classes_only and info.classes is None:
+            problems.append((key, f"{metric_name} needs class labels, but the targets are real numbers"))
+        if is_import_path(metric_name):
+            code.append((key, metric_name))
+    if config.log.hook is not None:
+        hook = kinds.import_attribute(config.log.hook, str(spec.folder.resolve()), "log.hook")
+        if not callable(hook):
+            problems.append(("log.hook", f"{config.log.hook} is {type(hook).__name__}, not a function "
+                                         f"hook(writer, step, model, **context)"))
+        code.append(("log.hook", config.log.hook))
     if problems:
         raise Invalid(problems)
+    shape = models.Shape(info.features, outputs or 1)
     return RunPlan(
         experiment=config.name, name=name, config=config, swept=swept, spec_path=spec.path,
         data_folder=str(spec.folder), rows=info.rows, features=info.features,
         steps=total_steps(config, info.rows, batch_size), batch_size=batch_size,
-        has_truth=info.true_weights is not None and isinstance(model, LinearModel))
+        has_truth=info.true_weights is not None and isinstance(model, LinearModel) and outputs == 1,
+        validation_rows=info.validation_rows, input_shape=info.input_shape, outputs=outputs or 1,
+        classes=info.classes, parameters=models.parameter_count(model, shape),
+        regression=losses.task_of(config.loss) == losses.REGRESSION, code=tuple(code))
+
+
+def _outputs(config: Config, info: data.DataInfo) -> int | None:
+    """The outputs of a built-in model: as given, one per class for a classification loss, else
+    one per target value."""
+    given = getattr(config.model, "outputs", "auto")
+    if given != "auto":
+        return given
+    if losses.task_of(config.loss) == losses.CLASSES or (info.classes is not None and losses.task_of(config.loss) is None):
+        return info.classes
+    return models.element_count(info.target_shape)
 
 
 def _device_problems(runs: list[RunPlan], specs: dict[str, Spec]) -> list[str]:

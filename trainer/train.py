@@ -9,12 +9,16 @@ from typing import Any, Callable
 
 import torch
 
-from trainer import data
-from trainer.batches import batches
-from trainer.models import build_loss, build_model
+from trainer import data, kinds, losses
+from trainer.batches import batches, loader_batches
+from trainer.evaluate import Evaluator, evaluating
+from trainer.losses import build_loss
+from trainer.models import build_model
 from trainer.optim import build_optimizer, build_schedule
 from trainer.sink import Evaluation, NullSink
-from trainer.sweep import RunPlan, parameter_count
+from trainer.status import Status
+from trainer.strict import as_data
+from trainer.sweep import RunPlan
 
 # Steps between host syncs (the divergence check, the logging flush and the stop check): as many
 # as keep a chunk's captured weights and gradients near CHUNK_BYTES, within these bounds. A tiny
@@ -27,47 +31,24 @@ GPU_MIN_WORK = 1_000_000
 
 @dataclass
 class Outcome:
-    """How a run ended and what it reached."""
+    """How a run ended, what it reached, and the trained model."""
 
-    status: str                       # complete, diverged or interrupted
+    status: Status
     steps_done: int
     device: str
     metrics: dict[str, Any]
     final_weights: dict[str, list[float]] = field(default_factory=dict)
     weights_sha256: str = ""          # of all final parameters' bytes: equal digests, identical weights
+    model: torch.nn.Module | None = None
 
 
-def choose_device(run: RunPlan) -> torch.device:
+def choose_device(run: RunPlan, model: torch.nn.Module) -> torch.device:
     """The spec's device; 'auto' takes the GPU only for models big enough to gain from it."""
     wanted = run.config.train.device
     if wanted != "auto":
         return torch.device(wanted)
-    work = parameter_count(run.config, run.features) * run.batch_size
+    work = sum(p.numel() for p in model.parameters()) * run.batch_size
     return torch.device("cuda" if torch.cuda.is_available() and work >= GPU_MIN_WORK else "cpu")
-
-
-class Evaluator:
-    """The full-data loss as a mean per row, so runs of any batch size and reduction compare."""
-
-    def __init__(self, run: RunPlan, model: torch.nn.Module, dataset: data.Dataset):
-        self.model = model
-        self.x, self.y = dataset.x, dataset.y
-        self.loss = build_loss(run.config.loss, reduction="mean")
-        self.truth = None
-        if run.has_truth:
-            truth = [dataset.true_weights.view(-1)]
-            if run.config.model.bias:
-                truth.append(torch.tensor([dataset.true_bias or 0.0], device=dataset.x.device))
-            self.truth = torch.cat(truth)
-
-    @torch.no_grad()
-    def __call__(self) -> torch.Tensor:
-        """[loss] or [loss, distance to the true weights], left on the device."""
-        loss = self.loss(self.model(self.x).view(-1), self.y).view(1)
-        if self.truth is None:
-            return loss
-        weights = torch.cat([p.detach().view(-1) for p in self.model.parameters()])
-        return torch.cat([loss, torch.linalg.vector_norm(weights - self.truth).view(1)])
 
 
 def chunk_steps(params: list[torch.nn.Parameter]) -> int:
@@ -77,7 +58,7 @@ def chunk_steps(params: list[torch.nn.Parameter]) -> int:
 
 
 def converged_step(evaluations: list[Evaluation], tolerance: float) -> int | None:
-    """The first evaluation step from which the loss stayed within tolerance to the end."""
+    """The first evaluation step from which the training loss stayed within tolerance to the end."""
     found = None
     for ev in reversed(evaluations):
         if not ev.loss <= tolerance:
@@ -91,79 +72,114 @@ def train(run: RunPlan, sink: Any = None, should_stop: Callable[[], bool] = lamb
     """Train one run to the end, to divergence, or until should_stop() says so between chunks."""
     sink = sink or NullSink()
     config = run.config
-    device = choose_device(run)
+    model = build_model(config.model, run.shape, config.train.seed)
+    device = choose_device(run, model)
+    model.to(device)
     dataset = data.load(config.data, Path(run.data_folder), device)
-    model = build_model(config.model, run.features, config.train.seed).to(device)
     loss_fn = build_loss(config.loss)
+    squeezes = losses.squeezes(config.loss)
     optimizer = build_optimizer(config.optimizer, model.parameters())
     schedule = build_schedule(config.schedule, optimizer, run.steps)
-    evaluate = Evaluator(run, model, dataset)
+    evaluate = Evaluator(run, model, dataset, device)
     full = config.train.batch_size == "full"
-    steps = batches(dataset.x, dataset.y, None if full else run.batch_size, run.steps,
-                    config.train.sampling, config.train.seed)
+    batch_size = None if full else run.batch_size
+    train_rows = dataset.train
+    if train_rows.dataset is None:
+        steps = batches(train_rows.x, train_rows.y, batch_size, run.steps, config.train.sampling, config.train.seed)
+    else:
+        steps = loader_batches(train_rows.dataset, batch_size, run.steps, config.train.sampling, config.train.seed,
+                               device)
     eval_every = config.eval.every
+    clip = config.train.clip_grad_norm
     params = list(model.parameters())
     chunk = chunk_steps(params)
-    sink.begin(model, optimizer)
+    hook = _hook(run, dataset, device)
+    sink.begin(model, optimizer, evaluate.tags)
 
     history: list[Evaluation] = []
-    losses: list[torch.Tensor] = []
+    losses_: list[torch.Tensor] = []
     evals: list[tuple[int, torch.Tensor]] = []
     first = 0
-    status, last = "complete", run.steps - 1
+    squeeze = None
+    status, last = Status.COMPLETE, run.steps - 1
     for step, (x, y) in enumerate(steps):
-        loss = loss_fn(model(x).view(-1), y)
+        output = model(x)
+        if squeeze is None:   # [N, 1] outputs meet [N] targets of a built-in regression or binary loss
+            squeeze = squeezes and output.dim() == y.dim() + 1 and output.shape[-1] == 1
+        loss = loss_fn(output.squeeze(-1) if squeeze else output, y)
         # What optimizer.zero_grad() does, without its profiler and compiler hooks (16 us a step,
         # a tenth of a notebook step); the update itself is torch's optimizer, untouched.
         for p in params:
             p.grad = None
         loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip)
         # logging (reads only): the loss, the evaluation and the sink's capture, all before the update
-        losses.append(loss.detach())
+        losses_.append(loss.detach())
         if step % eval_every == 0:
             evals.append((step, evaluate()))
+            if hook is not None:
+                hook(sink.writer(), step, model)
         sink.capture(step)
         optimizer.step()
         if schedule is not None:
             schedule.step()
         if (step + 1) % chunk and step + 1 != run.steps:
             continue
-        bad = _flush(sink, first, losses, evals, history)
-        losses, evals, first = [], [], step + 1
+        bad = _flush(sink, first, losses_, evals, history)
+        losses_, evals, first = [], [], step + 1
         on_progress(step + 1)
         if bad is not None:
-            status, last = "diverged", bad
+            status, last = Status.DIVERGED, bad
             break
         if should_stop() and step + 1 < run.steps:
-            status, last = "interrupted", step
+            status, last = Status.INTERRUPTED, step
             break
 
     final = None
-    if status == "complete":
-        final = _evaluation(run.steps, evaluate().tolist())
+    if status == Status.COMPLETE:
+        final = Evaluation(run.steps, evaluate().tolist())
         if not math.isfinite(final.loss):
-            status, last = "diverged", run.steps
+            status, last = Status.DIVERGED, run.steps
+        else:
+            if hook is not None:
+                hook(sink.writer(), run.steps, model)
         history.append(final)
-    tolerance = config.eval.tolerance
-    reached = converged_step(history, tolerance) if status == "complete" else None
-    metrics = {
-        "eval_loss": final.loss if status == "complete" else None,
-        "weight_distance": final.distance if status == "complete" and final else None,
-        "converged": reached is not None,
-        "converged_step": reached,
-        "diverged": status == "diverged",
-        "diverged_step": last if status == "diverged" else None,
-    }
-    sink.finish(status, run.steps if status == "complete" else last, metrics, final)
+    metrics = evaluate.summary(history, final if status == Status.COMPLETE else None)
+    if run.regression:
+        reached = converged_step(history, config.eval.tolerance) if status == Status.COMPLETE else None
+        metrics.update({"final/converged": reached is not None, "final/converged_step": reached})
+    metrics.update({"final/diverged": status == Status.DIVERGED,
+                    "diverged_step": last if status == Status.DIVERGED else None})
+    sink.finish(status, run.steps if status == Status.COMPLETE else last, metrics, final)
     # JSON has no NaN: a diverged weight is recorded as null.
     weights = {name: [v if math.isfinite(v) else None for v in p.detach().view(-1).tolist()]
                for name, p in model.named_parameters() if p.numel() <= config.log.max_elements}
     digest = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in model.parameters())).hexdigest()
-    return Outcome(status, last + 1 if status != "complete" else run.steps, str(device), metrics, weights, digest)
+    return Outcome(status, last + 1 if status != Status.COMPLETE else run.steps, str(device), metrics, weights,
+                   digest, model)
 
 
-def _evaluation(step: int, values: list[float]) -> Evaluation:
-    return Evaluation(step, values[0], values[1] if len(values) > 1 else None)
+def _hook(run: RunPlan, dataset: data.Dataset, device: torch.device) -> Callable[..., None] | None:
+    """The user's log.hook, bound to what it is given besides (writer, step, model), or None."""
+    name = run.config.log.hook
+    if name is None:
+        return None
+    function = kinds.import_attribute(name, str(Path(run.data_folder).resolve()), "log.hook")
+    shown = dataset.validation if dataset.validation is not None else dataset.train
+    context = {
+        "inputs": shown.x, "targets": shown.y, "dataset": shown.dataset,
+        "split": "validation" if dataset.validation is not None else "train",
+        "train_inputs": dataset.train.x, "train_targets": dataset.train.y,
+        "classes": dataset.classes, "config": as_data(run.config), "run": run.folder, "device": device,
+    }
+
+    def call(writer: Any, step: int, model: torch.nn.Module) -> None:
+        if writer is None:      # logging is off: nothing would reach a file
+            return
+        with torch.no_grad(), evaluating(model):
+            function(writer, step, model, **context)
+    return call
 
 
 def _flush(sink: Any, first: int, losses: list[torch.Tensor], evals: list[tuple[int, torch.Tensor]],
@@ -171,7 +187,7 @@ def _flush(sink: Any, first: int, losses: list[torch.Tensor], evals: list[tuple[
     """Bring a chunk's values to the host, hand them to the sink; the first diverged step or None."""
     host_losses = torch.stack(losses).tolist()
     host_evals = torch.stack([v for _, v in evals]).tolist() if evals else []
-    evaluations = [_evaluation(step, values) for (step, _), values in zip(evals, host_evals)]
+    evaluations = [Evaluation(step, values) for (step, _), values in zip(evals, host_evals)]
     bad = next((first + i for i, v in enumerate(host_losses) if not math.isfinite(v)), None)
     bad_eval = next((ev.step for ev in evaluations if not math.isfinite(ev.loss)), None)
     if bad_eval is not None and (bad is None or bad_eval < bad):

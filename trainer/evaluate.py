@@ -1,0 +1,119 @@
+"""Evaluations: the loss and the metrics on all training rows and on all validation rows.
+
+The loss is measured as a mean per row, so runs of any batch size and reduction compare. The
+values of an evaluation stay on the device as one tensor; the loop brings them to the host once
+per chunk. A run's summary holds each value's final and best.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from trainer import losses, metrics
+from trainer.data import Dataset, Split
+from trainer.losses import build_loss
+from trainer.sink import DISTANCE, Evaluation
+from trainer.sweep import RunPlan
+
+# Rows evaluated in one forward pass: bounds the memory an evaluation takes.
+EVAL_ROWS = 4096
+
+
+@contextlib.contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """The model in eval mode (no dropout, batch norm's running statistics) for a while; logging
+    never changes training state, so the mode is restored after."""
+    training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(training)
+
+
+class Evaluator:
+    """Calling it evaluates the model now: [train/loss, train/<metric>..., val/loss, val/<metric>...,
+    eval/distance], the last only where the data knows the true weights."""
+
+    def __init__(self, run: RunPlan, model: torch.nn.Module, dataset: Dataset, device: torch.device):
+        self.model = model
+        self.device = device
+        self.loss = build_loss(run.config.loss, reduction="mean")
+        self.squeezes = losses.squeezes(run.config.loss)
+        self.metrics = [metrics.resolve(name, Path(run.data_folder), f"eval.metrics[{i}]")
+                        for i, name in enumerate(run.config.eval.metrics)]
+        self.splits = [("train", dataset.train)]
+        if dataset.validation is not None:
+            self.splits.append(("val", dataset.validation))
+        self.main = self.splits[-1][0]        # the split whose values rank runs: validation where there is one
+        self.truth = None
+        if run.has_truth:
+            truth = [dataset.true_weights.view(-1)]
+            if run.config.model.bias:
+                truth.append(torch.tensor([dataset.true_bias or 0.0], device=device))
+            self.truth = torch.cat(truth)
+        greater = {"loss": False}
+        for metric in self.metrics:
+            names = [metric.name]
+            if metric not in metrics.BUILTIN.values():
+                # A user's metric may return a dict: its names are known once it has run.
+                with torch.no_grad(), evaluating(model):
+                    names = list(metrics.values(metric, *self._outputs(self.splits[0][1])))
+            greater.update((name, metric.greater_is_better) for name in names)
+        self.names = list(greater)
+        self.tags = [f"{split}/{name}" for split, _ in self.splits for name in self.names]
+        self.better = {f"{split}/{name}": greater[name] for split, _ in self.splits for name in self.names}
+        if self.truth is not None:
+            self.tags.append(DISTANCE)
+
+    @torch.no_grad()
+    def __call__(self) -> torch.Tensor:
+        """Every value of `tags`, as one tensor left on the device."""
+        with evaluating(self.model):
+            values: list[Any] = []
+            for _, split in self.splits:
+                values += self._values(*self._outputs(split)).values()
+            if self.truth is not None:
+                weights = torch.cat([p.detach().view(-1) for p in self.model.parameters()])
+                values.append(torch.linalg.vector_norm(weights - self.truth))
+        return torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.device).reshape(()) for v in values])
+
+    def _outputs(self, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's outputs for every row of a split, and the targets."""
+        if split.dataset is None:
+            x, y = split.x, split.y
+            if x.shape[0] <= EVAL_ROWS:
+                return self.model(x), y
+            return torch.cat([self.model(part) for part in x.split(EVAL_ROWS)]), y
+        from torch.utils.data import DataLoader
+
+        outputs, targets = [], []
+        for x, y in DataLoader(split.dataset, batch_size=min(EVAL_ROWS, 1024)):
+            outputs.append(self.model(x.to(self.device)))
+            targets.append(y.to(self.device))
+        return torch.cat(outputs), torch.cat(targets)
+
+    def _values(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, Any]:
+        fitted = output.squeeze(-1) if self.squeezes and output.dim() == target.dim() + 1 and \
+            output.shape[-1] == 1 else output
+        values = {"loss": self.loss(fitted, target)}
+        for metric in self.metrics:
+            values.update(metrics.values(metric, output, target))
+        return values
+
+    def summary(self, history: list[Evaluation], final: Evaluation | None) -> dict[str, Any]:
+        """The run's metrics: every value's final (None where the run did not finish), and the best
+        value of the main split's loss and metrics over all evaluations."""
+        out: dict[str, Any] = {}
+        for i, tag in enumerate(self.tags):
+            key = "final/weight_distance" if tag == DISTANCE else f"final/{tag}"
+            out[key] = final.values[i] if final is not None else None
+        for i, tag in enumerate(self.tags):
+            if not tag.startswith(self.main + "/"):
+                continue
+            seen = [ev.values[i] for ev in history if ev.values[i] == ev.values[i]]  # NaN is never best
+            out[f"best/{tag}"] = (max(seen) if self.better[tag] else min(seen)) if seen else None
+        return out

@@ -1,0 +1,82 @@
+"""Metrics measured at every evaluation, on the training rows and on the validation rows.
+
+`eval.metrics` lists built-in names or import paths of the user's functions. A metric is called
+as `metric(output, target)` with the model's output and the targets of all rows of a split, and
+returns a number, a 0-d tensor, or a dict of named numbers (each becomes a curve and a column).
+Whether higher is better is read from the function's `greater_is_better` attribute (default:
+lower is better); it decides which value is a run's best.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from trainer import kinds
+from trainer.strict import Invalid, is_import_path, suggest
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str                       # the curve's name: val/<name>, train/<name>
+    compute: Callable[[Any, Any], Any]
+    greater_is_better: bool
+    doc: str
+    classes_only: bool = False      # needs class labels (accuracy)
+
+
+def _fit(output: Any, target: Any) -> Any:
+    """[N, 1] outputs meet [N] targets."""
+    if output.dim() == target.dim() + 1 and output.shape[-1] == 1:
+        return output.squeeze(-1)
+    return output
+
+
+def accuracy(output: Any, target: Any) -> Any:
+    """Top-1 accuracy: the share of rows whose highest score is the true class (for one logit a row,
+    a positive logit means class 1)."""
+    if output.dim() == target.dim() + 1 and output.shape[-1] > 1:
+        predicted = output.argmax(dim=-1)
+    else:
+        predicted = (_fit(output, target) > 0).to(target.dtype)
+    return (predicted == target).float().mean()
+
+
+def mae(output: Any, target: Any) -> Any:
+    """Mean absolute error."""
+    return (_fit(output, target) - target).abs().float().mean()
+
+
+def rmse(output: Any, target: Any) -> Any:
+    """Root mean squared error."""
+    return (_fit(output, target) - target).float().square().mean().sqrt()
+
+
+BUILTIN = {
+    "accuracy": Metric("accuracy", accuracy, True, accuracy.__doc__.splitlines()[0], classes_only=True),
+    "mae": Metric("mae", mae, False, "mean absolute error"),
+    "rmse": Metric("rmse", rmse, False, "root mean squared error"),
+}
+
+
+def resolve(name: str, folder: Any, key: str) -> Metric:
+    """A built-in metric by name, or the user's by import path; Invalid names what is wrong."""
+    if name in BUILTIN:
+        return BUILTIN[name]
+    if not is_import_path(name):
+        raise Invalid([(key, f"unknown metric {name!r}{suggest(name, list(BUILTIN))}; the built-in metrics are "
+                             f"{', '.join(BUILTIN)}, or name a function of yours as module:function")])
+    target = kinds.import_attribute(name, str(Path(folder).resolve()) if folder is not None else None, key)
+    if not callable(target):
+        raise Invalid([(key, f"{name} is {type(target).__name__}, not a function (output, target) -> number")])
+    short = name.rpartition(":")[2].rpartition(".")[2]
+    doc = ((getattr(target, "__doc__", None) or short).strip().splitlines() or [short])[0]
+    return Metric(short, target, bool(getattr(target, "greater_is_better", False)), doc)
+
+
+def values(metric: Metric, output: Any, target: Any) -> dict[str, Any]:
+    """What a metric returns, as name -> number or 0-d tensor."""
+    result = metric.compute(output, target)
+    if isinstance(result, dict):
+        return {str(k): v for k, v in result.items()}
+    return {metric.name: result}

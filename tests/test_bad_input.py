@@ -100,9 +100,10 @@ CASES = [
          [f"{SPEC}:4: optimizer.momentum: unknown key 'momentum' for kind 'adam' (only kind 'sgd' has it); "
           f"{ADAM_SETTINGS}"], id="unknown-for-this-kind"),
     case(spec("name: x\ndata: {path: d.csv, target: y}\n"),
-         [f"{SPEC}:2: data.path: unknown key 'path' for kind 'seed_toy' (only kind 'csv' has it); its settings: none",
+         [f"{SPEC}:2: data.path: unknown key 'path' for kind 'seed_toy' (only kind 'csv' has it); its settings: "
+          f"validation, split_seed",
           f"{SPEC}:2: data.target: unknown key 'target' for kind 'seed_toy' (only kind 'csv' has it); "
-          f"its settings: none"], id="unknown-kind-not-given"),
+          f"its settings: validation, split_seed"], id="unknown-kind-not-given"),
     case(spec("name: x\ntrain:\n  steps: 10\n  batchsize: 2\n"),
          [f"{SPEC}:4: train.batchsize: unknown key 'batchsize' (did you mean 'batch_size'?)"],
          id="unknown-in-settings"),
@@ -135,7 +136,7 @@ CASES = [
     case(spec("name: x\ntrain:\n  batch_size: 0\n"),
          [f"{SPEC}:3: train.batch_size: must be >= 1, got 0"], id="range-batch-size-zero"),
     case(spec("name: x\ntrain:\n  batch_size: 11\n"),
-         [f"{SPEC}:3: train.batch_size: 11 is larger than the data (10 rows); use at most 10, or 'full'"],
+         [f"{SPEC}:3: train.batch_size: 11 is larger than the training data (10 rows); use at most 10, or 'full'"],
          id="range-batch-larger-than-data"),
     case(spec("name: x\ntrain:\n  steps: 0\n"),
          [f"{SPEC}:3: train.steps: must be >= 1, got 0"], id="range-steps-zero"),

@@ -103,8 +103,8 @@ def test_histograms_of_constant_and_varied_tensors_read_back_from_the_event_file
     model = torch.nn.Linear(40, 1)
     with torch.no_grad():
         model.weight.fill_(0.5)                          # one value until the first update
-    sink = TensorBoardSink(tmp_path, LogSettings(every=1, histograms_every=1), {"lr": 0.1}, "text", False)
-    sink.begin(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    sink = TensorBoardSink(tmp_path, LogSettings(every=1, histograms_every=1), {"lr": 0.1}, "text")
+    sink.begin(model, torch.optim.SGD(model.parameters(), lr=0.1), ["train/loss"])
     grads = [torch.randn(1, 40), torch.zeros(1, 40), torch.randn(1, 40)]
     for step, grad in enumerate(grads):
         model.weight.grad, model.bias.grad = grad, torch.randn(1)

@@ -505,7 +505,7 @@ def test_a_diverging_run_is_a_result_not_a_failure(tmp_path):
     found = records(logdir)
     assert {n: d["status"] for n, d in found.items()} == {"lr=0.01": "complete", "lr=1e+30": "diverged"}
     diverged = found["lr=1e+30"]
-    assert diverged["metrics"]["diverged"] is True
+    assert diverged["metrics"]["final/diverged"] is True
     assert isinstance(diverged["metrics"]["diverged_step"], int) and diverged["metrics"]["diverged_step"] < 300
     assert diverged["error"] is None
     steps = assert_clean_run(logdir / "toy/lr=1e+30")

@@ -15,8 +15,8 @@ from trainer import index
 from trainer.cli import main
 
 PROJECT = Path(__file__).resolve().parents[1]
-METRIC_TAGS = ["final/eval_loss", "final/weight_distance", "final/converged", "final/converged_step",
-               "final/diverged"]
+METRIC_TAGS = ["final/train/loss", "best/train/loss", "final/weight_distance", "final/converged",
+               "final/converged_step", "final/diverged"]
 SPEC = """
     name: shared
     data: {{kind: seed_toy}}
@@ -257,7 +257,7 @@ def test_the_destination_cannot_overlap_a_source(teammates, capsys, into):
     pytest.param(b'{"status": "complete", "hparams": {"lr": {"$ne": 1}}}', id="hparam-a-mapping"),
     pytest.param(b'{"status": "complete", "hparams": {"lr": NaN}}', id="hparam-nan"),
     pytest.param(b'{"status": "complete", "hparams": {"lr": 1}, "metrics": [1]}', id="metrics-a-list"),
-    pytest.param(b'{"status": "complete", "hparams": {"lr": 1}, "metrics": {"eval_loss": "low"}}', id="metric-text"),
+    pytest.param(b'{"status": "complete", "hparams": {"lr": 1}, "metrics": {"final/train/loss": "low"}}', id="metric-text"),
     pytest.param(b'{"status": ["complete"], "hparams": {"lr": 1}}', id="status-a-list"),
     pytest.param(b'{"status": "complete", "hparams": {"lr": 1}, "swept": 3}', id="swept-a-number"),
     pytest.param(b"[" * 100_000 + b"]" * 100_000, id="deeply-nested"),

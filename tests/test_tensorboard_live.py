@@ -22,8 +22,8 @@ PROJECT = Path(__file__).resolve().parents[1]
 # Waits are generous because the machine may be busy; each ends as soon as its condition holds.
 LOAD_TIMEOUT = 120.0
 COMMAND_TIMEOUT = 180.0
-METRIC_TAGS = {"final/eval_loss", "final/weight_distance", "final/converged", "final/converged_step",
-               "final/diverged"}
+METRIC_TAGS = {"final/train/loss", "best/train/loss", "final/weight_distance", "final/converged",
+               "final/converged_step", "final/diverged"}
 EXPECTED_STATUS = {"complete": "STATUS_SUCCESS", "diverged": "STATUS_FAILURE", "failed": "STATUS_FAILURE"}
 CRASHING_RUN = "batch_size=1,bias=true"
 
@@ -176,7 +176,7 @@ def check_hparams_view(server: TensorBoardServer, logdir: Path) -> tuple[dict[st
             assert shown == value and type(shown) in ((bool,) if isinstance(value, bool) else
                                                       (str,) if isinstance(value, str) else (int, float)), key
         metrics = {m["name"]["tag"]: m["value"] for m in session.get("metricValues", [])}
-        expected = {f"final/{k}": float(v) for k, v in record["metrics"].items() if f"final/{k}" in METRIC_TAGS
+        expected = {k: float(v) for k, v in record["metrics"].items() if k in METRIC_TAGS
                     and v is not None}
         assert metrics == pytest.approx(expected, rel=1e-6), group["name"]
         by_run[group["name"]] = group
@@ -211,7 +211,7 @@ def test_hparams_view_of_a_sweep_with_failures_and_of_merged_folders(tmp_path, t
 
     columns, groups = check_hparams_view(tensorboard(logs), logs)
     assert {"experiment", "train.batch_size", "model.bias", "loss.reduction", "optimizer.lr"} <= set(columns)
-    assert not {"loss", "lr", "w/0", "g/0", "w/b", "eval/loss"} & set(columns)
+    assert not {"loss", "lr", "w/0", "g/0", "w/b", "train/loss"} & set(columns)
     assert groups["blowup/base"]["hparams"]["optimizer.lr"] == 100.0
     assert groups[f"grid/{CRASHING_RUN}"]["hparams"]["model.bias"] is True
     assert groups[f"grid/{CRASHING_RUN}"]["sessions"][0].get("metricValues", []) == []
@@ -233,6 +233,6 @@ def test_hparams_view_of_a_sweep_with_failures_and_of_merged_folders(tmp_path, t
     assert {"shared/batch_size=1", "shared/batch_size=full"} <= set(groups)
     for folder, group in groups.items():
         shown_metrics = {m["name"]["tag"] for m in group["sessions"][0]["metricValues"]}
-        converged = {"final/converged_step"} if merged[folder]["metrics"]["converged"] else set()
+        converged = {"final/converged_step"} if merged[folder]["metrics"]["final/converged"] else set()
         assert shown_metrics == METRIC_TAGS - {"final/converged_step"} | converged, folder
 

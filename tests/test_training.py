@@ -70,11 +70,12 @@ def test_run_logs_loss_weights_gradients_histograms_hparams_and_config(write_spe
         assert sorted(values[f"w/{i}"]) == list(range(201))          # before each step, and the final weights
         assert sorted(values[f"g/{i}"]) == list(range(200))
         assert values[f"w/{i}"][200] == pytest.approx(record["final_weights"]["weight"][i])
-    assert sorted(values["eval/loss"]) == list(range(0, 201, 20))
-    assert values["eval/loss"][200] == pytest.approx(record["metrics"]["eval_loss"])
-    assert values["eval/distance"][200] == pytest.approx(record["metrics"]["weight_distance"])
+    assert sorted(values["train/loss"]) == list(range(0, 201, 20))
+    assert values["train/loss"][200] == pytest.approx(record["metrics"]["final/train/loss"])
+    assert values["best/train/loss"][200] == pytest.approx(min(values["train/loss"].values()))
+    assert values["eval/distance"][200] == pytest.approx(record["metrics"]["final/weight_distance"])
     final_w = torch.tensor(record["final_weights"]["weight"])
-    assert record["metrics"]["weight_distance"] == pytest.approx(float((final_w - torch.tensor(SEED_WEIGHTS)).norm()))
+    assert record["metrics"]["final/weight_distance"] == pytest.approx(float((final_w - torch.tensor(SEED_WEIGHTS)).norm()))
     assert values["final/diverged"] == {200: 0.0}
     assert values["lr"] == {0: pytest.approx(0.1)}                   # written when it changes
     assert set(tags["histograms"]) == {"hist/w/weight", "hist/g/weight"}
@@ -128,7 +129,7 @@ def test_logging_never_changes_training(write_spec, tmp_path, settings):
     (run,) = plan([spec])
     torch.set_num_threads(1)
     silent = _final(run, NullSink())
-    logged = _final(run, TensorBoardSink(tmp_path / "run", run.config.log, {}, "", run.has_truth))
+    logged = _final(run, TensorBoardSink(tmp_path / "run", run.config.log, {}, ""))
     again = _final(run, NullSink())
     assert silent == logged == again
 
@@ -156,12 +157,12 @@ def test_divergence_stops_the_run_and_is_recorded(write_spec, tmp_path):
     """)
     folder = run_one(spec, tmp_path / "logs")
     record = json.loads((folder / "record.json").read_text())
-    assert record["status"] == "diverged" and record["metrics"]["diverged"] is True
+    assert record["status"] == "diverged" and record["metrics"]["final/diverged"] is True
     step = record["metrics"]["diverged_step"]
     assert 0 < step < 500 and record["steps_done"] == step + 1
     values = scalars(folder)
     assert max(values["loss"]) == step and not math.isfinite(values["loss"][step])
-    assert values["final/diverged"] == {step: 1.0} and "final/eval_loss" not in values
+    assert values["final/diverged"] == {step: 1.0} and "final/train/loss" not in values
 
 
 @pytest.mark.parametrize("sampling, expected", [
@@ -268,6 +269,6 @@ def test_events_stay_in_step_order_when_logging_and_evaluation_do_not_align(writ
     assert order == sorted(order)
     values = scalars(folder)
     assert sorted(values["loss"]) == list(range(0, 230, 3))
-    assert sorted(values["eval/loss"]) == list(range(0, 230, 7)) + [230]
+    assert sorted(values["train/loss"]) == list(range(0, 230, 7)) + [230]
     assert values["lr"] == {0: pytest.approx(0.1), 51: pytest.approx(0.05), 102: pytest.approx(0.025),
                             150: pytest.approx(0.0125), 201: pytest.approx(0.00625)}

@@ -1,3 +1,10 @@
-"""Experiment tracking for small PyTorch models: YAML specs in, TensorBoard logs out."""
+"""Experiment tracking for PyTorch: YAML specs in, TensorBoard logs out."""
 
 __version__ = "0.1.0"
+
+
+def load_model(run_folder, map_location="cpu"):
+    """The trained model of a finished run (its config and final weights), in eval mode."""
+    from trainer.checkpoint import load_model as load
+
+    return load(run_folder, map_location)

@@ -143,7 +143,7 @@ def trainer_run(run, logdir: Path | None) -> None:
         train(run, NullSink())
         return
     shutil.rmtree(logdir, ignore_errors=True)
-    sink = TensorBoardSink(logdir, run.config.log, {"lr": 0.1}, "bench", run.has_truth)
+    sink = TensorBoardSink(logdir, run.config.log, {"lr": 0.1}, "bench")
     try:
         train(run, sink)
     finally:

@@ -181,7 +181,12 @@ def _csv(kind: kinds.Kind, spec: CsvData, folder: Path) -> Dataset:
 
 
 def _user_data(kind: kinds.Kind, spec: Any, folder: Path) -> Dataset:
-    result = kind.target(**kinds.settings(spec))
+    try:
+        result = kind.target(**kinds.settings(spec))
+    except Exception as exc:  # the user's code raised: its message, at the spec's line
+        lines = str(exc).strip().splitlines()
+        raise Invalid([("data.kind", f"{kind.name} raised {type(exc).__name__}"
+                                     f"{': ' + lines[0] if lines else ''}")]) from None
     return from_user(result, kind.name)
 
 

@@ -22,6 +22,7 @@ import yaml
 from trainer import rundir
 from trainer.hparams import hparams_of
 from trainer.schema import as_data
+from trainer.kinds import shown_path
 from trainer.status import Status
 from trainer.sweep import RunPlan
 
@@ -121,7 +122,7 @@ def base_record(run: RunPlan, status: str, error: str | None) -> dict[str, Any]:
         "config_digest": rundir.config_digest(run.config), "swept": dict(run.swept),
         "hparams": hparams_of(run.config, run.experiment, resolved_values(run)), "metrics": {},
         "steps": run.steps, "seed": run.config.train.seed, "error": error, "config": as_data(run.config),
-        "spec": portable(str(Path(run.spec_path))), "code": code_record(run),
+        "spec": shown_path(run.spec_path), "code": code_record(run),
     }
 
 

@@ -166,10 +166,12 @@ def import_attribute(text: str, folder: str | None, key: str) -> Any:
 
 def _where(module: types.ModuleType) -> str:
     file = getattr(module, "__file__", None)
-    return f"module file {_shown_path(file)}" if file else "a built-in module"
+    return f"module file {shown_path(file)}" if file else "a built-in module"
 
 
-def _shown_path(file: str | Path) -> str:
+def shown_path(file: str | Path) -> str:
+    """A path as records and messages show it: relative to the working folder, else its name alone
+    (a log folder holds no absolute paths)."""
     path = Path(file)
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
@@ -186,7 +188,7 @@ def _import(name: str, folder: str | None, key: str) -> types.ModuleType:
     if local and loaded is not None and getattr(loaded, "__file__", None):
         home = Path(loaded.__file__).resolve().parent
         if home != Path(folder) and home.parent != Path(folder):
-            raise Invalid([(key, f"a module named {top!r} is already imported from {_shown_path(loaded.__file__)}, "
+            raise Invalid([(key, f"a module named {top!r} is already imported from {shown_path(loaded.__file__)}, "
                                  f"so {top}.py beside the spec cannot be; rename one of them")])
     try:
         found = importlib.util.find_spec(name)
@@ -194,7 +196,7 @@ def _import(name: str, folder: str | None, key: str) -> types.ModuleType:
         found = None
     if found is None:
         here = sorted(p.stem for p in Path(folder).glob("*.py")) if folder else []
-        place = f"no {top}.py in {_shown_path(folder)}/ and no installed module of that name" if folder else \
+        place = f"no {top}.py in {shown_path(folder)}/ and no installed module of that name" if folder else \
             "no installed module of that name"
         raise Invalid([(key, f"cannot import module {name!r}: {place}{suggest(top, here)}")])
     try:
@@ -204,7 +206,7 @@ def _import(name: str, folder: str | None, key: str) -> types.ModuleType:
     except BaseException as exc:  # the user's module raised while importing: its message, not our traceback
         if isinstance(exc, KeyboardInterrupt):
             raise
-        where = f" ({_shown_path(found.origin)})" if found.origin else ""
+        where = f" ({shown_path(found.origin)})" if found.origin else ""
         raise Invalid([(key, f"importing {name!r}{where} raised {type(exc).__name__}: {exc}")]) from None
 
 
@@ -302,7 +304,7 @@ def code_of(text: str) -> dict[str, Any]:
     file's sha256, so a record says which code produced a run."""
     module = sys.modules.get(text.partition(":")[0])
     file = getattr(module, "__file__", None)
-    return {"kind": text, "file": _shown_path(file) if file else None,
+    return {"kind": text, "file": shown_path(file) if file else None,
             "sha256": _file_digest(file) if file else None}
 
 

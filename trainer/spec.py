@@ -50,6 +50,7 @@ class Spec:
     sweep: dict[str, list[Any]]                 # dotted key -> values, in the order written
     lines: dict[str, int]                       # dotted key -> line in the file
     overrides: list[Override] = field(default_factory=list)  # --set, applied on top of the sweep
+    open_sections: set[str] = field(default_factory=set)     # sections whose kind is user code
     problems: list[str] = field(default_factory=list)        # found while reading; reported with the runs'
 
     @property
@@ -319,7 +320,8 @@ def load_spec(path: str, overrides: Sequence[str | Override] = ()) -> Spec:
     parsed, override_problems = parse_overrides(texts, open_sections)
     problems.extend(override_problems)
     parsed += [o for o in overrides if isinstance(o, Override)]
-    spec = Spec(path=path, folder=Path(path).parent, base=base, sweep=sweep, lines=lines, problems=problems)
+    spec = Spec(path=path, folder=Path(path).parent, base=base, sweep=sweep, lines=lines, problems=problems,
+                open_sections=open_sections)
     for override in parsed:
         if override.key in spec.sweep:
             spec.sweep[override.key] = [override.value]   # pinning a swept key keeps its place in run names

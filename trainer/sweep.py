@@ -12,7 +12,7 @@ from typing import Any
 from trainer import data, kinds, losses, metrics, models
 from trainer.errors import SpecError
 from trainer.models import LinearModel
-from trainer.schema import Config, Invalid, build, experiment_name
+from trainer.schema import Config, Invalid, build, check_key, experiment_name
 from trainer.spec import Spec, combine, load_spec, parent_key, parse_overrides
 from trainer.strict import is_import_path
 
@@ -118,16 +118,22 @@ def run_name(values: list[tuple[str, Any]]) -> str:
 def plan(paths: list[str], overrides: list[str] = (), allow_large: bool = False) -> list[RunPlan]:
     """Load, expand and validate every spec; all problems of all specs raise one SpecError."""
     parsed, problems = parse_overrides(overrides)
+    loaded: list[Spec] = []
+    for path in paths:
+        try:
+            loaded.append(load_spec(path, parsed))
+        except SpecError as exc:
+            problems.extend(exc.problems)
+    # A --set key under a section with kinds is known once the specs say which sections are user code.
+    opened = set().union(*(spec.open_sections for spec in loaded))
+    bad = [(o, problem) for o in parsed if (problem := check_key(Config, o.key, opened)) is not None]
+    if bad:
+        raise SpecError([f"--set {o.text}: {problem}" for o, problem in bad])
     runs: list[RunPlan] = []
     specs: dict[str, Spec] = {}
     names: dict[str, Spec] = {}
-    for path in paths:
-        try:
-            spec = load_spec(path, parsed)
-        except SpecError as exc:
-            problems.extend(exc.problems)
-            continue
-        specs[path] = spec
+    for spec in loaded:
+        specs[spec.path] = spec
         problems.extend(spec.problems)
         if isinstance(spec.name, str) and experiment_name(spec.name) is None:
             # Folder names that differ only in case are one folder on macOS and Windows.
@@ -139,6 +145,12 @@ def plan(paths: list[str], overrides: list[str] = (), allow_large: bool = False)
             runs.extend(expand(spec, allow_large))
         except SpecError as exc:
             problems.extend(exc.problems)
+    if not problems and any(run.code for run in runs):
+        from trainer.probe import probe
+
+        runs, found = probe(runs)
+        problems.extend(f"{_locate(specs[run.spec_path], key)}: {key}: {message} (run {run.folder})"
+                        for run, key, message in found)
     if not problems:
         problems.extend(_device_problems(runs, specs))
     if problems:

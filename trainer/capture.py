@@ -1,8 +1,7 @@
 """Capturing a step's weights and gradients cheaply, and bringing them to the host once per chunk.
 
-Two ways, one result. For a small model on the CPU, a step costs one NumPy copy of the weights
-and a list of references to the gradients; norms and histograms are computed once per chunk, in
-bulk. On a GPU (or for a large model) the reductions run on the device each step as small
+Two ways, one result. For a small model on the CPU, a step copies the weights and the gradients
+(a join of their raw memory each); norms and histograms are computed once per chunk, in bulk. On a GPU (or for a large model) the reductions run on the device each step as small
 tensors, which cross to the host in a few transfers per chunk, never one `.item()` per value.
 
 What a chunk yields, per captured step, is a row: the elements of small parameters' weights, the
@@ -47,8 +46,8 @@ class HistogramBatch:
 
 
 class HostCapture:
-    """For small models on the CPU. A step copies the weights (one NumPy call) and keeps references
-    to the gradients; norms and histograms are computed once per chunk, in bulk."""
+    """For small models on the CPU. A step copies the weights and the gradients (a bytes join each);
+    norms and histograms are computed once per chunk, in bulk."""
 
     # Copies of this many elements a step, for a chunk of steps, stay well under 100 MB.
     MAX_ELEMENTS = 50_000
@@ -58,6 +57,7 @@ class HostCapture:
         self.large_count = len(large)
         # Buffers share the parameters' memory: the optimizer updates in place, so they stay current.
         self.memory = [memoryview(p.detach().numpy()).cast("B") for p in self.params]
+        self.zeros = [bytes(4 * p.numel()) for p in self.params]      # the gradient of a parameter the loss missed
         sizes = [p.numel() for p in self.params]
         self.total = sum(sizes)
         self.small_elements = sum(sizes[:len(small)])
@@ -74,17 +74,18 @@ class HostCapture:
 
     def reset(self) -> None:
         self.weights: list[bytes] = []
-        self.grads: list[list[torch.Tensor | None]] = []
+        self.grads: list[bytes] = []
         self.histogram_flags: list[bool] = []
 
     def capture(self, histogram: bool) -> None:
         # Between two steps the training loop's own code fills the CPU's caches, so what counts
-        # here is how much code runs, not how many bytes move: joining the parameters' raw memory
+        # here is how much code runs, not how many bytes move: joining the tensors' raw memory
         # into one bytes object is a fraction of the cost of a NumPy or torch copy.
         self.weights.append(b"".join(self.memory))
-        # zero_grad() leaves .grad as None and backward() makes a new tensor each step, which
-        # torch's optimizers only read: keeping a reference is as good as a copy, and free.
-        self.grads.append([p.grad for p in self.params])
+        # A copy of the gradients too, not a reference: clipping, accumulation or an optimizer
+        # may change them in place after this step.
+        self.grads.append(b"".join([_raw(p.grad) if p.grad is not None else zero
+                                    for p, zero in zip(self.params, self.zeros)]))
         self.histogram_flags.append(histogram)
 
     def take(self) -> tuple[np.ndarray, HistogramBatch | None]:
@@ -92,7 +93,7 @@ class HostCapture:
         if not count:
             return np.zeros((0, 0)), None
         weights = np.frombuffer(b"".join(self.weights), dtype=np.float32).reshape(count, self.total)
-        grads = stacked_grads(self.grads, self.params).numpy()
+        grads = np.frombuffer(b"".join(self.grads), dtype=np.float32).reshape(count, self.total)
         cut = self.small_elements
         parts = [weights[:, :cut].astype(np.float64)]
         if self.large_count:
@@ -153,14 +154,14 @@ class DeviceCapture:
 
     def reset(self) -> None:
         self.weights: list[torch.Tensor] = []
-        self.grads: list[list[torch.Tensor | None]] = []
+        self.grads: list[torch.Tensor] = []
         self.norms: list[torch.Tensor] = []
         self.histogram_rows: list[torch.Tensor] = []
 
     def capture(self, histogram: bool) -> None:
         if self.small:
             self.weights.append(self.copy_weights())
-            self.grads.append([p.grad for p in self.small])    # references: see HostCapture.capture
+            self.grads.append(torch.cat([_grad(p).reshape(-1) for p in self.small]))   # a copy: see HostCapture
         if self.large:
             self.norms.append(torch.stack(torch._foreach_norm(
                 [*self.large_weights, *(_grad(p) for p in self.large)])))
@@ -192,7 +193,7 @@ class DeviceCapture:
         if norms is not None:
             parts.append(norms[:, :len(self.large)])
         if self.small:
-            parts.append(stacked_grads(self.grads, self.small))
+            parts.append(torch.stack(self.grads))
         if norms is not None:
             parts.append(norms[:, len(self.large):])
         rows = torch.cat(parts, dim=1).double().cpu().numpy() if count else np.zeros((0, 0))
@@ -206,11 +207,10 @@ class DeviceCapture:
         return rows, histograms
 
 
-def stacked_grads(grads: list[list[torch.Tensor | None]], params: list[torch.nn.Parameter]) -> torch.Tensor:
-    """One row per captured step: the referenced gradients of `params`, flattened side by side
-    (zeros for a parameter the loss did not reach)."""
-    return torch.cat([torch.stack([step[i] if step[i] is not None else torch.zeros_like(p) for step in grads])
-                      .view(len(grads), -1) for i, p in enumerate(params)], dim=1)
+def _raw(tensor: torch.Tensor) -> memoryview:
+    """A CPU tensor's float32 memory as bytes to copy (contiguous first, where it is not)."""
+    array = tensor.detach().numpy()
+    return memoryview(array if array.flags.c_contiguous else np.ascontiguousarray(array)).cast("B")
 
 
 def _grad(p: torch.nn.Parameter) -> torch.Tensor:

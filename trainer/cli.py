@@ -82,7 +82,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     for spec in args.specs:
         count = sum(r.spec_path == spec for r in runs)
         print(f"{spec}: ok, {count} run{'s' if count != 1 else ''}")
+    _print_imported(runs)
     return 0
+
+
+def _print_imported(runs: list[RunPlan]) -> None:
+    """Say which user code checking imported and ran (a spec that names code runs it)."""
+    from trainer.kinds import code_of
+
+    paths = list(dict.fromkeys(path for run in runs for _, path in run.code))
+    if paths:
+        print("imported and tried, to check the specs: " + ", ".join(
+            f"{path} ({code_of(path)['file'] or 'installed'})" for path in paths))
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -91,6 +102,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise UserError(f"--workers: must be at least 1, got {args.workers}")
     if args.dry_run:
         _print_plan(runs, Path(args.logdir))
+        _print_imported(runs)
         return 0
     return _execute(runs, args, workers=args.workers)
 

@@ -62,7 +62,7 @@ class Evaluator:
                 # A user's metric may return a dict: its names are known once it has run.
                 with torch.no_grad(), evaluating(model):
                     names = list(metrics.values(metric, *self._outputs(self.splits[0][1])))
-            greater.update((name, metric.greater_is_better) for name in names)
+            greater.update((name, metrics.greater_is_better(metric, name)) for name in names)
         self.names = list(greater)
         self.tags = [f"{split}/{name}" for split, _ in self.splits for name in self.names]
         self.better = {f"{split}/{name}": greater[name] for split, _ in self.splits for name in self.names}

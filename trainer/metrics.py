@@ -3,8 +3,9 @@
 `eval.metrics` lists built-in names or import paths of the user's functions. A metric is called
 as `metric(output, target)` with the model's output and the targets of all rows of a split, and
 returns a number, a 0-d tensor, or a dict of named numbers (each becomes a curve and a column).
-Whether higher is better is read from the function's `greater_is_better` attribute (default:
-lower is better); it decides which value is a run's best.
+Whether higher is better is read from the function's `greater_is_better` attribute: true or
+false, or for a metric returning a dict, a dict of them by name (default: lower is better). It
+decides which value is a run's best.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from trainer.strict import Invalid, is_import_path, suggest
 class Metric:
     name: str                       # the curve's name: val/<name>, train/<name>
     compute: Callable[[Any, Any], Any]
-    greater_is_better: bool
+    greater_is_better: bool | dict[str, bool]
     doc: str
     classes_only: bool = False      # needs class labels (accuracy)
 
@@ -71,7 +72,15 @@ def resolve(name: str, folder: Any, key: str) -> Metric:
         raise Invalid([(key, f"{name} is {type(target).__name__}, not a function (output, target) -> number")])
     short = name.rpartition(":")[2].rpartition(".")[2]
     doc = ((getattr(target, "__doc__", None) or short).strip().splitlines() or [short])[0]
-    return Metric(short, target, bool(getattr(target, "greater_is_better", False)), doc)
+    greater = getattr(target, "greater_is_better", False)
+    return Metric(short, target, dict(greater) if isinstance(greater, dict) else bool(greater), doc)
+
+
+def greater_is_better(metric: Metric, name: str) -> bool:
+    """Whether a higher value of one of a metric's values is better."""
+    if isinstance(metric.greater_is_better, dict):
+        return bool(metric.greater_is_better.get(name, False))
+    return metric.greater_is_better
 
 
 def values(metric: Metric, output: Any, target: Any) -> dict[str, Any]:

@@ -19,6 +19,9 @@ def confusion_matrix(writer, step, model, inputs, targets, **context):
     classes = 10
     counts = torch.bincount(targets * classes + predicted, minlength=classes * classes).view(classes, classes)
     writer.add_image("confusion_matrix", render(counts.cpu().numpy()), step, dataformats="HWC")
+    if step == 0:
+        writer.add_text("confusion_matrix", "Rows: the true digit; columns: the predicted digit. Blue cells are "
+                                            "right, red ones mistakes; the shade is the share of the row.", step)
 
 
 def render(counts: np.ndarray) -> np.ndarray:

@@ -26,4 +26,4 @@ def test_readme_example_spec_is_valid(tmp_path):
 
 def test_comparison_set_is_valid():
     specs = sorted(str(p) for p in (Path(__file__).parents[1] / "experiments").glob("*.yaml"))
-    assert len(plan(specs)) == 114
+    assert len(plan(specs)) == 126

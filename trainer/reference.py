@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import MISSING, fields, is_dataclass
 from typing import Any, get_type_hints
 
-from trainer.schema import Config, describe, variants
+from trainer import kinds
+from trainer.schema import Config, describe
 
 
 def _default(f: Any) -> str:
@@ -20,21 +21,25 @@ def _default(f: Any) -> str:
     return f"`{value}`" if value != "" else '`""`'
 
 
-def _rows(cls: type, prefix: str) -> list[str]:
+def _rows(cls: type, prefix: str, skip: set[str] = frozenset()) -> list[str]:
     hints = get_type_hints(cls)
     rows = []
     for f in fields(cls):
-        if f.name == "kind":
+        if f.name == "kind" or f.name in skip:
             continue
         allowed = describe(hints[f.name]).replace("|", "\\|")
         rows.append(f"| `{prefix}{f.name}` | {_default(f)} | {allowed} | {f.metadata.get('doc', '')} |")
     return rows
 
 
+HEADER = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
+
+
 def reference_markdown() -> str:
-    """One table per section; sections with kinds get one table per kind."""
+    """One table per section; sections with kinds get one table per kind (from the kind registry),
+    the settings every kind of the family shares, and what a kind of the user's own must be."""
     hints = get_type_hints(Config)
-    out = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
+    out = list(HEADER)
     for f in fields(Config):
         if f.name in ("data", "model", "loss", "optimizer", "schedule", "train", "eval", "log"):
             continue
@@ -42,20 +47,24 @@ def reference_markdown() -> str:
                    f"{describe(hints[f.name])} | {f.metadata.get('doc', '')} |")
     sections = []
     for f in fields(Config):
-        kinds = variants(hints[f.name])
-        if kinds is None and not is_dataclass(hints[f.name]):
+        if f.name not in kinds.FAMILIES and not is_dataclass(hints[f.name]):
             continue
         sections.append(f"\n**{f.name}** — {f.metadata.get('doc', '')}")
-        if kinds is None:
-            sections += ["| key | default | allowed | meaning |", "|---|---|---|---|", *_rows(hints[f.name], f"{f.name}.")]
+        if f.name not in kinds.FAMILIES:
+            sections += [*HEADER, *_rows(hints[f.name], f"{f.name}.")]
             continue
-        default_kind = next(iter(kinds))
-        for kind, cls in kinds.items():
+        family = kinds.family(f.name)
+        common = {c.name for c in fields(family.common)} if family.common else set()
+        if family.common:
+            sections += ["\nEvery kind, your own included:\n", *HEADER, *_rows(family.common, f"{f.name}.")]
+        default_kind = next(iter(kinds.builtin(f.name)))
+        for kind, cls in kinds.builtin(f.name).items():
             note = " (the default)" if kind == default_kind else ""
             sections.append(f"\n`{f.name}.kind: {kind}`{note} — {cls.__doc__}\n")
-            rows = _rows(cls, f"{f.name}.")
-            sections += ["| key | default | allowed | meaning |", "|---|---|---|---|", *rows] if rows else \
-                ["(no settings)"]
+            rows = _rows(cls, f"{f.name}.", common)
+            sections += [*HEADER, *rows] if rows else ["(no settings of its own)" if common else "(no settings)"]
+        sections.append(f"\n`{f.name}.kind: module:attribute` — your own: {family.what}. Its other keys are its "
+                        f"keyword arguments, checked against its signature.")
     return "\n".join(out + sections) + "\n"
 
 

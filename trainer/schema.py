@@ -90,7 +90,7 @@ class Config:
 
     name: str = setting(MISSING, experiment_name, doc="experiment name: the folder under the log folder")
     description: str = setting("", doc="free text, shown with the run")
-    data: DataSpec = setting(data.SeedToyData(), doc="the table to learn")
+    data: DataSpec = setting(data.SeedToyData(), doc="the data to learn from")
     model: ModelSpec = setting(models.LinearModel(), doc="what is trained")
     loss: LossSpec = setting(losses.L1Loss(), doc="the training loss")
     optimizer: OptimizerSpec = setting(optim.SgdOptimizer(), doc="the torch optimizer")

@@ -167,6 +167,19 @@ def measure_logging(problem: dict, repeats: int, scratch: Path) -> dict[str, flo
             "full / hand, paired": paired_ratio(times, "trainer, full logging", "hand, no logging")}
 
 
+def measure_digits(repeats: int, scratch: Path) -> dict[str, float]:
+    """The digits experiment's best-configured run (a user's CNN, data, metric and hook): logging off
+    against full logging, which includes the confusion-matrix hook at every evaluation."""
+    runs = plan([str(ROOT / "experiments/digits.yaml")], ["optimizer.lr=0.003", "model.channels=16", "train.seed=0"])
+    (run,) = runs
+    times = interleaved({
+        "trainer, logging off": lambda: trainer_run(run, None),
+        "trainer, full logging": lambda: trainer_run(run, scratch / "digits-run"),
+    }, repeats)
+    return {"seconds": {k: statistics.median(v) for k, v in times.items()}, "steps": run.steps,
+            "full / off, paired": paired_ratio(times, "trainer, full logging", "trainer, logging off")}
+
+
 # --- sizes ------------------------------------------------------------------------------------
 
 
@@ -338,6 +351,17 @@ def report(results: dict) -> list[str]:
             paired = results[problem][key]
             lines.append(f"  {label} = {paired:.3f} (median of the rounds' ratios; {of_medians:.3f} from the "
                          f"medians)   (target <= {target}: {_ok(paired <= target)})")
+    digits = results["digits"]
+    t = digits["seconds"]
+    lines.append("")
+    lines.append(f"digits (a user's CNN, data, metric and hook): {digits['steps']} steps, median of "
+                 f"{results['digits_repeats']} runs")
+    for name, seconds in t.items():
+        lines.append(f"  {name:32} {seconds:9.3f}")
+    paired = digits["full / off, paired"]
+    lines.append(f"  full logging / logging off = {paired:.3f} (median of the rounds' ratios; "
+                 f"{t['trainer, full logging'] / t['trainer, logging off']:.3f} from the medians)   "
+                 f"(target <= 1.15: {_ok(paired <= 1.15)})")
     scaling = results["scaling"]
     one, two = scaling["comparison set, 1 worker (s)"], scaling["comparison set, 2 workers (s)"]
     lines.append("")
@@ -390,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         results: dict = {"repeats": args.repeats}
         results["notebook"] = measure_logging(NOTEBOOK, args.repeats, scratch)
         results["mlp"] = measure_logging(MLP, args.repeats, scratch)
+        results["digits_repeats"] = max(5, args.repeats // 3)
+        results["digits"] = measure_digits(results["digits_repeats"], scratch)
         results["sizes"] = log_sizes(scratch)
         results["comparison_runs"] = len(plan([str(p) for p in sorted((ROOT / "experiments").glob("*.yaml"))]))
         results["scaling"] = measure_scaling(args.sweep_repeats, scratch)

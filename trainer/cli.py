@@ -101,8 +101,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise UserError(f"--workers: must be at least 1, got {args.workers}")
     if args.dry_run:
-        _print_plan(runs, Path(args.logdir))
         _print_imported(runs)
+        _print_plan(runs, Path(args.logdir))
         return 0
     return _execute(runs, args, workers=args.workers)
 

@@ -23,60 +23,61 @@ REGRESSION, CLASSES, BINARY = "regression", "classes", "binary"
 
 
 @dataclass(frozen=True, kw_only=True)
-class L1Loss:
+class Reduced:
+    """The setting every built-in loss has."""
+
+    reduction: Reduction = setting("mean", doc=REDUCTION_DOC)
+
+
+@dataclass(frozen=True, kw_only=True)
+class L1Loss(Reduced):
     """Absolute error."""
 
     task: ClassVar[str] = REGRESSION
     kind: Literal["l1"] = "l1"
-    reduction: Reduction = setting("mean", doc=REDUCTION_DOC)
 
 
 @dataclass(frozen=True, kw_only=True)
-class MseLoss:
+class MseLoss(Reduced):
     """Squared error."""
 
     task: ClassVar[str] = REGRESSION
     kind: Literal["mse"] = "mse"
-    reduction: Reduction = setting("mean", doc=REDUCTION_DOC)
 
 
 @dataclass(frozen=True, kw_only=True)
-class HuberLoss:
+class HuberLoss(Reduced):
     """Squared error below delta, absolute error above."""
 
     task: ClassVar[str] = REGRESSION
     kind: Literal["huber"] = "huber"
-    reduction: Reduction = setting("mean", doc=REDUCTION_DOC)
     delta: float = setting(1.0, greater_than(0), doc="where the loss turns from squared to linear")
 
 
 @dataclass(frozen=True, kw_only=True)
-class CrossEntropyLoss:
+class CrossEntropyLoss(Reduced):
     """Softmax cross-entropy of class scores (logits, one per class) against integer class labels."""
 
     task: ClassVar[str] = CLASSES
     kind: Literal["cross_entropy"] = "cross_entropy"
-    reduction: Reduction = setting("mean", doc=REDUCTION_DOC)
     label_smoothing: float = setting(0.0, at_least(0), at_most(1), doc="weight moved from the true class to all "
                                                                        "classes evenly, in [0, 1]")
 
 
 @dataclass(frozen=True, kw_only=True)
-class NllLoss:
+class NllLoss(Reduced):
     """Negative log-likelihood of log-probabilities (a model ending in log_softmax) against class labels."""
 
     task: ClassVar[str] = CLASSES
     kind: Literal["nll"] = "nll"
-    reduction: Reduction = setting("mean", doc=REDUCTION_DOC)
 
 
 @dataclass(frozen=True, kw_only=True)
-class BceWithLogitsLoss:
+class BceWithLogitsLoss(Reduced):
     """Binary cross-entropy of one logit per target against 0/1 targets."""
 
     task: ClassVar[str] = BINARY
     kind: Literal["bce_with_logits"] = "bce_with_logits"
-    reduction: Reduction = setting("mean", doc=REDUCTION_DOC)
 
 
 def _functional(name: str, **fixed: Any) -> Callable[..., Any]:

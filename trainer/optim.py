@@ -54,16 +54,11 @@ class AdamOptimizer:
 
 
 @dataclass(frozen=True, kw_only=True)
-class AdamWOptimizer:
+class AdamWOptimizer(AdamOptimizer):
     """torch.optim.AdamW (decoupled weight decay)."""
 
     kind: Literal["adamw"] = "adamw"
-    lr: float = setting(0.001, greater_than(0), doc=LR_DOC)
-    betas: tuple[float, float] = setting((0.9, 0.999), each(at_least(0)), each(below(1)),
-                                         doc="decay rates of the moment estimates, each in [0, 1)")
-    eps: float = setting(1e-8, greater_than(0), doc="added to the denominator")
     weight_decay: float = setting(0.01, at_least(0), doc="decoupled weight decay coefficient")
-    amsgrad: bool = setting(False, doc="use the AMSGrad variant")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,7 +108,7 @@ def _sgd(kind: kinds.Kind, spec: SgdOptimizer, params: list[Any]) -> "torch.opti
 def _adam(kind: kinds.Kind, spec: AdamOptimizer | AdamWOptimizer, params: list[Any]) -> "torch.optim.Optimizer":
     import torch
 
-    cls = torch.optim.Adam if isinstance(spec, AdamOptimizer) else torch.optim.AdamW
+    cls = torch.optim.Adam if spec.kind == "adam" else torch.optim.AdamW
     return cls(params, lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay,
                amsgrad=spec.amsgrad, foreach=_foreach(params))
 

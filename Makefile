@@ -10,7 +10,7 @@ WORKERS ?=
 SRC ?=
 PORT ?= 6006
 
-.PHONY: setup sweep dry-run check test tensorboard status index merge bench screenshot clean
+.PHONY: setup sweep dry-run check test lint tensorboard status index merge bench screenshot clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ check: setup
 # Run the test suite
 test: setup
 	$(BIN)/python -m pytest -q
+
+# Lint and check the formatting (ruff, configured in pyproject.toml); `ruff format` fixes the latter
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Serve $(LOGDIR)/ with TensorBoard on port $(PORT)
 tensorboard: setup

@@ -4,7 +4,14 @@ from __future__ import annotations
 import pytest
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from trainer.hparams import EXPERIMENT_TAG, declared_keys, declared_metrics, experiment_pb, shown_first, swept_keys
+from trainer.hparams import (
+    EXPERIMENT_TAG,
+    declared_keys,
+    declared_metrics,
+    experiment_pb,
+    shown_first,
+    swept_keys,
+)
 
 
 def run(experiment: str, swept: dict, status: str = "complete", metrics: dict | None = None, **hparams) -> dict:

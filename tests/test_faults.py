@@ -488,8 +488,8 @@ def test_a_run_that_raises_is_recorded_failed_and_the_flags_rerun_what_they_say(
     code, out, err = trainer(tmp_path, *args, name="changed")
     assert code == 2, out + err
     assert "Traceback" not in err
-    assert "logged with a different configuration (train.steps: 2000 -> 3000)" in err
-    assert "3 finished runs would be replaced; nothing was run" in err
+    assert "toy: 3 finished runs in" in err
+    assert "logged with a different configuration (train.steps: 2000 -> 3000); nothing was run" in err
     assert "--force" in err and "--logdir" in err
     assert tree(logdir) == before
 

@@ -9,6 +9,7 @@ EXPERIMENTS ?= $(sort $(wildcard experiments/*.yaml))
 WORKERS ?=
 SRC ?=
 PORT ?= 6006
+OUT ?= $(LOGDIR)/hparams.png
 
 .PHONY: setup sweep dry-run check test lint tensorboard status index merge bench screenshot clean
 
@@ -62,9 +63,9 @@ merge: setup
 bench: setup
 	$(BIN)/python scripts/bench.py
 
-# Screenshot of the HParams view of $(LOGDIR)/ in headless Chromium, into docs/
+# Screenshot of the HParams view of $(LOGDIR)/ in headless Chromium, into $(OUT) (default: $(LOGDIR)/hparams.png)
 screenshot: setup
-	$(BIN)/python scripts/screenshot.py --logdir $(LOGDIR) --out docs/hparams.png
+	$(BIN)/python scripts/screenshot.py --logdir $(LOGDIR) --out $(OUT)
 
 # Remove the virtual environment (logs are kept)
 clean:

@@ -338,8 +338,9 @@ def test_ctrl_c_records_the_run_in_flight_as_interrupted_and_the_same_command_re
     code, out, err = sweep.finish()
     assert code == 130, out + err
     assert "Traceback" not in err
-    assert f"to resume, run the same command again:\n  python -m trainer sweep {spec} --logdir {logdir} " \
-           f"--workers 2\n" in out
+    # The command is spelled for the shell that ran it: this Python's path where `python` is another.
+    assert re.search(rf"to resume, run the same command again:\n  \S*python -m trainer sweep {re.escape(str(spec))} "
+                     rf"--logdir {re.escape(str(logdir))} --workers 2\n", out), out
     stopped = record(logdir, f"toy/{long}")
     assert stopped["status"] == "interrupted"
     assert 0 < stopped["steps_done"] < LONG_STEPS

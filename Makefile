@@ -9,8 +9,9 @@ EXPERIMENTS ?= $(sort $(wildcard experiments/*.yaml))
 WORKERS ?=
 SRC ?=
 PORT ?= 6006
+OUT ?= $(LOGDIR)/hparams.png
 
-.PHONY: setup sweep dry-run check test tensorboard status index merge bench screenshot clean
+.PHONY: setup sweep dry-run check test lint tensorboard status index merge bench screenshot clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +38,11 @@ check: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# Lint and check the formatting (ruff, configured in pyproject.toml); `ruff format` fixes the latter
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
 # Serve $(LOGDIR)/ with TensorBoard on port $(PORT)
 tensorboard: setup
 	$(BIN)/tensorboard --logdir $(LOGDIR) --port $(PORT)
@@ -57,9 +63,9 @@ merge: setup
 bench: setup
 	$(BIN)/python scripts/bench.py
 
-# Screenshot of the HParams view of $(LOGDIR)/ in headless Chromium, into docs/
+# Screenshot of the HParams view of $(LOGDIR)/ in headless Chromium, into $(OUT) (default: $(LOGDIR)/hparams.png)
 screenshot: setup
-	$(BIN)/python scripts/screenshot.py --logdir $(LOGDIR) --out docs/hparams.png
+	$(BIN)/python scripts/screenshot.py --logdir $(LOGDIR) --out $(OUT)
 
 # Remove the virtual environment (logs are kept)
 clean:

@@ -1,11 +1,14 @@
 """Screenshot of TensorBoard's HParams table for a log folder, taken in headless Chromium.
 
-    python scripts/screenshot.py --logdir logs --out docs/hparams.png
+    python scripts/screenshot.py --logdir logs                          # writes logs/hparams.png
+    python scripts/screenshot.py --logdir logs --out docs/hparams.png   # the README's picture
 
 Starts TensorBoard on a free port, waits until it has loaded every run of the folder, opens the
-HParams table in headless Chromium, shows the chosen hparam columns sorted by final loss, writes
-the PNG and stops both. Chromium is driven over the DevTools protocol on a pipe, so nothing but
-the standard library is needed. Prints how many sessions and columns the view holds.
+HParams table in headless Chromium with the hparam columns TensorBoard shows at first (or those
+given), sorted by final loss, the Trial ID column widened to its longest name, writes the PNG and
+stops both. Chromium is driven over the DevTools protocol on a pipe, so nothing but the standard
+library is needed. Prints how many sessions and columns the view holds, which columns it shows,
+and how many sessions have every metric (the ones parallel coordinates draw).
 """
 from __future__ import annotations
 
@@ -29,8 +32,6 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stab
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--hide-scrollbars", "--remote-debugging-pipe"]
-# The settings a reader compares first; those the log folder lacks are left out.
-COLUMNS = "experiment,train.batch_size,loss.kind,loss.reduction,optimizer.lr,optimizer.weight_decay"
 
 # The HParams dashboard is a Polymer element tree inside shadow roots; find its query pane.
 FIND_PANE = """
@@ -46,11 +47,14 @@ function findPane() {
 }
 """
 PANE_READY = FIND_PANE + "(() => { const p = findPane(); return !!(p && p._hparams && p._hparams.length); })()"
-# Show the wanted hparam columns only and sort by the first metric (final loss), ascending.
+# Show the wanted hparam columns only (null: TensorBoard's own choice) and sort by the first metric
+# (final loss), ascending.
 SHOW_COLUMNS = FIND_PANE + """
 ((wanted) => {
   const pane = findPane();
-  pane._hparams.forEach((h, i) => pane.set('_hparams.' + i + '.displayed', wanted.includes(h.info.name)));
+  if (wanted) {
+    pane._hparams.forEach((h, i) => pane.set('_hparams.' + i + '.displayed', wanted.includes(h.info.name)));
+  }
   pane.set('_sortByIndex', pane._hparams.length);
   pane.set('_sortDirection', 0);
   if (pane._queryServer) pane._queryServer();
@@ -59,6 +63,15 @@ SHOW_COLUMNS = FIND_PANE + """
 """
 TABLE_TEXT = FIND_PANE.replace("TF-HPARAMS-QUERY-PANE", "VAADIN-GRID") + \
     "(() => { const g = findPane(); return g ? g.textContent : ''; })()"
+# Widen the Trial ID column (the table's first, 10em and resizable) as a reader would by dragging it.
+WIDEN_TRIAL_ID = FIND_PANE.replace("TF-HPARAMS-QUERY-PANE", "VAADIN-GRID") + """
+((width) => {
+  const grid = findPane();
+  const column = grid && grid.querySelector('vaadin-grid-column');
+  if (column) { column.width = width; }
+  return !!column;
+})(%s)
+"""
 
 
 # --- TensorBoard ------------------------------------------------------------------------------
@@ -154,8 +167,8 @@ class Chromium:
         stop(self.process)
 
 
-def screenshot(browser: Chromium, url: str, out: Path, width: int, height: int, columns: list[str],
-               timeout: float) -> list[str]:
+def screenshot(browser: Chromium, url: str, out: Path, width: int, height: int, columns: list[str] | None,
+               trial_id_width: str, timeout: float) -> list[str]:
     """Open the HParams table, show the columns, write the PNG; returns the hparam columns shown."""
     browser.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
     browser.call("Page.navigate", url=url)
@@ -165,6 +178,8 @@ def screenshot(browser: Chromium, url: str, out: Path, width: int, height: int, 
     else:
         print("warning: the HParams table did not appear; the screenshot shows the page as it is", file=sys.stderr)
     browser.wait_for(TABLE_TEXT, timeout)
+    browser.evaluate(WIDEN_TRIAL_ID % json.dumps(trial_id_width))
+    browser.wait_for(TABLE_TEXT, timeout)
     image = browser.call("Page.captureScreenshot", format="png")["data"]
     out.write_bytes(base64.b64decode(image))
     return shown
@@ -173,15 +188,17 @@ def screenshot(browser: Chromium, url: str, out: Path, width: int, height: int, 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--logdir", default="logs", help="log folder to show (default: logs)")
-    parser.add_argument("--out", default="docs/hparams.png", help="PNG to write (default: docs/hparams.png)")
-    parser.add_argument("--columns", default=COLUMNS, help=f"hparam columns to show (default: {COLUMNS})")
+    parser.add_argument("--out", help="PNG to write (default: hparams.png in the log folder)")
+    parser.add_argument("--columns", help="hparam columns to show, comma-separated (default: those TensorBoard "
+                                          "shows at first)")
     parser.add_argument("--width", type=int, default=2560, help="page width in pixels (default: 2560)")
     parser.add_argument("--height", type=int, default=1280, help="page height in pixels (default: 1280)")
     parser.add_argument("--browser", help="Chromium executable (default: the first found on PATH)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each page state")
     args = parser.parse_args()
 
-    logdir, out = Path(args.logdir), Path(args.out)
+    logdir = Path(args.logdir)
+    out = Path(args.out) if args.out else logdir / "hparams.png"
     if not run_folders(logdir):
         sys.exit(f"error: {logdir}: no event files; run a sweep into it first")
     executable = find_browser(args.browser)
@@ -194,7 +211,11 @@ def main() -> int:
             sys.exit(f"error: {exc}")
         experiment = server.experiment()
         hparams = [info["name"] for info in experiment.get("hparamInfos", [])]
-        columns = [c for c in args.columns.split(",") if c in hparams]
+        columns = [c for c in args.columns.split(",") if c in hparams] if args.columns else None
+        sessions = server.session_groups()["sessionGroups"]
+        metric_count = len(experiment.get("metricInfos", []))
+        complete = sum(len(g["sessions"][0].get("metricValues", [])) == metric_count for g in sessions)
+        longest = max((len(g["name"]) for g in sessions), default=10)
         try:
             browser = Chromium(executable, f"{scratch}/profile", Path(scratch) / "chromium.log")
         except (OSError, RuntimeError) as exc:
@@ -202,13 +223,13 @@ def main() -> int:
             sys.exit(f"error: Chromium could not start ({exc}):\n{log}")
         try:
             shown = screenshot(browser, server.url("/#hparams"), out, args.width, args.height,
-                               columns, args.timeout)
+                               columns, f"{longest * 0.5 + 2:.0f}em", args.timeout)
         finally:
             browser.close()
     metrics = len(experiment.get("metricInfos", []))
     print(f"{out}: HParams view of {logdir}: {groups['totalSize']} sessions, {len(hparams) + metrics} columns "
-          f"({len(hparams)} hparams, {metrics} metrics); shown: {', '.join(shown) or 'TensorBoard defaults'}, "
-          f"sorted by final loss")
+          f"({len(hparams)} hparams, {metrics} metrics); shown: {', '.join(shown) or 'none'}, "
+          f"sorted by final loss; {complete} of {len(sessions)} sessions have every metric")
     return 0
 
 

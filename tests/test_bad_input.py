@@ -88,7 +88,7 @@ CASES = [
           f"a spec holds a few settings"], id="yaml-alias-to-itself"),
     case(spec("name: x\nsweep:\n  optimizer:\n    - &sgd {kind: sgd, lr: 0.1}\n    - <<: *sgd\n"
               "      momentum: 0.9\n      lr: -1\n"),
-         [f"{SPEC}:7: optimizer.lr: must be > 0, got -1.0 (in run optimizer=kind-sgd-lr--1-momentum-0.9)"],
+         [f"{SPEC}:7: optimizer.lr: must be > 0, got -1.0 (in run lr=-1,momentum=0.9)"],
          id="yaml-merge-key-value-names-its-line"),
     # --- unknown keys --------------------------------------------------------------------------
     case(spec("name: x\noptimiser: {kind: sgd}\n"),
@@ -195,7 +195,7 @@ CASES = [
          id="sweep-bad-value-names-its-line"),
     case(spec("name: x\nsweep:\n  optimizer:\n    - {kind: sgd}\n    - {kind: adamm}\n"),
          [f"{SPEC}:5: optimizer.kind: must be one of 'sgd', 'adam', 'adamw', got 'adamm' (did you mean 'adam'?) "
-          f"(in run optimizer=kind-adamm)"], id="sweep-bad-choice"),
+          f"(in run optimizer=adamm)"], id="sweep-bad-choice"),
     case(spec("name: x\nsweep:\n  description: ['a b', 'a_b']\n"),
          [f"{SPEC}:2: sweep: runs {{description: \"a b\"}} and {{description: \"a_b\"}} would both be written to the "
           f"folder 'description=a_b'; make the swept values distinct"], id="sweep-same-folder"),
@@ -276,7 +276,7 @@ CASES = [
          id="set-pins-sweep-to-bad-value"),
     case(spec("name: x\nsweep:\n  optimizer: [{kind: sgd}, {kind: adam}]\n"),
          ["--set optimizer.momentum=0.5: optimizer.momentum: unknown key 'momentum' for kind 'adam' "
-          f"(only kind 'sgd' has it); {ADAM_SETTINGS} (in run optimizer=kind-adam)"],
+          f"(only kind 'sgd' has it); {ADAM_SETTINGS} (in run optimizer=adam)"],
          args=[SPEC, "--set", "optimizer.momentum=0.5"], id="set-wrong-for-one-swept-kind"),
     case(spec("name: a\n", "a.yaml", {"b.yaml": "name: b\n"}),
          ["--set name=c: name: would give a.yaml and b.yaml the same experiment name 'c'; give one spec at a time "

@@ -24,6 +24,8 @@ LOAD_TIMEOUT = 120.0
 COMMAND_TIMEOUT = 180.0
 METRIC_TAGS = {"final/train/loss", "best/train/loss", "final/weight_distance", "final/converged",
                "final/converged_step", "final/diverged"}
+# TensorBoard's HParams table shows this many hparam columns at first.
+SHOWN_COLUMNS = 5
 EXPECTED_STATUS = {"complete": "STATUS_SUCCESS", "diverged": "STATUS_FAILURE", "failed": "STATUS_FAILURE"}
 CRASHING_RUN = "batch_size=1,bias=true"
 
@@ -144,13 +146,40 @@ def tensorboard(tmp_path: Path):
 # --- what the HParams view must show ----------------------------------------------------------
 
 
+def every_complete_run_has(recorded: dict[str, dict[str, Any]]) -> set[str]:
+    """The metric tags for which every complete run recorded a value."""
+    complete = [r for r in recorded.values() if r["status"] == "complete"]
+    return {tag for tag in METRIC_TAGS if all(r["metrics"].get(tag) is not None for r in complete)}
+
+
+def swept_settings(recorded: dict[str, dict[str, Any]]) -> set[str]:
+    """The hparams whose values a sweep varied within an experiment."""
+    found = set()
+    for experiment in {r["experiment"] for r in recorded.values()}:
+        runs = [r for r in recorded.values() if r["experiment"] == experiment]
+        for key in {k for r in runs for k in r["swept"]}:
+            if len({json.dumps(r["hparams"].get(key)) for r in runs}) > 1:
+                found.add(key)
+    return found
+
+
 def check_hparams_view(server: TensorBoardServer, logdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Assert the HParams view shows each run of logdir once, as recorded; returns its columns and rows."""
     recorded = records(logdir)
     experiment = server.experiment()
     columns = {info["name"]: info for info in experiment["hparamInfos"]}
-    assert {m["name"]["tag"] for m in experiment["metricInfos"]} == METRIC_TAGS
+    declared = {m["name"]["tag"] for m in experiment["metricInfos"]}
+    assert declared == every_complete_run_has(recorded)
     assert all(m["name"].get("group", "") == "" for m in experiment["metricInfos"])
+    # TensorBoard shows at first the five columns its API gives first (those marked as differing,
+    # by name): what the sweeps varied, then (if room is left) the experiment and other settings.
+    marked = [name for name, info in columns.items() if info["differs"]]
+    assert [info["name"] for info in experiment["hparamInfos"]][:len(marked)] == sorted(marked)
+    swept = swept_settings(recorded)
+    assert swept <= set(marked) if len(swept) <= SHOWN_COLUMNS else set(marked) < swept
+    differing = [n for n in columns if len({json.dumps(r["hparams"][n]) for r in recorded.values()
+                                            if n in r["hparams"]}) > 1]
+    assert len(marked) == min(SHOWN_COLUMNS, len(differing))
     expected_type = {bool: "DATA_TYPE_BOOL", float: "DATA_TYPE_FLOAT64", str: "DATA_TYPE_STRING"}
     for name, info in columns.items():
         values = {json.dumps(r["hparams"][name]) for r in recorded.values() if name in r["hparams"]}
@@ -158,7 +187,7 @@ def check_hparams_view(server: TensorBoardServer, logdir: Path) -> tuple[dict[st
         types = {type(json.loads(v)) for v in values}
         assert types == {bool} or types == {str} or types <= {int, float}, (name, values)
         assert info["type"] == expected_type[float if types <= {int, float} else types.pop()], info
-        assert info["differs"] == (len(values) > 1), info
+        assert len(values) > 1 or not info["differs"], info
 
     answer = server.session_groups()
     groups = answer["sessionGroups"]
@@ -180,6 +209,9 @@ def check_hparams_view(server: TensorBoardServer, logdir: Path) -> tuple[dict[st
                     and v is not None}
         assert metrics == pytest.approx(expected, rel=1e-6), group["name"]
         by_run[group["name"]] = group
+    # Parallel coordinates and the scatter matrix draw the sessions that have every declared metric.
+    drawn = [g for g in groups if declared <= {m["name"]["tag"] for m in g["sessions"][0].get("metricValues", [])}]
+    assert len(drawn) == sum(r["status"] == "complete" for r in recorded.values())
 
     tags = server.get("/data/plugin/scalars/tags")
     assert sorted(run for run in tags if run != ".") == sorted(recorded)

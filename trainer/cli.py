@@ -6,53 +6,76 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
-from trainer import index, report
-from trainer.errors import UserError
+from trainer import __version__, index, report
+from trainer.errors import LogDirError, UserError
+from trainer.hints import trainer_command
 from trainer.progress import Progress
 from trainer.sweep import RunPlan, plan
 
 EXIT_FAILED_RUNS = 1
 EXIT_INTERRUPTED = 130
+EXIT_CLOSED_PIPE = 141      # what a shell reports for a process ended by SIGPIPE, as `yes | head` is
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer",
                                      description="YAML experiment specs in, TensorBoard logs out.")
+    parser.add_argument("--version", action="version", version=f"hparam-trainer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def common(p: argparse.ArgumentParser, many: bool = True) -> None:
-        p.add_argument("specs", nargs="+" if many else 1, metavar="SPEC", help="experiment spec files (YAML)")
+    def specs(p: argparse.ArgumentParser, many: bool = True) -> None:
+        if many:
+            p.add_argument("specs", nargs="+", metavar="SPEC", help="experiment spec files (YAML)")
+        else:
+            p.add_argument("specs", nargs=1, metavar="SPEC",
+                           help="an experiment spec file (YAML); pin its swept keys with --set")
+        every = "every spec" if many else "the spec"
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a setting in every spec, e.g. --set optimizer.lr=0.05 (repeatable)")
-        p.add_argument("--allow-large", action="store_true", help="allow sweeps of more than 10,000 runs")
+                       help=f"override a setting in {every}, e.g. --set optimizer.lr=0.05 (repeatable)")
+        if many:
+            p.add_argument("--allow-large", action="store_true", help="allow sweeps of more than 10,000 runs")
 
-    def running(p: argparse.ArgumentParser) -> None:
+    def running(p: argparse.ArgumentParser, many: bool = True) -> None:
         p.add_argument("--logdir", default="logs", help="log folder (default: logs)")
-        p.add_argument("--force", action="store_true", help="rerun runs that are already complete")
-        p.add_argument("--rerun-failed", action="store_true", help="rerun runs that failed before")
-        p.add_argument("--quiet", action="store_true", help="no progress output")
+        p.add_argument("--force", action="store_true",
+                       help="rerun runs even if complete, replacing them" if many else
+                       "run it even if it is complete, replacing it")
+        p.add_argument("--rerun-failed", action="store_true",
+                       help="rerun runs that failed before" if many else "run it again if it failed before")
+        p.add_argument("--quiet", action="store_true",
+                       help="print only errors and the one-line summary (no progress, no table)")
 
-    p = sub.add_parser("sweep", help="run every run of every spec")
-    common(p)
+    p = sub.add_parser("sweep", help="run every run of every spec",
+                       description="Run every run of every spec, in a pool of worker processes.")
+    specs(p)
     running(p)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="worker processes (default: one per core)")
     p.add_argument("--dry-run", action="store_true", help="list the planned runs; write nothing")
 
-    p = sub.add_parser("run", help="run one configuration in this process")
-    common(p, many=False)
-    running(p)
+    p = sub.add_parser("run", help="run one configuration in this process",
+                       description="Run the one configuration of a spec in this process.")
+    specs(p, many=False)
+    running(p, many=False)
 
-    p = sub.add_parser("check", help="validate specs; run nothing")
-    common(p)
+    p = sub.add_parser("check", help="validate specs; run nothing",
+                       description="Validate specs and count their runs; run nothing.")
+    specs(p)
 
-    for name, text in (("status", "list the runs of a log folder and their states"),
-                       ("index", "rebuild the log folder's HParams experiment record")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("logdir", nargs="?", default="logs", help="log folder (default: logs)")
+    p = sub.add_parser("status", help="list the runs of a log folder and their states",
+                       description="List the runs of a log folder: state, final loss, distance, the step each "
+                                   "converged at, the step a diverged, failed or interrupted run stopped at.")
+    p.add_argument("logdir", nargs="?", default="logs", help="log folder (default: logs)")
+    status_options(p)
 
-    p = sub.add_parser("merge", help="bring teammates' log folders together")
+    p = sub.add_parser("index", help="rebuild the log folder's HParams experiment record",
+                       description="Rebuild the log folder's HParams experiment record.")
+    p.add_argument("logdir", nargs="?", default="logs", help="log folder (default: logs)")
+
+    p = sub.add_parser("merge", help="bring teammates' log folders together",
+                       description="Copy teammates' runs into one log folder and rebuild its HParams record.")
     p.add_argument("sources", nargs="+", metavar="SRC", help="log folders to copy runs from")
     p.add_argument("--into", required=True, metavar="DEST", help="log folder to merge into")
     p.add_argument("--include-unfinished", action="store_true",
@@ -60,7 +83,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def status_options(p: argparse.ArgumentParser) -> None:
+    """The status command's table options: which runs, in what order."""
+    columns = ", ".join(report.COLUMNS)
+    p.add_argument("--sort", metavar="COLUMN",
+                   help=f"sort by a column ({columns}) or a setting (optimizer.lr, or its last part: lr); "
+                        f"runs without a value last (default: by run name, numbers by value)")
+    p.add_argument("--reverse", action="store_true", help="reverse the order")
+    p.add_argument("--filter", dest="filters", action="append", default=[], metavar="KEY=VALUE",
+                   help="only runs whose column or setting has this value, e.g. --filter status=diverged, "
+                        "--filter batch_size=1 (repeatable: all must match)")
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (`status | head`): stop quietly, as Unix tools do.
+        _silence_output()
+        return EXIT_CLOSED_PIPE
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
@@ -73,8 +117,19 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def _silence_output() -> None:
+    """Point stdout and stderr at /dev/null, so that flushing them at exit raises nothing more."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass     # not a file descriptor (a test's capture): nothing will be flushed to a pipe
+    os.close(devnull)
+
+
 def _plan(args: argparse.Namespace) -> list[RunPlan]:
-    return plan(args.specs, args.overrides, args.allow_large)
+    return plan(args.specs, args.overrides, getattr(args, "allow_large", False))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -117,11 +172,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _execute(runs: list[RunPlan], args: argparse.Namespace, workers: int) -> int:
-    from trainer.runner import Options, run_all
+    from trainer.runner import ChangedConfig, Options, run_all
 
     logdir = Path(args.logdir)
     progress = Progress(enabled=not args.quiet)
-    result = run_all(runs, Options(logdir, workers, args.force, args.rerun_failed, progress))
+    try:
+        result = run_all(runs, Options(logdir, workers, args.force, args.rerun_failed, progress))
+    except ChangedConfig as changed:
+        raise LogDirError(_changed_spec(changed, args)) from None
     records = index.records(logdir)
     try:
         index.rebuild(logdir, records)
@@ -129,14 +187,42 @@ def _execute(runs: list[RunPlan], args: argparse.Namespace, workers: int) -> int
         print(f"warning: the HParams record of {logdir} could not be rebuilt: {exc.strerror}", file=sys.stderr)
     planned = {r.folder for r in runs}
     ours = [r for r in records if r["folder"] in planned]
-    command = "python -m trainer " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
-    for line in report.sweep_summary(ours, result, logdir, command or "the same command", len(runs)):
+    command = f"{trainer_command()} {shlex.join(sys.argv[1:])}" if sys.argv[1:] else ""
+    for line in report.sweep_summary(ours, result, logdir, command or "the same command", len(runs), args.quiet):
         print(line)
     if result.interrupted:
         return EXIT_INTERRUPTED
     if result.logdir_fault or result.startup_fault:
         return 2
     return EXIT_FAILED_RUNS if result.failed else 0
+
+
+def _changed_spec(changed: Any, args: argparse.Namespace) -> list[str]:
+    """A paragraph per experiment whose finished runs a changed spec would replace, with the commands
+    that replace them or keep both."""
+    paragraphs = []
+    for (experiment, spec_path), group in changed.by_experiment().items():
+        options = [o for text in args.overrides for o in ("--set", text)]
+        if args.logdir != "logs":
+            options += ["--logdir", args.logdir]
+        if args.command == "sweep" and args.workers != (os.cpu_count() or 1):
+            options += ["--workers", str(args.workers)]
+        command = [args.command, spec_path, *options]
+        new_name = _free_name(Path(args.logdir), experiment)
+        first, others = changed.first_difference(group)
+        paragraphs.append(report.changed_spec(
+            experiment, Path(args.logdir) / experiment, len(group), first, others,
+            replace=f"{trainer_command()} {shlex.join([*command, '--force'])}",
+            keep=f"{trainer_command()} {shlex.join([*command, '--set', f'name={new_name}'])}"))
+    return paragraphs
+
+
+def _free_name(logdir: Path, experiment: str) -> str:
+    """The experiment's name with the first suffix -2, -3, ... that no folder has yet."""
+    number = 2
+    while (logdir / f"{experiment}-{number}").exists():
+        number += 1
+    return f"{experiment}-{number}"
 
 
 def _print_plan(runs: list[RunPlan], logdir: Path) -> None:
@@ -159,9 +245,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     logdir = Path(args.logdir)
     if not logdir.is_dir():
         raise UserError(f"{logdir}: no such log folder")
-    for line in report.status_lines(logdir):
-        print(line)
+    print_status(logdir, args)
     return 0
+
+
+def print_status(logdir: Path, args: argparse.Namespace) -> None:
+    """The status table, as --sort, --reverse and --filter ask."""
+    for line in report.status_lines(logdir, args.sort, args.filters, args.reverse):
+        print(line)
 
 
 def cmd_index(args: argparse.Namespace) -> int:

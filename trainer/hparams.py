@@ -11,14 +11,15 @@ import json
 import math
 import time
 import types
+from collections.abc import Iterable
 from dataclasses import fields, is_dataclass
-from typing import Any, Iterable, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from google.protobuf import struct_pb2
 from tensorboard.compat.proto import summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
-HParamValue = Union[bool, float, str]
+HParamValue = bool | float | str
 
 # What tensorboard.plugins.hparams.metadata defines for writers, without importing it: that module
 # brings in tensorboard's TensorFlow stub, a fifth of a second that the sweep and every worker
@@ -32,7 +33,8 @@ NULL_TENSOR = tensor_pb2.TensorProto(
     tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=0)]))
 
 # Metrics with a fixed meaning: tag, display name, description. Every other final/<split>/<name>
-# and best/<split>/<name> of a run's record is a column too, described by metric_text.
+# and best/<split>/<name> of a run's record is a column too, described by metric_text. Which
+# metrics become columns depends on the runs (declared_metrics).
 METRICS = (
     ("final/weight_distance", "distance to truth", "Euclidean distance from the weights to the true weights"),
     ("final/converged", "converged", "1 if the training loss stayed within eval.tolerance to the end"),
@@ -55,13 +57,17 @@ def metric_text(tag: str) -> tuple[str, str]:
     return f"{when} {value}", f"{name} on the {where} at the end of training" + (" (mean per row)" if name == "loss" else "")
 
 
+# Values a record keeps with its metrics that are no HParams metric.
+NOT_METRICS = ("diverged_step",)
+
+
 def metric_tags(runs: Iterable[dict[str, Any]]) -> list[str]:
-    """The metric columns the runs' records hold, in first-seen order (the fixed ones last)."""
+    """The metric tags the runs' records hold, in first-seen order (the fixed ones last)."""
     found: dict[str, None] = {}
     for run in runs:
         for key in run.get("metrics") or {}:
-            if "/" in key:
-                found[key] = None
+            if key not in NOT_METRICS:
+                found[metric_tag(key)] = None
     fixed = [tag for tag, _, _ in METRICS]
     return [t for t in found if t not in fixed] + [t for t in fixed if t in found]
 
@@ -181,29 +187,94 @@ def _kind(value: HParamValue) -> int:
     return api_pb2.DATA_TYPE_STRING
 
 
+# TensorBoard's HParams table shows this many hparam columns at first: the first ones marked as
+# `differs`, by name (its backend sorts by differs, then name, whatever the record's order).
+SHOWN_COLUMNS = 5
+
+
+def swept_keys(runs: Iterable[dict[str, Any]]) -> list[str]:
+    """The hparams the experiments varied on purpose, most widely swept first.
+
+    A swept key counts in an experiment when its runs hold more than one value of it; a swept
+    section (`optimizer: [{...}, {...}]`) counts through its settings that differ between the runs
+    holding them. Keys swept by more experiments come first, then those swept in more runs, then
+    in the order the runs name them.
+    """
+    by_experiment: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        by_experiment.setdefault(str(run.get("experiment", run["hparams"].get("experiment"))), []).append(run)
+    score: dict[str, list[int]] = {}
+    for group in by_experiment.values():
+        values: dict[str, set[str]] = {}
+        for run in group:
+            for key, value in run["hparams"].items():
+                if is_hparam_value(value):
+                    values.setdefault(key, set()).add(json.dumps(value))
+        swept = dict.fromkeys(key for run in group for key in run.get("swept", {}))
+        varied = [k for s in swept for k in values if (k == s or k.startswith(s + ".")) and len(values[k]) > 1]
+        for key in dict.fromkeys(varied):
+            counts = score.setdefault(key, [0, 0, len(score)])
+            counts[0] += 1
+            counts[1] += len(group)
+    return sorted(score, key=lambda k: (-score[k][0], -score[k][1], score[k][2]))
+
+
 def declared_keys(runs: Iterable[dict[str, Any]]) -> list[str]:
-    """The hparams worth a column: the experiment, every swept key, and every key whose value varies."""
+    """The hparams worth a column, in this order: what the experiments swept (most widely swept
+    first), the experiment, then every other key whose value varies or that some runs lack."""
     runs = list(runs)
-    keys: list[str] = ["experiment"]
     seen_values: dict[str, set[str]] = {}
     present: dict[str, int] = {}
     for run in runs:
-        for key in run.get("swept", {}):
-            if key not in keys:
-                keys.append(key)
         for key, value in run["hparams"].items():
             if not is_hparam_value(value):
                 continue
             seen_values.setdefault(key, set()).add(json.dumps(value))
             present[key] = present.get(key, 0) + 1
+    keys = [*swept_keys(runs), "experiment"]
     for key, values in seen_values.items():
         if key not in keys and (len(values) > 1 or present[key] != len(runs)):
             keys.append(key)
-    return [k for k in keys if k in seen_values]
+    return [k for k in dict.fromkeys(keys) if k in seen_values]
 
 
-def hparam_info_pb(key: str, values: Iterable[Any]) -> api_pb2.HParamInfo:
-    """A column: its type, the discrete domain of the runs' values, and whether they differ."""
+def shown_first(runs: list[dict[str, Any]], keys: list[str]) -> set[str]:
+    """The columns TensorBoard should show at first: the first SHOWN_COLUMNS of `keys` whose
+    values differ between runs."""
+    differing = [k for k in keys if len({json.dumps(r["hparams"][k]) for r in runs if k in r["hparams"]}) > 1]
+    return set(differing[:SHOWN_COLUMNS])
+
+
+def metric_tag(key: str) -> str:
+    """A record's metric as an HParams tag: 'eval_loss' is logged as 'final/eval_loss'; a key that
+    names its own tag ('best/val/accuracy') is that tag."""
+    return key if "/" in key else f"final/{key}"
+
+
+def declared_metrics(runs: Iterable[dict[str, Any]]) -> list[str]:
+    """The metric tags worth a column: those every complete run has a finite value for.
+
+    TensorBoard's parallel coordinates and scatter plots leave out every session that lacks one
+    of the declared metrics, so a metric that only some runs have (the step a run converged at,
+    the distance to true weights that only some data knows) would hide the others. Where no run
+    is complete, the diverged runs decide. Known tags come in METRICS's order, others by name.
+    """
+    runs = list(runs)
+    deciding = [r for r in runs if r.get("status") == "complete"] or \
+        [r for r in runs if r.get("status") == "diverged"]
+    if not deciding:
+        return []
+    tags: set[str] | None = None
+    for run in deciding:
+        held = {metric_tag(k) for k, v in (run.get("metrics") or {}).items()
+                if k not in NOT_METRICS and isinstance(v, (int, float)) and math.isfinite(v)}
+        tags = held if tags is None else tags & held
+    return [tag for tag in metric_tags(runs) if tag in (tags or ())]
+
+
+def hparam_info_pb(key: str, values: Iterable[Any], differs: bool | None = None) -> api_pb2.HParamInfo:
+    """A column: its type and the discrete domain of the runs' values. `differs` (by default,
+    whether the values differ) is what TensorBoard sorts columns by and shows the first five of."""
     # One version of the project writes one type per key; should teammates' versions disagree,
     # the column becomes text, so TensorBoard never gets a domain of mixed types.
     distinct = {json.dumps(v): v for v in values if is_hparam_value(v)}
@@ -213,19 +284,22 @@ def hparam_info_pb(key: str, values: Iterable[Any]) -> api_pb2.HParamInfo:
         kinds = {api_pb2.DATA_TYPE_STRING}
     ordered = sorted(distinct.values())
     domain = struct_pb2.ListValue(values=[_value_pb(v) for v in ordered])
-    return api_pb2.HParamInfo(name=key, type=kinds.pop(), domain_discrete=domain, differs=len(ordered) > 1)
+    differs = len(ordered) > 1 if differs is None else differs
+    return api_pb2.HParamInfo(name=key, type=kinds.pop(), domain_discrete=domain, differs=differs)
 
 
 def experiment_pb(runs: Iterable[dict[str, Any]], description: str = "",
                   time_created: float = 0.0) -> summary_pb2.Summary:
     """The experiment record: the declared hparams with their discrete domains, and the metrics."""
     runs = list(runs)
-    infos = [hparam_info_pb(key, [r["hparams"][key] for r in runs if key in r["hparams"]])
-             for key in declared_keys(runs)]
+    keys = declared_keys(runs)
+    first = shown_first(runs, keys)
+    infos = [hparam_info_pb(key, [r["hparams"][key] for r in runs if key in r["hparams"]], key in first)
+             for key in keys]
     metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), display_name=metric_text(tag)[0],
                                   description=metric_text(tag)[1],
                                   dataset_type=api_pb2.DATASET_VALIDATION if "/val/" in tag else api_pb2.DATASET_TRAINING)
-               for tag in metric_tags(runs)]
+               for tag in declared_metrics(runs)]
     experiment = api_pb2.Experiment(description=description, hparam_infos=infos, metric_infos=metrics,
                                     time_created_secs=time_created)
     return _summary(EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))

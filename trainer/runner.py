@@ -87,15 +87,38 @@ def select(runs: list[RunPlan], opts: Options, report: Report) -> tuple[list[Run
         else:
             getattr(report, verdict).append(run.folder)
     if changed:
-        lines = [f"{opts.logdir / run.folder}: logged with a different configuration "
+        raise ChangedConfig(opts.logdir, changed)
+    return sorted(todo, key=lambda r: -r.cost()), seen
+
+
+class ChangedConfig(LogDirError):
+    """Finished runs that the spec now configures differently; nothing was run. The CLI words it
+    with the commands that continue; this message is for other callers."""
+
+    def __init__(self, logdir: Path, changed: list[tuple[RunPlan, dict[str, Any]]]):
+        self.changed = changed
+        lines = [f"{logdir / run.folder}: logged with a different configuration "
                  f"({describe_changes(record.get('config', {}), run)})" for run, record in changed[:10]]
         if len(changed) > 10:
             lines.append(f"... and {len(changed) - 10} more")
         lines.append(f"{len(changed)} finished run{'s' if len(changed) > 1 else ''} would be replaced; nothing "
                      f"was run. Pass --force to rerun them with the new configuration, or give another --logdir "
                      f"to keep both.")
-        raise LogDirError(lines)
-    return sorted(todo, key=lambda r: -r.cost()), seen
+        super().__init__(lines)
+
+    def by_experiment(self) -> dict[tuple[str, str], list[tuple[RunPlan, dict[str, Any]]]]:
+        """The changed runs by (experiment, spec file)."""
+        groups: dict[tuple[str, str], list[tuple[RunPlan, dict[str, Any]]]] = {}
+        for run, record in self.changed:
+            groups.setdefault((run.experiment, run.spec_path), []).append((run, record))
+        return groups
+
+    @staticmethod
+    def first_difference(group: list[tuple[RunPlan, dict[str, Any]]]) -> tuple[str, int]:
+        """'key: old -> new' for the first setting that differs in the group's first run, and how many more do."""
+        run, record = group[0]
+        diffs = changes(record.get("config", {}), run)
+        return (diffs[0], len(diffs) - 1) if diffs else ("the code's version", 0)
 
 
 def _verdict(state: rundir.RunState, run: RunPlan, opts: Options) -> str:
@@ -108,11 +131,16 @@ def _verdict(state: rundir.RunState, run: RunPlan, opts: Options) -> str:
     return "kept_failed" if same and not opts.rerun_failed else "run"
 
 
-def describe_changes(old: dict[str, Any], run: RunPlan) -> str:
+def changes(old: dict[str, Any], run: RunPlan) -> list[str]:
+    """'key: old -> new' for every setting a run's recorded configuration has otherwise."""
     from trainer.schema import as_data
 
     new = as_data(run.config)
-    diffs = [f"{k}: {_short(a)} -> {_short(b)}" for k, a, b in _diff(old, new, "") if k != "description"]
+    return [f"{k}: {_short(a)} -> {_short(b)}" for k, a, b in _diff(old, new, "") if k != "description"]
+
+
+def describe_changes(old: dict[str, Any], run: RunPlan) -> str:
+    diffs = changes(old, run)
     return "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "") or "code version"
 
 

@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from trainer import index, report
+from trainer import guards, index, report
 from trainer.errors import UserError
 from trainer.progress import Progress
 from trainer.sweep import RunPlan, plan
@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
                        ("index", "rebuild the log folder's HParams experiment record")):
         p = sub.add_parser(name, help=text)
         p.add_argument("logdir", nargs="?", default="logs", help="log folder (default: logs)")
+        if name == "status":
+            p.add_argument("--verify", action="store_true",
+                           help="read every finished run's files: event file checksums, config, checkpoint")
 
     p = sub.add_parser("merge", help="bring teammates' log folders together")
     p.add_argument("sources", nargs="+", metavar="SRC", help="log folders to copy runs from")
@@ -71,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:     # before runs start or after they end: nothing to record
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as exc:        # a file system fault no command foresaw: still one sentence
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}; nothing more was done", file=sys.stderr)
+        return 2
 
 
 def _plan(args: argparse.Namespace) -> list[RunPlan]:
@@ -86,6 +93,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    if args.dry_run and args.allow_large:
+        guards.refuse_long_listing(args.specs, args.overrides)
     runs = _plan(args)
     if args.workers < 1:
         raise UserError(f"--workers: must be at least 1, got {args.workers}")
@@ -147,9 +156,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     logdir = Path(args.logdir)
     if not logdir.is_dir():
         raise UserError(f"{logdir}: no such log folder")
-    for line in report.status_lines(logdir):
+    lines, damaged = report.status_report(logdir, args.verify)
+    for line in lines:
         print(line)
-    return 0
+    return 1 if damaged else 0
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -169,7 +179,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         print(line)
     count, _ = index.rebuild(Path(args.into))
     print(f"{args.into}: HParams record rebuilt for {count} runs")
-    return 1 if result.refused else 0
+    return 1 if result.refused or result.damaged else 0
 
 
 COMMANDS = {"sweep": cmd_sweep, "run": cmd_run, "check": cmd_check, "status": cmd_status,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from trainer import guards
 from trainer.schema import CsvData, DataSpec, Invalid, SeedToyData, SyntheticData, suggest
 
 if TYPE_CHECKING:
@@ -81,6 +82,8 @@ def _read_csv(path: Path, shown: str) -> tuple[tuple[str, ...], tuple[tuple[floa
         raise Invalid([("data.path", f"no such file {shown!r} (looked for {path})")])
     except OSError as exc:
         raise Invalid([("data.path", f"cannot read {shown!r}: {exc.strerror}")])
+    if (refused := guards.input_problem(path, "csv")) is not None:
+        raise Invalid([("data.path", f"{shown!r} {refused}")])
     table = _parse_csv(str(path), shown, stat.st_mtime_ns, stat.st_size)
     if isinstance(table, str):
         raise Invalid([("data.path", table)])

@@ -6,17 +6,19 @@ its own message form (`path:line: key: problem`).
 """
 from __future__ import annotations
 
+import math
 import os
 import stat
 from pathlib import Path
 
-# Far more than any hand-written or generated spec (the comparison set's are under 1 KB); a larger
-# file would take seconds to parse only to be refused for its size of sweep.
-MAX_SPEC_BYTES = 1 << 20
+# Far more than any hand-written or generated spec (the comparison set's are under 1 KB; a list of
+# 10,000 seeds is 60 KB); parsing a larger one would take seconds only to refuse its sweep.
+MAX_SPEC_BYTES = 256 << 10
 # The CSV reader holds every cell as a Python float: 64 MiB of text is already gigabytes in memory.
 MAX_CSV_BYTES = 64 << 20
-# A dry run that lists more runs than this would take minutes and gigabytes before printing a line.
-MAX_LISTED_RUNS = 100_000
+LIMITS = {"spec": (MAX_SPEC_BYTES, "a spec file"), "csv": (MAX_CSV_BYTES, "a CSV file")}
+# Planning is about 0.3 ms a run: a dry run of more than this would say nothing for over 15 s.
+MAX_LISTED_RUNS = 50_000
 
 _KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
           (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"))
@@ -27,8 +29,9 @@ def file_kind(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
-def input_problem(path: str | os.PathLike, limit: int) -> str | None:
-    """Why an input file should not be opened: not a regular file, or larger than limit; else None.
+def input_problem(path: str | os.PathLike, kind: str) -> str | None:
+    """Why an input file ('spec' or 'csv') should not be opened: not a regular file, or larger than
+    such a file may be; else None.
 
     Only os.stat is used, so a named pipe is refused without blocking on it and a device is never
     read. A missing file or a folder is left to the caller, whose messages for those say more.
@@ -38,8 +41,9 @@ def input_problem(path: str | os.PathLike, limit: int) -> str | None:
     except OSError:
         return None
     if stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode):
+        limit, what = LIMITS[kind]
         if stat.S_ISREG(info.st_mode) and info.st_size > limit:
-            return f"is {info.st_size:,} bytes, more than the {limit:,} such a file may hold"
+            return f"is {info.st_size:,} bytes; {what} may hold at most {limit:,}"
         return None
     return f"is {file_kind(info.st_mode)}, not a regular file; give the path of a file"
 
@@ -81,3 +85,34 @@ def _target(link: Path) -> str:
         return "an unreadable target"
     where = (link.parent / target)
     return f"{target}" + ("" if where.exists() else " (dangling)")
+
+
+# --- sweeps too large to list -----------------------------------------------------------------
+
+
+def refuse_long_listing(paths: list[str], overrides: list[str]) -> None:
+    """Refuse, from the specs' sweep lengths alone, a dry run that would list more than
+    MAX_LISTED_RUNS runs: planning them would take minutes and gigabytes before the first line."""
+    from trainer.errors import SpecError
+    from trainer.spec import load_spec, parse_overrides
+
+    parsed, problems = parse_overrides(overrides)
+    if problems:
+        return                       # planning reports them
+    counts = []
+    for path in paths:
+        try:
+            spec = load_spec(path, parsed)
+        except SpecError:
+            return
+        if spec.sweep:
+            counts.append((spec, math.prod(len(values) for values in spec.sweep.values())))
+    total = sum(count for _, count in counts)
+    if total <= MAX_LISTED_RUNS:
+        return
+    raise SpecError([
+        f"{spec.where('sweep')}: sweep: {count:,} runs ("
+        + " x ".join(f"{key} {len(values):,}" for key, values in spec.sweep.items()) + ")"
+        for spec, count in counts if count > 1]
+        + [f"--dry-run lists at most {MAX_LISTED_RUNS:,} runs, one line each, and these specs plan {total:,}; "
+           f"narrow the sweep or split it over several specs (nothing was planned or written)"])

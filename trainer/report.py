@@ -81,16 +81,32 @@ def sweep_summary(records: list[dict[str, Any]], report: Any, logdir: Path, comm
     return lines
 
 
-def status_lines(logdir: Path) -> list[str]:
+def status_lines(logdir: Path, deep: bool = False) -> list[str]:
     """Every run under a log folder with its state: complete, diverged, failed, interrupted,
-    unfinished (its process is gone) or running."""
-    rows, counts = [], {}
+    unfinished (its process is gone), running, or damaged (see trainer.verify)."""
+    return status_report(logdir, deep)[0]
+
+
+def status_report(logdir: Path, deep: bool = False) -> tuple[list[str], int]:
+    """status_lines, and how many runs are damaged; `deep` reads every file (status --verify)."""
+    from trainer import verify
+
+    rows, counts, damaged = [], {}, []
     for experiment, name in rundir.run_folders(logdir):
         state = rundir.state_of(logdir, experiment, name)
-        counts[state.state] = counts.get(state.state, 0) + 1
-        record = dict(state.record or {}, folder=f"{experiment}/{name}", status=state.state)
+        status = state.state
+        damage = verify.check(logdir / experiment / name, state.record, deep)
+        if damage is not None:
+            status = verify.DAMAGED
+            damaged.append(f"  {experiment}/{name}: {damage}")
+        counts[status] = counts.get(status, 0) + 1
+        record = dict(state.record or {}, folder=f"{experiment}/{name}", status=status)
         rows.append(run_rows([record])[0])
     if not rows:
-        return [f"no runs under {logdir}"]
+        return [f"no runs under {logdir}"], 0
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    return [*table(rows, RUN_HEADER), "", f"{len(rows)} runs: {summary}"]
+    lines = [*table(rows, RUN_HEADER), "", f"{len(rows)} runs: {summary}"]
+    if damaged:
+        lines += ["Damaged (their files no longer match their records; a sweep runs them again, keeping the "
+                  "damaged files aside):", *damaged]
+    return lines, len(damaged)

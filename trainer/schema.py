@@ -59,6 +59,8 @@ EXPERIMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def experiment_name(name: Any) -> str | None:
+    if "tfevents" in name:  # TensorBoard takes such a name for an event file, as the log folder's index is
+        return f"{show(name)} is reserved: TensorBoard reads a name holding 'tfevents' as an event file"
     if EXPERIMENT_NAME.match(name):
         return None
     return (f"{show(name)} is not a valid experiment name: use letters, digits, '.', '_' and '-', "
@@ -88,7 +90,8 @@ class SyntheticData:
     noise: float = setting(0.0, at_least(0), doc="standard deviation of the Gaussian noise on y")
     inputs: Literal["normal", "binary", "uniform"] = setting(
         "normal", doc="distribution of x: standard normal, 0/1 coin flips, or uniform on [0, 1)")
-    seed: int = setting(0, doc="seed of the data generator (independent of train.seed)")
+    seed: int = setting(0, _bound(lambda v: -2**63 <= v < 2**64, "from -2**63 to 2**64 - 1, the seeds torch takes"),
+                        doc="seed of the data generator (independent of train.seed)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -251,7 +254,8 @@ class TrainSettings:
     sampling: Literal["with_replacement", "shuffle", "sequential"] = setting(
         "with_replacement",
         doc="rows drawn at random with replacement (the notebook), a fresh permutation each epoch, or in order")
-    seed: int = setting(0, doc="seeds the model's initial weights and the batch sampler")
+    seed: int = setting(0, _bound(lambda v: -2**63 <= v < 2**64, "from -2**63 to 2**64 - 1, the seeds torch takes"),
+                        doc="seeds the model's initial weights and the batch sampler")
     device: Literal["auto", "cpu", "cuda"] = setting(
         "auto", doc="'auto' takes the GPU only for models big enough to gain from it")
 

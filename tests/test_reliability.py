@@ -475,3 +475,15 @@ def test_a_checkpoint_named_by_the_record_must_be_there(finished, tmp_path):
     assert "toy/seed=0: its checkpoint 'model.pt' is missing" in out
     (logdir / "toy/seed=0/model.pt").write_bytes(b"weights")
     assert status(tmp_path, logdir)[0] == 0
+
+
+def test_a_folder_where_the_index_belongs_is_a_sentence(finished, tmp_path, capsys):
+    dest = tmp_path / "dest"
+    (dest / "events.out.tfevents.0000000000.hparams-index").mkdir(parents=True)
+    code = main(["merge", str(finished), "--into", str(dest)])
+    out, err = capsys.readouterr()
+    no_traceback(out, err)
+    assert code == 2
+    assert err == f"error: {dest}/events.out.tfevents.0000000000.hparams-index: is a folder, where the log " \
+                  f"folder's HParams record belongs; move it away; nothing more was done\n"
+    assert sorted(p.name for p in (dest / "toy").iterdir()) == ["seed=0", "seed=1", "seed=2"]

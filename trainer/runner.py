@@ -495,8 +495,10 @@ def _run_pool(todo: list[RunPlan], seen: dict[str, Any], opts: Options, report: 
             for worker in busy:
                 if worker.conn not in ready and worker.process.sentinel not in ready:
                     continue
+                # Looked at before collecting: a worker seen dead here has sent all it ever will.
+                alive = worker.process.is_alive()
                 try:
-                    summary = _collect(worker, any(w.ready for w in pool))
+                    summary = _collect(worker, any(w.ready for w in pool), alive)
                 except WorkerDiedStarting as died:
                     # Its run never began: the run and its claim go to a new worker.
                     start_deaths += 1
@@ -514,7 +516,7 @@ def _run_pool(todo: list[RunPlan], seen: dict[str, Any], opts: Options, report: 
                     else:
                         claims.release(worker.claim)
                     continue
-                if summary is None and worker.process.is_alive():
+                if summary is None and alive:
                     continue                          # it only said it is ready
                 if summary is None:                   # the process died: record it, start another
                     summary = _died(worker, opts, "failed" if deadline is None else "interrupted")
@@ -568,7 +570,7 @@ def _how(code: int | None) -> str:
             else f"exited with status {code}")
 
 
-def _collect(worker: Worker, others_ready: bool = False) -> Summary | None:
+def _collect(worker: Worker, others_ready: bool = False, alive: bool = True) -> Summary | None:
     """The worker's summary of its run; None if it has none to give (it died)."""
     try:
         while worker.conn.poll():
@@ -578,7 +580,7 @@ def _collect(worker: Worker, others_ready: bool = False) -> Summary | None:
             worker.ready = True
     except (EOFError, OSError):
         pass
-    if not worker.ready and not worker.process.is_alive():
+    if not worker.ready and not alive:
         worker.process.join(timeout=1)
         code = worker.process.exitcode
         if code is None or code < 0 or others_ready:

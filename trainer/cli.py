@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from trainer import __version__, index, report
+from trainer import __version__, guards, index, report
 from trainer.errors import LogDirError, UserError
 from trainer.hints import trainer_command
 from trainer.progress import Progress
@@ -66,9 +66,12 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="list the runs of a log folder and their states",
                        description="List the runs of a log folder: state, final loss, distance, the step each "
-                                   "converged at, the step a diverged, failed or interrupted run stopped at.")
+                                   "converged at, the step a diverged, failed or interrupted run stopped at. "
+                                   "Exit status 1 when some run is damaged.")
     p.add_argument("logdir", nargs="?", default="logs", help="log folder (default: logs)")
     status_options(p)
+    p.add_argument("--verify", action="store_true",
+                   help="read every finished run's files: event file checksums, config, checkpoint")
 
     p = sub.add_parser("index", help="rebuild the log folder's HParams experiment record",
                        description="Rebuild the log folder's HParams experiment record.")
@@ -115,6 +118,10 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:     # before runs start or after they end: nothing to record
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as exc:        # a file system fault no command foresaw: still one sentence
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}; nothing more was done", file=sys.stderr)
+        return 2
 
 
 def _silence_output() -> None:
@@ -152,6 +159,8 @@ def _print_imported(runs: list[RunPlan]) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    if args.dry_run and args.allow_large:
+        guards.refuse_long_listing(args.specs, args.overrides)
     runs = _plan(args)
     if args.workers < 1:
         raise UserError(f"--workers: must be at least 1, got {args.workers}")
@@ -245,14 +254,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     logdir = Path(args.logdir)
     if not logdir.is_dir():
         raise UserError(f"{logdir}: no such log folder")
-    print_status(logdir, args)
-    return 0
+    return print_status(logdir, args)
 
 
-def print_status(logdir: Path, args: argparse.Namespace) -> None:
-    """The status table, as --sort, --reverse and --filter ask."""
-    for line in report.status_lines(logdir, args.sort, args.filters, args.reverse):
+def print_status(logdir: Path, args: argparse.Namespace) -> int:
+    """The status table, as --sort, --reverse, --filter and --verify ask; 1 when some run is damaged."""
+    lines, damaged = report.status_report(logdir, args.sort, args.filters, args.reverse, args.verify)
+    for line in lines:
         print(line)
+    return 1 if damaged else 0
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -272,7 +282,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         print(line)
     count, _ = index.rebuild(Path(args.into))
     print(f"{args.into}: HParams record rebuilt for {count} runs")
-    return 1 if result.refused else 0
+    return 1 if result.refused or result.damaged else 0
 
 
 COMMANDS = {"sweep": cmd_sweep, "run": cmd_run, "check": cmd_check, "status": cmd_status,

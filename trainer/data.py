@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from trainer import kinds
-from trainer.strict import Invalid, as_data, at_least, below, setting, suggest
+from trainer import guards, kinds
+from trainer.strict import SEED, Invalid, as_data, at_least, below, setting, suggest
 
 if TYPE_CHECKING:
     import torch
@@ -42,7 +42,7 @@ class DataCommon:
     validation: float = setting(0.0, at_least(0), below(1),
                                 doc="fraction of rows held out for validation (seeded by split_seed; the same "
                                     "rows for every run of the spec); 0 for none")
-    split_seed: int = setting(0, doc="seed of the validation split (independent of train.seed)")
+    split_seed: int = setting(0, SEED, doc="seed of the validation split (independent of train.seed)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,7 +65,7 @@ class SyntheticData(DataCommon):
     noise: float = setting(0.0, at_least(0), doc="standard deviation of the Gaussian noise on y")
     inputs: Literal["normal", "binary", "uniform"] = setting(
         "normal", doc="distribution of x: standard normal, 0/1 coin flips, or uniform on [0, 1)")
-    seed: int = setting(0, doc="seed of the data generator (independent of train.seed)")
+    seed: int = setting(0, SEED, doc="seed of the data generator (independent of train.seed)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -254,6 +254,8 @@ def _read_csv(path: Path, shown: str, target: str) -> Table:
         raise Invalid([("data.path", f"no such file {shown!r} (looked for {path})")])
     except OSError as exc:
         raise Invalid([("data.path", f"cannot read {shown!r}: {exc.strerror}")])
+    if (refused := guards.input_problem(path, "csv")) is not None:
+        raise Invalid([("data.path", f"{shown!r} {refused}")])
     table = _parse_csv(str(path), shown, target, stat.st_mtime_ns, stat.st_size)
     if isinstance(table, tuple):
         raise Invalid([table])

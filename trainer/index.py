@@ -10,6 +10,7 @@ unchanged folder leaves the file as it was, byte for byte.
 from __future__ import annotations
 
 import datetime
+import errno
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,9 @@ def rebuild(logdir: Path, runs: list[dict[str, Any]] | None = None) -> tuple[int
     """Write the folder's experiment record; returns how many runs it covers and the hparam columns."""
     runs = records(logdir) if runs is None else runs
     path = logdir / INDEX_FILE
+    if path.is_dir() and not path.is_symlink():
+        raise IsADirectoryError(errno.EISDIR, "is a folder, where the log folder's HParams record belongs; "
+                                              "move it away", str(path))
     if not runs:
         path.unlink(missing_ok=True)
         return 0, []

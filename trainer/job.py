@@ -28,6 +28,8 @@ from trainer.sweep import RunPlan
 
 # Errors of the file system itself: no run can succeed until someone frees space or fixes rights.
 LOGDIR_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+# A run whose claim another sweep took over: its result was discarded, the other sweep's stands.
+LOST = "lost"
 
 
 @dataclass
@@ -134,8 +136,11 @@ def code_record(run: RunPlan) -> dict[str, Any]:
 
 
 def execute(run: RunPlan, logdir: Path, should_stop: Callable[[], bool] = lambda: False,
-            on_progress: Callable[[int], None] = lambda steps: None) -> Summary:
-    """Run one configuration into a clean folder and write its record; never raises for a run's fault."""
+            on_progress: Callable[[int], None] = lambda steps: None, claim: rundir.Claim | None = None) -> Summary:
+    """Run one configuration into a clean folder and write its record; never raises for a run's fault.
+
+    With a claim, the record is written only while the claim is still this sweep's (see
+    rundir.commit_record); a run claimed by another sweep meanwhile ends as 'lost', writing nothing."""
     from trainer.sink import TensorBoardSink
     from trainer.train import train
 
@@ -173,6 +178,8 @@ def execute(run: RunPlan, logdir: Path, should_stop: Callable[[], bool] = lambda
         record.update(status="interrupted" if logdir_fault else "failed",
                       error=portable(f"{type(exc).__name__}: {exc}"))
         try:
+            if claim is not None and not rundir.owns(claim):
+                raise rundir.ClaimLost(claim.path)   # the folder is another sweep's now: write nothing there
             if sink is not None and sink.events is not None:
                 sink.finish(record["status"], 0, {}, None)
             elif folder.is_dir():   # it failed before its event file began
@@ -180,18 +187,19 @@ def execute(run: RunPlan, logdir: Path, should_stop: Callable[[], bool] = lambda
         except Exception:
             pass
         try:
-            (folder / rundir.TRACEBACK).write_text(portable(traceback.format_exc()), encoding="utf-8")
+            if claim is None or rundir.owns(claim):
+                (folder / rundir.TRACEBACK).write_text(portable(traceback.format_exc()), encoding="utf-8")
         except OSError:
             pass
         if logdir_fault:
-            return _finish(folder, record, clock, logdir_fault=True)
+            return _finish(folder, record, clock, logdir_fault=True, claim=claim)
     finally:
         if sink is not None:
             try:
                 sink.close()
             except OSError:
                 pass
-    return _finish(folder, record, clock)
+    return _finish(folder, record, clock, claim=claim)
 
 
 def save_checkpoint(folder: Path, model: Any) -> None:
@@ -205,11 +213,15 @@ def save_checkpoint(folder: Path, model: Any) -> None:
     rundir.write_atomic(folder / rundir.CHECKPOINT, buffer.getvalue())
 
 
-def _finish(folder: Path, record: dict[str, Any], clock: float, logdir_fault: bool = False) -> Summary:
+def _finish(folder: Path, record: dict[str, Any], clock: float, logdir_fault: bool = False,
+            claim: rundir.Claim | None = None) -> Summary:
     duration = time.monotonic() - clock
     record.update(ended=_now(), duration_s=round(duration, 3))
     try:
-        rundir.write_record(folder, record)
+        rundir.commit_record(folder, record, claim)
+    except rundir.ClaimLost:
+        return Summary(f"{record['experiment']}/{record['run']}", LOST, {}, duration,
+                       "another sweep took the run over while this one was paused; this result was discarded")
     except OSError as exc:   # with no record the run counts as unfinished: the next sweep runs it again
         logdir_fault = logdir_fault or exc.errno in LOGDIR_ERRNOS
         record["error"] = record["error"] or f"cannot write {folder / rundir.RECORD}: {exc.strerror}"

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer import rundir
+from trainer import guards, rundir, verify
 from trainer.errors import LogDirError
-from trainer.spec import EXPERIMENT_NAME
+from trainer.schema import experiment_name
 
 MAX_NAME = 128
 RUN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._,=+~-]{0,127}$")
@@ -37,12 +37,16 @@ class MergeResult:
     unfinished: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
 
+    damaged: list[str] = field(default_factory=list)
+
     def lines(self) -> list[str]:
+        refused = len(self.refused) + len(self.damaged)
         out = [f"copied {len(self.copied) + len(self.renamed)} runs, {len(self.identical)} already present "
-               f"(identical), {len(self.unfinished)} unfinished left out, {len(self.refused)} refused"]
+               f"(identical), {len(self.unfinished)} unfinished left out, {refused} refused"]
         out += [f"  kept both: {src} -> {new} (same name, different run)" for src, new in self.renamed]
         out += [f"  left out (unfinished; --include-unfinished copies it): {u}" for u in self.unfinished]
         out += [f"  refused: {r}" for r in self.refused]
+        out += [f"  refused (damaged): {d}" for d in self.damaged]
         return out
 
 
@@ -121,6 +125,8 @@ class Destination:
 
 
 def _check_folders(sources: list[Path], dest: Path) -> None:
+    if dest.exists() and not dest.is_dir():
+        raise LogDirError(f"{dest}: is a file, not a log folder; give a folder to merge into")
     target = dest.resolve()
     for source in sources:
         if not source.is_dir():
@@ -134,10 +140,32 @@ def _check_folders(sources: list[Path], dest: Path) -> None:
             raise LogDirError(f"{source}: is inside the destination {dest}; move it out first")
 
 
+def _check_destination(sources: list[Path], dest: Path) -> None:
+    """Refuse, before copying anything, a destination whose experiment or run folders are symlinks
+    (dangling or not) or files: a copy through them would land outside the destination."""
+    problems: list[str] = []
+    experiments = sorted({e.name for s in sources for e in s.iterdir()
+                          if not e.name.startswith(".") and experiment_name(e.name) is None})
+    for name in experiments:
+        problem = guards.escape_problem(dest, dest / name)
+        if problem is None and (dest / name).is_dir():
+            for run in sorted((dest / name).iterdir()):
+                if not run.name.startswith(".") and run.is_symlink():
+                    problems.append(guards.escape_problem(dest / name, run))
+        elif problem is not None:
+            problems.append(problem)
+    if problems:
+        raise LogDirError(problems + ["nothing was copied"])
+
+
 def merge(sources: list[Path], dest: Path, include_unfinished: bool = False) -> MergeResult:
     """Copy every run of the source log folders into dest."""
     _check_folders(sources, dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LogDirError(f"cannot create the log folder {dest}: {exc.strerror or exc}")
+    _check_destination(sources, dest)
     result = MergeResult()
     destinations: dict[str, Destination] = {}
     for source in sources:
@@ -149,7 +177,7 @@ def merge(sources: list[Path], dest: Path, include_unfinished: bool = False) -> 
                 continue
             if not experiment.is_dir():
                 continue            # the source's own HParams record, notes, ...
-            if not EXPERIMENT_NAME.match(experiment.name):
+            if experiment_name(experiment.name) is not None:
                 result.refused.append(f"{experiment}: {experiment.name!r} is not an experiment name")
                 continue
             if experiment.name not in destinations:
@@ -179,11 +207,21 @@ def _merge_run(run: Path, into: Destination, include_unfinished: bool, result: M
         return
     origin = family(run.name, record)
     ident = identity(record) if record else files_identity(run)
+    damage = verify.check(run, record, deep=True)
+    if damage is not None:
+        result.damaged.append(f"{run}: {damage}")
+        return
     if into.holds(origin, ident):
         result.identical.append(str(run))
         return
     name = into.free_name(run.name, origin, ident)
-    _copy_run(run, into.folder, name, record, origin)
+    try:
+        _copy_run(run, into.folder, name, record, origin)
+    except OSError as exc:
+        done = len(result.copied) + len(result.renamed)
+        raise LogDirError(f"{into.folder / name}: cannot be written: {exc.strerror or exc}. The {done} run"
+                          f"{'' if done == 1 else 's'} copied before it are complete and nothing partial was left; "
+                          f"free space or fix permissions, then merge again")
     into.add(name, origin, ident)
     if name == run.name:
         result.copied.append(str(run))

@@ -128,13 +128,18 @@ def sweep_summary(records: list[dict[str, Any]], report: Any, logdir: Path, comm
     return lines
 
 
-def status_records(logdir: Path) -> list[dict[str, Any]]:
-    """Every run under a log folder: its record (if any) with its folder and its state as status."""
+def status_records(logdir: Path, deep: bool = False) -> list[dict[str, Any]]:
+    """Every run under a log folder: its record (if any) with its folder and its state as status,
+    'damaged' (with the reason as damage) where its files no longer match its record (see
+    trainer.verify; `deep` reads every file)."""
+    from trainer import verify
+
     found = []
     for experiment, name in rundir.run_folders(logdir):
         state = rundir.state_of(logdir, experiment, name)
+        damage = verify.check(logdir / experiment / name, state.record, deep)
         found.append(dict(state.record or {}, folder=f"{experiment}/{name}", experiment=experiment,
-                          status=state.state))
+                          status=verify.DAMAGED if damage is not None else state.state, damage=damage))
     return found
 
 
@@ -222,21 +227,31 @@ def sort_records(records: list[dict[str, Any]], column: str | None = None,
 
 
 def status_lines(logdir: Path, sort: str | None = None, filters: Iterable[str] = (),
-                 reverse: bool = False) -> list[str]:
+                 reverse: bool = False, deep: bool = False) -> list[str]:
     """Every run under a log folder with its state: complete, diverged, failed, interrupted,
-    unfinished (its process is gone) or running; filtered and sorted as asked."""
-    everything = status_records(logdir)
+    unfinished (its process is gone), running or damaged; filtered and sorted as asked."""
+    return status_report(logdir, sort, filters, reverse, deep)[0]
+
+
+def status_report(logdir: Path, sort: str | None = None, filters: Iterable[str] = (),
+                  reverse: bool = False, deep: bool = False) -> tuple[list[str], int]:
+    """status_lines, and how many runs are damaged; `deep` reads every file (status --verify)."""
+    everything = status_records(logdir, deep)
     if not everything:
-        return [f"no runs under {logdir}"]
+        return [f"no runs under {logdir}"], 0
+    damaged = [f"  {r['folder']}: {r['damage']}" for r in everything if r["damage"] is not None]
     shown = sort_records(filter_records(everything, filters), sort, reverse)
     counts: dict[str, int] = {}
     for record in shown:
         counts[record["status"]] = counts.get(record["status"], 0) + 1
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     total = f"{len(shown)} of {len(everything)} runs" if len(shown) != len(everything) else _runs(len(shown))
-    if not shown:
-        return [f"{total} match {' and '.join(filters)}"]
-    return [*table(run_rows(shown), RUN_HEADER), "", f"{total}: {summary}"]
+    lines = [f"{total} match {' and '.join(filters)}"] if not shown else \
+        [*table(run_rows(shown), RUN_HEADER), "", f"{total}: {summary}"]
+    if damaged:
+        lines += ["Damaged (their files no longer match their records; a sweep runs them again, keeping the "
+                  "damaged files aside):", *damaged]
+    return lines, len(damaged)
 
 
 # --- a changed spec ---------------------------------------------------------------------------

@@ -174,6 +174,26 @@ def run_folders(logdir: Path) -> list[tuple[str, str]]:
 
 
 # --- claims -----------------------------------------------------------------------------------
+#
+# A claim is a file <experiment>/.claims/<run> naming the process that runs the run, with a token
+# of its own. On the same host a claim is kept while its process lives, however old it is (a sweep
+# paused by SIGSTOP, a laptop asleep, a frozen VM), and is taken over once the process is gone. A
+# claim from another host is judged by its heartbeat: not touched for CLAIM_STALE_AFTER seconds, it
+# is taken over. The owner checks its token under the takeover lock before it writes the run's
+# record (see commit_record), so a sweep that lost its claim discards its result instead of writing
+# over the new owner's folder.
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim this process holds: where it is, and the token that tells it from a later one."""
+
+    path: str
+    token: str
+
+
+class ClaimLost(Exception):
+    """The run was claimed by another sweep meanwhile: this result must not be written."""
 
 
 def claim_path(logdir: Path, experiment: str, name: str) -> Path:
@@ -183,62 +203,144 @@ def claim_path(logdir: Path, experiment: str, name: str) -> Path:
 def read_claim(path: Path) -> dict[str, Any] | None:
     try:
         claim = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(claim, dict):
+            return None
         claim["age"] = time.time() - path.stat().st_mtime
         return claim
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, UnicodeDecodeError):
+        return None
+
+
+def process_start(pid: int) -> str | None:
+    """When a process started, in the kernel's clock ticks (Linux); tells a pid's reuse from its owner."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+        return text[text.rindex(")") + 2:].split()[19]
+    except (OSError, ValueError, IndexError):
         return None
 
 
 def claim_alive(claim: dict[str, Any]) -> bool:
     """Whether the process that made a claim may still be working on it."""
-    if claim.get("age", 0.0) > CLAIM_STALE_AFTER:
-        return False
     if claim.get("host") != socket.gethostname():
-        return True
+        return claim.get("age", 0.0) <= CLAIM_STALE_AFTER
     try:
-        os.kill(int(claim.get("pid", -1)), 0)
+        pid = int(claim.get("pid", -1))
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, ValueError, OverflowError):
+    except (PermissionError, ValueError, OverflowError, TypeError):
         return True
-    return True
+    started = claim.get("started")
+    # A pid taken by a new process after the owner died is not the owner.
+    return started is None or process_start(pid) in (None, started)
 
 
-def try_claim(path: Path) -> bool:
-    """Claim a run for this process; a claim left by a dead process is taken over."""
+def try_claim(path: Path) -> Claim | None:
+    """Claim a run for this process; a claim left by a dead process is taken over.
+
+    Raises OSError when the claim cannot be written (a full disk): no partial claim is left.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    if _create_claim(path):
-        return True
-    claim = read_claim(path)
-    if claim is not None and claim_alive(claim) or claim is None and _younger_than(path, 5.0):
-        return False
+    claim = _create_claim(path)
+    if claim is not None:
+        return claim
+    found = read_claim(path)
+    if found is not None and claim_alive(found) or found is None and _younger_than(path, 5.0):
+        return None
     # Only the holder of the takeover lock may remove a stale claim, so two sweeps that both
     # found it stale cannot both take it; the lock's holder looks again before removing it.
-    lock = path.with_name(f".{path.name}.takeover")
-    if lock.exists() and not _younger_than(lock, 30.0):
-        lock.unlink(missing_ok=True)          # left by a process that died while taking over
+    lock = _lock_path(path)
+    if not _take_lock(lock):
+        return None
     try:
-        os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-    except FileExistsError:
-        return False
-    try:
-        claim = read_claim(path)
-        if claim is not None and claim_alive(claim):
-            return False
+        found = read_claim(path)
+        if found is not None and claim_alive(found):
+            return None
         path.unlink(missing_ok=True)
         return _create_claim(path)
     finally:
         lock.unlink(missing_ok=True)
 
 
-def _create_claim(path: Path) -> bool:
+def _lock_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.takeover")
+
+
+def _take_lock(lock: Path) -> bool:
+    if lock.exists() and not _younger_than(lock, 30.0):
+        lock.unlink(missing_ok=True)          # left by a process that died while holding it
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w") as f:
-        json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}, f)
     return True
+
+
+def _create_claim(path: Path) -> Claim | None:
+    """Create the claim file whole, or not at all: written beside it, then linked into place."""
+    token = uuid.uuid4().hex
+    content = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
+                          "started": process_start(os.getpid()), "token": token}).encode()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{token[:8]}.new")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(content)
+        os.link(tmp, path)
+    except FileExistsError:
+        return None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return Claim(str(path), token)
+
+
+def owns(claim: Claim) -> bool:
+    """Whether a claim this process made is still its own (not taken over by another sweep)."""
+    found = read_claim(Path(claim.path))
+    return found is not None and found.get("token") == claim.token
+
+
+def commit_record(folder: Path, record: dict[str, Any], claim: Claim | None = None) -> None:
+    """Write a run's record, with the sizes of its files, if the run is still this process's to write.
+
+    The ownership check and the write happen under the claim's takeover lock, so no takeover can
+    come between them. Raises ClaimLost (writing nothing) when another sweep holds the run now.
+    """
+    record["files"] = file_sizes(folder)
+    if claim is None:
+        write_record(folder, record)
+        return
+    lock = _lock_path(Path(claim.path))
+    for _ in range(500):                       # a takeover holds the lock for milliseconds
+        if _take_lock(lock):
+            break
+        time.sleep(0.01)
+    else:
+        raise ClaimLost(f"{claim.path}: its takeover lock is held by another sweep")
+    try:
+        if not owns(claim):
+            raise ClaimLost(f"{claim.path}: claimed by another sweep")
+        write_record(folder, record)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def file_sizes(folder: Path) -> dict[str, int]:
+    """name -> size of a run folder's plain files (its record and hidden files left out)."""
+    sizes = {}
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return sizes
+    for entry in entries:
+        if entry.name.startswith(".") or entry.name == RECORD:
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False):
+                sizes[entry.name] = entry.stat(follow_symlinks=False).st_size
+        except OSError:
+            continue
+    return dict(sorted(sizes.items()))
 
 
 def _younger_than(path: Path, seconds: float) -> bool:
@@ -248,14 +350,17 @@ def _younger_than(path: Path, seconds: float) -> bool:
         return False
 
 
-def release_claim(path: Path) -> None:
-    path.unlink(missing_ok=True)
+def release_claim(claim: Claim) -> None:
+    """Remove a claim, unless another sweep has taken it over meanwhile."""
+    if owns(claim):
+        Path(claim.path).unlink(missing_ok=True)
 
 
-def touch_claims(paths: list[Path]) -> None:
+def touch_claims(claims: list[Claim]) -> None:
     """The heartbeat: claims this process holds stay fresh while it works."""
-    for path in paths:
+    for claim in claims:
         try:
-            os.utime(path)
+            if owns(claim):
+                os.utime(claim.path)
         except OSError:
             pass

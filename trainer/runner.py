@@ -9,6 +9,7 @@ set a flag: the workers stop at their next chunk of steps and record their runs 
 from __future__ import annotations
 
 import collections
+import itertools
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -20,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer import rundir
+from trainer import guards, rundir, verify
 from trainer.errors import LogDirError
-from trainer.job import Summary, execute
+from trainer.job import LOST, Summary, execute
 from trainer.progress import Progress
 from trainer.sweep import RunPlan
 
@@ -30,6 +31,9 @@ from trainer.sweep import RunPlan
 STOP_GRACE = 10.0
 # Ctrl-C reaches every process of the terminal's group, SIGTERM often too; only the parent acts on them.
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+# Workers that die while starting (killed, out of memory) are replaced this many times per worker
+# before the sweep stops; one that exits by itself before any worker was ready stops it at once.
+START_RETRIES = 2
 
 
 @dataclass
@@ -49,6 +53,10 @@ class Report:
     kept: list[str] = field(default_factory=list)            # complete with the same configuration
     kept_failed: list[str] = field(default_factory=list)     # failed before; --rerun-failed retries
     elsewhere: list[str] = field(default_factory=list)       # run, or being run, by another sweep
+    damaged: dict[str, str] = field(default_factory=dict)     # finished, files no longer match: why
+    set_aside: dict[str, str] = field(default_factory=dict)   # damaged run folder -> where it was moved
+    lost: list[str] = field(default_factory=list)             # claimed by another sweep mid-run; discarded
+    start_notes: list[str] = field(default_factory=list)      # workers that died while starting
     interrupted: bool = False
     logdir_fault: str | None = None
     startup_fault: str | None = None           # worker processes could not start
@@ -70,6 +78,26 @@ def check_writable(logdir: Path) -> None:
         raise LogDirError(f"cannot write to the log folder {logdir}: {reason}")
 
 
+def check_inside(runs: list[RunPlan], logdir: Path) -> None:
+    """Refuse, before writing anything, a run whose folder or claims folder would be written through
+    a symlink (which could lead outside the log folder) or where a file stands in the way."""
+    problems: list[str] = []
+    looked: set[str] = set()
+    for run in runs:
+        if run.experiment not in looked:
+            looked.add(run.experiment)
+            problem = guards.escape_problem(logdir, logdir / run.experiment / rundir.CLAIMS)
+            if problem is not None:
+                problems.append(problem)
+                continue
+        problem = guards.escape_problem(logdir / run.experiment, logdir / run.folder)
+        if problem is not None:
+            problems.append(problem)
+    if problems:
+        more = [f"... and {len(problems) - 10} more"] if len(problems) > 10 else []
+        raise LogDirError(problems[:10] + more + ["nothing was run"])
+
+
 def select(runs: list[RunPlan], opts: Options, report: Report) -> tuple[list[RunPlan], dict[str, Any]]:
     """The runs that need running, longest first, and the record each had when looked at.
 
@@ -79,6 +107,11 @@ def select(runs: list[RunPlan], opts: Options, report: Report) -> tuple[list[Run
     for run in runs:
         state = rundir.state_of(opts.logdir, run.experiment, run.name)
         verdict = _verdict(state, run, opts)
+        if state.state in verify.CHECKED and verdict != "changed":
+            damage = verify.quick(opts.logdir / run.folder, state.record)
+            if damage is not None:
+                report.damaged[run.folder] = damage
+                verdict = "run"
         if verdict == "run":
             todo.append(run)
             seen[run.folder] = rundir.record_stamp(opts.logdir / run.folder)
@@ -166,6 +199,7 @@ def run_all(runs: list[RunPlan], opts: Options) -> Report:
         progress = opts.progress or Progress(enabled=False)
         progress.start(len(runs), len(runs) - len(todo))
         if todo:
+            check_inside(todo, opts.logdir)
             check_writable(opts.logdir)   # after select: a refused sweep leaves the folder untouched
             if opts.workers == 0:
                 _run_here(todo, seen, opts, report, progress, stop)
@@ -229,24 +263,24 @@ class Claims:
 
     def __init__(self, logdir: Path):
         self.logdir = logdir
-        self.held: set[Path] = set()
+        self.held: set[rundir.Claim] = set()
         self.lock = threading.Lock()
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._beat, daemon=True)
         self.thread.start()
 
-    def take(self, run: RunPlan) -> Path | None:
-        path = rundir.claim_path(self.logdir, run.experiment, run.name)
-        if not rundir.try_claim(path):
-            return None
-        with self.lock:
-            self.held.add(path)
-        return path
+    def take(self, run: RunPlan) -> rundir.Claim | None:
+        """The run's claim, or None if another sweep holds it; OSError if it cannot be written."""
+        claim = rundir.try_claim(rundir.claim_path(self.logdir, run.experiment, run.name))
+        if claim is not None:
+            with self.lock:
+                self.held.add(claim)
+        return claim
 
-    def release(self, path: Path) -> None:
+    def release(self, claim: rundir.Claim) -> None:
         with self.lock:
-            self.held.discard(path)
-        rundir.release_claim(path)
+            self.held.discard(claim)
+        rundir.release_claim(claim)
 
     def _beat(self) -> None:
         while not self.done.wait(rundir.HEARTBEAT_EVERY):
@@ -256,15 +290,22 @@ class Claims:
     def close(self) -> None:
         self.done.set()
         with self.lock:
-            for path in self.held:
-                rundir.release_claim(path)
+            for claim in self.held:
+                rundir.release_claim(claim)
             self.held.clear()
 
 
 def _claim_for_running(run: RunPlan, opts: Options, seen: dict[str, Any], claims: Claims, report: Report,
-                       progress: Progress) -> Path | None:
-    """Claim a run just before it starts, and look again: another sweep may have run it meanwhile."""
-    path = claims.take(run)
+                       progress: Progress) -> rundir.Claim | None:
+    """Claim a run just before it starts, and look again: another sweep may have run it meanwhile.
+
+    A damaged run's folder is moved aside, under the claim, before the run starts again."""
+    try:
+        path = claims.take(run)
+    except OSError as exc:
+        report.logdir_fault = report.logdir_fault or \
+            f"cannot claim {run.folder} in {opts.logdir}: {exc.strerror or exc}"
+        return None
     if path is None:
         report.elsewhere.append(run.folder)
         progress.left_alone(run.folder, "running elsewhere")
@@ -278,10 +319,46 @@ def _claim_for_running(run: RunPlan, opts: Options, seen: dict[str, Any], claims
             report.elsewhere.append(run.folder)
             progress.left_alone(run.folder, f"{state.state} in another sweep")
             return None
+    if run.folder in report.damaged:
+        try:
+            report.set_aside[run.folder] = set_aside(opts.logdir, run, report.damaged[run.folder])
+        except OSError as exc:
+            claims.release(path)
+            report.logdir_fault = report.logdir_fault or \
+                f"cannot move the damaged run {run.folder} aside: {exc.strerror or exc}"
+            return None
     return path
 
 
+DAMAGED_FOLDER = ".damaged"
+
+
+def set_aside(logdir: Path, run: RunPlan, reason: str) -> str:
+    """Move a damaged run's folder to <experiment>/.damaged/<run>.<n>/ with a note saying why;
+    its event files are renamed (tfevents -> tf-events) so that TensorBoard does not list them."""
+    folder = logdir / run.folder
+    aside = logdir / run.experiment / DAMAGED_FOLDER
+    aside.mkdir(exist_ok=True)
+    for n in itertools.count(1):
+        target = aside / f"{run.name}.{n}"
+        if not os.path.lexists(target):
+            break
+    folder.rename(target)
+    for item in target.iterdir():
+        if item.name.startswith(verify.EVENTS_PREFIX):
+            item.rename(target / item.name.replace("tfevents", "tf-events", 1))
+    (target / "DAMAGED.txt").write_text(f"{run.folder}: moved aside by a sweep on {time.ctime()} before running "
+                                        f"it again: {reason}\n", encoding="utf-8")
+    return str(target.relative_to(logdir))
+
+
 def _record(report: Report, progress: Progress, summary: Summary) -> None:
+    if summary.status == LOST:
+        report.lost.append(summary.folder)
+        report.elsewhere.append(summary.folder)
+        progress.left_alone(summary.folder, "taken over by another sweep while this one was paused; "
+                                            "its result here was discarded")
+        return
     report.ran.append(summary)
     progress.finished(summary)
     if summary.logdir_fault and report.logdir_fault is None:
@@ -300,12 +377,12 @@ def _run_here(todo: list[RunPlan], seen: dict[str, Any], opts: Options, report: 
         for run in todo:
             if stop.is_set() or report.logdir_fault:
                 break
-            path = _claim_for_running(run, opts, seen, claims, report, progress)
-            if path is None:
+            claim = _claim_for_running(run, opts, seen, claims, report, progress)
+            if claim is None:
                 continue
             progress.begin_steps(run)
-            summary = execute(run, opts.logdir, stop.is_set, progress.steps)
-            claims.release(path)
+            summary = execute(run, opts.logdir, stop.is_set, progress.steps, claim)
+            claims.release(claim)
             _record(report, progress, summary)
     finally:
         claims.close()
@@ -334,9 +411,9 @@ def _worker_main(conn: multiprocessing.connection.Connection, stop: Any, parent:
         if task is None:
             # Every file is closed: skip tearing down torch, which takes longer than the exit itself.
             os._exit(0)
-        run, logdir = task
+        run, logdir, claim = task
         try:
-            summary = execute(run, Path(logdir), stop.is_set)
+            summary = execute(run, Path(logdir), stop.is_set, claim=claim)
         except Exception as exc:  # execute records a run's own faults; this is a last resort
             summary = Summary(run.folder, "failed", {}, 0.0, f"{type(exc).__name__}: {exc}")
         conn.send(summary)
@@ -387,12 +464,12 @@ class Worker:
         child.close()
         self.ready = False
         self.run: RunPlan | None = None
-        self.claim: Path | None = None
+        self.claim: rundir.Claim | None = None
 
-    def give(self, run: RunPlan, claim: Path, logdir: Path) -> None:
+    def give(self, run: RunPlan, claim: rundir.Claim, logdir: Path) -> None:
         self.run, self.claim = run, claim
         try:
-            self.conn.send((run, str(logdir)))
+            self.conn.send((run, str(logdir), claim))
         except OSError:
             pass   # the process is gone; its sentinel is ready and the run is recorded as failed
 
@@ -420,6 +497,7 @@ def _run_pool(todo: list[RunPlan], seen: dict[str, Any], opts: Options, report: 
     claims = Claims(opts.logdir)
     pool: list[Worker] = []
     deadline: float | None = None
+    start_deaths = 0
     try:
         pool += [Worker(ctx, stopping) for _ in range(min(opts.workers, len(todo)))]
         while True:
@@ -445,8 +523,28 @@ def _run_pool(todo: list[RunPlan], seen: dict[str, Any], opts: Options, report: 
             for worker in busy:
                 if worker.conn not in ready and worker.process.sentinel not in ready:
                     continue
-                summary = _collect(worker)
-                if summary is None and worker.process.is_alive():
+                # Looked at before collecting: a worker seen dead here has sent all it ever will.
+                alive = worker.process.is_alive()
+                try:
+                    summary = _collect(worker, any(w.ready for w in pool), alive)
+                except WorkerDiedStarting as died:
+                    # Its run never began: the run and its claim go to a new worker.
+                    start_deaths += 1
+                    if start_deaths > START_RETRIES * max(1, opts.workers):
+                        raise WorkerStartError(f"worker processes died {start_deaths} times while starting, the "
+                                               f"last one {died}; no run was lost (free memory, or use fewer "
+                                               f"--workers)")
+                    report.start_notes.append(f"a worker process {died} while starting; another took its run")
+                    progress.note(f"A worker process {died} while starting; starting another.")
+                    replacement = Worker(ctx, stopping)
+                    pool[pool.index(worker)] = replacement
+                    worker.stop()
+                    if deadline is None:
+                        replacement.give(worker.run, worker.claim, opts.logdir)
+                    else:
+                        claims.release(worker.claim)
+                    continue
+                if summary is None and alive:
                     continue                          # it only said it is ready
                 if summary is None:                   # the process died: record it, start another
                     summary = _died(worker, opts, "failed" if deadline is None else "interrupted")
@@ -476,7 +574,7 @@ def _hand_out(pool: list[Worker], pending: collections.deque, seen: dict[str, An
         if worker.run is None and pending and not worker.process.is_alive():
             worker.stop()
             pool[i] = worker = Worker(ctx, stopping)   # died while idle
-        while worker.run is None and pending:
+        while worker.run is None and pending and report.logdir_fault is None:
             run = pending.popleft()
             path = _claim_for_running(run, opts, seen, claims, report, progress)
             if path is not None:
@@ -490,7 +588,17 @@ def _finish_run(worker: Worker, summary: Summary, claims: Claims, report: Report
     _record(report, progress, summary)
 
 
-def _collect(worker: Worker) -> Summary | None:
+class WorkerDiedStarting(Exception):
+    """A worker died before it was ready, in a way that says nothing against the others (killed by a
+    signal, or exited while another worker of the sweep started fine); it can be replaced."""
+
+
+def _how(code: int | None) -> str:
+    return (f"was killed by signal {signal.Signals(-code).name}" if code is not None and code < 0
+            else f"exited with status {code}")
+
+
+def _collect(worker: Worker, others_ready: bool = False, alive: bool = True) -> Summary | None:
     """The worker's summary of its run; None if it has none to give (it died)."""
     try:
         while worker.conn.poll():
@@ -500,8 +608,11 @@ def _collect(worker: Worker) -> Summary | None:
             worker.ready = True
     except (EOFError, OSError):
         pass
-    if not worker.ready and not worker.process.is_alive():
+    if not worker.ready and not alive:
         worker.process.join(timeout=1)
+        code = worker.process.exitcode
+        if code is None or code < 0 or others_ready:
+            raise WorkerDiedStarting(_how(code))
         raise WorkerStartError(
             f"a worker process exited with status {worker.process.exitcode} before it was ready, so no run was "
             f"started. Check that `{Path(sys.executable).name} -c 'import torch'` works, and that a script "
@@ -512,26 +623,54 @@ def _collect(worker: Worker) -> Summary | None:
 def _died(worker: Worker, opts: Options, status: str = "failed") -> Summary:
     """Record a run whose worker is gone; its event file gets a session end so TensorBoard agrees."""
     worker.process.join(timeout=1)
-    code = worker.process.exitcode
-    how = (f"killed by signal {signal.Signals(-code).name}" if code is not None and code < 0
-           else f"exited with status {code}")
+    how = _how(worker.process.exitcode).replace("was killed", "killed")
     error = f"the worker process running it {how}" if status == "failed" else "interrupted"
-    return mark_ended(opts.logdir, worker.run, status, error)
+    return mark_ended(opts.logdir, worker.run, status, error, worker.claim)
 
 
-def mark_ended(logdir: Path, run: RunPlan, status: str, error: str) -> Summary:
+def mark_ended(logdir: Path, run: RunPlan, status: str, error: str, claim: rundir.Claim | None = None) -> Summary:
     """Write the record (and a session end) of a run that could not write its own."""
-    from trainer.job import base_record, end_session
+    from trainer.job import base_record
 
     folder = logdir / run.folder
     record = base_record(run, status, error)
-    try:   # the session end, so TensorBoard agrees; the run's own event file may end mid-record
+    if claim is not None and not rundir.owns(claim):
+        return Summary(run.folder, LOST, {}, 0.0, "taken over by another sweep")
+    try:   # the session end, so TensorBoard agrees
         folder.mkdir(parents=True, exist_ok=True)
-        end_session(folder, record["hparams"], status, suffix=".end")
+        end_event_file(folder, record["hparams"], status)
     except OSError:
         pass
     try:
-        rundir.write_record(folder, record)
+        rundir.commit_record(folder, record, claim)
+    except rundir.ClaimLost:
+        return Summary(run.folder, LOST, {}, 0.0, "taken over by another sweep")
     except OSError as exc:
         error = f"{error}; and its record could not be written: {exc.strerror}"
     return Summary(run.folder, status, {}, 0.0, error)
+
+
+def end_event_file(folder: Path, hparams: dict[str, Any], status: str) -> None:
+    """Close a killed worker's event file with a session end, keeping one event file per run: the
+    file is cut back to its last whole record (the worker may have died mid-write), then appended
+    to. A run killed before its event file began gets one."""
+    from trainer.events import frame
+    from trainer.hparams import SESSION_START_INFO_TAG, session_end_pb, session_start_pb
+    from tensorboard.compat.proto import event_pb2
+
+    names = verify.event_files(folder)
+    now = time.time()
+    if len(names) != 1:
+        from trainer.job import end_session
+        end_session(folder, hparams, status)
+        return
+    path = folder / names[0]
+    length, _ = verify.valid_length(path)
+    with open(path, "r+b") as f:
+        started = SESSION_START_INFO_TAG.encode() in f.read(length)
+        f.truncate(length)
+        f.seek(length)
+        records = [] if started else [session_start_pb(hparams, now)]
+        records.append(session_end_pb(status, now))
+        f.write(b"".join(frame(event_pb2.Event(summary=s, step=0, wall_time=now).SerializeToString())
+                         for s in records))

@@ -10,7 +10,7 @@ from dataclasses import MISSING, dataclass
 from typing import Any, Literal
 
 from trainer import data, kinds, losses, models, optim  # noqa: F401  (each registers its kinds)
-from trainer.strict import (Invalid, as_data, at_least, build, check_key, describe, greater_than,  # noqa: F401
+from trainer.strict import (SEED, Invalid, as_data, at_least, build, check_key, describe, greater_than,  # noqa: F401
                             setting, show, suggest, type_name, variants)
 
 # An experiment name is a folder under the log folder: one plain path component, never '.' or '..'.
@@ -18,6 +18,8 @@ EXPERIMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def experiment_name(name: Any) -> str | None:
+    if "tfevents" in name:  # TensorBoard takes such a name for an event file, as the log folder's index is
+        return f"{show(name)} is reserved: TensorBoard reads a name holding 'tfevents' as an event file"
     if EXPERIMENT_NAME.match(name):
         return None
     return (f"{show(name)} is not a valid experiment name: use letters, digits, '.', '_' and '-', "
@@ -37,7 +39,7 @@ class TrainSettings:
     sampling: Literal["with_replacement", "shuffle", "sequential"] = setting(
         "with_replacement",
         doc="rows drawn at random with replacement (the notebook), a fresh permutation each epoch, or in order")
-    seed: int = setting(0, doc="seeds the model's initial weights and the batch sampler")
+    seed: int = setting(0, SEED, doc="seeds the model's initial weights and the batch sampler")
     device: Literal["auto", "cpu", "cuda"] = setting(
         "auto", doc="'auto' takes the GPU only for models big enough to gain from it")
     clip_grad_norm: float | None = setting(

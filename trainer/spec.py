@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from trainer import guards
 from trainer.errors import SpecError
 from trainer.kinds import FAMILIES
 from trainer.schema import EXPERIMENT_NAME, Config, Invalid, check_key, show, suggest, type_name
@@ -155,10 +156,10 @@ def _walk(node: yaml.Node, prefix: str, lines: dict[str, int], problems: list[st
     line = node.start_mark.line + 1
     count[0] += 1
     if count[0] > MAX_VALUES or depth > MAX_DEPTH:
-        what = (f"expands to more than {MAX_VALUES:,} values" if count[0] > MAX_VALUES
-                else f"is nested more than {MAX_DEPTH} levels deep")
-        raise SpecError(f"{shown}:{line}: the YAML {what} (through anchors and aliases?); a spec holds "
-                        f"a few settings")
+        what = (f"expands to more than {MAX_VALUES:,} values in all (long lists, or anchors and aliases that "
+                 f"repeat a part)" if count[0] > MAX_VALUES
+                else f"is nested more than {MAX_DEPTH} levels deep (through anchors and aliases?)")
+        raise SpecError(f"{shown}:{line}: the YAML {what}; a spec holds a few settings")
     if node.tag not in PLAIN_TAGS:
         # Refused before anything is constructed, so no tag can run code or build objects.
         problems.append(f"{shown}:{line}: the YAML tag {_tag_name(node.tag)} is not allowed; specs hold plain "
@@ -187,6 +188,9 @@ def _walk(node: yaml.Node, prefix: str, lines: dict[str, int], problems: list[st
         for key, merged_line in merged.items():
             lines.setdefault(key, merged_line)
     elif isinstance(node, yaml.SequenceNode):
+        if len(node.value) > MAX_VALUES:
+            raise SpecError(f"{shown}:{line}: {prefix or '(top level)'}: the list holds {len(node.value):,} values, "
+                            f"more than the {MAX_VALUES:,} a spec may hold")
         for i, item in enumerate(node.value):
             key = f"{prefix}[{i}]"
             lines[key] = item.start_mark.line + 1
@@ -203,6 +207,8 @@ def _key_problem(key_node: yaml.Node) -> str:
 
 def read_yaml(path: Path, shown: str) -> tuple[dict[str, Any], dict[str, int]]:
     """Parse a spec file safely: its top-level mapping, and a map of dotted keys to line numbers."""
+    if (refused := guards.input_problem(path, "spec")) is not None:
+        raise SpecError(f"{shown}: {refused}")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

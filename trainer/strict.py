@@ -40,6 +40,10 @@ def at_most(bound: float) -> Check:
     return _bound(lambda v: v <= bound, f"<= {bound}")
 
 
+# The seeds torch takes (torch.manual_seed and torch.Generator.manual_seed).
+SEED = _bound(lambda v: -2**63 <= v < 2**64, "from -2**63 to 2**64 - 1, the seeds torch takes")
+
+
 def each(check: Check) -> Check:
     def check_each(values: Any) -> str | None:
         for i, v in enumerate(values or ()):

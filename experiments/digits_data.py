@@ -1,4 +1,5 @@
 """The 8x8 handwritten digits (data/digits.csv.gz: 1,797 images, see data/README.md) as tensors."""
+
 from __future__ import annotations
 
 import gzip

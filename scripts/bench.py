@@ -1,4 +1,5 @@
 """Entry point of `make bench`; the measurements live in trainer/bench.py."""
+
 import sys
 
 from trainer.bench import main

@@ -10,6 +10,7 @@ stops both. Chromium is driven over the DevTools protocol on a pipe, so nothing 
 library is needed. Prints how many sessions and columns the view holds, which columns it shows,
 and how many sessions have every metric (the ones parallel coordinates draw).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +30,18 @@ from typing import Any
 from trainer.tensorboard_server import TensorBoardServer
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--remote-debugging-pipe"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--remote-debugging-pipe",
+]
 
 # The HParams dashboard is a Polymer element tree inside shadow roots; find its query pane.
 FIND_PANE = """
@@ -46,10 +56,14 @@ function findPane() {
   return null;
 }
 """
-PANE_READY = FIND_PANE + "(() => { const p = findPane(); return !!(p && p._hparams && p._hparams.length); })()"
+PANE_READY = (
+    FIND_PANE + "(() => { const p = findPane(); return !!(p && p._hparams && p._hparams.length); })()"
+)
 # Show the wanted hparam columns only (null: TensorBoard's own choice) and sort by the first metric
 # (final loss), ascending.
-SHOW_COLUMNS = FIND_PANE + """
+SHOW_COLUMNS = (
+    FIND_PANE
+    + """
 ((wanted) => {
   const pane = findPane();
   if (wanted) {
@@ -61,10 +75,15 @@ SHOW_COLUMNS = FIND_PANE + """
   return pane._hparams.filter(h => h.displayed).map(h => h.info.name);
 })(%s)
 """
-TABLE_TEXT = FIND_PANE.replace("TF-HPARAMS-QUERY-PANE", "VAADIN-GRID") + \
-    "(() => { const g = findPane(); return g ? g.textContent : ''; })()"
+)
+TABLE_TEXT = (
+    FIND_PANE.replace("TF-HPARAMS-QUERY-PANE", "VAADIN-GRID")
+    + "(() => { const g = findPane(); return g ? g.textContent : ''; })()"
+)
 # Widen the Trial ID column (the table's first, 10em and resizable) as a reader would by dragging it.
-WIDEN_TRIAL_ID = FIND_PANE.replace("TF-HPARAMS-QUERY-PANE", "VAADIN-GRID") + """
+WIDEN_TRIAL_ID = (
+    FIND_PANE.replace("TF-HPARAMS-QUERY-PANE", "VAADIN-GRID")
+    + """
 ((width) => {
   const grid = findPane();
   const column = grid && grid.querySelector('vaadin-grid-column');
@@ -72,6 +91,7 @@ WIDEN_TRIAL_ID = FIND_PANE.replace("TF-HPARAMS-QUERY-PANE", "VAADIN-GRID") + """
   return !!column;
 })(%s)
 """
+)
 
 
 # --- TensorBoard ------------------------------------------------------------------------------
@@ -112,21 +132,28 @@ class Chromium:
         to_browser, self._commands = os.pipe()
         self._events, from_browser = os.pipe()
 
-        def connect_pipes() -> None:   # in the child: the protocol's fixed descriptors
+        def connect_pipes() -> None:  # in the child: the protocol's fixed descriptors
             os.dup2(fcntl.fcntl(to_browser, fcntl.F_DUPFD, 10), 3)
             os.dup2(fcntl.fcntl(from_browser, fcntl.F_DUPFD, 10), 4)
 
         with open(log, "wb") as errors:
-            self.process = subprocess.Popen([executable, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-                                             "about:blank"], stdout=subprocess.DEVNULL, stderr=errors,
-                                            close_fds=False, preexec_fn=connect_pipes, start_new_session=True)
+            self.process = subprocess.Popen(
+                [executable, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+                close_fds=False,
+                preexec_fn=connect_pipes,
+                start_new_session=True,
+            )
         os.close(to_browser)
         os.close(from_browser)
         self._buffer = b""
         self._last_id = 0
         self.session = ""
         page = next(t for t in self.call("Target.getTargets")["targetInfos"] if t["type"] == "page")
-        self.session = self.call("Target.attachToTarget", targetId=page["targetId"], flatten=True)["sessionId"]
+        self.session = self.call("Target.attachToTarget", targetId=page["targetId"], flatten=True)[
+            "sessionId"
+        ]
 
     def call(self, method: str, **params: Any) -> dict[str, Any]:
         self._last_id += 1
@@ -167,16 +194,29 @@ class Chromium:
         stop(self.process)
 
 
-def screenshot(browser: Chromium, url: str, out: Path, width: int, height: int, columns: list[str] | None,
-               trial_id_width: str, timeout: float) -> list[str]:
+def screenshot(
+    browser: Chromium,
+    url: str,
+    out: Path,
+    width: int,
+    height: int,
+    columns: list[str] | None,
+    trial_id_width: str,
+    timeout: float,
+) -> list[str]:
     """Open the HParams table, show the columns, write the PNG; returns the hparam columns shown."""
-    browser.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+    browser.call(
+        "Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False
+    )
     browser.call("Page.navigate", url=url)
     shown: list[str] = []
     if browser.wait_for(PANE_READY, timeout):
         shown = browser.evaluate(SHOW_COLUMNS % json.dumps(columns))
     else:
-        print("warning: the HParams table did not appear; the screenshot shows the page as it is", file=sys.stderr)
+        print(
+            "warning: the HParams table did not appear; the screenshot shows the page as it is",
+            file=sys.stderr,
+        )
     browser.wait_for(TABLE_TEXT, timeout)
     browser.evaluate(WIDEN_TRIAL_ID % json.dumps(trial_id_width))
     browser.wait_for(TABLE_TEXT, timeout)
@@ -189,8 +229,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--logdir", default="logs", help="log folder to show (default: logs)")
     parser.add_argument("--out", help="PNG to write (default: hparams.png in the log folder)")
-    parser.add_argument("--columns", help="hparam columns to show, comma-separated (default: those TensorBoard "
-                                          "shows at first)")
+    parser.add_argument(
+        "--columns",
+        help="hparam columns to show, comma-separated (default: those TensorBoard shows at first)",
+    )
     parser.add_argument("--width", type=int, default=2560, help="page width in pixels (default: 2560)")
     parser.add_argument("--height", type=int, default=1280, help="page height in pixels (default: 1280)")
     parser.add_argument("--browser", help="Chromium executable (default: the first found on PATH)")
@@ -203,8 +245,10 @@ def main() -> int:
         sys.exit(f"error: {logdir}: no event files; run a sweep into it first")
     executable = find_browser(args.browser)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="screenshot-") as scratch, \
-            TensorBoardServer(logdir, Path(scratch) / "tensorboard.log") as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="screenshot-") as scratch,
+        TensorBoardServer(logdir, Path(scratch) / "tensorboard.log") as server,
+    ):
         try:
             groups = server.wait_loaded(run_folders(logdir), args.timeout)
         except RuntimeError as exc:
@@ -222,14 +266,24 @@ def main() -> int:
             log = (Path(scratch) / "chromium.log").read_text(errors="replace")[-2000:]
             sys.exit(f"error: Chromium could not start ({exc}):\n{log}")
         try:
-            shown = screenshot(browser, server.url("/#hparams"), out, args.width, args.height,
-                               columns, f"{longest * 0.5 + 2:.0f}em", args.timeout)
+            shown = screenshot(
+                browser,
+                server.url("/#hparams"),
+                out,
+                args.width,
+                args.height,
+                columns,
+                f"{longest * 0.5 + 2:.0f}em",
+                args.timeout,
+            )
         finally:
             browser.close()
     metrics = len(experiment.get("metricInfos", []))
-    print(f"{out}: HParams view of {logdir}: {groups['totalSize']} sessions, {len(hparams) + metrics} columns "
-          f"({len(hparams)} hparams, {metrics} metrics); shown: {', '.join(shown) or 'none'}, "
-          f"sorted by final loss; {complete} of {len(sessions)} sessions have every metric")
+    print(
+        f"{out}: HParams view of {logdir}: {groups['totalSize']} sessions, {len(hparams) + metrics} columns "
+        f"({len(hparams)} hparams, {metrics} metrics); shown: {', '.join(shown) or 'none'}, "
+        f"sorted by final loss; {complete} of {len(sessions)} sessions have every metric"
+    )
     return 0
 
 

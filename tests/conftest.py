@@ -1,4 +1,5 @@
 """Shared helpers: specs written into tmp_path, and event files read back with tensorboard's reader."""
+
 from __future__ import annotations
 
 import textwrap
@@ -11,12 +12,14 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 @pytest.fixture
 def write_spec(tmp_path: Path):
     """write_spec('name', 'yaml text') -> path of experiments/<name>.yaml under tmp_path."""
+
     def write(name: str, text: str) -> str:
         folder = tmp_path / "experiments"
         folder.mkdir(exist_ok=True)
         path = folder / f"{name}.yaml"
         path.write_text(textwrap.dedent(text))
         return str(path)
+
     return write
 
 

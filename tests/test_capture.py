@@ -1,4 +1,5 @@
 """The two ways of capturing weights and gradients agree, and their histograms match torch.histc."""
+
 from __future__ import annotations
 
 import math
@@ -31,7 +32,7 @@ def _steps(capture, params, histogram_every=2, steps=5):
         with torch.no_grad():
             for p in params:
                 p.add_(0.1 * p.grad)
-                p.grad = p.grad * 0.5        # a new gradient tensor each step, as backward() makes
+                p.grad = p.grad * 0.5  # a new gradient tensor each step, as backward() makes
     return capture.take()
 
 
@@ -59,7 +60,7 @@ def test_rows_hold_small_elements_and_large_norms_before_the_update():
     capture.capture(False)
     with torch.no_grad():
         for p in params:
-            p.add_(1.0)                      # the optimizer's in-place update after the capture
+            p.add_(1.0)  # the optimizer's in-place update after the capture
     (row,), _ = capture.take()
     by_param = dict(zip(map(id, params), zip(weights, grads)))
     expected = [float(v) for p in small for v in by_param[id(p)][0].view(-1)]
@@ -102,7 +103,7 @@ def test_histograms_of_constant_and_varied_tensors_read_back_from_the_event_file
     torch.manual_seed(3)
     model = torch.nn.Linear(40, 1)
     with torch.no_grad():
-        model.weight.fill_(0.5)                          # one value until the first update
+        model.weight.fill_(0.5)  # one value until the first update
     sink = TensorBoardSink(tmp_path, LogSettings(every=1, histograms_every=1), {"lr": 0.1}, "text")
     sink.begin(model, torch.optim.SGD(model.parameters(), lr=0.1), ["train/loss"])
     grads = [torch.randn(1, 40), torch.zeros(1, 40), torch.randn(1, 40)]
@@ -118,14 +119,23 @@ def test_histograms_of_constant_and_varied_tensors_read_back_from_the_event_file
     gradients = {h.step: h.histogram_value for h in acc.Histograms("hist/g/weight")}
     assert (list(weights[0].bucket_limit), list(weights[0].bucket)) == ([0.5], [40.0])
     assert (list(gradients[1].bucket_limit), list(gradients[1].bucket)) == ([0.0], [40.0])
-    for histogram, values in ((weights[1], None), (weights[2], None), (gradients[0], grads[0]), (gradients[2], grads[2])):
+    for histogram, values in (
+        (weights[1], None),
+        (weights[2], None),
+        (gradients[0], grads[0]),
+        (gradients[2], grads[2]),
+    ):
         assert len(histogram.bucket) == 30 and sum(histogram.bucket) == 40 and histogram.num == 40
         assert list(histogram.bucket_limit) == sorted(histogram.bucket_limit)
         assert histogram.bucket_limit[-1] == histogram.max
         if values is not None:
-            assert (histogram.min, histogram.max) == (pytest.approx(float(values.min())), pytest.approx(float(values.max())))
+            assert (histogram.min, histogram.max) == (
+                pytest.approx(float(values.min())),
+                pytest.approx(float(values.max())),
+            )
             assert list(histogram.bucket) == pytest.approx(
-                torch.histc(values, bins=30, min=histogram.min, max=histogram.max).tolist(), abs=1)
+                torch.histc(values, bins=30, min=histogram.min, max=histogram.max).tolist(), abs=1
+            )
     for step in range(3):
         bias = [h.histogram_value for h in acc.Histograms("hist/g/bias") if h.step == step][0]
         assert list(bias.bucket) == [1.0] and bias.bucket_limit[0] == pytest.approx(float(bias.max))

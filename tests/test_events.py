@@ -1,4 +1,5 @@
 """Our event encoding against protobuf's and tensorboard's own: same bytes, same checksums."""
+
 from __future__ import annotations
 
 import itertools
@@ -9,20 +10,24 @@ import pytest
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tensorboard_crc
 
-from trainer import events
 from tests.conftest import read_events
+from trainer import events
 
 
-@pytest.mark.parametrize("tags, values", [
-    pytest.param(["loss"], [0.5], id="one"),
-    pytest.param(["loss", "w/0", "w/1", "g/0", "g/1"], [1.0, -2.5, 3e-8, math.inf, 0.0], id="several"),
-    pytest.param(["a" * 200], [float("nan")], id="long-tag-nan"),
-    pytest.param(["ünïcode/tag"], [7.0], id="unicode"),
-])
+@pytest.mark.parametrize(
+    "tags, values",
+    [
+        pytest.param(["loss"], [0.5], id="one"),
+        pytest.param(["loss", "w/0", "w/1", "g/0", "g/1"], [1.0, -2.5, 3e-8, math.inf, 0.0], id="several"),
+        pytest.param(["a" * 200], [float("nan")], id="long-tag-nan"),
+        pytest.param(["ünïcode/tag"], [7.0], id="unicode"),
+    ],
+)
 def test_scalar_encoding_matches_protobuf(tags, values):
     body = events.ScalarTags(tags).encode(values)
-    expected = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=t, simple_value=v)
-                                          for t, v in zip(tags, values)])
+    expected = summary_pb2.Summary(
+        value=[summary_pb2.Summary.Value(tag=t, simple_value=v) for t, v in zip(tags, values)]
+    )
     assert body == expected.SerializeToString()
 
 
@@ -35,8 +40,16 @@ def test_event_encoding_matches_protobuf(step):
 
 
 def test_histogram_encoding_parses_to_the_same_histogram():
-    value = events.histogram_value("hist/w/weight", -1.0, 3.0, 4, 2.0, 14.0,
-                                   struct.pack("<3d", 0.0, 1.0, 3.0), struct.pack("<3d", 1.0, 2.0, 1.0))
+    value = events.histogram_value(
+        "hist/w/weight",
+        -1.0,
+        3.0,
+        4,
+        2.0,
+        14.0,
+        struct.pack("<3d", 0.0, 1.0, 3.0),
+        struct.pack("<3d", 1.0, 2.0, 1.0),
+    )
     summary = summary_pb2.Summary.FromString(value)
     histo = summary.value[0].histo
     assert summary.value[0].tag == "hist/w/weight"
@@ -47,20 +60,34 @@ def test_histogram_encoding_parses_to_the_same_histogram():
 @pytest.mark.parametrize("bins", [[1], [3, 30], [30, 200, 2]], ids=["one-bucket", "two", "long-lists"])
 def test_a_block_of_histogram_bodies_is_the_same_bytes_as_one_histogram_at_a_time(bins):
     import numpy as np
+
     tags = [f"hist/w/p{i}" for i in range(len(bins))]
     rng = np.random.default_rng(1)
     steps, n, total = 4, len(bins), sum(bins)
-    numbers = np.hstack([rng.standard_normal((steps, 5 * n)), rng.standard_normal((steps, total)),
-                         rng.integers(0, 9, (steps, total)).astype(float)])
+    numbers = np.hstack(
+        [
+            rng.standard_normal((steps, 5 * n)),
+            rng.standard_normal((steps, total)),
+            rng.integers(0, 9, (steps, total)).astype(float),
+        ]
+    )
     bodies = events.HistogramBlock(tags, bins).encode(numbers)
     starts = [sum(bins[:i]) for i in range(n)]
     for row, body in zip(numbers, bodies):
-        head, limits, counts = row[:5 * n].reshape(5, n), row[5 * n:5 * n + total], row[5 * n + total:]
-        expected = b"".join(events.histogram_value(tag, *head[:, i], limits[a:a + b].astype("<f8").tobytes(),
-                                                   counts[a:a + b].astype("<f8").tobytes())
-                            for i, (tag, a, b) in enumerate(zip(tags, starts, bins)))
+        head, limits, counts = row[: 5 * n].reshape(5, n), row[5 * n : 5 * n + total], row[5 * n + total :]
+        expected = b"".join(
+            events.histogram_value(
+                tag,
+                *head[:, i],
+                limits[a : a + b].astype("<f8").tobytes(),
+                counts[a : a + b].astype("<f8").tobytes(),
+            )
+            for i, (tag, a, b) in enumerate(zip(tags, starts, bins))
+        )
         assert body == expected
-        assert summary_pb2.Summary.FromString(body).value[n - 1].histo.bucket_limit == list(limits[starts[-1]:])
+        assert summary_pb2.Summary.FromString(body).value[n - 1].histo.bucket_limit == list(
+            limits[starts[-1] :]
+        )
 
 
 @pytest.mark.parametrize("data", [b"", b"x", b"hello world" * 50, bytes(range(256))])
@@ -81,19 +108,25 @@ def test_event_file_reads_back_with_tensorboard(tmp_path):
     assert file.path.name.startswith("events.out.tfevents.")
 
 
-@pytest.mark.parametrize("steps", [
-    pytest.param([0, 1, 2, 3], id="from-zero"),
-    pytest.param([120, 126, 127, 128, 129, 200], id="across-a-varint-size"),
-    pytest.param([5, 16383, 16384, 2**21, 2**35], id="large"),
-])
+@pytest.mark.parametrize(
+    "steps",
+    [
+        pytest.param([0, 1, 2, 3], id="from-zero"),
+        pytest.param([120, 126, 127, 128, 129, 200], id="across-a-varint-size"),
+        pytest.param([5, 16383, 16384, 2**21, 2**35], id="large"),
+    ],
+)
 def test_a_block_of_step_events_is_the_same_bytes_as_one_event_at_a_time(steps):
     import numpy as np
+
     tags = ["loss", "w/0", "w/1", "g/0", "g/1"]
     walls = np.linspace(1000.0, 1010.0, len(steps))
     values = np.random.default_rng(0).standard_normal((len(steps), len(tags)))
     data, ends = events.ScalarBlock(tags).encode(np.array(steps), walls, values)
-    one_by_one = [events.frame(events.summary_event(s, float(w), events.ScalarTags(tags).encode(v.tolist())))
-                  for s, w, v in zip(steps, walls, values)]
+    one_by_one = [
+        events.frame(events.summary_event(s, float(w), events.ScalarTags(tags).encode(v.tolist())))
+        for s, w, v in zip(steps, walls, values)
+    ]
     assert data == b"".join(one_by_one)
     assert ends.tolist() == list(itertools.accumulate(len(r) for r in one_by_one))
 
@@ -102,11 +135,21 @@ def test_hparams_records_match_what_tensorboards_own_metadata_module_makes():
     from tensorboard.plugins.hparams import metadata, plugin_data_pb2
 
     from trainer import hparams
-    assert (hparams.PLUGIN_NAME, hparams.PLUGIN_DATA_VERSION) == (metadata.PLUGIN_NAME, metadata.PLUGIN_DATA_VERSION)
-    assert (hparams.EXPERIMENT_TAG, hparams.SESSION_START_INFO_TAG, hparams.SESSION_END_INFO_TAG) == \
-        (metadata.EXPERIMENT_TAG, metadata.SESSION_START_INFO_TAG, metadata.SESSION_END_INFO_TAG)
+
+    assert (hparams.PLUGIN_NAME, hparams.PLUGIN_DATA_VERSION) == (
+        metadata.PLUGIN_NAME,
+        metadata.PLUGIN_DATA_VERSION,
+    )
+    assert (hparams.EXPERIMENT_TAG, hparams.SESSION_START_INFO_TAG, hparams.SESSION_END_INFO_TAG) == (
+        metadata.EXPERIMENT_TAG,
+        metadata.SESSION_START_INFO_TAG,
+        metadata.SESSION_END_INFO_TAG,
+    )
     assert hparams.NULL_TENSOR.SerializeToString() == metadata.NULL_TENSOR.SerializeToString()
     data = plugin_data_pb2.HParamsPluginData(
-        session_end_info=plugin_data_pb2.SessionEndInfo(status=2, end_time_secs=12.5))
-    assert hparams.summary_metadata(data).SerializeToString() == \
-        metadata.create_summary_metadata(data).SerializeToString()
+        session_end_info=plugin_data_pb2.SessionEndInfo(status=2, end_time_secs=12.5)
+    )
+    assert (
+        hparams.summary_metadata(data).SerializeToString()
+        == metadata.create_summary_metadata(data).SerializeToString()
+    )

@@ -1,6 +1,7 @@
 """Sweeps under faults: killed, interrupted, launched twice, runs that raise or diverge, workers that die,
 log folders that cannot be written. Real processes and signals; every test checks what is on disk after.
 """
+
 from __future__ import annotations
 
 import errno
@@ -14,9 +15,9 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
@@ -27,8 +28,10 @@ from trainer.progress import Progress
 from trainer.runner import Options, run_all
 from trainer.sweep import plan
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc"),
+]
 
 REPO = Path(__file__).resolve().parents[1]
 # Generous: the machine may be shared, and a run waits for its turn on a core.
@@ -52,7 +55,9 @@ def toy_spec(folder: Path, *sweep: str, steps: int = 300, lr: float = 0.01, ever
     """A seed_toy spec in folder/toy.yaml; `sweep` holds the sweep's lines."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "toy.yaml"
-    path.write_text(TOY.format(lr=lr, steps=steps, every=every, sweep="\n".join(f"  {line}" for line in sweep)))
+    path.write_text(
+        TOY.format(lr=lr, steps=steps, every=every, sweep="\n".join(f"  {line}" for line in sweep))
+    )
     return path
 
 
@@ -82,16 +87,27 @@ class Sweep:
 
 def start(tmp_path: Path, args: list[str], script: Path | None = None, name: str = "sweep") -> Sweep:
     """`python -m trainer ARGS` (or `python SCRIPT ARGS`) in a new session, as a terminal would start it."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    )
     command = [sys.executable, *([str(script)] if script else ["-m", "trainer"]), *map(str, args)]
     stdout, stderr = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
     with open(stdout, "w") as out, open(stderr, "w") as err:
-        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out, stderr=err,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     return Sweep(process, stdout, stderr)
 
 
-def trainer(tmp_path: Path, *args: object, script: Path | None = None, name: str = "cli") -> tuple[int, str, str]:
+def trainer(
+    tmp_path: Path, *args: object, script: Path | None = None, name: str = "cli"
+) -> tuple[int, str, str]:
     """Run the CLI to its end."""
     return start(tmp_path, list(args), script, name).finish()
 
@@ -107,8 +123,9 @@ def sweeps():
             sweep.process.wait()
 
 
-def wait_until(condition: Callable[[], object], what: str, sweep: Sweep | None = None,
-               timeout: float = TIMEOUT) -> object:
+def wait_until(
+    condition: Callable[[], object], what: str, sweep: Sweep | None = None, timeout: float = TIMEOUT
+) -> object:
     """Poll until condition() is truthy; fail, with the sweep's output, if it takes too long or the sweep ends."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -126,7 +143,7 @@ def _stat_fields(pid: int) -> list[str] | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return text[text.rindex(")") + 2:].split()      # state, ppid, ...
+    return text[text.rindex(")") + 2 :].split()  # state, ppid, ...
 
 
 def alive(pid: int) -> bool:
@@ -288,7 +305,9 @@ def test_sigkill_mid_sweep_then_rerun_gives_the_uninterrupted_results(tmp_path, 
     wait_until(lambda: not any(alive(pid) for pid in family), "every process of the killed sweep is gone")
 
     complete_before = {name: run_fingerprints(logdir, f"toy/{name}") for name in records(logdir)}
-    half_written = {p.name: event_files(p) for p in (logdir / "toy").glob("seed=*") if p.name not in complete_before}
+    half_written = {
+        p.name: event_files(p) for p in (logdir / "toy").glob("seed=*") if p.name not in complete_before
+    }
     assert half_written
     states = status_of(tmp_path, logdir)
     assert {states[f"toy/{name}"] for name in half_written} == {"unfinished"}
@@ -330,17 +349,23 @@ def test_ctrl_c_records_the_run_in_flight_as_interrupted_and_the_same_command_re
         return all(n in done for n in short) and bool(event_files(logdir / "toy" / long))
 
     wait_until(short_done_long_going, "the short runs are complete and the long one in flight", sweep)
-    assert status_of(tmp_path, logdir) == {"toy/steps=200": "complete", "toy/steps=300": "complete",
-                                           f"toy/{long}": "running"}
+    assert status_of(tmp_path, logdir) == {
+        "toy/steps=200": "complete",
+        "toy/steps=300": "complete",
+        f"toy/{long}": "running",
+    }
     kept = {n: run_fingerprints(logdir, f"toy/{n}") for n in short}
 
-    os.killpg(sweep.process.pid, signal.SIGINT)      # what Ctrl-C in a terminal does
+    os.killpg(sweep.process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     code, out, err = sweep.finish()
     assert code == 130, out + err
     assert "Traceback" not in err
     # The command is spelled for the shell that ran it: this Python's path where `python` is another.
-    assert re.search(rf"to resume, run the same command again:\n  \S*python -m trainer sweep {re.escape(str(spec))} "
-                     rf"--logdir {re.escape(str(logdir))} --workers 2\n", out), out
+    assert re.search(
+        rf"to resume, run the same command again:\n  \S*python -m trainer sweep {re.escape(str(spec))} "
+        rf"--logdir {re.escape(str(logdir))} --workers 2\n",
+        out,
+    ), out
     stopped = record(logdir, f"toy/{long}")
     assert stopped["status"] == "interrupted"
     assert 0 < stopped["steps_done"] < LONG_STEPS
@@ -378,8 +403,10 @@ def test_two_sweeps_at_once_run_every_run_once_and_take_over_dead_claims(tmp_pat
 
     def both(*flags: str) -> None:
         """Two sweeps started together; each run is run exactly once, by one or the other."""
-        pair = [start(tmp_path, ["sweep", spec, "--logdir", logdir, "--workers", 1, *flags], name=f"sweep{i}")
-                for i in (1, 2)]
+        pair = [
+            start(tmp_path, ["sweep", spec, "--logdir", logdir, "--workers", 1, *flags], name=f"sweep{i}")
+            for i in (1, 2)
+        ]
         sweeps.extend(pair)
         results = [sweep.finish() for sweep in pair]
         for code, out, err in results:
@@ -445,8 +472,10 @@ def test_a_run_that_raises_is_recorded_failed_and_the_flags_rerun_what_they_say(
     assert failed["status"] == "failed" and failed["error"] == "RuntimeError: deliberate fault at step 1000"
     trace = (logdir / "toy/seed=1/traceback.txt").read_text()
     assert "Traceback" in trace and "RuntimeError: deliberate fault at step 1000" in trace
-    assert f"toy/seed=1: RuntimeError: deliberate fault at step 1000 " \
-           f"(traceback: {logdir}/toy/seed=1/traceback.txt)" in out
+    assert (
+        f"toy/seed=1: RuntimeError: deliberate fault at step 1000 "
+        f"(traceback: {logdir}/toy/seed=1/traceback.txt)" in out
+    )
     steps = assert_clean_run(logdir / "toy/seed=1")
     assert sorted(steps["loss"]) == list(range(0, 1000, 10))
     assert read_events(logdir / "toy/seed=1")[1] == [api_pb2.STATUS_FAILURE]
@@ -459,8 +488,9 @@ def test_a_run_that_raises_is_recorded_failed_and_the_flags_rerun_what_they_say(
     code, out, err = trainer(tmp_path, *args, name="again")
     assert "1 run failed before and was not retried; add --rerun-failed to retry it" in out
     assert ran_now(out) == 0
-    assert {k: v for k, v in tree(logdir).items() if "hparams-index" not in k} == \
-        {k: v for k, v in before.items() if "hparams-index" not in k}
+    assert {k: v for k, v in tree(logdir).items() if "hparams-index" not in k} == {
+        k: v for k, v in before.items() if "hparams-index" not in k
+    }
 
     # --rerun-failed: the failed run only, now without the fault.
     complete = {n: run_fingerprints(logdir, f"toy/{n}") for n in ("seed=0", "seed=2")}
@@ -507,7 +537,9 @@ def test_a_diverging_run_is_a_result_not_a_failure(tmp_path):
     assert {n: d["status"] for n, d in found.items()} == {"lr=0.01": "complete", "lr=1e+30": "diverged"}
     diverged = found["lr=1e+30"]
     assert diverged["metrics"]["final/diverged"] is True
-    assert isinstance(diverged["metrics"]["diverged_step"], int) and diverged["metrics"]["diverged_step"] < 300
+    assert (
+        isinstance(diverged["metrics"]["diverged_step"], int) and diverged["metrics"]["diverged_step"] < 300
+    )
     assert diverged["error"] is None
     steps = assert_clean_run(logdir / "toy/lr=1e+30")
     assert max(steps["loss"]) <= diverged["metrics"]["diverged_step"]
@@ -560,11 +592,13 @@ def test_workers_that_cannot_start_stop_the_sweep_and_fail_no_run(tmp_path):
     script = tmp_path / "unguarded.py"
     script.write_text("import sys\nfrom trainer.cli import main\nsys.exit(main())\n")
     logdir = tmp_path / "logs"
-    code, out, err = trainer(tmp_path, "sweep", spec, "--logdir", logdir, "--workers", 2, "--quiet", script=script)
+    code, out, err = trainer(
+        tmp_path, "sweep", spec, "--logdir", logdir, "--workers", 2, "--quiet", script=script
+    )
     assert code == 2
     assert "Stopped: a worker process exited with status 1 before it was ready, so no run was started" in out
     assert out.count("Stopped:") == 1
-    assert records(logdir) == {}                      # no run was recorded as failed
+    assert records(logdir) == {}  # no run was recorded as failed
     assert not list((logdir / "toy" / ".claims").glob("*"))
     code, out, _ = trainer(tmp_path, "sweep", spec, "--logdir", logdir, "--workers", 2, "--quiet")
     assert code == 0 and "3 runs: 3 complete" in out
@@ -573,7 +607,7 @@ def test_workers_that_cannot_start_stop_the_sweep_and_fail_no_run(tmp_path):
 def test_a_log_folder_that_cannot_be_made_is_one_error(tmp_path):
     spec = toy_spec(tmp_path, "train.seed: [0, 1]")
     (tmp_path / "afile").write_text("")
-    logdir = tmp_path / "afile" / "logs"       # as root, permissions would not stop a write; this does
+    logdir = tmp_path / "afile" / "logs"  # as root, permissions would not stop a write; this does
     code, out, err = trainer(tmp_path, "sweep", spec, "--logdir", logdir, "--workers", 2)
     assert code == 2
     assert err == f"error: cannot write to the log folder {logdir}: Not a directory\n"
@@ -582,6 +616,7 @@ def test_a_log_folder_that_cannot_be_made_is_one_error(tmp_path):
 
 def test_a_full_disk_stops_the_sweep_with_one_sentence_and_loses_no_run(tmp_path, monkeypatch, capsys):
     import torch
+
     from trainer.events import EventFile
 
     spec = toy_spec(tmp_path, "train.seed: [0, 1, 2]", steps=200)
@@ -600,9 +635,11 @@ def test_a_full_disk_stops_the_sweep_with_one_sentence_and_loses_no_run(tmp_path
         assert len(result.ran) == 1, "the sweep went on after the disk was full"
         assert result.ran[0].status == "interrupted" and not result.failed
         (stopped,) = [line for line in lines if line.startswith("Stopped")]
-        assert re.fullmatch(r"Stopped: the log folder cannot be written \(OSError: \[Errno 28\] No space left on "
-                            r"device: '.*'\); free space or fix its permissions, then run the same command again\.",
-                            stopped)
+        assert re.fullmatch(
+            r"Stopped: the log folder cannot be written \(OSError: \[Errno 28\] No space left on "
+            r"device: '.*'\); free space or fix its permissions, then run the same command again\.",
+            stopped,
+        )
         assert "Failed:" not in lines
         assert "Traceback" not in capsys.readouterr().err
         assert record(logdir, runs[0].folder)["status"] == "interrupted"
@@ -614,7 +651,8 @@ def test_a_full_disk_stops_the_sweep_with_one_sentence_and_loses_no_run(tmp_path
         torch.set_num_threads(threads)
     assert len(result.ran) == 3 and not result.logdir_fault
     assert {n: d["status"] for n, d in records(logdir).items()} == dict.fromkeys(
-        ["seed=0", "seed=1", "seed=2"], "complete")
+        ["seed=0", "seed=1", "seed=2"], "complete"
+    )
     for name in ("seed=0", "seed=1", "seed=2"):
         assert_clean_run(logdir / "toy" / name)
 

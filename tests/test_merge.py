@@ -1,4 +1,5 @@
 """Merging teammates' log folders with the real CLI: what ends up on disk, and what is refused."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,14 @@ from trainer import index
 from trainer.cli import main
 
 PROJECT = Path(__file__).resolve().parents[1]
-METRIC_TAGS = ["final/train/loss", "best/train/loss", "final/weight_distance", "final/converged",
-               "final/converged_step", "final/diverged"]
+METRIC_TAGS = [
+    "final/train/loss",
+    "best/train/loss",
+    "final/weight_distance",
+    "final/converged",
+    "final/converged_step",
+    "final/diverged",
+]
 SPEC = """
     name: shared
     data: {{kind: seed_toy}}
@@ -74,8 +81,8 @@ def teammates(tmp_path: Path) -> tuple[Path, Path]:
     alice, bob = tmp_path / "alice" / "logs", tmp_path / "bob" / "logs"
     for logdir, lr in ((alice, 0.05), (bob, 0.02)):
         spec = spec_file(logdir.parent / "experiments", lr=lr)
-        run(spec, logdir)                                   # shared/base: same name, different lr
-        run(spec, logdir, "optimizer.lr=0.1")               # shared/lr=0.1: the same run for both
+        run(spec, logdir)  # shared/base: same name, different lr
+        run(spec, logdir, "optimizer.lr=0.1")  # shared/lr=0.1: the same run for both
     return alice, bob
 
 
@@ -93,11 +100,15 @@ def test_different_runs_sharing_a_name_are_both_kept(teammates, tmp_path, capsys
     merge(capsys, alice, "--into", team)
     before = snapshot(team / "shared/base")
     out = merge(capsys, bob, "--into", team)
-    assert snapshot(team / "shared/base") == before                  # Alice's run untouched
+    assert snapshot(team / "shared/base") == before  # Alice's run untouched
     (renamed,) = [r for r in runs_in(team) if r.startswith("shared/base~")]
     assert f"kept both: {bob / 'shared/base'} -> {renamed}" in out
     kept = record(team / renamed)
-    assert kept["hparams"]["optimizer.lr"] == 0.02 and kept["merged_from"] == "base" and kept["run"] == renamed[7:]
+    assert (
+        kept["hparams"]["optimizer.lr"] == 0.02
+        and kept["merged_from"] == "base"
+        and kept["run"] == renamed[7:]
+    )
     assert kept["metrics"] == record(bob / "shared/base")["metrics"]
     assert record(team / "shared/base")["hparams"]["optimizer.lr"] == 0.05
     # The renamed copy holds Bob's event file byte for byte, so TensorBoard shows his curves.
@@ -105,11 +116,18 @@ def test_different_runs_sharing_a_name_are_both_kept(teammates, tmp_path, capsys
     assert bob_events and all(snapshot(team / renamed)[k] == v for k, v in bob_events.items())
 
 
-@pytest.mark.parametrize("make_unfinished", [
-    pytest.param(lambda folder: (folder / "record.json").unlink(), id="no-record"),
-    pytest.param(lambda folder: (folder / "record.json").write_text(
-        json.dumps({**record(folder), "status": "interrupted"})), id="interrupted"),
-])
+@pytest.mark.parametrize(
+    "make_unfinished",
+    [
+        pytest.param(lambda folder: (folder / "record.json").unlink(), id="no-record"),
+        pytest.param(
+            lambda folder: (folder / "record.json").write_text(
+                json.dumps({**record(folder), "status": "interrupted"})
+            ),
+            id="interrupted",
+        ),
+    ],
+)
 def test_unfinished_runs_are_left_out_unless_asked_for(teammates, tmp_path, capsys, make_unfinished):
     alice, _ = teammates
     make_unfinished(alice / "shared/base")
@@ -128,20 +146,22 @@ def test_merged_folder_gets_an_experiment_record_of_all_runs(teammates, tmp_path
     assert f"{team}: HParams record rebuilt for 3 runs" in out
     experiment = experiment_record(team)
     columns = {info.name: info for info in experiment.hparam_infos}
-    assert set(columns) == {"experiment", "optimizer.lr"}                # the only setting that varies
+    assert set(columns) == {"experiment", "optimizer.lr"}  # the only setting that varies
     assert columns["optimizer.lr"].type == api_pb2.DATA_TYPE_FLOAT64
     assert [v.number_value for v in columns["optimizer.lr"].domain_discrete.values] == [0.02, 0.05, 0.1]
     assert columns["optimizer.lr"].differs and not columns["experiment"].differs
     # The metrics every run has a value for: 30 steps are too few for any to converge.
     assert not any(record(team / r)["metrics"]["final/converged"] for r in runs_in(team))
-    assert [m.name.tag for m in experiment.metric_infos] == [t for t in METRIC_TAGS if t != "final/converged_step"]
+    assert [m.name.tag for m in experiment.metric_infos] == [
+        t for t in METRIC_TAGS if t != "final/converged_step"
+    ]
     assert experiment.description == "3 runs"
 
 
 def test_a_column_typed_differently_by_a_teammate_becomes_text(teammates, tmp_path, capsys):
     alice, bob = teammates
     older = record(bob / "shared/base")
-    older["hparams"]["train.batch_size"] = "1"                 # as another version might have written it
+    older["hparams"]["train.batch_size"] = "1"  # as another version might have written it
     (bob / "shared/base/record.json").write_text(json.dumps(older))
     merge(capsys, alice, bob, "--into", tmp_path / "team")
     (column,) = [i for i in experiment_record(tmp_path / "team").hparam_infos if i.name == "train.batch_size"]
@@ -153,7 +173,7 @@ def test_a_column_typed_differently_by_a_teammate_becomes_text(teammates, tmp_pa
 def test_merging_twice_changes_nothing(teammates, tmp_path, capsys):
     alice, bob = teammates
     team = tmp_path / "team"
-    (alice / "shared/base/record.json").unlink()                      # one unfinished run as well
+    (alice / "shared/base/record.json").unlink()  # one unfinished run as well
     merge(capsys, alice, bob, "--into", team, "--include-unfinished")
     first = snapshot(team)
     out = merge(capsys, alice, bob, "--into", team, "--include-unfinished")
@@ -204,24 +224,31 @@ def test_symlinks_in_a_source_are_not_followed(teammates, tmp_path, capsys):
     outside = tmp_path / "private"
     shutil.copytree(alice / "shared/lr=0.1", outside / "a-run")
     (outside / "secret.txt").write_text("the secret")
-    (outside / "record.json").write_text(json.dumps({**record(alice / "shared/base"), "secret": "the secret"}))
-    os.symlink(outside / "secret.txt", alice / "shared/base/notes.txt")        # a file inside a run
-    os.symlink(outside / "a-run", alice / "shared/linked-run")                  # a run
-    os.symlink(outside, alice / "linked-experiment")                            # an experiment
+    (outside / "record.json").write_text(
+        json.dumps({**record(alice / "shared/base"), "secret": "the secret"})
+    )
+    os.symlink(outside / "secret.txt", alice / "shared/base/notes.txt")  # a file inside a run
+    os.symlink(outside / "a-run", alice / "shared/linked-run")  # a run
+    os.symlink(outside, alice / "linked-experiment")  # an experiment
     unrecorded = alice / "shared/lr=0.1"
     (unrecorded / "record.json").unlink()
-    os.symlink(outside / "record.json", unrecorded / "record.json")             # a run's record
+    os.symlink(outside / "record.json", unrecorded / "record.json")  # a run's record
     team = tmp_path / "team"
     out = merge(capsys, alice, "--into", team, "--include-unfinished")
     assert runs_in(team) == ["shared/base"]
     assert not any(p.is_symlink() for p in team.rglob("*"))
     assert all(b"the secret" not in content for content in snapshot(team).values())
-    for refused in ("linked-experiment: a symlink", "shared/linked-run: a symlink",
-                    "shared/lr=0.1: record.json is a symlink"):
+    for refused in (
+        "linked-experiment: a symlink",
+        "shared/linked-run: a symlink",
+        "shared/lr=0.1: record.json is a symlink",
+    ):
         assert refused in out
 
 
-@pytest.mark.parametrize("name", ["-rf", "a\\..\\..\\escape", "new\nline", "x" * 129, "tab\there", "$(reboot)"])
+@pytest.mark.parametrize(
+    "name", ["-rf", "a\\..\\..\\escape", "new\nline", "x" * 129, "tab\there", "$(reboot)"]
+)
 def test_run_folders_named_to_escape_are_refused(teammates, tmp_path, capsys, name):
     alice, _ = teammates
     shutil.copytree(alice / "shared/base", alice / "shared" / name)
@@ -249,21 +276,27 @@ def test_the_destination_cannot_overlap_a_source(teammates, capsys, into):
     assert not (alice / "merged").exists()
 
 
-@pytest.mark.parametrize("content", [
-    pytest.param(b"{not json", id="not-json"),
-    pytest.param(b"\xff\xfe", id="not-utf8"),
-    pytest.param(b"[]", id="a-list"),
-    pytest.param(b'"complete"', id="a-string"),
-    pytest.param(b'{"status": "complete"}', id="no-hparams"),
-    pytest.param(b'{"status": "complete", "hparams": "lr=1"}', id="hparams-a-string"),
-    pytest.param(b'{"status": "complete", "hparams": {"lr": {"$ne": 1}}}', id="hparam-a-mapping"),
-    pytest.param(b'{"status": "complete", "hparams": {"lr": NaN}}', id="hparam-nan"),
-    pytest.param(b'{"status": "complete", "hparams": {"lr": 1}, "metrics": [1]}', id="metrics-a-list"),
-    pytest.param(b'{"status": "complete", "hparams": {"lr": 1}, "metrics": {"final/train/loss": "low"}}', id="metric-text"),
-    pytest.param(b'{"status": ["complete"], "hparams": {"lr": 1}}', id="status-a-list"),
-    pytest.param(b'{"status": "complete", "hparams": {"lr": 1}, "swept": 3}', id="swept-a-number"),
-    pytest.param(b"[" * 100_000 + b"]" * 100_000, id="deeply-nested"),
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"{not json", id="not-json"),
+        pytest.param(b"\xff\xfe", id="not-utf8"),
+        pytest.param(b"[]", id="a-list"),
+        pytest.param(b'"complete"', id="a-string"),
+        pytest.param(b'{"status": "complete"}', id="no-hparams"),
+        pytest.param(b'{"status": "complete", "hparams": "lr=1"}', id="hparams-a-string"),
+        pytest.param(b'{"status": "complete", "hparams": {"lr": {"$ne": 1}}}', id="hparam-a-mapping"),
+        pytest.param(b'{"status": "complete", "hparams": {"lr": NaN}}', id="hparam-nan"),
+        pytest.param(b'{"status": "complete", "hparams": {"lr": 1}, "metrics": [1]}', id="metrics-a-list"),
+        pytest.param(
+            b'{"status": "complete", "hparams": {"lr": 1}, "metrics": {"final/train/loss": "low"}}',
+            id="metric-text",
+        ),
+        pytest.param(b'{"status": ["complete"], "hparams": {"lr": 1}}', id="status-a-list"),
+        pytest.param(b'{"status": "complete", "hparams": {"lr": 1}, "swept": 3}', id="swept-a-number"),
+        pytest.param(b"[" * 100_000 + b"]" * 100_000, id="deeply-nested"),
+    ],
+)
 def test_a_junk_record_is_refused_and_the_merge_goes_on(teammates, tmp_path, capsys, content):
     alice, bob = teammates
     (alice / "shared/base/record.json").write_bytes(content)
@@ -273,6 +306,6 @@ def test_a_junk_record_is_refused_and_the_merge_goes_on(teammates, tmp_path, cap
     # Bob's base run takes the free name; nothing of Alice's broken run was copied.
     assert runs_in(team) == ["shared/base", "shared/lr=0.1"]
     assert record(team / "shared/base")["hparams"]["optimizer.lr"] == 0.02
-    assert main(["index", str(alice)]) == 0          # the broken source still indexes
+    assert main(["index", str(alice)]) == 0  # the broken source still indexes
     # Swept (set with --set, so in the run names) comes first.
     assert [i.name for i in experiment_record(team).hparam_infos] == ["optimizer.lr", "experiment"]

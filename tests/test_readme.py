@@ -1,4 +1,5 @@
 """The README's spec reference is the schema's, and its examples are valid specs."""
+
 from __future__ import annotations
 
 import re
@@ -20,8 +21,12 @@ def test_readme_example_spec_is_valid(tmp_path):
     path = tmp_path / "example.yaml"
     path.write_text(example)
     runs = plan([str(path)])
-    assert [r.name for r in runs] == ["batch_size=1,weight_decay=0.0", "batch_size=1,weight_decay=0.1",
-                                      "batch_size=full,weight_decay=0.0", "batch_size=full,weight_decay=0.1"]
+    assert [r.name for r in runs] == [
+        "batch_size=1,weight_decay=0.0",
+        "batch_size=1,weight_decay=0.1",
+        "batch_size=full,weight_decay=0.0",
+        "batch_size=full,weight_decay=0.1",
+    ]
 
 
 def test_comparison_set_is_valid():

@@ -2,6 +2,7 @@
 full disks, inputs that are not files, damaged runs. Real processes, signals and (as root) a real
 small tmpfs; every test checks what is on disk afterwards and that no traceback reached the user.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,13 +16,26 @@ import time
 from pathlib import Path
 
 import pytest
+from test_faults import (
+    Sweep,
+    assert_clean_run,
+    descendants,
+    event_files,
+    ran_now,
+    record,
+    records,
+    start,
+    toy_spec,
+    trainer,
+    wait_until,
+)
 
-from test_faults import (Sweep, assert_clean_run, descendants, event_files, ran_now, record, records, start,
-                         toy_spec, trainer, wait_until)
 from trainer.cli import main
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc"),
+]
 
 # The workers import this file as __mp_main__: the run named GATED waits, once past its first chunk
 # of steps, until the file 'gate' exists, having written 'waiting'. The sweep's process is untouched.
@@ -85,9 +99,9 @@ def test_a_paused_sweep_keeps_its_claim_however_old_and_no_run_runs_twice(tmp_pa
     sweeps.append(first)
     wait_until(waiting.exists, "the first sweep's run is in flight", first)
     family = {first.process.pid, *descendants(first.process.pid)}
-    os.killpg(first.process.pid, signal.SIGSTOP)            # a laptop asleep, a frozen VM
+    os.killpg(first.process.pid, signal.SIGSTOP)  # a laptop asleep, a frozen VM
     claim = logdir / "toy" / ".claims" / "seed=0"
-    hour_ago = time.time() - 3600                            # far older than any heartbeat allows
+    hour_ago = time.time() - 3600  # far older than any heartbeat allows
     os.utime(claim, (hour_ago, hour_ago))
 
     code, out, err = trainer(tmp_path, "sweep", spec, "--logdir", logdir, "--workers", 1, name="second")
@@ -101,12 +115,12 @@ def test_a_paused_sweep_keeps_its_claim_however_old_and_no_run_runs_twice(tmp_pa
     code, out, err = first.finish()
     no_traceback(out, err)
     assert code == 0, out + err
-    assert ran_now(out) == 1                                 # its own run; the rest were done meanwhile
+    assert ran_now(out) == 1  # its own run; the rest were done meanwhile
     found = records(logdir)
     assert {n: d["status"] for n, d in found.items()} == {f"seed={s}": "complete" for s in range(4)}
     assert found["seed=0"]["pid"] in family
     for name in found:
-        assert_clean_run(logdir / "toy" / name)             # one event file, by the process of its record
+        assert_clean_run(logdir / "toy" / name)  # one event file, by the process of its record
     assert not list((logdir / "toy" / ".claims").iterdir())
 
 
@@ -135,7 +149,8 @@ def test_a_sweep_whose_claim_was_taken_over_discards_its_result(tmp_path, sweeps
 
 
 def test_a_claim_that_cannot_be_written_stops_the_sweep_with_a_sentence_and_leaves_no_empty_claim(
-        tmp_path, monkeypatch, capsys):
+    tmp_path, monkeypatch, capsys
+):
     import errno
 
     from trainer import rundir
@@ -186,7 +201,8 @@ def test_a_worker_killed_while_starting_is_replaced_and_the_sweep_goes_on(tmp_pa
     assert "A worker process was killed by signal SIGKILL while starting; starting another." in err
     assert "import torch" not in out + err
     assert {n: d["status"] for n, d in records(logdir).items()} == dict.fromkeys(
-        ["seed=0", "seed=1", "seed=2"], "complete")
+        ["seed=0", "seed=1", "seed=2"], "complete"
+    )
 
 
 # --- never outside the target -----------------------------------------------------------------
@@ -261,8 +277,11 @@ def test_merge_into_a_file_or_under_one_is_a_sentence(finished, tmp_path, capsys
     out, err = capsys.readouterr()
     no_traceback(out, err)
     assert code == 2
-    expected = (f"error: {dest}: is a file, not a log folder; give a folder to merge into\n" if where == "file"
-                else f"error: cannot create the log folder {dest}: Not a directory\n")
+    expected = (
+        f"error: {dest}: is a file, not a log folder; give a folder to merge into\n"
+        if where == "file"
+        else f"error: cannot create the log folder {dest}: Not a directory\n"
+    )
     assert err == expected
 
 
@@ -306,19 +325,26 @@ def test_a_sweep_onto_a_full_disk_is_one_sentence_and_leaves_no_claim(tmp_path, 
     no_traceback(out, err)
     assert code == 2, out + err
     assert "No space left on device" in out + err
-    assert not [p for p in logdir.rglob("*") if p.is_file() and p.stat().st_size == 0 and ".claims" in p.parts]
+    assert not [
+        p for p in logdir.rglob("*") if p.is_file() and p.stat().st_size == 0 and ".claims" in p.parts
+    ]
     assert records(logdir) == {}
     # Space freed: the same command runs everything.
     (small_disk / "filler").unlink()
     code, out, err = trainer(tmp_path, "sweep", spec, "--logdir", logdir, "--workers", 1, name="again")
     assert code == 0, out + err
-    assert {n: d["status"] for n, d in records(logdir).items()} == {"seed=0": "complete", "seed=1": "complete"}
+    assert {n: d["status"] for n, d in records(logdir).items()} == {
+        "seed=0": "complete",
+        "seed=1": "complete",
+    }
 
 
-def test_a_merge_onto_a_full_disk_is_one_sentence_and_leaves_nothing_half_copied(finished, tmp_path, small_disk):
+def test_a_merge_onto_a_full_disk_is_one_sentence_and_leaves_nothing_half_copied(
+    finished, tmp_path, small_disk
+):
     dest = small_disk / "logs"
     dest.mkdir()
-    fill(small_disk, leave=16384)           # room for a folder or two, not for a run's event file
+    fill(small_disk, leave=16384)  # room for a folder or two, not for a run's event file
     code, out, err = trainer(tmp_path, "merge", finished, "--into", dest)
     no_traceback(out, err)
     assert code == 2, out + err
@@ -339,7 +365,7 @@ def test_a_device_or_a_pipe_as_spec_or_csv_is_refused_at_once(tmp_path, kind):
         expected = "is a character device, not a regular file"
     else:
         path = tmp_path / "pipe"
-        os.mkfifo(path)                        # nobody writes to it: reading it would block forever
+        os.mkfifo(path)  # nobody writes to it: reading it would block forever
         expected = "is a named pipe, not a regular file"
     spec = tmp_path / "csv.yaml"
     spec.write_text(f"name: csv\ndata: {{kind: csv, path: {path}, target: y}}\n")
@@ -354,7 +380,9 @@ def test_an_oversized_spec_is_refused_with_its_size(tmp_path, capsys):
     spec = tmp_path / "huge.yaml"
     spec.write_text("name: huge\n" + "# padding\n" * 30000)
     assert main(["check", str(spec)]) == 2
-    assert capsys.readouterr().err == f"error: {spec}: is 300,011 bytes; a spec file may hold at most 262,144\n"
+    assert (
+        capsys.readouterr().err == f"error: {spec}: is 300,011 bytes; a spec file may hold at most 262,144\n"
+    )
 
 
 # --- messages that name the cause -------------------------------------------------------------
@@ -363,13 +391,15 @@ def test_an_oversized_spec_is_refused_with_its_size(tmp_path, capsys):
 def test_a_long_sweep_list_is_named_with_its_length(tmp_path, capsys, monkeypatch):
     from trainer import spec as spec_module
 
-    monkeypatch.setattr(spec_module, "MAX_VALUES", 1000)     # the same code path as 100,000, in less time
+    monkeypatch.setattr(spec_module, "MAX_VALUES", 1000)  # the same code path as 100,000, in less time
     spec = tmp_path / "long.yaml"
     spec.write_text("name: long\nsweep:\n  train.seed: [" + ",".join(["0"] * 1001) + "]\n")
     assert main(["check", str(spec)]) == 2
     err = capsys.readouterr().err
-    assert err == f"error: {spec}:3: sweep.train.seed: the list holds 1,001 values, more than the 1,000 a " \
-                  f"spec may hold\n"
+    assert (
+        err == f"error: {spec}:3: sweep.train.seed: the list holds 1,001 values, more than the 1,000 a "
+        f"spec may hold\n"
+    )
 
 
 @pytest.mark.parametrize("key", ["train.seed", "data.seed"])
@@ -377,11 +407,15 @@ def test_a_seed_torch_cannot_take_is_refused_by_check(tmp_path, capsys, key):
     spec = tmp_path / "seed.yaml"
     section, name = key.split(".")
     data = "data: {kind: synthetic}\n" if section == "train" else ""
-    spec.write_text(f"name: seed\n{data}{section}: {{{'kind: synthetic, ' if section == 'data' else ''}"
-                    f"{name}: {2 ** 64}}}\n")
+    spec.write_text(
+        f"name: seed\n{data}{section}: {{{'kind: synthetic, ' if section == 'data' else ''}"
+        f"{name}: {2**64}}}\n"
+    )
     assert main(["check", str(spec)]) == 2
-    assert f"{key}: must be from -2**63 to 2**64 - 1, the seeds torch takes, got {2 ** 64}" in \
-        capsys.readouterr().err
+    assert (
+        f"{key}: must be from -2**63 to 2**64 - 1, the seeds torch takes, got {2**64}"
+        in capsys.readouterr().err
+    )
 
 
 def test_an_experiment_named_like_the_index_file_is_refused(tmp_path, capsys):
@@ -440,8 +474,10 @@ def test_damaged_runs_are_reported_refused_by_merge_and_rerun_with_the_evidence_
     no_traceback(out, err)
     assert code == 0, out + err
     assert ran_now(out) == 3
-    assert status(tmp_path, logdir)[:2] == (0, dict.fromkeys(["toy/seed=0", "toy/seed=1", "toy/seed=2"],
-                                                                 "complete"))
+    assert status(tmp_path, logdir)[:2] == (
+        0,
+        dict.fromkeys(["toy/seed=0", "toy/seed=1", "toy/seed=2"], "complete"),
+    )
     aside = logdir / "toy" / ".damaged"
     assert sorted(p.name for p in aside.iterdir()) == ["seed=0.1", "seed=1.1", "seed=2.1"]
     assert "its event file is missing" in (aside / "seed=0.1" / "DAMAGED.txt").read_text()
@@ -455,14 +491,18 @@ def test_verify_reads_checksums_that_the_quick_check_cannot_see(finished, tmp_pa
     logdir = copy_of(finished, tmp_path, "logs")
     (event,) = event_files(logdir / "toy/seed=1")
     data = bytearray(event.read_bytes())
-    data[len(data) // 2] ^= 0xFF                 # same size, one byte changed
+    data[len(data) // 2] ^= 0xFF  # same size, one byte changed
     event.write_bytes(bytes(data))
-    assert status(tmp_path, logdir)[:2] == (0, dict.fromkeys(["toy/seed=0", "toy/seed=1", "toy/seed=2"],
-                                                                 "complete"))
+    assert status(tmp_path, logdir)[:2] == (
+        0,
+        dict.fromkeys(["toy/seed=0", "toy/seed=1", "toy/seed=2"], "complete"),
+    )
     code, states, out = status(tmp_path, logdir, "--verify")
     assert code == 1
     assert states["toy/seed=1"] == "damaged" and states["toy/seed=0"] == "complete"
-    assert re.search(r"toy/seed=1: events\.out\.tfevents\.\S+: the record at byte [\d,]+ has a bad checksum", out)
+    assert re.search(
+        r"toy/seed=1: events\.out\.tfevents\.\S+: the record at byte [\d,]+ has a bad checksum", out
+    )
 
 
 def test_a_checkpoint_named_by_the_record_must_be_there(finished, tmp_path):
@@ -484,6 +524,8 @@ def test_a_folder_where_the_index_belongs_is_a_sentence(finished, tmp_path, caps
     out, err = capsys.readouterr()
     no_traceback(out, err)
     assert code == 2
-    assert err == f"error: {dest}/events.out.tfevents.0000000000.hparams-index: is a folder, where the log " \
-                  f"folder's HParams record belongs; move it away; nothing more was done\n"
+    assert (
+        err == f"error: {dest}/events.out.tfevents.0000000000.hparams-index: is a folder, where the log "
+        f"folder's HParams record belongs; move it away; nothing more was done\n"
+    )
     assert sorted(p.name for p in (dest / "toy").iterdir()) == ["seed=0", "seed=1", "seed=2"]

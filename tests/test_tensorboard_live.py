@@ -2,6 +2,7 @@
 
 Every assertion goes through TensorBoard's HTTP API, the same calls its HParams dashboard makes.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,14 @@ PROJECT = Path(__file__).resolve().parents[1]
 # Waits are generous because the machine may be busy; each ends as soon as its condition holds.
 LOAD_TIMEOUT = 120.0
 COMMAND_TIMEOUT = 180.0
-METRIC_TAGS = {"final/train/loss", "best/train/loss", "final/weight_distance", "final/converged",
-               "final/converged_step", "final/diverged"}
+METRIC_TAGS = {
+    "final/train/loss",
+    "best/train/loss",
+    "final/weight_distance",
+    "final/converged",
+    "final/converged_step",
+    "final/diverged",
+}
 # TensorBoard's HParams table shows this many hparam columns at first.
 SHOWN_COLUMNS = 5
 EXPECTED_STATUS = {"complete": "STATUS_SUCCESS", "diverged": "STATUS_FAILURE", "failed": "STATUS_FAILURE"}
@@ -99,14 +106,22 @@ def write(path: Path, text: str) -> Path:
 
 
 def environment() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT), os.environ.get("PYTHONPATH")]))}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT), os.environ.get("PYTHONPATH")])),
+    }
 
 
 def cli(*args: Any, script: Path | None = None) -> subprocess.Popen:
     """Start the project's CLI (or a script wrapping it) in a process of its own."""
     command = [sys.executable, str(script)] if script else [sys.executable, "-m", "trainer"]
-    return subprocess.Popen([*command, *map(str, args)], env=environment(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [*command, *map(str, args)],
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def finish(process: subprocess.Popen) -> tuple[int, str]:
@@ -116,7 +131,9 @@ def finish(process: subprocess.Popen) -> tuple[int, str]:
 
 def records(logdir: Path) -> dict[str, dict[str, Any]]:
     """Each run folder's record.json, by the folder's path relative to the log folder."""
-    return {str(p.parent.relative_to(logdir)): json.loads(p.read_text()) for p in logdir.glob("*/*/record.json")}
+    return {
+        str(p.parent.relative_to(logdir)): json.loads(p.read_text()) for p in logdir.glob("*/*/record.json")
+    }
 
 
 # --- the server -------------------------------------------------------------------------------
@@ -174,11 +191,14 @@ def check_hparams_view(server: TensorBoardServer, logdir: Path) -> tuple[dict[st
     # TensorBoard shows at first the five columns its API gives first (those marked as differing,
     # by name): what the sweeps varied, then (if room is left) the experiment and other settings.
     marked = [name for name, info in columns.items() if info["differs"]]
-    assert [info["name"] for info in experiment["hparamInfos"]][:len(marked)] == sorted(marked)
+    assert [info["name"] for info in experiment["hparamInfos"]][: len(marked)] == sorted(marked)
     swept = swept_settings(recorded)
     assert swept <= set(marked) if len(swept) <= SHOWN_COLUMNS else set(marked) < swept
-    differing = [n for n in columns if len({json.dumps(r["hparams"][n]) for r in recorded.values()
-                                            if n in r["hparams"]}) > 1]
+    differing = [
+        n
+        for n in columns
+        if len({json.dumps(r["hparams"][n]) for r in recorded.values() if n in r["hparams"]}) > 1
+    ]
     assert len(marked) == min(SHOWN_COLUMNS, len(differing))
     expected_type = {bool: "DATA_TYPE_BOOL", float: "DATA_TYPE_FLOAT64", str: "DATA_TYPE_STRING"}
     for name, info in columns.items():
@@ -192,7 +212,7 @@ def check_hparams_view(server: TensorBoardServer, logdir: Path) -> tuple[dict[st
     answer = server.session_groups()
     groups = answer["sessionGroups"]
     names = [g["name"] for g in groups]
-    assert sorted(names) == sorted(recorded) and answer["totalSize"] == len(recorded)       # each once
+    assert sorted(names) == sorted(recorded) and answer["totalSize"] == len(recorded)  # each once
     by_run = {}
     for group in groups:
         record = recorded[group["name"]]
@@ -202,22 +222,24 @@ def check_hparams_view(server: TensorBoardServer, logdir: Path) -> tuple[dict[st
         assert set(group["hparams"]) == set(record["hparams"])
         for key, value in record["hparams"].items():
             shown = group["hparams"][key]
-            assert shown == value and type(shown) in ((bool,) if isinstance(value, bool) else
-                                                      (str,) if isinstance(value, str) else (int, float)), key
+            assert shown == value and type(shown) in (
+                (bool,) if isinstance(value, bool) else (str,) if isinstance(value, str) else (int, float)
+            ), key
         metrics = {m["name"]["tag"]: m["value"] for m in session.get("metricValues", [])}
-        expected = {k: float(v) for k, v in record["metrics"].items() if k in METRIC_TAGS
-                    and v is not None}
+        expected = {k: float(v) for k, v in record["metrics"].items() if k in METRIC_TAGS and v is not None}
         assert metrics == pytest.approx(expected, rel=1e-6), group["name"]
         by_run[group["name"]] = group
     # Parallel coordinates and the scatter matrix draw the sessions that have every declared metric.
-    drawn = [g for g in groups if declared <= {m["name"]["tag"] for m in g["sessions"][0].get("metricValues", [])}]
+    drawn = [
+        g for g in groups if declared <= {m["name"]["tag"] for m in g["sessions"][0].get("metricValues", [])}
+    ]
     assert len(drawn) == sum(r["status"] == "complete" for r in recorded.values())
 
     tags = server.get("/data/plugin/scalars/tags")
     assert sorted(run for run in tags if run != ".") == sorted(recorded)
     for run, run_tags in tags.items():
         if run != ".":
-            assert "loss" in run_tags and "w/0" in run_tags           # curves, and not columns
+            assert "loss" in run_tags and "w/0" in run_tags  # curves, and not columns
     assert not METRIC_TAGS & set(tags.get(".", {}))
     runs = server.get("/data/runs")
     assert len(runs) == len(set(runs))
@@ -230,15 +252,31 @@ def test_hparams_view_of_a_sweep_with_failures_and_of_merged_folders(tmp_path, t
     wrapper = write(tmp_path / "crashing_cli.py", CRASHING_CLI)
     logs = tmp_path / "logs"
     alice, bob, team = tmp_path / "alice", tmp_path / "bob", tmp_path / "team"
-    teammates = [cli("sweep", write(tmp_path / name / "shared.yaml", SHARED.format(lr=lr)), "--logdir",
-                     tmp_path / name / "logs", "--workers", "1", "--quiet") for name, lr in (("alice", 0.05), ("bob", 0.02))]
+    teammates = [
+        cli(
+            "sweep",
+            write(tmp_path / name / "shared.yaml", SHARED.format(lr=lr)),
+            "--logdir",
+            tmp_path / name / "logs",
+            "--workers",
+            "1",
+            "--quiet",
+        )
+        for name, lr in (("alice", 0.05), ("bob", 0.02))
+    ]
 
-    code, out = finish(cli("sweep", grid, blowup, "--logdir", logs, "--workers", "2", "--quiet", script=wrapper))
-    assert code == 1, out                                                  # one run failed
+    code, out = finish(
+        cli("sweep", grid, blowup, "--logdir", logs, "--workers", "2", "--quiet", script=wrapper)
+    )
+    assert code == 1, out  # one run failed
     statuses = {folder: r["status"] for folder, r in records(logs).items()}
-    assert statuses == {"grid/batch_size=1,bias=false": "complete", "grid/batch_size=full,bias=false": "complete",
-                        "grid/batch_size=full,bias=true": "complete", f"grid/{CRASHING_RUN}": "failed",
-                        "blowup/base": "diverged"}, out
+    assert statuses == {
+        "grid/batch_size=1,bias=false": "complete",
+        "grid/batch_size=full,bias=false": "complete",
+        "grid/batch_size=full,bias=true": "complete",
+        f"grid/{CRASHING_RUN}": "failed",
+        "blowup/base": "diverged",
+    }, out
     assert "worker process" in records(logs)[f"grid/{CRASHING_RUN}"]["error"]
 
     columns, groups = check_hparams_view(tensorboard(logs), logs)
@@ -267,4 +305,3 @@ def test_hparams_view_of_a_sweep_with_failures_and_of_merged_folders(tmp_path, t
         shown_metrics = {m["name"]["tag"] for m in group["sessions"][0]["metricValues"]}
         converged = {"final/converged_step"} if merged[folder]["metrics"]["final/converged"] else set()
         assert shown_metrics == METRIC_TAGS - {"final/converged_step"} | converged, folder
-

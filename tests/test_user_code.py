@@ -1,5 +1,6 @@
 """Users' own experiments: their model, data, loss, metric, optimizer and hook by import path,
 classification, validation rows, checkpoints, and every error their code can cause."""
+
 from __future__ import annotations
 
 import json
@@ -11,10 +12,10 @@ import pytest
 import torch
 
 import trainer
+from tests.conftest import read_events, scalars
 from trainer import data
 from trainer.cli import main
 from trainer.sweep import plan
-from tests.conftest import read_events, scalars
 
 MODULES = {
     "mydata.py": '''
@@ -71,12 +72,12 @@ MODULES = {
         def linear(features: int = 3):
             return nn.Linear(features, 1, bias=False)
     ''',
-    "myloss.py": '''
+    "myloss.py": """
         from torch.nn import functional as F
 
         def smooth_ce(output, target, smoothing: float = 0.0):
             return F.cross_entropy(output, target, label_smoothing=smoothing)
-    ''',
+    """,
     "mymetric.py": '''
         def top2(output, target):
             """Top-2 accuracy and the number of misses, as two values."""
@@ -87,7 +88,7 @@ MODULES = {
         def failing(output, target):
             return output.nonexistent()
     ''',
-    "myhook.py": '''
+    "myhook.py": """
         from torch.utils.tensorboard import SummaryWriter
 
         def log_things(writer, step, model, inputs, targets, **context):
@@ -95,7 +96,7 @@ MODULES = {
             writer.add_image("sample", inputs[0], step)
             writer.add_text("note", f"{context['run']} at step {step}", step)
             writer.add_scalar("mine/mean_output", float(model(inputs).mean()), step)
-    ''',
+    """,
     "myopt.py": '''
         import torch
 
@@ -107,9 +108,9 @@ MODULES = {
                     for p in group["params"]:
                         p.grad.zero_()
     ''',
-    "broken.py": '''
+    "broken.py": """
         raise ValueError("this module needs a GPU")
-    ''',
+    """,
 }
 
 CLASSIFY = """
@@ -139,8 +140,9 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     def spec(name: str, text: str) -> str:
         (folder / f"{name}.yaml").write_text(textwrap.dedent(text))
         return f"experiments/{name}.yaml"
+
     yield spec
-    for name in set(sys.modules) - before:      # each test imports the user's modules afresh
+    for name in set(sys.modules) - before:  # each test imports the user's modules afresh
         if name.split(".")[0] in {Path(m).stem for m in MODULES}:
             del sys.modules[name]
     sys.path[:] = [p for p in sys.path if p != str(folder.resolve())]
@@ -172,7 +174,7 @@ def test_user_model_data_loss_metric_and_hook_by_import_path(project):
         assert metrics["best/val/accuracy"] == pytest.approx(max(values["val/accuracy"].values()))
         assert metrics["best/val/loss"] == pytest.approx(min(values["val/loss"].values()))
         assert metrics["best/val/misses"] == pytest.approx(min(values["val/misses"].values()))
-        assert "final/converged" not in metrics and "final/weight_distance" not in metrics   # classification
+        assert "final/converged" not in metrics and "final/weight_distance" not in metrics  # classification
         # The hook's SummaryWriter wrote into the run's one event file, at every evaluation.
         assert len(list(folder.glob("events.out.tfevents.*"))) == 1
         acc = read_events(folder)
@@ -213,7 +215,9 @@ def test_no_checkpoint_when_asked(project):
 
 
 def test_the_validation_split_is_the_same_for_every_run_and_disjoint_from_training(project):
-    spec = project("split", """
+    spec = project(
+        "split",
+        """
         name: split
         data: {kind: "mydata:numbered", rows: 20, validation: 0.3}
         model: {kind: linear}
@@ -222,7 +226,8 @@ def test_the_validation_split_is_the_same_for_every_run_and_disjoint_from_traini
         sweep:
           train.seed: [0, 1]
           optimizer.lr: [0.1, 0.01]
-    """)
+    """,
+    )
     runs = plan([spec])
     parts = []
     for run in runs:
@@ -244,12 +249,16 @@ def test_a_dataset_trains_exactly_as_the_same_tensors(project):
         train: {steps: 40, batch_size: 8, sampling: sequential}
     """
     tensors = project("tensors", "name: tensors\ndata: {kind: 'mydata:table'}\n" + textwrap.dedent(common))
-    dataset = project("dataset", "name: dataset\ndata: {kind: 'mydata:table', as_dataset: true}\n"
-                      + textwrap.dedent(common))
+    dataset = project(
+        "dataset", "name: dataset\ndata: {kind: 'mydata:table', as_dataset: true}\n" + textwrap.dedent(common)
+    )
     assert sweep(tensors) == 0 and sweep(dataset) == 0
     a, b = scalars(Path("logs/tensors/base")), scalars(Path("logs/dataset/base"))
     assert a["loss"] == b["loss"] and a["train/loss"] == b["train/loss"]
-    assert record_of(Path("logs/tensors/base"))["weights_sha256"] == record_of(Path("logs/dataset/base"))["weights_sha256"]
+    assert (
+        record_of(Path("logs/tensors/base"))["weights_sha256"]
+        == record_of(Path("logs/dataset/base"))["weights_sha256"]
+    )
 
 
 def test_text_labels_from_csv_train_a_classifier(project, tmp_path):
@@ -261,7 +270,9 @@ def test_text_labels_from_csv_train_a_classifier(project, tmp_path):
         w, h = (torch.tensor(base) + 0.3 * torch.randn(2, generator=gen)).tolist()
         rows.append(f"{w:.3f},{h:.3f},{species}")
     (tmp_path / "experiments" / "flowers.csv").write_text("\n".join(rows) + "\n")
-    spec = project("flowers", """
+    spec = project(
+        "flowers",
+        """
         name: flowers
         data: {kind: csv, path: flowers.csv, target: species, validation: 0.2, standardize: true}
         model: {kind: mlp, hidden: [8]}
@@ -269,7 +280,8 @@ def test_text_labels_from_csv_train_a_classifier(project, tmp_path):
         optimizer: {kind: adam, lr: 0.05}
         train: {steps: 100, batch_size: 16}
         eval: {every: 25, metrics: [accuracy]}
-    """)
+    """,
+    )
     assert sweep(spec) == 0
     record = record_of(Path("logs/flowers/base"))
     assert record["resolved"]["classes"] == 3 and record["resolved"]["outputs"] == 3
@@ -280,7 +292,9 @@ def test_text_labels_from_csv_train_a_classifier(project, tmp_path):
 def test_gradients_changed_in_place_are_logged_as_the_update_used_them(project):
     """Clipping scales the gradients in place before the update; this optimizer zeroes them in place
     after it. The logged gradient must be the one of the update: w[t+1] = w[t] - lr * g[t]."""
-    spec = project("clip", """
+    spec = project(
+        "clip",
+        """
         name: clip
         data: {kind: seed_toy}
         model: {kind: linear}
@@ -288,57 +302,100 @@ def test_gradients_changed_in_place_are_logged_as_the_update_used_them(project):
         optimizer: {kind: "myopt:ZeroingSGD", lr: 0.1}
         train: {steps: 20, batch_size: full, clip_grad_norm: 0.5}
         log: {every: 1}
-    """)
+    """,
+    )
     assert sweep(spec) == 0
     values = scalars(Path("logs/clip/base"))
     for step in range(20):
         grad = torch.tensor([values[f"g/{i}"][step] for i in range(4)])
-        assert 0.49 < float(grad.norm()) <= 0.5 + 1e-6, step          # clipped (the raw norm is far larger)
+        assert 0.49 < float(grad.norm()) <= 0.5 + 1e-6, step  # clipped (the raw norm is far larger)
         for i in range(4):
             moved = values[f"w/{i}"][step] - values[f"w/{i}"][step + 1]
             assert moved == pytest.approx(0.1 * values[f"g/{i}"][step], abs=1e-6), (step, i)
 
 
-@pytest.mark.parametrize("section, expected", [
-    pytest.param("model: {kind: 'mymodel:Net', widht: 8}",
-                 "{spec}:3: model.widht: unknown key 'widht' for kind 'mymodel:Net' (did you mean 'width'?); "
-                 "its settings: width, classes", id="unknown-key"),
-    pytest.param("model: {kind: 'mymodel:Net', width: eight}",
-                 "{spec}:3: model.width: must be a whole number, got 'eight' (a string)", id="wrong-type"),
-    pytest.param("model: {kind: 'mymodel:Needs'}", "{spec}:3: model.depth: is required", id="missing-argument"),
-    pytest.param("model: {kind: 'mymodle:Net'}",
-                 "{spec}:3: model.kind: cannot import module 'mymodle': no mymodle.py in experiments/ and no "
-                 "installed module of that name (did you mean 'mymodel'?)", id="no-module"),
-    pytest.param("model: {kind: 'mymodel:Nett'}",
-                 "{spec}:3: model.kind: mymodel has no attribute 'Nett' (did you mean 'Net'?) (module file "
-                 "experiments/mymodel.py)", id="no-attribute"),
-    pytest.param("model: {kind: 'mymodel:CONSTANT'}",
-                 "{spec}:3: model.kind: mymodel:CONSTANT is int, not something that can be called; a model kind "
-                 "is an nn.Module class, or a function returning an nn.Module", id="not-callable"),
-    pytest.param("model: {kind: 'broken:Net'}",
-                 "{spec}:3: model.kind: importing 'broken' (experiments/broken.py) raised ValueError: this module "
-                 "needs a GPU", id="module-raises"),
-    pytest.param("model: {kind: 'mymodel:Net'}\ndata: {kind: 'mydata:broken'}",
-                 "{spec}:4: data.kind: mydata:broken raised RuntimeError: cannot reach the data server",
-                 id="data-raises"),
-    pytest.param("model: {kind: 'mymodel:Net', classes: 2}",
-                 "{spec}:2: loss.kind: cross_entropy raised IndexError: Target 2 is out of bounds. for outputs of "
-                 "shape [12, 2] and targets of shape [12] (torch.int64) (run metrics/base)", id="output-misfits-loss"),
-    pytest.param("model: {kind: 'mymodel:Net'}\neval: {metrics: [accuracy, 'mymetric:failing']}",
-                 "{spec}:4: eval.metrics[1]: mymetric:failing raised AttributeError: 'Tensor' object has no "
-                 "attribute 'nonexistent' for outputs of shape [12, 3] and targets of shape [12] (run metrics/base)",
-                 id="metric-raises"),
-    pytest.param("model: {kind: 'mymodel:Net'}\neval: {metrics: [accuracy, top5]}",
-                 "{spec}:4: eval.metrics[1]: unknown metric 'top5'; the built-in metrics are accuracy, mae, rmse, "
-                 "or name a function of yours as module:function", id="unknown-metric"),
-    pytest.param("model: {kind: 'mymodel:Net'}\nlog: {hook: 'myhook:log_thing'}",
-                 "{spec}:4: log.hook: myhook has no attribute 'log_thing' (did you mean 'log_things'?) (module "
-                 "file experiments/myhook.py)", id="no-hook"),
-])
-def test_user_code_errors_name_the_file_line_and_problem_and_write_nothing(project, capsys, section, expected):
-    spec = project("metrics", "name: metrics\nloss: {kind: cross_entropy}\n" + section +
-                   "\ntrain: {steps: 3, batch_size: 12}\n" +
-                   ("" if "data:" in section else "data: {kind: 'mydata:images'}\n"))
+@pytest.mark.parametrize(
+    "section, expected",
+    [
+        pytest.param(
+            "model: {kind: 'mymodel:Net', widht: 8}",
+            "{spec}:3: model.widht: unknown key 'widht' for kind 'mymodel:Net' (did you mean 'width'?); "
+            "its settings: width, classes",
+            id="unknown-key",
+        ),
+        pytest.param(
+            "model: {kind: 'mymodel:Net', width: eight}",
+            "{spec}:3: model.width: must be a whole number, got 'eight' (a string)",
+            id="wrong-type",
+        ),
+        pytest.param(
+            "model: {kind: 'mymodel:Needs'}", "{spec}:3: model.depth: is required", id="missing-argument"
+        ),
+        pytest.param(
+            "model: {kind: 'mymodle:Net'}",
+            "{spec}:3: model.kind: cannot import module 'mymodle': no mymodle.py in experiments/ and no "
+            "installed module of that name (did you mean 'mymodel'?)",
+            id="no-module",
+        ),
+        pytest.param(
+            "model: {kind: 'mymodel:Nett'}",
+            "{spec}:3: model.kind: mymodel has no attribute 'Nett' (did you mean 'Net'?) (module file "
+            "experiments/mymodel.py)",
+            id="no-attribute",
+        ),
+        pytest.param(
+            "model: {kind: 'mymodel:CONSTANT'}",
+            "{spec}:3: model.kind: mymodel:CONSTANT is int, not something that can be called; a model kind "
+            "is an nn.Module class, or a function returning an nn.Module",
+            id="not-callable",
+        ),
+        pytest.param(
+            "model: {kind: 'broken:Net'}",
+            "{spec}:3: model.kind: importing 'broken' (experiments/broken.py) raised ValueError: this module "
+            "needs a GPU",
+            id="module-raises",
+        ),
+        pytest.param(
+            "model: {kind: 'mymodel:Net'}\ndata: {kind: 'mydata:broken'}",
+            "{spec}:4: data.kind: mydata:broken raised RuntimeError: cannot reach the data server",
+            id="data-raises",
+        ),
+        pytest.param(
+            "model: {kind: 'mymodel:Net', classes: 2}",
+            "{spec}:2: loss.kind: cross_entropy raised IndexError: Target 2 is out of bounds. for outputs of "
+            "shape [12, 2] and targets of shape [12] (torch.int64) (run metrics/base)",
+            id="output-misfits-loss",
+        ),
+        pytest.param(
+            "model: {kind: 'mymodel:Net'}\neval: {metrics: [accuracy, 'mymetric:failing']}",
+            "{spec}:4: eval.metrics[1]: mymetric:failing raised AttributeError: 'Tensor' object has no "
+            "attribute 'nonexistent' for outputs of shape [12, 3] and targets of shape [12] (run metrics/base)",
+            id="metric-raises",
+        ),
+        pytest.param(
+            "model: {kind: 'mymodel:Net'}\neval: {metrics: [accuracy, top5]}",
+            "{spec}:4: eval.metrics[1]: unknown metric 'top5'; the built-in metrics are accuracy, mae, rmse, "
+            "or name a function of yours as module:function",
+            id="unknown-metric",
+        ),
+        pytest.param(
+            "model: {kind: 'mymodel:Net'}\nlog: {hook: 'myhook:log_thing'}",
+            "{spec}:4: log.hook: myhook has no attribute 'log_thing' (did you mean 'log_things'?) (module "
+            "file experiments/myhook.py)",
+            id="no-hook",
+        ),
+    ],
+)
+def test_user_code_errors_name_the_file_line_and_problem_and_write_nothing(
+    project, capsys, section, expected
+):
+    spec = project(
+        "metrics",
+        "name: metrics\nloss: {kind: cross_entropy}\n"
+        + section
+        + "\ntrain: {steps: 3, batch_size: 12}\n"
+        + ("" if "data:" in section else "data: {kind: 'mydata:images'}\n"),
+    )
     capsys.readouterr()
     assert sweep(spec) == 2
     out, err = capsys.readouterr()
@@ -354,21 +411,34 @@ def test_check_says_which_user_code_it_imported(project, capsys):
         f"{spec}: ok, 2 runs",
         "imported and tried, to check the specs: mydata:images (experiments/mydata.py), mymodel:Net "
         "(experiments/mymodel.py), myloss:smooth_ce (experiments/myloss.py), mymetric:top2 "
-        "(experiments/mymetric.py), myhook:log_things (experiments/myhook.py)"]
+        "(experiments/mymetric.py), myhook:log_things (experiments/myhook.py)",
+    ]
 
 
-@pytest.mark.parametrize("settings, check", [
-    pytest.param("loss: {kind: huber, delta: 0.5}\noptimizer: {kind: adamw, lr: 0.05, weight_decay: 0.01}",
-                 "adamw", id="huber-adamw"),
-    pytest.param("loss: {kind: mse}\nschedule: {kind: exponential, gamma: 0.9}", "exponential", id="exponential"),
-])
+@pytest.mark.parametrize(
+    "settings, check",
+    [
+        pytest.param(
+            "loss: {kind: huber, delta: 0.5}\noptimizer: {kind: adamw, lr: 0.05, weight_decay: 0.01}",
+            "adamw",
+            id="huber-adamw",
+        ),
+        pytest.param(
+            "loss: {kind: mse}\nschedule: {kind: exponential, gamma: 0.9}", "exponential", id="exponential"
+        ),
+    ],
+)
 def test_builtin_kinds_against_a_hand_written_torch_loop(project, settings, check):
-    spec = project("kinds", "name: kinds\ndata: {kind: seed_toy}\nmodel: {kind: linear}\n" + settings +
-                   "\ntrain: {steps: 25, batch_size: full, device: auto}\nlog: {every: 1}\n")
+    spec = project(
+        "kinds",
+        "name: kinds\ndata: {kind: seed_toy}\nmodel: {kind: linear}\n"
+        + settings
+        + "\ntrain: {steps: 25, batch_size: full, device: auto}\nlog: {every: 1}\n",
+    )
     assert sweep(spec) == 0
     folder = Path("logs/kinds/base")
     values, record = scalars(folder), record_of(folder)
-    assert record["resolved"]["device"] == "cpu"       # tiny models stay on the CPU under 'auto'
+    assert record["resolved"]["device"] == "cpu"  # tiny models stay on the CPU under 'auto'
     x = torch.tensor(data.SEED_ROWS, dtype=torch.float32)
     y = x @ torch.tensor(data.SEED_WEIGHTS)
     torch.manual_seed(0)
@@ -383,8 +453,9 @@ def test_builtin_kinds_against_a_hand_written_torch_loop(project, settings, chec
         schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.9)
     for step in range(25):
         if check == "exponential":
-            assert values["lr"].get(step, values["lr"][max(s for s in values["lr"] if s <= step)]) == \
-                pytest.approx(0.1 * 0.9 ** step, rel=1e-6)
+            assert values["lr"].get(
+                step, values["lr"][max(s for s in values["lr"] if s <= step)]
+            ) == pytest.approx(0.1 * 0.9**step, rel=1e-6)
         loss = loss_fn(model(x).squeeze(-1), y)
         assert values["loss"][step] == pytest.approx(loss.item(), rel=1e-6)
         optimizer.zero_grad()
@@ -401,7 +472,9 @@ def test_csv_regression_learns_the_true_weights(project, tmp_path):
     y = x @ torch.tensor([2.0, -1.0]) + 0.5
     lines = ["a,b,y"] + [f"{a:.6f},{b:.6f},{t:.6f}" for (a, b), t in zip(x.tolist(), y.tolist())]
     (tmp_path / "experiments" / "line.csv").write_text("\n".join(lines) + "\n")
-    spec = project("line", """
+    spec = project(
+        "line",
+        """
         name: line
         data: {kind: csv, path: line.csv, target: y, true_weights: [2.0, -1.0], validation: 0.2}
         model: {kind: linear, bias: true}
@@ -409,7 +482,8 @@ def test_csv_regression_learns_the_true_weights(project, tmp_path):
         optimizer: {kind: sgd, lr: 0.1}
         train: {steps: 300, batch_size: 10}
         eval: {metrics: [mae, rmse]}
-    """)
+    """,
+    )
     assert sweep(spec) == 0
     record = record_of(Path("logs/line/base"))
     assert record["final_weights"]["weight"] == pytest.approx([2.0, -1.0], abs=1e-3)

@@ -1,4 +1,5 @@
 """`python -m trainer ...`"""
+
 import sys
 
 from trainer.cli import main

@@ -1,7 +1,9 @@
 """Minibatches: every step's rows drawn up front in chunks, so the training loop only indexes a list."""
+
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -9,8 +11,9 @@ import torch
 CHUNK_ELEMENTS = 65_536
 
 
-def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int | None, steps: int, sampling: str,
-            seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int | None, steps: int, sampling: str, seed: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (x, y) for each of `steps` steps; batch_size None means the whole table every step."""
     rows = x.shape[0]
     if batch_size is None or batch_size >= rows and sampling != "with_replacement":
@@ -24,8 +27,9 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int | None, steps: int
         yield from zip(x[index].split(sizes), y[index].split(sizes))
 
 
-def _index_chunks(rows: int, batch_size: int, steps: int, sampling: str,
-                  gen: torch.Generator) -> Iterator[tuple[torch.Tensor, list[int]]]:
+def _index_chunks(
+    rows: int, batch_size: int, steps: int, sampling: str, gen: torch.Generator
+) -> Iterator[tuple[torch.Tensor, list[int]]]:
     per_chunk = max(1, CHUNK_ELEMENTS // batch_size)
     if sampling == "with_replacement":
         done = 0
@@ -49,8 +53,9 @@ def _index_chunks(rows: int, batch_size: int, steps: int, sampling: str,
         yield torch.cat(chunk), [len(c) for c in chunk]
 
 
-def loader_batches(dataset: Any, batch_size: int | None, steps: int, sampling: str, seed: int,
-                   device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def loader_batches(
+    dataset: Any, batch_size: int | None, steps: int, sampling: str, seed: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (x, y) for each of `steps` steps from a map-style Dataset, through a DataLoader whose
     sampler is seeded like the tensor path's (with replacement, a permutation per epoch, or in order)."""
     from torch.utils.data import DataLoader, RandomSampler, SequentialSampler

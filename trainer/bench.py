@@ -3,6 +3,7 @@
 Every timing is the median of repeated runs taken in turn (A, B, A, B, ...), so a noisy neighbour
 slows both sides alike. Nothing here is asserted: the table shows each figure next to its target.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import yaml
@@ -32,17 +33,22 @@ from trainer.train import train
 ROOT = Path(__file__).resolve().parents[1]
 
 NOTEBOOK = {
-    "name": "bench-notebook", "data": {"kind": "seed_toy"}, "model": {"kind": "linear", "bias": False},
-    "loss": {"kind": "l1", "reduction": "sum"}, "optimizer": {"kind": "sgd", "lr": 0.1},
+    "name": "bench-notebook",
+    "data": {"kind": "seed_toy"},
+    "model": {"kind": "linear", "bias": False},
+    "loss": {"kind": "l1", "reduction": "sum"},
+    "optimizer": {"kind": "sgd", "lr": 0.1},
     "train": {"steps": 1000, "batch_size": 1, "device": "cpu"},
     "log": {"every": 1, "histograms_every": 10},
 }
 MLP = {
-    "name": "bench-mlp", "data": {"kind": "synthetic", "rows": 4000, "features": 16, "noise": 0.1},
-    "model": {"kind": "mlp", "hidden": [32, 32]}, "loss": {"kind": "mse"},
+    "name": "bench-mlp",
+    "data": {"kind": "synthetic", "rows": 4000, "features": 16, "noise": 0.1},
+    "model": {"kind": "mlp", "hidden": [32, 32]},
+    "loss": {"kind": "mse"},
     "optimizer": {"kind": "adam", "lr": 0.003},
     "train": {"steps": 1000, "batch_size": 32, "device": "cpu"},
-    "eval": {"every": 100},       # a pass over 4,000 rows costs several steps; the hand loop makes none
+    "eval": {"every": 100},  # a pass over 4,000 rows costs several steps; the hand loop makes none
     "log": {"every": 1, "histograms_every": 10},
 }
 
@@ -85,6 +91,7 @@ def hand_loop(problem: dict, writer_dir: Path | None) -> None:
     random.seed(0)
     run = plan_one(problem)
     from trainer import data
+
     dataset = data.load(run.config.data, Path(run.data_folder))
     x, y = dataset.x, dataset.y
     if problem is NOTEBOOK:
@@ -92,19 +99,25 @@ def hand_loop(problem: dict, writer_dir: Path | None) -> None:
         criterion = torch.nn.L1Loss(reduction="sum")
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     else:
-        model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32),
-                                    torch.nn.ReLU(), torch.nn.Linear(32, 1))
+        model = torch.nn.Sequential(
+            torch.nn.Linear(16, 32),
+            torch.nn.ReLU(),
+            torch.nn.Linear(32, 32),
+            torch.nn.ReLU(),
+            torch.nn.Linear(32, 1),
+        )
         criterion = torch.nn.MSELoss()
         optimizer = torch.optim.Adam(model.parameters(), lr=0.003)
     writer = None
     if writer_dir is not None:
         from torch.utils.tensorboard import SummaryWriter
+
         writer = SummaryWriter(str(writer_dir))
     batch = run.batch_size
     for step in range(run.steps):
         if batch == 1:
             i = random.choice(range(x.shape[0]))
-            xb, yb = x[i:i + 1], y[i:i + 1]
+            xb, yb = x[i : i + 1], y[i : i + 1]
         else:
             idx = torch.randint(0, x.shape[0], (batch,))
             xb, yb = x[idx], y[idx]
@@ -125,8 +138,9 @@ def hand_loop(problem: dict, writer_dir: Path | None) -> None:
                     for name, p in model.named_parameters():
                         writer.add_histogram(f"grad/{name}", p.grad, step)
     if writer is not None:
-        writer.add_hparams({"lr": optimizer.param_groups[0]["lr"], "batch_size": batch},
-                           {"final_loss": loss.item()})
+        writer.add_hparams(
+            {"lr": optimizer.param_groups[0]["lr"], "batch_size": batch}, {"final_loss": loss.item()}
+        )
         writer.close()
 
 
@@ -152,32 +166,52 @@ def trainer_run(run, logdir: Path | None) -> None:
 
 def measure_logging(problem: dict, repeats: int, scratch: Path) -> dict[str, float]:
     run = plan_one(problem)
-    times = interleaved({
-        "hand, no logging": lambda: hand_loop(problem, None),
-        "trainer, logging off": lambda: trainer_run(run, None),
-        "trainer, full logging": lambda: trainer_run(run, scratch / "trainer-run"),
-    }, repeats)
+    times = interleaved(
+        {
+            "hand, no logging": lambda: hand_loop(problem, None),
+            "trainer, logging off": lambda: trainer_run(run, None),
+            "trainer, full logging": lambda: trainer_run(run, scratch / "trainer-run"),
+        },
+        repeats,
+    )
     # Measured apart: its heavy allocations slowed whatever ran right after it.
-    heavy = interleaved({"hand, SummaryWriter logging":
-                         lambda: hand_loop(problem, Path(tempfile.mkdtemp(dir=scratch)))}, max(3, repeats // 3))
+    heavy = interleaved(
+        {"hand, SummaryWriter logging": lambda: hand_loop(problem, Path(tempfile.mkdtemp(dir=scratch)))},
+        max(3, repeats // 3),
+    )
     medians = {k: statistics.median(v) for k, v in {**times, **heavy}.items()}
-    order = ["hand, no logging", "hand, SummaryWriter logging", "trainer, logging off", "trainer, full logging"]
-    return {"seconds": {k: medians[k] for k in order},
-            "full / off, paired": paired_ratio(times, "trainer, full logging", "trainer, logging off"),
-            "full / hand, paired": paired_ratio(times, "trainer, full logging", "hand, no logging")}
+    order = [
+        "hand, no logging",
+        "hand, SummaryWriter logging",
+        "trainer, logging off",
+        "trainer, full logging",
+    ]
+    return {
+        "seconds": {k: medians[k] for k in order},
+        "full / off, paired": paired_ratio(times, "trainer, full logging", "trainer, logging off"),
+        "full / hand, paired": paired_ratio(times, "trainer, full logging", "hand, no logging"),
+    }
 
 
 def measure_digits(repeats: int, scratch: Path) -> dict[str, float]:
     """The digits experiment's best-configured run (a user's CNN, data, metric and hook): logging off
     against full logging, which includes the confusion-matrix hook at every evaluation."""
-    runs = plan([str(ROOT / "experiments/digits.yaml")], ["optimizer.lr=0.003", "model.channels=16", "train.seed=0"])
+    runs = plan(
+        [str(ROOT / "experiments/digits.yaml")], ["optimizer.lr=0.003", "model.channels=16", "train.seed=0"]
+    )
     (run,) = runs
-    times = interleaved({
-        "trainer, logging off": lambda: trainer_run(run, None),
-        "trainer, full logging": lambda: trainer_run(run, scratch / "digits-run"),
-    }, repeats)
-    return {"seconds": {k: statistics.median(v) for k, v in times.items()}, "steps": run.steps,
-            "full / off, paired": paired_ratio(times, "trainer, full logging", "trainer, logging off")}
+    times = interleaved(
+        {
+            "trainer, logging off": lambda: trainer_run(run, None),
+            "trainer, full logging": lambda: trainer_run(run, scratch / "digits-run"),
+        },
+        repeats,
+    )
+    return {
+        "seconds": {k: statistics.median(v) for k, v in times.items()},
+        "steps": run.steps,
+        "full / off, paired": paired_ratio(times, "trainer, full logging", "trainer, logging off"),
+    }
 
 
 # --- sizes ------------------------------------------------------------------------------------
@@ -196,11 +230,14 @@ def log_sizes(scratch: Path) -> dict[str, float]:
     for raw in RawEventFileLoader(str(event_file)).Load():
         event = event_pb2.Event.FromString(raw)
         if event.HasField("summary") and any(v.HasField("histo") for v in event.summary.value):
-            histogram_bytes.append(len(raw) + 16)          # plus the record's framing
+            histogram_bytes.append(len(raw) + 16)  # plus the record's framing
     disk = sum(p.stat().st_blocks * 512 for p in folder.iterdir())
-    return {"run folder on disk (bytes)": disk, "event file (bytes)": event_file.stat().st_size,
-            "histogram event (bytes, median)": statistics.median(histogram_bytes),
-            "histograms per event": 2}
+    return {
+        "run folder on disk (bytes)": disk,
+        "event file (bytes)": event_file.stat().st_size,
+        "histogram event (bytes, median)": statistics.median(histogram_bytes),
+        "histograms per event": 2,
+    }
 
 
 # --- sweeps -----------------------------------------------------------------------------------
@@ -252,12 +289,29 @@ class TreeMemory:
         self.thread.join()
 
 
-def timed_sweep(specs: list[str], logdir: Path, workers: int, extra: list[str] = ()) -> tuple[float, TreeMemory]:
+def timed_sweep(
+    specs: list[str], logdir: Path, workers: int, extra: list[str] = ()
+) -> tuple[float, TreeMemory]:
     shutil.rmtree(logdir, ignore_errors=True)
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "trainer", "sweep", *specs, "--logdir", str(logdir),
-                             "--workers", str(workers), "--quiet", *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            "sweep",
+            *specs,
+            "--logdir",
+            str(logdir),
+            "--workers",
+            str(workers),
+            "--quiet",
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
     memory = TreeMemory(proc.pid)
     _, err = proc.communicate()
     elapsed = time.perf_counter() - start
@@ -270,6 +324,7 @@ def timed_sweep(specs: list[str], logdir: Path, workers: int, extra: list[str] =
 def run_phase(logdir: Path) -> float:
     """Seconds from the first run's start to the last run's end, from the runs' records."""
     import datetime
+
     records = index.records(logdir)
     starts = [datetime.datetime.fromisoformat(r["started"]).timestamp() for r in records]
     ends = [datetime.datetime.fromisoformat(r["ended"]).timestamp() for r in records]
@@ -291,9 +346,13 @@ def measure_scaling(repeats: int, scratch: Path) -> dict[str, float]:
             logdir = scratch / f"compare-{workers}"
             times[workers].append(timed_sweep(specs, logdir, workers)[0])
             phases[workers].append(run_phase(logdir))
-    result = {f"comparison set, {w} worker{'s' if w > 1 else ''} (s)": statistics.median(t) for w, t in times.items()}
-    result.update({f"runs phase, {w} worker{'s' if w > 1 else ''} (s)": statistics.median(t)
-                   for w, t in phases.items()})
+    result = {
+        f"comparison set, {w} worker{'s' if w > 1 else ''} (s)": statistics.median(t)
+        for w, t in times.items()
+    }
+    result.update(
+        {f"runs phase, {w} worker{'s' if w > 1 else ''} (s)": statistics.median(t) for w, t in phases.items()}
+    )
     result["worker start-up (s)"] = statistics.median(worker_startup() for _ in range(3))
     return result
 
@@ -301,12 +360,27 @@ def measure_scaling(repeats: int, scratch: Path) -> dict[str, float]:
 def measure_large_sweep(scratch: Path, runs: int) -> dict[str, float]:
     """A sweep of `runs` notebook runs of 200 steps: time, memory, and the end-of-sweep work."""
     spec = scratch / "many.yaml"
-    spec.write_text(yaml.safe_dump({**NOTEBOOK, "name": "many", "train": {**NOTEBOOK["train"], "steps": 200},
-                                    "sweep": {"train.seed": list(range(runs))}}))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                **NOTEBOOK,
+                "name": "many",
+                "train": {**NOTEBOOK["train"], "steps": 200},
+                "sweep": {"train.seed": list(range(runs))},
+            }
+        )
+    )
     quarter = scratch / "quarter.yaml"
-    quarter.write_text(yaml.safe_dump({**NOTEBOOK, "name": "quarter",
-                                       "train": {**NOTEBOOK["train"], "steps": 200},
-                                       "sweep": {"train.seed": list(range(runs // 4))}}))
+    quarter.write_text(
+        yaml.safe_dump(
+            {
+                **NOTEBOOK,
+                "name": "quarter",
+                "train": {**NOTEBOOK["train"], "steps": 200},
+                "sweep": {"train.seed": list(range(runs // 4))},
+            }
+        )
+    )
     small_time, _ = timed_sweep([str(quarter)], scratch / "quarter-logs", 2)
     single, _ = timed_sweep([str(spec)], scratch / "many-logs", 1)
     elapsed, memory = timed_sweep([str(spec)], scratch / "many-logs", 2)
@@ -316,8 +390,8 @@ def measure_large_sweep(scratch: Path, runs: int) -> dict[str, float]:
     index.rebuild(logdir, records)
     index_time = time.perf_counter() - start
     samples = memory.parent
-    early = statistics.median(samples[len(samples) // 10: len(samples) // 5 + 1]) if len(samples) > 10 else 0
-    late = statistics.median(samples[-max(1, len(samples) // 10):]) if samples else 0
+    early = statistics.median(samples[len(samples) // 10 : len(samples) // 5 + 1]) if len(samples) > 10 else 0
+    late = statistics.median(samples[-max(1, len(samples) // 10) :]) if samples else 0
     return {
         f"{runs // 4}-run sweep (s)": small_time,
         f"{runs}-run sweep, 1 worker (s)": single,
@@ -335,8 +409,10 @@ def measure_large_sweep(scratch: Path, runs: int) -> dict[str, float]:
 
 
 def report(results: dict) -> list[str]:
-    lines = [f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-             f"torch {torch.__version__}, device cpu"]
+    lines = [
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"torch {torch.__version__}, device cpu"
+    ]
     for problem in ("notebook", "mlp"):
         t = results[problem]["seconds"]
         ref = t["hand, no logging"]
@@ -346,35 +422,53 @@ def report(results: dict) -> list[str]:
         for name, seconds in t.items():
             lines.append(f"  {name:32} {seconds:9.3f} {seconds / ref:12.2f}")
         for label, key, of_medians, target in (
-                ("full logging / logging off", "full / off, paired", t["trainer, full logging"] / t["trainer, logging off"], 1.15),
-                ("full logging / hand, no logging", "full / hand, paired", t["trainer, full logging"] / ref, 1.0)):
+            (
+                "full logging / logging off",
+                "full / off, paired",
+                t["trainer, full logging"] / t["trainer, logging off"],
+                1.15,
+            ),
+            ("full logging / hand, no logging", "full / hand, paired", t["trainer, full logging"] / ref, 1.0),
+        ):
             paired = results[problem][key]
-            lines.append(f"  {label} = {paired:.3f} (median of the rounds' ratios; {of_medians:.3f} from the "
-                         f"medians)   (target <= {target}: {_ok(paired <= target)})")
+            lines.append(
+                f"  {label} = {paired:.3f} (median of the rounds' ratios; {of_medians:.3f} from the "
+                f"medians)   (target <= {target}: {_ok(paired <= target)})"
+            )
     digits = results["digits"]
     t = digits["seconds"]
     lines.append("")
-    lines.append(f"digits (a user's CNN, data, metric and hook): {digits['steps']} steps, median of "
-                 f"{results['digits_repeats']} runs")
+    lines.append(
+        f"digits (a user's CNN, data, metric and hook): {digits['steps']} steps, median of "
+        f"{results['digits_repeats']} runs"
+    )
     for name, seconds in t.items():
         lines.append(f"  {name:32} {seconds:9.3f}")
     paired = digits["full / off, paired"]
-    lines.append(f"  full logging / logging off = {paired:.3f} (median of the rounds' ratios; "
-                 f"{t['trainer, full logging'] / t['trainer, logging off']:.3f} from the medians)   "
-                 f"(target <= 1.15: {_ok(paired <= 1.15)})")
+    lines.append(
+        f"  full logging / logging off = {paired:.3f} (median of the rounds' ratios; "
+        f"{t['trainer, full logging'] / t['trainer, logging off']:.3f} from the medians)   "
+        f"(target <= 1.15: {_ok(paired <= 1.15)})"
+    )
     scaling = results["scaling"]
     one, two = scaling["comparison set, 1 worker (s)"], scaling["comparison set, 2 workers (s)"]
     lines.append("")
-    lines.append(f"comparison set ({results['comparison_runs']} runs): 1 worker {one:.1f} s, 2 workers {two:.1f} s,"
-                 f" speed-up {one / two:.2f}   (target >= 1.8: {_ok(one / two >= 1.8)})")
+    lines.append(
+        f"comparison set ({results['comparison_runs']} runs): 1 worker {one:.1f} s, 2 workers {two:.1f} s,"
+        f" speed-up {one / two:.2f}   (target >= 1.8: {_ok(one / two >= 1.8)})"
+    )
     p1, p2 = scaling["runs phase, 1 worker (s)"], scaling["runs phase, 2 workers (s)"]
-    lines.append(f"  from the first run's start to the last run's end: {p1:.1f} s and {p2:.1f} s, speed-up "
-                 f"{p1 / p2:.2f}; each worker first spends {scaling['worker start-up (s)']:.1f} s importing torch")
+    lines.append(
+        f"  from the first run's start to the last run's end: {p1:.1f} s and {p2:.1f} s, speed-up "
+        f"{p1 / p2:.2f}; each worker first spends {scaling['worker start-up (s)']:.1f} s importing torch"
+    )
     sizes = results["sizes"]
-    lines.append(f"notebook run, 1000 steps, full logging: {sizes['run folder on disk (bytes)'] / 1000:.0f} KB on "
-                 f"disk (target < 200 KB: {_ok(sizes['run folder on disk (bytes)'] < 200_000)}); histogram event "
-                 f"{sizes['histogram event (bytes, median)']:.0f} bytes for two histograms "
-                 f"(target < 1 KB: {_ok(sizes['histogram event (bytes, median)'] < 1000)})")
+    lines.append(
+        f"notebook run, 1000 steps, full logging: {sizes['run folder on disk (bytes)'] / 1000:.0f} KB on "
+        f"disk (target < 200 KB: {_ok(sizes['run folder on disk (bytes)'] < 200_000)}); histogram event "
+        f"{sizes['histogram event (bytes, median)']:.0f} bytes for two histograms "
+        f"(target < 1 KB: {_ok(sizes['histogram event (bytes, median)'] < 1000)})"
+    )
     if "large" in results:
         lines.append("")
         for name, value in results["large"].items():
@@ -383,17 +477,25 @@ def report(results: dict) -> list[str]:
         peak = big["peak memory, sweep and workers (MB)"]
         lines.append(f"  peak memory target < 2048 MB: {_ok(peak < 2048)}")
         early, late = big["sweep process memory early (MB)"], big["sweep process memory late (MB)"]
-        lines.append(f"  sweep process memory {early:.1f} MB early, {late:.1f} MB late "
-                     f"(target: flat, under 10 MB of growth: {_ok(late - early < 10)})")
+        lines.append(
+            f"  sweep process memory {early:.1f} MB early, {late:.1f} MB late "
+            f"(target: flat, under 10 MB of growth: {_ok(late - early < 10)})"
+        )
         runs = results["large_runs"]
         took = big[f"index of {runs} runs (s)"]
-        lines.append(f"  HParams index of every run rebuilt in {took:.2f} s (target: seconds: {_ok(took < 10)})")
+        lines.append(
+            f"  HParams index of every run rebuilt in {took:.2f} s (target: seconds: {_ok(took < 10)})"
+        )
         few, many = big[f"time per run, {runs // 4} runs (ms)"], big[f"time per run, {runs} runs (ms)"]
-        lines.append(f"  time per run: {few:.1f} ms over {runs // 4} runs, {many:.1f} ms over {runs} "
-                     f"(target: proportional to the runs, no growth per run: {_ok(many <= 1.1 * few)})")
+        lines.append(
+            f"  time per run: {few:.1f} ms over {runs // 4} runs, {many:.1f} ms over {runs} "
+            f"(target: proportional to the runs, no growth per run: {_ok(many <= 1.1 * few)})"
+        )
         speedup = big[f"{runs}-run sweep, 1 worker (s)"] / big[f"{runs}-run sweep (s)"]
-        lines.append(f"  {runs}-run sweep, 2 workers against 1: speed-up {speedup:.2f} (no target: its runs are "
-                     f"short, so the workers' start-up weighs more than in the comparison set)")
+        lines.append(
+            f"  {runs}-run sweep, 2 workers against 1: speed-up {speedup:.2f} (no target: its runs are "
+            f"short, so the workers' start-up weighs more than in the comparison set)"
+        )
     return lines
 
 
@@ -403,8 +505,12 @@ def _ok(flag: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=31, help="timed runs per measurement (median reported)")
-    parser.add_argument("--sweep-repeats", type=int, default=3, help="timed comparison-set sweeps per worker count")
+    parser.add_argument(
+        "--repeats", type=int, default=31, help="timed runs per measurement (median reported)"
+    )
+    parser.add_argument(
+        "--sweep-repeats", type=int, default=3, help="timed comparison-set sweeps per worker count"
+    )
     parser.add_argument("--large-runs", type=int, default=1000, help="runs in the scale test (0 to skip)")
     parser.add_argument("--out", default="bench-out/results.json", help="where to write the figures as JSON")
     args = parser.parse_args(argv)
@@ -417,7 +523,9 @@ def main(argv: list[str] | None = None) -> int:
         results["digits_repeats"] = max(5, args.repeats // 3)
         results["digits"] = measure_digits(results["digits_repeats"], scratch)
         results["sizes"] = log_sizes(scratch)
-        results["comparison_runs"] = len(plan([str(p) for p in sorted((ROOT / "experiments").glob("*.yaml"))]))
+        results["comparison_runs"] = len(
+            plan([str(p) for p in sorted((ROOT / "experiments").glob("*.yaml"))])
+        )
         results["scaling"] = measure_scaling(args.sweep_repeats, scratch)
         if args.large_runs:
             results["large"] = measure_large_sweep(scratch, args.large_runs)

@@ -9,6 +9,7 @@ norms of large ones, then the same for the gradients. For its histogram steps it
 HistogramBatch: for every parameter's weights and then every parameter's gradients, the min, max,
 sum, sum of squares and equal-width bucket counts (no more buckets than elements).
 """
+
 from __future__ import annotations
 
 import math
@@ -18,7 +19,6 @@ import numpy as np
 import torch
 
 HISTOGRAM_BINS = 30
-
 
 
 def bucket_layout(sizes: list[int], bins: int = HISTOGRAM_BINS) -> tuple[list[int], list[int]]:
@@ -57,11 +57,13 @@ class HostCapture:
         self.large_count = len(large)
         # Buffers share the parameters' memory: the optimizer updates in place, so they stay current.
         self.memory = [memoryview(p.detach().numpy()).cast("B") for p in self.params]
-        self.zeros = [bytes(4 * p.numel()) for p in self.params]      # the gradient of a parameter the loss missed
+        self.zeros = [
+            bytes(4 * p.numel()) for p in self.params
+        ]  # the gradient of a parameter the loss missed
         sizes = [p.numel() for p in self.params]
         self.total = sum(sizes)
-        self.small_elements = sum(sizes[:len(small)])
-        large_starts = np.cumsum([self.small_elements] + sizes[len(small):]).tolist()
+        self.small_elements = sum(sizes[: len(small)])
+        large_starts = np.cumsum([self.small_elements] + sizes[len(small) :]).tolist()
         self.large_spans = list(zip(large_starts, large_starts[1:]))
         both = sizes * 2
         self.bins, self.starts = bucket_layout(both)
@@ -84,8 +86,11 @@ class HostCapture:
         self.weights.append(b"".join(self.memory))
         # A copy of the gradients too, not a reference: clipping, accumulation or an optimizer
         # may change them in place after this step.
-        self.grads.append(b"".join([_raw(p.grad) if p.grad is not None else zero
-                                    for p, zero in zip(self.params, self.zeros)]))
+        self.grads.append(
+            b"".join(
+                [_raw(p.grad) if p.grad is not None else zero for p, zero in zip(self.params, self.zeros)]
+            )
+        )
         self.histogram_flags.append(histogram)
 
     def take(self) -> tuple[np.ndarray, HistogramBatch | None]:
@@ -108,8 +113,11 @@ class HostCapture:
 
     def _norms(self, values: np.ndarray) -> np.ndarray:
         """Each large parameter's norm in each row (summed in float32: the curves are float32 anyway)."""
-        return np.sqrt(np.column_stack([np.einsum("ij,ij->i", values[:, a:b], values[:, a:b])
-                                        for a, b in self.large_spans])).astype(np.float64)
+        return np.sqrt(
+            np.column_stack(
+                [np.einsum("ij,ij->i", values[:, a:b], values[:, a:b]) for a, b in self.large_spans]
+            )
+        ).astype(np.float64)
 
     def _histograms(self, values: np.ndarray) -> HistogramBatch:
         """All histograms of all histogram steps of a chunk, in a handful of NumPy operations (in
@@ -130,8 +138,9 @@ class HostCapture:
         ids += self.bucket_base
         ids += (np.arange(steps) * total)[:, None]
         counts = np.bincount(ids.ravel(), minlength=steps * total).reshape(steps, total).astype(np.float64)
-        return HistogramBatch(lo.astype(np.float64), hi.astype(np.float64), sums, squares, counts,
-                              self.bins, self.starts)
+        return HistogramBatch(
+            lo.astype(np.float64), hi.astype(np.float64), sums, squares, counts, self.bins, self.starts
+        )
 
 
 class DeviceCapture:
@@ -146,8 +155,9 @@ class DeviceCapture:
         sizes = [p.numel() for p in self.params] * 2
         self.bins, self.starts = bucket_layout(sizes)
         device = self.params[0].device
-        self.segment = torch.repeat_interleave(torch.arange(len(sizes), device=device),
-                                               torch.tensor(sizes, device=device))
+        self.segment = torch.repeat_interleave(
+            torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device)
+        )
         self.bins_per_element = torch.tensor(self.bins, device=device)[self.segment]
         self.bucket_base = torch.tensor(self.starts, device=device)[self.segment]
         self.reset()
@@ -161,13 +171,17 @@ class DeviceCapture:
     def capture(self, histogram: bool) -> None:
         if self.small:
             self.weights.append(self.copy_weights())
-            self.grads.append(torch.cat([_grad(p).reshape(-1) for p in self.small]))   # a copy: see HostCapture
+            self.grads.append(
+                torch.cat([_grad(p).reshape(-1) for p in self.small])
+            )  # a copy: see HostCapture
         if self.large:
-            self.norms.append(torch.stack(torch._foreach_norm(
-                [*self.large_weights, *(_grad(p) for p in self.large)])))
+            self.norms.append(
+                torch.stack(torch._foreach_norm([*self.large_weights, *(_grad(p) for p in self.large)]))
+            )
         if histogram:
-            self.histogram_rows.append(self._histogram([p.detach() for p in self.params]
-                                                       + [_grad(p) for p in self.params]))
+            self.histogram_rows.append(
+                self._histogram([p.detach() for p in self.params] + [_grad(p) for p in self.params])
+            )
 
     def _histogram(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         flat = torch.cat([t.reshape(-1) for t in tensors]).float()
@@ -179,9 +193,11 @@ class DeviceCapture:
         position = ((flat - lo[seg]) / width[seg]).nan_to_num(0.0)
         bucket = torch.minimum(position.clamp_min(0), (self.bins_per_element - 1).float()).long()
         counts = torch.zeros(sum(self.bins), device=flat.device).index_add_(
-            0, self.bucket_base + bucket, torch.ones_like(flat))
-        sums = torch.zeros(2 * n, device=flat.device).index_add_(0, torch.cat([seg, seg + n]),
-                                                                 torch.cat([flat, flat * flat]))
+            0, self.bucket_base + bucket, torch.ones_like(flat)
+        )
+        sums = torch.zeros(2 * n, device=flat.device).index_add_(
+            0, torch.cat([seg, seg + n]), torch.cat([flat, flat * flat])
+        )
         return torch.cat([lo, hi, sums, counts])
 
     def take(self) -> tuple[np.ndarray, HistogramBatch | None]:
@@ -191,18 +207,25 @@ class DeviceCapture:
         if self.small:
             parts.append(torch.stack(self.weights).view(count, -1))
         if norms is not None:
-            parts.append(norms[:, :len(self.large)])
+            parts.append(norms[:, : len(self.large)])
         if self.small:
             parts.append(torch.stack(self.grads))
         if norms is not None:
-            parts.append(norms[:, len(self.large):])
+            parts.append(norms[:, len(self.large) :])
         rows = torch.cat(parts, dim=1).double().cpu().numpy() if count else np.zeros((0, 0))
         histograms = None
         n = 2 * len(self.params)
         if self.histogram_rows:
             table = torch.stack(self.histogram_rows).double().cpu().numpy()
-            histograms = HistogramBatch(table[:, :n], table[:, n:2 * n], table[:, 2 * n:3 * n],
-                                        table[:, 3 * n:4 * n], table[:, 4 * n:], self.bins, self.starts)
+            histograms = HistogramBatch(
+                table[:, :n],
+                table[:, n : 2 * n],
+                table[:, 2 * n : 3 * n],
+                table[:, 3 * n : 4 * n],
+                table[:, 4 * n :],
+                self.bins,
+                self.starts,
+            )
         self.reset()
         return rows, histograms
 
@@ -217,7 +240,9 @@ def _grad(p: torch.nn.Parameter) -> torch.Tensor:
     return p.grad.detach() if p.grad is not None else torch.zeros_like(p)
 
 
-def capture_for(small: list[torch.nn.Parameter], large: list[torch.nn.Parameter]) -> HostCapture | DeviceCapture:
+def capture_for(
+    small: list[torch.nn.Parameter], large: list[torch.nn.Parameter]
+) -> HostCapture | DeviceCapture:
     """The cheaper way for where the parameters live."""
     params = small + large
     on_cpu = all(p.device.type == "cpu" and p.dtype == torch.float32 and p.is_contiguous() for p in params)

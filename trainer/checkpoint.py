@@ -5,6 +5,7 @@
 A user's model class is imported as the run imported it (the spec's folder first, then installed
 packages); where its file no longer has the hash the record keeps, a warning says so.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,7 +26,7 @@ class CheckpointError(UserError):
     """A run folder whose model cannot be rebuilt."""
 
 
-def load_model(run_folder: str | Path, map_location: Any = "cpu") -> "nn.Module":
+def load_model(run_folder: str | Path, map_location: Any = "cpu") -> nn.Module:
     """The trained model of a finished run, in eval mode, with its final weights."""
     import torch
 
@@ -35,19 +36,26 @@ def load_model(run_folder: str | Path, map_location: Any = "cpu") -> "nn.Module"
         raise CheckpointError(f"{folder}: {problem or 'no record.json, so not a finished run'}")
     name = record.get("checkpoint")
     if not name or not (folder / name).is_file():
-        raise CheckpointError(f"{folder}: the run kept no checkpoint (status {record.get('status')!r}; "
-                              f"log.checkpoint: {record.get('config', {}).get('log', {}).get('checkpoint', 'final')})")
+        raise CheckpointError(
+            f"{folder}: the run kept no checkpoint (status {record.get('status')!r}; "
+            f"log.checkpoint: {record.get('config', {}).get('log', {}).get('checkpoint', 'final')})"
+        )
     _check_code(folder, record)
     try:
         with kinds.searching(_spec_folder(record)):
             config: Config = build(Config, record["config"])
     except Invalid as invalid:
-        raise CheckpointError([f"{folder}: its configuration cannot be rebuilt here: {key}: {message}"
-                               for key, message in invalid.problems])
+        raise CheckpointError(
+            [
+                f"{folder}: its configuration cannot be rebuilt here: {key}: {message}"
+                for key, message in invalid.problems
+            ]
+        )
     resolved = record.get("resolved", {})
     shape = list(resolved.get("input_shape") or [0])
-    model = build_model(config.model, Shape(shape[0] if len(shape) == 1 else 0, resolved.get("outputs", 1)),
-                        config.train.seed)
+    model = build_model(
+        config.model, Shape(shape[0] if len(shape) == 1 else 0, resolved.get("outputs", 1)), config.train.seed
+    )
     state = torch.load(folder / name, map_location=map_location, weights_only=True)
     model.load_state_dict(state)
     return model.to(map_location).eval()
@@ -65,5 +73,8 @@ def _check_code(folder: Path, record: dict[str, Any]) -> None:
         file = code.get("file")
         if file and Path(file).is_file() and code.get("sha256"):
             if hashlib.sha256(Path(file).read_bytes()).hexdigest() != code["sha256"]:
-                warnings.warn(f"{folder}: {where} {code['kind']}: {file} has changed since the run "
-                              f"(its sha256 differs from the record's)", stacklevel=3)
+                warnings.warn(
+                    f"{folder}: {where} {code['kind']}: {file} has changed since the run "
+                    f"(its sha256 differs from the record's)",
+                    stacklevel=3,
+                )

@@ -1,4 +1,5 @@
 """The command line: sweep, run, check, status, index, merge."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,12 +17,13 @@ from trainer.sweep import RunPlan, plan
 
 EXIT_FAILED_RUNS = 1
 EXIT_INTERRUPTED = 130
-EXIT_CLOSED_PIPE = 141      # what a shell reports for a process ended by SIGPIPE, as `yes | head` is
+EXIT_CLOSED_PIPE = 141  # what a shell reports for a process ended by SIGPIPE, as `yes | head` is
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m trainer",
-                                     description="YAML experiment specs in, TensorBoard logs out.")
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer", description="YAML experiment specs in, TensorBoard logs out."
+    )
     parser.add_argument("--version", action="version", version=f"hparam-trainer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -29,73 +31,127 @@ def _parser() -> argparse.ArgumentParser:
         if many:
             p.add_argument("specs", nargs="+", metavar="SPEC", help="experiment spec files (YAML)")
         else:
-            p.add_argument("specs", nargs=1, metavar="SPEC",
-                           help="an experiment spec file (YAML); pin its swept keys with --set")
+            p.add_argument(
+                "specs",
+                nargs=1,
+                metavar="SPEC",
+                help="an experiment spec file (YAML); pin its swept keys with --set",
+            )
         every = "every spec" if many else "the spec"
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help=f"override a setting in {every}, e.g. --set optimizer.lr=0.05 (repeatable)")
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help=f"override a setting in {every}, e.g. --set optimizer.lr=0.05 (repeatable)",
+        )
         if many:
             p.add_argument("--allow-large", action="store_true", help="allow sweeps of more than 10,000 runs")
 
     def running(p: argparse.ArgumentParser, many: bool = True) -> None:
         p.add_argument("--logdir", default="logs", help="log folder (default: logs)")
-        p.add_argument("--force", action="store_true",
-                       help="rerun runs even if complete, replacing them" if many else
-                       "run it even if it is complete, replacing it")
-        p.add_argument("--rerun-failed", action="store_true",
-                       help="rerun runs that failed before" if many else "run it again if it failed before")
-        p.add_argument("--quiet", action="store_true",
-                       help="print only errors and the one-line summary (no progress, no table)")
+        p.add_argument(
+            "--force",
+            action="store_true",
+            help="rerun runs even if complete, replacing them"
+            if many
+            else "run it even if it is complete, replacing it",
+        )
+        p.add_argument(
+            "--rerun-failed",
+            action="store_true",
+            help="rerun runs that failed before" if many else "run it again if it failed before",
+        )
+        p.add_argument(
+            "--quiet",
+            action="store_true",
+            help="print only errors and the one-line summary (no progress, no table)",
+        )
 
-    p = sub.add_parser("sweep", help="run every run of every spec",
-                       description="Run every run of every spec, in a pool of worker processes.")
+    p = sub.add_parser(
+        "sweep",
+        help="run every run of every spec",
+        description="Run every run of every spec, in a pool of worker processes.",
+    )
     specs(p)
     running(p)
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="worker processes (default: one per core)")
+    p.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: one per core)"
+    )
     p.add_argument("--dry-run", action="store_true", help="list the planned runs; write nothing")
 
-    p = sub.add_parser("run", help="run one configuration in this process",
-                       description="Run the one configuration of a spec in this process.")
+    p = sub.add_parser(
+        "run",
+        help="run one configuration in this process",
+        description="Run the one configuration of a spec in this process.",
+    )
     specs(p, many=False)
     running(p, many=False)
 
-    p = sub.add_parser("check", help="validate specs; run nothing",
-                       description="Validate specs and count their runs; run nothing.")
+    p = sub.add_parser(
+        "check",
+        help="validate specs; run nothing",
+        description="Validate specs and count their runs; run nothing.",
+    )
     specs(p)
 
-    p = sub.add_parser("status", help="list the runs of a log folder and their states",
-                       description="List the runs of a log folder: state, final loss, distance, the step each "
-                                   "converged at, the step a diverged, failed or interrupted run stopped at. "
-                                   "Exit status 1 when some run is damaged.")
+    p = sub.add_parser(
+        "status",
+        help="list the runs of a log folder and their states",
+        description="List the runs of a log folder: state, final loss, distance, the step each "
+        "converged at, the step a diverged, failed or interrupted run stopped at. "
+        "Exit status 1 when some run is damaged.",
+    )
     p.add_argument("logdir", nargs="?", default="logs", help="log folder (default: logs)")
     status_options(p)
-    p.add_argument("--verify", action="store_true",
-                   help="read every finished run's files: event file checksums, config, checkpoint")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="read every finished run's files: event file checksums, config, checkpoint",
+    )
 
-    p = sub.add_parser("index", help="rebuild the log folder's HParams experiment record",
-                       description="Rebuild the log folder's HParams experiment record.")
+    p = sub.add_parser(
+        "index",
+        help="rebuild the log folder's HParams experiment record",
+        description="Rebuild the log folder's HParams experiment record.",
+    )
     p.add_argument("logdir", nargs="?", default="logs", help="log folder (default: logs)")
 
-    p = sub.add_parser("merge", help="bring teammates' log folders together",
-                       description="Copy teammates' runs into one log folder and rebuild its HParams record.")
+    p = sub.add_parser(
+        "merge",
+        help="bring teammates' log folders together",
+        description="Copy teammates' runs into one log folder and rebuild its HParams record.",
+    )
     p.add_argument("sources", nargs="+", metavar="SRC", help="log folders to copy runs from")
     p.add_argument("--into", required=True, metavar="DEST", help="log folder to merge into")
-    p.add_argument("--include-unfinished", action="store_true",
-                   help="also copy runs that have no final record (failed runs are always copied)")
+    p.add_argument(
+        "--include-unfinished",
+        action="store_true",
+        help="also copy runs that have no final record (failed runs are always copied)",
+    )
     return parser
 
 
 def status_options(p: argparse.ArgumentParser) -> None:
     """The status command's table options: which runs, in what order."""
     columns = ", ".join(report.COLUMNS)
-    p.add_argument("--sort", metavar="COLUMN",
-                   help=f"sort by a column ({columns}) or a setting (optimizer.lr, or its last part: lr); "
-                        f"runs without a value last (default: by run name, numbers by value)")
+    p.add_argument(
+        "--sort",
+        metavar="COLUMN",
+        help=f"sort by a column ({columns}) or a setting (optimizer.lr, or its last part: lr); "
+        f"runs without a value last (default: by run name, numbers by value)",
+    )
     p.add_argument("--reverse", action="store_true", help="reverse the order")
-    p.add_argument("--filter", dest="filters", action="append", default=[], metavar="KEY=VALUE",
-                   help="only runs whose column or setting has this value, e.g. --filter status=diverged, "
-                        "--filter batch_size=1 (repeatable: all must match)")
+    p.add_argument(
+        "--filter",
+        dest="filters",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only runs whose column or setting has this value, e.g. --filter status=diverged, "
+        "--filter batch_size=1 (repeatable: all must match)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,10 +171,10 @@ def _main(argv: list[str] | None) -> int:
         for line in exc.problems:
             print(f"error: {line}", file=sys.stderr)
         return exc.exit_status
-    except KeyboardInterrupt:     # before runs start or after they end: nothing to record
+    except KeyboardInterrupt:  # before runs start or after they end: nothing to record
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except OSError as exc:        # a file system fault no command foresaw: still one sentence
+    except OSError as exc:  # a file system fault no command foresaw: still one sentence
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror or exc}; nothing more was done", file=sys.stderr)
         return 2
@@ -131,7 +187,7 @@ def _silence_output() -> None:
         try:
             os.dup2(devnull, stream.fileno())
         except (OSError, ValueError, AttributeError):
-            pass     # not a file descriptor (a test's capture): nothing will be flushed to a pipe
+            pass  # not a file descriptor (a test's capture): nothing will be flushed to a pipe
     os.close(devnull)
 
 
@@ -154,8 +210,10 @@ def _print_imported(runs: list[RunPlan]) -> None:
 
     paths = list(dict.fromkeys(path for run in runs for _, path in run.code))
     if paths:
-        print("imported and tried, to check the specs: " + ", ".join(
-            f"{path} ({code_of(path)['file'] or 'installed'})" for path in paths))
+        print(
+            "imported and tried, to check the specs: "
+            + ", ".join(f"{path} ({code_of(path)['file'] or 'installed'})" for path in paths)
+        )
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -175,8 +233,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     runs = _plan(args)
     if len(runs) != 1:
         keys = ", ".join(dict.fromkeys(k for r in runs for k in r.swept_keys))
-        raise UserError(f"{args.specs[0]}: sweeps {len(runs)} runs; 'run' runs one. Pin the swept keys "
-                        f"({keys}) with --set KEY=VALUE, or use 'sweep'")
+        raise UserError(
+            f"{args.specs[0]}: sweeps {len(runs)} runs; 'run' runs one. Pin the swept keys "
+            f"({keys}) with --set KEY=VALUE, or use 'sweep'"
+        )
     return _execute(runs, args, workers=0)
 
 
@@ -193,11 +253,15 @@ def _execute(runs: list[RunPlan], args: argparse.Namespace, workers: int) -> int
     try:
         index.rebuild(logdir, records)
     except OSError as exc:
-        print(f"warning: the HParams record of {logdir} could not be rebuilt: {exc.strerror}", file=sys.stderr)
+        print(
+            f"warning: the HParams record of {logdir} could not be rebuilt: {exc.strerror}", file=sys.stderr
+        )
     planned = {r.folder for r in runs}
     ours = [r for r in records if r["folder"] in planned]
     command = f"{trainer_command()} {shlex.join(sys.argv[1:])}" if sys.argv[1:] else ""
-    for line in report.sweep_summary(ours, result, logdir, command or "the same command", len(runs), args.quiet):
+    for line in report.sweep_summary(
+        ours, result, logdir, command or "the same command", len(runs), args.quiet
+    ):
         print(line)
     if result.interrupted:
         return EXIT_INTERRUPTED
@@ -219,10 +283,17 @@ def _changed_spec(changed: Any, args: argparse.Namespace) -> list[str]:
         command = [args.command, spec_path, *options]
         new_name = _free_name(Path(args.logdir), experiment)
         first, others = changed.first_difference(group)
-        paragraphs.append(report.changed_spec(
-            experiment, Path(args.logdir) / experiment, len(group), first, others,
-            replace=f"{trainer_command()} {shlex.join([*command, '--force'])}",
-            keep=f"{trainer_command()} {shlex.join([*command, '--set', f'name={new_name}'])}"))
+        paragraphs.append(
+            report.changed_spec(
+                experiment,
+                Path(args.logdir) / experiment,
+                len(group),
+                first,
+                others,
+                replace=f"{trainer_command()} {shlex.join([*command, '--force'])}",
+                keep=f"{trainer_command()} {shlex.join([*command, '--set', f'name={new_name}'])}",
+            )
+        )
     return paragraphs
 
 
@@ -236,13 +307,19 @@ def _free_name(logdir: Path, experiment: str) -> str:
 
 def _print_plan(runs: list[RunPlan], logdir: Path) -> None:
     from trainer import rundir
+
     by_experiment: dict[str, list[RunPlan]] = {}
     for run in runs:
         by_experiment.setdefault(run.experiment, []).append(run)
     for experiment, group in by_experiment.items():
         keys = list(dict.fromkeys(k for r in group for k in r.swept_keys))
-        varying = " x ".join(f"{k} ({len({repr(v) for r in group for kk, v in r.swept if kk == k})})" for k in keys)
-        print(f"{experiment}: {len(group)} run{'s' if len(group) != 1 else ''}" + (f" over {varying}" if keys else ""))
+        varying = " x ".join(
+            f"{k} ({len({repr(v) for r in group for kk, v in r.swept if kk == k})})" for k in keys
+        )
+        print(
+            f"{experiment}: {len(group)} run{'s' if len(group) != 1 else ''}"
+            + (f" over {varying}" if keys else "")
+        )
         for run in group:
             state = rundir.state_of(logdir, run.experiment, run.name).state
             note = "" if state == "missing" else f"  [{state}]"
@@ -270,7 +347,9 @@ def cmd_index(args: argparse.Namespace) -> int:
     if not logdir.is_dir():
         raise UserError(f"{logdir}: no such log folder")
     count, columns = index.rebuild(logdir)
-    print(f"{logdir}: HParams record rebuilt for {count} runs; hparam columns: {', '.join(columns) or 'none'}")
+    print(
+        f"{logdir}: HParams record rebuilt for {count} runs; hparam columns: {', '.join(columns) or 'none'}"
+    )
     return 0
 
 
@@ -285,5 +364,11 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 1 if result.refused or result.damaged else 0
 
 
-COMMANDS = {"sweep": cmd_sweep, "run": cmd_run, "check": cmd_check, "status": cmd_status,
-            "index": cmd_index, "merge": cmd_merge}
+COMMANDS = {
+    "sweep": cmd_sweep,
+    "run": cmd_run,
+    "check": cmd_check,
+    "status": cmd_status,
+    "index": cmd_index,
+    "merge": cmd_merge,
+}

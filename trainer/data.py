@@ -8,6 +8,7 @@ per process and cached; each run takes its split and moves it to its device.
 Built-in kinds are inspected without torch (the sweep's parent process needs none); a user's data
 function is called to find its shape.
 """
+
 from __future__ import annotations
 
 import csv
@@ -29,8 +30,16 @@ if TYPE_CHECKING:
 
 # The notebook's toy table: y = 0*x0 + 1*x1 + 2*x2 + 3*x3.
 SEED_ROWS = (
-    (1, 0, 1, 1), (0, 0, 1, 0), (1, 0, 0, 1), (0, 1, 1, 1), (1, 1, 1, 1),
-    (0, 1, 0, 0), (0, 1, 0, 1), (1, 0, 0, 0), (0, 0, 0, 0), (0, 0, 0, 1),
+    (1, 0, 1, 1),
+    (0, 0, 1, 0),
+    (1, 0, 0, 1),
+    (0, 1, 1, 1),
+    (1, 1, 1, 1),
+    (0, 1, 0, 0),
+    (0, 1, 0, 1),
+    (1, 0, 0, 0),
+    (0, 0, 0, 0),
+    (0, 0, 0, 1),
 )
 SEED_WEIGHTS = (0.0, 1.0, 2.0, 3.0)
 
@@ -39,9 +48,13 @@ SEED_WEIGHTS = (0.0, 1.0, 2.0, 3.0)
 class DataCommon:
     """Settings every data kind has, the user's included."""
 
-    validation: float = setting(0.0, at_least(0), below(1),
-                                doc="fraction of rows held out for validation (seeded by split_seed; the same "
-                                    "rows for every run of the spec); 0 for none")
+    validation: float = setting(
+        0.0,
+        at_least(0),
+        below(1),
+        doc="fraction of rows held out for validation (seeded by split_seed; the same "
+        "rows for every run of the spec); 0 for none",
+    )
     split_seed: int = setting(0, SEED, doc="seed of the validation split (independent of train.seed)")
 
 
@@ -60,11 +73,13 @@ class SyntheticData(DataCommon):
     rows: int = setting(100, at_least(1), doc="number of rows")
     features: int = setting(4, at_least(1), doc="number of input columns")
     weights: tuple[float, ...] | None = setting(
-        None, doc="true weights (one per feature); drawn from a standard normal when omitted")
+        None, doc="true weights (one per feature); drawn from a standard normal when omitted"
+    )
     bias: float = setting(0.0, doc="true intercept added to every target")
     noise: float = setting(0.0, at_least(0), doc="standard deviation of the Gaussian noise on y")
     inputs: Literal["normal", "binary", "uniform"] = setting(
-        "normal", doc="distribution of x: standard normal, 0/1 coin flips, or uniform on [0, 1)")
+        "normal", doc="distribution of x: standard normal, 0/1 coin flips, or uniform on [0, 1)"
+    )
     seed: int = setting(0, SEED, doc="seed of the data generator (independent of train.seed)")
 
 
@@ -75,24 +90,26 @@ class CsvData(DataCommon):
     kind: Literal["csv"] = "csv"
     path: str = setting(doc="CSV file, relative to the spec file's folder")
     target: str = setting(doc="name of the target column; every other column is a numeric feature")
-    standardize: bool = setting(False, doc="scale each feature to mean 0 and standard deviation 1 "
-                                           "(measured on the training rows)")
+    standardize: bool = setting(
+        False, doc="scale each feature to mean 0 and standard deviation 1 (measured on the training rows)"
+    )
     true_weights: tuple[float, ...] | None = setting(
-        None, doc="known true weights, one per feature, if the data has them")
+        None, doc="known true weights, one per feature, if the data has them"
+    )
 
 
 @dataclass(frozen=True)
 class DataInfo:
     """What planning needs to know about a dataset."""
 
-    rows: int                              # training rows
+    rows: int  # training rows
     validation_rows: int
-    input_shape: tuple[int, ...]           # of one row
-    classes: int | None                    # integer or text labels: how many classes; None for real targets
-    target_shape: tuple[int, ...] = ()     # of one row's target
+    input_shape: tuple[int, ...]  # of one row
+    classes: int | None  # integer or text labels: how many classes; None for real targets
+    target_shape: tuple[int, ...] = ()  # of one row's target
     true_weights: tuple[float, ...] | None = None
     true_bias: float | None = None
-    digest: str | None = None              # sha256 of a CSV file's bytes
+    digest: str | None = None  # sha256 of a CSV file's bytes
 
     @property
     def features(self) -> int:
@@ -103,14 +120,14 @@ class DataInfo:
 class Split:
     """Rows of one split: tensors x and y, or a map-style Dataset."""
 
-    x: "torch.Tensor | None" = None
-    y: "torch.Tensor | None" = None
+    x: torch.Tensor | None = None
+    y: torch.Tensor | None = None
     dataset: Any = None
 
     def __len__(self) -> int:
         return len(self.dataset) if self.dataset is not None else int(self.x.shape[0])
 
-    def to(self, device: "torch.device | str") -> "Split":
+    def to(self, device: torch.device | str) -> Split:
         return self if self.dataset is not None else Split(self.x.to(device), self.y.to(device))
 
 
@@ -120,17 +137,17 @@ class Dataset:
 
     train: Split
     validation: Split | None
-    true_weights: "torch.Tensor | None" = None
+    true_weights: torch.Tensor | None = None
     true_bias: float | None = None
-    classes: tuple[str, ...] | None = None    # the names of text labels, in class order
+    classes: tuple[str, ...] | None = None  # the names of text labels, in class order
 
     # The training tensors, for code that only knows the tensor path.
     @property
-    def x(self) -> "torch.Tensor":
+    def x(self) -> torch.Tensor:
         return self.train.x
 
     @property
-    def y(self) -> "torch.Tensor":
+    def y(self) -> torch.Tensor:
         return self.train.y
 
 
@@ -161,8 +178,11 @@ def _synthetic(kind: kinds.Kind, spec: SyntheticData, folder: Path) -> Dataset:
         x = torch.randint(0, 2, shape, generator=gen).float()
     else:
         x = torch.rand(shape, generator=gen)
-    w = (torch.tensor(spec.weights, dtype=torch.float32) if spec.weights is not None
-         else torch.randn(spec.features, generator=gen))
+    w = (
+        torch.tensor(spec.weights, dtype=torch.float32)
+        if spec.weights is not None
+        else torch.randn(spec.features, generator=gen)
+    )
     y = x @ w + spec.bias + spec.noise * torch.randn(spec.rows, generator=gen)
     return Dataset(Split(x, y), None, w, spec.bias)
 
@@ -185,8 +205,9 @@ def _user_data(kind: kinds.Kind, spec: Any, folder: Path) -> Dataset:
         result = kind.target(**kinds.settings(spec))
     except Exception as exc:  # the user's code raised: its message, at the spec's line
         lines = str(exc).strip().splitlines()
-        raise Invalid([("data.kind", f"{kind.name} raised {type(exc).__name__}"
-                                     f"{': ' + lines[0] if lines else ''}")]) from None
+        raise Invalid(
+            [("data.kind", f"{kind.name} raised {type(exc).__name__}{': ' + lines[0] if lines else ''}")]
+        ) from None
     return from_user(result, kind.name)
 
 
@@ -196,11 +217,20 @@ def from_user(result: Any, name: str) -> Dataset:
     if isinstance(result, Mapping):
         unknown = [k for k in result if k not in ("train", "validation")]
         if "train" not in result or unknown:
-            raise Invalid([("data.kind", f"{name} returned a mapping with the keys {sorted(map(str, result))}; "
-                                         f"it needs 'train' and may have 'validation'")])
+            raise Invalid(
+                [
+                    (
+                        "data.kind",
+                        f"{name} returned a mapping with the keys {sorted(map(str, result))}; "
+                        f"it needs 'train' and may have 'validation'",
+                    )
+                ]
+            )
         validation = result.get("validation")
-        return Dataset(_split(result["train"], name, "'train'"),
-                       _split(validation, name, "'validation'") if validation is not None else None)
+        return Dataset(
+            _split(result["train"], name, "'train'"),
+            _split(validation, name, "'validation'") if validation is not None else None,
+        )
     return Dataset(_split(result, name, "its result"), None)
 
 
@@ -210,8 +240,15 @@ def _split(value: Any, name: str, what: str) -> Split:
     if isinstance(value, (tuple, list)) and len(value) == 2:
         x, y = (torch.as_tensor(v) for v in value)
         if x.dim() == 0 or y.dim() == 0 or x.shape[0] != y.shape[0]:
-            raise Invalid([("data.kind", f"{name}: {what} is (x, y) with x of shape {list(x.shape)} and y of "
-                                         f"shape {list(y.shape)}; they need the same number of rows")])
+            raise Invalid(
+                [
+                    (
+                        "data.kind",
+                        f"{name}: {what} is (x, y) with x of shape {list(x.shape)} and y of "
+                        f"shape {list(y.shape)}; they need the same number of rows",
+                    )
+                ]
+            )
         if x.shape[0] == 0:
             raise Invalid([("data.kind", f"{name}: {what} has no rows")])
         if x.is_floating_point() and x.dtype != torch.float32:
@@ -223,13 +260,24 @@ def _split(value: Any, name: str, what: str) -> Split:
         if len(value) == 0:
             raise Invalid([("data.kind", f"{name}: {what} is a Dataset with no rows")])
         return Split(dataset=value)
-    raise Invalid([("data.kind", f"{name}: {what} is {type(value).__name__}; a data function returns (x, y) "
-                                 f"tensors, a map-style torch Dataset, or {{'train': ..., 'validation': ...}} "
-                                 f"of either")])
+    raise Invalid(
+        [
+            (
+                "data.kind",
+                f"{name}: {what} is {type(value).__name__}; a data function returns (x, y) "
+                f"tensors, a map-style torch Dataset, or {{'train': ..., 'validation': ...}} "
+                f"of either",
+            )
+        ]
+    )
 
 
-DATA = kinds.define_family("data", "a function returning (x, y) tensors, a map-style torch Dataset, or "
-                                   "{'train': ..., 'validation': ...}", _user_data, common=DataCommon)
+DATA = kinds.define_family(
+    "data",
+    "a function returning (x, y) tensors, a map-style torch Dataset, or {'train': ..., 'validation': ...}",
+    _user_data,
+    common=DataCommon,
+)
 kinds.register("data", SeedToyData, _seed_toy)
 kinds.register("data", SyntheticData, _synthetic)
 kinds.register("data", CsvData, _csv)
@@ -242,7 +290,7 @@ kinds.register("data", CsvData, _csv)
 class Table:
     header: tuple[str, ...]
     features: tuple[tuple[float, ...], ...]
-    targets: tuple[Any, ...]                  # numbers, or class indices where labels are text
+    targets: tuple[Any, ...]  # numbers, or class indices where labels are text
     classes: tuple[str, ...] | None
     digest: str
 
@@ -286,8 +334,10 @@ def _parse_csv(path: str, shown: str, target: str, mtime_ns: int, size: int) -> 
             dup = next(h for h in header if header.count(h) > 1)
             return "data.path", f"{shown!r} has the column {dup!r} twice"
         if target not in header:
-            return "data.target", (f"no column {target!r} in {shown}{suggest(target, list(header))}; its columns: "
-                                   f"{', '.join(header)}")
+            return "data.target", (
+                f"no column {target!r} in {shown}{suggest(target, list(header))}; its columns: "
+                f"{', '.join(header)}"
+            )
         if len(header) < 2:
             return "data.path", f"{shown} has only the target column; it needs at least one feature"
         at = header.index(target)
@@ -351,39 +401,80 @@ def inspect(spec: Any, folder: Path) -> DataInfo:
         return _builtin_info(spec, len(SEED_ROWS), (len(SEED_ROWS[0]),), None, SEED_WEIGHTS, 0.0)
     if isinstance(spec, SyntheticData):
         if spec.weights is not None and len(spec.weights) != spec.features:
-            raise Invalid([("data.weights", f"has {len(spec.weights)} values but data.features is "
-                                            f"{spec.features}; give one true weight per feature")])
+            raise Invalid(
+                [
+                    (
+                        "data.weights",
+                        f"has {len(spec.weights)} values but data.features is "
+                        f"{spec.features}; give one true weight per feature",
+                    )
+                ]
+            )
         return _builtin_info(spec, spec.rows, (spec.features,), None, spec.weights, spec.bias)
     if isinstance(spec, CsvData):
         table = _read_csv(csv_path(spec, folder), spec.path, spec.target)
         features = len(table.header) - 1
         if spec.true_weights is not None and len(spec.true_weights) != features:
-            raise Invalid([("data.true_weights", f"has {len(spec.true_weights)} values but {spec.path} has "
-                                                 f"{features} feature columns")])
+            raise Invalid(
+                [
+                    (
+                        "data.true_weights",
+                        f"has {len(spec.true_weights)} values but {spec.path} has {features} feature columns",
+                    )
+                ]
+            )
         if table.classes is not None and spec.true_weights is not None:
-            raise Invalid([("data.true_weights", f"the target column {spec.target!r} holds text labels, so there "
-                                                 f"are no true weights of a linear model")])
-        return _builtin_info(spec, len(table.features), (features,),
-                             len(table.classes) if table.classes else None, spec.true_weights, None, table.digest)
+            raise Invalid(
+                [
+                    (
+                        "data.true_weights",
+                        f"the target column {spec.target!r} holds text labels, so there "
+                        f"are no true weights of a linear model",
+                    )
+                ]
+            )
+        return _builtin_info(
+            spec,
+            len(table.features),
+            (features,),
+            len(table.classes) if table.classes else None,
+            spec.true_weights,
+            None,
+            table.digest,
+        )
     return _loaded_info(spec, folder)
 
 
-def _builtin_info(spec: Any, rows: int, shape: tuple[int, ...], classes: int | None, weights: Any, bias: Any,
-                  digest: str | None = None) -> DataInfo:
+def _builtin_info(
+    spec: Any,
+    rows: int,
+    shape: tuple[int, ...],
+    classes: int | None,
+    weights: Any,
+    bias: Any,
+    digest: str | None = None,
+) -> DataInfo:
     if spec.validation and rows < 2:
         raise Invalid([("data.validation", f"the data has {rows} row; holding out rows needs at least two")])
     train, held = split_sizes(rows, spec.validation)
-    return DataInfo(train, held, shape, classes, (), tuple(weights) if weights is not None else None, bias, digest)
+    return DataInfo(
+        train, held, shape, classes, (), tuple(weights) if weights is not None else None, bias, digest
+    )
 
 
 def _loaded_info(spec: Any, folder: Path) -> DataInfo:
     dataset = load(spec, folder)
     x, y = first_row(dataset.train)
-    return DataInfo(len(dataset.train), len(dataset.validation) if dataset.validation else 0,
-                    tuple(x.shape), _class_count(dataset), tuple(y.shape))
+    return DataInfo(
+        len(dataset.train),
+        len(dataset.validation) if dataset.validation else 0,
+        tuple(x.shape),
+        _class_count(dataset),
+        tuple(y.shape),
+    )
 
 
-def first_row(split: Split) -> tuple["torch.Tensor", "torch.Tensor"]:
+def first_row(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
     """One row's input and target, as tensors."""
     import torch
 
@@ -391,8 +482,14 @@ def first_row(split: Split) -> tuple["torch.Tensor", "torch.Tensor"]:
         return split.x[0], split.y[0]
     item = split.dataset[0]
     if not isinstance(item, (tuple, list)) or len(item) != 2:
-        raise Invalid([("data.kind", f"a Dataset's items must be (input, target) pairs; item 0 is "
-                                     f"{type(item).__name__}")])
+        raise Invalid(
+            [
+                (
+                    "data.kind",
+                    f"a Dataset's items must be (input, target) pairs; item 0 is {type(item).__name__}",
+                )
+            ]
+        )
     return torch.as_tensor(item[0]), torch.as_tensor(item[1])
 
 
@@ -431,20 +528,31 @@ def _built(spec: Any, folder: Path) -> Dataset:
     return _BUILT[key]
 
 
-def load(spec: Any, folder: Path, device: "torch.device | str" = "cpu") -> Dataset:
+def load(spec: Any, folder: Path, device: torch.device | str = "cpu") -> Dataset:
     """The run's data on its device: built once per process, split by data.validation."""
     built = _built(spec, folder)
     train, validation = built.train, built.validation
     if spec.validation:
         if validation is not None:
-            raise Invalid([("data.validation", f"{spec.kind} already returns validation rows; remove "
-                                               f"data.validation, or return only training rows")])
+            raise Invalid(
+                [
+                    (
+                        "data.validation",
+                        f"{spec.kind} already returns validation rows; remove "
+                        f"data.validation, or return only training rows",
+                    )
+                ]
+            )
         train, validation = _hold_out(train, spec.validation, spec.split_seed)
     if isinstance(spec, CsvData) and spec.standardize:
         train, validation = _standardized(train, validation)
-    return Dataset(train.to(device), validation.to(device) if validation is not None else None,
-                   built.true_weights.to(device) if built.true_weights is not None else None, built.true_bias,
-                   built.classes)
+    return Dataset(
+        train.to(device),
+        validation.to(device) if validation is not None else None,
+        built.true_weights.to(device) if built.true_weights is not None else None,
+        built.true_bias,
+        built.classes,
+    )
 
 
 def _hold_out(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
@@ -459,8 +567,9 @@ def _hold_out(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
     if split.dataset is not None:
         from torch.utils.data import Subset
 
-        return Split(dataset=Subset(split.dataset, train_index.tolist())), \
-            Split(dataset=Subset(split.dataset, val_index.tolist()))
+        return Split(dataset=Subset(split.dataset, train_index.tolist())), Split(
+            dataset=Subset(split.dataset, val_index.tolist())
+        )
     return Split(split.x[train_index], split.y[train_index]), Split(split.x[val_index], split.y[val_index])
 
 

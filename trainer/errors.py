@@ -1,4 +1,5 @@
 """Errors a user can cause, printed as sentences rather than tracebacks."""
+
 from __future__ import annotations
 
 

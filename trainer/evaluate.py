@@ -4,11 +4,13 @@ The loss is measured as a mean per row, so runs of any batch size and reduction 
 values of an evaluation stay on the device as one tensor; the loop brings them to the host once
 per chunk. A run's summary holds each value's final and best.
 """
+
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -43,12 +45,14 @@ class Evaluator:
         self.device = device
         self.loss = build_loss(run.config.loss, reduction="mean")
         self.squeezes = losses.squeezes(run.config.loss)
-        self.metrics = [metrics.resolve(name, Path(run.data_folder), f"eval.metrics[{i}]")
-                        for i, name in enumerate(run.config.eval.metrics)]
+        self.metrics = [
+            metrics.resolve(name, Path(run.data_folder), f"eval.metrics[{i}]")
+            for i, name in enumerate(run.config.eval.metrics)
+        ]
         self.splits = [("train", dataset.train)]
         if dataset.validation is not None:
             self.splits.append(("val", dataset.validation))
-        self.main = self.splits[-1][0]        # the split whose values rank runs: validation where there is one
+        self.main = self.splits[-1][0]  # the split whose values rank runs: validation where there is one
         self.truth = None
         if run.has_truth:
             truth = [dataset.true_weights.view(-1)]
@@ -79,7 +83,9 @@ class Evaluator:
             if self.truth is not None:
                 weights = torch.cat([p.detach().view(-1) for p in self.model.parameters()])
                 values.append(torch.linalg.vector_norm(weights - self.truth))
-        return torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.device).reshape(()) for v in values])
+        return torch.stack(
+            [torch.as_tensor(v, dtype=torch.float32, device=self.device).reshape(()) for v in values]
+        )
 
     def _outputs(self, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
         """The model's outputs for every row of a split, and the targets."""
@@ -97,8 +103,11 @@ class Evaluator:
         return torch.cat(outputs), torch.cat(targets)
 
     def _values(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, Any]:
-        fitted = output.squeeze(-1) if self.squeezes and output.dim() == target.dim() + 1 and \
-            output.shape[-1] == 1 else output
+        fitted = (
+            output.squeeze(-1)
+            if self.squeezes and output.dim() == target.dim() + 1 and output.shape[-1] == 1
+            else output
+        )
         values = {"loss": self.loss(fitted, target)}
         for metric in self.metrics:
             values.update(metrics.values(metric, output, target))

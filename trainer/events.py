@@ -4,6 +4,7 @@ The files are the ones `SummaryWriter` writes (same naming, same records); what 
 tensorboard's writer checksums every record in pure Python and builds one protobuf object per value;
 here a step's scalars become one event, encoded from precomputed bytes.
 """
+
 from __future__ import annotations
 
 import functools
@@ -12,8 +13,8 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2
@@ -64,7 +65,7 @@ _SMALL_VARINTS = [bytes((n,)) for n in range(0x80)]
 def _value_prefix(tag: str) -> bytes:
     """The bytes of a Summary.value entry holding a simple_value, up to the value's four bytes."""
     raw = tag.encode()
-    value = b"\x0a" + _varint(len(raw)) + raw + b"\x15"          # tag, then simple_value's key
+    value = b"\x0a" + _varint(len(raw)) + raw + b"\x15"  # tag, then simple_value's key
     return b"\x0a" + _varint(len(value) + 4) + value
 
 
@@ -109,36 +110,46 @@ class ScalarBlock:
         steps = np.asarray(steps, dtype=np.int64)
         chunks, ends, done = [], [], 0
         # Records are the same length while the step's varint is: at most a few groups per chunk.
-        sizes = (steps > 0).astype(np.int64) + sum((steps >= 1 << (7 * k)).astype(np.int64) for k in range(1, 10))
+        sizes = (steps > 0).astype(np.int64) + sum(
+            (steps >= 1 << (7 * k)).astype(np.int64) for k in range(1, 10)
+        )
         start = 0
         while start < len(steps):
-            stop = start + int(np.argmax(sizes[start:] != sizes[start])) if (sizes[start:] != sizes[start]).any() \
+            stop = (
+                start + int(np.argmax(sizes[start:] != sizes[start]))
+                if (sizes[start:] != sizes[start]).any()
                 else len(steps)
-            data, length = self._group(steps[start:stop], walls[start:stop], values[start:stop], int(sizes[start]))
+            )
+            data, length = self._group(
+                steps[start:stop], walls[start:stop], values[start:stop], int(sizes[start])
+            )
             chunks.append(data)
             ends.append(done + length * np.arange(1, stop - start + 1))
             done += len(data)
             start = stop
         return b"".join(chunks), (np.concatenate(ends) if ends else np.zeros(0, dtype=np.int64))
 
-    def _group(self, steps: np.ndarray, walls: np.ndarray, values: np.ndarray, step_bytes: int) -> tuple[bytes, int]:
+    def _group(
+        self, steps: np.ndarray, walls: np.ndarray, values: np.ndarray, step_bytes: int
+    ) -> tuple[bytes, int]:
         count = len(steps)
         head = b"\x09" + bytes(8) + (b"\x10" + bytes(step_bytes) if step_bytes else b"")
         event = head + b"\x2a" + _varint(len(self.body)) + self.body
         template = _framed_length(len(event)) + event + bytes(4)
         records = np.frombuffer(template, dtype=np.uint8).repeat(count).reshape(-1, count).T.copy()
-        at = 12 + 1                                            # past the frame header and wall_time's key
-        records[:, at:at + 8] = walls.astype("<f8").view(np.uint8).reshape(count, 8)
+        at = 12 + 1  # past the frame header and wall_time's key
+        records[:, at : at + 8] = walls.astype("<f8").view(np.uint8).reshape(count, 8)
         if step_bytes:
-            for i in range(step_bytes):                       # the step as a varint
+            for i in range(step_bytes):  # the step as a varint
                 byte = (steps >> (7 * i)) & 0x7F
                 records[:, at + 9 + i] = byte | (0x80 if i < step_bytes - 1 else 0)
         body_at = 12 + len(event) - len(self.body)
         columns = (body_at + self.value_offsets)[:, None] + np.arange(4)
         records[:, columns.ravel()] = values.astype("<f4").view(np.uint8).reshape(count, -1)
         flat, width, length = records.tobytes(), records.shape[1], len(event)
-        crcs = np.array([_crc32c(flat[i + 12:i + 12 + length]) for i in range(0, count * width, width)],
-                        dtype=np.uint64)
+        crcs = np.array(
+            [_crc32c(flat[i + 12 : i + 12 + length]) for i in range(0, count * width, width)], dtype=np.uint64
+        )
         masked = (((crcs >> 15) | (crcs << 17)) + 0xA282EAD8) & 0xFFFFFFFF
         records[:, -4:] = masked.astype("<u4").view(np.uint8).reshape(count, 4)
         return records.tobytes(), records.shape[1]
@@ -146,25 +157,42 @@ class ScalarBlock:
 
 def summary_event(step: int, wall_time: float, summary_body: bytes) -> bytes:
     """An Event holding a Summary, encoded as protobuf would (fields 1, 2, 5; a zero step is omitted)."""
-    return b"".join((_WALL_TIME.pack(0x09, wall_time), b"\x10" + _varint(step) if step else b"", b"\x2a",
-                     _varint(len(summary_body)), summary_body))
+    return b"".join(
+        (
+            _WALL_TIME.pack(0x09, wall_time),
+            b"\x10" + _varint(step) if step else b"",
+            b"\x2a",
+            _varint(len(summary_body)),
+            summary_body,
+        )
+    )
 
 
-_WALL_TIME = struct.Struct("<Bd")   # wall_time's key, then its value
+_WALL_TIME = struct.Struct("<Bd")  # wall_time's key, then its value
 
 
-def histogram_value(tag: str, lo: float, hi: float, count: float, total: float, squares: float,
-                    limits: bytes, buckets: bytes) -> bytes:
+def histogram_value(
+    tag: str, lo: float, hi: float, count: float, total: float, squares: float, limits: bytes, buckets: bytes
+) -> bytes:
     """A Summary.value entry holding a HistogramProto, encoded as protobuf would; `limits` and
     `buckets` are packed little-endian doubles (as NumPy's '<f8' gives them)."""
-    histo = b"".join((_HISTOGRAM_HEAD.pack(0x09, lo, 0x11, hi, 0x19, count, 0x21, total, 0x29, squares),
-                      b"\x32", _varint(len(limits)), limits, b"\x3a", _varint(len(buckets)), buckets))
+    histo = b"".join(
+        (
+            _HISTOGRAM_HEAD.pack(0x09, lo, 0x11, hi, 0x19, count, 0x21, total, 0x29, squares),
+            b"\x32",
+            _varint(len(limits)),
+            limits,
+            b"\x3a",
+            _varint(len(buckets)),
+            buckets,
+        )
+    )
     raw = tag.encode()
     value = b"".join((b"\x0a", _varint(len(raw)), raw, b"\x2a", _varint(len(histo)), histo))
     return b"\x0a" + _varint(len(value)) + value
 
 
-_HISTOGRAM_HEAD = struct.Struct("<BdBdBdBdBd")   # min, max, num, sum, sum_squares with their keys
+_HISTOGRAM_HEAD = struct.Struct("<BdBdBdBdBd")  # min, max, num, sum, sum_squares with their keys
 
 
 class HistogramBlock:
@@ -181,9 +209,9 @@ class HistogramBlock:
         at = 0
         for tag, b in zip(self.tags, self.bins):
             value = histogram_value(tag, 0.0, 0.0, 0.0, 0.0, 0.0, bytes(8 * b), bytes(8 * b))
-            listed = 1 + len(_varint(8 * b))                                 # a packed list's key and length
+            listed = 1 + len(_varint(8 * b))  # a packed list's key and length
             histo = at + len(value) - (_HISTOGRAM_HEAD.size + 2 * (listed + 8 * b))
-            heads.append([histo + 1 + 9 * k for k in range(5)])              # min, max, num, sum, sum_squares
+            heads.append([histo + 1 + 9 * k for k in range(5)])  # min, max, num, sum, sum_squares
             limits += [histo + _HISTOGRAM_HEAD.size + listed + 8 * k for k in range(b)]
             counts += [histo + _HISTOGRAM_HEAD.size + 2 * listed + 8 * (b + k) for k in range(b)]
             parts.append(value)
@@ -197,9 +225,11 @@ class HistogramBlock:
         squares, then all tags' bucket limits, then all their bucket counts."""
         count, width = len(numbers), len(self.template)
         rows = np.tile(self.template, (count, 1))
-        rows[:, self.byte_columns] = np.ascontiguousarray(numbers, dtype="<f8").view(np.uint8).reshape(count, -1)
+        rows[:, self.byte_columns] = (
+            np.ascontiguousarray(numbers, dtype="<f8").view(np.uint8).reshape(count, -1)
+        )
         data = rows.tobytes()
-        return [data[i:i + width] for i in range(0, count * width, width)]
+        return [data[i : i + width] for i in range(0, count * width, width)]
 
 
 def event_file_bytes(summaries: Sequence[tuple[summary_pb2.Summary, int]], wall_time: float) -> bytes:
@@ -213,8 +243,10 @@ class EventFile:
     """An event file in a run folder, written synchronously through one buffer."""
 
     def __init__(self, folder: str | os.PathLike, suffix: str = ""):
-        name = "events.out.tfevents.%010d.%s.%s.%s%s" % (
-            time.time(), socket.gethostname(), os.getpid(), next(_file_numbers), suffix)
+        name = (
+            f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}."
+            f"{next(_file_numbers)}{suffix}"
+        )
         self.path = Path(folder) / name
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "wb")
@@ -233,8 +265,11 @@ class EventFile:
         self.write_raw(event.SerializeToString())
 
     def write_summary(self, summary: summary_pb2.Summary, step: int, wall_time: float | None = None) -> None:
-        self.write_event(event_pb2.Event(summary=summary, step=step,
-                                         wall_time=time.time() if wall_time is None else wall_time))
+        self.write_event(
+            event_pb2.Event(
+                summary=summary, step=step, wall_time=time.time() if wall_time is None else wall_time
+            )
+        )
 
     def flush(self) -> None:
         if self._pending:

@@ -4,6 +4,7 @@ too large, sweeps too large to list, and paths under a log folder that would lea
 Each guard answers with the problem as a sentence fragment (or None), so that the caller puts it in
 its own message form (`path:line: key: problem`).
 """
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,12 @@ LIMITS = {"spec": (MAX_SPEC_BYTES, "a spec file"), "csv": (MAX_CSV_BYTES, "a CSV
 # Planning is about 0.3 ms a run: a dry run of more than this would say nothing for over 15 s.
 MAX_LISTED_RUNS = 50_000
 
-_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-          (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"))
+_KINDS = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def file_kind(mode: int) -> str:
@@ -68,13 +73,17 @@ def escape_problem(root: Path, path: Path) -> str | None:
         try:
             info = here.lstat()
         except OSError:
-            return None           # missing, or under a file: the write itself will say so
+            return None  # missing, or under a file: the write itself will say so
         if stat.S_ISLNK(info.st_mode):
-            return f"{here}: is a symlink to {_target(here)}; nothing is written through a symlink, which could " \
-                   f"lead outside {root}; replace it by a folder or remove it"
+            return (
+                f"{here}: is a symlink to {_target(here)}; nothing is written through a symlink, which could "
+                f"lead outside {root}; replace it by a folder or remove it"
+            )
         if not stat.S_ISDIR(info.st_mode):
-            return f"{here}: is {file_kind(info.st_mode) if not stat.S_ISREG(info.st_mode) else 'a file'}, " \
-                   f"where a folder belongs; move it away"
+            return (
+                f"{here}: is {file_kind(info.st_mode) if not stat.S_ISREG(info.st_mode) else 'a file'}, "
+                f"where a folder belongs; move it away"
+            )
     return None
 
 
@@ -83,7 +92,7 @@ def _target(link: Path) -> str:
         target = os.readlink(link)
     except OSError:
         return "an unreadable target"
-    where = (link.parent / target)
+    where = link.parent / target
     return f"{target}" + ("" if where.exists() else " (dangling)")
 
 
@@ -98,7 +107,7 @@ def refuse_long_listing(paths: list[str], overrides: list[str]) -> None:
 
     parsed, problems = parse_overrides(overrides)
     if problems:
-        return                       # planning reports them
+        return  # planning reports them
     counts = []
     for path in paths:
         try:
@@ -110,9 +119,16 @@ def refuse_long_listing(paths: list[str], overrides: list[str]) -> None:
     total = sum(count for _, count in counts)
     if total <= MAX_LISTED_RUNS:
         return
-    raise SpecError([
-        f"{spec.where('sweep')}: sweep: {count:,} runs ("
-        + " x ".join(f"{key} {len(values):,}" for key, values in spec.sweep.items()) + ")"
-        for spec, count in counts if count > 1]
-        + [f"--dry-run lists at most {MAX_LISTED_RUNS:,} runs, one line each, and these specs plan {total:,}; "
-           f"narrow the sweep or split it over several specs (nothing was planned or written)"])
+    raise SpecError(
+        [
+            f"{spec.where('sweep')}: sweep: {count:,} runs ("
+            + " x ".join(f"{key} {len(values):,}" for key, values in spec.sweep.items())
+            + ")"
+            for spec, count in counts
+            if count > 1
+        ]
+        + [
+            f"--dry-run lists at most {MAX_LISTED_RUNS:,} runs, one line each, and these specs plan {total:,}; "
+            f"narrow the sweep or split it over several specs (nothing was planned or written)"
+        ]
+    )

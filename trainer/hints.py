@@ -4,6 +4,7 @@ A sweep started with `make sweep` runs `.venv/bin/python`, whose environment the
 not have active: there, `python -m trainer` and `tensorboard` are not this project's (or not found),
 so the hints name `.venv/bin/python` and `.venv/bin/tensorboard` instead.
 """
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ A run's hparams are its resolved settings, flattened to dotted keys, each with a
 booleans stay booleans, numbers are numbers, everything else (lists, choices, missing values)
 is a string spelled the same way in every run, so no column mixes types.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,8 @@ SESSION_START_INFO_TAG = "_hparams_/session_start_info"
 SESSION_END_INFO_TAG = "_hparams_/session_end_info"
 NULL_TENSOR = tensor_pb2.TensorProto(
     dtype=types_pb2.DT_FLOAT,
-    tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=0)]))
+    tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=0)]),
+)
 
 # Metrics with a fixed meaning: tag, display name, description. Every other final/<split>/<name>
 # and best/<split>/<name> of a run's record is a column too, described by metric_text. Which
@@ -38,7 +40,11 @@ NULL_TENSOR = tensor_pb2.TensorProto(
 METRICS = (
     ("final/weight_distance", "distance to truth", "Euclidean distance from the weights to the true weights"),
     ("final/converged", "converged", "1 if the training loss stayed within eval.tolerance to the end"),
-    ("final/converged_step", "converged at step", "first evaluation step from which the loss stayed within tolerance"),
+    (
+        "final/converged_step",
+        "converged at step",
+        "first evaluation step from which the loss stayed within tolerance",
+    ),
     ("final/diverged", "diverged", "1 if the loss became NaN or infinite"),
 )
 SPLITS = {"train": "training rows", "val": "validation rows"}
@@ -54,7 +60,9 @@ def metric_text(tag: str) -> tuple[str, str]:
     where = SPLITS.get(split, split)
     if when == "best":
         return f"best {value}", f"best {name} on the {where} over the run's evaluations"
-    return f"{when} {value}", f"{name} on the {where} at the end of training" + (" (mean per row)" if name == "loss" else "")
+    return f"{when} {value}", f"{name} on the {where} at the end of training" + (
+        " (mean per row)" if name == "loss" else ""
+    )
 
 
 # Values a record keeps with its metrics that are no HParams metric.
@@ -70,6 +78,7 @@ def metric_tags(runs: Iterable[dict[str, Any]]) -> list[str]:
                 found[metric_tag(key)] = None
     fixed = [tag for tag, _, _ in METRICS]
     return [t for t in found if t not in fixed] + [t for t in fixed if t in found]
+
 
 STATUS = {
     "complete": api_pb2.STATUS_SUCCESS,
@@ -103,7 +112,7 @@ def _flatten(node: Any, prefix: str, out: dict[str, HParamValue]) -> None:
             continue
         kind = column_type(hints[f.name])
         if kind == "number":
-            if isinstance(value, (int, float)):     # a choice such as 'full' comes resolved
+            if isinstance(value, (int, float)):  # a choice such as 'full' comes resolved
                 out[key] = float(value)
         elif kind == "bool":
             out[key] = bool(value)
@@ -120,9 +129,10 @@ def column_type(annotation: Any) -> str:
         return "bool"
     if all(o in (int, float) for o in options):
         return "number"
-    if any(o in (int, float) for o in options) and all(o in (int, float) or get_origin(o) is Literal
-                                                       for o in options):
-        return "number"   # e.g. batch_size: int | 'full', recorded as the resolved number of rows
+    if any(o in (int, float) for o in options) and all(
+        o in (int, float) or get_origin(o) is Literal for o in options
+    ):
+        return "number"  # e.g. batch_size: int | 'full', recorded as the resolved number of rows
     return "string"
 
 
@@ -148,8 +158,11 @@ def summary_metadata(data: plugin_data_pb2.HParamsPluginData) -> summary_pb2.Sum
     content = plugin_data_pb2.HParamsPluginData()
     content.CopyFrom(data)
     content.version = PLUGIN_DATA_VERSION
-    return summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(
-        plugin_name=PLUGIN_NAME, content=content.SerializeToString()))
+    return summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(
+            plugin_name=PLUGIN_NAME, content=content.SerializeToString()
+        )
+    )
 
 
 def _summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> summary_pb2.Summary:
@@ -211,7 +224,9 @@ def swept_keys(runs: Iterable[dict[str, Any]]) -> list[str]:
                 if is_hparam_value(value):
                     values.setdefault(key, set()).add(json.dumps(value))
         swept = dict.fromkeys(key for run in group for key in run.get("swept", {}))
-        varied = [k for s in swept for k in values if (k == s or k.startswith(s + ".")) and len(values[k]) > 1]
+        varied = [
+            k for s in swept for k in values if (k == s or k.startswith(s + ".")) and len(values[k]) > 1
+        ]
         for key in dict.fromkeys(varied):
             counts = score.setdefault(key, [0, 0, len(score)])
             counts[0] += 1
@@ -260,14 +275,18 @@ def declared_metrics(runs: Iterable[dict[str, Any]]) -> list[str]:
     is complete, the diverged runs decide. Known tags come in METRICS's order, others by name.
     """
     runs = list(runs)
-    deciding = [r for r in runs if r.get("status") == "complete"] or \
-        [r for r in runs if r.get("status") == "diverged"]
+    deciding = [r for r in runs if r.get("status") == "complete"] or [
+        r for r in runs if r.get("status") == "diverged"
+    ]
     if not deciding:
         return []
     tags: set[str] | None = None
     for run in deciding:
-        held = {metric_tag(k) for k, v in (run.get("metrics") or {}).items()
-                if k not in NOT_METRICS and isinstance(v, (int, float)) and math.isfinite(v)}
+        held = {
+            metric_tag(k)
+            for k, v in (run.get("metrics") or {}).items()
+            if k not in NOT_METRICS and isinstance(v, (int, float)) and math.isfinite(v)
+        }
         tags = held if tags is None else tags & held
     return [tag for tag in metric_tags(runs) if tag in (tags or ())]
 
@@ -288,18 +307,27 @@ def hparam_info_pb(key: str, values: Iterable[Any], differs: bool | None = None)
     return api_pb2.HParamInfo(name=key, type=kinds.pop(), domain_discrete=domain, differs=differs)
 
 
-def experiment_pb(runs: Iterable[dict[str, Any]], description: str = "",
-                  time_created: float = 0.0) -> summary_pb2.Summary:
+def experiment_pb(
+    runs: Iterable[dict[str, Any]], description: str = "", time_created: float = 0.0
+) -> summary_pb2.Summary:
     """The experiment record: the declared hparams with their discrete domains, and the metrics."""
     runs = list(runs)
     keys = declared_keys(runs)
     first = shown_first(runs, keys)
-    infos = [hparam_info_pb(key, [r["hparams"][key] for r in runs if key in r["hparams"]], key in first)
-             for key in keys]
-    metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), display_name=metric_text(tag)[0],
-                                  description=metric_text(tag)[1],
-                                  dataset_type=api_pb2.DATASET_VALIDATION if "/val/" in tag else api_pb2.DATASET_TRAINING)
-               for tag in declared_metrics(runs)]
-    experiment = api_pb2.Experiment(description=description, hparam_infos=infos, metric_infos=metrics,
-                                    time_created_secs=time_created)
+    infos = [
+        hparam_info_pb(key, [r["hparams"][key] for r in runs if key in r["hparams"]], key in first)
+        for key in keys
+    ]
+    metrics = [
+        api_pb2.MetricInfo(
+            name=api_pb2.MetricName(tag=tag),
+            display_name=metric_text(tag)[0],
+            description=metric_text(tag)[1],
+            dataset_type=api_pb2.DATASET_VALIDATION if "/val/" in tag else api_pb2.DATASET_TRAINING,
+        )
+        for tag in declared_metrics(runs)
+    ]
+    experiment = api_pb2.Experiment(
+        description=description, hparam_infos=infos, metric_infos=metrics, time_created_secs=time_created
+    )
     return _summary(EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))

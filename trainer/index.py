@@ -7,6 +7,7 @@ would guess the columns from every scalar tag, making each weight curve a column
 The record depends on the runs' records only (its time is the latest run's end), so rebuilding an
 unchanged folder leaves the file as it was, byte for byte.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -19,6 +20,8 @@ from trainer.events import event_file_bytes
 from trainer.hparams import declared_keys, experiment_pb
 
 INDEX_FILE = "events.out.tfevents.0000000000.hparams-index"
+
+
 def records(logdir: Path) -> list[dict[str, Any]]:
     """The record of every run under a log folder that has a valid one, with its folder as 'folder'."""
     found = []
@@ -44,8 +47,11 @@ def rebuild(logdir: Path, runs: list[dict[str, Any]] | None = None) -> tuple[int
     runs = records(logdir) if runs is None else runs
     path = logdir / INDEX_FILE
     if path.is_dir() and not path.is_symlink():
-        raise IsADirectoryError(errno.EISDIR, "is a folder, where the log folder's HParams record belongs; "
-                                              "move it away", str(path))
+        raise IsADirectoryError(
+            errno.EISDIR,
+            "is a folder, where the log folder's HParams record belongs; move it away",
+            str(path),
+        )
     if not runs:
         path.unlink(missing_ok=True)
         return 0, []

@@ -1,4 +1,5 @@
 """One run, start to finish: a clean folder, the resolved configuration, training, the final record."""
+
 from __future__ import annotations
 
 import datetime
@@ -13,16 +14,17 @@ import sys
 import sysconfig
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
 from trainer import rundir
 from trainer.hparams import hparams_of
-from trainer.schema import as_data
 from trainer.kinds import shown_path
+from trainer.schema import as_data
 from trainer.status import Status
 from trainer.sweep import RunPlan
 
@@ -41,7 +43,7 @@ class Summary:
     metrics: dict[str, Any]
     duration: float
     error: str | None = None
-    logdir_fault: bool = False      # the log folder itself is unusable: stop the sweep
+    logdir_fault: bool = False  # the log folder itself is unusable: stop the sweep
 
 
 def resolved_values(run: RunPlan) -> dict[str, float]:
@@ -64,7 +66,9 @@ def project_commit() -> str | None:
     """The git commit of the project's own code, where it is a git checkout."""
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -76,16 +80,28 @@ def versions() -> dict[str, str]:
     import torch
 
     from trainer import __version__
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "tensorboard": tensorboard.__version__, "trainer": __version__}
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "tensorboard": tensorboard.__version__,
+        "trainer": __version__,
+    }
 
 
 def _prefixes() -> list[tuple[str, str]]:
-    places = {sysconfig.get_paths()["purelib"]: "", sysconfig.get_paths()["platlib"]: "",
-              str(Path(__file__).resolve().parents[1]): "", os.getcwd(): "", sys.prefix: "",
-              str(Path.home()): "~"}
-    return sorted(((base + os.sep, name + os.sep if name else "") for base, name in places.items() if base),
-                  key=lambda pair: -len(pair[0]))
+    places = {
+        sysconfig.get_paths()["purelib"]: "",
+        sysconfig.get_paths()["platlib"]: "",
+        str(Path(__file__).resolve().parents[1]): "",
+        os.getcwd(): "",
+        sys.prefix: "",
+        str(Path.home()): "~",
+    }
+    return sorted(
+        ((base + os.sep, name + os.sep if name else "") for base, name in places.items() if base),
+        key=lambda pair: -len(pair[0]),
+    )
 
 
 def portable(text: str) -> str:
@@ -120,11 +136,20 @@ def base_record(run: RunPlan, status: str, error: str | None) -> dict[str, Any]:
     """What every record says of its run, whoever writes it (needs no torch: the sweep's parent
     writes it for a run whose worker died)."""
     return {
-        "format": rundir.RECORD_FORMAT, "experiment": run.experiment, "run": run.name, "status": status,
-        "config_digest": rundir.config_digest(run.config), "swept": dict(run.swept),
-        "hparams": hparams_of(run.config, run.experiment, resolved_values(run)), "metrics": {},
-        "steps": run.steps, "seed": run.config.train.seed, "error": error, "config": as_data(run.config),
-        "spec": shown_path(run.spec_path), "code": code_record(run),
+        "format": rundir.RECORD_FORMAT,
+        "experiment": run.experiment,
+        "run": run.name,
+        "status": status,
+        "config_digest": rundir.config_digest(run.config),
+        "swept": dict(run.swept),
+        "hparams": hparams_of(run.config, run.experiment, resolved_values(run)),
+        "metrics": {},
+        "steps": run.steps,
+        "seed": run.config.train.seed,
+        "error": error,
+        "config": as_data(run.config),
+        "spec": shown_path(run.spec_path),
+        "code": code_record(run),
     }
 
 
@@ -135,8 +160,13 @@ def code_record(run: RunPlan) -> dict[str, Any]:
     return {where: kinds.code_of(path) for where, path in run.code}
 
 
-def execute(run: RunPlan, logdir: Path, should_stop: Callable[[], bool] = lambda: False,
-            on_progress: Callable[[int], None] = lambda steps: None, claim: rundir.Claim | None = None) -> Summary:
+def execute(
+    run: RunPlan,
+    logdir: Path,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_progress: Callable[[int], None] = lambda steps: None,
+    claim: rundir.Claim | None = None,
+) -> Summary:
     """Run one configuration into a clean folder and write its record; never raises for a run's fault.
 
     With a claim, the record is written only while the claim is still this sweep's (see
@@ -147,14 +177,28 @@ def execute(run: RunPlan, logdir: Path, should_stop: Callable[[], bool] = lambda
     folder = logdir / run.folder
     started, clock = _now(), time.monotonic()
     record = base_record(run, "failed", None)
-    record.update({
-        "steps_done": 0,
-        "resolved": {"steps": run.steps, "batch_size": run.batch_size, "rows": run.rows,
-                     "validation_rows": run.validation_rows, "input_shape": list(run.input_shape),
-                     "outputs": run.outputs, "classes": run.classes, "device": None},
-        "started": started, "ended": None, "duration_s": None, "host": socket.gethostname(), "pid": os.getpid(),
-        "versions": versions(), "commit": project_commit(),
-    })
+    record.update(
+        {
+            "steps_done": 0,
+            "resolved": {
+                "steps": run.steps,
+                "batch_size": run.batch_size,
+                "rows": run.rows,
+                "validation_rows": run.validation_rows,
+                "input_shape": list(run.input_shape),
+                "outputs": run.outputs,
+                "classes": run.classes,
+                "device": None,
+            },
+            "started": started,
+            "ended": None,
+            "duration_s": None,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "versions": versions(),
+            "commit": project_commit(),
+        }
+    )
     hparams = record["hparams"]
     sink = None
     try:
@@ -166,8 +210,13 @@ def execute(run: RunPlan, logdir: Path, should_stop: Callable[[], bool] = lambda
         (folder / rundir.CONFIG).write_text(text, encoding="utf-8")
         sink = TensorBoardSink(folder, run.config.log, hparams, text)
         outcome = train(run, sink, should_stop, on_progress)
-        record.update(status=outcome.status, metrics=outcome.metrics, steps_done=outcome.steps_done,
-                      final_weights=outcome.final_weights, weights_sha256=outcome.weights_sha256)
+        record.update(
+            status=outcome.status,
+            metrics=outcome.metrics,
+            steps_done=outcome.steps_done,
+            final_weights=outcome.final_weights,
+            weights_sha256=outcome.weights_sha256,
+        )
         record["resolved"]["device"] = outcome.device
         if outcome.status == Status.COMPLETE and run.config.log.checkpoint == "final":
             save_checkpoint(folder, outcome.model)
@@ -175,14 +224,15 @@ def execute(run: RunPlan, logdir: Path, should_stop: Callable[[], bool] = lambda
     except Exception as exc:  # the run's fault is recorded; the sweep goes on
         # A full or read-only disk is no fault of the run: it is left to be run again once that is fixed.
         logdir_fault = isinstance(exc, OSError) and exc.errno in LOGDIR_ERRNOS
-        record.update(status="interrupted" if logdir_fault else "failed",
-                      error=portable(f"{type(exc).__name__}: {exc}"))
+        record.update(
+            status="interrupted" if logdir_fault else "failed", error=portable(f"{type(exc).__name__}: {exc}")
+        )
         try:
             if claim is not None and not rundir.owns(claim):
-                raise rundir.ClaimLost(claim.path)   # the folder is another sweep's now: write nothing there
+                raise rundir.ClaimLost(claim.path)  # the folder is another sweep's now: write nothing there
             if sink is not None and sink.events is not None:
                 sink.finish(record["status"], 0, {}, None)
-            elif folder.is_dir():   # it failed before its event file began
+            elif folder.is_dir():  # it failed before its event file began
                 end_session(folder, hparams, record["status"])
         except Exception:
             pass
@@ -213,18 +263,34 @@ def save_checkpoint(folder: Path, model: Any) -> None:
     rundir.write_atomic(folder / rundir.CHECKPOINT, buffer.getvalue())
 
 
-def _finish(folder: Path, record: dict[str, Any], clock: float, logdir_fault: bool = False,
-            claim: rundir.Claim | None = None) -> Summary:
+def _finish(
+    folder: Path,
+    record: dict[str, Any],
+    clock: float,
+    logdir_fault: bool = False,
+    claim: rundir.Claim | None = None,
+) -> Summary:
     duration = time.monotonic() - clock
     record.update(ended=_now(), duration_s=round(duration, 3))
     try:
         rundir.commit_record(folder, record, claim)
     except rundir.ClaimLost:
-        return Summary(f"{record['experiment']}/{record['run']}", LOST, {}, duration,
-                       "another sweep took the run over while this one was paused; this result was discarded")
-    except OSError as exc:   # with no record the run counts as unfinished: the next sweep runs it again
+        return Summary(
+            f"{record['experiment']}/{record['run']}",
+            LOST,
+            {},
+            duration,
+            "another sweep took the run over while this one was paused; this result was discarded",
+        )
+    except OSError as exc:  # with no record the run counts as unfinished: the next sweep runs it again
         logdir_fault = logdir_fault or exc.errno in LOGDIR_ERRNOS
         record["error"] = record["error"] or f"cannot write {folder / rundir.RECORD}: {exc.strerror}"
         record["status"] = "interrupted" if logdir_fault else "failed"
-    return Summary(f"{record['experiment']}/{record['run']}", record["status"], record["metrics"], duration,
-                   record["error"], logdir_fault)
+    return Summary(
+        f"{record['experiment']}/{record['run']}",
+        record["status"],
+        record["metrics"],
+        duration,
+        record["error"],
+        logdir_fault,
+    )

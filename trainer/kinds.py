@@ -9,6 +9,7 @@ of the wrong type is found when the spec is read, with the same messages as for 
 Modules are looked up in the spec file's own folder first, then among installed packages.
 Nothing here imports torch.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,15 +23,18 @@ import inspect
 import re
 import sys
 import types
+from collections.abc import Callable, Iterator
 from dataclasses import MISSING, dataclass, fields, make_dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 from trainer import strict
 from trainer.strict import Invalid, setting, suggest
 
 FAMILIES = ("data", "model", "loss", "optimizer", "schedule")
-IMPORT_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+IMPORT_PATH = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+)
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class Kind:
     name: str
     config: type
     build: Callable[..., Any]
-    target: Any = None                 # the user's callable, for a user kind
+    target: Any = None  # the user's callable, for a user kind
 
     @property
     def is_user_code(self) -> bool:
@@ -55,18 +59,23 @@ class Family:
     optimizer's parameters), settings every kind of the family shares, how user code is built."""
 
     name: str
-    what: str                          # 'a function returning ...', for messages
-    build_user: Callable[..., Any]     # (kind, spec, *family arguments) -> built object
-    passed: int | Callable[[Any], int] = 0   # leading positional parameters the trainer fills in
-    common: type | None = None         # a dataclass of settings every kind of the family has
+    what: str  # 'a function returning ...', for messages
+    build_user: Callable[..., Any]  # (kind, spec, *family arguments) -> built object
+    passed: int | Callable[[Any], int] = 0  # leading positional parameters the trainer fills in
+    common: type | None = None  # a dataclass of settings every kind of the family has
     kinds: dict[str, Kind] = dataclasses.field(default_factory=dict)
 
 
 _families: dict[str, Family] = {}
 
 
-def define_family(name: str, what: str, build_user: Callable[..., Any], passed: int | Callable[[Any], int] = 0,
-                  common: type | None = None) -> Family:
+def define_family(
+    name: str,
+    what: str,
+    build_user: Callable[..., Any],
+    passed: int | Callable[[Any], int] = 0,
+    common: type | None = None,
+) -> Family:
     """Declare a family (each family's module does this once)."""
     family = _families[name] = Family(name, what, build_user, passed, common)
     return family
@@ -87,7 +96,7 @@ def builtin(family: str) -> dict[str, type]:
 def union(family: str) -> Any:
     """The type of a family's config section: any of its built-in kinds (user kinds are resolved
     by the converter when a spec names one)."""
-    return Union[tuple(builtin(family).values())]
+    return Union[tuple(builtin(family).values())]  # noqa: UP007  (a union built at run time)
 
 
 def family(name: str) -> Family:
@@ -111,9 +120,16 @@ def build(spec: Any, *args: Any) -> Any:
 
 def settings(spec: Any) -> dict[str, Any]:
     """A user kind's own keyword arguments: its settings without 'kind' and the family's common ones."""
-    common = {f.name for f in fields(_families[spec.__family__].common)} if _families[spec.__family__].common else set()
-    return {f.name: _plain_value(getattr(spec, f.name)) for f in fields(spec)
-            if f.name != "kind" and f.name not in common}
+    common = (
+        {f.name for f in fields(_families[spec.__family__].common)}
+        if _families[spec.__family__].common
+        else set()
+    )
+    return {
+        f.name: _plain_value(getattr(spec, f.name))
+        for f in fields(spec)
+        if f.name != "kind" and f.name not in common
+    }
 
 
 def _plain_value(value: Any) -> Any:
@@ -149,8 +165,15 @@ def resolve(family_name: str, text: str, folder: Path | str | None = None) -> Ki
 def import_attribute(text: str, folder: str | None, key: str) -> Any:
     """The object named by 'module:attribute', the module looked up in `folder` first."""
     if not IMPORT_PATH.match(text):
-        raise Invalid([(key, f"{text!r} is not an import path; write module:attribute, such as "
-                             f"'my_models:SmallCNN' for SmallCNN in my_models.py beside the spec")])
+        raise Invalid(
+            [
+                (
+                    key,
+                    f"{text!r} is not an import path; write module:attribute, such as "
+                    f"'my_models:SmallCNN' for SmallCNN in my_models.py beside the spec",
+                )
+            ]
+        )
     module_name, _, attribute = text.partition(":")
     module = _import(module_name, folder, key)
     value: Any = module
@@ -158,8 +181,9 @@ def import_attribute(text: str, folder: str | None, key: str) -> Any:
         if not hasattr(value, part):
             owner = module_name + "".join("." + p for p in attribute.split(".")[:depth])
             names = [n for n in dir(value) if not n.startswith("_")]
-            raise Invalid([(key, f"{owner} has no attribute {part!r}{suggest(part, names)} "
-                                 f"({_where(module)})")])
+            raise Invalid(
+                [(key, f"{owner} has no attribute {part!r}{suggest(part, names)} ({_where(module)})")]
+            )
         value = getattr(value, part)
     return value
 
@@ -181,23 +205,35 @@ def shown_path(file: str | Path) -> str:
 
 def _import(name: str, folder: str | None, key: str) -> types.ModuleType:
     top = name.split(".")[0]
-    local = folder is not None and (Path(folder, top + ".py").is_file() or Path(folder, top, "__init__.py").is_file())
+    local = folder is not None and (
+        Path(folder, top + ".py").is_file() or Path(folder, top, "__init__.py").is_file()
+    )
     if local and folder not in sys.path:
         sys.path.insert(0, folder)
     loaded = sys.modules.get(top)
     if local and loaded is not None and getattr(loaded, "__file__", None):
         home = Path(loaded.__file__).resolve().parent
         if home != Path(folder) and home.parent != Path(folder):
-            raise Invalid([(key, f"a module named {top!r} is already imported from {shown_path(loaded.__file__)}, "
-                                 f"so {top}.py beside the spec cannot be; rename one of them")])
+            raise Invalid(
+                [
+                    (
+                        key,
+                        f"a module named {top!r} is already imported from {shown_path(loaded.__file__)}, "
+                        f"so {top}.py beside the spec cannot be; rename one of them",
+                    )
+                ]
+            )
     try:
         found = importlib.util.find_spec(name)
     except (ImportError, ValueError):
         found = None
     if found is None:
         here = sorted(p.stem for p in Path(folder).glob("*.py")) if folder else []
-        place = f"no {top}.py in {shown_path(folder)}/ and no installed module of that name" if folder else \
-            "no installed module of that name"
+        place = (
+            f"no {top}.py in {shown_path(folder)}/ and no installed module of that name"
+            if folder
+            else "no installed module of that name"
+        )
         raise Invalid([(key, f"cannot import module {name!r}: {place}{suggest(top, here)}")])
     try:
         return importlib.import_module(name)
@@ -210,14 +246,21 @@ def _import(name: str, folder: str | None, key: str) -> types.ModuleType:
         raise Invalid([(key, f"importing {name!r}{where} raised {type(exc).__name__}: {exc}")]) from None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _user_kind(family_name: str, text: str, folder: str | None) -> Kind:
     fam = _families[family_name]
     key = f"{family_name}.kind"
     target = import_attribute(text, folder, key)
     if not callable(target):
-        raise Invalid([(key, f"{text} is {type(target).__name__}, not something that can be called; "
-                             f"a {family_name} kind is {fam.what}")])
+        raise Invalid(
+            [
+                (
+                    key,
+                    f"{text} is {type(target).__name__}, not something that can be called; "
+                    f"a {family_name} kind is {fam.what}",
+                )
+            ]
+        )
     config = _settings_class(fam, text, folder, target, key)
     return Kind(family_name, text, config, fam.build_user, target)
 
@@ -229,13 +272,22 @@ def _settings_class(fam: Family, text: str, folder: str | None, target: Any, key
         try:
             signature = inspect.signature(target)
         except (TypeError, ValueError):
-            raise Invalid([(key, f"the parameters of {text} cannot be read; a {fam.name} kind is {fam.what}")])
+            raise Invalid(
+                [(key, f"the parameters of {text} cannot be read; a {fam.name} kind is {fam.what}")]
+            )
     params = list(signature.parameters.values())
     passed = fam.passed(target) if callable(fam.passed) else fam.passed
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     if len(positional) < passed and not any(p.kind == p.VAR_POSITIONAL for p in params):
-        raise Invalid([(key, f"{text} takes {len(positional)} positional argument"
-                             f"{'' if len(positional) == 1 else 's'}; a {fam.name} kind is {fam.what}")])
+        raise Invalid(
+            [
+                (
+                    key,
+                    f"{text} takes {len(positional)} positional argument"
+                    f"{'' if len(positional) == 1 else 's'}; a {fam.name} kind is {fam.what}",
+                )
+            ]
+        )
     common = {f.name for f in fields(fam.common)} if fam.common else set()
     specs: list[tuple[str, Any, Any]] = [("kind", str, setting(text, doc="import path of the user's code"))]
     for p in params[passed:]:
@@ -244,12 +296,15 @@ def _settings_class(fam: Family, text: str, folder: str | None, target: Any, key
         default = MISSING if p.default is p.empty else _frozen(p.default)
         specs.append((p.name, _setting_type(p), setting(default, doc=f"argument {p.name} of {text}")))
     attribute = text.partition(":")[2].replace(".", "_")
-    cls = make_dataclass(f"{attribute}Settings", specs, bases=(fam.common,) if fam.common else (),
-                         frozen=True, kw_only=True)
+    cls = make_dataclass(
+        f"{attribute}Settings", specs, bases=(fam.common,) if fam.common else (), frozen=True, kw_only=True
+    )
     cls.__doc__ = (inspect.getdoc(target) or f"{text}").splitlines()[0]
     cls.__family__, cls.__folder__ = fam.name, folder
-    cls.__reduce__ = lambda self: (_rebuild, (fam.name, text, folder, {f.name: getattr(self, f.name)
-                                                                         for f in fields(self)}))
+    cls.__reduce__ = lambda self: (
+        _rebuild,
+        (fam.name, text, folder, {f.name: getattr(self, f.name) for f in fields(self)}),
+    )
     return cls
 
 
@@ -272,7 +327,11 @@ def _setting_type(p: inspect.Parameter) -> Any:
     if annotation is not p.empty and _supported(annotation):
         return _normalized(annotation)
     if type(p.default) in SETTING_TYPES and (annotation is p.empty or not _supported(annotation)):
-        return type(p.default) if type(p.default) is not int else (int | float if annotation is not p.empty else int)
+        return (
+            type(p.default)
+            if type(p.default) is not int
+            else (int | float if annotation is not p.empty else int)
+        )
     if p.default is None and annotation is not p.empty and _supported(annotation):
         return _normalized(annotation) | None
     return Any
@@ -295,7 +354,7 @@ def _normalized(tp: Any) -> Any:
     if origin is list:
         return tuple[get_args(tp)[0], ...]
     if origin in (Union, types.UnionType):
-        return Union[tuple(_normalized(a) for a in get_args(tp))]
+        return Union[tuple(_normalized(a) for a in get_args(tp))]  # noqa: UP007  (built at run time)
     return tp
 
 
@@ -304,11 +363,14 @@ def code_of(text: str) -> dict[str, Any]:
     file's sha256, so a record says which code produced a run."""
     module = sys.modules.get(text.partition(":")[0])
     file = getattr(module, "__file__", None)
-    return {"kind": text, "file": shown_path(file) if file else None,
-            "sha256": _file_digest(file) if file else None}
+    return {
+        "kind": text,
+        "file": shown_path(file) if file else None,
+        "sha256": _file_digest(file) if file else None,
+    }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _file_digest(file: str) -> str:
     return hashlib.sha256(Path(file).read_bytes()).hexdigest()
 

@@ -6,11 +6,13 @@ A builder takes (kind, spec, reduction): `reduction` overrides the spec's ('mean
 evaluations, so runs of any batch size compare). Built-in losses are torch's functional forms:
 the same numbers as its modules, without the module call.
 """
+
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from trainer import kinds
 from trainer.strict import at_least, at_most, greater_than, setting
@@ -60,8 +62,9 @@ class CrossEntropyLoss(Reduced):
 
     task: ClassVar[str] = CLASSES
     kind: Literal["cross_entropy"] = "cross_entropy"
-    label_smoothing: float = setting(0.0, at_least(0), at_most(1), doc="weight moved from the true class to all "
-                                                                       "classes evenly, in [0, 1]")
+    label_smoothing: float = setting(
+        0.0, at_least(0), at_most(1), doc="weight moved from the true class to all classes evenly, in [0, 1]"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +89,7 @@ def _functional(name: str, **fixed: Any) -> Callable[..., Any]:
 
         extra = {key: getattr(spec, key) for key in fixed}
         return functools.partial(getattr(F, name), reduction=reduction or spec.reduction, **extra)
+
     return build
 
 
@@ -93,8 +97,9 @@ def _bce(kind: kinds.Kind, spec: Any, reduction: str | None = None) -> Callable[
     from torch.nn import functional as F
 
     reduction = reduction or spec.reduction
-    return lambda output, target: F.binary_cross_entropy_with_logits(output, target.to(output.dtype),
-                                                                     reduction=reduction)
+    return lambda output, target: F.binary_cross_entropy_with_logits(
+        output, target.to(output.dtype), reduction=reduction
+    )
 
 
 def _user_loss(kind: kinds.Kind, spec: Any, reduction: str | None = None) -> Callable[[Any, Any], Any]:
@@ -107,8 +112,12 @@ def _user_loss(kind: kinds.Kind, spec: Any, reduction: str | None = None) -> Cal
 
 
 # A user function's first two parameters are (output, target); a class takes only its settings.
-kinds.define_family("loss", "a function (output, target) -> scalar tensor, or an nn.Module class", _user_loss,
-                    passed=lambda target: 0 if isinstance(target, type) else 2)
+kinds.define_family(
+    "loss",
+    "a function (output, target) -> scalar tensor, or an nn.Module class",
+    _user_loss,
+    passed=lambda target: 0 if isinstance(target, type) else 2,
+)
 kinds.register("loss", L1Loss, _functional("l1_loss"))
 kinds.register("loss", MseLoss, _functional("mse_loss"))
 kinds.register("loss", HuberLoss, _functional("huber_loss", delta=None))
@@ -137,10 +146,18 @@ def check_targets(spec: Any, classes: int | None) -> list[tuple[str, str]]:
     """Whether a built-in loss fits the data's targets: problems as (key, message)."""
     task = task_of(spec)
     if task == REGRESSION and classes is not None:
-        return [("loss.kind", f"{spec.kind!r} is a regression loss, but the targets are class labels; "
-                              f"use cross_entropy")]
+        return [
+            (
+                "loss.kind",
+                f"{spec.kind!r} is a regression loss, but the targets are class labels; use cross_entropy",
+            )
+        ]
     if task == CLASSES and classes is None:
-        return [("loss.kind", f"{spec.kind!r} needs integer class labels, but the targets are real numbers; "
-                              f"use l1, mse or huber")]
+        return [
+            (
+                "loss.kind",
+                f"{spec.kind!r} needs integer class labels, but the targets are real numbers; "
+                f"use l1, mse or huber",
+            )
+        ]
     return []
-

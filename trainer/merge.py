@@ -8,6 +8,7 @@ Two runs are the same run when their resolved configuration, status and results 
 that shares its name with a different run is kept under `<name>~<digest>`, and its record says
 which name it came from (`merged_from`), so merging the same folders again finds it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,7 +33,7 @@ UNFINISHED = ("interrupted", "unfinished", "running", "missing")
 @dataclass
 class MergeResult:
     copied: list[str] = field(default_factory=list)
-    renamed: list[tuple[str, str]] = field(default_factory=list)     # (source folder, new name)
+    renamed: list[tuple[str, str]] = field(default_factory=list)  # (source folder, new name)
     identical: list[str] = field(default_factory=list)
     unfinished: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
@@ -41,8 +42,10 @@ class MergeResult:
 
     def lines(self) -> list[str]:
         refused = len(self.refused) + len(self.damaged)
-        out = [f"copied {len(self.copied) + len(self.renamed)} runs, {len(self.identical)} already present "
-               f"(identical), {len(self.unfinished)} unfinished left out, {refused} refused"]
+        out = [
+            f"copied {len(self.copied) + len(self.renamed)} runs, {len(self.identical)} already present "
+            f"(identical), {len(self.unfinished)} unfinished left out, {refused} refused"
+        ]
         out += [f"  kept both: {src} -> {new} (same name, different run)" for src, new in self.renamed]
         out += [f"  left out (unfinished; --include-unfinished copies it): {u}" for u in self.unfinished]
         out += [f"  refused: {r}" for r in self.refused]
@@ -52,7 +55,11 @@ class MergeResult:
 
 def identity(record: dict[str, Any]) -> str:
     """Same configuration, same status and same results: the same run."""
-    key = {"config": record.get("config_digest"), "status": record.get("status"), "metrics": record.get("metrics")}
+    key = {
+        "config": record.get("config_digest"),
+        "status": record.get("status"),
+        "metrics": record.get("metrics"),
+    }
     return "record:" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -96,14 +103,16 @@ class Destination:
     runs: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, folder: Path) -> "Destination":
+    def load(cls, folder: Path) -> Destination:
         found = cls(folder)
         if folder.is_dir():
             for run in sorted(folder.iterdir()):
                 if run.name.startswith(".") or run.is_symlink() or not run.is_dir():
                     continue
                 record, _ = rundir.load_record(run)
-                found.add(run.name, family(run.name, record), identity(record) if record else files_identity(run))
+                found.add(
+                    run.name, family(run.name, record), identity(record) if record else files_identity(run)
+                )
         return found
 
     def add(self, name: str, origin: str, ident: str) -> None:
@@ -118,7 +127,7 @@ class Destination:
             return name
         digest = ident.partition(":")[2]
         for length in (8, 16, 64):
-            candidate = f"{origin[:MAX_NAME - length - 1]}~{digest[:length]}"
+            candidate = f"{origin[: MAX_NAME - length - 1]}~{digest[:length]}"
             if candidate not in self.runs and not (self.folder / candidate).exists():
                 return candidate
         raise LogDirError(f"{self.folder / name}: no free name for a different run of the same name")
@@ -144,8 +153,14 @@ def _check_destination(sources: list[Path], dest: Path) -> None:
     """Refuse, before copying anything, a destination whose experiment or run folders are symlinks
     (dangling or not) or files: a copy through them would land outside the destination."""
     problems: list[str] = []
-    experiments = sorted({e.name for s in sources for e in s.iterdir()
-                          if not e.name.startswith(".") and experiment_name(e.name) is None})
+    experiments = sorted(
+        {
+            e.name
+            for s in sources
+            for e in s.iterdir()
+            if not e.name.startswith(".") and experiment_name(e.name) is None
+        }
+    )
     for name in experiments:
         problem = guards.escape_problem(dest, dest / name)
         if problem is None and (dest / name).is_dir():
@@ -176,7 +191,7 @@ def merge(sources: list[Path], dest: Path, include_unfinished: bool = False) -> 
                 result.refused.append(f"{experiment}: a symlink (not followed)")
                 continue
             if not experiment.is_dir():
-                continue            # the source's own HParams record, notes, ...
+                continue  # the source's own HParams record, notes, ...
             if experiment_name(experiment.name) is not None:
                 result.refused.append(f"{experiment}: {experiment.name!r} is not an experiment name")
                 continue
@@ -219,9 +234,11 @@ def _merge_run(run: Path, into: Destination, include_unfinished: bool, result: M
         _copy_run(run, into.folder, name, record, origin)
     except OSError as exc:
         done = len(result.copied) + len(result.renamed)
-        raise LogDirError(f"{into.folder / name}: cannot be written: {exc.strerror or exc}. The {done} run"
-                          f"{'' if done == 1 else 's'} copied before it are complete and nothing partial was left; "
-                          f"free space or fix permissions, then merge again")
+        raise LogDirError(
+            f"{into.folder / name}: cannot be written: {exc.strerror or exc}. The {done} run"
+            f"{'' if done == 1 else 's'} copied before it are complete and nothing partial was left; "
+            f"free space or fix permissions, then merge again"
+        )
     into.add(name, origin, ident)
     if name == run.name:
         result.copied.append(str(run))

@@ -7,11 +7,13 @@ Whether higher is better is read from the function's `greater_is_better` attribu
 false, or for a metric returning a dict, a dict of them by name (default: lower is better). It
 decides which value is a run's best.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from trainer import kinds
 from trainer.strict import Invalid, is_import_path, suggest
@@ -19,11 +21,11 @@ from trainer.strict import Invalid, is_import_path, suggest
 
 @dataclass(frozen=True)
 class Metric:
-    name: str                       # the curve's name: val/<name>, train/<name>
+    name: str  # the curve's name: val/<name>, train/<name>
     compute: Callable[[Any, Any], Any]
     greater_is_better: bool | dict[str, bool]
     doc: str
-    classes_only: bool = False      # needs class labels (accuracy)
+    classes_only: bool = False  # needs class labels (accuracy)
 
 
 def _fit(output: Any, target: Any) -> Any:
@@ -65,11 +67,20 @@ def resolve(name: str, folder: Any, key: str) -> Metric:
     if name in BUILTIN:
         return BUILTIN[name]
     if not is_import_path(name):
-        raise Invalid([(key, f"unknown metric {name!r}{suggest(name, list(BUILTIN))}; the built-in metrics are "
-                             f"{', '.join(BUILTIN)}, or name a function of yours as module:function")])
+        raise Invalid(
+            [
+                (
+                    key,
+                    f"unknown metric {name!r}{suggest(name, list(BUILTIN))}; the built-in metrics are "
+                    f"{', '.join(BUILTIN)}, or name a function of yours as module:function",
+                )
+            ]
+        )
     target = kinds.import_attribute(name, str(Path(folder).resolve()) if folder is not None else None, key)
     if not callable(target):
-        raise Invalid([(key, f"{name} is {type(target).__name__}, not a function (output, target) -> number")])
+        raise Invalid(
+            [(key, f"{name} is {type(target).__name__}, not a function (output, target) -> number")]
+        )
     short = name.rpartition(":")[2].rpartition(".")[2]
     doc = ((getattr(target, "__doc__", None) or short).strip().splitlines() or [short])[0]
     greater = getattr(target, "greater_is_better", False)

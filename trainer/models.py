@@ -4,6 +4,7 @@ A model kind's builder takes (kind, spec, shape): `shape` says what the data and
 features of a row and the outputs. A user's kind is an nn.Module class or a function returning
 one, called with its settings as keyword arguments.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,7 +18,7 @@ from trainer.strict import Invalid, at_least, each, non_empty, setting
 if TYPE_CHECKING:
     from torch import nn
 
-OUTPUTS_DOC = ("outputs per row; 'auto' is one per class for a classification loss, else one per target value")
+OUTPUTS_DOC = "outputs per row; 'auto' is one per class for a classification loss, else one per target value"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,7 +28,8 @@ class LinearModel:
     kind: Literal["linear"] = "linear"
     bias: bool = setting(False, doc="learn an intercept")
     init: Literal["default", "zeros"] | tuple[float, ...] = setting(
-        "default", doc="'default' (torch's, seeded by train.seed), 'zeros', or one weight per feature")
+        "default", doc="'default' (torch's, seeded by train.seed), 'zeros', or one weight per feature"
+    )
     outputs: int | Literal["auto"] = setting("auto", at_least(1), doc=OUTPUTS_DOC)
 
 
@@ -51,34 +53,38 @@ class Shape:
     outputs: int
 
 
-def _linear(kind: kinds.Kind, spec: LinearModel, shape: Shape) -> "nn.Module":
+def _linear(kind: kinds.Kind, spec: LinearModel, shape: Shape) -> nn.Module:
     import torch
     from torch import nn
 
     model = nn.Linear(shape.features, shape.outputs, bias=spec.bias)
     if isinstance(spec.init, tuple):
         with torch.no_grad():
-            model.weight.copy_(torch.tensor(spec.init, dtype=torch.float32).view(1, -1).expand_as(model.weight))
+            model.weight.copy_(
+                torch.tensor(spec.init, dtype=torch.float32).view(1, -1).expand_as(model.weight)
+            )
             if model.bias is not None:
                 model.bias.zero_()
     return _zeroed(model, spec.init)
 
 
-def _mlp(kind: kinds.Kind, spec: MlpModel, shape: Shape) -> "nn.Module":
+def _mlp(kind: kinds.Kind, spec: MlpModel, shape: Shape) -> nn.Module:
     from torch import nn
 
     activations = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}
     layers: list[tuple[str, nn.Module]] = []
     width = shape.features
     for i, hidden in enumerate(spec.hidden, start=1):
-        layers += [(f"hidden{i}", nn.Linear(width, hidden, bias=spec.bias)),
-                   (f"act{i}", activations[spec.activation]())]
+        layers += [
+            (f"hidden{i}", nn.Linear(width, hidden, bias=spec.bias)),
+            (f"act{i}", activations[spec.activation]()),
+        ]
         width = hidden
     layers.append(("output", nn.Linear(width, shape.outputs, bias=spec.bias)))
     return _zeroed(nn.Sequential(OrderedDict(layers)), spec.init)
 
 
-def _zeroed(model: "nn.Module", init: Any) -> "nn.Module":
+def _zeroed(model: nn.Module, init: Any) -> nn.Module:
     import torch
 
     if init == "zeros":
@@ -88,7 +94,7 @@ def _zeroed(model: "nn.Module", init: Any) -> "nn.Module":
     return model
 
 
-def _user_model(kind: kinds.Kind, spec: Any, shape: Shape | None) -> "nn.Module":
+def _user_model(kind: kinds.Kind, spec: Any, shape: Shape | None) -> nn.Module:
     from torch import nn
 
     model = kind.target(**kinds.settings(spec))
@@ -102,7 +108,7 @@ kinds.register("model", LinearModel, _linear)
 kinds.register("model", MlpModel, _mlp)
 
 
-def build_model(spec: Any, shape: Shape | None, seed: int) -> "nn.Module":
+def build_model(spec: Any, shape: Shape | None, seed: int) -> nn.Module:
     """The run's model; its initial weights are seeded with the run's seed."""
     import torch
 

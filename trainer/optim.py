@@ -5,10 +5,12 @@ An optimizer's builder takes (kind, spec, params); a user's optimizer is a class
 (kind, spec, optimizer, steps) and gives a scheduler stepped once per training step, or None for
 a constant rate; a user's schedule is a class called as `cls(optimizer, **settings)`.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from trainer import kinds
 from trainer.strict import at_least, at_most, below, each, greater_than, setting
@@ -46,8 +48,12 @@ class AdamOptimizer:
 
     kind: Literal["adam"] = "adam"
     lr: float = setting(0.001, greater_than(0), doc=LR_DOC)
-    betas: tuple[float, float] = setting((0.9, 0.999), each(at_least(0)), each(below(1)),
-                                         doc="decay rates of the moment estimates, each in [0, 1)")
+    betas: tuple[float, float] = setting(
+        (0.9, 0.999),
+        each(at_least(0)),
+        each(below(1)),
+        doc="decay rates of the moment estimates, each in [0, 1)",
+    )
     eps: float = setting(1e-8, greater_than(0), doc="added to the denominator")
     weight_decay: float = setting(0.0, at_least(0), doc=WEIGHT_DECAY_DOC)
     amsgrad: bool = setting(False, doc="use the AMSGrad variant")
@@ -82,7 +88,9 @@ class CosineSchedule:
     """Cosine annealing from lr to eta_min over t_max steps."""
 
     kind: Literal["cosine"] = "cosine"
-    t_max: int | None = setting(None, at_least(1), doc="steps of one half-period; the run's length when omitted")
+    t_max: int | None = setting(
+        None, at_least(1), doc="steps of one half-period; the run's length when omitted"
+    )
     eta_min: float = setting(0.0, at_least(0), doc="lowest learning rate")
 
 
@@ -98,22 +106,35 @@ def _foreach(params: list[Any]) -> bool:
     return sum(p.numel() for p in params) >= FOREACH_MIN_ELEMENTS
 
 
-def _sgd(kind: kinds.Kind, spec: SgdOptimizer, params: list[Any]) -> "torch.optim.Optimizer":
+def _sgd(kind: kinds.Kind, spec: SgdOptimizer, params: list[Any]) -> torch.optim.Optimizer:
     import torch
 
-    return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov,
-                           weight_decay=spec.weight_decay, foreach=_foreach(params))
+    return torch.optim.SGD(
+        params,
+        lr=spec.lr,
+        momentum=spec.momentum,
+        nesterov=spec.nesterov,
+        weight_decay=spec.weight_decay,
+        foreach=_foreach(params),
+    )
 
 
-def _adam(kind: kinds.Kind, spec: AdamOptimizer | AdamWOptimizer, params: list[Any]) -> "torch.optim.Optimizer":
+def _adam(kind: kinds.Kind, spec: AdamOptimizer | AdamWOptimizer, params: list[Any]) -> torch.optim.Optimizer:
     import torch
 
     cls = torch.optim.Adam if spec.kind == "adam" else torch.optim.AdamW
-    return cls(params, lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay,
-               amsgrad=spec.amsgrad, foreach=_foreach(params))
+    return cls(
+        params,
+        lr=spec.lr,
+        betas=spec.betas,
+        eps=spec.eps,
+        weight_decay=spec.weight_decay,
+        amsgrad=spec.amsgrad,
+        foreach=_foreach(params),
+    )
 
 
-def _user_optimizer(kind: kinds.Kind, spec: Any, params: list[Any]) -> "torch.optim.Optimizer":
+def _user_optimizer(kind: kinds.Kind, spec: Any, params: list[Any]) -> torch.optim.Optimizer:
     return kind.target(params, **kinds.settings(spec))
 
 
@@ -130,7 +151,9 @@ def _step(kind: kinds.Kind, spec: StepSchedule, optimizer: Any, steps: int) -> A
 def _cosine(kind: kinds.Kind, spec: CosineSchedule, optimizer: Any, steps: int) -> Any:
     import torch
 
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=spec.t_max or steps, eta_min=spec.eta_min)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=spec.t_max or steps, eta_min=spec.eta_min
+    )
 
 
 def _exponential(kind: kinds.Kind, spec: ExponentialSchedule, optimizer: Any, steps: int) -> Any:
@@ -143,20 +166,25 @@ def _user_schedule(kind: kinds.Kind, spec: Any, optimizer: Any, steps: int) -> A
     return kind.target(optimizer, **kinds.settings(spec))
 
 
-kinds.define_family("optimizer", "a torch.optim.Optimizer class, called as cls(params, **settings)",
-                    _user_optimizer, passed=1)
+kinds.define_family(
+    "optimizer", "a torch.optim.Optimizer class, called as cls(params, **settings)", _user_optimizer, passed=1
+)
 kinds.register("optimizer", SgdOptimizer, _sgd)
 kinds.register("optimizer", AdamOptimizer, _adam)
 kinds.register("optimizer", AdamWOptimizer, _adam)
-kinds.define_family("schedule", "a learning-rate scheduler class, called as cls(optimizer, **settings)",
-                    _user_schedule, passed=1)
+kinds.define_family(
+    "schedule",
+    "a learning-rate scheduler class, called as cls(optimizer, **settings)",
+    _user_schedule,
+    passed=1,
+)
 kinds.register("schedule", ConstantSchedule, _constant)
 kinds.register("schedule", StepSchedule, _step)
 kinds.register("schedule", CosineSchedule, _cosine)
 kinds.register("schedule", ExponentialSchedule, _exponential)
 
 
-def build_optimizer(spec: Any, params: Iterable[Any]) -> "torch.optim.Optimizer":
+def build_optimizer(spec: Any, params: Iterable[Any]) -> torch.optim.Optimizer:
     return kinds.build(spec, list(params))
 
 

@@ -6,6 +6,7 @@ metric that fails is reported when the sweep is planned, with the spec's file an
 nothing is written. Each distinct combination of data, model, loss, metrics and batch size is
 tried once.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,18 @@ def probe(runs: list[RunPlan]) -> tuple[list[RunPlan], list[tuple[RunPlan, str, 
 
 def _key(run: RunPlan) -> str:
     config = run.config
-    return json.dumps([as_data(config.data), as_data(config.model), as_data(config.loss),
-                       list(config.eval.metrics), run.batch_size, run.data_folder], sort_keys=True, default=str)
+    return json.dumps(
+        [
+            as_data(config.data),
+            as_data(config.model),
+            as_data(config.loss),
+            list(config.eval.metrics),
+            run.batch_size,
+            run.data_folder,
+        ],
+        sort_keys=True,
+        default=str,
+    )
 
 
 def _said(exc: BaseException) -> str:
@@ -71,14 +82,22 @@ def try_run(run: RunPlan) -> int:
         try:
             x, y = default_collate([dataset.train.dataset[i] for i in range(rows)])
         except Exception as exc:
-            raise Invalid([("data.kind", f"a batch of {rows} items of the Dataset cannot be formed: "
-                                         f"{_said(exc)}")]) from None
+            raise Invalid(
+                [("data.kind", f"a batch of {rows} items of the Dataset cannot be formed: {_said(exc)}")]
+            ) from None
     try:
         with torch.no_grad():
             output = model(x)
     except Exception as exc:
-        raise Invalid([("model.kind", f"{config.model.kind} raised {_said(exc)} on a batch of inputs of shape "
-                                      f"{list(x.shape)} ({x.dtype})")]) from None
+        raise Invalid(
+            [
+                (
+                    "model.kind",
+                    f"{config.model.kind} raised {_said(exc)} on a batch of inputs of shape "
+                    f"{list(x.shape)} ({x.dtype})",
+                )
+            ]
+        ) from None
     if not isinstance(output, torch.Tensor):
         raise Invalid([("model.kind", f"{config.model.kind} returned {type(output).__name__}, not a tensor")])
     fitted = output
@@ -86,14 +105,28 @@ def try_run(run: RunPlan) -> int:
         if output.dim() == y.dim() + 1 and output.shape[-1] == 1:
             fitted = output.squeeze(-1)
         if fitted.shape != y.shape:
-            raise Invalid([("loss.kind", f"{config.loss.kind!r} compares outputs and targets element by element, "
-                                         f"but the model's outputs have the shape {list(output.shape)} and the "
-                                         f"targets {list(y.shape)}")])
+            raise Invalid(
+                [
+                    (
+                        "loss.kind",
+                        f"{config.loss.kind!r} compares outputs and targets element by element, "
+                        f"but the model's outputs have the shape {list(output.shape)} and the "
+                        f"targets {list(y.shape)}",
+                    )
+                ]
+            )
     try:
         value = losses.build_loss(config.loss)(fitted, y)
     except Exception as exc:
-        raise Invalid([("loss.kind", f"{config.loss.kind} raised {_said(exc)} for outputs of shape "
-                                     f"{list(output.shape)} and targets of shape {list(y.shape)} ({y.dtype})")]) from None
+        raise Invalid(
+            [
+                (
+                    "loss.kind",
+                    f"{config.loss.kind} raised {_said(exc)} for outputs of shape "
+                    f"{list(output.shape)} and targets of shape {list(y.shape)} ({y.dtype})",
+                )
+            ]
+        ) from None
     if not isinstance(value, torch.Tensor) or value.numel() != 1:
         shape = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
         raise Invalid([("loss.kind", f"{config.loss.kind} returned {shape}, not a single number")])
@@ -105,7 +138,13 @@ def try_run(run: RunPlan) -> int:
             for v in values.values():
                 float(v)
         except Exception as exc:
-            raise Invalid([(key, f"{name} raised {_said(exc)} for outputs of shape {list(output.shape)} and "
-                                 f"targets of shape {list(y.shape)}")]) from None
+            raise Invalid(
+                [
+                    (
+                        key,
+                        f"{name} raised {_said(exc)} for outputs of shape {list(output.shape)} and "
+                        f"targets of shape {list(y.shape)}",
+                    )
+                ]
+            ) from None
     return sum(p.numel() for p in model.parameters())
-

@@ -1,4 +1,5 @@
 """Progress output: tqdm bars on a terminal, one plain line per finished run everywhere else."""
+
 from __future__ import annotations
 
 import contextlib
@@ -43,8 +44,14 @@ class Progress:
             if already:
                 self._print(f"{already} of {total} runs already done; running the other {total - already}")
             if self.terminal:
-                self.bar = tqdm(total=total, initial=already, unit="run", desc="sweep", file=self.stream,
-                                dynamic_ncols=True)
+                self.bar = tqdm(
+                    total=total,
+                    initial=already,
+                    unit="run",
+                    desc="sweep",
+                    file=self.stream,
+                    dynamic_ncols=True,
+                )
 
     def finished(self, summary: Any) -> None:
         self.done += 1
@@ -82,8 +89,14 @@ class Progress:
         self._steps_shown = 0
         if self.enabled and self.terminal:
             with self._output():
-                self.step_bar = tqdm(total=run.steps, unit="step", desc=run.name[:40], leave=False,
-                                     file=self.stream, dynamic_ncols=True)
+                self.step_bar = tqdm(
+                    total=run.steps,
+                    unit="step",
+                    desc=run.name[:40],
+                    leave=False,
+                    file=self.stream,
+                    dynamic_ncols=True,
+                )
 
     def steps(self, done: int) -> None:
         if self.step_bar is not None:

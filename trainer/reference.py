@@ -1,4 +1,5 @@
 """The spec reference in the README, generated from the schema so the two cannot drift apart."""
+
 from __future__ import annotations
 
 from dataclasses import MISSING, fields, is_dataclass
@@ -43,8 +44,10 @@ def reference_markdown() -> str:
     for f in fields(Config):
         if f.name in ("data", "model", "loss", "optimizer", "schedule", "train", "eval", "log"):
             continue
-        out.append(f"| `{f.name}` | {_default(f) if f.name != 'name' else 'the file name'} | "
-                   f"{describe(hints[f.name])} | {f.metadata.get('doc', '')} |")
+        out.append(
+            f"| `{f.name}` | {_default(f) if f.name != 'name' else 'the file name'} | "
+            f"{describe(hints[f.name])} | {f.metadata.get('doc', '')} |"
+        )
     sections = []
     for f in fields(Config):
         if f.name not in kinds.FAMILIES and not is_dataclass(hints[f.name]):
@@ -62,9 +65,13 @@ def reference_markdown() -> str:
             note = " (the default)" if kind == default_kind else ""
             sections.append(f"\n`{f.name}.kind: {kind}`{note} — {cls.__doc__}\n")
             rows = _rows(cls, f"{f.name}.", common)
-            sections += [*HEADER, *rows] if rows else ["(no settings of its own)" if common else "(no settings)"]
-        sections.append(f"\n`{f.name}.kind: module:attribute` — your own: {family.what}. Its other keys are its "
-                        f"keyword arguments, checked against its signature.")
+            sections += (
+                [*HEADER, *rows] if rows else ["(no settings of its own)" if common else "(no settings)"]
+            )
+        sections.append(
+            f"\n`{f.name}.kind: module:attribute` — your own: {family.what}. Its other keys are its "
+            f"keyword arguments, checked against its signature."
+        )
     return "\n".join(out + sections) + "\n"
 
 

@@ -1,4 +1,5 @@
 """Tables for people: the end-of-sweep summary, the status of a log folder, and changed specs."""
+
 from __future__ import annotations
 
 import difflib
@@ -76,14 +77,28 @@ def run_rows(records: Iterable[dict[str, Any]]) -> list[list[str]]:
     rows = []
     for record in records:
         value = {name: get(record) for name, (_, get) in COLUMNS.items()}
-        rows.append([value["run"], value["status"], _number(value["final_loss"]), _number(value["distance"]),
-                     _step(value["converged_at"]), _step(value["stopped_at"]),
-                     "-" if value["time"] is None else f"{value['time']:.1f} s"])
+        rows.append(
+            [
+                value["run"],
+                value["status"],
+                _number(value["final_loss"]),
+                _number(value["distance"]),
+                _step(value["converged_at"]),
+                _step(value["stopped_at"]),
+                "-" if value["time"] is None else f"{value['time']:.1f} s",
+            ]
+        )
     return rows
 
 
-def sweep_summary(records: list[dict[str, Any]], report: Any, logdir: Path, command: str,
-                  planned: int | None = None, quiet: bool = False) -> list[str]:
+def sweep_summary(
+    records: list[dict[str, Any]],
+    report: Any,
+    logdir: Path,
+    command: str,
+    planned: int | None = None,
+    quiet: bool = False,
+) -> list[str]:
     """What the sweep did, a table of its runs, its failures, and how to look at the results;
     quiet, only the one-line summary and what went wrong."""
     lines = []
@@ -97,18 +112,26 @@ def sweep_summary(records: list[dict[str, Any]], report: Any, logdir: Path, comm
     for record in records:
         counts[record.get("status", "?")] = counts.get(record.get("status", "?"), 0) + 1
     done = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    lines.append(f"{_runs(len(records))}" + (f": {done}" if done else "")
-                 + f" ({len(report.ran)} run now, {len(report.kept)} already done"
-                 + (f", {len(report.elsewhere)} left to another sweep" if report.elsewhere else "") + ")")
+    lines.append(
+        f"{_runs(len(records))}"
+        + (f": {done}" if done else "")
+        + f" ({len(report.ran)} run now, {len(report.kept)} already done"
+        + (f", {len(report.elsewhere)} left to another sweep" if report.elsewhere else "")
+        + ")"
+    )
     if planned is not None and planned > len(records):
         missing = planned - len(records)
         elsewhere = " (another sweep is running them)" if report.elsewhere else ""
-        lines.append(f"{_runs(missing)} of the {planned} planned {'has' if missing == 1 else 'have'} "
-                     f"no record yet{elsewhere}")
+        lines.append(
+            f"{_runs(missing)} of the {planned} planned {'has' if missing == 1 else 'have'} "
+            f"no record yet{elsewhere}"
+        )
     if report.kept_failed:
         count = len(report.kept_failed)
-        lines.append(f"{_runs(count)} failed before and {'was' if count == 1 else 'were'} not retried; "
-                     f"add --rerun-failed to retry {'it' if count == 1 else 'them'}")
+        lines.append(
+            f"{_runs(count)} failed before and {'was' if count == 1 else 'were'} not retried; "
+            f"add --rerun-failed to retry {'it' if count == 1 else 'them'}"
+        )
     failed = [s for s in report.ran if s.status == "failed"]
     if failed:
         lines.append("Failed:")
@@ -117,12 +140,16 @@ def sweep_summary(records: list[dict[str, Any]], report: Any, logdir: Path, comm
             where = f" (traceback: {trace})" if trace.exists() else ""
             lines.append(f"  {summary.folder}: {summary.error}{where}")
     if report.logdir_fault:
-        lines.append(f"Stopped: the log folder cannot be written ({report.logdir_fault}); "
-                     f"free space or fix its permissions, then run the same command again.")
+        lines.append(
+            f"Stopped: the log folder cannot be written ({report.logdir_fault}); "
+            f"free space or fix its permissions, then run the same command again."
+        )
     if report.startup_fault:
         lines.append(f"Stopped: {report.startup_fault}")
     if report.interrupted:
-        lines.append(f"Interrupted. Finished runs are kept; to resume, run the same command again:\n  {command}")
+        lines.append(
+            f"Interrupted. Finished runs are kept; to resume, run the same command again:\n  {command}"
+        )
     if not quiet:
         lines.append(f"Open TensorBoard:  {tensorboard_command(logdir)}")
     return lines
@@ -138,8 +165,15 @@ def status_records(logdir: Path, deep: bool = False) -> list[dict[str, Any]]:
     for experiment, name in rundir.run_folders(logdir):
         state = rundir.state_of(logdir, experiment, name)
         damage = verify.check(logdir / experiment / name, state.record, deep)
-        found.append(dict(state.record or {}, folder=f"{experiment}/{name}", experiment=experiment,
-                          status=verify.DAMAGED if damage is not None else state.state, damage=damage))
+        found.append(
+            dict(
+                state.record or {},
+                folder=f"{experiment}/{name}",
+                experiment=experiment,
+                status=verify.DAMAGED if damage is not None else state.state,
+                damage=damage,
+            )
+        )
     return found
 
 
@@ -156,13 +190,19 @@ def _setting(records: list[dict[str, Any]], key: str, option: str) -> str:
     if len(ends) == 1 or len(swept) == 1:
         return (swept or ends)[0]
     if ends:
-        raise UserError(f"{option} {key}: several settings end in {key!r} ({', '.join(ends)}); give the whole key")
-    short = {k.rpartition(".")[2] for k in known} | {k.removesuffix(".kind") for k in known if k.endswith(".kind")}
+        raise UserError(
+            f"{option} {key}: several settings end in {key!r} ({', '.join(ends)}); give the whole key"
+        )
+    short = {k.rpartition(".")[2] for k in known} | {
+        k.removesuffix(".kind") for k in known if k.endswith(".kind")
+    }
     names = [*COLUMNS, "experiment", *known, *sorted(short)]
     close = difflib.get_close_matches(key, names, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise UserError(f"{option} {key}: no column or setting of that name{hint}; columns: {', '.join(COLUMNS)}, "
-                    f"or a setting such as optimizer.lr")
+    raise UserError(
+        f"{option} {key}: no column or setting of that name{hint}; columns: {', '.join(COLUMNS)}, "
+        f"or a setting such as optimizer.lr"
+    )
 
 
 def _value(record: dict[str, Any], key: str) -> Any:
@@ -191,8 +231,10 @@ def filter_records(records: list[dict[str, Any]], filters: Iterable[str]) -> lis
     for text in filters:
         key, sep, wanted = text.partition("=")
         if not sep or not key:
-            raise UserError(f"--filter {text}: expected KEY=VALUE, e.g. --filter status=diverged or "
-                            f"--filter optimizer.lr=0.1")
+            raise UserError(
+                f"--filter {text}: expected KEY=VALUE, e.g. --filter status=diverged or "
+                f"--filter optimizer.lr=0.1"
+            )
         key = _setting(records, key.strip(), "--filter")
         swept_as = {r["folder"]: _swept_text(r, key) for r in records}
         records = [r for r in records if _matches(_value(r, key), wanted) or swept_as[r["folder"]] == wanted]
@@ -205,8 +247,9 @@ def _swept_text(record: dict[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def sort_records(records: list[dict[str, Any]], column: str | None = None,
-                 reverse: bool = False) -> list[dict[str, Any]]:
+def sort_records(
+    records: list[dict[str, Any]], column: str | None = None, reverse: bool = False
+) -> list[dict[str, Any]]:
     """Runs by name in natural order, or by a column or setting; runs without a value last."""
     records = sorted(records, key=lambda r: natural_key(r["folder"]))
     if column is None:
@@ -226,15 +269,25 @@ def sort_records(records: list[dict[str, Any]], column: str | None = None,
     return sorted(present, key=order, reverse=reverse) + missing
 
 
-def status_lines(logdir: Path, sort: str | None = None, filters: Iterable[str] = (),
-                 reverse: bool = False, deep: bool = False) -> list[str]:
+def status_lines(
+    logdir: Path,
+    sort: str | None = None,
+    filters: Iterable[str] = (),
+    reverse: bool = False,
+    deep: bool = False,
+) -> list[str]:
     """Every run under a log folder with its state: complete, diverged, failed, interrupted,
     unfinished (its process is gone), running or damaged; filtered and sorted as asked."""
     return status_report(logdir, sort, filters, reverse, deep)[0]
 
 
-def status_report(logdir: Path, sort: str | None = None, filters: Iterable[str] = (),
-                  reverse: bool = False, deep: bool = False) -> tuple[list[str], int]:
+def status_report(
+    logdir: Path,
+    sort: str | None = None,
+    filters: Iterable[str] = (),
+    reverse: bool = False,
+    deep: bool = False,
+) -> tuple[list[str], int]:
     """status_lines, and how many runs are damaged; `deep` reads every file (status --verify)."""
     everything = status_records(logdir, deep)
     if not everything:
@@ -246,23 +299,32 @@ def status_report(logdir: Path, sort: str | None = None, filters: Iterable[str] 
         counts[record["status"]] = counts.get(record["status"], 0) + 1
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     total = f"{len(shown)} of {len(everything)} runs" if len(shown) != len(everything) else _runs(len(shown))
-    lines = [f"{total} match {' and '.join(filters)}"] if not shown else \
-        [*table(run_rows(shown), RUN_HEADER), "", f"{total}: {summary}"]
+    lines = (
+        [f"{total} match {' and '.join(filters)}"]
+        if not shown
+        else [*table(run_rows(shown), RUN_HEADER), "", f"{total}: {summary}"]
+    )
     if damaged:
-        lines += ["Damaged (their files no longer match their records; a sweep runs them again, keeping the "
-                  "damaged files aside):", *damaged]
+        lines += [
+            "Damaged (their files no longer match their records; a sweep runs them again, keeping the "
+            "damaged files aside):",
+            *damaged,
+        ]
     return lines, len(damaged)
 
 
 # --- a changed spec ---------------------------------------------------------------------------
 
 
-def changed_spec(experiment: str, folder: Path, runs: int, first: str, others: int,
-                 replace: str, keep: str) -> str:
+def changed_spec(
+    experiment: str, folder: Path, runs: int, first: str, others: int, replace: str, keep: str
+) -> str:
     """One paragraph for an experiment whose finished runs were logged with another configuration."""
     more = f", and {others} more setting{'s' if others != 1 else ''}" if others else ""
-    return (f"{experiment}: {runs} finished run{'s' if runs != 1 else ''} in {folder} "
-            f"{'was' if runs == 1 else 'were'} logged with a different configuration ({first}{more}); "
-            f"nothing was run. To continue, either\n"
-            f"  replace {'it' if runs == 1 else 'them'}:  {replace}\n"
-            f"  or keep both:  {keep}")
+    return (
+        f"{experiment}: {runs} finished run{'s' if runs != 1 else ''} in {folder} "
+        f"{'was' if runs == 1 else 'were'} logged with a different configuration ({first}{more}); "
+        f"nothing was run. To continue, either\n"
+        f"  replace {'it' if runs == 1 else 'them'}:  {replace}\n"
+        f"  or keep both:  {keep}"
+    )

@@ -4,6 +4,7 @@ A run folder `<logdir>/<experiment>/<run>/` holds config.yaml, one event file, t
 the run raised, and record.json. A run counts as finished only once record.json exists; it is
 written last, to a temporary file first and then renamed into place.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,7 +31,7 @@ RECORD_FORMAT = 1
 CLAIM_STALE_AFTER = 60.0
 HEARTBEAT_EVERY = 10.0
 
-FINISHED = ("complete", "diverged")       # results worth keeping
+FINISHED = ("complete", "diverged")  # results worth keeping
 STATES = ("complete", "diverged", "failed", "interrupted", "unfinished", "running", "missing")
 
 
@@ -215,7 +216,7 @@ def process_start(pid: int) -> str | None:
     """When a process started, in the kernel's clock ticks (Linux); tells a pid's reuse from its owner."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
-        return text[text.rindex(")") + 2:].split()[19]
+        return text[text.rindex(")") + 2 :].split()[19]
     except (OSError, ValueError, IndexError):
         return None
 
@@ -269,7 +270,7 @@ def _lock_path(path: Path) -> Path:
 
 def _take_lock(lock: Path) -> bool:
     if lock.exists() and not _younger_than(lock, 30.0):
-        lock.unlink(missing_ok=True)          # left by a process that died while holding it
+        lock.unlink(missing_ok=True)  # left by a process that died while holding it
     try:
         os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
     except FileExistsError:
@@ -280,8 +281,15 @@ def _take_lock(lock: Path) -> bool:
 def _create_claim(path: Path) -> Claim | None:
     """Create the claim file whole, or not at all: written beside it, then linked into place."""
     token = uuid.uuid4().hex
-    content = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
-                          "started": process_start(os.getpid()), "token": token}).encode()
+    content = json.dumps(
+        {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.time(),
+            "started": process_start(os.getpid()),
+            "token": token,
+        }
+    ).encode()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{token[:8]}.new")
     try:
         with open(tmp, "wb") as f:
@@ -311,7 +319,7 @@ def commit_record(folder: Path, record: dict[str, Any], claim: Claim | None = No
         write_record(folder, record)
         return
     lock = _lock_path(Path(claim.path))
-    for _ in range(500):                       # a takeover holds the lock for milliseconds
+    for _ in range(500):  # a takeover holds the lock for milliseconds
         if _take_lock(lock):
             break
         time.sleep(0.01)

@@ -6,6 +6,7 @@ its claims fresh. A worker that dies is replaced and its run recorded as failed;
 parent dies is killed by the kernel (Linux) or exits within half a second. Ctrl-C and SIGTERM only
 set a flag: the workers stop at their next chunk of steps and record their runs as interrupted.
 """
+
 from __future__ import annotations
 
 import collections
@@ -39,9 +40,9 @@ START_RETRIES = 2
 @dataclass
 class Options:
     logdir: Path
-    workers: int = 1                   # 0: run in this process
-    force: bool = False                # rerun complete runs too
-    rerun_failed: bool = False         # rerun runs that failed before
+    workers: int = 1  # 0: run in this process
+    force: bool = False  # rerun complete runs too
+    rerun_failed: bool = False  # rerun runs that failed before
     progress: Progress | None = None
 
 
@@ -50,16 +51,16 @@ class Report:
     """What a sweep did: one summary per run it ran, and the names of runs it left alone."""
 
     ran: list[Summary] = field(default_factory=list)
-    kept: list[str] = field(default_factory=list)            # complete with the same configuration
-    kept_failed: list[str] = field(default_factory=list)     # failed before; --rerun-failed retries
-    elsewhere: list[str] = field(default_factory=list)       # run, or being run, by another sweep
-    damaged: dict[str, str] = field(default_factory=dict)     # finished, files no longer match: why
-    set_aside: dict[str, str] = field(default_factory=dict)   # damaged run folder -> where it was moved
-    lost: list[str] = field(default_factory=list)             # claimed by another sweep mid-run; discarded
-    start_notes: list[str] = field(default_factory=list)      # workers that died while starting
+    kept: list[str] = field(default_factory=list)  # complete with the same configuration
+    kept_failed: list[str] = field(default_factory=list)  # failed before; --rerun-failed retries
+    elsewhere: list[str] = field(default_factory=list)  # run, or being run, by another sweep
+    damaged: dict[str, str] = field(default_factory=dict)  # finished, files no longer match: why
+    set_aside: dict[str, str] = field(default_factory=dict)  # damaged run folder -> where it was moved
+    lost: list[str] = field(default_factory=list)  # claimed by another sweep mid-run; discarded
+    start_notes: list[str] = field(default_factory=list)  # workers that died while starting
     interrupted: bool = False
     logdir_fault: str | None = None
-    startup_fault: str | None = None           # worker processes could not start
+    startup_fault: str | None = None  # worker processes could not start
 
     @property
     def failed(self) -> list[Summary]:
@@ -130,13 +131,18 @@ class ChangedConfig(LogDirError):
 
     def __init__(self, logdir: Path, changed: list[tuple[RunPlan, dict[str, Any]]]):
         self.changed = changed
-        lines = [f"{logdir / run.folder}: logged with a different configuration "
-                 f"({describe_changes(record.get('config', {}), run)})" for run, record in changed[:10]]
+        lines = [
+            f"{logdir / run.folder}: logged with a different configuration "
+            f"({describe_changes(record.get('config', {}), run)})"
+            for run, record in changed[:10]
+        ]
         if len(changed) > 10:
             lines.append(f"... and {len(changed) - 10} more")
-        lines.append(f"{len(changed)} finished run{'s' if len(changed) > 1 else ''} would be replaced; nothing "
-                     f"was run. Pass --force to rerun them with the new configuration, or give another --logdir "
-                     f"to keep both.")
+        lines.append(
+            f"{len(changed)} finished run{'s' if len(changed) > 1 else ''} would be replaced; nothing "
+            f"was run. Pass --force to rerun them with the new configuration, or give another --logdir "
+            f"to keep both."
+        )
         super().__init__(lines)
 
     def by_experiment(self) -> dict[tuple[str, str], list[tuple[RunPlan, dict[str, Any]]]]:
@@ -200,7 +206,7 @@ def run_all(runs: list[RunPlan], opts: Options) -> Report:
         progress.start(len(runs), len(runs) - len(todo))
         if todo:
             check_inside(todo, opts.logdir)
-            check_writable(opts.logdir)   # after select: a refused sweep leaves the folder untouched
+            check_writable(opts.logdir)  # after select: a refused sweep leaves the folder untouched
             if opts.workers == 0:
                 _run_here(todo, seen, opts, report, progress, stop)
             else:
@@ -225,7 +231,7 @@ class StopRequest:
             os.set_blocking(fd, False)
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
@@ -242,7 +248,7 @@ class StopRequest:
         try:
             os.write(self._write_fd, b"!")
         except OSError:
-            pass   # the pipe is full: the runner is awake anyway
+            pass  # the pipe is full: the runner is awake anyway
 
     def is_set(self) -> bool:
         return self.count > 0
@@ -295,16 +301,18 @@ class Claims:
             self.held.clear()
 
 
-def _claim_for_running(run: RunPlan, opts: Options, seen: dict[str, Any], claims: Claims, report: Report,
-                       progress: Progress) -> rundir.Claim | None:
+def _claim_for_running(
+    run: RunPlan, opts: Options, seen: dict[str, Any], claims: Claims, report: Report, progress: Progress
+) -> rundir.Claim | None:
     """Claim a run just before it starts, and look again: another sweep may have run it meanwhile.
 
     A damaged run's folder is moved aside, under the claim, before the run starts again."""
     try:
         path = claims.take(run)
     except OSError as exc:
-        report.logdir_fault = report.logdir_fault or \
-            f"cannot claim {run.folder} in {opts.logdir}: {exc.strerror or exc}"
+        report.logdir_fault = (
+            report.logdir_fault or f"cannot claim {run.folder} in {opts.logdir}: {exc.strerror or exc}"
+        )
         return None
     if path is None:
         report.elsewhere.append(run.folder)
@@ -324,8 +332,10 @@ def _claim_for_running(run: RunPlan, opts: Options, seen: dict[str, Any], claims
             report.set_aside[run.folder] = set_aside(opts.logdir, run, report.damaged[run.folder])
         except OSError as exc:
             claims.release(path)
-            report.logdir_fault = report.logdir_fault or \
-                f"cannot move the damaged run {run.folder} aside: {exc.strerror or exc}"
+            report.logdir_fault = (
+                report.logdir_fault
+                or f"cannot move the damaged run {run.folder} aside: {exc.strerror or exc}"
+            )
             return None
     return path
 
@@ -347,8 +357,10 @@ def set_aside(logdir: Path, run: RunPlan, reason: str) -> str:
     for item in target.iterdir():
         if item.name.startswith(verify.EVENTS_PREFIX):
             item.rename(target / item.name.replace("tfevents", "tf-events", 1))
-    (target / "DAMAGED.txt").write_text(f"{run.folder}: moved aside by a sweep on {time.ctime()} before running "
-                                        f"it again: {reason}\n", encoding="utf-8")
+    (target / "DAMAGED.txt").write_text(
+        f"{run.folder}: moved aside by a sweep on {time.ctime()} before running it again: {reason}\n",
+        encoding="utf-8",
+    )
     return str(target.relative_to(logdir))
 
 
@@ -356,8 +368,10 @@ def _record(report: Report, progress: Progress, summary: Summary) -> None:
     if summary.status == LOST:
         report.lost.append(summary.folder)
         report.elsewhere.append(summary.folder)
-        progress.left_alone(summary.folder, "taken over by another sweep while this one was paused; "
-                                            "its result here was discarded")
+        progress.left_alone(
+            summary.folder,
+            "taken over by another sweep while this one was paused; its result here was discarded",
+        )
         return
     report.ran.append(summary)
     progress.finished(summary)
@@ -368,10 +382,17 @@ def _record(report: Report, progress: Progress, summary: Summary) -> None:
 # --- in this process --------------------------------------------------------------------------
 
 
-def _run_here(todo: list[RunPlan], seen: dict[str, Any], opts: Options, report: Report, progress: Progress,
-              stop: StopRequest) -> None:
+def _run_here(
+    todo: list[RunPlan],
+    seen: dict[str, Any],
+    opts: Options,
+    report: Report,
+    progress: Progress,
+    stop: StopRequest,
+) -> None:
     import torch
-    torch.set_num_threads(1)   # the same arithmetic as in a sweep's workers
+
+    torch.set_num_threads(1)  # the same arithmetic as in a sweep's workers
     claims = Claims(opts.logdir)
     try:
         for run in todo:
@@ -395,13 +416,15 @@ def _worker_main(conn: multiprocessing.connection.Connection, stop: Any, parent:
     """A worker: one torch thread, deaf to Ctrl-C and SIGTERM (the parent decides), gone when the parent is."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)   # blocked by the parent until now
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the parent until now
     _die_with_parent(parent)
     import torch
+
     torch.set_num_threads(1)
     # torch imports its compiler the first time an optimizer is made; pay that before saying ready.
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     from trainer import sink, train  # noqa: F401  (what execute() imports on first use)
+
     conn.send(READY)
     while True:
         try:
@@ -423,7 +446,7 @@ def _die_with_parent(parent: int) -> None:
     """A worker whose sweep was killed must not go on writing into a run that a rerun may take over."""
     if not _ask_kernel_to_kill_orphan():
         threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
-    if os.getppid() != parent:   # the parent died before this worker could ask
+    if os.getppid() != parent:  # the parent died before this worker could ask
         os._exit(1)
 
 
@@ -431,6 +454,7 @@ def _ask_kernel_to_kill_orphan() -> bool:
     """Linux: SIGKILL this process the moment its parent dies. False where that is not available."""
     try:
         import ctypes
+
         pr_set_pdeathsig = 1
         return ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL) == 0
     except (OSError, AttributeError):
@@ -471,7 +495,7 @@ class Worker:
         try:
             self.conn.send((run, str(logdir), claim))
         except OSError:
-            pass   # the process is gone; its sentinel is ready and the run is recorded as failed
+            pass  # the process is gone; its sentinel is ready and the run is recorded as failed
 
     def ask_to_stop(self) -> None:
         try:
@@ -487,12 +511,18 @@ class Worker:
             self.process.join()
 
 
-def _run_pool(todo: list[RunPlan], seen: dict[str, Any], opts: Options, report: Report, progress: Progress,
-              stop: StopRequest) -> None:
+def _run_pool(
+    todo: list[RunPlan],
+    seen: dict[str, Any],
+    opts: Options,
+    report: Report,
+    progress: Progress,
+    stop: StopRequest,
+) -> None:
     """Hand runs to workers until none is left; on a stop request, give the runs in progress a grace
     period to record themselves as interrupted, then kill what is left."""
     ctx = multiprocessing.get_context("spawn")
-    stopping = ctx.Event()          # the workers' should_stop
+    stopping = ctx.Event()  # the workers' should_stop
     pending = collections.deque(todo)
     claims = Claims(opts.logdir)
     pool: list[Worker] = []
@@ -518,7 +548,8 @@ def _run_pool(todo: list[RunPlan], seen: dict[str, Any], opts: Options, report: 
             timeout = rundir.HEARTBEAT_EVERY if deadline is None else deadline - time.monotonic()
             ready = multiprocessing.connection.wait(
                 [w.conn for w in busy] + [w.process.sentinel for w in busy] + [stop.wake_fd],
-                timeout=max(0.0, timeout))
+                timeout=max(0.0, timeout),
+            )
             stop.clear_wakeups()
             for worker in busy:
                 if worker.conn not in ready and worker.process.sentinel not in ready:
@@ -531,9 +562,11 @@ def _run_pool(todo: list[RunPlan], seen: dict[str, Any], opts: Options, report: 
                     # Its run never began: the run and its claim go to a new worker.
                     start_deaths += 1
                     if start_deaths > START_RETRIES * max(1, opts.workers):
-                        raise WorkerStartError(f"worker processes died {start_deaths} times while starting, the "
-                                               f"last one {died}; no run was lost (free memory, or use fewer "
-                                               f"--workers)")
+                        raise WorkerStartError(
+                            f"worker processes died {start_deaths} times while starting, the "
+                            f"last one {died}; no run was lost (free memory, or use fewer "
+                            f"--workers)"
+                        )
                     report.start_notes.append(f"a worker process {died} while starting; another took its run")
                     progress.note(f"A worker process {died} while starting; starting another.")
                     replacement = Worker(ctx, stopping)
@@ -545,8 +578,8 @@ def _run_pool(todo: list[RunPlan], seen: dict[str, Any], opts: Options, report: 
                         claims.release(worker.claim)
                     continue
                 if summary is None and alive:
-                    continue                          # it only said it is ready
-                if summary is None:                   # the process died: record it, start another
+                    continue  # it only said it is ready
+                if summary is None:  # the process died: record it, start another
                     summary = _died(worker, opts, "failed" if deadline is None else "interrupted")
                     pool.remove(worker)
                     if pending and deadline is None and report.logdir_fault is None:
@@ -560,20 +593,29 @@ def _run_pool(todo: list[RunPlan], seen: dict[str, Any], opts: Options, report: 
                 claims.release(worker.claim)
             worker.run = worker.claim = None
     finally:
-        for worker in pool:          # all at once: each takes a moment to exit
+        for worker in pool:  # all at once: each takes a moment to exit
             worker.ask_to_stop()
         for worker in pool:
             worker.stop()
         claims.close()
 
 
-def _hand_out(pool: list[Worker], pending: collections.deque, seen: dict[str, Any], opts: Options,
-              claims: Claims, report: Report, progress: Progress, ctx: Any, stopping: Any) -> None:
+def _hand_out(
+    pool: list[Worker],
+    pending: collections.deque,
+    seen: dict[str, Any],
+    opts: Options,
+    claims: Claims,
+    report: Report,
+    progress: Progress,
+    ctx: Any,
+    stopping: Any,
+) -> None:
     """Give each idle worker the next run it may claim."""
     for i, worker in enumerate(pool):
         if worker.run is None and pending and not worker.process.is_alive():
             worker.stop()
-            pool[i] = worker = Worker(ctx, stopping)   # died while idle
+            pool[i] = worker = Worker(ctx, stopping)  # died while idle
         while worker.run is None and pending and report.logdir_fault is None:
             run = pending.popleft()
             path = _claim_for_running(run, opts, seen, claims, report, progress)
@@ -594,8 +636,11 @@ class WorkerDiedStarting(Exception):
 
 
 def _how(code: int | None) -> str:
-    return (f"was killed by signal {signal.Signals(-code).name}" if code is not None and code < 0
-            else f"exited with status {code}")
+    return (
+        f"was killed by signal {signal.Signals(-code).name}"
+        if code is not None and code < 0
+        else f"exited with status {code}"
+    )
 
 
 def _collect(worker: Worker, others_ready: bool = False, alive: bool = True) -> Summary | None:
@@ -616,7 +661,8 @@ def _collect(worker: Worker, others_ready: bool = False, alive: bool = True) -> 
         raise WorkerStartError(
             f"a worker process exited with status {worker.process.exitcode} before it was ready, so no run was "
             f"started. Check that `{Path(sys.executable).name} -c 'import torch'` works, and that a script "
-            f"starting a sweep does so under `if __name__ == \"__main__\":`")
+            f'starting a sweep does so under `if __name__ == "__main__":`'
+        )
     return None
 
 
@@ -628,7 +674,9 @@ def _died(worker: Worker, opts: Options, status: str = "failed") -> Summary:
     return mark_ended(opts.logdir, worker.run, status, error, worker.claim)
 
 
-def mark_ended(logdir: Path, run: RunPlan, status: str, error: str, claim: rundir.Claim | None = None) -> Summary:
+def mark_ended(
+    logdir: Path, run: RunPlan, status: str, error: str, claim: rundir.Claim | None = None
+) -> Summary:
     """Write the record (and a session end) of a run that could not write its own."""
     from trainer.job import base_record
 
@@ -636,7 +684,7 @@ def mark_ended(logdir: Path, run: RunPlan, status: str, error: str, claim: rundi
     record = base_record(run, status, error)
     if claim is not None and not rundir.owns(claim):
         return Summary(run.folder, LOST, {}, 0.0, "taken over by another sweep")
-    try:   # the session end, so TensorBoard agrees
+    try:  # the session end, so TensorBoard agrees
         folder.mkdir(parents=True, exist_ok=True)
         end_event_file(folder, record["hparams"], status)
     except OSError:
@@ -654,14 +702,16 @@ def end_event_file(folder: Path, hparams: dict[str, Any], status: str) -> None:
     """Close a killed worker's event file with a session end, keeping one event file per run: the
     file is cut back to its last whole record (the worker may have died mid-write), then appended
     to. A run killed before its event file began gets one."""
+    from tensorboard.compat.proto import event_pb2
+
     from trainer.events import frame
     from trainer.hparams import SESSION_START_INFO_TAG, session_end_pb, session_start_pb
-    from tensorboard.compat.proto import event_pb2
 
     names = verify.event_files(folder)
     now = time.time()
     if len(names) != 1:
         from trainer.job import end_session
+
         end_session(folder, hparams, status)
         return
     path = folder / names[0]
@@ -672,5 +722,8 @@ def end_event_file(folder: Path, hparams: dict[str, Any], status: str) -> None:
         f.seek(length)
         records = [] if started else [session_start_pb(hparams, now)]
         records.append(session_end_pb(status, now))
-        f.write(b"".join(frame(event_pb2.Event(summary=s, step=0, wall_time=now).SerializeToString())
-                         for s in records))
+        f.write(
+            b"".join(
+                frame(event_pb2.Event(summary=s, step=0, wall_time=now).SerializeToString()) for s in records
+            )
+        )

@@ -3,6 +3,7 @@
 The sections with kinds (data, model, loss, optimizer, schedule) take their types from the kind
 registry (trainer.kinds); the converter that builds them from YAML data is trainer.strict.
 """
+
 from __future__ import annotations
 
 import re
@@ -10,8 +11,21 @@ from dataclasses import MISSING, dataclass
 from typing import Any, Literal
 
 from trainer import data, kinds, losses, models, optim  # noqa: F401  (each registers its kinds)
-from trainer.strict import (SEED, Invalid, as_data, at_least, build, check_key, describe, greater_than,  # noqa: F401
-                            setting, show, suggest, type_name, variants)
+from trainer.strict import (  # noqa: F401
+    SEED,
+    Invalid,
+    as_data,
+    at_least,
+    build,
+    check_key,
+    describe,
+    greater_than,
+    setting,
+    show,
+    suggest,
+    type_name,
+    variants,
+)
 
 # An experiment name is a folder under the log folder: one plain path component, never '.' or '..'.
 EXPERIMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -22,8 +36,10 @@ def experiment_name(name: Any) -> str | None:
         return f"{show(name)} is reserved: TensorBoard reads a name holding 'tfevents' as an event file"
     if EXPERIMENT_NAME.match(name):
         return None
-    return (f"{show(name)} is not a valid experiment name: use letters, digits, '.', '_' and '-', "
-            f"starting with a letter or digit, at most 64 characters")
+    return (
+        f"{show(name)} is not a valid experiment name: use letters, digits, '.', '_' and '-', "
+        f"starting with a letter or digit, at most 64 characters"
+    )
 
 
 # --- training, evaluation, logging ------------------------------------------------------------
@@ -38,12 +54,17 @@ class TrainSettings:
     batch_size: int | Literal["full"] = setting(1, at_least(1), doc="rows per step, or 'full' for all rows")
     sampling: Literal["with_replacement", "shuffle", "sequential"] = setting(
         "with_replacement",
-        doc="rows drawn at random with replacement (the notebook), a fresh permutation each epoch, or in order")
+        doc="rows drawn at random with replacement (the notebook), a fresh permutation each epoch, or in order",
+    )
     seed: int = setting(0, SEED, doc="seeds the model's initial weights and the batch sampler")
     device: Literal["auto", "cpu", "cuda"] = setting(
-        "auto", doc="'auto' takes the GPU only for models big enough to gain from it")
+        "auto", doc="'auto' takes the GPU only for models big enough to gain from it"
+    )
     clip_grad_norm: float | None = setting(
-        None, greater_than(0), doc="clip the gradients' total norm to this before each update (logged clipped)")
+        None,
+        greater_than(0),
+        doc="clip the gradients' total norm to this before each update (logged clipped)",
+    )
 
     def problems(self) -> list[tuple[str, str]]:
         if self.steps is not None and self.epochs is not None:
@@ -57,11 +78,14 @@ class EvalSettings:
     of any batch size compare."""
 
     every: int = setting(10, at_least(1), doc="steps between evaluations (and always at the end)")
-    metrics: tuple[str, ...] = setting((), doc="metrics besides the loss: accuracy, mae, rmse, or module:function "
-                                               "of your own")
-    tolerance: float = setting(0.05, greater_than(0),
-                               doc="converged once the training loss stays at or below this to the end "
-                                   "(regression losses)")
+    metrics: tuple[str, ...] = setting(
+        (), doc="metrics besides the loss: accuracy, mae, rmse, or module:function of your own"
+    )
+    tolerance: float = setting(
+        0.05,
+        greater_than(0),
+        doc="converged once the training loss stays at or below this to the end (regression losses)",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,13 +93,20 @@ class LogSettings:
     """What reaches TensorBoard and how often."""
 
     every: int = setting(1, at_least(1), doc="steps between logged minibatch losses, weights and gradients")
-    histograms_every: int = setting(10, at_least(0), doc="steps between weight and gradient histograms; 0 for none")
-    max_elements: int = setting(16, at_least(0),
-                                doc="parameters with more elements get norm curves instead of one curve each")
-    hook: str | None = setting(None, doc="module:function called at each evaluation as "
-                                         "hook(writer, step, model, **context) to log anything of your own")
-    checkpoint: Literal["final", "none"] = setting("final", doc="keep the final weights in the run folder "
-                                                                "(model.pt), or not")
+    histograms_every: int = setting(
+        10, at_least(0), doc="steps between weight and gradient histograms; 0 for none"
+    )
+    max_elements: int = setting(
+        16, at_least(0), doc="parameters with more elements get norm curves instead of one curve each"
+    )
+    hook: str | None = setting(
+        None,
+        doc="module:function called at each evaluation as "
+        "hook(writer, step, model, **context) to log anything of your own",
+    )
+    checkpoint: Literal["final", "none"] = setting(
+        "final", doc="keep the final weights in the run folder (model.pt), or not"
+    )
 
 
 # A section is any kind of its family: a built-in name, or a user's 'module:attribute'.
@@ -96,9 +127,11 @@ class Config:
     model: ModelSpec = setting(models.LinearModel(), doc="what is trained")
     loss: LossSpec = setting(losses.L1Loss(), doc="the training loss")
     optimizer: OptimizerSpec = setting(optim.SgdOptimizer(), doc="the torch optimizer")
-    schedule: ScheduleSpec = setting(optim.ConstantSchedule(), doc="learning-rate schedule, stepped every step")
+    schedule: ScheduleSpec = setting(
+        optim.ConstantSchedule(), doc="learning-rate schedule, stepped every step"
+    )
     train: TrainSettings = setting(TrainSettings(), doc="length, batches, seed, device")
-    eval: EvalSettings = setting(EvalSettings(), doc="evaluations: loss and metrics on training and validation rows")
+    eval: EvalSettings = setting(
+        EvalSettings(), doc="evaluations: loss and metrics on training and validation rows"
+    )
     log: LogSettings = setting(LogSettings(), doc="what is written for TensorBoard")
-
-

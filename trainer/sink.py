@@ -4,6 +4,7 @@ Captured values reach the host once per chunk of steps (see trainer.capture), an
 scalars become one event. Logging only reads: it never draws random numbers or touches the
 model's state.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -20,8 +21,8 @@ from tensorboard.compat.proto import summary_pb2, tensor_pb2, tensor_shape_pb2, 
 from tensorboard.plugins.text import metadata as text_metadata
 
 from trainer import events
-from trainer.events import EventFile, HistogramBlock, ScalarBlock, ScalarTags, summary_event
 from trainer.capture import HistogramBatch, capture_for
+from trainer.events import EventFile, HistogramBlock, ScalarBlock, ScalarTags, summary_event
 from trainer.hparams import session_end_pb, session_start_pb
 from trainer.schema import LogSettings
 from trainer.status import Status
@@ -54,7 +55,9 @@ class NullSink:
     def capture(self, step: int) -> None:
         pass
 
-    def write(self, first_step: int, losses: list[float], evaluations: list[Evaluation], last_step: int) -> None:
+    def write(
+        self, first_step: int, losses: list[float], evaluations: list[Evaluation], last_step: int
+    ) -> None:
         pass
 
     def finish(self, status: Status, steps: int, metrics: dict[str, Any], final: Evaluation | None) -> None:
@@ -66,9 +69,9 @@ class NullSink:
 
 # Tags. They are short on purpose: a step's event repeats every tag, so tag length is most of a
 # run's disk size. w/... are weights, g/... their gradients, one curve per element.
-LOSS = "loss"                    # the minibatch loss, with the spec's reduction
-LR = "lr"                        # written when it changes
-DISTANCE = "eval/distance"       # distance from the weights to the true weights
+LOSS = "loss"  # the minibatch loss, with the spec's reduction
+LR = "lr"  # written when it changes
+DISTANCE = "eval/distance"  # distance from the weights to the true weights
 # Evaluations are train/<name> and val/<name> (see trainer.evaluate); a run's final metrics are
 # final/<tag> and best/<tag>, the HParams columns.
 
@@ -92,43 +95,75 @@ def histogram_bodies(block: HistogramBlock, batch: HistogramBatch, sizes: list[i
     """The Summary body of each histogram step: one histogram per tensor, equal-width buckets
     between its min and max (one bucket where they are equal or not finite)."""
     bins, starts = np.array(batch.bins), np.array(batch.starts)
-    owner = np.repeat(np.arange(len(bins)), bins)                  # which tensor each bucket is of
-    rank = np.arange(owner.size) - starts[owner] + 1               # 1 .. bins within its tensor
+    owner = np.repeat(np.arange(len(bins)), bins)  # which tensor each bucket is of
+    rank = np.arange(owner.size) - starts[owner] + 1  # 1 .. bins within its tensor
     with np.errstate(all="ignore"):
         width = (batch.hi - batch.lo) / bins
         limits = batch.lo[:, owner] + width[:, owner] * rank
         # The block's layout holds while every tensor of more than one bucket has distinct values.
         spread = ((batch.hi > batch.lo) | (bins == 1)).all(axis=1)
-    limits[:, starts + bins - 1] = batch.hi                       # the last edge exactly at the max
-    numbers = np.hstack([batch.lo, batch.hi, np.broadcast_to(np.array(sizes, dtype=np.float64), batch.lo.shape),
-                         batch.sums, batch.squares, limits, batch.counts])
+    limits[:, starts + bins - 1] = batch.hi  # the last edge exactly at the max
+    numbers = np.hstack(
+        [
+            batch.lo,
+            batch.hi,
+            np.broadcast_to(np.array(sizes, dtype=np.float64), batch.lo.shape),
+            batch.sums,
+            batch.squares,
+            limits,
+            batch.counts,
+        ]
+    )
     bodies = block.encode(numbers)
-    for h in np.flatnonzero(~spread):                               # a tensor with one value: its own layout
+    for h in np.flatnonzero(~spread):  # a tensor with one value: its own layout
         bodies[h] = _histogram_body(block.tags, sizes, batch, limits, h)
     return bodies
 
 
-def _histogram_body(tags: list[str], sizes: list[int], batch: HistogramBatch, limits: np.ndarray, h: int) -> bytes:
+def _histogram_body(
+    tags: list[str], sizes: list[int], batch: HistogramBatch, limits: np.ndarray, h: int
+) -> bytes:
     """Histogram step h's body, tensor by tensor: a tensor holding a single value gets one bucket."""
     parts = []
     for i, (tag, size) in enumerate(zip(tags, sizes)):
         lo, hi = float(batch.lo[h, i]), float(batch.hi[h, i])
         if hi > lo:
             a, b = batch.starts[i], batch.starts[i] + batch.bins[i]
-            parts.append(events.histogram_value(tag, lo, hi, size, batch.sums[h, i], batch.squares[h, i],
-                                                limits[h, a:b].astype("<f8").tobytes(),
-                                                batch.counts[h, a:b].astype("<f8").tobytes()))
+            parts.append(
+                events.histogram_value(
+                    tag,
+                    lo,
+                    hi,
+                    size,
+                    batch.sums[h, i],
+                    batch.squares[h, i],
+                    limits[h, a:b].astype("<f8").tobytes(),
+                    batch.counts[h, a:b].astype("<f8").tobytes(),
+                )
+            )
         else:
-            parts.append(events.histogram_value(tag, lo, hi, size, batch.sums[h, i], batch.squares[h, i],
-                                                struct.pack("<d", hi), struct.pack("<d", size)))
+            parts.append(
+                events.histogram_value(
+                    tag,
+                    lo,
+                    hi,
+                    size,
+                    batch.sums[h, i],
+                    batch.squares[h, i],
+                    struct.pack("<d", hi),
+                    struct.pack("<d", size),
+                )
+            )
     return b"".join(parts)
 
 
 def text_summary(tag: str, text: str) -> summary_pb2.Summary:
     """A Summary that TensorBoard's Text tab shows as markdown."""
     tensor = tensor_pb2.TensorProto(
-        dtype=types_pb2.DT_STRING, string_val=[text.encode("utf-8")],
-        tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=1)]))
+        dtype=types_pb2.DT_STRING,
+        string_val=[text.encode("utf-8")],
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=1)]),
+    )
     summary = summary_pb2.Summary()
     summary.value.add(tag=tag, metadata=text_metadata.create_summary_metadata(tag, ""), tensor=tensor)
     return summary
@@ -149,7 +184,7 @@ class TensorBoardSink:
         self.hparams = hparams
         self.config_text = config_text
         self.events: EventFile | None = None
-        self.pending: list[tuple[int, bytes]] = []     # events of the user's SummaryWriter, not yet written
+        self.pending: list[tuple[int, bytes]] = []  # events of the user's SummaryWriter, not yet written
         self._writer: Any = None
 
     def writer(self) -> Any:
@@ -181,7 +216,7 @@ class TensorBoardSink:
         self.histogram_tags = [f"hist/w/{n}" for n in names] + [f"hist/g/{n}" for n in names]
         self.histogram_sizes = [p.numel() for p in self.params] * 2
         self.histogram_block = HistogramBlock(self.histogram_tags, self.capturing.bins)
-        self.info: list[tuple[int, float, float]] = []     # captured steps: (step, wall time, learning rate)
+        self.info: list[tuple[int, float, float]] = []  # captured steps: (step, wall time, learning rate)
         start = time.time()
         self.events.write_summary(session_start_pb(self.hparams, start), 0, start)
         indented = "\n".join("    " + line for line in self.config_text.splitlines())
@@ -196,10 +231,14 @@ class TensorBoardSink:
         self.info.append((step, time.time(), self.optimizer.param_groups[0]["lr"]))
         self.capturing.capture(bool(histogram))
 
-    def write(self, first_step: int, losses: list[float], evaluations: list[Evaluation], last_step: int) -> None:
+    def write(
+        self, first_step: int, losses: list[float], evaluations: list[Evaluation], last_step: int
+    ) -> None:
         """Write the captured steps up to last_step, with the losses of steps first_step onward."""
         rows, histograms = self.capturing.take()
-        logged = [i for i, (step, _, _) in enumerate(self.info) if step % self.every == 0 and step <= last_step]
+        logged = [
+            i for i, (step, _, _) in enumerate(self.info) if step % self.every == 0 and step <= last_step
+        ]
         steps = np.array([self.info[i][0] for i in logged], dtype=np.int64)
         block, ends = b"", np.zeros(0, dtype=np.int64)
         if logged:
@@ -207,27 +246,44 @@ class TensorBoardSink:
             values = np.column_stack([np.asarray(losses)[steps - first_step], rows[logged]])
             block, ends = self.step_block.encode(steps, walls, values)
         # The learning rate when it changes, and the evaluations: events of their own, in step order.
-        extra: list[tuple[int, bytes]] = []      # (step, event) besides the steps' own, for the file's order
+        extra: list[tuple[int, bytes]] = []  # (step, event) besides the steps' own, for the file's order
         for i in logged:
             step, wall, lr = self.info[i]
             if lr != self.last_lr:
                 extra.append((step, summary_event(step, wall, self.lr_tags.encode([lr]))))
                 self.last_lr = lr
         walls_by_step = {step: wall for step, wall, _ in self.info}
-        extra += [(ev.step, summary_event(ev.step, walls_by_step.get(ev.step, time.time()),
-                                          self.eval_tags.encode(ev.values)))
-                  for ev in evaluations if ev.step <= last_step]
+        extra += [
+            (
+                ev.step,
+                summary_event(
+                    ev.step, walls_by_step.get(ev.step, time.time()), self.eval_tags.encode(ev.values)
+                ),
+            )
+            for ev in evaluations
+            if ev.step <= last_step
+        ]
         if histograms is not None:
-            histogram_steps = [(step, wall) for step, wall, _ in self.info
-                               if self.histograms_every and step % self.histograms_every == 0]
+            histogram_steps = [
+                (step, wall)
+                for step, wall, _ in self.info
+                if self.histograms_every and step % self.histograms_every == 0
+            ]
             bodies = histogram_bodies(self.histogram_block, histograms, self.histogram_sizes)
-            extra += [(step, summary_event(step, wall, body))
-                      for (step, wall), body in zip(histogram_steps, bodies) if step <= last_step]
+            extra += [
+                (step, summary_event(step, wall, body))
+                for (step, wall), body in zip(histogram_steps, bodies)
+                if step <= last_step
+            ]
         extra += self._take_pending()
         # Everything goes to the file in step order; a step's own event comes first.
         done = 0
         for step, event in sorted(extra, key=lambda e: e[0]):
-            upto = int(ends[np.searchsorted(steps, step, side="right") - 1]) if len(steps) and steps[0] <= step else 0
+            upto = (
+                int(ends[np.searchsorted(steps, step, side="right") - 1])
+                if len(steps) and steps[0] <= step
+                else 0
+            )
             if upto > done:
                 self.events.write_records(block[done:upto])
                 done = upto
@@ -244,18 +300,19 @@ class TensorBoardSink:
     def finish(self, status: Status, steps: int, metrics: dict[str, Any], final: Evaluation | None) -> None:
         """The final weights and evaluation, the HParams metrics and the session's end."""
         now = time.time()
-        for _, event in self._take_pending():     # what a hook logged at the final evaluation
+        for _, event in self._take_pending():  # what a hook logged at the final evaluation
             self.events.write_raw(event)
         body = []
         if status == Status.COMPLETE:
-            small, large = self.params[:self.small_count], self.params[self.small_count:]
+            small, large = self.params[: self.small_count], self.params[self.small_count :]
             weights = [p.detach().view(-1) for p in small]
             weights += [torch.linalg.vector_norm(p.detach()).view(1) for p in large]
             body.append(self.final_tags.encode(torch.cat(weights).tolist()))
             if final is not None:
                 body.append(self.eval_tags.encode(final.values))
-        present = [(tag, float(v)) for tag, v in metrics.items()
-                   if "/" in tag and v is not None and math.isfinite(v)]
+        present = [
+            (tag, float(v)) for tag, v in metrics.items() if "/" in tag and v is not None and math.isfinite(v)
+        ]
         body.append(ScalarTags([t for t, _ in present]).encode([v for _, v in present]))
         self.events.write_raw(summary_event(steps, now, b"".join(body)))
         self.events.write_summary(session_end_pb(status, now), steps, now)

@@ -1,12 +1,14 @@
 """Reading experiment spec files: safe YAML, line numbers, the sweep grid and --set overrides."""
+
 from __future__ import annotations
 
 import copy
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -16,8 +18,17 @@ from trainer.kinds import FAMILIES
 from trainer.schema import EXPERIMENT_NAME, Config, Invalid, check_key, show, suggest, type_name
 from trainer.strict import is_import_path
 
-__all__ = ["EXPERIMENT_NAME", "Override", "Spec", "combine", "load_spec", "parse_override", "parse_overrides",
-           "put", "read_yaml"]
+__all__ = [
+    "EXPERIMENT_NAME",
+    "Override",
+    "Spec",
+    "combine",
+    "load_spec",
+    "parse_override",
+    "parse_overrides",
+    "put",
+    "read_yaml",
+]
 
 DOTTED_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 # Anchors and aliases can make a short file stand for an enormous one; specs never need that many values.
@@ -45,14 +56,14 @@ class Override:
 class Spec:
     """One spec file, read and checked for shape; runs are expanded by trainer.sweep."""
 
-    path: str                                   # as the user gave it, for messages
-    folder: Path                                # relative data paths are taken from here
-    base: dict[str, Any]                        # the configuration as written, without its sweep
-    sweep: dict[str, list[Any]]                 # dotted key -> values, in the order written
-    lines: dict[str, int]                       # dotted key -> line in the file
+    path: str  # as the user gave it, for messages
+    folder: Path  # relative data paths are taken from here
+    base: dict[str, Any]  # the configuration as written, without its sweep
+    sweep: dict[str, list[Any]]  # dotted key -> values, in the order written
+    lines: dict[str, int]  # dotted key -> line in the file
     overrides: list[Override] = field(default_factory=list)  # --set, applied on top of the sweep
-    open_sections: set[str] = field(default_factory=set)     # sections whose kind is user code
-    problems: list[str] = field(default_factory=list)        # found while reading; reported with the runs'
+    open_sections: set[str] = field(default_factory=set)  # sections whose kind is user code
+    problems: list[str] = field(default_factory=list)  # found while reading; reported with the runs'
 
     @property
     def name(self) -> Any:
@@ -87,7 +98,7 @@ class Spec:
 def parent_key(key: str) -> str:
     """'a.b[2]' -> 'a.b' -> 'a' -> ''."""
     if key.endswith("]"):
-        return key[:key.rindex("[")]
+        return key[: key.rindex("[")]
     return key.rpartition(".")[0]
 
 
@@ -100,10 +111,14 @@ class _SpecLoader(yaml.SafeLoader):
 
 _SpecLoader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 # YAML 1.1 reads 1e-3 (no dot) as a string; every spec writer means the number.
 _SpecLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def _parse(text: str, shown: str) -> tuple[yaml.Node | None, Any, dict[str, int]]:
@@ -151,19 +166,31 @@ def _tag_name(tag: str) -> str:
     return "!!" + tag.removeprefix("tag:yaml.org,2002:") if tag.startswith("tag:yaml.org,2002:") else tag
 
 
-def _walk(node: yaml.Node, prefix: str, lines: dict[str, int], problems: list[str], shown: str,
-          count: list[int], depth: int = 0) -> None:
+def _walk(
+    node: yaml.Node,
+    prefix: str,
+    lines: dict[str, int],
+    problems: list[str],
+    shown: str,
+    count: list[int],
+    depth: int = 0,
+) -> None:
     line = node.start_mark.line + 1
     count[0] += 1
     if count[0] > MAX_VALUES or depth > MAX_DEPTH:
-        what = (f"expands to more than {MAX_VALUES:,} values in all (long lists, or anchors and aliases that "
-                 f"repeat a part)" if count[0] > MAX_VALUES
-                else f"is nested more than {MAX_DEPTH} levels deep (through anchors and aliases?)")
+        what = (
+            f"expands to more than {MAX_VALUES:,} values in all (long lists, or anchors and aliases that "
+            f"repeat a part)"
+            if count[0] > MAX_VALUES
+            else f"is nested more than {MAX_DEPTH} levels deep (through anchors and aliases?)"
+        )
         raise SpecError(f"{shown}:{line}: the YAML {what}; a spec holds a few settings")
     if node.tag not in PLAIN_TAGS:
         # Refused before anything is constructed, so no tag can run code or build objects.
-        problems.append(f"{shown}:{line}: the YAML tag {_tag_name(node.tag)} is not allowed; specs hold plain "
-                        f"data (mappings, lists, numbers, strings, true/false)")
+        problems.append(
+            f"{shown}:{line}: the YAML tag {_tag_name(node.tag)} is not allowed; specs hold plain "
+            f"data (mappings, lists, numbers, strings, true/false)"
+        )
         return
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
@@ -179,8 +206,9 @@ def _walk(node: yaml.Node, prefix: str, lines: dict[str, int], problems: list[st
                 continue
             key = f"{prefix}.{key_node.value}" if prefix else key_node.value
             if key_node.value in seen:
-                problems.append(f"{shown}:{key_line}: {key}: duplicate key (first given on line "
-                                f"{seen[key_node.value]})")
+                problems.append(
+                    f"{shown}:{key_line}: {key}: duplicate key (first given on line {seen[key_node.value]})"
+                )
             seen[key_node.value] = key_line
             lines[key] = key_line
             # Sweep keys are dotted names themselves; their values stay one level deep.
@@ -189,8 +217,10 @@ def _walk(node: yaml.Node, prefix: str, lines: dict[str, int], problems: list[st
             lines.setdefault(key, merged_line)
     elif isinstance(node, yaml.SequenceNode):
         if len(node.value) > MAX_VALUES:
-            raise SpecError(f"{shown}:{line}: {prefix or '(top level)'}: the list holds {len(node.value):,} values, "
-                            f"more than the {MAX_VALUES:,} a spec may hold")
+            raise SpecError(
+                f"{shown}:{line}: {prefix or '(top level)'}: the list holds {len(node.value):,} values, "
+                f"more than the {MAX_VALUES:,} a spec may hold"
+            )
         for i, item in enumerate(node.value):
             key = f"{prefix}[{i}]"
             lines[key] = item.start_mark.line + 1
@@ -201,7 +231,8 @@ def _key_problem(key_node: yaml.Node) -> str:
     if not isinstance(key_node, yaml.ScalarNode):
         return f"a key must be text, got a {'list' if isinstance(key_node, yaml.SequenceNode) else 'mapping'}"
     read_as = {"int": "a whole number", "float": "a number", "bool": "true or false", "null": "null"}.get(
-        key_node.tag.removeprefix("tag:yaml.org,2002:"), f"the tag {_tag_name(key_node.tag)}")
+        key_node.tag.removeprefix("tag:yaml.org,2002:"), f"the tag {_tag_name(key_node.tag)}"
+    )
     return f"the key {key_node.value!r} is read as {read_as}, not text; quote it: '{key_node.value}'"
 
 
@@ -226,8 +257,10 @@ def read_yaml(path: Path, shown: str) -> tuple[dict[str, Any], dict[str, int]]:
     if node is None:
         raise SpecError(f"{shown}: the file holds only comments; {EXAMPLE}")
     if not isinstance(data, dict):
-        raise SpecError(f"{shown}:{node.start_mark.line + 1}: the file holds {type_name(data)}"
-                        f"{'' if data is None else ' ' + show(data)}, not a mapping; {EXAMPLE}")
+        raise SpecError(
+            f"{shown}:{node.start_mark.line + 1}: the file holds {type_name(data)}"
+            f"{'' if data is None else ' ' + show(data)}, not a mapping; {EXAMPLE}"
+        )
     return data, lines
 
 
@@ -249,8 +282,12 @@ def parse_override(text: str) -> tuple[str, Any]:
         _, parsed, _ = _parse(value, shown)
     except SpecError as exc:
         # The value's own 'line 1' means nothing on a command line: say which value instead.
-        raise SpecError([f"{shown}: the value {value!r}: " + re.sub(r"^:\d+: |^: ", "", p[len(shown):])
-                         for p in exc.problems])
+        raise SpecError(
+            [
+                f"{shown}: the value {value!r}: " + re.sub(r"^:\d+: |^: ", "", p[len(shown) :])
+                for p in exc.problems
+            ]
+        )
     return key, parsed
 
 
@@ -270,8 +307,9 @@ def user_sections(data: dict[str, Any]) -> set[str]:
     return found
 
 
-def parse_overrides(texts: Sequence[str], open_sections: set[str] | frozenset[str] = frozenset(FAMILIES)
-                    ) -> tuple[list[Override], list[str]]:
+def parse_overrides(
+    texts: Sequence[str], open_sections: set[str] | frozenset[str] = frozenset(FAMILIES)
+) -> tuple[list[Override], list[str]]:
     """Every --set parsed and its key checked against the schema: (overrides, problems).
 
     Keys below `open_sections` (by default every section with kinds, since any spec may name user
@@ -301,7 +339,7 @@ def put(tree: dict[str, Any], key: str, value: Any) -> str | None:
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            return f"{'.'.join(parts[:depth + 1])} is a value ({show(child)}), not a section"
+            return f"{'.'.join(parts[: depth + 1])} is a value ({show(child)}), not a section"
         node = child
     node[parts[-1]] = value
     return None
@@ -326,21 +364,31 @@ def load_spec(path: str, overrides: Sequence[str | Override] = ()) -> Spec:
     parsed, override_problems = parse_overrides(texts, open_sections)
     problems.extend(override_problems)
     parsed += [o for o in overrides if isinstance(o, Override)]
-    spec = Spec(path=path, folder=Path(path).parent, base=base, sweep=sweep, lines=lines, problems=problems,
-                open_sections=open_sections)
+    spec = Spec(
+        path=path,
+        folder=Path(path).parent,
+        base=base,
+        sweep=sweep,
+        lines=lines,
+        problems=problems,
+        open_sections=open_sections,
+    )
     for override in parsed:
         if override.key in spec.sweep:
-            spec.sweep[override.key] = [override.value]   # pinning a swept key keeps its place in run names
+            spec.sweep[override.key] = [override.value]  # pinning a swept key keeps its place in run names
         spec.overrides.append(override)
     return spec
 
 
-def _read_sweep(sweep: Any, lines: dict[str, int], path: str, problems: list[str],
-                open_sections: set[str]) -> dict[str, list[Any]]:
+def _read_sweep(
+    sweep: Any, lines: dict[str, int], path: str, problems: list[str], open_sections: set[str]
+) -> dict[str, list[Any]]:
     where = f"{path}:{lines.get('sweep', '?')}"
     if not isinstance(sweep, dict):
-        problems.append(f"{where}: sweep: must be a mapping of dotted keys to lists of values, "
-                        f"such as 'train.batch_size: [1, full]', {'got null' if sweep is None else 'got ' + type_name(sweep)}")
+        problems.append(
+            f"{where}: sweep: must be a mapping of dotted keys to lists of values, "
+            f"such as 'train.batch_size: [1, full]', {'got null' if sweep is None else 'got ' + type_name(sweep)}"
+        )
         return {}
     grid: dict[str, list[Any]] = {}
     for key, values in sweep.items():
@@ -356,12 +404,16 @@ def _read_sweep(sweep: Any, lines: dict[str, int], path: str, problems: list[str
             problems.append(f"{at}: {problem}")
             continue
         if isinstance(values, dict):
-            problems.append(f"{at}: must be a list of values, got a mapping; to sweep a whole section, list "
-                            f"its versions, such as optimizer: [{{kind: sgd}}, {{kind: adam}}]")
+            problems.append(
+                f"{at}: must be a list of values, got a mapping; to sweep a whole section, list "
+                f"its versions, such as optimizer: [{{kind: sgd}}, {{kind: adam}}]"
+            )
             continue
         if not isinstance(values, list):
-            problems.append(f"{at}: must be a list of values, got {show(values)}; write [{show(values)}] "
-                            f"for a single value")
+            problems.append(
+                f"{at}: must be a list of values, got {show(values)}; write [{show(values)}] "
+                f"for a single value"
+            )
             continue
         if not values:
             problems.append(f"{at}: the list of values is empty; give at least one value")
@@ -385,7 +437,11 @@ def _identity(value: Any) -> str:
     if isinstance(value, (int, float)):
         return f"number:{float(value)!r}"
     if isinstance(value, dict):
-        return "{" + ",".join(f"{json.dumps(str(k))}:{_identity(v)}" for k, v in sorted(value.items(), key=str)) + "}"
+        return (
+            "{"
+            + ",".join(f"{json.dumps(str(k))}:{_identity(v)}" for k, v in sorted(value.items(), key=str))
+            + "}"
+        )
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(_identity(v) for v in value) + "]"
     return repr(value)

@@ -1,15 +1,16 @@
 """The strict converter: YAML data to frozen dataclasses, with checks, did-you-mean and messages that
 name the key. It knows nothing of experiments; trainer.schema and the kind families build on it."""
+
 from __future__ import annotations
 
 import difflib
 import functools
 import math
-import re
 import reprlib
 import types
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
-from typing import Any, Callable, Literal, Union, get_args, get_origin, get_type_hints
+from collections.abc import Callable
+from dataclasses import MISSING, field, fields, is_dataclass
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 Check = Callable[[Any], "str | None"]
 
@@ -41,7 +42,7 @@ def at_most(bound: float) -> Check:
 
 
 # The seeds torch takes (torch.manual_seed and torch.Generator.manual_seed).
-SEED = _bound(lambda v: -2**63 <= v < 2**64, "from -2**63 to 2**64 - 1, the seeds torch takes")
+SEED = _bound(lambda v: -(2**63) <= v < 2**64, "from -2**63 to 2**64 - 1, the seeds torch takes")
 
 
 def each(check: Check) -> Check:
@@ -98,8 +99,14 @@ def type_name(value: Any) -> str:
     """'a string', 'a list', ...: what a YAML value is, as a message says it."""
     if value is None:
         return "null"
-    return {bool: "a boolean", int: "a whole number", float: "a number", str: "a string",
-            list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        int: "a whole number",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a mapping",
+    }.get(type(value), type(value).__name__)
 
 
 def got(value: Any) -> str:
@@ -169,7 +176,9 @@ def convert(tp: Any, value: Any, path: str) -> Any:
                 continue
         literals = [a for o in get_args(tp) if get_origin(o) is Literal for a in get_args(o)]
         hint = suggest(value, [str(a) for a in literals]) if isinstance(value, str) else ""
-        raise Invalid([(path, f"must be {describe(tp)}, {f'got {show(value)}' if hint else got(value)}{hint}")])
+        raise Invalid(
+            [(path, f"must be {describe(tp)}, {f'got {show(value)}' if hint else got(value)}{hint}")]
+        )
     if origin is Literal:
         choices = get_args(tp)
         if isinstance(value, str) and value in choices:
@@ -232,7 +241,9 @@ def _convert_variant(kinds: dict[str, type], value: Any, path: str) -> Any:
         return build(hooks.user_kind(kinds, kind, join(path, "kind")), value, path)
     if kind not in kinds:
         hint = suggest(kind, list(kinds)) if isinstance(kind, str) else ""
-        raise Invalid([(join(path, "kind"), f"must be one of {', '.join(map(repr, kinds))}, got {show(kind)}{hint}")])
+        raise Invalid(
+            [(join(path, "kind"), f"must be one of {', '.join(map(repr, kinds))}, got {show(kind)}{hint}")]
+        )
     return build(kinds[kind], value, path)
 
 
@@ -283,7 +294,9 @@ def _unknown_key(cls: type, key: str, known: list[str]) -> str:
         # A setting of a sibling kind (momentum under adam) is a wrong kind more than a misspelling.
         owners = [k for k, c in (_family(cls) or {}).items() if key in {f.name for f in fields(c)}]
         if owners:
-            hint = f" (only kind {' and '.join(map(repr, owners))} {'has' if len(owners) == 1 else 'have'} it)"
+            hint = (
+                f" (only kind {' and '.join(map(repr, owners))} {'has' if len(owners) == 1 else 'have'} it)"
+            )
     return f"unknown key {key!r} for kind {kind!r}{hint}; its settings: {listing}"
 
 
@@ -319,7 +332,7 @@ def check_key(cls: type, dotted: str, open_sections: frozenset[str] | set[str] =
     parts = dotted.split(".")
     classes = [cls]
     for depth, part in enumerate(parts):
-        here = ".".join(parts[:depth + 1])
+        here = ".".join(parts[: depth + 1])
         if depth and ".".join(parts[:depth]) in open_sections:
             return None
         names = list(dict.fromkeys(f.name for c in classes for f in fields(c)))
@@ -331,7 +344,9 @@ def check_key(cls: type, dotted: str, open_sections: frozenset[str] | set[str] =
             kinds = variants(tp)
             classes.extend(kinds.values() if kinds else [tp] if is_dataclass(tp) else [])
         if not classes and depth < len(parts) - 1:
-            literals = tuple(dict.fromkeys(a for tp in found if get_origin(tp) is Literal for a in get_args(tp)))
+            literals = tuple(
+                dict.fromkeys(a for tp in found if get_origin(tp) is Literal for a in get_args(tp))
+            )
             what = describe(Literal[literals]) if len(literals) > 1 else describe(found[0])
             return f"{here} is a setting ({what}), not a section, so it has no key {parts[depth + 1]!r}"
     return None
@@ -341,8 +356,12 @@ def as_data(instance: Any) -> Any:
     """A dataclass as plain YAML/JSON data (tuples become lists), keys in declaration order."""
     if is_dataclass(instance):
         # 'kind' first, then the class's own settings, then those it shares with its family.
-        inherited = {f.name for base in type(instance).__mro__[1:] if is_dataclass(base) for f in fields(base)}
-        names = sorted((f.name for f in fields(instance)), key=lambda name: (name != "kind", name in inherited))
+        inherited = {
+            f.name for base in type(instance).__mro__[1:] if is_dataclass(base) for f in fields(base)
+        }
+        names = sorted(
+            (f.name for f in fields(instance)), key=lambda name: (name != "kind", name in inherited)
+        )
         return {name: as_data(getattr(instance, name)) for name in names}
     if isinstance(instance, (tuple, list)):
         return [as_data(v) for v in instance]

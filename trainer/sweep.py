@@ -1,4 +1,5 @@
 """Expanding specs into planned runs: the grid, run names, and validation of every run before any starts."""
+
 from __future__ import annotations
 
 import hashlib
@@ -29,20 +30,20 @@ class RunPlan:
     experiment: str
     name: str
     config: Config
-    swept: tuple[tuple[str, Any], ...]     # (dotted key, value) pairs that name the run
+    swept: tuple[tuple[str, Any], ...]  # (dotted key, value) pairs that name the run
     spec_path: str
-    data_folder: str                       # CSV paths and user modules are looked up here
-    rows: int                              # training rows
-    features: int                          # of a row of a table (0 for images and other shapes)
+    data_folder: str  # CSV paths and user modules are looked up here
+    rows: int  # training rows
+    features: int  # of a row of a table (0 for images and other shapes)
     steps: int
     batch_size: int
-    has_truth: bool                        # the data knows the true weights of this linear model
+    has_truth: bool  # the data knows the true weights of this linear model
     validation_rows: int = 0
     input_shape: tuple[int, ...] = ()
-    outputs: int = 1                       # of a built-in model
-    classes: int | None = None             # class labels: how many; None for real targets
-    parameters: int | None = None          # the model's parameter elements, where known
-    regression: bool = True                # a built-in regression loss: convergence within eval.tolerance means something
+    outputs: int = 1  # of a built-in model
+    classes: int | None = None  # class labels: how many; None for real targets
+    parameters: int | None = None  # the model's parameter elements, where known
+    regression: bool = True  # a built-in regression loss: convergence within eval.tolerance means something
     code: tuple[tuple[str, str], ...] = ()  # (where, import path) of every piece of user code the run calls
 
     @property
@@ -115,6 +116,7 @@ def _name_parts(values: list[tuple[str, Any]], sweep: dict[str, list[Any]]) -> d
     """The settings a run name shows: swept values, a swept section by its settings that differ
     between the section's values (all of them when none does), and no experiment name (the
     experiment's folder holds the run)."""
+
     def section(value: Any) -> bool:
         return isinstance(value, dict) and bool(value)
 
@@ -150,7 +152,7 @@ def run_name(values: list[tuple[str, Any]], sweep: dict[str, list[Any]] | None =
         safe = "_" + safe[1:]
     if len(safe) > MAX_NAME:
         digest = hashlib.sha1(text.encode()).hexdigest()[:8]
-        safe = f"{safe[:MAX_NAME - 9]}~{digest}"
+        safe = f"{safe[: MAX_NAME - 9]}~{digest}"
     return safe
 
 
@@ -191,8 +193,10 @@ def plan(paths: list[str], overrides: list[str] = (), allow_large: bool = False)
         from trainer.probe import probe
 
         runs, found = probe(runs)
-        problems.extend(f"{_locate(specs[run.spec_path], key)}: {key}: {message} (run {run.folder})"
-                        for run, key, message in found)
+        problems.extend(
+            f"{_locate(specs[run.spec_path], key)}: {key}: {message} (run {run.folder})"
+            for run, key, message in found
+        )
     if not problems:
         problems.extend(_device_problems(runs, specs))
     if problems:
@@ -203,22 +207,32 @@ def plan(paths: list[str], overrides: list[str] = (), allow_large: bool = False)
 def _same_name(spec: Spec, other: Spec) -> str:
     where = spec.where("name")
     if where == other.where("name"):
-        return (f"{where}: name: would give {other.path} and {spec.path} the same experiment name "
-                f"{spec.name!r}; give one spec at a time a new name, or change the name in each file")
-    return (f"{where}: name: the experiment name {spec.name!r} is already used by {other.where('name')}"
-            f"{_case_note(spec.name, other.name)}; give each spec its own name")
+        return (
+            f"{where}: name: would give {other.path} and {spec.path} the same experiment name "
+            f"{spec.name!r}; give one spec at a time a new name, or change the name in each file"
+        )
+    return (
+        f"{where}: name: the experiment name {spec.name!r} is already used by {other.where('name')}"
+        f"{_case_note(spec.name, other.name)}; give each spec its own name"
+    )
 
 
 def _case_note(name: str, other: str) -> str:
-    return "" if name == other else f" as {other!r} (names that differ only in case share a folder on macOS and Windows)"
+    return (
+        ""
+        if name == other
+        else f" as {other!r} (names that differ only in case share a folder on macOS and Windows)"
+    )
 
 
 def expand(spec: Spec, allow_large: bool = False) -> list[RunPlan]:
     """Every run of one spec, validated; problems raise SpecError."""
     count = math.prod(len(v) for v in spec.sweep.values())
     if count > MAX_RUNS and not allow_large:
-        raise SpecError(f"{spec.where('sweep')}: sweep: {count:,} runs is more than {MAX_RUNS:,}, which is "
-                        f"likely a mistake; pass --allow-large to run them all")
+        raise SpecError(
+            f"{spec.where('sweep')}: sweep: {count:,} runs is more than {MAX_RUNS:,}, which is "
+            f"likely a mistake; pass --allow-large to run them all"
+        )
     keys = list(spec.sweep) + spec.overridden
     found: dict[str, list[str]] = {}
     collisions: list[str] = []
@@ -235,17 +249,22 @@ def expand(spec: Spec, allow_large: bool = False) -> list[RunPlan]:
         except Invalid as invalid:
             for key, message in invalid.problems:
                 found.setdefault(f"{_locate(spec, key, indices)}: {key}: {message}", []).append(
-                    run_name([(k, values[k]) for k in spec.sweep], spec.sweep))
+                    run_name([(k, values[k]) for k in spec.sweep], spec.sweep)
+                )
             continue
         other = by_name.setdefault(name.lower(), run)
         if other is not run:
-            collisions.append(f"{spec.where('sweep')}: sweep: runs {format_values(other.swept)} and "
-                              f"{format_values(run.swept)} would both be written to the folder {name!r}"
-                              f"{_case_note(name, other.name)}; make the swept values distinct")
+            collisions.append(
+                f"{spec.where('sweep')}: sweep: runs {format_values(other.swept)} and "
+                f"{format_values(run.swept)} would both be written to the folder {name!r}"
+                f"{_case_note(name, other.name)}; make the swept values distinct"
+            )
             continue
         runs.append(run)
     if found or collisions:
-        raise SpecError([message + _which_runs(names, count) for message, names in found.items()] + collisions)
+        raise SpecError(
+            [message + _which_runs(names, count) for message, names in found.items()] + collisions
+        )
     return runs
 
 
@@ -281,7 +300,7 @@ def _locate(spec: Spec, key: str, indices: dict[str, int] | None = None) -> str:
         if probe in spec.sweep:
             if indices is None or probe not in indices:
                 return spec.where(f"sweep.{probe}")
-            return spec.where(f"sweep.{probe}[{indices[probe]}]{key[len(probe):]}")
+            return spec.where(f"sweep.{probe}[{indices[probe]}]{key[len(probe) :]}")
         probe = parent_key(probe)
     return spec.where(key)
 
@@ -295,22 +314,45 @@ def _validate(spec: Spec, raw: dict[str, Any], name: str, swept: tuple[tuple[str
     batch_size = info.rows if batch == "full" else batch
     if batch_size > info.rows:
         held = f" after {info.validation_rows} held out for validation" if info.validation_rows else ""
-        problems.append(("train.batch_size", f"{batch} is larger than the training data ({info.rows} rows{held}); "
-                                             f"use at most {info.rows}, or 'full'"))
+        problems.append(
+            (
+                "train.batch_size",
+                f"{batch} is larger than the training data ({info.rows} rows{held}); "
+                f"use at most {info.rows}, or 'full'",
+            )
+        )
     problems += losses.check_targets(config.loss, info.classes)
     model = config.model
     outputs = _outputs(config, info)
     if models.is_builtin(model) and len(info.input_shape) != 1:
-        problems.append(("model.kind", f"{model.kind!r} takes rows of features, but one input of this data has the "
-                                       f"shape {list(info.input_shape)}; use a model of your own (module:Class)"))
+        problems.append(
+            (
+                "model.kind",
+                f"{model.kind!r} takes rows of features, but one input of this data has the "
+                f"shape {list(info.input_shape)}; use a model of your own (module:Class)",
+            )
+        )
     if isinstance(model, LinearModel) and isinstance(model.init, tuple) and len(model.init) != info.features:
-        problems.append(("model.init", f"has {len(model.init)} values but the data has {info.features} features; "
-                                       f"give one initial weight per feature"))
+        problems.append(
+            (
+                "model.init",
+                f"has {len(model.init)} values but the data has {info.features} features; "
+                f"give one initial weight per feature",
+            )
+        )
     if outputs is None:
-        problems.append(("model.outputs", "the number of classes cannot be told from this data (a Dataset's labels "
-                                          "are not scanned); give model.outputs"))
-    code = [(f"{section}.kind", getattr(config, section).kind) for section in kinds.FAMILIES
-            if is_import_path(getattr(config, section).kind)]
+        problems.append(
+            (
+                "model.outputs",
+                "the number of classes cannot be told from this data (a Dataset's labels "
+                "are not scanned); give model.outputs",
+            )
+        )
+    code = [
+        (f"{section}.kind", getattr(config, section).kind)
+        for section in kinds.FAMILIES
+        if is_import_path(getattr(config, section).kind)
+    ]
     for i, metric_name in enumerate(config.eval.metrics):
         key = f"eval.metrics[{i}]"
         try:
@@ -325,20 +367,37 @@ def _validate(spec: Spec, raw: dict[str, Any], name: str, swept: tuple[tuple[str
     if config.log.hook is not None:
         hook = kinds.import_attribute(config.log.hook, str(spec.folder.resolve()), "log.hook")
         if not callable(hook):
-            problems.append(("log.hook", f"{config.log.hook} is {type(hook).__name__}, not a function "
-                                         f"hook(writer, step, model, **context)"))
+            problems.append(
+                (
+                    "log.hook",
+                    f"{config.log.hook} is {type(hook).__name__}, not a function "
+                    f"hook(writer, step, model, **context)",
+                )
+            )
         code.append(("log.hook", config.log.hook))
     if problems:
         raise Invalid(problems)
     shape = models.Shape(info.features, outputs or 1)
     return RunPlan(
-        experiment=config.name, name=name, config=config, swept=swept, spec_path=spec.path,
-        data_folder=str(spec.folder), rows=info.rows, features=info.features,
-        steps=total_steps(config, info.rows, batch_size), batch_size=batch_size,
+        experiment=config.name,
+        name=name,
+        config=config,
+        swept=swept,
+        spec_path=spec.path,
+        data_folder=str(spec.folder),
+        rows=info.rows,
+        features=info.features,
+        steps=total_steps(config, info.rows, batch_size),
+        batch_size=batch_size,
         has_truth=info.true_weights is not None and isinstance(model, LinearModel) and outputs == 1,
-        validation_rows=info.validation_rows, input_shape=info.input_shape, outputs=outputs or 1,
-        classes=info.classes, parameters=models.parameter_count(model, shape),
-        regression=losses.task_of(config.loss) == losses.REGRESSION, code=tuple(code))
+        validation_rows=info.validation_rows,
+        input_shape=info.input_shape,
+        outputs=outputs or 1,
+        classes=info.classes,
+        parameters=models.parameter_count(model, shape),
+        regression=losses.task_of(config.loss) == losses.REGRESSION,
+        code=tuple(code),
+    )
 
 
 def _outputs(config: Config, info: data.DataInfo) -> int | None:
@@ -347,7 +406,9 @@ def _outputs(config: Config, info: data.DataInfo) -> int | None:
     given = getattr(config.model, "outputs", "auto")
     if given != "auto":
         return given
-    if losses.task_of(config.loss) == losses.CLASSES or (info.classes is not None and losses.task_of(config.loss) is None):
+    if losses.task_of(config.loss) == losses.CLASSES or (
+        info.classes is not None and losses.task_of(config.loss) is None
+    ):
         return info.classes
     return models.element_count(info.target_shape)
 
@@ -361,6 +422,8 @@ def _device_problems(runs: list[RunPlan], specs: dict[str, Spec]) -> list[str]:
     if torch.cuda.is_available():
         return []
     run = wanting[0]
-    return [f"{_locate(specs[run.spec_path], 'train.device')}: train.device: 'cuda' was asked for (run "
-            f"{run.experiment}/{run.name}) but torch {torch.__version__} sees no GPU; use 'auto' or 'cpu', "
-            f"or install a CUDA build of torch"]
+    return [
+        f"{_locate(specs[run.spec_path], 'train.device')}: train.device: 'cuda' was asked for (run "
+        f"{run.experiment}/{run.name}) but torch {torch.__version__} sees no GPU; use 'auto' or 'cpu', "
+        f"or install a CUDA build of torch"
+    ]

@@ -1,5 +1,6 @@
 """A real TensorBoard server from this environment, for the tests and `make screenshot`: started on
 a free local port, asked through its HTTP API, and stopped with the data server it starts."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ALL_STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
 
@@ -28,13 +30,24 @@ class TensorBoardServer:
 
     def __init__(self, logdir: Path, output: Path):
         self.logdir, self.output, self.port = Path(logdir), Path(output), free_port()
-        command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir),
-                   "--host", "127.0.0.1", "--port", str(self.port)]
+        command = [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(logdir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         with open(self.output, "w") as out:
             # A process group of its own, shared with the data server it starts: one signal stops both.
-            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
-    def __enter__(self) -> "TensorBoardServer":
+    def __enter__(self) -> TensorBoardServer:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -48,8 +61,9 @@ class TensorBoardServer:
             return json.load(response)
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
-        request = urllib.request.Request(self.url(path), data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.url(path), data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.load(response)
 
@@ -58,8 +72,10 @@ class TensorBoardServer:
 
     def session_groups(self) -> dict[str, Any]:
         """Every session: the API answers with nothing unless statuses and a slice size are given."""
-        return self.post("/data/plugin/hparams/session_groups", {
-            "experimentName": "", "allowedStatuses": ALL_STATUSES, "startIndex": 0, "sliceSize": 100_000})
+        return self.post(
+            "/data/plugin/hparams/session_groups",
+            {"experimentName": "", "allowedStatuses": ALL_STATUSES, "startIndex": 0, "sliceSize": 100_000},
+        )
 
     def log(self) -> str:
         return self.output.read_text(errors="replace")[-3000:]
@@ -78,8 +94,9 @@ class TensorBoardServer:
             except (urllib.error.URLError, ConnectionError, OSError, ValueError) as exc:
                 last_error = exc
             time.sleep(0.25)
-        raise RuntimeError(f"TensorBoard did not {what} within {timeout:.0f} s (last error: {last_error}):\n"
-                           f"{self.log()}")
+        raise RuntimeError(
+            f"TensorBoard did not {what} within {timeout:.0f} s (last error: {last_error}):\n{self.log()}"
+        )
 
     def wait_loaded(self, runs: set[str], timeout: float) -> dict[str, Any]:
         """Wait until every run is listed and two answers of the HParams API agree; returns the last."""
@@ -91,6 +108,7 @@ class TensorBoardServer:
             now = self.session_groups()
             same, previous[0] = now == previous[0], now
             return now if same and now["totalSize"] > 0 else None
+
         return self.wait_for(settled, "settle", timeout)
 
     def stop(self) -> None:
@@ -104,6 +122,6 @@ class TensorBoardServer:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         try:
-            os.killpg(self.process.pid, signal.SIGKILL)      # a data server left behind
+            os.killpg(self.process.pid, signal.SIGKILL)  # a data server left behind
         except (ProcessLookupError, PermissionError):
             pass

@@ -1,11 +1,13 @@
 """The training loop: compute each step, hand values to the sink, stop on divergence or when asked."""
+
 from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -38,7 +40,7 @@ class Outcome:
     device: str
     metrics: dict[str, Any]
     final_weights: dict[str, list[float]] = field(default_factory=dict)
-    weights_sha256: str = ""          # of all final parameters' bytes: equal digests, identical weights
+    weights_sha256: str = ""  # of all final parameters' bytes: equal digests, identical weights
     model: torch.nn.Module | None = None
 
 
@@ -67,8 +69,12 @@ def converged_step(evaluations: list[Evaluation], tolerance: float) -> int | Non
     return found
 
 
-def train(run: RunPlan, sink: Any = None, should_stop: Callable[[], bool] = lambda: False,
-          on_progress: Callable[[int], None] = lambda steps: None) -> Outcome:
+def train(
+    run: RunPlan,
+    sink: Any = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_progress: Callable[[int], None] = lambda steps: None,
+) -> Outcome:
     """Train one run to the end, to divergence, or until should_stop() says so between chunks."""
     sink = sink or NullSink()
     config = run.config
@@ -85,10 +91,13 @@ def train(run: RunPlan, sink: Any = None, should_stop: Callable[[], bool] = lamb
     batch_size = None if full else run.batch_size
     train_rows = dataset.train
     if train_rows.dataset is None:
-        steps = batches(train_rows.x, train_rows.y, batch_size, run.steps, config.train.sampling, config.train.seed)
+        steps = batches(
+            train_rows.x, train_rows.y, batch_size, run.steps, config.train.sampling, config.train.seed
+        )
     else:
-        steps = loader_batches(train_rows.dataset, batch_size, run.steps, config.train.sampling, config.train.seed,
-                               device)
+        steps = loader_batches(
+            train_rows.dataset, batch_size, run.steps, config.train.sampling, config.train.seed, device
+        )
     eval_every = config.eval.every
     clip = config.train.clip_grad_norm
     params = list(model.parameters())
@@ -104,7 +113,7 @@ def train(run: RunPlan, sink: Any = None, should_stop: Callable[[], bool] = lamb
     status, last = Status.COMPLETE, run.steps - 1
     for step, (x, y) in enumerate(steps):
         output = model(x)
-        if squeeze is None:   # [N, 1] outputs meet [N] targets of a built-in regression or binary loss
+        if squeeze is None:  # [N, 1] outputs meet [N] targets of a built-in regression or binary loss
             squeeze = squeezes and output.dim() == y.dim() + 1 and output.shape[-1] == 1
         loss = loss_fn(output.squeeze(-1) if squeeze else output, y)
         # What optimizer.zero_grad() does, without its profiler and compiler hooks (16 us a step,
@@ -149,15 +158,31 @@ def train(run: RunPlan, sink: Any = None, should_stop: Callable[[], bool] = lamb
     if run.regression:
         reached = converged_step(history, config.eval.tolerance) if status == Status.COMPLETE else None
         metrics.update({"final/converged": reached is not None, "final/converged_step": reached})
-    metrics.update({"final/diverged": status == Status.DIVERGED,
-                    "diverged_step": last if status == Status.DIVERGED else None})
+    metrics.update(
+        {
+            "final/diverged": status == Status.DIVERGED,
+            "diverged_step": last if status == Status.DIVERGED else None,
+        }
+    )
     sink.finish(status, run.steps if status == Status.COMPLETE else last, metrics, final)
     # JSON has no NaN: a diverged weight is recorded as null.
-    weights = {name: [v if math.isfinite(v) else None for v in p.detach().view(-1).tolist()]
-               for name, p in model.named_parameters() if p.numel() <= config.log.max_elements}
-    digest = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in model.parameters())).hexdigest()
-    return Outcome(status, last + 1 if status != Status.COMPLETE else run.steps, str(device), metrics, weights,
-                   digest, model)
+    weights = {
+        name: [v if math.isfinite(v) else None for v in p.detach().view(-1).tolist()]
+        for name, p in model.named_parameters()
+        if p.numel() <= config.log.max_elements
+    }
+    digest = hashlib.sha256(
+        b"".join(p.detach().cpu().numpy().tobytes() for p in model.parameters())
+    ).hexdigest()
+    return Outcome(
+        status,
+        last + 1 if status != Status.COMPLETE else run.steps,
+        str(device),
+        metrics,
+        weights,
+        digest,
+        model,
+    )
 
 
 def _hook(run: RunPlan, dataset: data.Dataset, device: torch.device) -> Callable[..., None] | None:
@@ -168,22 +193,34 @@ def _hook(run: RunPlan, dataset: data.Dataset, device: torch.device) -> Callable
     function = kinds.import_attribute(name, str(Path(run.data_folder).resolve()), "log.hook")
     shown = dataset.validation if dataset.validation is not None else dataset.train
     context = {
-        "inputs": shown.x, "targets": shown.y, "dataset": shown.dataset,
+        "inputs": shown.x,
+        "targets": shown.y,
+        "dataset": shown.dataset,
         "split": "validation" if dataset.validation is not None else "train",
-        "train_inputs": dataset.train.x, "train_targets": dataset.train.y,
-        "classes": dataset.classes, "config": as_data(run.config), "run": run.folder, "device": device,
+        "train_inputs": dataset.train.x,
+        "train_targets": dataset.train.y,
+        "classes": dataset.classes,
+        "config": as_data(run.config),
+        "run": run.folder,
+        "device": device,
     }
 
     def call(writer: Any, step: int, model: torch.nn.Module) -> None:
-        if writer is None:      # logging is off: nothing would reach a file
+        if writer is None:  # logging is off: nothing would reach a file
             return
         with torch.no_grad(), evaluating(model):
             function(writer, step, model, **context)
+
     return call
 
 
-def _flush(sink: Any, first: int, losses: list[torch.Tensor], evals: list[tuple[int, torch.Tensor]],
-           history: list[Evaluation]) -> int | None:
+def _flush(
+    sink: Any,
+    first: int,
+    losses: list[torch.Tensor],
+    evals: list[tuple[int, torch.Tensor]],
+    history: list[Evaluation],
+) -> int | None:
     """Bring a chunk's values to the host, hand them to the sink; the first diverged step or None."""
     host_losses = torch.stack(losses).tolist()
     host_evals = torch.stack([v for _, v in evals]).tolist() if evals else []

@@ -8,6 +8,7 @@ file: each event file record's CRCs, the configuration against the record's dige
 
 A damaged run is one whose record says it finished but whose files no longer back it up.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,7 +24,7 @@ from trainer import rundir
 
 EVENTS_PREFIX = "events.out.tfevents."
 DAMAGED = "damaged"
-CHECKED = rundir.FINISHED        # results that a rerun keeps and a merge copies
+CHECKED = rundir.FINISHED  # results that a rerun keeps and a merge copies
 
 
 def event_files(folder: Path) -> list[str]:
@@ -51,7 +52,7 @@ def quick(folder: Path, record: dict[str, Any]) -> str | None:
         return f"its checkpoint {checkpoint!r} is missing"
     sizes = record.get("files")
     if sizes is None:
-        return None                 # recorded before files were listed in records
+        return None  # recorded before files were listed in records
     if not isinstance(sizes, dict):
         return "its record's list of files is not a mapping"
     for name, size in sizes.items():
@@ -65,8 +66,11 @@ def quick(folder: Path, record: dict[str, Any]) -> str | None:
         except OSError as exc:
             return f"{name} cannot be looked at: {exc.strerror}"
         if actual != size:
-            return f"{name} is {actual:,} bytes, the record says {size:,} (cut short or rewritten)" \
-                if isinstance(size, int) else f"the record's size of {name} is not a number"
+            return (
+                f"{name} is {actual:,} bytes, the record says {size:,} (cut short or rewritten)"
+                if isinstance(size, int)
+                else f"the record's size of {name} is not a number"
+            )
     if events[0] not in sizes:
         return f"its event file {events[0]} is not the one its record lists"
     return None
@@ -98,19 +102,19 @@ def valid_length(path: Path) -> tuple[int, str | None]:
         if size - done < 12:
             return done, f"ends inside a record header at byte {done:,}"
         length, length_crc = _HEADER.unpack_from(data, done)
-        if masked_crc32c(bytes(data[done:done + 8])) != length_crc:
+        if masked_crc32c(bytes(data[done : done + 8])) != length_crc:
             return done, f"the record at byte {done:,} has a bad length checksum"
         end = done + 12 + length
         if end + 4 > size:
             return done, f"is cut short inside the record at byte {done:,}"
-        if masked_crc32c(bytes(data[done + 12:end])) != _CRC.unpack_from(data, end)[0]:
+        if masked_crc32c(bytes(data[done + 12 : end])) != _CRC.unpack_from(data, end)[0]:
             return done, f"the record at byte {done:,} has a bad checksum"
         done = end + 4
     return done, None
 
 
 _CRC = struct.Struct("<I")
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)   # the C parser where PyYAML has it
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser where PyYAML has it
 
 
 def event_file_problem(path: Path) -> str | None:
@@ -131,7 +135,7 @@ def config_problem(path: Path, digest: Any) -> str | None:
         return f"{rundir.CONFIG} does not hold a configuration"
     data.pop("description", None)
     if not isinstance(digest, str):
-        return None                 # nothing to compare against
+        return None  # nothing to compare against
     found = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
     if found != digest:
         return f"{rundir.CONFIG} does not match the record's configuration digest"

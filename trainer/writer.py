@@ -6,6 +6,7 @@ step order with the trainer's own events, at its next flush. So everything a hoo
 figures, text, histograms) is in the same TensorBoard run, survives resume and merge with it, and
 costs nothing between evaluations.
 """
+
 from __future__ import annotations
 
 import time
@@ -24,14 +25,18 @@ class _EventList:
     def get_logdir(self) -> str:
         return self.log_dir
 
-    def add_event(self, event: event_pb2.Event, step: int | None = None, walltime: float | None = None) -> None:
+    def add_event(
+        self, event: event_pb2.Event, step: int | None = None, walltime: float | None = None
+    ) -> None:
         event.wall_time = time.time() if walltime is None else walltime
         if step is not None:
             event.step = int(step)
         if self.pending is not None:
             self.pending.append((event.step, event.SerializeToString()))
 
-    def add_summary(self, summary: Any, global_step: int | None = None, walltime: float | None = None) -> None:
+    def add_summary(
+        self, summary: Any, global_step: int | None = None, walltime: float | None = None
+    ) -> None:
         self.add_event(event_pb2.Event(summary=summary), global_step, walltime)
 
     def add_graph(self, graph_profile: Any, walltime: float | None = None) -> None:

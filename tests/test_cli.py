@@ -129,7 +129,16 @@ def test_a_command_inside_the_current_folder_is_given_relative_to_it(monkeypatch
 def fake_run(logdir: Path, name: str, status: str, hparams: dict, swept: dict, **metrics) -> None:
     folder = logdir / "grid" / name
     folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("name: grid\n")
+    (folder / "events.out.tfevents.0.host.1.0").write_bytes(b"")
     steps_done = metrics.pop("steps_done", 100)
+    tags = {
+        "eval_loss": "final/train/loss",
+        "converged": "final/converged",
+        "converged_step": "final/converged_step",
+        "diverged": "final/diverged",
+    }
+    metrics = {tags.get(k, k): v for k, v in metrics.items()}
     write_record(
         folder,
         {

@@ -13,6 +13,7 @@ from trainer import __version__, guards, index, report
 from trainer.errors import LogDirError, UserError
 from trainer.hints import trainer_command
 from trainer.progress import Progress
+from trainer.status import Status
 from trainer.sweep import RunPlan, plan
 
 EXIT_FAILED_RUNS = 1
@@ -174,6 +175,8 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:  # before runs start or after they end: nothing to record
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        raise  # the reader went away: main() ends quietly
     except OSError as exc:  # a file system fault no command foresaw: still one sentence
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror or exc}; nothing more was done", file=sys.stderr)
@@ -322,7 +325,7 @@ def _print_plan(runs: list[RunPlan], logdir: Path) -> None:
         )
         for run in group:
             state = rundir.state_of(logdir, run.experiment, run.name).state
-            note = "" if state == "missing" else f"  [{state}]"
+            note = "" if state == Status.MISSING else f"  [{state}]"
             print(f"  {run.name}  ({run.steps} steps){note}")
     print(f"{len(runs)} runs planned into {logdir}/ (dry run: nothing was written)")
 

@@ -20,6 +20,8 @@ from google.protobuf import struct_pb2
 from tensorboard.compat.proto import summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
+from trainer.status import Status
+
 HParamValue = bool | float | str
 
 # What tensorboard.plugins.hparams.metadata defines for writers, without importing it: that module
@@ -81,10 +83,10 @@ def metric_tags(runs: Iterable[dict[str, Any]]) -> list[str]:
 
 
 STATUS = {
-    "complete": api_pb2.STATUS_SUCCESS,
-    "diverged": api_pb2.STATUS_FAILURE,
-    "failed": api_pb2.STATUS_FAILURE,
-    "interrupted": api_pb2.STATUS_FAILURE,
+    Status.COMPLETE: api_pb2.STATUS_SUCCESS,
+    Status.DIVERGED: api_pb2.STATUS_FAILURE,
+    Status.FAILED: api_pb2.STATUS_FAILURE,
+    Status.INTERRUPTED: api_pb2.STATUS_FAILURE,
 }
 
 # Settings that change what is logged, not what is learned.
@@ -275,8 +277,8 @@ def declared_metrics(runs: Iterable[dict[str, Any]]) -> list[str]:
     is complete, the diverged runs decide. Known tags come in METRICS's order, others by name.
     """
     runs = list(runs)
-    deciding = [r for r in runs if r.get("status") == "complete"] or [
-        r for r in runs if r.get("status") == "diverged"
+    deciding = [r for r in runs if r.get("status") == Status.COMPLETE] or [
+        r for r in runs if r.get("status") == Status.DIVERGED
     ]
     if not deciding:
         return []

@@ -31,7 +31,7 @@ from trainer.sweep import RunPlan
 # Errors of the file system itself: no run can succeed until someone frees space or fixes rights.
 LOGDIR_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 # A run whose claim another sweep took over: its result was discarded, the other sweep's stands.
-LOST = "lost"
+LOST = Status.LOST
 
 
 @dataclass
@@ -176,7 +176,7 @@ def execute(
 
     folder = logdir / run.folder
     started, clock = _now(), time.monotonic()
-    record = base_record(run, "failed", None)
+    record = base_record(run, Status.FAILED, None)
     record.update(
         {
             "steps_done": 0,
@@ -225,7 +225,8 @@ def execute(
         # A full or read-only disk is no fault of the run: it is left to be run again once that is fixed.
         logdir_fault = isinstance(exc, OSError) and exc.errno in LOGDIR_ERRNOS
         record.update(
-            status="interrupted" if logdir_fault else "failed", error=portable(f"{type(exc).__name__}: {exc}")
+            status=Status.INTERRUPTED if logdir_fault else Status.FAILED,
+            error=portable(f"{type(exc).__name__}: {exc}"),
         )
         try:
             if claim is not None and not rundir.owns(claim):
@@ -285,7 +286,7 @@ def _finish(
     except OSError as exc:  # with no record the run counts as unfinished: the next sweep runs it again
         logdir_fault = logdir_fault or exc.errno in LOGDIR_ERRNOS
         record["error"] = record["error"] or f"cannot write {folder / rundir.RECORD}: {exc.strerror}"
-        record["status"] = "interrupted" if logdir_fault else "failed"
+        record["status"] = Status.INTERRUPTED if logdir_fault else Status.FAILED
     return Summary(
         f"{record['experiment']}/{record['run']}",
         record["status"],

@@ -24,10 +24,11 @@ from typing import Any
 from trainer import guards, rundir, verify
 from trainer.errors import LogDirError
 from trainer.schema import experiment_name
+from trainer.status import Status
 
 MAX_NAME = 128
 RUN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._,=+~-]{0,127}$")
-UNFINISHED = ("interrupted", "unfinished", "running", "missing")
+UNFINISHED = (Status.INTERRUPTED, Status.UNFINISHED, Status.RUNNING, Status.MISSING)
 
 
 @dataclass
@@ -216,7 +217,7 @@ def _merge_run(run: Path, into: Destination, include_unfinished: bool, result: M
     if problem is not None:
         result.refused.append(f"{run}: {problem}")
         return
-    status = record["status"] if record else "unfinished"
+    status = record["status"] if record else Status.UNFINISHED
     if status in UNFINISHED and not include_unfinished:
         result.unfinished.append(str(run))
         return

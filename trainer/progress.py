@@ -9,6 +9,8 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
+from trainer.status import Status
+
 
 class Progress:
     """Runs done, failures and time left for a sweep; steps for a run trained in this process."""
@@ -55,7 +57,7 @@ class Progress:
 
     def finished(self, summary: Any) -> None:
         self.done += 1
-        self.failures += summary.status == "failed"
+        self.failures += summary.status == Status.FAILED
         self._close_steps()
         if not self.enabled:
             return
@@ -64,7 +66,7 @@ class Progress:
         line = f"[{self.done}/{self.total}] {summary.status:<11} {summary.folder}  {detail} ({summary.duration:.1f} s)"
         with self._output():
             if self.bar is not None:
-                if summary.status != "complete":
+                if summary.status != Status.COMPLETE:
                     self.bar.write(line, file=self.stream)
                 self.bar.set_postfix(failed=self.failures, refresh=False)
                 self.bar.update(1)

@@ -12,6 +12,7 @@ from typing import Any
 from trainer import rundir
 from trainer.errors import UserError
 from trainer.hints import tensorboard_command, trainer_command
+from trainer.status import Status
 
 MAX_ROWS = 40
 # A number inside a name, so that names sort as people read them: batch_size=32 before 128.
@@ -41,10 +42,10 @@ def natural_key(text: str) -> tuple:
 def stopped_at(record: dict[str, Any]) -> int | None:
     """The step a run diverged at, or the steps an interrupted or failed run had done; None for a complete run."""
     status = record.get("status")
-    if status == "diverged":
+    if status == Status.DIVERGED:
         step = (record.get("metrics") or {}).get("diverged_step")
         return step if step is not None else record.get("steps_done")
-    if status in ("failed", "interrupted"):
+    if status in (Status.FAILED, Status.INTERRUPTED):
         return record.get("steps_done")
     return None
 
@@ -132,7 +133,7 @@ def sweep_summary(
             f"{_runs(count)} failed before and {'was' if count == 1 else 'were'} not retried; "
             f"add --rerun-failed to retry {'it' if count == 1 else 'them'}"
         )
-    failed = [s for s in report.ran if s.status == "failed"]
+    failed = [s for s in report.ran if s.status == Status.FAILED]
     if failed:
         lines.append("Failed:")
         for summary in failed[:MAX_ROWS]:

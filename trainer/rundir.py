@@ -20,6 +20,7 @@ from typing import Any
 
 from trainer.hparams import is_hparam_value
 from trainer.schema import Config, as_data
+from trainer.status import Status
 
 RECORD = "record.json"
 CONFIG = "config.yaml"
@@ -31,8 +32,8 @@ RECORD_FORMAT = 1
 CLAIM_STALE_AFTER = 60.0
 HEARTBEAT_EVERY = 10.0
 
-FINISHED = ("complete", "diverged")  # results worth keeping
-STATES = ("complete", "diverged", "failed", "interrupted", "unfinished", "running", "missing")
+# The states a record may hold or a folder be in (damaged and lost are verdicts, never recorded).
+STATES = tuple(s for s in Status if s not in (Status.DAMAGED, Status.LOST))
 
 
 def write_atomic(path: Path, content: str | bytes) -> None:
@@ -155,12 +156,12 @@ def state_of(logdir: Path, experiment: str, name: str) -> RunState:
     claim = read_claim(claim_path(logdir, experiment, name))
     if record is not None:
         status = record["status"]
-        return RunState(status if status in STATES else "failed", record, claim)
+        return RunState(status if status in STATES else Status.FAILED, record, claim)
     if claim is not None and claim_alive(claim):
-        return RunState("running", None, claim)
+        return RunState(Status.RUNNING, None, claim)
     if folder.exists():
-        return RunState("unfinished", None, claim)
-    return RunState("missing", None, claim)
+        return RunState(Status.UNFINISHED, None, claim)
+    return RunState(Status.MISSING, None, claim)
 
 
 def run_folders(logdir: Path) -> list[tuple[str, str]]:

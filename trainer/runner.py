@@ -26,6 +26,7 @@ from trainer import guards, rundir, verify
 from trainer.errors import LogDirError
 from trainer.job import LOST, Summary, execute
 from trainer.progress import Progress
+from trainer.status import FINISHED, Status
 from trainer.sweep import RunPlan
 
 # After Ctrl-C, workers get this long to record their runs as interrupted before they are killed.
@@ -64,7 +65,7 @@ class Report:
 
     @property
     def failed(self) -> list[Summary]:
-        return [s for s in self.ran if s.status == "failed"]
+        return [s for s in self.ran if s.status == Status.FAILED]
 
 
 def check_writable(logdir: Path) -> None:
@@ -163,9 +164,9 @@ class ChangedConfig(LogDirError):
 def _verdict(state: rundir.RunState, run: RunPlan, opts: Options) -> str:
     """'run', 'kept' (a result with this configuration), 'kept_failed' or 'changed' (a result of another)."""
     same = state.record is not None and state.record.get("config_digest") == rundir.config_digest(run.config)
-    if opts.force or state.state in ("missing", "unfinished", "interrupted", "running"):
+    if opts.force or state.state in (Status.MISSING, Status.UNFINISHED, Status.INTERRUPTED, Status.RUNNING):
         return "run"
-    if state.state in rundir.FINISHED:
+    if state.state in FINISHED:
         return "kept" if same else "changed"
     return "kept_failed" if same and not opts.rerun_failed else "run"
 
@@ -322,7 +323,7 @@ def _claim_for_running(
         # Recorded by another sweep since this one looked: its result stands (two sweeps started
         # with --force or --rerun-failed would otherwise each run it), unless it was interrupted.
         state = rundir.state_of(opts.logdir, run.experiment, run.name)
-        if state.record is not None and state.state != "interrupted":
+        if state.record is not None and state.state != Status.INTERRUPTED:
             claims.release(path)
             report.elsewhere.append(run.folder)
             progress.left_alone(run.folder, f"{state.state} in another sweep")
@@ -438,7 +439,7 @@ def _worker_main(conn: multiprocessing.connection.Connection, stop: Any, parent:
         try:
             summary = execute(run, Path(logdir), stop.is_set, claim=claim)
         except Exception as exc:  # execute records a run's own faults; this is a last resort
-            summary = Summary(run.folder, "failed", {}, 0.0, f"{type(exc).__name__}: {exc}")
+            summary = Summary(run.folder, Status.FAILED, {}, 0.0, f"{type(exc).__name__}: {exc}")
         conn.send(summary)
 
 
@@ -543,7 +544,7 @@ def _run_pool(
             if deadline is not None and (time.monotonic() >= deadline or stop.count > 1):
                 for worker in busy:
                     worker.process.kill()
-                    _finish_run(worker, _died(worker, opts, "interrupted"), claims, report, progress)
+                    _finish_run(worker, _died(worker, opts, Status.INTERRUPTED), claims, report, progress)
                 return
             timeout = rundir.HEARTBEAT_EVERY if deadline is None else deadline - time.monotonic()
             ready = multiprocessing.connection.wait(
@@ -580,7 +581,7 @@ def _run_pool(
                 if summary is None and alive:
                     continue  # it only said it is ready
                 if summary is None:  # the process died: record it, start another
-                    summary = _died(worker, opts, "failed" if deadline is None else "interrupted")
+                    summary = _died(worker, opts, Status.FAILED if deadline is None else Status.INTERRUPTED)
                     pool.remove(worker)
                     if pending and deadline is None and report.logdir_fault is None:
                         pool.append(Worker(ctx, stopping))
@@ -666,11 +667,11 @@ def _collect(worker: Worker, others_ready: bool = False, alive: bool = True) -> 
     return None
 
 
-def _died(worker: Worker, opts: Options, status: str = "failed") -> Summary:
+def _died(worker: Worker, opts: Options, status: Status = Status.FAILED) -> Summary:
     """Record a run whose worker is gone; its event file gets a session end so TensorBoard agrees."""
     worker.process.join(timeout=1)
     how = _how(worker.process.exitcode).replace("was killed", "killed")
-    error = f"the worker process running it {how}" if status == "failed" else "interrupted"
+    error = f"the worker process running it {how}" if status == Status.FAILED else "interrupted"
     return mark_ended(opts.logdir, worker.run, status, error, worker.claim)
 
 

@@ -15,6 +15,8 @@ class Status(str, Enum):
     UNFINISHED = "unfinished"  # a folder without a record (killed mid-run)
     RUNNING = "running"  # claimed by a live sweep
     MISSING = "missing"  # never run
+    DAMAGED = "damaged"  # finished, but its files no longer match its record (see trainer.verify)
+    LOST = "lost"  # another sweep took its claim over; its result was discarded
 
     __str__ = str.__str__
     __format__ = str.__format__

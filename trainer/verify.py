@@ -21,10 +21,11 @@ from typing import Any
 import yaml
 
 from trainer import rundir
+from trainer.status import FINISHED, Status
 
 EVENTS_PREFIX = "events.out.tfevents."
-DAMAGED = "damaged"
-CHECKED = rundir.FINISHED  # results that a rerun keeps and a merge copies
+DAMAGED = Status.DAMAGED
+CHECKED = FINISHED  # results that a rerun keeps and a merge copies
 
 
 def event_files(folder: Path) -> list[str]:

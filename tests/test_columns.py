@@ -225,8 +225,27 @@ def record_of(runs: list[dict]):
     return plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content).experiment
 
 
-def test_a_metric_the_project_does_not_know_is_shown_by_its_tag():
-    runs = [run("a", {}, metrics={"eval_loss": 0.1, "best/val/accuracy": 0.9})]
+def test_metric_columns_are_named_by_what_they_measure():
+    runs = [
+        run(
+            "a",
+            {},
+            metrics={
+                "best/val/accuracy": 0.9,
+                "final/train/loss": 0.2,
+                "final/top5/f1": 0.5,
+                "final/weight_distance": 0.1,
+            },
+        )
+    ]
     shown = {m.name.tag: (m.display_name, m.description) for m in record_of(runs).metric_infos}
-    assert shown["best/val/accuracy"] == ("best/val/accuracy", "")
-    assert shown["final/eval_loss"][0] == "final loss"
+    assert shown["best/val/accuracy"] == (
+        "best val/accuracy",
+        "best accuracy on the validation rows over the run's evaluations",
+    )
+    assert shown["final/train/loss"] == (
+        "final train/loss",
+        "loss on the training rows at the end of training (mean per row)",
+    )
+    assert shown["final/top5/f1"] == ("final top5/f1", "f1 on the top5 at the end of training")
+    assert shown["final/weight_distance"][0] == "distance to truth"

@@ -507,13 +507,14 @@ def test_verify_reads_checksums_that_the_quick_check_cannot_see(finished, tmp_pa
 
 def test_a_checkpoint_named_by_the_record_must_be_there(finished, tmp_path):
     logdir = copy_of(finished, tmp_path, "logs")
-    path = logdir / "toy/seed=0/record.json"
-    data = json.loads(path.read_text())
-    path.write_text(json.dumps({**data, "checkpoint": "model.pt"}))
+    folder = logdir / "toy/seed=0"
+    assert json.loads((folder / "record.json").read_text())["checkpoint"] == "model.pt"
+    weights = (folder / "model.pt").read_bytes()
+    (folder / "model.pt").unlink()
     code, states, out = status(tmp_path, logdir)
     assert code == 1 and states["toy/seed=0"] == "damaged"
     assert "toy/seed=0: its checkpoint 'model.pt' is missing" in out
-    (logdir / "toy/seed=0/model.pt").write_bytes(b"weights")
+    (folder / "model.pt").write_bytes(weights)
     assert status(tmp_path, logdir)[0] == 0
 
 

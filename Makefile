@@ -9,6 +9,7 @@ EXPERIMENTS ?= $(sort $(wildcard experiments/*.yaml))
 WORKERS ?=
 SRC ?=
 PORT ?= 6006
+FOCUS ?=
 OUT ?= $(LOGDIR)/hparams.png
 
 .PHONY: setup sweep dry-run check test lint tensorboard status index merge bench screenshot clean
@@ -43,8 +44,9 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Serve $(LOGDIR)/ with TensorBoard on port $(PORT)
+# Serve $(LOGDIR)/ with TensorBoard on port $(PORT); FOCUS="digits" first declares that experiment's own columns
 tensorboard: setup
+	$(if $(FOCUS),$(BIN)/python -m trainer index $(LOGDIR) $(foreach e,$(FOCUS),--focus $(e)))
 	$(BIN)/tensorboard --logdir $(LOGDIR) --port $(PORT)
 
 # List the runs in $(LOGDIR)/ and their states

@@ -118,6 +118,14 @@ def _parser() -> argparse.ArgumentParser:
         description="Rebuild the log folder's HParams experiment record.",
     )
     p.add_argument("logdir", nargs="?", default="logs", help="log folder (default: logs)")
+    p.add_argument(
+        "--focus",
+        action="append",
+        default=[],
+        metavar="EXPERIMENT",
+        help="declare the columns of these experiments' runs (their own metrics, such as val/accuracy), "
+        "instead of those every run shares (repeatable; the next sweep or merge goes back to all)",
+    )
 
     p = sub.add_parser(
         "merge",
@@ -349,9 +357,11 @@ def cmd_index(args: argparse.Namespace) -> int:
     logdir = Path(args.logdir)
     if not logdir.is_dir():
         raise UserError(f"{logdir}: no such log folder")
-    count, columns = index.rebuild(logdir)
+    count, columns = index.rebuild(logdir, focus=args.focus)
+    focused = f" of {', '.join(args.focus)}" if args.focus else ""
     print(
-        f"{logdir}: HParams record rebuilt for {count} runs; hparam columns: {', '.join(columns) or 'none'}"
+        f"{logdir}: HParams record rebuilt for {count} runs{focused}; hparam columns: "
+        f"{', '.join(columns) or 'none'}"
     )
     return 0
 

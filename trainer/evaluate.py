@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from trainer import losses, metrics
+from trainer import losses, metrics, models
 from trainer.data import Dataset, Split
 from trainer.losses import build_loss
 from trainer.sink import DISTANCE, Evaluation
@@ -42,6 +42,9 @@ class Evaluator:
 
     def __init__(self, run: RunPlan, model: torch.nn.Module, dataset: Dataset, device: torch.device):
         self.model = model
+        # The built-in models have no layer that acts differently in eval mode (dropout, batch norm),
+        # so they are evaluated without switching modes, which would cost more than their evaluation.
+        self.switches_mode = not models.is_builtin(run.config.model)
         self.device = device
         self.loss = build_loss(run.config.loss, reduction="mean")
         self.squeezes = losses.squeezes(run.config.loss)
@@ -76,16 +79,34 @@ class Evaluator:
     @torch.no_grad()
     def __call__(self) -> torch.Tensor:
         """Every value of `tags`, as one tensor left on the device."""
+        if not self.switches_mode:
+            return torch.stack(self._all())
         with evaluating(self.model):
-            values: list[Any] = []
-            for _, split in self.splits:
-                values += self._values(*self._outputs(split)).values()
-            if self.truth is not None:
-                weights = torch.cat([p.detach().view(-1) for p in self.model.parameters()])
-                values.append(torch.linalg.vector_norm(weights - self.truth))
-        return torch.stack(
-            [torch.as_tensor(v, dtype=torch.float32, device=self.device).reshape(()) for v in values]
-        )
+            return torch.stack(self._all())
+
+    def _all(self) -> list[torch.Tensor]:
+        values = []
+        for _, split in self.splits:
+            output, target = self._outputs(split)
+            values.append(self.loss(self._fit(output, target), target).float())
+            for metric in self.metrics:
+                values += [self._scalar(v) for v in metrics.values(metric, output, target).values()]
+        if self.truth is not None:
+            weights = torch.cat([p.detach().view(-1) for p in self.model.parameters()])
+            values.append(torch.linalg.vector_norm(weights - self.truth))
+        return values
+
+    def _scalar(self, value: Any) -> torch.Tensor:
+        """A metric's value as a 0-d float32 tensor on the device (a number, or a tensor of one value)."""
+        if isinstance(value, torch.Tensor) and value.dim() == 0 and value.dtype == torch.float32:
+            return value
+        return torch.as_tensor(value, dtype=torch.float32, device=self.device).reshape(())
+
+    def _fit(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """[N, 1] outputs meet [N] targets of a built-in regression or binary loss."""
+        if self.squeezes and output.dim() == target.dim() + 1 and output.shape[-1] == 1:
+            return output.squeeze(-1)
+        return output
 
     def _outputs(self, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
         """The model's outputs for every row of a split, and the targets."""
@@ -101,17 +122,6 @@ class Evaluator:
             outputs.append(self.model(x.to(self.device)))
             targets.append(y.to(self.device))
         return torch.cat(outputs), torch.cat(targets)
-
-    def _values(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, Any]:
-        fitted = (
-            output.squeeze(-1)
-            if self.squeezes and output.dim() == target.dim() + 1 and output.shape[-1] == 1
-            else output
-        )
-        values = {"loss": self.loss(fitted, target)}
-        for metric in self.metrics:
-            values.update(metrics.values(metric, output, target))
-        return values
 
     def summary(self, history: list[Evaluation], final: Evaluation | None) -> dict[str, Any]:
         """The run's metrics: every value's final (None where the run did not finish), and the best

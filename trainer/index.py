@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from trainer import rundir
+from trainer.errors import UserError
+from trainer.strict import suggest
 from trainer.events import event_file_bytes
 from trainer.hparams import declared_keys, experiment_pb
 
@@ -32,6 +34,17 @@ def records(logdir: Path) -> list[dict[str, Any]]:
     return found
 
 
+def _focused(runs: list[dict[str, Any]], focus: list[str]) -> list[dict[str, Any]]:
+    known = sorted({run.get("experiment", "") for run in runs})
+    unknown = [name for name in focus if name not in known]
+    if unknown:
+        raise UserError(
+            [f"--focus {name}: no experiment of that name{suggest(name, known)}; the log folder holds "
+             f"{', '.join(known) or 'no runs'}" for name in unknown]
+        )
+    return [run for run in runs if run.get("experiment") in focus]
+
+
 def _latest_end(runs: list[dict[str, Any]]) -> float:
     times = [0.0]
     for run in runs:
@@ -42,9 +55,18 @@ def _latest_end(runs: list[dict[str, Any]]) -> float:
     return max(times)
 
 
-def rebuild(logdir: Path, runs: list[dict[str, Any]] | None = None) -> tuple[int, list[str]]:
-    """Write the folder's experiment record; returns how many runs it covers and the hparam columns."""
+def rebuild(
+    logdir: Path, runs: list[dict[str, Any]] | None = None, focus: list[str] = ()
+) -> tuple[int, list[str]]:
+    """Write the folder's experiment record; returns how many runs it covers and the hparam columns.
+
+    With `focus`, the columns are those of these experiments' runs only: a folder that mixes a
+    classifier with regressions declares by default only the metrics every run has, so the
+    classifier's validation accuracy becomes a column when it is in focus. The other runs still
+    show, with the columns they share."""
     runs = records(logdir) if runs is None else runs
+    if focus:
+        runs = _focused(runs, focus)
     path = logdir / INDEX_FILE
     if path.is_dir() and not path.is_symlink():
         raise IsADirectoryError(

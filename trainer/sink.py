@@ -129,31 +129,13 @@ def _histogram_body(
         lo, hi = float(batch.lo[h, i]), float(batch.hi[h, i])
         if hi > lo:
             a, b = batch.starts[i], batch.starts[i] + batch.bins[i]
-            parts.append(
-                events.histogram_value(
-                    tag,
-                    lo,
-                    hi,
-                    size,
-                    batch.sums[h, i],
-                    batch.squares[h, i],
-                    limits[h, a:b].astype("<f8").tobytes(),
-                    batch.counts[h, a:b].astype("<f8").tobytes(),
-                )
-            )
+            edges = limits[h, a:b].astype("<f8").tobytes()
+            counts = batch.counts[h, a:b].astype("<f8").tobytes()
         else:
-            parts.append(
-                events.histogram_value(
-                    tag,
-                    lo,
-                    hi,
-                    size,
-                    batch.sums[h, i],
-                    batch.squares[h, i],
-                    struct.pack("<d", hi),
-                    struct.pack("<d", size),
-                )
-            )
+            edges, counts = struct.pack("<d", hi), struct.pack("<d", size)
+        parts.append(
+            events.histogram_value(tag, lo, hi, size, batch.sums[h, i], batch.squares[h, i], edges, counts)
+        )
     return b"".join(parts)
 
 

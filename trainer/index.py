@@ -17,9 +17,9 @@ from typing import Any
 
 from trainer import rundir
 from trainer.errors import UserError
-from trainer.strict import suggest
 from trainer.events import event_file_bytes
 from trainer.hparams import declared_keys, experiment_pb
+from trainer.strict import suggest
 
 INDEX_FILE = "events.out.tfevents.0000000000.hparams-index"
 
@@ -39,8 +39,11 @@ def _focused(runs: list[dict[str, Any]], focus: list[str]) -> list[dict[str, Any
     unknown = [name for name in focus if name not in known]
     if unknown:
         raise UserError(
-            [f"--focus {name}: no experiment of that name{suggest(name, known)}; the log folder holds "
-             f"{', '.join(known) or 'no runs'}" for name in unknown]
+            [
+                f"--focus {name}: no experiment of that name{suggest(name, known)}; the log folder holds "
+                f"{', '.join(known) or 'no runs'}"
+                for name in unknown
+            ]
         )
     return [run for run in runs if run.get("experiment") in focus]
 

@@ -72,14 +72,22 @@ NOT_METRICS = ("diverged_step",)
 
 
 def metric_tags(runs: Iterable[dict[str, Any]]) -> list[str]:
-    """The metric tags the runs' records hold, in first-seen order (the fixed ones last)."""
+    """The metric tags the runs' records hold: the validation rows' first, then the training rows';
+    final before best; the loss before the other metrics (in first-seen order); the fixed ones last.
+    TensorBoard shows the first five at first, and sorting by the first ranks runs by held-out loss."""
     found: dict[str, None] = {}
     for run in runs:
         for key in run.get("metrics") or {}:
             if key not in NOT_METRICS:
                 found[metric_tag(key)] = None
     fixed = [tag for tag, _, _ in METRICS]
-    return [t for t in found if t not in fixed] + [t for t in fixed if t in found]
+    return sorted((t for t in found if t not in fixed), key=_metric_rank) + [t for t in fixed if t in found]
+
+
+def _metric_rank(tag: str) -> tuple[int, int, bool]:
+    when, _, value = tag.partition("/")
+    split, _, name = value.partition("/")
+    return {"val": 0, "train": 1}.get(split, 2), {"final": 0, "best": 1}.get(when, 2), name != "loss"
 
 
 STATUS = {

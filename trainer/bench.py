@@ -93,7 +93,7 @@ def hand_loop(problem: dict, writer_dir: Path | None) -> None:
     from trainer import data
 
     dataset = data.load(run.config.data, Path(run.data_folder))
-    x, y = dataset.x, dataset.y
+    x, y = dataset.train.x, dataset.train.y
     if problem is NOTEBOOK:
         model = torch.nn.Sequential(torch.nn.Linear(4, 1, bias=False))
         criterion = torch.nn.L1Loss(reduction="sum")

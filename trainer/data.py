@@ -141,15 +141,6 @@ class Dataset:
     true_bias: float | None = None
     classes: tuple[str, ...] | None = None  # the names of text labels, in class order
 
-    # The training tensors, for code that only knows the tensor path.
-    @property
-    def x(self) -> torch.Tensor:
-        return self.train.x
-
-    @property
-    def y(self) -> torch.Tensor:
-        return self.train.y
-
 
 # --- built-in kinds -----------------------------------------------------------------------------
 

@@ -104,9 +104,7 @@ class Evaluator:
 
     def _fit(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """[N, 1] outputs meet [N] targets of a built-in regression or binary loss."""
-        if self.squeezes and output.dim() == target.dim() + 1 and output.shape[-1] == 1:
-            return output.squeeze(-1)
-        return output
+        return losses.fit(output, target) if self.squeezes else output
 
     def _outputs(self, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
         """The model's outputs for every row of a split, and the targets."""

@@ -142,6 +142,16 @@ def squeezes(spec: Any) -> bool:
     return task_of(spec) in (REGRESSION, BINARY)
 
 
+def one_per_row(output: Any, target: Any) -> bool:
+    """Whether the outputs are [N, 1] (or [..., 1]) for targets of shape [N] (or [...])."""
+    return output.dim() == target.dim() + 1 and output.shape[-1] == 1
+
+
+def fit(output: Any, target: Any) -> Any:
+    """Outputs of shape [N, 1] as [N], to meet targets of shape [N]; other outputs as they are."""
+    return output.squeeze(-1) if one_per_row(output, target) else output
+
+
 def check_targets(spec: Any, classes: int | None) -> list[tuple[str, str]]:
     """Whether a built-in loss fits the data's targets: problems as (key, message)."""
     task = task_of(spec)

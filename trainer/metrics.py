@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer import kinds
+from trainer.losses import fit
 from trainer.strict import Invalid, is_import_path, suggest
 
 
@@ -28,31 +29,24 @@ class Metric:
     classes_only: bool = False  # needs class labels (accuracy)
 
 
-def _fit(output: Any, target: Any) -> Any:
-    """[N, 1] outputs meet [N] targets."""
-    if output.dim() == target.dim() + 1 and output.shape[-1] == 1:
-        return output.squeeze(-1)
-    return output
-
-
 def accuracy(output: Any, target: Any) -> Any:
     """Top-1 accuracy: the share of rows whose highest score is the true class (for one logit a row,
     a positive logit means class 1)."""
     if output.dim() == target.dim() + 1 and output.shape[-1] > 1:
         predicted = output.argmax(dim=-1)
     else:
-        predicted = (_fit(output, target) > 0).to(target.dtype)
+        predicted = (fit(output, target) > 0).to(target.dtype)
     return (predicted == target).float().mean()
 
 
 def mae(output: Any, target: Any) -> Any:
     """Mean absolute error."""
-    return (_fit(output, target) - target).abs().float().mean()
+    return (fit(output, target) - target).abs().float().mean()
 
 
 def rmse(output: Any, target: Any) -> Any:
     """Root mean squared error."""
-    return (_fit(output, target) - target).float().square().mean().sqrt()
+    return (fit(output, target) - target).float().square().mean().sqrt()
 
 
 BUILTIN = {

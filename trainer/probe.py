@@ -102,8 +102,7 @@ def try_run(run: RunPlan) -> int:
         raise Invalid([("model.kind", f"{config.model.kind} returned {type(output).__name__}, not a tensor")])
     fitted = output
     if losses.squeezes(config.loss):
-        if output.dim() == y.dim() + 1 and output.shape[-1] == 1:
-            fitted = output.squeeze(-1)
+        fitted = losses.fit(output, y)
         if fitted.shape != y.shape:
             raise Invalid(
                 [

@@ -294,14 +294,16 @@ def parse_override(text: str) -> tuple[str, Any]:
 def user_sections(data: dict[str, Any]) -> set[str]:
     """The sections whose kind a spec names as user code (in the file or in its sweep): their
     keys are only known once that code is imported."""
-    found = set()
     sweep = data.get("sweep") if isinstance(data.get("sweep"), dict) else {}
+
+    def listed(key: str) -> list[Any]:
+        values = sweep.get(key)
+        return values if isinstance(values, list) else []
+
+    found = set()
     for section in FAMILIES:
-        written = data.get(section)
-        kinds = [written.get("kind")] if isinstance(written, dict) else []
-        kinds += sweep.get(f"{section}.kind") or [] if isinstance(sweep.get(f"{section}.kind"), list) else []
-        versions = sweep.get(section) if isinstance(sweep.get(section), list) else []
-        kinds += [v.get("kind") for v in versions if isinstance(v, dict)]
+        versions = [data.get(section), *listed(section)]  # the section as written, and as swept
+        kinds = [v.get("kind") for v in versions if isinstance(v, dict)] + listed(f"{section}.kind")
         if any(is_import_path(k) for k in kinds):
             found.add(section)
     return found

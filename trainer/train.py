@@ -114,7 +114,7 @@ def train(
     for step, (x, y) in enumerate(steps):
         output = model(x)
         if squeeze is None:  # [N, 1] outputs meet [N] targets of a built-in regression or binary loss
-            squeeze = squeezes and output.dim() == y.dim() + 1 and output.shape[-1] == 1
+            squeeze = squeezes and losses.one_per_row(output, y)
         loss = loss_fn(output.squeeze(-1) if squeeze else output, y)
         # What optimizer.zero_grad() does, without its profiler and compiler hooks (16 us a step,
         # a tenth of a notebook step); the update itself is torch's optimizer, untouched.

@@ -10,6 +10,7 @@ WORKERS ?=
 SRC ?=
 PORT ?= 6006
 FOCUS ?=
+ONLY ?=
 OUT ?= $(LOGDIR)/hparams.png
 
 .PHONY: setup sweep dry-run check test lint tensorboard status index merge bench screenshot clean
@@ -63,7 +64,7 @@ merge: setup
 
 # Measure logging overhead, sweep scaling and log sizes; prints the table
 bench: setup
-	$(BIN)/python scripts/bench.py
+	$(BIN)/python scripts/bench.py $(foreach p,$(ONLY),--only $(p))
 
 # Screenshot of the HParams view of $(LOGDIR)/ in headless Chromium, into $(OUT) (default: $(LOGDIR)/hparams.png)
 screenshot: setup

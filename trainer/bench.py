@@ -414,6 +414,8 @@ def report(results: dict) -> list[str]:
         f"torch {torch.__version__}, device cpu"
     ]
     for problem in ("notebook", "mlp"):
+        if problem not in results:
+            continue
         t = results[problem]["seconds"]
         ref = t["hand, no logging"]
         lines.append("")
@@ -435,6 +437,19 @@ def report(results: dict) -> list[str]:
                 f"  {label} = {paired:.3f} (median of the rounds' ratios; {of_medians:.3f} from the "
                 f"medians)   (target <= {target}: {_ok(paired <= target)})"
             )
+    if "digits" in results:
+        lines += _digits_lines(results)
+    if "scaling" in results:
+        lines += _scaling_lines(results)
+    if "sizes" in results:
+        lines += _size_lines(results)
+    if "large" in results:
+        lines += _large_lines(results)
+    return lines
+
+
+def _digits_lines(results: dict) -> list[str]:
+    lines = []
     digits = results["digits"]
     t = digits["seconds"]
     lines.append("")
@@ -450,6 +465,11 @@ def report(results: dict) -> list[str]:
         f"{t['trainer, full logging'] / t['trainer, logging off']:.3f} from the medians)   "
         f"(target <= 1.15: {_ok(paired <= 1.15)})"
     )
+    return lines
+
+
+def _scaling_lines(results: dict) -> list[str]:
+    lines = []
     scaling = results["scaling"]
     one, two = scaling["comparison set, 1 worker (s)"], scaling["comparison set, 2 workers (s)"]
     lines.append("")
@@ -462,6 +482,11 @@ def report(results: dict) -> list[str]:
         f"  from the first run's start to the last run's end: {p1:.1f} s and {p2:.1f} s, speed-up "
         f"{p1 / p2:.2f}; each worker first spends {scaling['worker start-up (s)']:.1f} s importing torch"
     )
+    return lines
+
+
+def _size_lines(results: dict) -> list[str]:
+    lines = []
     sizes = results["sizes"]
     lines.append(
         f"notebook run, 1000 steps, full logging: {sizes['run folder on disk (bytes)'] / 1000:.0f} KB on "
@@ -469,6 +494,11 @@ def report(results: dict) -> list[str]:
         f"{sizes['histogram event (bytes, median)']:.0f} bytes for two histograms "
         f"(target < 1 KB: {_ok(sizes['histogram event (bytes, median)'] < 1000)})"
     )
+    return lines
+
+
+def _large_lines(results: dict) -> list[str]:
+    lines = []
     if "large" in results:
         lines.append("")
         for name, value in results["large"].items():
@@ -503,6 +533,10 @@ def _ok(flag: bool) -> str:
     return "met" if flag else "MISSED"
 
 
+# The parts of `make bench`, each measured on its own with --only.
+SECTIONS = ("logging", "digits", "sizes", "scaling", "large")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
@@ -513,21 +547,32 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--large-runs", type=int, default=1000, help="runs in the scale test (0 to skip)")
     parser.add_argument("--out", default="bench-out/results.json", help="where to write the figures as JSON")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SECTIONS,
+        help="measure only this part (repeatable; default: every part)",
+    )
     args = parser.parse_args(argv)
+    wanted = args.only or list(SECTIONS)
     torch.set_num_threads(1)
     scratch = Path(tempfile.mkdtemp(prefix="bench-"))
     try:
         results: dict = {"repeats": args.repeats}
-        results["notebook"] = measure_logging(NOTEBOOK, args.repeats, scratch)
-        results["mlp"] = measure_logging(MLP, args.repeats, scratch)
-        results["digits_repeats"] = max(5, args.repeats // 3)
-        results["digits"] = measure_digits(results["digits_repeats"], scratch)
-        results["sizes"] = log_sizes(scratch)
-        results["comparison_runs"] = len(
-            plan([str(p) for p in sorted((ROOT / "experiments").glob("*.yaml"))])
-        )
-        results["scaling"] = measure_scaling(args.sweep_repeats, scratch)
-        if args.large_runs:
+        if "logging" in wanted:
+            results["notebook"] = measure_logging(NOTEBOOK, args.repeats, scratch)
+            results["mlp"] = measure_logging(MLP, args.repeats, scratch)
+        if "digits" in wanted:
+            results["digits_repeats"] = max(5, args.repeats // 3)
+            results["digits"] = measure_digits(results["digits_repeats"], scratch)
+        if "sizes" in wanted:
+            results["sizes"] = log_sizes(scratch)
+        if "scaling" in wanted:
+            results["comparison_runs"] = len(
+                plan([str(p) for p in sorted((ROOT / "experiments").glob("*.yaml"))])
+            )
+            results["scaling"] = measure_scaling(args.sweep_repeats, scratch)
+        if "large" in wanted and args.large_runs:
             results["large"] = measure_large_sweep(scratch, args.large_runs)
             results["large_runs"] = args.large_runs
     finally:

@@ -12,8 +12,9 @@ PORT ?= 6006
 FOCUS ?=
 ONLY ?=
 OUT ?= $(LOGDIR)/hparams.png
+REPORT ?= reports
 
-.PHONY: setup sweep dry-run check test lint tensorboard status index merge bench screenshot clean
+.PHONY: setup sweep dry-run check test lint tensorboard status index merge report bench screenshot clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,6 +58,10 @@ status: setup
 # Rebuild the HParams experiment record of $(LOGDIR)/
 index: setup
 	$(BIN)/python -m trainer index $(LOGDIR)
+
+# What the runs of $(LOGDIR)/ show over their seeds: $(REPORT)/report.md with its pictures
+report: setup
+	$(BIN)/python -m trainer report $(LOGDIR) --out $(REPORT)
 
 # Merge teammates' log folders into $(LOGDIR)/: make merge SRC="../alice/logs ../bob/logs"
 merge: setup

@@ -1,4 +1,4 @@
-"""The command line: sweep, run, check, status, index, merge."""
+"""The command line: sweep, run, check, status, index, merge, report."""
 
 from __future__ import annotations
 
@@ -125,6 +125,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="EXPERIMENT",
         help="declare the columns of these experiments' runs (their own metrics, such as val/accuracy), "
         "instead of those every run shares (repeatable; the next sweep or merge goes back to all)",
+    )
+
+    p = sub.add_parser(
+        "report",
+        help="what the runs show over their seeds: report.md with pictures",
+        description="Group the runs of each experiment by configuration over their seeds; write the "
+        "groups' statistics, their ranking, each setting's effect and pictures to report.md in --out.",
+    )
+    p.add_argument("logdir", nargs="?", default="logs", help="log folder (default: logs)")
+    p.add_argument("experiments", nargs="*", metavar="EXPERIMENT", help="report on these only (default: all)")
+    p.add_argument(
+        "--out", default="reports", help="folder for report.md and its pictures (default: reports)"
     )
 
     p = sub.add_parser(
@@ -366,6 +378,18 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from trainer import writeup
+
+    logdir = Path(args.logdir)
+    if not logdir.is_dir():
+        raise UserError(f"{logdir}: no such log folder")
+    out = Path(args.out)
+    for line in writeup.terminal_lines(writeup.write(logdir, out, args.experiments), out):
+        print(line)
+    return 0
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
     from trainer.merge import merge
 
@@ -384,4 +408,5 @@ COMMANDS = {
     "status": cmd_status,
     "index": cmd_index,
     "merge": cmd_merge,
+    "report": cmd_report,
 }

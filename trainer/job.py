@@ -150,6 +150,8 @@ def base_record(run: RunPlan, status: str, error: str | None) -> dict[str, Any]:
         "config": as_data(run.config),
         "spec": shown_path(run.spec_path),
         "code": code_record(run),
+        "report": as_data(run.report),
+        "true_weights": list(run.true_weights) if run.true_weights is not None else None,
     }
 
 

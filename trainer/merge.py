@@ -186,8 +186,8 @@ def merge(sources: list[Path], dest: Path, include_unfinished: bool = False) -> 
     destinations: dict[str, Destination] = {}
     for source in sources:
         for experiment in sorted(source.iterdir()):
-            if experiment.name.startswith("."):
-                continue
+            if experiment.name.startswith(".") or experiment.name == rundir.BANDS:
+                continue  # hidden, or derived from the runs: the destination's index rebuilds it
             if experiment.is_symlink():
                 result.refused.append(f"{experiment}: a symlink (not followed)")
                 continue

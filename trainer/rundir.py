@@ -27,6 +27,9 @@ CONFIG = "config.yaml"
 TRACEBACK = "traceback.txt"
 CHECKPOINT = "model.pt"
 CLAIMS = ".claims"
+# The folder of the seed-band runs that `index` derives from the runs (trainer.bands): never an
+# experiment, whose names start with a letter or a digit, so never a run either.
+BANDS = "_seeds"
 RECORD_FORMAT = 1
 # A claim whose owner has not touched it for this long is taken over, wherever the owner runs.
 CLAIM_STALE_AFTER = 60.0
@@ -169,7 +172,7 @@ def run_folders(logdir: Path) -> list[tuple[str, str]]:
     found = []
     if not logdir.is_dir():
         return found
-    for experiment in sorted(p for p in logdir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for experiment in sorted(p for p in logdir.iterdir() if p.is_dir() and p.name[0] not in "._"):
         for run in sorted(p for p in experiment.iterdir() if p.is_dir() and not p.name.startswith(".")):
             found.append((experiment.name, run.name))
     return found

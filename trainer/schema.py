@@ -135,3 +135,38 @@ class Config:
         EvalSettings(), doc="evaluations: loss and metrics on training and validation rows"
     )
     log: LogSettings = setting(LogSettings(), doc="what is written for TensorBoard")
+
+
+# --- how a report reads the runs ----------------------------------------------------------------
+
+# A metric a report ranks by: a final or best value of the loss or a metric on the training or
+# validation rows, or the distance to the true weights.
+RANK_METRIC = re.compile(r"^(final|best)/(train|val)/[A-Za-z0-9_.:-]+$|^final/weight_distance$")
+
+
+def rank_metric(name: Any) -> str | None:
+    if name is None or RANK_METRIC.match(name):
+        return None
+    return (
+        f"{show(name)} is not a metric a run records; use final/<split>/<name> or best/<split>/<name> "
+        f"with split train or val (final/val/loss, best/val/accuracy), or final/weight_distance"
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportSettings:
+    """Spec-level: which runs repeat one configuration, and which metric ranks the configurations.
+    Not part of a run's configuration: changing it changes no run."""
+
+    replicates: tuple[str, ...] = setting(
+        ("train.seed",),
+        doc="settings whose values only repeat a configuration (seeds); runs differing only in them form a group",
+    )
+    metric: str | None = setting(
+        None,
+        rank_metric,
+        doc="the metric that ranks the groups; final/val/loss where rows are held out, else final/train/loss",
+    )
+    higher_is_better: bool | None = setting(
+        None, doc="the metric's direction; known for loss, accuracy, mae, rmse and the distance"
+    )

@@ -15,7 +15,17 @@ import yaml
 from trainer import guards
 from trainer.errors import SpecError
 from trainer.kinds import FAMILIES
-from trainer.schema import EXPERIMENT_NAME, Config, Invalid, check_key, show, suggest, type_name
+from trainer.schema import (
+    EXPERIMENT_NAME,
+    Config,
+    Invalid,
+    ReportSettings,
+    build,
+    check_key,
+    show,
+    suggest,
+    type_name,
+)
 from trainer.strict import is_import_path
 
 __all__ = [
@@ -33,6 +43,7 @@ __all__ = [
 DOTTED_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 # Anchors and aliases can make a short file stand for an enormous one; specs never need that many values.
 MAX_VALUES = 100_000
+SPEC_LEVEL = ("sweep", "report")  # top-level keys that are no setting of a run
 MAX_DEPTH = 40
 PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map")}
 MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -63,6 +74,7 @@ class Spec:
     lines: dict[str, int]  # dotted key -> line in the file
     overrides: list[Override] = field(default_factory=list)  # --set, applied on top of the sweep
     open_sections: set[str] = field(default_factory=set)  # sections whose kind is user code
+    report: ReportSettings = ReportSettings()  # how `report` groups and ranks the runs
     problems: list[str] = field(default_factory=list)  # found while reading; reported with the runs'
 
     @property
@@ -357,11 +369,12 @@ def load_spec(path: str, overrides: Sequence[str | Override] = ()) -> Spec:
     Spec.problems, so that they are reported together with those found in its runs.
     """
     data, lines = read_yaml(Path(path), path)
-    base = {k: v for k, v in data.items() if k != "sweep"}
+    base = {k: v for k, v in data.items() if k not in SPEC_LEVEL}
     base.setdefault("name", Path(path).stem)
     problems: list[str] = []
     open_sections = user_sections(data)
     sweep = _read_sweep(data.get("sweep"), lines, path, problems, open_sections) if "sweep" in data else {}
+    report = _read_report(data.get("report", {}), lines, path, problems, open_sections)
     texts = [o for o in overrides if isinstance(o, str)]
     parsed, override_problems = parse_overrides(texts, open_sections)
     problems.extend(override_problems)
@@ -374,6 +387,7 @@ def load_spec(path: str, overrides: Sequence[str | Override] = ()) -> Spec:
         lines=lines,
         problems=problems,
         open_sections=open_sections,
+        report=report,
     )
     for override in parsed:
         if override.key in spec.sweep:
@@ -430,6 +444,26 @@ def _read_sweep(
                 seen.add(_identity(value))
         grid[key] = distinct
     return grid
+
+
+def _read_report(
+    raw: Any, lines: dict[str, int], path: str, problems: list[str], open_sections: set[str]
+) -> ReportSettings:
+    """The spec's `report:` section: replicate keys (each a setting of a run) and the ranking metric."""
+
+    def at(key: str) -> str:
+        return f"{path}:{lines.get(key, lines.get('report', '?'))}: {key}"
+
+    try:
+        report = build(ReportSettings, raw, "report")
+    except Invalid as invalid:
+        problems.extend(f"{at(key)}: {message}" for key, message in invalid.problems)
+        return ReportSettings()
+    for i, key in enumerate(report.replicates):
+        problem = check_key(Config, key, open_sections) if DOTTED_KEY.fullmatch(key) else "not a dotted key"
+        if problem:
+            problems.append(f"{at(f'report.replicates[{i}]')}: {problem}")
+    return report
 
 
 def _identity(value: Any) -> str:

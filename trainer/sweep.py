@@ -13,7 +13,7 @@ from typing import Any
 from trainer import data, kinds, losses, metrics, models
 from trainer.errors import SpecError
 from trainer.models import LinearModel
-from trainer.schema import Config, Invalid, build, check_key, experiment_name
+from trainer.schema import Config, Invalid, ReportSettings, build, check_key, experiment_name
 from trainer.spec import Spec, combine, load_spec, parent_key, parse_overrides
 from trainer.strict import is_import_path
 
@@ -45,6 +45,8 @@ class RunPlan:
     parameters: int | None = None  # the model's parameter elements, where known
     regression: bool = True  # a built-in regression loss: convergence within eval.tolerance means something
     code: tuple[tuple[str, str], ...] = ()  # (where, import path) of every piece of user code the run calls
+    report: ReportSettings = ReportSettings()  # the spec's report section: replicates, ranking metric
+    true_weights: tuple[float, ...] | None = None  # of a linear model where the data knows them
 
     @property
     def folder(self) -> str:
@@ -378,6 +380,7 @@ def _validate(spec: Spec, raw: dict[str, Any], name: str, swept: tuple[tuple[str
     if problems:
         raise Invalid(problems)
     shape = models.Shape(info.features, outputs or 1)
+    has_truth = info.true_weights is not None and isinstance(model, LinearModel) and outputs == 1
     return RunPlan(
         experiment=config.name,
         name=name,
@@ -389,7 +392,7 @@ def _validate(spec: Spec, raw: dict[str, Any], name: str, swept: tuple[tuple[str
         features=info.features,
         steps=total_steps(config, info.rows, batch_size),
         batch_size=batch_size,
-        has_truth=info.true_weights is not None and isinstance(model, LinearModel) and outputs == 1,
+        has_truth=has_truth,
         validation_rows=info.validation_rows,
         input_shape=info.input_shape,
         outputs=outputs or 1,
@@ -397,6 +400,8 @@ def _validate(spec: Spec, raw: dict[str, Any], name: str, swept: tuple[tuple[str
         parameters=models.parameter_count(model, shape),
         regression=losses.task_of(config.loss) == losses.REGRESSION,
         code=tuple(code),
+        report=spec.report,
+        true_weights=tuple(info.true_weights) if has_truth else None,
     )
 
 

@@ -1,0 +1,112 @@
+"""Scalar curves read back from run event files, and their seed mean and band, for reports.
+
+A report reads a few tags of many runs, so the reader skips every event that cannot hold one of
+them without parsing it, and can keep only some steps (a weight logged at each of 10,000 steps
+plots as well from 200 of them). tests/test_findings.py checks it against tensorboard's own reader.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tensorboard.compat.proto import event_pb2
+
+from trainer.verify import event_files
+
+_HEADER = struct.Struct("<Q")
+_STEP_TAG = 0x10  # Event.step, a varint
+_WALL_TIME_TAG = 0x09  # Event.wall_time, a double, written first by every writer
+
+
+def _step_of(record: bytes) -> int | None:
+    """An event's step from its first bytes, or None where it is not laid out as writers write it."""
+    if len(record) < 11 or record[0] != _WALL_TIME_TAG or record[9] != _STEP_TAG:
+        return None
+    step, shift = 0, 0
+    for byte in record[10:20]:
+        step |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return step
+        shift += 7
+    return None
+
+
+def read_scalars(
+    path: Path, tags: Iterable[str], keep_step: Callable[[int], bool] = lambda step: True
+) -> dict[str, list[tuple[int, float]]]:
+    """tag -> [(step, value)] of one event file, for the tags asked and the steps kept."""
+    wanted = {tag: tag.encode() for tag in tags}
+    found: dict[str, list[tuple[int, float]]] = {tag: [] for tag in wanted}
+    data = path.read_bytes()
+    pos = 0
+    while pos + 12 <= len(data):
+        (length,) = _HEADER.unpack_from(data, pos)
+        record = data[pos + 12 : pos + 12 + length]
+        pos += 16 + length
+        if len(record) < length:
+            break  # a file cut short by a crash: what came before is kept
+        if not any(name in record for name in wanted.values()):
+            continue
+        step = _step_of(record)
+        if step is not None and not keep_step(step):
+            continue
+        event = event_pb2.Event.FromString(record)
+        if not keep_step(event.step):
+            continue
+        for value in event.summary.value:
+            if value.tag in found:
+                if value.HasField("simple_value"):
+                    found[value.tag].append((event.step, value.simple_value))
+                elif value.HasField("tensor") and value.tensor.float_val:
+                    found[value.tag].append((event.step, value.tensor.float_val[0]))
+    return found
+
+
+def run_scalars(
+    folder: Path, tags: Iterable[str], keep_step: Callable[[int], bool] = lambda step: True
+) -> dict[str, list[tuple[int, float]]]:
+    """read_scalars over every event file of a run folder, in step order."""
+    tags = list(tags)
+    found: dict[str, list[tuple[int, float]]] = {tag: [] for tag in tags}
+    for name in event_files(folder):
+        for tag, points in read_scalars(folder / name, tags, keep_step).items():
+            found[tag] += points
+    return {tag: sorted(points) for tag, points in found.items()}
+
+
+@dataclass(frozen=True)
+class Band:
+    """One tag's curves over a group's seeds, on the steps every one of them logged."""
+
+    steps: np.ndarray
+    mean: np.ndarray
+    low: np.ndarray  # the lowest seed at each step
+    high: np.ndarray  # the highest
+    runs: int
+
+
+def band(curves: list[list[tuple[int, float]]]) -> Band | None:
+    """The seed mean and min-max band of curves; None where no step is common to all of them."""
+    curves = [c for c in curves if c]
+    if not curves:
+        return None
+    common = sorted(set.intersection(*(set(step for step, _ in curve) for curve in curves)))
+    if not common:
+        return None
+    at = {step: i for i, step in enumerate(common)}
+    values = np.full((len(curves), len(common)), np.nan)
+    for row, curve in enumerate(curves):
+        for step, value in curve:
+            if step in at:
+                values[row, at[step]] = value
+    return Band(np.array(common), values.mean(axis=0), values.min(axis=0), values.max(axis=0), len(curves))
+
+
+def stride_for(steps: int, points: int = 200) -> Callable[[int], bool]:
+    """Keeps about `points` evenly spaced steps of a run of `steps` steps, and its last."""
+    every = max(1, steps // points)
+    return lambda step: step % every == 0 or step == steps

@@ -68,6 +68,7 @@ def rebuild(
     classifier's validation accuracy becomes a column when it is in focus. The other runs still
     show, with the columns they share."""
     runs = records(logdir) if runs is None else runs
+    everyone = runs
     if focus:
         runs = _focused(runs, focus)
     path = logdir / INDEX_FILE
@@ -77,6 +78,9 @@ def rebuild(
             "is a folder, where the log folder's HParams record belongs; move it away",
             str(path),
         )
+    from trainer import bands
+
+    bands.rebuild(logdir, everyone, _latest_end(everyone))
     if not runs:
         path.unlink(missing_ok=True)
         return 0, []

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainer import curves, index
+from trainer import index
+from trainer.bands import eval_tag, group_bands
 from trainer.errors import UserError
 from trainer.findings import CONVERGED, DISTANCE, Effect, ExperimentFindings, Group, Stats, findings
 from trainer.status import Status
@@ -233,26 +234,6 @@ def report_lines(
 
 
 # --- pictures -----------------------------------------------------------------------------------
-
-
-def eval_tag(f: ExperimentFindings) -> str:
-    """The evaluation curve a group is drawn by: the validation loss where rows are held out."""
-    return "val/loss" if any(t.startswith(("final/val/", "best/val/")) for t in f.metrics) else "train/loss"
-
-
-def group_bands(logdir: Path, group: Group, tags: list[str], points: int = 200) -> dict[str, curves.Band]:
-    """The seed band of each tag over a group's complete runs."""
-    complete = [r for r in group.runs if r.get("status") == Status.COMPLETE]
-    read = [
-        curves.run_scalars(logdir / r["folder"], tags, curves.stride_for(int(r.get("steps") or 0), points))
-        for r in complete
-    ]
-    found = {}
-    for tag in tags:
-        band = curves.band([run[tag] for run in read])
-        if band is not None:
-            found[tag] = band
-    return found
 
 
 def _truth(f: ExperimentFindings) -> list[float] | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from trainer.reference import with_reference
 from trainer.sweep import plan
 
@@ -32,3 +34,22 @@ def test_readme_example_spec_is_valid(tmp_path):
 def test_comparison_set_is_valid():
     specs = sorted(str(p) for p in (Path(__file__).parents[1] / "experiments").glob("*.yaml"))
     assert len(plan(specs)) == 126
+
+
+@pytest.mark.slow
+def test_readme_findings_are_the_reports_of_a_fresh_sweep(tmp_path):
+    """The README's findings block is `report`'s summary of a fresh sweep of the comparison set
+    (runs are bit-identical on CPU), word for word."""
+    from trainer.cli import main
+    from trainer.writeup import START, SUMMARY, with_findings
+
+    specs = sorted(str(p) for p in (Path(__file__).parents[1] / "experiments").glob("*.yaml"))
+    logs, out = tmp_path / "logs", tmp_path / "report"
+    assert main(["sweep", *specs, "--logdir", str(logs), "--quiet"]) == 0
+    assert main(["report", str(logs), "--out", str(out)]) == 0
+    summary = (out / SUMMARY).read_text().splitlines()
+    text = README.read_text()
+    assert START in text
+    assert with_findings(text, summary, "README.md") == text, (
+        "run: make sweep && python -m trainer report logs --out docs/report --readme README.md"
+    )

@@ -305,3 +305,41 @@ def test_hparams_view_of_a_sweep_with_failures_and_of_merged_folders(tmp_path, t
         shown_metrics = {m["name"]["tag"] for m in group["sessions"][0]["metricValues"]}
         converged = {"final/converged_step"} if merged[folder]["metrics"]["final/converged"] else set()
         assert shown_metrics == METRIC_TAGS - {"final/converged_step"} | converged, folder
+
+
+SEEDED = """
+    name: seeded
+    data: {kind: seed_toy}
+    loss: {kind: mse, reduction: mean}
+    optimizer: {kind: sgd, lr: 0.05}
+    train: {steps: 40}
+    log: {histograms_every: 0}
+    sweep:
+      train.batch_size: [1, full]
+      train.seed: [0, 1]
+"""
+
+
+def test_seed_bands_show_as_margin_charts_and_not_as_sessions(tmp_path, tensorboard):
+    from trainer.bands import tags
+    from trainer.cli import main
+
+    spec = tmp_path / "seeded.yaml"
+    spec.write_text(textwrap.dedent(SEEDED))
+    logdir = tmp_path / "logs"
+    assert main(["sweep", str(spec), "--logdir", str(logdir), "--workers", "1", "--quiet"]) == 0
+    server = tensorboard(logdir)
+    bands = {"_seeds/seeded/batch_size=1", "_seeds/seeded/batch_size=full"}
+    server.wait_for(lambda: bands <= set(server.get("/data/runs")), "list the band runs", LOAD_TIMEOUT)
+    layout = server.get("/data/plugin/custom_scalars/layout")
+    charts = [chart for category in layout["category"] for chart in category["chart"]]
+    value, low, high = tags("seeded", "train/loss")
+    assert [c["margin"]["series"] for c in charts] == [[{"value": value, "lower": low, "upper": high}]]
+    sessions = server.session_groups()
+    assert sessions["totalSize"] == 4
+    assert all(not g["name"].startswith("_seeds") for g in sessions["sessionGroups"])
+    data = server.get(f"/data/plugin/custom_scalars/scalars?run=_seeds/seeded/batch_size%3D1&tag={value}")
+    events = data["tag_to_events"]  # the tag is a regular expression: the band's bounds match it too
+    assert {tag: [e[1] for e in events[tag]] for tag in (value, low, high)} == {
+        tag: [0, 10, 20, 30, 40] for tag in (value, low, high)
+    }

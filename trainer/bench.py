@@ -357,30 +357,26 @@ def measure_scaling(repeats: int, scratch: Path) -> dict[str, float]:
     return result
 
 
-def measure_large_sweep(scratch: Path, runs: int) -> dict[str, float]:
-    """A sweep of `runs` notebook runs of 200 steps: time, memory, and the end-of-sweep work."""
-    spec = scratch / "many.yaml"
+def seeds_spec(scratch: Path, name: str, runs: int) -> Path:
+    """A spec of `runs` notebook runs of 200 steps that differ only in their seeds."""
+    spec = scratch / f"{name}.yaml"
     spec.write_text(
         yaml.safe_dump(
             {
                 **NOTEBOOK,
-                "name": "many",
+                "name": name,
                 "train": {**NOTEBOOK["train"], "steps": 200},
                 "sweep": {"train.seed": list(range(runs))},
             }
         )
     )
-    quarter = scratch / "quarter.yaml"
-    quarter.write_text(
-        yaml.safe_dump(
-            {
-                **NOTEBOOK,
-                "name": "quarter",
-                "train": {**NOTEBOOK["train"], "steps": 200},
-                "sweep": {"train.seed": list(range(runs // 4))},
-            }
-        )
-    )
+    return spec
+
+
+def measure_large_sweep(scratch: Path, runs: int) -> dict[str, float]:
+    """A sweep of `runs` notebook runs of 200 steps: time, memory, and the end-of-sweep work."""
+    spec = seeds_spec(scratch, "many", runs)
+    quarter = seeds_spec(scratch, "quarter", runs // 4)
     small_time, _ = timed_sweep([str(quarter)], scratch / "quarter-logs", 2)
     single, _ = timed_sweep([str(spec)], scratch / "many-logs", 1)
     elapsed, memory = timed_sweep([str(spec)], scratch / "many-logs", 2)
@@ -403,6 +399,38 @@ def measure_large_sweep(scratch: Path, runs: int) -> dict[str, float]:
         "peak memory, sweep and workers (MB)": max(memory.total or [0]) / 2**20,
         f"index of {runs} runs (s)": index_time,
     }
+
+
+def measure_report(scratch: Path, runs: int) -> dict[str, float]:
+    """`report` of `runs` notebook runs of 200 steps (one group over their seeds), and `index`,
+    which rebuilds the seed band of the group."""
+    from trainer.writeup import write
+
+    spec = seeds_spec(scratch, "report", runs)
+    logdir = scratch / "report-logs"
+    timed_sweep([str(spec)], logdir, 2)
+    start = time.perf_counter()
+    write(logdir, scratch / "report-out")
+    report_time = time.perf_counter() - start
+    start = time.perf_counter()
+    index.rebuild(logdir)
+    return {
+        f"report of {runs} runs (s)": report_time,
+        f"index of {runs} runs, with bands (s)": time.perf_counter() - start,
+    }
+
+
+def _report_lines(results: dict) -> list[str]:
+    if "report" not in results:
+        return []
+    runs = results["report_runs"]
+    took = results["report"][f"report of {runs} runs (s)"]
+    index_time = results["report"][f"index of {runs} runs, with bands (s)"]
+    return [
+        "",
+        f"report of {runs} runs (one group of {runs} seeds, 200 steps each): {took:.2f} s "
+        f"(target < 5 s: {_ok(took < 5)}); index with the seed band: {index_time:.2f} s",
+    ]
 
 
 # --- the table --------------------------------------------------------------------------------
@@ -445,6 +473,7 @@ def report(results: dict) -> list[str]:
         lines += _size_lines(results)
     if "large" in results:
         lines += _large_lines(results)
+    lines += _report_lines(results)
     return lines
 
 
@@ -534,7 +563,7 @@ def _ok(flag: bool) -> str:
 
 
 # The parts of `make bench`, each measured on its own with --only.
-SECTIONS = ("logging", "digits", "sizes", "scaling", "large")
+SECTIONS = ("logging", "digits", "sizes", "scaling", "large", "report")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -575,6 +604,9 @@ def main(argv: list[str] | None = None) -> int:
         if "large" in wanted and args.large_runs:
             results["large"] = measure_large_sweep(scratch, args.large_runs)
             results["large_runs"] = args.large_runs
+        if "report" in wanted and args.large_runs:
+            results["report"] = measure_report(scratch, args.large_runs)
+            results["report_runs"] = args.large_runs
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     lines = report(results)

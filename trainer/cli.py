@@ -138,6 +138,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", default="reports", help="folder for report.md and its pictures (default: reports)"
     )
+    p.add_argument(
+        "--readme",
+        metavar="FILE",
+        help="also put the summary into this Markdown file, between its <!-- report:start --> and "
+        "<!-- report:end --> lines",
+    )
 
     p = sub.add_parser(
         "merge",
@@ -385,7 +391,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not logdir.is_dir():
         raise UserError(f"{logdir}: no such log folder")
     out = Path(args.out)
-    for line in writeup.terminal_lines(writeup.write(logdir, out, args.experiments), out):
+    readme = Path(args.readme) if args.readme else None
+    if readme is not None:
+        try:
+            text = readme.read_text()
+        except OSError as exc:
+            raise UserError(f"{readme}: cannot be read: {exc.strerror or exc}")
+        writeup.with_findings(text, [], str(readme))  # a file without markers is refused before any work
+    summary = writeup.write(logdir, out, args.experiments)
+    if readme is not None:
+        readme.write_text(writeup.with_findings(text, summary, str(readme)))
+    for line in writeup.terminal_lines(summary, out):
         print(line)
     return 0
 

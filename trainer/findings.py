@@ -213,9 +213,18 @@ def experiment_findings(name: str, records: list[dict[str, Any]]) -> ExperimentF
     return found
 
 
+def shown(value: Any) -> str:
+    """A swept value as run names show it; a section by its settings, its kind bare: 'sgd,lr=0.01'."""
+    if isinstance(value, dict):
+        return ",".join(
+            format_value(v) if k == "kind" else f"{k}={format_value(v)}" for k, v in value.items()
+        )
+    return format_value(value)
+
+
 def _group(runs: list[dict[str, Any]], swept: list[str], short: dict[str, str]) -> Group:
     first = runs[0]
-    settings = {k: format_value(v) for k, v in (first.get("swept") or {}).items() if k in swept}
+    settings = {k: shown(v) for k, v in (first.get("swept") or {}).items() if k in swept}
     numbers = {
         k: number
         for k in settings

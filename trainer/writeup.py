@@ -320,6 +320,18 @@ def page(lines: list[str], out: Path) -> str:
     return f"<!doctype html>\n<meta charset=utf-8>\n<title>{lines[0][2:]}</title>\n<style>{style}</style>\n{body}\n"
 
 
+START, END = "<!-- report:start -->", "<!-- report:end -->"
+
+
+def with_findings(text: str, summary: list[str], where: str) -> str:
+    """A Markdown text with the summary put between its report markers."""
+    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
+        raise UserError(f"{where}: needs one {START} line and, after it, one {END} line to hold the findings")
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    return head + START + "\n" + "\n".join(summary) + "\n" + END + tail
+
+
 def terminal_lines(summary: list[str], out: Path) -> list[str]:
     """The summary without Markdown's emphasis, and where the report is."""
     plain = [line.replace("**", "").replace("`", "") for line in summary]

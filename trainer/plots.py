@@ -41,12 +41,13 @@ def curves(found: ExperimentFindings, tag: str, bands: dict[str, Band], path: Pa
     """Each group's evaluation curve of `tag`: the seed mean as a line, min to max as a band."""
     figure, axes = plt.subplots(figsize=(WIDTH, HEIGHT), layout="constrained")
     values: list[float] = []
+    palette = plt.get_cmap("tab10" if len(found.groups) <= 10 else "tab20")  # a colour per group
     for i, group in enumerate(found.groups):
         band = bands.get(group.label)
         if band is None:
             continue
         label = f"{group.label} (n={band.runs})" if i < MAX_LEGEND else None
-        (line,) = axes.plot(band.steps, band.mean, label=label, linewidth=1.5)
+        (line,) = axes.plot(band.steps, band.mean, label=label, linewidth=1.5, color=palette(i % palette.N))
         if band.runs > 1:
             axes.fill_between(band.steps, band.low, band.high, color=line.get_color(), alpha=0.2, linewidth=0)
         values += [*band.low.tolist(), *band.high.tolist()]

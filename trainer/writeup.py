@@ -19,6 +19,7 @@ REPORT = "report.md"
 PAGE = "report.html"  # the same, one self-contained page with the pictures inside
 SUMMARY = "summary.md"  # the findings in brief: what the terminal shows and the README quotes
 SIGNIFICANT = 3  # digits printed for a value
+POINT_BUDGET, MIN_POINTS = 50_000, 50  # steps read of each curve: at most 200, fewer over many runs
 
 
 def num(value: float | None) -> str:
@@ -251,7 +252,9 @@ def draw(logdir: Path, f: ExperimentFindings, out: Path) -> dict[str, str]:
     tag = eval_tag(f)
     truth = _truth(f)
     weight_tags = [f"w/{i}" for i in range(len(truth))] if truth else []
-    bands = {g.label: group_bands(logdir, g, [tag, *weight_tags]) for g in f.groups}
+    # Per-step weight curves cost a parse per kept step; a large experiment keeps fewer steps of each.
+    points = max(MIN_POINTS, min(200, POINT_BUDGET // max(1, f.runs)))
+    bands = {g.label: group_bands(logdir, g, [tag, *weight_tags], points) for g in f.groups}
     images = {}
     loss_bands = {label: b[tag] for label, b in bands.items() if tag in b}
     if loss_bands:

@@ -103,9 +103,9 @@ def settings(found: ExperimentFindings, path: Path) -> Path | None:
         axes.set_ylabel(metric_label(found.metric))
         axes.grid(alpha=0.3)
         axes.legend(fontsize="x-small")
-    figure.suptitle(
-        f"{found.name}: {found.metric} against each swept setting ({'higher' if found.higher_is_better else 'lower'} is better)"
-    )
+    better = "higher" if found.higher_is_better else "lower"
+    # Two lines: one panel is narrow, and a one-line title would run off its edges.
+    figure.suptitle(f"{found.name}\n{found.metric} against each swept setting ({better} is better)")
     return _save(figure, path)
 
 

@@ -52,9 +52,11 @@ def write_atomic(path: Path, content: str | bytes) -> None:
 
 
 def config_digest(config: Config) -> str:
-    """A hash of everything that changes what a run computes or logs (not its description)."""
+    """A hash of everything that changes what a run computes or logs (not its description, nor the
+    engine that trains it)."""
     data = as_data(config)
     data.pop("description", None)
+    data.get("train", {}).pop("engine", None)  # both engines compute the same run
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

@@ -45,7 +45,9 @@ class Evaluation:
 class NullSink:
     """Writes nothing; the loop computes exactly what it computes with a real sink."""
 
-    def begin(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, eval_tags: list[str]) -> None:
+    def begin(
+        self, model: torch.nn.Module, optimizer: Any, eval_tags: list[str], capturing: bool = True
+    ) -> None:
         pass
 
     def writer(self) -> None:
@@ -58,6 +60,9 @@ class NullSink:
     def write(
         self, first_step: int, losses: list[float], evaluations: list[Evaluation], last_step: int
     ) -> None:
+        pass
+
+    def write_captured(self, *args: Any) -> None:
         pass
 
     def finish(self, status: Status, steps: int, metrics: dict[str, Any], final: Evaluation | None) -> None:

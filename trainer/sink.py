@@ -284,11 +284,11 @@ class TensorBoardSink:
                     (step, summary_event(step, float(walls[logged[i]]), self.lr_tags.encode([rates[i]])))
                 )
             self.last_lr = float(rates[-1])
-        for ev in evaluations:
-            if ev.step > last_step:
-                continue
-            at = int(np.searchsorted(steps, ev.step))
-            wall = float(walls[at]) if at < len(steps) and steps[at] == ev.step else time.time()
+        evaluated = [ev for ev in evaluations if ev.step <= last_step]
+        at = np.searchsorted(steps, [ev.step for ev in evaluated]).tolist()
+        now = time.time()
+        for ev, i in zip(evaluated, at):
+            wall = float(walls[i]) if i < len(steps) and steps[i] == ev.step else now
             extra.append((ev.step, summary_event(ev.step, wall, self.eval_tags.encode(ev.values))))
         if captured.histograms is not None:
             marked = np.flatnonzero(steps % self.histograms_every == 0) if self.histograms_every else []

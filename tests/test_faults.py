@@ -467,7 +467,8 @@ def test_a_run_that_raises_is_recorded_failed_and_the_flags_rerun_what_they_say(
     logdir = tmp_path / "logs"
     script = tmp_path / "raising.py"
     script.write_text(textwrap.dedent(RAISING.format(name="seed=1")))
-    args = ["sweep", spec, "--logdir", logdir, "--workers", 1]
+    # The fault is injected into the loop engine's step.
+    args = ["sweep", spec, "--logdir", logdir, "--workers", 1, "--set", "train.engine=loop"]
 
     code, out, err = trainer(tmp_path, *args, script=script, name="raising")
     assert code == 1, out + err

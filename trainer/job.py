@@ -234,17 +234,13 @@ def execute_group(
         for sink in sinks:
             _close(sink)
         reason = f"the batched program failed: {portable(f'{type(exc).__name__}: {exc}')}"
-        return [
-            execute(
-                run,
-                logdir,
-                should_stop,
-                on_progress,
-                claims.get(run.folder),
-                {"name": "loop", "reason": reason},
-            )
-            for run in runs
-        ]
+        fallen: list[Summary] = []
+        for run in runs:
+            engine = {"name": "loop", "reason": reason}
+            fallen.append(execute(run, logdir, should_stop, on_progress, claims.get(run.folder), engine))
+            if fallen[-1].logdir_fault:  # a full or read-only disk: the rest stay unfinished
+                break
+        return fallen
     summaries = []
     for run, folder, record, sink, outcome in zip(runs, folders, records, sinks, outcomes):
         claim = claims.get(run.folder)

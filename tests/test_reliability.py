@@ -95,7 +95,10 @@ def test_a_paused_sweep_keeps_its_claim_however_old_and_no_run_runs_twice(tmp_pa
     spec = toy_spec(tmp_path, "train.seed: [0, 1, 2, 3]", steps=2000)
     logdir = tmp_path / "logs"
     script, waiting, gate = gated_script(tmp_path, "seed=0")
-    first = start(tmp_path, ["sweep", spec, "--logdir", logdir, "--workers", 1], script=script, name="first")
+    loop = ["--set", "train.engine=loop"]  # the gate holds one run of the loop engine
+    first = start(
+        tmp_path, ["sweep", spec, "--logdir", logdir, "--workers", 1, *loop], script=script, name="first"
+    )
     sweeps.append(first)
     wait_until(waiting.exists, "the first sweep's run is in flight", first)
     family = {first.process.pid, *descendants(first.process.pid)}
@@ -104,7 +107,9 @@ def test_a_paused_sweep_keeps_its_claim_however_old_and_no_run_runs_twice(tmp_pa
     hour_ago = time.time() - 3600  # far older than any heartbeat allows
     os.utime(claim, (hour_ago, hour_ago))
 
-    code, out, err = trainer(tmp_path, "sweep", spec, "--logdir", logdir, "--workers", 1, name="second")
+    code, out, err = trainer(
+        tmp_path, "sweep", spec, "--logdir", logdir, "--workers", 1, *loop, name="second"
+    )
     no_traceback(out, err)
     assert code == 0, out + err
     assert ran_now(out) == 3 and "1 left to another sweep" in out

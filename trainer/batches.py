@@ -27,6 +27,18 @@ def batches(
         yield from zip(x[index].split(sizes), y[index].split(sizes))
 
 
+def step_indices(
+    rows: int, batch_size: int | None, steps: int, sampling: str, seed: int
+) -> torch.Tensor | None:
+    """The rows `batches` draws at each step, as a [steps, batch_size] tensor (the same draws from
+    the same seed); None where every step takes the whole table. Every batch must be full."""
+    if batch_size is None or batch_size >= rows and sampling != "with_replacement":
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    index = torch.cat([i for i, _ in _index_chunks(rows, batch_size, steps, sampling, gen)])
+    return index.view(steps, batch_size)
+
+
 def _index_chunks(
     rows: int, batch_size: int, steps: int, sampling: str, gen: torch.Generator
 ) -> Iterator[tuple[torch.Tensor, list[int]]]:

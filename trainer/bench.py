@@ -130,7 +130,8 @@ def hand_loop(problem: dict, writer_dir: Path | None) -> None:
             if problem is NOTEBOOK:
                 for j, w in enumerate(model[0].weight.view(-1).tolist()):
                     writer.add_scalar(f"weight/{j}", w, step)
-                writer.add_histogram("grad", model[0].weight.grad, step)
+                if step % 10 == 0:  # as often as the trainer's histograms
+                    writer.add_histogram("grad", model[0].weight.grad, step)
             else:
                 for name, p in model.named_parameters():
                     writer.add_scalar(f"norm/{name}", p.detach().norm().item(), step)
@@ -433,6 +434,75 @@ def _report_lines(results: dict) -> list[str]:
     ]
 
 
+def grid_spec(scratch: Path, seeds: int) -> Path:
+    """The notebook problem as a grid: 5 learning rates x 2 weight decays x 4 batch sizes x seeds."""
+    spec = scratch / f"grid-{seeds}.yaml"
+    grid = {
+        "optimizer.lr": [0.01, 0.02, 0.05, 0.1, 0.2],
+        "optimizer.weight_decay": [0.0, 0.001],
+        "train.batch_size": [1, 2, 5, 10],
+        "train.seed": list(range(seeds)),
+    }
+    spec.write_text(yaml.safe_dump({**NOTEBOOK, "name": f"grid{seeds}", "sweep": grid}))
+    return spec
+
+
+def folder_bytes(logdir: Path) -> float:
+    """Mean bytes on disk of a run folder."""
+    sizes = [
+        sum(f.stat().st_blocks * 512 for f in run.iterdir()) for run in logdir.glob("*/*") if run.is_dir()
+    ]
+    return statistics.mean(sizes)
+
+
+def measure_batched(scratch: Path, repeats: int, large: bool) -> dict[str, float]:
+    """A 1,000-run grid of the notebook problem (1,000 steps each, full logging) as whole sweeps,
+    engine loop against engine batched; and 10,000 runs batched, with the peak memory."""
+    spec = str(grid_spec(scratch, 25))
+    times: dict[str, list[float]] = {"loop": [], "batched": []}
+    for _ in range(repeats):
+        for engine in times:
+            logdir = scratch / f"grid-{engine}"
+            times[engine].append(timed_sweep([spec], logdir, 2, ["--set", f"train.engine={engine}"])[0])
+    result = {f"1000 runs, engine {k} (s)": statistics.median(v) for k, v in times.items()}
+    result["run folder, engine loop (KB)"] = folder_bytes(scratch / "grid-loop") / 1000
+    result["run folder, engine batched (KB)"] = folder_bytes(scratch / "grid-batched") / 1000
+    if large:
+        logdir = scratch / "grid-large"
+        elapsed, memory = timed_sweep(
+            [str(grid_spec(scratch, 250))], logdir, 2, ["--set", "train.engine=batched"]
+        )
+        result["10000 runs, engine batched (s)"] = elapsed
+        result["10000 runs, peak memory (MB)"] = max(memory.total or [0]) / 2**20
+    return result
+
+
+def _batched_lines(results: dict) -> list[str]:
+    figures = results["batched"]
+    loop, batched = figures["1000 runs, engine loop (s)"], figures["1000 runs, engine batched (s)"]
+    lines = [
+        "",
+        f"notebook grid, 1000 runs x 1000 steps, full logging, 2 workers, whole sweeps "
+        f"(median of {results['batched_repeats']}):",
+        f"  {'engine':10} {'seconds':>9} {'ms per run':>11} {'run folder KB':>14}",
+    ]
+    for engine, seconds in (("loop", loop), ("batched", batched)):
+        size = figures[f"run folder, engine {engine} (KB)"]
+        lines.append(f"  {engine:10} {seconds:9.2f} {seconds:11.2f} {size:14.0f}")
+    lines.append(
+        f"  batched: {loop / batched:.1f}x faster (target < 6 s: {_ok(batched < 6)}); run folder "
+        f"{figures['run folder, engine batched (KB)']:.0f} KB (target < 200 KB: "
+        f"{_ok(figures['run folder, engine batched (KB)'] < 200)})"
+    )
+    if "10000 runs, engine batched (s)" in figures:
+        took, peak = figures["10000 runs, engine batched (s)"], figures["10000 runs, peak memory (MB)"]
+        lines.append(
+            f"  10000 runs batched: {took:.1f} s (target < 40 s: {_ok(took < 40)}), peak memory "
+            f"{peak:.0f} MB (target < 2048 MB: {_ok(peak < 2048)})"
+        )
+    return lines
+
+
 # --- the table --------------------------------------------------------------------------------
 
 
@@ -474,6 +544,8 @@ def report(results: dict) -> list[str]:
     if "large" in results:
         lines += _large_lines(results)
     lines += _report_lines(results)
+    if "batched" in results:
+        lines += _batched_lines(results)
     return lines
 
 
@@ -563,7 +635,7 @@ def _ok(flag: bool) -> str:
 
 
 # The parts of `make bench`, each measured on its own with --only.
-SECTIONS = ("logging", "digits", "sizes", "scaling", "large", "report")
+SECTIONS = ("logging", "digits", "sizes", "scaling", "large", "report", "batched")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -607,6 +679,9 @@ def main(argv: list[str] | None = None) -> int:
         if "report" in wanted and args.large_runs:
             results["report"] = measure_report(scratch, args.large_runs)
             results["report_runs"] = args.large_runs
+        if "batched" in wanted:
+            results["batched_repeats"] = args.sweep_repeats
+            results["batched"] = measure_batched(scratch, args.sweep_repeats, bool(args.large_runs))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     lines = report(results)

@@ -44,6 +44,19 @@ class HistogramBatch:
     def __len__(self) -> int:
         return self.lo.shape[0]
 
+    def part(self, start: int, stop: int) -> HistogramBatch:
+        """Histogram steps start .. stop - 1 (of one run, where many runs' steps are stacked)."""
+        cut = slice(start, stop)
+        return HistogramBatch(
+            self.lo[cut],
+            self.hi[cut],
+            self.sums[cut],
+            self.squares[cut],
+            self.counts[cut],
+            self.bins,
+            self.starts,
+        )
+
 
 class HostCapture:
     """For small models on the CPU. A step copies the weights and the gradients (a bytes join each);
@@ -54,24 +67,13 @@ class HostCapture:
 
     def __init__(self, small: list[torch.nn.Parameter], large: list[torch.nn.Parameter]):
         self.params = small + large
-        self.large_count = len(large)
+        self.layout = Layout([p.numel() for p in small], [p.numel() for p in large])
+        self.bins, self.starts = self.layout.bins, self.layout.starts
         # Buffers share the parameters' memory: the optimizer updates in place, so they stay current.
         self.memory = [memoryview(p.detach().numpy()).cast("B") for p in self.params]
         self.zeros = [
             bytes(4 * p.numel()) for p in self.params
         ]  # the gradient of a parameter the loss missed
-        sizes = [p.numel() for p in self.params]
-        self.total = sum(sizes)
-        self.small_elements = sum(sizes[: len(small)])
-        large_starts = np.cumsum([self.small_elements] + sizes[len(small) :]).tolist()
-        self.large_spans = list(zip(large_starts, large_starts[1:]))
-        both = sizes * 2
-        self.bins, self.starts = bucket_layout(both)
-        self.segment_starts = np.cumsum([0] + both[:-1])
-        self.segment_sizes = np.array(both)
-        self.bin_counts = np.array(self.bins, dtype=np.float32)
-        self.last_bucket = np.repeat(self.bin_counts - 1, both)
-        self.bucket_base = np.repeat(np.array(self.starts, dtype=np.intp), both)
         self.reset()
 
     def reset(self) -> None:
@@ -97,8 +99,39 @@ class HostCapture:
         count = len(self.weights)
         if not count:
             return np.zeros((0, 0)), None
-        weights = np.frombuffer(b"".join(self.weights), dtype=np.float32).reshape(count, self.total)
-        grads = np.frombuffer(b"".join(self.grads), dtype=np.float32).reshape(count, self.total)
+        total = self.layout.total
+        weights = np.frombuffer(b"".join(self.weights), dtype=np.float32).reshape(count, total)
+        grads = np.frombuffer(b"".join(self.grads), dtype=np.float32).reshape(count, total)
+        flags = np.array(self.histogram_flags)
+        histograms = (
+            self.layout.histograms(np.hstack([weights[flags], grads[flags]])) if flags.any() else None
+        )
+        self.reset()
+        return self.layout.rows(weights, grads), histograms
+
+
+class Layout:
+    """How captured steps become logged values: rows of weights and gradients (small parameters'
+    elements, large ones' norms) and histograms, for any number of captured steps at once (of one
+    run, or of many runs stacked)."""
+
+    def __init__(self, small: list[int], large: list[int]):
+        sizes = small + large
+        self.total = sum(sizes)
+        self.large_count = len(large)
+        self.small_elements = sum(small)
+        large_starts = np.cumsum([self.small_elements] + large).tolist()
+        self.large_spans = list(zip(large_starts, large_starts[1:]))
+        both = sizes * 2
+        self.bins, self.starts = bucket_layout(both)
+        self.segment_starts = np.cumsum([0] + both[:-1])
+        self.segment_sizes = np.array(both)
+        self.bin_counts = np.array(self.bins, dtype=np.float32)
+        self.last_bucket = np.repeat(self.bin_counts - 1, both)
+        self.bucket_base = np.repeat(np.array(self.starts, dtype=np.intp), both)
+
+    def rows(self, weights: np.ndarray, grads: np.ndarray) -> np.ndarray:
+        """A logged row per captured step from its float32 weights and gradients ([steps, total] each)."""
         cut = self.small_elements
         parts = [weights[:, :cut].astype(np.float64)]
         if self.large_count:
@@ -106,10 +139,7 @@ class HostCapture:
         parts.append(grads[:, :cut].astype(np.float64))
         if self.large_count:
             parts.append(self._norms(grads))
-        flags = np.array(self.histogram_flags)
-        histograms = self._histograms(np.hstack([weights[flags], grads[flags]])) if flags.any() else None
-        self.reset()
-        return np.hstack(parts), histograms
+        return np.hstack(parts)
 
     def _norms(self, values: np.ndarray) -> np.ndarray:
         """Each large parameter's norm in each row (summed in float32: the curves are float32 anyway)."""
@@ -119,9 +149,9 @@ class HostCapture:
             )
         ).astype(np.float64)
 
-    def _histograms(self, values: np.ndarray) -> HistogramBatch:
-        """All histograms of all histogram steps of a chunk, in a handful of NumPy operations (in
-        float32, as DeviceCapture computes them, so both put an element in the same bucket)."""
+    def histograms(self, values: np.ndarray) -> HistogramBatch:
+        """All histograms of many steps ([steps, weights and gradients]), in a handful of NumPy
+        operations (in float32, as DeviceCapture computes them, so both put an element in the same bucket)."""
         steps, total = values.shape[0], sum(self.bins)
         with np.errstate(all="ignore"):
             lo = np.minimum.reduceat(values, self.segment_starts, axis=1)

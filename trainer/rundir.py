@@ -55,9 +55,16 @@ def write_atomic(path: Path, content: str | bytes) -> None:
 
 
 def config_digest(config: Config) -> str:
-    """A hash of everything that changes what a run computes or logs (not its description)."""
-    data = as_data(config)
-    data.pop("description", None)
+    """A hash of everything that changes what a run computes or logs (not its description, nor the
+    engine that trains it)."""
+    return data_digest(as_data(config))
+
+
+def data_digest(data: dict[str, Any]) -> str:
+    """config_digest of a configuration as plain data (as config.yaml holds it)."""
+    data = {key: value for key, value in data.items() if key != "description"}
+    if isinstance(data.get("train"), dict):  # both engines compute the same run
+        data["train"] = {key: value for key, value in data["train"].items() if key != "engine"}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

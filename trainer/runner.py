@@ -10,6 +10,7 @@ set a flag: the workers stop at their next chunk of steps and record their runs 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import multiprocessing
 import multiprocessing.connection
@@ -24,10 +25,11 @@ from typing import Any
 
 from trainer import guards, rundir, verify
 from trainer.errors import LogDirError
-from trainer.job import LOST, Summary, execute
+from trainer.job import LOST, Summary, execute_unit
 from trainer.progress import Progress
 from trainer.status import FINISHED, Status
 from trainer.sweep import RunPlan
+from trainer.units import Unit, units_of
 
 # After Ctrl-C, workers get this long to record their runs as interrupted before they are killed.
 STOP_GRACE = 10.0
@@ -208,10 +210,11 @@ def run_all(runs: list[RunPlan], opts: Options) -> Report:
         if todo:
             check_inside(todo, opts.logdir)
             check_writable(opts.logdir)  # after select: a refused sweep leaves the folder untouched
+            units = units_of(todo, opts.workers)
             if opts.workers == 0:
-                _run_here(todo, seen, opts, report, progress, stop)
+                _run_here(units, seen, opts, report, progress, stop)
             else:
-                _run_pool(todo, seen, opts, report, progress, stop)
+                _run_pool(units, seen, opts, report, progress, stop)
         progress.close()
         report.interrupted = stop.is_set()
     return report
@@ -383,8 +386,23 @@ def _record(report: Report, progress: Progress, summary: Summary) -> None:
 # --- in this process --------------------------------------------------------------------------
 
 
+def _claim_unit(
+    unit: Unit, opts: Options, seen: dict[str, Any], claims: Claims, report: Report, progress: Progress
+) -> tuple[Unit | None, dict[str, rundir.Claim]]:
+    """Claim every run of a unit; the unit of the runs claimed (None if none was), and their claims."""
+    held: dict[str, rundir.Claim] = {}
+    for run in unit.runs:
+        if report.logdir_fault is not None:
+            break
+        claim = _claim_for_running(run, opts, seen, claims, report, progress)
+        if claim is not None:
+            held[run.folder] = claim
+    runs = tuple(run for run in unit.runs if run.folder in held)
+    return (dataclasses.replace(unit, runs=runs) if runs else None), held
+
+
 def _run_here(
-    todo: list[RunPlan],
+    todo: list[Unit],
     seen: dict[str, Any],
     opts: Options,
     report: Report,
@@ -396,16 +414,18 @@ def _run_here(
     torch.set_num_threads(1)  # the same arithmetic as in a sweep's workers
     claims = Claims(opts.logdir)
     try:
-        for run in todo:
+        for unit in todo:
             if stop.is_set() or report.logdir_fault:
                 break
-            claim = _claim_for_running(run, opts, seen, claims, report, progress)
-            if claim is None:
+            claimed, held = _claim_unit(unit, opts, seen, claims, report, progress)
+            if claimed is None:
                 continue
-            progress.begin_steps(run)
-            summary = execute(run, opts.logdir, stop.is_set, progress.steps, claim)
-            claims.release(claim)
-            _record(report, progress, summary)
+            progress.begin_steps(claimed.runs[0])
+            summaries = execute_unit(claimed, opts.logdir, stop.is_set, progress.steps, held)
+            for claim in held.values():
+                claims.release(claim)
+            for summary in summaries:
+                _record(report, progress, summary)
     finally:
         claims.close()
 
@@ -435,12 +455,15 @@ def _worker_main(conn: multiprocessing.connection.Connection, stop: Any, parent:
         if task is None:
             # Every file is closed: skip tearing down torch, which takes longer than the exit itself.
             os._exit(0)
-        run, logdir, claim = task
+        unit, logdir, held = task
         try:
-            summary = execute(run, Path(logdir), stop.is_set, claim=claim)
-        except Exception as exc:  # execute records a run's own faults; this is a last resort
-            summary = Summary(run.folder, Status.FAILED, {}, 0.0, f"{type(exc).__name__}: {exc}")
-        conn.send(summary)
+            summaries = execute_unit(unit, Path(logdir), stop.is_set, claims=held)
+        except Exception as exc:  # execute_unit records a run's own faults; this is a last resort
+            summaries = [
+                Summary(run.folder, Status.FAILED, {}, 0.0, f"{type(exc).__name__}: {exc}")
+                for run in unit.runs
+            ]
+        conn.send(summaries)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -488,13 +511,13 @@ class Worker:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         child.close()
         self.ready = False
-        self.run: RunPlan | None = None
-        self.claim: rundir.Claim | None = None
+        self.unit: Unit | None = None
+        self.claims: dict[str, rundir.Claim] = {}
 
-    def give(self, run: RunPlan, claim: rundir.Claim, logdir: Path) -> None:
-        self.run, self.claim = run, claim
+    def give(self, unit: Unit, claims: dict[str, rundir.Claim], logdir: Path) -> None:
+        self.unit, self.claims = unit, claims
         try:
-            self.conn.send((run, str(logdir), claim))
+            self.conn.send((unit, str(logdir), claims))
         except OSError:
             pass  # the process is gone; its sentinel is ready and the run is recorded as failed
 
@@ -513,7 +536,7 @@ class Worker:
 
 
 def _run_pool(
-    todo: list[RunPlan],
+    todo: list[Unit],
     seen: dict[str, Any],
     opts: Options,
     report: Report,
@@ -538,13 +561,13 @@ def _run_pool(
                 progress.note("Interrupted: stopping the runs in progress ...")
             if deadline is None and report.logdir_fault is None:
                 _hand_out(pool, pending, seen, opts, claims, report, progress, ctx, stopping)
-            busy = [w for w in pool if w.run is not None]
+            busy = [w for w in pool if w.unit is not None]
             if not busy:
                 return
             if deadline is not None and (time.monotonic() >= deadline or stop.count > 1):
                 for worker in busy:
                     worker.process.kill()
-                    _finish_run(worker, _died(worker, opts, Status.INTERRUPTED), claims, report, progress)
+                    _finish_unit(worker, _died(worker, opts, Status.INTERRUPTED), claims, report, progress)
                 return
             timeout = rundir.HEARTBEAT_EVERY if deadline is None else deadline - time.monotonic()
             ready = multiprocessing.connection.wait(
@@ -574,9 +597,10 @@ def _run_pool(
                     pool[pool.index(worker)] = replacement
                     worker.stop()
                     if deadline is None:
-                        replacement.give(worker.run, worker.claim, opts.logdir)
+                        replacement.give(worker.unit, worker.claims, opts.logdir)
                     else:
-                        claims.release(worker.claim)
+                        for claim in worker.claims.values():
+                            claims.release(claim)
                     continue
                 if summary is None and alive:
                     continue  # it only said it is ready
@@ -585,14 +609,14 @@ def _run_pool(
                     pool.remove(worker)
                     if pending and deadline is None and report.logdir_fault is None:
                         pool.append(Worker(ctx, stopping))
-                _finish_run(worker, summary, claims, report, progress)
+                _finish_unit(worker, summary, claims, report, progress)
     except WorkerStartError as exc:
         # Not the runs' fault: they are left as they were, to run once workers can start.
         report.startup_fault = str(exc)
         for worker in pool:
-            if worker.claim is not None:
-                claims.release(worker.claim)
-            worker.run = worker.claim = None
+            for claim in worker.claims.values():
+                claims.release(claim)
+            worker.unit, worker.claims = None, {}
     finally:
         for worker in pool:  # all at once: each takes a moment to exit
             worker.ask_to_stop()
@@ -612,23 +636,25 @@ def _hand_out(
     ctx: Any,
     stopping: Any,
 ) -> None:
-    """Give each idle worker the next run it may claim."""
+    """Give each idle worker the next unit it may claim (all of it or the runs of it it may)."""
     for i, worker in enumerate(pool):
-        if worker.run is None and pending and not worker.process.is_alive():
+        if worker.unit is None and pending and not worker.process.is_alive():
             worker.stop()
             pool[i] = worker = Worker(ctx, stopping)  # died while idle
-        while worker.run is None and pending and report.logdir_fault is None:
-            run = pending.popleft()
-            path = _claim_for_running(run, opts, seen, claims, report, progress)
-            if path is not None:
-                worker.give(run, path, opts.logdir)
+        while worker.unit is None and pending and report.logdir_fault is None:
+            claimed, held = _claim_unit(pending.popleft(), opts, seen, claims, report, progress)
+            if claimed is not None:
+                worker.give(claimed, held, opts.logdir)
 
 
-def _finish_run(worker: Worker, summary: Summary, claims: Claims, report: Report, progress: Progress) -> None:
-    if worker.claim is not None:
-        claims.release(worker.claim)
-    worker.run = worker.claim = None
-    _record(report, progress, summary)
+def _finish_unit(
+    worker: Worker, summaries: list[Summary], claims: Claims, report: Report, progress: Progress
+) -> None:
+    for claim in worker.claims.values():
+        claims.release(claim)
+    worker.unit, worker.claims = None, {}
+    for summary in summaries:
+        _record(report, progress, summary)
 
 
 class WorkerDiedStarting(Exception):
@@ -644,8 +670,8 @@ def _how(code: int | None) -> str:
     )
 
 
-def _collect(worker: Worker, others_ready: bool = False, alive: bool = True) -> Summary | None:
-    """The worker's summary of its run; None if it has none to give (it died)."""
+def _collect(worker: Worker, others_ready: bool = False, alive: bool = True) -> list[Summary] | None:
+    """The worker's summaries of its unit's runs; None if it has none to give (it died)."""
     try:
         while worker.conn.poll():
             message = worker.conn.recv()
@@ -667,12 +693,15 @@ def _collect(worker: Worker, others_ready: bool = False, alive: bool = True) -> 
     return None
 
 
-def _died(worker: Worker, opts: Options, status: Status = Status.FAILED) -> Summary:
-    """Record a run whose worker is gone; its event file gets a session end so TensorBoard agrees."""
+def _died(worker: Worker, opts: Options, status: Status = Status.FAILED) -> list[Summary]:
+    """Record the runs of a unit whose worker is gone; their event files get a session end so
+    TensorBoard agrees."""
     worker.process.join(timeout=1)
     how = _how(worker.process.exitcode).replace("was killed", "killed")
     error = f"the worker process running it {how}" if status == Status.FAILED else "interrupted"
-    return mark_ended(opts.logdir, worker.run, status, error, worker.claim)
+    return [
+        mark_ended(opts.logdir, run, status, error, worker.claims.get(run.folder)) for run in worker.unit.runs
+    ]
 
 
 def mark_ended(

@@ -60,6 +60,12 @@ class TrainSettings:
     device: Literal["auto", "cpu", "cuda"] = setting(
         "auto", doc="'auto' takes the GPU only for models big enough to gain from it"
     )
+    engine: Literal["auto", "loop", "batched"] = setting(
+        "auto",
+        doc="'batched' trains the runs of a spec that differ only in rates, decay, betas, schedule "
+        "settings, initial weights and seeds as one vectorized program; 'auto' does so for groups of two "
+        "or more; 'loop' trains one run at a time (see the README for what falls back)",
+    )
     clip_grad_norm: float | None = setting(
         None,
         greater_than(0),

@@ -21,7 +21,7 @@ from tensorboard.compat.proto import summary_pb2, tensor_pb2, tensor_shape_pb2, 
 from tensorboard.plugins.text import metadata as text_metadata
 
 from trainer import events
-from trainer.capture import HistogramBatch, capture_for
+from trainer.capture import HistogramBatch, bucket_layout, capture_for
 from trainer.events import EventFile, HistogramBlock, ScalarBlock, ScalarTags, summary_event
 from trainer.hparams import session_end_pb, session_start_pb
 from trainer.schema import LogSettings
@@ -45,7 +45,9 @@ class Evaluation:
 class NullSink:
     """Writes nothing; the loop computes exactly what it computes with a real sink."""
 
-    def begin(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, eval_tags: list[str]) -> None:
+    def begin(
+        self, model: torch.nn.Module, optimizer: Any, eval_tags: list[str], capturing: bool = True
+    ) -> None:
         pass
 
     def writer(self) -> None:
@@ -60,11 +62,37 @@ class NullSink:
     ) -> None:
         pass
 
+    def write_captured(self, *args: Any) -> None:
+        pass
+
     def finish(self, status: Status, steps: int, metrics: dict[str, Any], final: Evaluation | None) -> None:
         pass
 
     def close(self) -> None:
         pass
+
+
+@dataclass
+class Captured:
+    """Captured steps of a run, ready to write: each step's number, wall time and learning rate, its
+    logged row (see trainer.capture) and the histograms of its histogram steps."""
+
+    steps: np.ndarray
+    walls: np.ndarray
+    rates: np.ndarray
+    rows: np.ndarray
+    histograms: HistogramBatch | None
+
+
+def split_parameters(
+    model: torch.nn.Module, max_elements: int
+) -> tuple[list[tuple[str, torch.nn.Parameter]], list[tuple[str, torch.nn.Parameter]]]:
+    """The parameters logged element by element, and those logged as norms, by name."""
+    named = list(model.named_parameters())
+    return (
+        [(n, p) for n, p in named if p.numel() <= max_elements],
+        [(n, p) for n, p in named if p.numel() > max_elements],
+    )
 
 
 # Tags. They are short on purpose: a step's event repeats every tag, so tag length is most of a
@@ -177,15 +205,21 @@ class TensorBoardSink:
             self._writer = RunWriter(str(self.folder), self.pending)
         return self._writer
 
-    def begin(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, eval_tags: list[str]) -> None:
+    def begin(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        eval_tags: list[str],
+        capturing: bool = True,
+    ) -> None:
+        """Start the event file; without `capturing`, the caller hands captured values to write_captured."""
         self.events = EventFile(self.folder)
         self.optimizer = optimizer
-        named = list(model.named_parameters())
-        small = [(n, p) for n, p in named if p.numel() <= self.max_elements]
-        large = [(n, p) for n, p in named if p.numel() > self.max_elements]
+        small, large = split_parameters(model, self.max_elements)
         self.params = [p for _, p in small + large]
         self.small_count = len(small)
-        self.capturing = capture_for([p for _, p in small], [p for _, p in large])
+        if capturing:
+            self.capturing = capture_for([p for _, p in small], [p for _, p in large])
         linear = isinstance(model, torch.nn.Linear)
         curves = [e for n, p in small for e in element_names(n, p.shape, linear)]
         curves += [f"{n}.norm" for n, _ in large]
@@ -197,7 +231,7 @@ class TensorBoardSink:
         names = [n for n, _ in small + large]
         self.histogram_tags = [f"hist/w/{n}" for n in names] + [f"hist/g/{n}" for n in names]
         self.histogram_sizes = [p.numel() for p in self.params] * 2
-        self.histogram_block = HistogramBlock(self.histogram_tags, self.capturing.bins)
+        self.histogram_block = HistogramBlock(self.histogram_tags, bucket_layout(self.histogram_sizes)[0])
         self.info: list[tuple[int, float, float]] = []  # captured steps: (step, wall time, learning rate)
         start = time.time()
         self.events.write_summary(session_start_pb(self.hparams, start), 0, start)
@@ -218,52 +252,59 @@ class TensorBoardSink:
     ) -> None:
         """Write the captured steps up to last_step, with the losses of steps first_step onward."""
         rows, histograms = self.capturing.take()
-        logged = [
-            i for i, (step, _, _) in enumerate(self.info) if step % self.every == 0 and step <= last_step
-        ]
-        steps = np.array([self.info[i][0] for i in logged], dtype=np.int64)
+        info = np.array(self.info, dtype=np.float64).reshape(-1, 3)
+        self.info = []
+        captured = Captured(info[:, 0].astype(np.int64), info[:, 1], info[:, 2], rows, histograms)
+        self.write_captured(first_step, losses, evaluations, last_step, captured)
+
+    def write_captured(
+        self,
+        first_step: int,
+        losses: list[float] | np.ndarray,
+        evaluations: list[Evaluation],
+        last_step: int,
+        captured: Captured,
+    ) -> None:
+        """Write captured steps up to last_step, with the losses of steps first_step onward."""
+        steps, walls = captured.steps, captured.walls
+        logged = np.flatnonzero((steps % self.every == 0) & (steps <= last_step))
+        logged_steps = steps[logged]
         block, ends = b"", np.zeros(0, dtype=np.int64)
-        if logged:
-            walls = np.array([self.info[i][1] for i in logged])
-            values = np.column_stack([np.asarray(losses)[steps - first_step], rows[logged]])
-            block, ends = self.step_block.encode(steps, walls, values)
+        if len(logged):
+            values = np.column_stack([np.asarray(losses)[logged_steps - first_step], captured.rows[logged]])
+            block, ends = self.step_block.encode(logged_steps, walls[logged], values)
         # The learning rate when it changes, and the evaluations: events of their own, in step order.
         extra: list[tuple[int, bytes]] = []  # (step, event) besides the steps' own, for the file's order
-        for i in logged:
-            step, wall, lr = self.info[i]
-            if lr != self.last_lr:
-                extra.append((step, summary_event(step, wall, self.lr_tags.encode([lr]))))
-                self.last_lr = lr
-        walls_by_step = {step: wall for step, wall, _ in self.info}
-        extra += [
-            (
-                ev.step,
-                summary_event(
-                    ev.step, walls_by_step.get(ev.step, time.time()), self.eval_tags.encode(ev.values)
-                ),
-            )
-            for ev in evaluations
-            if ev.step <= last_step
-        ]
-        if histograms is not None:
-            histogram_steps = [
-                (step, wall)
-                for step, wall, _ in self.info
-                if self.histograms_every and step % self.histograms_every == 0
-            ]
-            bodies = histogram_bodies(self.histogram_block, histograms, self.histogram_sizes)
+        if len(logged):
+            rates = captured.rates[logged]
+            before = np.concatenate([[np.nan if self.last_lr is None else self.last_lr], rates[:-1]])
+            for i in np.flatnonzero(rates != before).tolist():
+                step = int(logged_steps[i])
+                extra.append(
+                    (step, summary_event(step, float(walls[logged[i]]), self.lr_tags.encode([rates[i]])))
+                )
+            self.last_lr = float(rates[-1])
+        evaluated = [ev for ev in evaluations if ev.step <= last_step]
+        at = np.searchsorted(steps, [ev.step for ev in evaluated]).tolist()
+        now = time.time()
+        for ev, i in zip(evaluated, at):
+            wall = float(walls[i]) if i < len(steps) and steps[i] == ev.step else now
+            extra.append((ev.step, summary_event(ev.step, wall, self.eval_tags.encode(ev.values))))
+        if captured.histograms is not None:
+            marked = np.flatnonzero(steps % self.histograms_every == 0) if self.histograms_every else []
+            bodies = histogram_bodies(self.histogram_block, captured.histograms, self.histogram_sizes)
             extra += [
-                (step, summary_event(step, wall, body))
-                for (step, wall), body in zip(histogram_steps, bodies)
-                if step <= last_step
+                (int(steps[i]), summary_event(int(steps[i]), float(walls[i]), body))
+                for i, body in zip(marked, bodies)
+                if steps[i] <= last_step
             ]
         extra += self._take_pending()
         # Everything goes to the file in step order; a step's own event comes first.
         done = 0
         for step, event in sorted(extra, key=lambda e: e[0]):
             upto = (
-                int(ends[np.searchsorted(steps, step, side="right") - 1])
-                if len(steps) and steps[0] <= step
+                int(ends[np.searchsorted(logged_steps, step, side="right") - 1])
+                if len(logged_steps) and logged_steps[0] <= step
                 else 0
             )
             if upto > done:
@@ -271,7 +312,6 @@ class TensorBoardSink:
                 done = upto
             self.events.write_raw(event)
         self.events.write_records(block[done:])
-        self.info = []
         self.events.flush()
 
     def _take_pending(self) -> list[tuple[int, bytes]]:

@@ -89,8 +89,13 @@ class Spec:
 
     @property
     def overridden(self) -> list[str]:
-        """Keys changed by --set that the sweep does not vary; they join the run names."""
-        return list(dict.fromkeys(o.key for o in self.overrides if o.key not in self.sweep))
+        """Keys changed by --set that the sweep does not vary; they join the run names (but for the
+        engine, which trains the same run either way)."""
+        return list(
+            dict.fromkeys(
+                o.key for o in self.overrides if o.key not in self.sweep and o.key != "train.engine"
+            )
+        )
 
     def where(self, key: str) -> str:
         """'file:line' (or the --set that gave it) for the nearest known ancestor of a dotted key."""

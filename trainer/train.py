@@ -145,14 +145,33 @@ def train(
             status, last = Status.INTERRUPTED, step
             break
 
+    final_values = evaluate().tolist() if status == Status.COMPLETE else None
+    on_final = None if hook is None else lambda: hook(sink.writer(), run.steps, model)
+    return conclude(run, sink, model, str(device), evaluate, history, final_values, status, last, on_final)
+
+
+def conclude(
+    run: RunPlan,
+    sink: Any,
+    model: torch.nn.Module,
+    device: str,
+    evaluate: Evaluator,
+    history: list[Evaluation],
+    final_values: list[float] | None,
+    status: Status,
+    last: int,
+    on_final: Callable[[], None] | None = None,
+) -> Outcome:
+    """End a run whose steps are done (or stopped at `last`): its final evaluation (given as
+    final_values where it completed), metrics, the sink's last events, and its outcome."""
+    config = run.config
     final = None
     if status == Status.COMPLETE:
-        final = Evaluation(run.steps, evaluate().tolist())
+        final = Evaluation(run.steps, final_values)
         if not math.isfinite(final.loss):
             status, last = Status.DIVERGED, run.steps
-        else:
-            if hook is not None:
-                hook(sink.writer(), run.steps, model)
+        elif on_final is not None:
+            on_final()
         history.append(final)
     metrics = evaluate.summary(history, final if status == Status.COMPLETE else None)
     if run.regression:
@@ -177,7 +196,7 @@ def train(
     return Outcome(
         status,
         last + 1 if status != Status.COMPLETE else run.steps,
-        str(device),
+        device,
         metrics,
         weights,
         digest,
@@ -225,11 +244,23 @@ def _flush(
     host_losses = torch.stack(losses).tolist()
     host_evals = torch.stack([v for _, v in evals]).tolist() if evals else []
     evaluations = [Evaluation(step, values) for (step, _), values in zip(evals, host_evals)]
+    return hand_over(sink.write, first, host_losses, evaluations, history)
+
+
+def hand_over(
+    write: Callable[[int, list[float], list[Evaluation], int], None],
+    first: int,
+    host_losses: list[float],
+    evaluations: list[Evaluation],
+    history: list[Evaluation],
+) -> int | None:
+    """Hand a chunk's values (on the host) to the sink's write, up to the first diverged step,
+    which is returned (None if every value is finite)."""
     bad = next((first + i for i, v in enumerate(host_losses) if not math.isfinite(v)), None)
     bad_eval = next((ev.step for ev in evaluations if not math.isfinite(ev.loss)), None)
     if bad_eval is not None and (bad is None or bad_eval < bad):
         bad = bad_eval
     last = bad if bad is not None else first + len(host_losses) - 1
     history.extend(ev for ev in evaluations if ev.step <= last)
-    sink.write(first, host_losses, evaluations, last)
+    write(first, host_losses, evaluations, last)
     return bad

@@ -11,8 +11,6 @@ A damaged run is one whose record says it finished but whose files no longer bac
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import struct
 from pathlib import Path
@@ -134,11 +132,9 @@ def config_problem(path: Path, digest: Any) -> str | None:
         return f"{rundir.CONFIG} cannot be read ({type(exc).__name__})"
     if not isinstance(data, dict):
         return f"{rundir.CONFIG} does not hold a configuration"
-    data.pop("description", None)
     if not isinstance(digest, str):
         return None  # nothing to compare against
-    found = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-    if found != digest:
+    if rundir.data_digest(data) != digest:
         return f"{rundir.CONFIG} does not match the record's configuration digest"
     return None
 

@@ -45,6 +45,8 @@ class Options:
     force: bool = False  # rerun complete runs too
     rerun_failed: bool = False  # rerun runs that failed before
     progress: Progress | None = None
+    executor: str = "local"  # where runs run: one of EXECUTORS
+    address: str | None = None  # the Ray cluster's head, for the ray executor
 
 
 @dataclass
@@ -211,10 +213,22 @@ def run_all(runs: list[RunPlan], opts: Options) -> Report:
             if opts.workers == 0:
                 _run_here(todo, seen, opts, report, progress, stop)
             else:
-                _run_pool(todo, seen, opts, report, progress, stop)
+                executor(opts.executor)(todo, seen, opts, report, progress, stop)
         progress.close()
         report.interrupted = stop.is_set()
     return report
+
+
+EXECUTORS = ("local", "ray")
+
+
+def executor(name: str) -> Any:
+    """The function that runs a sweep's runs somewhere: the local pool, or Ray (trainer.cluster)."""
+    if name == "ray":
+        from trainer.cluster import run_on_ray
+
+        return run_on_ray
+    return _run_pool
 
 
 class StopRequest:
@@ -237,6 +251,12 @@ class StopRequest:
             for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
+
+    def listen(self) -> None:
+        """Take the stop signals back from a library that set its own handlers meanwhile (Ray)."""
+        if threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, self._handle)
 
     def __exit__(self, *exc: Any) -> None:
         for signum, handler in self._previous.items():
@@ -302,7 +322,7 @@ class Claims:
             self.held.clear()
 
 
-def _claim_for_running(
+def claim_for_running(
     run: RunPlan, opts: Options, seen: dict[str, Any], claims: Claims, report: Report, progress: Progress
 ) -> rundir.Claim | None:
     """Claim a run just before it starts, and look again: another sweep may have run it meanwhile.
@@ -365,7 +385,7 @@ def set_aside(logdir: Path, run: RunPlan, reason: str) -> str:
     return str(target.relative_to(logdir))
 
 
-def _record(report: Report, progress: Progress, summary: Summary) -> None:
+def record_summary(report: Report, progress: Progress, summary: Summary) -> None:
     if summary.status == LOST:
         report.lost.append(summary.folder)
         report.elsewhere.append(summary.folder)
@@ -399,13 +419,13 @@ def _run_here(
         for run in todo:
             if stop.is_set() or report.logdir_fault:
                 break
-            claim = _claim_for_running(run, opts, seen, claims, report, progress)
+            claim = claim_for_running(run, opts, seen, claims, report, progress)
             if claim is None:
                 continue
             progress.begin_steps(run)
             summary = execute(run, opts.logdir, stop.is_set, progress.steps, claim)
             claims.release(claim)
-            _record(report, progress, summary)
+            record_summary(report, progress, summary)
     finally:
         claims.close()
 
@@ -619,7 +639,7 @@ def _hand_out(
             pool[i] = worker = Worker(ctx, stopping)  # died while idle
         while worker.run is None and pending and report.logdir_fault is None:
             run = pending.popleft()
-            path = _claim_for_running(run, opts, seen, claims, report, progress)
+            path = claim_for_running(run, opts, seen, claims, report, progress)
             if path is not None:
                 worker.give(run, path, opts.logdir)
 
@@ -628,7 +648,7 @@ def _finish_run(worker: Worker, summary: Summary, claims: Claims, report: Report
     if worker.claim is not None:
         claims.release(worker.claim)
     worker.run = worker.claim = None
-    _record(report, progress, summary)
+    record_summary(report, progress, summary)
 
 
 class WorkerDiedStarting(Exception):

@@ -41,9 +41,17 @@ POLL = 0.5
 def require_ray() -> None:
     """Refuse, in one sentence, the Ray executor where Ray is not installed."""
     try:
-        import ray  # noqa: F401
+        _ray()
     except ImportError:
         raise UserError(f"--executor ray needs Ray, which is not installed here; install it with {INSTALL}")
+
+
+def _ray() -> Any:
+    """Ray, imported so that a Ray it starts here listens on 127.0.0.1 only (read at import)."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    return ray
 
 
 # --- the task ---------------------------------------------------------------------------------
@@ -79,9 +87,7 @@ def execute_unit(payload: bytes, spec_folder: str, copy: str) -> tuple[Summary, 
 def connect(address: str | None, cpus: int, working_dir: Path) -> Any:
     """Ray, connected to the cluster at `address` (or RAY_ADDRESS), else to a new instance on this
     machine that listens on 127.0.0.1 only and has `cpus` CPUs."""
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
-
+    ray = _ray()
     address = address or os.environ.get("RAY_ADDRESS") or None
     options: dict[str, Any] = {
         "include_dashboard": False,

@@ -357,6 +357,32 @@ def measure_scaling(repeats: int, scratch: Path) -> dict[str, float]:
     return result
 
 
+def measure_ray(repeats: int, scratch: Path) -> dict[str, float]:
+    """The comparison set on a Ray instance started by the sweep with 2 CPUs against the local pool
+    with 2 workers, alternated; the per-run overhead is the extra runs phase spread over the runs."""
+    specs = [str(p) for p in sorted((ROOT / "experiments").glob("*.yaml"))]
+    runs = len(plan(specs))
+    times: dict[str, list[float]] = {"local": [], "ray": []}
+    phases: dict[str, list[float]] = {"local": [], "ray": []}
+    for _ in range(repeats):
+        for executor in ("local", "ray"):
+            logdir = scratch / f"executor-{executor}"
+            times[executor].append(timed_sweep(specs, logdir, 2, ["--executor", executor])[0])
+            phases[executor].append(run_phase(logdir))
+    local, ray = statistics.median(times["local"]), statistics.median(times["ray"])
+    local_phase, ray_phase = statistics.median(phases["local"]), statistics.median(phases["ray"])
+    return {
+        "runs": runs,
+        "comparison set, local pool, 2 workers (s)": local,
+        "comparison set, Ray, 2 CPUs (s)": ray,
+        "runs phase, local pool (s)": local_phase,
+        "runs phase, Ray (s)": ray_phase,
+        "Ray start-up and shutdown (s)": (ray - ray_phase) - (local - local_phase),
+        "per-run overhead of Ray (ms)": 1000 * 2 * (ray_phase - local_phase) / runs,
+        "Ray / local": ray / local,
+    }
+
+
 def measure_large_sweep(scratch: Path, runs: int) -> dict[str, float]:
     """A sweep of `runs` notebook runs of 200 steps: time, memory, and the end-of-sweep work."""
     spec = scratch / "many.yaml"
@@ -445,6 +471,23 @@ def report(results: dict) -> list[str]:
         lines += _size_lines(results)
     if "large" in results:
         lines += _large_lines(results)
+    if "ray" in results:
+        lines += _ray_lines(results)
+    return lines
+
+
+def _ray_lines(results: dict) -> list[str]:
+    ray = results["ray"]
+    lines = [
+        "",
+        f"comparison set ({ray['runs']} runs) on Ray against the local pool, median of {results['ray_repeats']} sweeps each",
+    ]
+    for name, value in ray.items():
+        if name.endswith("(s)") or name.endswith("(ms)"):
+            lines.append(f"  {name:44} {value:9.2f}")
+    lines.append(
+        f"  Ray / local = {ray['Ray / local']:.2f}   (target <= 1.3: {_ok(ray['Ray / local'] <= 1.3)})"
+    )
     return lines
 
 
@@ -534,7 +577,7 @@ def _ok(flag: bool) -> str:
 
 
 # The parts of `make bench`, each measured on its own with --only.
-SECTIONS = ("logging", "digits", "sizes", "scaling", "large")
+SECTIONS = ("logging", "digits", "sizes", "scaling", "large", "ray")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -575,6 +618,9 @@ def main(argv: list[str] | None = None) -> int:
         if "large" in wanted and args.large_runs:
             results["large"] = measure_large_sweep(scratch, args.large_runs)
             results["large_runs"] = args.large_runs
+        if "ray" in wanted:
+            results["ray_repeats"] = args.sweep_repeats
+            results["ray"] = measure_ray(args.sweep_repeats, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     lines = report(results)

@@ -7,6 +7,11 @@ TORCH ?= torch==2.13.0
 LOGDIR ?= logs
 EXPERIMENTS ?= $(sort $(wildcard experiments/*.yaml))
 WORKERS ?=
+# Where sweeps run: local worker processes, or ray (a Ray instance on this machine, or ADDRESS's cluster)
+EXECUTOR ?=
+ADDRESS ?=
+# Optional dependencies to install besides the test tools, e.g. EXTRAS=ray
+EXTRAS ?=
 SRC ?=
 PORT ?= 6006
 FOCUS ?=
@@ -22,12 +27,13 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 
-# Create the virtual environment and install the project (done by the other targets on first use)
+# Create the virtual environment and install the project (done by the other targets on first use); EXTRAS=ray adds Ray
 setup: $(BIN)/.installed
+	$(if $(EXTRAS),$(BIN)/pip install --quiet -e ".[$(EXTRAS)]")
 
-# Run the full comparison set (every spec in experiments/) into $(LOGDIR)/
+# Run the full comparison set (every spec in experiments/) into $(LOGDIR)/; EXECUTOR=ray runs it on Ray
 sweep: setup
-	$(BIN)/python -m trainer sweep $(EXPERIMENTS) --logdir $(LOGDIR) $(if $(WORKERS),--workers $(WORKERS))
+	$(BIN)/python -m trainer sweep $(EXPERIMENTS) --logdir $(LOGDIR) $(if $(WORKERS),--workers $(WORKERS)) $(if $(EXECUTOR),--executor $(EXECUTOR)) $(if $(ADDRESS),--address $(ADDRESS))
 
 # List the runs `make sweep` would run, writing nothing
 dry-run: setup

@@ -358,6 +358,32 @@ def measure_scaling(repeats: int, scratch: Path) -> dict[str, float]:
     return result
 
 
+def measure_ray(repeats: int, scratch: Path) -> dict[str, float]:
+    """The comparison set on a Ray instance started by the sweep with 2 CPUs against the local pool
+    with 2 workers, alternated; the per-run overhead is the extra runs phase spread over the runs."""
+    specs = [str(p) for p in sorted((ROOT / "experiments").glob("*.yaml"))]
+    runs = len(plan(specs))
+    times: dict[str, list[float]] = {"local": [], "ray": []}
+    phases: dict[str, list[float]] = {"local": [], "ray": []}
+    for _ in range(repeats):
+        for executor in ("local", "ray"):
+            logdir = scratch / f"executor-{executor}"
+            times[executor].append(timed_sweep(specs, logdir, 2, ["--executor", executor])[0])
+            phases[executor].append(run_phase(logdir))
+    local, ray = statistics.median(times["local"]), statistics.median(times["ray"])
+    local_phase, ray_phase = statistics.median(phases["local"]), statistics.median(phases["ray"])
+    return {
+        "runs": runs,
+        "comparison set, local pool, 2 workers (s)": local,
+        "comparison set, Ray, 2 CPUs (s)": ray,
+        "runs phase, local pool (s)": local_phase,
+        "runs phase, Ray (s)": ray_phase,
+        "Ray start-up and shutdown (s)": (ray - ray_phase) - (local - local_phase),
+        "per-run overhead of Ray (ms)": 1000 * 2 * (ray_phase - local_phase) / runs,
+        "Ray / local": ray / local,
+    }
+
+
 def seeds_spec(scratch: Path, name: str, runs: int) -> Path:
     """A spec of `runs` notebook runs of 200 steps that differ only in their seeds."""
     spec = scratch / f"{name}.yaml"
@@ -546,6 +572,23 @@ def report(results: dict) -> list[str]:
     lines += _report_lines(results)
     if "batched" in results:
         lines += _batched_lines(results)
+    if "ray" in results:
+        lines += _ray_lines(results)
+    return lines
+
+
+def _ray_lines(results: dict) -> list[str]:
+    ray = results["ray"]
+    lines = [
+        "",
+        f"comparison set ({ray['runs']} runs) on Ray against the local pool, median of {results['ray_repeats']} sweeps each",
+    ]
+    for name, value in ray.items():
+        if name.endswith("(s)") or name.endswith("(ms)"):
+            lines.append(f"  {name:44} {value:9.2f}")
+    lines.append(
+        f"  Ray / local = {ray['Ray / local']:.2f}   (target <= 1.3: {_ok(ray['Ray / local'] <= 1.3)})"
+    )
     return lines
 
 
@@ -635,7 +678,7 @@ def _ok(flag: bool) -> str:
 
 
 # The parts of `make bench`, each measured on its own with --only.
-SECTIONS = ("logging", "digits", "sizes", "scaling", "large", "report", "batched")
+SECTIONS = ("logging", "digits", "sizes", "scaling", "large", "report", "batched", "ray")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -682,6 +725,9 @@ def main(argv: list[str] | None = None) -> int:
         if "batched" in wanted:
             results["batched_repeats"] = args.sweep_repeats
             results["batched"] = measure_batched(scratch, args.sweep_repeats, bool(args.large_runs))
+        if "ray" in wanted:
+            results["ray_repeats"] = args.sweep_repeats
+            results["ray"] = measure_ray(args.sweep_repeats, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     lines = report(results)

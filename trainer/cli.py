@@ -80,6 +80,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: one per core)"
     )
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="where runs run: local worker processes (default), or Ray tasks on this machine or a "
+        "cluster (needs the ray extra)",
+    )
+    p.add_argument(
+        "--address",
+        metavar="HOST:PORT",
+        help="with --executor ray: the head of a running Ray cluster, or 'auto' (default: RAY_ADDRESS, "
+        "else a Ray instance started on this machine with --workers CPUs)",
+    )
     p.add_argument("--dry-run", action="store_true", help="list the planned runs; write nothing")
 
     p = sub.add_parser(
@@ -248,6 +261,12 @@ def _print_imported(runs: list[RunPlan]) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run and args.allow_large:
         guards.refuse_long_listing(args.specs, args.overrides)
+    if args.address is not None and args.executor != "ray":
+        raise UserError("--address: names a Ray cluster, so it needs --executor ray")
+    if args.executor == "ray" and not args.dry_run:
+        from trainer.cluster import require_ray
+
+        require_ray()
     runs = _plan(args)
     if args.workers < 1:
         raise UserError(f"--workers: must be at least 1, got {args.workers}")
@@ -275,7 +294,10 @@ def _execute(runs: list[RunPlan], args: argparse.Namespace, workers: int) -> int
     logdir = Path(args.logdir)
     progress = Progress(enabled=not args.quiet)
     try:
-        result = run_all(runs, Options(logdir, workers, args.force, args.rerun_failed, progress))
+        options = Options(logdir, workers, args.force, args.rerun_failed, progress)
+        options.executor = getattr(args, "executor", "local")
+        options.address = getattr(args, "address", None)
+        result = run_all(runs, options)
     except ChangedConfig as changed:
         raise LogDirError(_changed_spec(changed, args)) from None
     records = index.records(logdir)
@@ -309,6 +331,8 @@ def _changed_spec(changed: Any, args: argparse.Namespace) -> list[str]:
             options += ["--logdir", args.logdir]
         if args.command == "sweep" and args.workers != (os.cpu_count() or 1):
             options += ["--workers", str(args.workers)]
+        if args.command == "sweep" and args.executor != "local":
+            options += ["--executor", args.executor] + (["--address", args.address] if args.address else [])
         command = [args.command, spec_path, *options]
         new_name = _free_name(Path(args.logdir), experiment)
         first, others = changed.first_difference(group)

@@ -371,6 +371,15 @@ def _finish(
 ) -> Summary:
     duration = time.monotonic() - clock
     record.update(ended=_now(), duration_s=round(duration, 3))
+    return commit(folder, record, logdir_fault, claim)
+
+
+def commit(
+    folder: Path, record: dict[str, Any], logdir_fault: bool = False, claim: rundir.Claim | None = None
+) -> Summary:
+    """Write a finished run's record last, while the claim is still this sweep's; its summary says
+    what became of it (lost to another sweep, or unfinished when the record could not be written)."""
+    duration = record.get("duration_s") or 0.0
     try:
         rundir.commit_record(folder, record, claim)
     except rundir.ClaimLost:

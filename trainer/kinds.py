@@ -310,7 +310,16 @@ def _settings_class(fam: Family, text: str, folder: str | None, target: Any, key
 
 def _rebuild(family_name: str, text: str, folder: str | None, values: dict[str, Any]) -> Any:
     """Unpickle a user kind's settings in another process (a worker imports the module anew)."""
-    return _user_kind(family_name, text, folder).config(**values)
+    return _user_kind(family_name, text, _moved.get(folder, folder)).config(**values)
+
+
+# Spec folders as the sweep's own machine named them -> their copies on this one (a cluster node).
+_moved: dict[str | None, str] = {}
+
+
+def relocate(folder: str, copy: str) -> None:
+    """Import the user code of a spec folder from a copy of it, in this process from now on."""
+    _moved[folder] = copy
 
 
 def _frozen(value: Any) -> Any:

@@ -47,6 +47,8 @@ class Options:
     force: bool = False  # rerun complete runs too
     rerun_failed: bool = False  # rerun runs that failed before
     progress: Progress | None = None
+    executor: str = "local"  # where runs run: one of EXECUTORS
+    address: str | None = None  # the Ray cluster's head, for the ray executor
 
 
 @dataclass
@@ -214,10 +216,22 @@ def run_all(runs: list[RunPlan], opts: Options) -> Report:
             if opts.workers == 0:
                 _run_here(units, seen, opts, report, progress, stop)
             else:
-                _run_pool(units, seen, opts, report, progress, stop)
+                executor(opts.executor)(units, seen, opts, report, progress, stop)
         progress.close()
         report.interrupted = stop.is_set()
     return report
+
+
+EXECUTORS = ("local", "ray")
+
+
+def executor(name: str) -> Any:
+    """The function that runs a sweep's runs somewhere: the local pool, or Ray (trainer.cluster)."""
+    if name == "ray":
+        from trainer.cluster import run_on_ray
+
+        return run_on_ray
+    return _run_pool
 
 
 class StopRequest:
@@ -240,6 +254,12 @@ class StopRequest:
             for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
+
+    def listen(self) -> None:
+        """Take the stop signals back from a library that set its own handlers meanwhile (Ray)."""
+        if threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, self._handle)
 
     def __exit__(self, *exc: Any) -> None:
         for signum, handler in self._previous.items():
@@ -305,7 +325,7 @@ class Claims:
             self.held.clear()
 
 
-def _claim_for_running(
+def claim_for_running(
     run: RunPlan, opts: Options, seen: dict[str, Any], claims: Claims, report: Report, progress: Progress
 ) -> rundir.Claim | None:
     """Claim a run just before it starts, and look again: another sweep may have run it meanwhile.
@@ -368,7 +388,7 @@ def set_aside(logdir: Path, run: RunPlan, reason: str) -> str:
     return str(target.relative_to(logdir))
 
 
-def _record(report: Report, progress: Progress, summary: Summary) -> None:
+def record_summary(report: Report, progress: Progress, summary: Summary) -> None:
     if summary.status == LOST:
         report.lost.append(summary.folder)
         report.elsewhere.append(summary.folder)
@@ -386,7 +406,7 @@ def _record(report: Report, progress: Progress, summary: Summary) -> None:
 # --- in this process --------------------------------------------------------------------------
 
 
-def _claim_unit(
+def claim_unit(
     unit: Unit, opts: Options, seen: dict[str, Any], claims: Claims, report: Report, progress: Progress
 ) -> tuple[Unit | None, dict[str, rundir.Claim]]:
     """Claim every run of a unit; the unit of the runs claimed (None if none was), and their claims."""
@@ -394,7 +414,7 @@ def _claim_unit(
     for run in unit.runs:
         if report.logdir_fault is not None:
             break
-        claim = _claim_for_running(run, opts, seen, claims, report, progress)
+        claim = claim_for_running(run, opts, seen, claims, report, progress)
         if claim is not None:
             held[run.folder] = claim
     runs = tuple(run for run in unit.runs if run.folder in held)
@@ -417,7 +437,7 @@ def _run_here(
         for unit in todo:
             if stop.is_set() or report.logdir_fault:
                 break
-            claimed, held = _claim_unit(unit, opts, seen, claims, report, progress)
+            claimed, held = claim_unit(unit, opts, seen, claims, report, progress)
             if claimed is None:
                 continue
             progress.begin_steps(claimed.runs[0])
@@ -425,7 +445,7 @@ def _run_here(
             for claim in held.values():
                 claims.release(claim)
             for summary in summaries:
-                _record(report, progress, summary)
+                record_summary(report, progress, summary)
     finally:
         claims.close()
 
@@ -642,7 +662,7 @@ def _hand_out(
             worker.stop()
             pool[i] = worker = Worker(ctx, stopping)  # died while idle
         while worker.unit is None and pending and report.logdir_fault is None:
-            claimed, held = _claim_unit(pending.popleft(), opts, seen, claims, report, progress)
+            claimed, held = claim_unit(pending.popleft(), opts, seen, claims, report, progress)
             if claimed is not None:
                 worker.give(claimed, held, opts.logdir)
 
@@ -654,7 +674,7 @@ def _finish_unit(
         claims.release(claim)
     worker.unit, worker.claims = None, {}
     for summary in summaries:
-        _record(report, progress, summary)
+        record_summary(report, progress, summary)
 
 
 class WorkerDiedStarting(Exception):

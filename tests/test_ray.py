@@ -1,0 +1,314 @@
+"""Sweeps on a real Ray cluster started on this machine: a head and a second node, shared by these tests.
+
+The nodes keep their scratch folders in a temporary folder of their own, and the user's module
+refuses to run from the spec folder itself on a node, so these tests also show that runs reach the
+log folder only through this process and that user code travels as a copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import scalars
+from trainer.cli import main
+
+# Read once, when Ray is imported: keeps every node of the test cluster on 127.0.0.1.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+ray = pytest.importorskip("ray")
+
+pytestmark = pytest.mark.slow
+
+MODULE = '''
+    """A user's model and hook; on a Ray node they must be the copy that travelled, not this file."""
+    import os
+    import time
+    from pathlib import Path
+
+    from torch import nn
+
+    HERE = Path(__file__).resolve().parent
+
+
+    def _ray_node():
+        try:
+            import ray
+
+            if not ray.is_initialized():  # planning, on the sweep's machine
+                return None
+            context = ray.get_runtime_context()
+            return context.get_node_id() if context.worker.mode == ray.WORKER_MODE else None
+        except Exception:
+            return None
+
+
+    def net(features: int = 4, width: int = 8):
+        node = _ray_node()
+        if node is not None:
+            if str(HERE) == (HERE / "original.txt").read_text():
+                raise RuntimeError("a Ray node imported the spec folder itself, not its copy")
+            doomed = HERE / "doomed.txt"
+            if doomed.exists() and doomed.read_text().split()[0] == node:
+                Path(doomed.read_text().split()[1], str(os.getpid())).write_text("")
+                time.sleep(600)  # until the test kills this node
+        return nn.Sequential(nn.Linear(features, width), nn.Tanh(), nn.Linear(width, 1))
+
+
+    def weight_norm(writer, step, model, **context):
+        writer.add_scalar("custom/weight_norm", float(sum(p.norm() for p in model.parameters())), step)
+'''
+
+SPEC = """
+    name: tiny
+    data: {kind: synthetic, rows: 256, features: 4, noise: 0.1, seed: 0}
+    model: {kind: "raymodel:net", features: 4, width: 8}
+    loss: {kind: mse}
+    optimizer: {kind: sgd, lr: 0.05}
+    train: {steps: 60, batch_size: 16}
+    eval: {every: 20}
+    log: {hook: "raymodel:weight_norm"}
+    sweep:
+      optimizer.lr: [0.05, 0.01]
+      train.seed: [0, 1, 2]
+"""
+
+# Every node: one CPU, on 127.0.0.1 only.
+LOCAL_NODE = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
+# What differs between any two sweeps of the same runs, local or not.
+PER_SWEEP = {"started", "ended", "duration_s", "pid", "host", "files"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A Ray head and one more node on this machine, 1 CPU each, on 127.0.0.1, with their own temp folder."""
+    from ray.cluster_utils import Cluster
+
+    node_tmp = tempfile.mkdtemp(prefix="rt")  # short: Ray's socket paths live under it
+    saved = {"TMPDIR": os.environ.get("TMPDIR")}
+    os.environ["TMPDIR"] = node_tmp
+    fast_death = {
+        "health_check_initial_delay_ms": 0,
+        "health_check_period_ms": 500,
+        "health_check_failure_threshold": 3,
+    }
+    try:
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={**LOCAL_NODE, "include_dashboard": False, "_system_config": fast_death},
+        )
+        cluster.add_node(**LOCAL_NODE)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    cluster.node_tmp = Path(node_tmp)
+    yield cluster
+    cluster.shutdown()
+    shutil.rmtree(node_tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """experiments/ with the user's module and the spec; the working folder is tmp_path."""
+    folder = tmp_path / "experiments"
+    folder.mkdir()
+    (folder / "raymodel.py").write_text(textwrap.dedent(MODULE))
+    (folder / "original.txt").write_text(str(folder.resolve()))
+    (folder / "tiny.yaml").write_text(textwrap.dedent(SPEC))
+    monkeypatch.chdir(tmp_path)
+    yield folder
+    sys.modules.pop("raymodel", None)
+    sys.path[:] = [p for p in sys.path if p != str(folder.resolve())]
+
+
+SPEC_PATH = "experiments/tiny.yaml"
+
+
+def sweep_on(cluster, logdir: str, *args: str) -> int:
+    return main(
+        [
+            "sweep",
+            SPEC_PATH,
+            "--logdir",
+            logdir,
+            "--quiet",
+            "--executor",
+            "ray",
+            "--address",
+            cluster.address,
+            *args,
+        ]
+    )
+
+
+def run_folders(logdir: Path) -> list[Path]:
+    return sorted(p for p in (logdir / "tiny").iterdir() if not p.name.startswith("."))
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def record(folder: Path) -> dict:
+    return json.loads((folder / "record.json").read_text())
+
+
+def test_a_ray_sweep_leaves_the_folder_a_local_sweep_leaves(cluster, project, tmp_path):
+    assert sweep_on(cluster, "on-ray") == 0
+    assert main(["sweep", SPEC_PATH, "--logdir", "local", "--quiet", "--workers", "2"]) == 0
+    ours, theirs = run_folders(tmp_path / "on-ray"), run_folders(tmp_path / "local")
+    assert [p.name for p in ours] == [p.name for p in theirs] and len(ours) == 6
+    for a, b in zip(ours, theirs):
+        names = sorted(p.name for p in a.iterdir())
+        assert names == sorted(p.name for p in b.iterdir()) or [n[:20] for n in names] == [
+            n[:20] for n in sorted(p.name for p in b.iterdir())
+        ]
+        assert (a / "config.yaml").read_text() == (b / "config.yaml").read_text()
+        assert digest(a / "model.pt") == digest(b / "model.pt")
+        tags = scalars(a)
+        assert "custom/weight_norm" in tags and tags == scalars(b)  # bit-identical, the hook's too
+        ra, rb = record(a), record(b)
+        assert ra["status"] == "complete"
+        assert {k: v for k, v in ra.items() if k not in PER_SWEEP} == {
+            k: v for k, v in rb.items() if k not in PER_SWEEP
+        }
+        assert ra["pid"] != os.getpid()  # trained elsewhere, written here
+    # A second sweep finds everything done and runs nothing.
+    before = {p.name: digest(p / "record.json") for p in ours}
+    assert sweep_on(cluster, "on-ray") == 0
+    assert {p.name: digest(p / "record.json") for p in run_folders(tmp_path / "on-ray")} == before
+
+
+def test_run_folders_are_written_only_here_and_scratch_folders_are_removed(cluster, project, tmp_path):
+    assert sweep_on(cluster, "logs") == 0
+    assert len(run_folders(tmp_path / "logs")) == 6
+    on_nodes = [p for p in cluster.node_tmp.rglob("*") if p.name in ("record.json", "config.yaml")]
+    assert on_nodes == []
+    assert list(cluster.node_tmp.glob("trainer-run-*")) == []
+    copies = list(cluster.node_tmp.rglob("raymodel.py"))  # the user's code reached the nodes as a copy
+    assert copies and all(project not in p.parents for p in copies)
+
+
+def test_a_node_killed_mid_sweep_costs_no_run_and_runs_none_twice(cluster, project, tmp_path):
+    doomed = cluster.add_node(**LOCAL_NODE)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    (project / "doomed.txt").write_text(f"{doomed.node_id} {markers}")
+
+    def kill_when_busy() -> None:
+        for _ in range(1200):  # a task of the sweep is stuck on the doomed node
+            found = list(markers.iterdir())
+            if found:
+                pids = [int(found[0].name)] + [
+                    p.process.pid for ps in doomed.all_processes.values() for p in ps
+                ]
+                for pid in pids:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_when_busy)
+    killer.start()
+    try:
+        status = sweep_on(cluster, "logs")
+    finally:
+        killer.join()
+        cluster.remove_node(doomed, allow_graceful=False)
+    assert list(markers.iterdir()), "no task ran on the node that was to be killed"
+    assert status == 0
+    folders = run_folders(tmp_path / "logs")
+    assert len(folders) == 6
+    for folder in folders:
+        assert record(folder)["status"] == "complete"
+        assert len(list(folder.glob("events.out.tfevents.*"))) == 1
+        assert all(len(values) == len(set(values)) for values in scalars(folder).values())
+    assert not any((tmp_path / "logs" / "tiny" / ".claims").iterdir())
+
+
+def test_a_rerun_resumes_after_the_sweep_was_killed(cluster, project, tmp_path):
+    command = [sys.executable, "-m", "trainer", "sweep", SPEC_PATH, "--logdir", "logs", "--quiet"]
+    command += ["--executor", "ray", "--address", cluster.address]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), *sys.path])}
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    logdir = tmp_path / "logs"
+    try:
+        for _ in range(1200):  # until the first run is recorded
+            if list(logdir.glob("tiny/*/record.json")) or driver.poll() is not None:
+                break
+            time.sleep(0.1)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    finished = {p.parent.name: digest(p) for p in logdir.glob("tiny/*/record.json")}
+    assert finished
+    assert sweep_on(cluster, "logs") == 0
+    folders = run_folders(logdir)
+    assert len(folders) == 6 and all(record(f)["status"] == "complete" for f in folders)
+    assert {n: digest(logdir / "tiny" / n / "record.json") for n in finished} == finished  # kept, not rerun
+
+
+def test_a_local_sweep_and_a_ray_sweep_on_one_folder_run_each_run_once(cluster, project, tmp_path, capsys):
+    command = [
+        sys.executable,
+        "-m",
+        "trainer",
+        "sweep",
+        SPEC_PATH,
+        "--logdir",
+        "logs",
+        "--quiet",
+        "--workers",
+        "1",
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), *sys.path])}
+    local = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        status = sweep_on(cluster, "logs")
+    finally:
+        local_out, _ = local.communicate(timeout=300)
+    ours = capsys.readouterr().out
+    assert status == 0 and local.returncode == 0, local_out
+    ran = [int(out.split(" run now")[0].rsplit("(", 1)[1]) for out in (ours, local_out)]
+    assert sum(ran) == 6
+    folders = run_folders(tmp_path / "logs")
+    assert len(folders) == 6
+    for folder in folders:
+        assert record(folder)["status"] == "complete"
+        assert len(list(folder.glob("events.out.tfevents.*"))) == 1
+
+
+def test_ray_not_installed_is_one_sentence_with_the_install_command(project, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    assert main(["sweep", SPEC_PATH, "--executor", "ray"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install -e '.[ray]'" in err and "Traceback" not in err
+    assert not Path("logs").exists()
+
+
+def test_an_unreachable_head_is_one_sentence(project, capsys):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["sweep", SPEC_PATH, "--executor", "ray", "--address", f"127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot reach the Ray head at 127.0.0.1:{port}") and err.count("\n") == 1
+    assert not list(Path("logs").glob("*/*/record.json"))

@@ -26,6 +26,11 @@ CONVERGED = "final/converged"
 # Metrics whose direction is known by name; others are judged from their best against their final.
 LOWER_IS_BETTER = {"loss", "mae", "rmse", "weight_distance", "converged_step"}
 HIGHER_IS_BETTER = {"accuracy", "converged"}
+# Runs train in float32, which keeps about 7 significant digits: a value a million times smaller
+# than the largest value of its metric in the experiment is rounding noise, and counts as zero (its
+# digits would differ between engines and machines, and so would any test of one such value
+# against another).
+RESOLUTION = 1e-6
 # Never a group statistic: the run's status says it (a diverged run has no final values).
 SKIPPED = {"final/diverged", *NOT_METRICS}
 
@@ -193,8 +198,9 @@ def experiment_findings(name: str, records: list[dict[str, Any]]) -> ExperimentF
     by_key: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         by_key.setdefault(_group_key(record, replicates), []).append(record)
-    groups = [_group(runs, swept, short) for runs in by_key.values()]
     complete = [r for r in records if r.get("status") == Status.COMPLETE]
+    floor = floors(complete)
+    groups = [_group(runs, swept, short, floor) for runs in by_key.values()]
     metrics = [t for t in metric_tags(complete) if t not in SKIPPED]
     default = "final/val/loss" if "final/val/loss" in metrics else "final/train/loss"
     metric = settings.get("metric") or default
@@ -222,7 +228,19 @@ def shown(value: Any) -> str:
     return format_value(value)
 
 
-def _group(runs: list[dict[str, Any]], swept: list[str], short: dict[str, str]) -> Group:
+def floors(complete: list[dict[str, Any]]) -> dict[str, float]:
+    """Each metric's rounding floor in an experiment: RESOLUTION times its largest magnitude."""
+    largest: dict[str, float] = {}
+    for run in complete:
+        for tag, value in (run.get("metrics") or {}).items():
+            if (number := _value(value)) is not None and math.isfinite(number):
+                largest[tag] = max(largest.get(tag, 0.0), abs(number))
+    return {tag: RESOLUTION * size for tag, size in largest.items()}
+
+
+def _group(
+    runs: list[dict[str, Any]], swept: list[str], short: dict[str, str], floor: dict[str, float]
+) -> Group:
     first = runs[0]
     settings = {k: shown(v) for k, v in (first.get("swept") or {}).items() if k in swept}
     numbers = {
@@ -241,7 +259,7 @@ def _group(runs: list[dict[str, Any]], swept: list[str], short: dict[str, str]) 
             continue
         for tag, value in (run.get("metrics") or {}).items():
             if tag not in SKIPPED and (number := _value(value)) is not None:
-                values.setdefault(tag, []).append(number)
+                values.setdefault(tag, []).append(0.0 if abs(number) < floor.get(tag, 0.0) else number)
     return Group(label, settings, numbers, runs, counts, {t: s for t, v in values.items() if (s := stats(v))})
 
 

@@ -104,8 +104,8 @@ def settings(found: ExperimentFindings, path: Path) -> Path | None:
         axes.grid(alpha=0.3)
         axes.legend(fontsize="x-small")
     better = "higher" if found.higher_is_better else "lower"
-    # Two lines: one panel is narrow, and a one-line title would run off its edges.
-    figure.suptitle(f"{found.name}\n{found.metric} against each swept setting ({better} is better)")
+    # Short lines: a single panel is narrow, and a longer title would run off its edges.
+    figure.suptitle(f"{found.name}: each swept setting\n{found.metric}, {better} is better")
     return _save(figure, path)
 
 

@@ -59,6 +59,11 @@ def separation_text(found: ExperimentFindings) -> str:
     head = f"`{best.label}` ranks first, `{second.label}` second"
     if sep is None or sep.separable is None:
         return f"{head}; with one run in a group there is no spread to test them against: add seeds to tell them apart."
+    if best.metrics[found.metric].mean == second.metrics[found.metric].mean == 0:
+        return (
+            f"{head}, but **the two cannot be told apart**: both are zero to float32 precision "
+            f"(under a millionth of the experiment's largest {found.metric})."
+        )
     if sep.t is None or sep.df is None or sep.critical is None:
         verdict = "separable" if sep.separable else "not separable"
         return f"{head}; every seed gave the same value, so they are {verdict}."

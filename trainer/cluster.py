@@ -29,7 +29,7 @@ from trainer.errors import UserError
 from trainer.job import LOST, Summary, commit
 from trainer.status import Status
 from trainer.sweep import RunPlan
-from trainer.units import Unit
+from trainer.units import Unit, units_of
 
 INSTALL = "pip install -e '.[ray]' (or make setup EXTRAS=ray)"
 # A task whose worker process or node dies is run again elsewhere at most this many times.
@@ -212,17 +212,19 @@ def run_on_ray(
     on a stop request, cancel the tasks and record their runs as interrupted."""
     from trainer import runner
 
+    runs = [run for unit in todo for run in unit.runs]
     with tempfile.TemporaryDirectory(prefix="trainer-specs-") as staging:
-        copies = stage([run for unit in todo for run in unit.runs], opts.logdir, Path(staging))
+        copies = stage(runs, opts.logdir, Path(staging))
         ray = connect(opts.address, opts.workers, Path(staging))  # uploads the copies
     stop.listen()  # Ray took SIGTERM for itself while starting
     claims = runner.Claims(opts.logdir)
     remote = ray.remote(execute_unit)
-    pending = collections.deque(todo)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    pending = collections.deque(units_of(runs, cpus))  # big groups split over the cluster's CPUs
     running: dict[Any, Task] = {}
     deadline: float | None = None
     try:
-        window = int(ray.cluster_resources().get("CPU", 1)) + 1
+        window = cpus + 1
         while True:
             if stop.is_set() and deadline is None:
                 deadline = time.monotonic() + STOP_GRACE

@@ -140,7 +140,7 @@ class Evaluate:
 
 def rates(runs: list[RunPlan], steps: int) -> np.ndarray:
     """Every run's learning rate at every step, [runs, steps] (float64, as torch's schedulers give
-    them: each distinct schedule is replayed once with a torch scheduler)."""
+    them: each distinct schedule is replayed once with its torch scheduler)."""
     table = np.empty((len(runs), steps))
     replayed: dict[tuple[float, Any], np.ndarray] = {}
     for r, run in enumerate(runs):
@@ -151,8 +151,19 @@ def rates(runs: list[RunPlan], steps: int) -> np.ndarray:
     return table
 
 
+class _Rate(torch.optim.Optimizer):
+    """Only the learning rate of an optimizer, which is all a torch scheduler reads and writes. A
+    real optimizer would do as well, but making the first one imports torch's compiler (seconds)."""
+
+    def __init__(self, lr: float):  # no super().__init__(): there are no parameters
+        self.param_groups = [{"lr": lr}]
+
+    def step(self, closure: Any = None) -> None:
+        pass
+
+
 def _replay(lr: float, schedule_spec: Any, steps: int) -> np.ndarray:
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    optimizer = _Rate(lr)
     schedule = build_schedule(schedule_spec, optimizer, steps)
     if schedule is None:
         return np.full(steps, lr)

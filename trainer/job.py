@@ -243,19 +243,18 @@ def execute_group(
             if fallen[-1].logdir_fault:  # a full or read-only disk: the rest stay unfinished
                 break
         return fallen
-    summaries = []
+    ended = []
     for run, folder, record, sink, outcome in zip(runs, folders, records, sinks, outcomes):
         claim = claims.get(run.folder)
+        logdir_fault = False
         try:
             record_outcome(run, folder, record, outcome)
         except Exception as exc:
-            if record_fault(folder, record, sink, claim, exc):
-                summaries.append(_finish(folder, record, clock, logdir_fault=True, claim=claim))
-                continue
+            logdir_fault = record_fault(folder, record, sink, claim, exc)
         finally:
             _close(sink)
-        summaries.append(_finish(folder, record, clock, claim=claim))
-    return summaries
+        ended.append(Unrecorded(folder, record, claim, logdir_fault))
+    return _finish_all(ended, clock)
 
 
 def start_record(run: RunPlan, engine: dict[str, Any]) -> dict[str, Any]:
@@ -359,7 +358,18 @@ def save_checkpoint(folder: Path, model: Any) -> None:
 
     buffer = io.BytesIO()
     torch.save({name: t.detach().cpu() for name, t in model.state_dict().items()}, buffer)
-    rundir.write_atomic(folder / rundir.CHECKPOINT, buffer.getvalue())
+    # Made durable with the run's record (see rundir.commit_record).
+    rundir.write_atomic(folder / rundir.CHECKPOINT, buffer.getvalue(), durable=False)
+
+
+@dataclass
+class Unrecorded:
+    """A run whose files are complete, its record still to write."""
+
+    folder: Path
+    record: dict[str, Any]
+    claim: rundir.Claim | None = None
+    logdir_fault: bool = False
 
 
 def _finish(
@@ -369,10 +379,39 @@ def _finish(
     logdir_fault: bool = False,
     claim: rundir.Claim | None = None,
 ) -> Summary:
+    return _finish_all([Unrecorded(folder, record, claim, logdir_fault)], clock)[0]
+
+
+def _finish_all(ended: list[Unrecorded], clock: float) -> list[Summary]:
+    """Write the records of runs whose files are complete: each staged, all made durable at once,
+    then each moved into place (see rundir.commit_record)."""
     duration = time.monotonic() - clock
-    record.update(ended=_now(), duration_s=round(duration, 3))
+    staged: list[Path | OSError] = []
+    for run in ended:
+        run.record.update(ended=_now(), duration_s=round(duration, 3))
+        try:
+            staged.append(rundir.stage_record(run.folder, run.record))
+        except OSError as exc:
+            staged.append(exc)
+    ready = [(run, path) for run, path in zip(ended, staged) if isinstance(path, Path)]
     try:
-        rundir.commit_record(folder, record, claim)
+        rundir.make_durable(
+            [path for _, path in ready]
+            + [run.folder / name for run, _ in ready for name in run.record["files"]]
+        )
+    except OSError as exc:
+        for _, path in ready:
+            path.unlink(missing_ok=True)
+        staged = [exc for _ in staged]
+    return [_commit(run, path, duration) for run, path in zip(ended, staged)]
+
+
+def _commit(run: Unrecorded, staged: Path | OSError, duration: float) -> Summary:
+    folder, record, logdir_fault = run.folder, run.record, run.logdir_fault
+    try:
+        if isinstance(staged, OSError):
+            raise staged
+        rundir.commit_record(folder, record, run.claim, staged)
     except rundir.ClaimLost:
         return Summary(
             f"{record['experiment']}/{record['run']}",

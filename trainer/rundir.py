@@ -7,6 +7,7 @@ written last, to a temporary file first and then renamed into place.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -276,6 +277,12 @@ def process_start(pid: int) -> str | None:
         return None
 
 
+@functools.cache
+def _own_start(pid: int) -> str | None:
+    """process_start of this process (pid as the key: a forked child is another process)."""
+    return process_start(pid)
+
+
 def claim_alive(claim: dict[str, Any]) -> bool:
     """Whether the process that made a claim may still be working on it."""
     if claim.get("host") != socket.gethostname():
@@ -341,7 +348,7 @@ def _create_claim(path: Path) -> Claim | None:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "since": time.time(),
-            "started": process_start(os.getpid()),
+            "started": _own_start(os.getpid()),
             "token": token,
         }
     ).encode()

@@ -331,13 +331,22 @@ def _lock_path(path: Path) -> Path:
 
 
 def _take_lock(lock: Path) -> bool:
-    if lock.exists() and not _younger_than(lock, 30.0):
+    if lock.exists() and (not _younger_than(lock, 30.0) or _holder_gone(lock)):
         lock.unlink(missing_ok=True)  # left by a process that died while holding it
     try:
-        os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return False
+    with os.fdopen(fd, "w") as f:  # who holds it, so that a lock left by a killed process is known
+        json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": _own_start(os.getpid())}, f)
     return True
+
+
+def _holder_gone(lock: Path) -> bool:
+    """Whether the process holding a takeover lock is known to be gone (a sweep killed while it
+    wrote a record): the run is left to the next sweep at once, not after 30 seconds."""
+    holder = read_claim(lock)  # the same fields as a claim's; None while it is being written
+    return holder is not None and holder.get("host") == socket.gethostname() and not claim_alive(holder)
 
 
 def _create_claim(path: Path) -> Claim | None:

@@ -13,8 +13,9 @@ import pytest
 import torch
 from conftest import read_events
 
-from trainer.batched import train_group
+from trainer.batched import rates, train_group
 from trainer.job import execute_unit
+from trainer.optim import build_schedule
 from trainer.runner import Options, run_all
 from trainer.sweep import plan
 from trainer.train import train
@@ -286,3 +287,32 @@ def test_the_cuda_program_matches_the_cpu_program(tmp_path: Path):
             assert all(close(y, x) for x, y in zip(values, b.final_weights[name]))
         for key, value in a.metrics.items():
             assert close(b.metrics[key], value) if isinstance(value, float) else b.metrics[key] == value
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        {"kind": "constant"},
+        {"kind": "step", "step_size": 7, "gamma": 0.5},
+        {"kind": "cosine", "t_max": 13, "eta_min": 0.001},
+        {"kind": "exponential", "gamma": 0.9},
+    ],
+    ids=lambda s: s["kind"],
+)
+def test_the_rates_are_those_a_torch_optimizer_gets_from_its_schedule(tmp_path: Path, schedule: dict):
+    path = tmp_path / "rates.yaml"
+    path.write_text(
+        TOY.replace("STEPS", "40").replace("LRS", "[0.01, 0.1]") + f"schedule: {json.dumps(schedule)}\n"
+    )
+    runs = plan([str(path)])
+    table = rates(runs, 40)
+    for run, row in zip(runs, table):
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=run.config.optimizer.lr)
+        scheduler = build_schedule(run.config.schedule, optimizer, 40)
+        expected = []
+        for _ in range(40):
+            expected.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+        assert row.tolist() == expected

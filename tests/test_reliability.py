@@ -10,7 +10,9 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -30,6 +32,7 @@ from test_faults import (
     wait_until,
 )
 
+from trainer import rundir
 from trainer.cli import main
 
 pytestmark = [
@@ -535,3 +538,15 @@ def test_a_folder_where_the_index_belongs_is_a_sentence(finished, tmp_path, caps
         f"folder's HParams record belongs; move it away; nothing more was done\n"
     )
     assert sorted(p.name for p in (dest / "toy").iterdir()) == ["seed=0", "seed=1", "seed=2"]
+
+
+def test_a_takeover_lock_left_by_a_killed_sweep_does_not_keep_its_run_from_the_next(tmp_path: Path):
+    # A sweep killed while it moved a record into place leaves its claim and the claim's takeover lock.
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    path = rundir.claim_path(tmp_path, "toy", "seed=0")
+    path.parent.mkdir(parents=True)
+    dead = json.dumps({"pid": gone.pid, "host": socket.gethostname(), "started": None, "token": "x"})
+    path.write_text(dead)
+    rundir._lock_path(path).write_text(dead)
+    assert rundir.try_claim(path) is not None

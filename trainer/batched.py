@@ -36,6 +36,8 @@ from trainer.status import Status
 from trainer.sweep import RunPlan
 from trainer.train import GPU_MIN_WORK, Outcome, chunk_steps, conclude, hand_over
 
+# Steps whose rows are gathered at once: one gather instead of one a step, in bounded memory.
+GATHER_STEPS = 100
 ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "gelu": F.gelu, "sigmoid": torch.sigmoid}
 
 
@@ -140,7 +142,7 @@ class Evaluate:
 
 def rates(runs: list[RunPlan], steps: int) -> np.ndarray:
     """Every run's learning rate at every step, [runs, steps] (float64, as torch's schedulers give
-    them: each distinct schedule is replayed once with a torch scheduler)."""
+    them: each distinct schedule is replayed once with its torch scheduler)."""
     table = np.empty((len(runs), steps))
     replayed: dict[tuple[float, Any], np.ndarray] = {}
     for r, run in enumerate(runs):
@@ -151,8 +153,19 @@ def rates(runs: list[RunPlan], steps: int) -> np.ndarray:
     return table
 
 
+class _Rate(torch.optim.Optimizer):
+    """Only the learning rate of an optimizer, which is all a torch scheduler reads and writes. A
+    real optimizer would do as well, but making the first one imports torch's compiler (seconds)."""
+
+    def __init__(self, lr: float):  # no super().__init__(): there are no parameters
+        self.param_groups = [{"lr": lr}]
+
+    def step(self, closure: Any = None) -> None:
+        pass
+
+
 def _replay(lr: float, schedule_spec: Any, steps: int) -> np.ndarray:
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    optimizer = _Rate(lr)
     schedule = build_schedule(schedule_spec, optimizer, steps)
     if schedule is None:
         return np.full(steps, lr)
@@ -355,14 +368,16 @@ def train_group(
     first_step = 0
     losses_: list[torch.Tensor] = []
     evals: list[tuple[int, torch.Tensor]] = []
-    captured: list[tuple[int, float, bool, torch.Tensor]] = []  # step, wall, histogram, weights+grads
+    captured: list[tuple[int, float, bool, list[torch.Tensor]]] = []  # step, wall, histogram, weights+grads
     for step in range(steps):
         params = [p.requires_grad_() for p in params]
         if shared_rows:
             xb, yb = x, y.expand(len(alive), *y.shape)
         else:
-            rows_now = index_all[:, step]
-            xb, yb = x[rows_now], y[rows_now]
+            if step % GATHER_STEPS == 0:  # the rows of the next steps, step-major: a step's are contiguous
+                rows_ahead = index_all[:, step : step + GATHER_STEPS].transpose(0, 1)
+                xs, ys = x[rows_ahead], y[rows_ahead]
+            xb, yb = xs[step % GATHER_STEPS], ys[step % GATHER_STEPS]
         loss = loss_fn(forward(spec, params, xb), yb, config.loss.reduction)
         grads = list(torch.autograd.grad(loss.sum(), params))
         params = [p.detach() for p in params]
@@ -374,11 +389,10 @@ def train_group(
             evals.append((step, evaluate(params)))
         histogram = bool(histograms_every) and step % histograms_every == 0
         if step % every == 0 or histogram:
-            flat = [params[i].reshape(len(alive), -1) for i in order] + [
-                grads[i].reshape(len(alive), -1) for i in order
-            ]
-            captured.append((step, time.time(), histogram, torch.cat(flat, dim=1)))
-        params = optimizer.step(params, grads, lr_steps_32[step, alive], lr_steps[step, alive])
+            captured.append(
+                (step, time.time(), histogram, [params[i] for i in order] + [grads[i] for i in order])
+            )
+        params = optimizer.step(params, grads, lr_steps_32[step], lr_steps[step])
         if (step + 1) % chunk and step + 1 != steps:
             continue
         bad = _hand_over(sinks, alive, first_step, losses_, evals, captured, lr_table, layout, histories)
@@ -400,8 +414,9 @@ def train_group(
             kept = torch.tensor(keep, device=device)
             params = [p[kept] for p in params]
             optimizer.keep(kept)
+            lr_steps, lr_steps_32 = lr_steps[:, kept], lr_steps_32[:, kept]
             if not shared_rows:
-                index_all = index_all[kept]
+                index_all, xs, ys = index_all[kept], xs[:, kept], ys[:, kept]
 
     final_values = evaluate(params).tolist() if alive and len(ended) < len(runs) else []
     outcomes = []
@@ -427,7 +442,7 @@ def _hand_over(
     first: int,
     losses_: list[torch.Tensor],
     evals: list[tuple[int, torch.Tensor]],
-    captured: list[tuple[int, float, bool, torch.Tensor]],
+    captured: list[tuple[int, float, bool, list[torch.Tensor]]],
     lr_table: np.ndarray,
     layout: Layout,
     histories: list[list[Evaluation]],
@@ -443,7 +458,9 @@ def _hand_over(
     flags = np.array([c[2] for c in captured], dtype=bool)
     rows = histograms = None
     if count:
-        values = torch.stack([c[3] for c in captured], dim=1).cpu().numpy()  # [runs, captured, 2 * total]
+        tensors = zip(*(c[3] for c in captured))  # each parameter's, then each gradient's, over the steps
+        values = torch.cat([torch.stack(t, dim=1).reshape(runs, count, -1) for t in tensors], dim=2)
+        values = values.cpu().numpy()  # [runs, captured, 2 * total]
         total = layout.total
         weights, grads = values[:, :, :total], values[:, :, total:]
         rows = layout.rows(weights.reshape(runs * count, total), grads.reshape(runs * count, total))

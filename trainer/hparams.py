@@ -8,6 +8,7 @@ is a string spelled the same way in every run, so no column mixes types.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -110,8 +111,14 @@ def hparams_of(config: Any, experiment: str, resolved: dict[str, float]) -> dict
     return values
 
 
+@functools.cache
+def _columns(cls: type) -> dict[str, str]:
+    """The column type of each annotated setting of a config class (resolving hints is slow)."""
+    return {name: column_type(hint) for name, hint in get_type_hints(cls).items()}
+
+
 def _flatten(node: Any, prefix: str, out: dict[str, HParamValue]) -> None:
-    hints = get_type_hints(type(node))
+    columns = _columns(type(node))
     for f in fields(node):
         key = f"{prefix}{f.name}"
         if not prefix and f.name in NOT_HPARAMS:
@@ -120,7 +127,7 @@ def _flatten(node: Any, prefix: str, out: dict[str, HParamValue]) -> None:
         if is_dataclass(value):
             _flatten(value, f"{key}.", out)
             continue
-        kind = column_type(hints[f.name])
+        kind = columns[f.name]
         if kind == "number":
             if isinstance(value, (int, float)):  # a choice such as 'full' comes resolved
                 out[key] = float(value)

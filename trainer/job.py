@@ -243,19 +243,18 @@ def execute_group(
             if fallen[-1].logdir_fault:  # a full or read-only disk: the rest stay unfinished
                 break
         return fallen
-    summaries = []
+    ended = []
     for run, folder, record, sink, outcome in zip(runs, folders, records, sinks, outcomes):
         claim = claims.get(run.folder)
+        logdir_fault = False
         try:
             record_outcome(run, folder, record, outcome)
         except Exception as exc:
-            if record_fault(folder, record, sink, claim, exc):
-                summaries.append(_finish(folder, record, clock, logdir_fault=True, claim=claim))
-                continue
+            logdir_fault = record_fault(folder, record, sink, claim, exc)
         finally:
             _close(sink)
-        summaries.append(_finish(folder, record, clock, claim=claim))
-    return summaries
+        ended.append(Unrecorded(folder, record, claim, logdir_fault))
+    return _finish_all(ended, clock)
 
 
 def start_record(run: RunPlan, engine: dict[str, Any]) -> dict[str, Any]:
@@ -359,7 +358,18 @@ def save_checkpoint(folder: Path, model: Any) -> None:
 
     buffer = io.BytesIO()
     torch.save({name: t.detach().cpu() for name, t in model.state_dict().items()}, buffer)
-    rundir.write_atomic(folder / rundir.CHECKPOINT, buffer.getvalue())
+    # Made durable with the run's record (see rundir.commit_record).
+    rundir.write_atomic(folder / rundir.CHECKPOINT, buffer.getvalue(), durable=False)
+
+
+@dataclass
+class Unrecorded:
+    """A run whose files are complete, its record still to write."""
+
+    folder: Path
+    record: dict[str, Any]
+    claim: rundir.Claim | None = None
+    logdir_fault: bool = False
 
 
 def _finish(
@@ -369,19 +379,55 @@ def _finish(
     logdir_fault: bool = False,
     claim: rundir.Claim | None = None,
 ) -> Summary:
-    duration = time.monotonic() - clock
-    record.update(ended=_now(), duration_s=round(duration, 3))
-    return commit(folder, record, logdir_fault, claim)
+    return _finish_all([Unrecorded(folder, record, claim, logdir_fault)], clock)[0]
+
+
+def _finish_all(ended: list[Unrecorded], clock: float) -> list[Summary]:
+    """The records of runs whose files are complete, stamped with their end and written."""
+    duration = round(time.monotonic() - clock, 3)
+    for run in ended:
+        run.record.update(ended=_now(), duration_s=duration)
+    return commit_all(ended)
 
 
 def commit(
     folder: Path, record: dict[str, Any], logdir_fault: bool = False, claim: rundir.Claim | None = None
 ) -> Summary:
-    """Write a finished run's record last, while the claim is still this sweep's; its summary says
-    what became of it (lost to another sweep, or unfinished when the record could not be written)."""
+    """Write the record of a run whose files are complete (see commit_all)."""
+    return commit_all([Unrecorded(folder, record, claim, logdir_fault)])[0]
+
+
+def commit_all(ended: list[Unrecorded]) -> list[Summary]:
+    """Write the records of runs whose files are complete: each staged, all made durable at once,
+    then each moved into place while its claim is still this sweep's (see rundir.commit_record).
+    Each summary says what became of its run (lost to another sweep, or unfinished when its record
+    could not be written)."""
+    staged: list[Path | OSError] = []
+    for run in ended:
+        try:
+            staged.append(rundir.stage_record(run.folder, run.record))
+        except OSError as exc:
+            staged.append(exc)
+    ready = [(run, path) for run, path in zip(ended, staged) if isinstance(path, Path)]
+    try:
+        rundir.make_durable(
+            [path for _, path in ready]
+            + [run.folder / name for run, _ in ready for name in run.record["files"]]
+        )
+    except OSError as exc:
+        for _, path in ready:
+            path.unlink(missing_ok=True)
+        staged = [exc for _ in staged]
+    return [_commit(run, path) for run, path in zip(ended, staged)]
+
+
+def _commit(run: Unrecorded, staged: Path | OSError) -> Summary:
+    folder, record, logdir_fault = run.folder, run.record, run.logdir_fault
     duration = record.get("duration_s") or 0.0
     try:
-        rundir.commit_record(folder, record, claim)
+        if isinstance(staged, OSError):
+            raise staged
+        rundir.commit_record(folder, record, run.claim, staged)
     except rundir.ClaimLost:
         return Summary(
             f"{record['experiment']}/{record['run']}",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import itertools
 import multiprocessing
 import multiprocessing.connection
@@ -462,8 +463,6 @@ def _worker_main(conn: multiprocessing.connection.Connection, stop: Any, parent:
     import torch
 
     torch.set_num_threads(1)
-    # torch imports its compiler the first time an optimizer is made; pay that before saying ready.
-    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     from trainer import sink, train  # noqa: F401  (what execute() imports on first use)
 
     conn.send(READY)
@@ -476,6 +475,8 @@ def _worker_main(conn: multiprocessing.connection.Connection, stop: Any, parent:
             # Every file is closed: skip tearing down torch, which takes longer than the exit itself.
             os._exit(0)
         unit, logdir, held = task
+        if unit.engine == "loop":
+            _make_an_optimizer()
         try:
             summaries = execute_unit(unit, Path(logdir), stop.is_set, claims=held)
         except Exception as exc:  # execute_unit records a run's own faults; this is a last resort
@@ -484,6 +485,15 @@ def _worker_main(conn: multiprocessing.connection.Connection, stop: Any, parent:
                 for run in unit.runs
             ]
         conn.send(summaries)
+
+
+@functools.cache
+def _make_an_optimizer() -> None:
+    """torch imports its compiler (seconds) when the first optimizer is made: paid before a loop
+    run starts, so that its duration is its own. The batched engine makes none."""
+    import torch
+
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
 
 
 def _die_with_parent(parent: int) -> None:

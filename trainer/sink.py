@@ -228,6 +228,7 @@ class TensorBoardSink:
         self.last_lr: float | None = None
         self.final_tags = ScalarTags([f"w/{c}" for c in curves])
         self.eval_tags = ScalarTags(eval_tags)
+        self.eval_block = ScalarBlock(eval_tags)
         names = [n for n, _ in small + large]
         self.histogram_tags = [f"hist/w/{n}" for n in names] + [f"hist/g/{n}" for n in names]
         self.histogram_sizes = [p.numel() for p in self.params] * 2
@@ -274,44 +275,49 @@ class TensorBoardSink:
             values = np.column_stack([np.asarray(losses)[logged_steps - first_step], captured.rows[logged]])
             block, ends = self.step_block.encode(logged_steps, walls[logged], values)
         # The learning rate when it changes, and the evaluations: events of their own, in step order.
-        extra: list[tuple[int, bytes]] = []  # (step, event) besides the steps' own, for the file's order
+        extra: list[tuple[int, bytes]] = []  # (step, framed event) besides the steps' own
         if len(logged):
             rates = captured.rates[logged]
             before = np.concatenate([[np.nan if self.last_lr is None else self.last_lr], rates[:-1]])
             for i in np.flatnonzero(rates != before).tolist():
                 step = int(logged_steps[i])
-                extra.append(
-                    (step, summary_event(step, float(walls[logged[i]]), self.lr_tags.encode([rates[i]])))
-                )
+                event = summary_event(step, float(walls[logged[i]]), self.lr_tags.encode([rates[i]]))
+                extra.append((step, events.frame(event)))
             self.last_lr = float(rates[-1])
         evaluated = [ev for ev in evaluations if ev.step <= last_step]
-        at = np.searchsorted(steps, [ev.step for ev in evaluated]).tolist()
-        now = time.time()
-        for ev, i in zip(evaluated, at):
-            wall = float(walls[i]) if i < len(steps) and steps[i] == ev.step else now
-            extra.append((ev.step, summary_event(ev.step, wall, self.eval_tags.encode(ev.values))))
+        if evaluated:
+            eval_steps = np.array([ev.step for ev in evaluated], dtype=np.int64)
+            at = np.minimum(np.searchsorted(steps, eval_steps), max(len(steps) - 1, 0))
+            matched = (at < len(steps)) & (steps[at] == eval_steps) if len(steps) else np.zeros(len(at), bool)
+            eval_walls = np.where(matched, walls[at] if len(steps) else 0.0, time.time())
+            records, eval_ends = self.eval_block.encode(
+                eval_steps, eval_walls, np.array([ev.values for ev in evaluated], dtype=np.float64)
+            )
+            starts = [0, *eval_ends[:-1].tolist()]
+            extra += [(ev.step, records[a:b]) for ev, a, b in zip(evaluated, starts, eval_ends.tolist())]
         if captured.histograms is not None:
             marked = np.flatnonzero(steps % self.histograms_every == 0) if self.histograms_every else []
             bodies = histogram_bodies(self.histogram_block, captured.histograms, self.histogram_sizes)
             extra += [
-                (int(steps[i]), summary_event(int(steps[i]), float(walls[i]), body))
+                (int(steps[i]), events.frame(summary_event(int(steps[i]), float(walls[i]), body)))
                 for i, body in zip(marked, bodies)
                 if steps[i] <= last_step
             ]
-        extra += self._take_pending()
+        extra += [(step, events.frame(event)) for step, event in self._take_pending()]
         # Everything goes to the file in step order; a step's own event comes first.
-        done = 0
-        for step, event in sorted(extra, key=lambda e: e[0]):
-            upto = (
-                int(ends[np.searchsorted(logged_steps, step, side="right") - 1])
-                if len(logged_steps) and logged_steps[0] <= step
-                else 0
-            )
-            if upto > done:
-                self.events.write_records(block[done:upto])
-                done = upto
-            self.events.write_raw(event)
-        self.events.write_records(block[done:])
+        extra.sort(key=lambda e: e[0])
+        upto = np.zeros(len(extra), dtype=np.int64)
+        if len(logged_steps) and extra:
+            cut = np.searchsorted(logged_steps, [step for step, _ in extra], side="right")
+            upto = np.where(cut > 0, ends[np.maximum(cut - 1, 0)], 0)
+        parts, done = [], 0
+        for (_, event), end in zip(extra, upto.tolist()):
+            if end > done:
+                parts.append(block[done:end])
+                done = end
+            parts.append(event)
+        parts.append(block[done:])
+        self.events.write_records(b"".join(parts))
         self.events.flush()
 
     def _take_pending(self) -> list[tuple[int, bytes]]:

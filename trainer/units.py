@@ -97,8 +97,8 @@ def group_key(run: RunPlan) -> str:
 
 def units_of(runs: list[RunPlan], workers: int = 1) -> list[Unit]:
     """The sweep's runs as units, longest first: each group of runs that can share a program is one
-    unit or, when large, several of near-equal size (at most MAX_GROUP runs, and enough for every
-    worker to get a part); the rest run one by one, each with the reason it is not batched."""
+    unit, or several of near-equal size when it is large (at most MAX_GROUP runs) or when there are
+    fewer groups than workers; the rest run one by one, each with the reason it is not batched."""
     groups: dict[str, list[RunPlan]] = {}
     singles: list[Unit] = []
     for run in runs:
@@ -112,11 +112,17 @@ def units_of(runs: list[RunPlan], workers: int = 1) -> list[Unit]:
             continue
         groups.setdefault(group_key(run), []).append(run)
     units = list(singles)
+    batched = []
     for group in groups.values():
         if len(group) < MIN_GROUP and group[0].config.train.engine == "auto":
             units += [Unit((run,), "loop", "no other run of its spec can share its program") for run in group]
-            continue
-        parts = max(math.ceil(len(group) / MAX_GROUP), min(max(1, workers), len(group) // MIN_GROUP), 1)
+        else:
+            batched.append(group)
+    # A program's step costs about the same for few runs as for many: split a group only to give
+    # every worker a part.
+    share = math.ceil(max(1, workers) / len(batched)) if batched else 1
+    for group in batched:
+        parts = max(math.ceil(len(group) / MAX_GROUP), min(share, len(group) // MIN_GROUP), 1)
         size = math.ceil(len(group) / parts)
         units += [Unit(tuple(group[i : i + size]), "batched") for i in range(0, len(group), size)]
     return sorted(units, key=lambda u: -u.cost())

@@ -22,12 +22,13 @@ _STEP_TAG = 0x10  # Event.step, a varint
 _WALL_TIME_TAG = 0x09  # Event.wall_time, a double, written first by every writer
 
 
-def _step_of(record: bytes) -> int | None:
-    """An event's step from its first bytes, or None where it is not laid out as writers write it."""
-    if len(record) < 11 or record[0] != _WALL_TIME_TAG or record[9] != _STEP_TAG:
+def _step_of(data: bytes, start: int, end: int) -> int | None:
+    """The step of the event in data[start:end], read from its first bytes, or None where it is
+    not laid out as writers write it."""
+    if end - start < 11 or data[start] != _WALL_TIME_TAG or data[start + 9] != _STEP_TAG:
         return None
     step, shift = 0, 0
-    for byte in record[10:20]:
+    for byte in data[start + 10 : min(start + 20, end)]:
         step |= (byte & 0x7F) << shift
         if byte < 0x80:
             return step
@@ -35,26 +36,42 @@ def _step_of(record: bytes) -> int | None:
     return None
 
 
+def _places(data: bytes, names: Iterable[bytes]) -> list[int]:
+    """Where in data each name occurs, in order."""
+    found = []
+    for name in names:
+        at = data.find(name)
+        while at >= 0:
+            found.append(at)
+            at = data.find(name, at + 1)
+    return sorted(found)
+
+
 def read_scalars(
     path: Path, tags: Iterable[str], keep_step: Callable[[int], bool] = lambda step: True
 ) -> dict[str, list[tuple[int, float]]]:
-    """tag -> [(step, value)] of one event file, for the tags asked and the steps kept."""
+    """tag -> [(step, value)] of one event file, for the tags asked and the steps kept. Only events
+    whose bytes hold one of the tags (found by a search of the whole file) and whose step is kept
+    are parsed; the rest are stepped over by their length."""
     wanted = {tag: tag.encode() for tag in tags}
     found: dict[str, list[tuple[int, float]]] = {tag: [] for tag in wanted}
     data = path.read_bytes()
-    pos = 0
-    while pos + 12 <= len(data):
+    places = _places(data, wanted.values())
+    pos, next_place, size = 0, 0, len(data)
+    while pos + 12 <= size and next_place < len(places):
         (length,) = _HEADER.unpack_from(data, pos)
-        record = data[pos + 12 : pos + 12 + length]
-        pos += 16 + length
-        if len(record) < length:
+        start, end = pos + 12, pos + 12 + length
+        pos = end + 4
+        if end > size:
             break  # a file cut short by a crash: what came before is kept
-        if not any(name in record for name in wanted.values()):
+        if places[next_place] >= end:
             continue
-        step = _step_of(record)
+        while next_place < len(places) and places[next_place] < end:
+            next_place += 1
+        step = _step_of(data, start, end)
         if step is not None and not keep_step(step):
             continue
-        event = event_pb2.Event.FromString(record)
+        event = event_pb2.Event.FromString(data[start:end])
         if not keep_step(event.step):
             continue
         for value in event.summary.value:

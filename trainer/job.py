@@ -161,6 +161,11 @@ def code_record(run: RunPlan) -> dict[str, Any]:
     """Which user code the run called, by where the spec names it: import path, module file, sha256."""
     from trainer import kinds
 
+    for where, path in run.code:  # a worker may not have imported all of it yet (a hook, a metric)
+        try:
+            kinds.import_attribute(path, run.data_folder, where)
+        except Exception:  # the plan imported it; should that fail here, the record says no file
+            pass
     return {where: kinds.code_of(path) for where, path in run.code}
 
 

@@ -448,8 +448,6 @@ def measure_report(scratch: Path, runs: int) -> dict[str, float]:
 
 
 def _report_lines(results: dict) -> list[str]:
-    if "report" not in results:
-        return []
     runs = results["report_runs"]
     took = results["report"][f"report of {runs} runs (s)"]
     index_time = results["report"][f"index of {runs} runs, with bands (s)"]
@@ -569,7 +567,8 @@ def report(results: dict) -> list[str]:
         lines += _size_lines(results)
     if "large" in results:
         lines += _large_lines(results)
-    lines += _report_lines(results)
+    if "report" in results:
+        lines += _report_lines(results)
     if "batched" in results:
         lines += _batched_lines(results)
     if "ray" in results:
@@ -643,33 +642,30 @@ def _size_lines(results: dict) -> list[str]:
 
 def _large_lines(results: dict) -> list[str]:
     lines = []
-    if "large" in results:
-        lines.append("")
-        for name, value in results["large"].items():
-            lines.append(f"  {name:40} {value:10.2f}")
-        big = results["large"]
-        peak = big["peak memory, sweep and workers (MB)"]
-        lines.append(f"  peak memory target < 2048 MB: {_ok(peak < 2048)}")
-        early, late = big["sweep process memory early (MB)"], big["sweep process memory late (MB)"]
-        lines.append(
-            f"  sweep process memory {early:.1f} MB early, {late:.1f} MB late "
-            f"(target: flat, under 10 MB of growth: {_ok(late - early < 10)})"
-        )
-        runs = results["large_runs"]
-        took = big[f"index of {runs} runs (s)"]
-        lines.append(
-            f"  HParams index of every run rebuilt in {took:.2f} s (target: seconds: {_ok(took < 10)})"
-        )
-        few, many = big[f"time per run, {runs // 4} runs (ms)"], big[f"time per run, {runs} runs (ms)"]
-        lines.append(
-            f"  time per run: {few:.1f} ms over {runs // 4} runs, {many:.1f} ms over {runs} "
-            f"(target: proportional to the runs, no growth per run: {_ok(many <= 1.1 * few)})"
-        )
-        speedup = big[f"{runs}-run sweep, 1 worker (s)"] / big[f"{runs}-run sweep (s)"]
-        lines.append(
-            f"  {runs}-run sweep, 2 workers against 1: speed-up {speedup:.2f} (no target: its runs are "
-            f"short, so the workers' start-up weighs more than in the comparison set)"
-        )
+    lines.append("")
+    for name, value in results["large"].items():
+        lines.append(f"  {name:40} {value:10.2f}")
+    big = results["large"]
+    peak = big["peak memory, sweep and workers (MB)"]
+    lines.append(f"  peak memory target < 2048 MB: {_ok(peak < 2048)}")
+    early, late = big["sweep process memory early (MB)"], big["sweep process memory late (MB)"]
+    lines.append(
+        f"  sweep process memory {early:.1f} MB early, {late:.1f} MB late "
+        f"(target: flat, under 10 MB of growth: {_ok(late - early < 10)})"
+    )
+    runs = results["large_runs"]
+    took = big[f"index of {runs} runs (s)"]
+    lines.append(f"  HParams index of every run rebuilt in {took:.2f} s (target: seconds: {_ok(took < 10)})")
+    few, many = big[f"time per run, {runs // 4} runs (ms)"], big[f"time per run, {runs} runs (ms)"]
+    lines.append(
+        f"  time per run: {few:.1f} ms over {runs // 4} runs, {many:.1f} ms over {runs} "
+        f"(target: proportional to the runs, no growth per run: {_ok(many <= 1.1 * few)})"
+    )
+    speedup = big[f"{runs}-run sweep, 1 worker (s)"] / big[f"{runs}-run sweep (s)"]
+    lines.append(
+        f"  {runs}-run sweep, 2 workers against 1: speed-up {speedup:.2f} (no target: its runs are "
+        f"short, so the workers' start-up weighs more than in the comparison set)"
+    )
     return lines
 
 

@@ -310,7 +310,4 @@ def _all_ended(logdir: Path, task: Task, status: str, error: str) -> list[Summar
 def _finish(task: Task, summaries: list[Summary], claims: Any, report: Any, progress: Any) -> None:
     from trainer import runner
 
-    for claim in task.claims.values():
-        claims.release(claim)
-    for summary in summaries:
-        runner.record_summary(report, progress, summary)
+    runner.finish_unit(task.claims, summaries, claims, report, progress)

@@ -48,7 +48,7 @@ class Options:
     force: bool = False  # rerun complete runs too
     rerun_failed: bool = False  # rerun runs that failed before
     progress: Progress | None = None
-    executor: str = "local"  # where runs run: one of EXECUTORS
+    executor: str = "local"  # where runs run: "local" or "ray" (see executor())
     address: str | None = None  # the Ray cluster's head, for the ray executor
 
 
@@ -221,9 +221,6 @@ def run_all(runs: list[RunPlan], opts: Options) -> Report:
         progress.close()
         report.interrupted = stop.is_set()
     return report
-
-
-EXECUTORS = ("local", "ray")
 
 
 def executor(name: str) -> Any:
@@ -443,10 +440,7 @@ def _run_here(
                 continue
             progress.begin_steps(claimed.runs[0])
             summaries = execute_unit(claimed, opts.logdir, stop.is_set, progress.steps, held)
-            for claim in held.values():
-                claims.release(claim)
-            for summary in summaries:
-                record_summary(report, progress, summary)
+            finish_unit(held, summaries, claims, report, progress)
     finally:
         claims.close()
 
@@ -680,9 +674,20 @@ def _hand_out(
 def _finish_unit(
     worker: Worker, summaries: list[Summary], claims: Claims, report: Report, progress: Progress
 ) -> None:
-    for claim in worker.claims.values():
+    held, worker.unit, worker.claims = worker.claims, None, {}
+    finish_unit(held, summaries, claims, report, progress)
+
+
+def finish_unit(
+    held: dict[str, rundir.Claim],
+    summaries: list[Summary],
+    claims: Claims,
+    report: Report,
+    progress: Progress,
+) -> None:
+    """A unit has ended, wherever it ran: release its runs' claims and report what became of them."""
+    for claim in held.values():
         claims.release(claim)
-    worker.unit, worker.claims = None, {}
     for summary in summaries:
         record_summary(report, progress, summary)
 

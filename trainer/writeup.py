@@ -67,15 +67,10 @@ def separation_text(found: ExperimentFindings) -> str:
     if sep.t is None or sep.df is None or sep.critical is None:
         verdict = "separable" if sep.separable else "not separable"
         return f"{head}; every seed gave the same value, so they are {verdict}."
+    test = f"Welch's t-test at 95%: t = {num(sep.t)} {'>' if sep.separable else '≤'} {num(sep.critical)}, {num(sep.df)} degrees of freedom"
     if sep.separable:
-        return (
-            f"{head}: the difference is larger than the seeds' spread explains "
-            f"(Welch's t-test at 95%: t = {num(sep.t)} > {num(sep.critical)}, {num(sep.df)} degrees of freedom)."
-        )
-    return (
-        f"{head}, but **the two cannot be told apart** given the seeds' spread "
-        f"(Welch's t-test at 95%: t = {num(sep.t)} ≤ {num(sep.critical)}, {num(sep.df)} degrees of freedom)."
-    )
+        return f"{head}: the difference is larger than the seeds' spread explains ({test})."
+    return f"{head}, but **the two cannot be told apart** given the seeds' spread ({test})."
 
 
 def _effect_values(effect: Effect, tag: str) -> str:

@@ -267,6 +267,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         from trainer.cluster import require_ray
 
         require_ray()
+    if args.executor != "ray" and not args.dry_run and args.workers >= 1:
+        from trainer.runner import prepare_workers
+
+        prepare_workers()  # torch's import in the workers' fork server overlaps the planning
     runs = _plan(args)
     if args.workers < 1:
         raise UserError(f"--workers: must be at least 1, got {args.workers}")

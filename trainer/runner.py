@@ -490,15 +490,57 @@ def _make_an_optimizer() -> None:
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
 
 
+# What a worker needs before its first run: imported once, by the fork server, for every worker.
+WORKER_MODULES = [
+    "trainer.forkserver",
+    "torch",
+    "trainer.job",
+    "trainer.sink",
+    "trainer.train",
+    "trainer.batched",
+]
+
+
+def worker_context() -> Any:
+    """Where workers come from: a fork server that imported torch once (seconds) and forks each
+    worker ready to run, where the platform has one; otherwise fresh interpreters ('spawn').
+
+    Either way a worker starts from a clean process that never ran a sweep, and imports the
+    parent's main script anew. The fork server keeps the environment of the moment it started."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(WORKER_MODULES)
+    return ctx
+
+
+def prepare_workers() -> None:
+    """Start the fork server now, so that its import of torch overlaps the sweep's planning. It
+    starts with the stop signals blocked: a Ctrl-C during its imports must not print a traceback
+    (it ignores them once ready; the workers it forks set their own)."""
+    if worker_context().get_start_method() != "forkserver":
+        return
+    from multiprocessing import forkserver
+
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
 def _die_with_parent(parent: int) -> None:
-    """A worker whose sweep was killed must not go on writing into a run that a rerun may take over."""
-    if not _ask_kernel_to_kill_orphan():
+    """A worker whose sweep was killed must not go on writing into a run that a rerun may take over.
+
+    The kernel kills the worker when its parent process dies: the sweep itself, or the fork server,
+    which the kernel kills the moment the sweep is gone (trainer.forkserver)."""
+    if not kill_with_parent():
         threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
-    if os.getppid() != parent:  # the parent died before this worker could ask
+    if not _alive(parent):  # the sweep died before this worker could ask
         os._exit(1)
 
 
-def _ask_kernel_to_kill_orphan() -> bool:
+def kill_with_parent() -> bool:
     """Linux: SIGKILL this process the moment its parent dies. False where that is not available."""
     try:
         import ctypes
@@ -509,8 +551,18 @@ def _ask_kernel_to_kill_orphan() -> bool:
         return False
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def _exit_with_parent(parent: int) -> None:
-    while os.getppid() == parent:
+    while _alive(parent):
         time.sleep(0.5)
     os._exit(1)
 
@@ -569,7 +621,7 @@ def _run_pool(
 ) -> None:
     """Hand runs to workers until none is left; on a stop request, give the runs in progress a grace
     period to record themselves as interrupted, then kill what is left."""
-    ctx = multiprocessing.get_context("spawn")
+    ctx = worker_context()
     stopping = ctx.Event()  # the workers' should_stop
     pending = collections.deque(todo)
     claims = Claims(opts.logdir)

@@ -6,11 +6,14 @@ import itertools
 import math
 import struct
 
+import numpy as np
 import pytest
+import torch
+from google_crc32c import value as crc32c
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tensorboard_crc
 
-from tests.conftest import read_events
+from tests.conftest import read_events, scalars
 from trainer import events
 
 
@@ -153,3 +156,82 @@ def test_hparams_records_match_what_tensorboards_own_metadata_module_makes():
         hparams.summary_metadata(data).SerializeToString()
         == metadata.create_summary_metadata(data).SerializeToString()
     )
+
+
+def test_table_checksums_equal_the_crc32c_of_each_message():
+    rng = np.random.default_rng(0)
+    template = rng.integers(0, 256, 200, dtype=np.uint8)
+    places = (0, 3, 17, 18, 19, 150, 199)
+    checksums = events._Checksums.of(template.tobytes(), places)
+    found = rng.integers(0, 256, (50, len(places)), dtype=np.uint8)
+    messages = np.tile(template, (50, 1))
+    messages[:, list(places)] = found
+    expected = [crc32c(m.tobytes()) for m in messages]
+    assert checksums(found).tolist() == expected
+
+
+def _group_sinks(tmp_path, runs):
+    from trainer.schema import LogSettings
+    from trainer.sink import TensorBoardSink
+
+    sinks = []
+    for r in range(runs):
+        sink = TensorBoardSink(
+            tmp_path / f"run{r}", LogSettings(every=2, histograms_every=3), {"lr": 0.1}, ""
+        )
+        model = torch.nn.Linear(3, 1, bias=False)
+        sink.begin(model, None, ["train/loss", "val/loss"], capturing=False)
+        sinks.append(sink)
+    return sinks
+
+
+def test_a_group_of_runs_writes_each_run_as_it_would_alone(tmp_path):
+    """Runs written together (trainer.batched) get the bytes each would get written alone: their
+    own losses, rates, evaluations and histograms, each cut at its own last step, including a
+    histogram of a tensor holding one value (laid out apart) and a rate that changes mid-chunk."""
+    from trainer.capture import Layout
+    from trainer.sink import Captured, write_group
+
+    runs, steps = 3, np.arange(0, 12)
+    rng = np.random.default_rng(1)
+    weights = rng.normal(size=(runs, len(steps), 3)).astype(np.float32)
+    grads = rng.normal(size=(runs, len(steps), 3)).astype(np.float32)
+    grads[1, 3] = 0.5  # run 1's gradient holds one value at histogram step 3
+    layout = Layout([3], [])
+    rows = layout.rows(weights.reshape(-1, 3), grads.reshape(-1, 3)).reshape(runs, len(steps), -1)
+    marked = steps % 3 == 0
+    values = np.concatenate([weights, grads], axis=2)
+    histograms = layout.histograms(values[:, marked].reshape(-1, 6))
+    rates = np.array([[0.1] * 12, [0.2] * 6 + [0.1] * 6, [0.3] * 12])
+    walls = 1000.0 + steps * 0.5
+    losses = rng.normal(size=(runs, len(steps)))
+    eval_steps = np.array([0, 5, 10])
+    eval_values = rng.normal(size=(runs, 3, 2))
+    last = np.array([11, 7, 11])  # run 1 diverged at step 7
+    together = _group_sinks(tmp_path / "together", runs)
+    begun = [sink.events.path.stat().st_size for sink in together]
+    write_group(
+        together, 0, losses, eval_steps, eval_values, last, Captured(steps, walls, rates, rows, histograms)
+    )
+    for r in range(runs):
+        (alone,) = _group_sinks(tmp_path / f"alone{r}", 1)
+        start = alone.events.path.stat().st_size
+        per_run = histograms.part(r * marked.sum(), (r + 1) * marked.sum())
+        captured = Captured(steps, walls, rates[r : r + 1], rows[r : r + 1], per_run)
+        write_group(
+            [alone], 0, losses[r : r + 1], eval_steps, eval_values[r : r + 1], last[r : r + 1], captured
+        )
+        alone.close()
+        together[r].close()
+        assert together[r].events.path.read_bytes()[begun[r] :] == alone.events.path.read_bytes()[start:]
+    for r, sink in enumerate(together):
+        found = scalars(sink.folder)
+        assert sorted(found["loss"]) == [s for s in range(0, last[r] + 1, 2)]
+        assert found["loss"] == {s: pytest.approx(losses[r, s], rel=1e-6) for s in range(0, last[r] + 1, 2)}
+        assert sorted(found["val/loss"]) == [s for s in eval_steps if s <= last[r]]
+        assert sorted(found["lr"]) == ([0, 6] if r == 1 else [0])
+        acc = read_events(sink.folder)
+        held = [e.step for e in acc.Histograms("hist/g/weight")]
+        assert held == [s for s in steps[marked] if s <= last[r]]
+    one_value = read_events(together[1].folder).Histograms("hist/g/weight")[1].histogram_value
+    assert (one_value.min, one_value.max, list(one_value.bucket)) == (0.5, 0.5, [3.0])

@@ -31,10 +31,10 @@ from trainer.evaluate import Evaluator
 from trainer.losses import build_loss
 from trainer.models import build_model
 from trainer.optim import build_schedule
-from trainer.sink import Captured, Evaluation, NullSink, split_parameters
+from trainer.sink import Captured, Evaluation, NullSink, TensorBoardSink, split_parameters, write_group
 from trainer.status import Status
 from trainer.sweep import RunPlan
-from trainer.train import GPU_MIN_WORK, Outcome, chunk_steps, conclude, hand_over
+from trainer.train import GPU_MIN_WORK, Outcome, chunk_steps, conclude
 
 # Steps whose rows are gathered at once: one gather instead of one a step, in bounded memory.
 GATHER_STEPS = 100
@@ -447,16 +447,23 @@ def _hand_over(
     layout: Layout,
     histories: list[list[Evaluation]],
 ) -> dict[int, int | None]:
-    """Bring a chunk's values to the host and hand each run's to its sink; each run's first diverged
-    step (None where all is finite)."""
+    """Bring a chunk's values to the host and write every run's at once (trainer.sink.write_group),
+    each up to its first diverged step, which is returned (None where all is finite), as
+    trainer.train.hand_over does for one run."""
     runs = len(alive)
-    host_losses = torch.stack(losses_, dim=1).cpu().numpy()  # [runs, steps]
-    host_evals = torch.stack([v for _, v in evals], dim=1).cpu().tolist() if evals else [[] for _ in alive]
+    host_losses = torch.stack(losses_, dim=1).cpu().numpy().astype(np.float64)  # [runs, steps]
+    eval_steps = np.array([step for step, _ in evals], dtype=np.int64)
+    tags = evals[0][1].shape[1] if evals else 0
+    eval_values = (
+        torch.stack([v for _, v in evals], dim=1).cpu().numpy().astype(np.float64)
+        if evals
+        else np.zeros((runs, 0, tags))
+    )  # [runs, evaluations, tags]
     count = len(captured)
     steps = np.array([c[0] for c in captured], dtype=np.int64)
     walls = np.array([c[1] for c in captured])
     flags = np.array([c[2] for c in captured], dtype=bool)
-    rows = histograms = None
+    rows, histograms = np.zeros((runs, count, 0)), None
     if count:
         tensors = zip(*(c[3] for c in captured))  # each parameter's, then each gradient's, over the steps
         values = torch.cat([torch.stack(t, dim=1).reshape(runs, count, -1) for t in tensors], dim=2)
@@ -468,24 +475,36 @@ def _hand_over(
         marked = int(flags.sum())
         if marked:
             histograms = layout.histograms(values[:, flags].reshape(runs * marked, 2 * total))
-    bad: dict[int, int | None] = {}
+    # Each run's first step whose loss, or whose evaluation's loss, is not finite.
+    chunk_end = first + host_losses.shape[1] - 1
+    bad_step = _first_bad(host_losses, first + np.arange(host_losses.shape[1]))
+    bad_eval = _first_bad(eval_values[:, :, 0], eval_steps)
+    bad = np.minimum(bad_step, bad_eval)
+    last = np.where(bad == _NONE, chunk_end, bad)
     for i, run in enumerate(alive):
-        marked = int(flags.sum())
-        part = histograms.part(i * marked, (i + 1) * marked) if histograms is not None else None
-        mine = Captured(
-            steps,
-            walls,
-            lr_table[run, steps],
-            rows[i] if rows is not None else np.zeros((0, 0)),
-            part,
+        kept = int(np.searchsorted(eval_steps, last[i], side="right"))
+        histories[run] += [
+            Evaluation(s, v) for s, v in zip(eval_steps[:kept].tolist(), eval_values[i, :kept].tolist())
+        ]
+    if isinstance(sinks[alive[0]], TensorBoardSink):
+        write_group(
+            [sinks[run] for run in alive],
+            first,
+            host_losses,
+            eval_steps,
+            eval_values,
+            last,
+            Captured(steps, walls, lr_table[alive][:, steps], rows, histograms),
         )
-        evaluations = [Evaluation(step, values) for (step, _), values in zip(evals, host_evals[i])]
-        sink = sinks[run]
+    return {run: (int(b) if b != _NONE else None) for run, b in zip(alive, bad.tolist())}
 
-        def write(
-            first: int, losses: Any, evaluations: list[Evaluation], last: int, sink=sink, mine=mine
-        ) -> None:
-            sink.write_captured(first, losses, evaluations, last, mine)
 
-        bad[run] = hand_over(write, first, host_losses[i].tolist(), evaluations, histories[run])
-    return bad
+_NONE = np.iinfo(np.int64).max  # no bad step
+
+
+def _first_bad(values: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """Each row's step of its first value that is not finite (_NONE where all are)."""
+    bad = ~np.isfinite(values)
+    if not bad.shape[1]:
+        return np.full(values.shape[0], _NONE)
+    return np.where(bad.any(axis=1), steps[bad.argmax(axis=1)], _NONE)

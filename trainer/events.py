@@ -13,7 +13,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -86,73 +86,138 @@ class ScalarTags:
 
 
 class ScalarBlock:
-    """The framed scalar events of many steps for one fixed list of tags, encoded at once.
+    """The framed scalar events of many steps for one fixed list of tags, encoded at once, for one
+    run or for many runs that log the same steps.
 
     Between the values, every record of a block is the same bytes; so a chunk of steps is a NumPy
     array of records, built from a template row, with the wall times, steps and values written
-    column-wise. Only the checksums are computed record by record.
+    column-wise (see frame_block). Only the checksums are computed record by record.
     """
 
     def __init__(self, tags: Sequence[str]):
         self.tags = list(tags)
         prefixes = [_value_prefix(tag) for tag in self.tags]
-        self.body = b"".join(p + b"\0\0\0\0" for p in prefixes)
+        self.body = np.frombuffer(b"".join(p + b"\0\0\0\0" for p in prefixes), dtype=np.uint8)
         offsets, at = [], 0
         for p in prefixes:
             at += len(p)
             offsets.append(at)
             at += 4
-        self.value_offsets = np.array(offsets)
+        self.value_offsets = offsets
+        self.value_columns = (np.array(offsets)[:, None] + np.arange(4)).ravel()
 
     def encode(self, steps: np.ndarray, walls: np.ndarray, values: np.ndarray) -> tuple[bytes, np.ndarray]:
         """Records for steps[i] with values[i] (one column per tag); returns the bytes and where
         each record ends in them. Steps must increase."""
-        steps = np.asarray(steps, dtype=np.int64)
-        chunks, ends, done = [], [], 0
-        # Records are the same length while the step's varint is: at most a few groups per chunk.
-        sizes = (steps > 0).astype(np.int64) + sum(
-            (steps >= 1 << (7 * k)).astype(np.int64) for k in range(1, 10)
-        )
-        start = 0
-        while start < len(steps):
-            stop = (
-                start + int(np.argmax(sizes[start:] != sizes[start]))
-                if (sizes[start:] != sizes[start]).any()
-                else len(steps)
-            )
-            data, length = self._group(
-                steps[start:stop], walls[start:stop], values[start:stop], int(sizes[start])
-            )
-            chunks.append(data)
-            ends.append(done + length * np.arange(1, stop - start + 1))
-            done += len(data)
-            start = stop
-        return b"".join(chunks), (np.concatenate(ends) if ends else np.zeros(0, dtype=np.int64))
+        records, ends = self.encode_runs(steps, walls, np.asarray(values)[None])
+        return records.tobytes(), ends
 
-    def _group(
-        self, steps: np.ndarray, walls: np.ndarray, values: np.ndarray, step_bytes: int
-    ) -> tuple[bytes, int]:
-        count = len(steps)
+    def encode_runs(
+        self, steps: np.ndarray, walls: np.ndarray, values: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Records of many runs at once: values [runs, steps, tags]; see frame_block."""
+        raw = np.ascontiguousarray(values, dtype="<f4").view(np.uint8)  # [runs, steps, 4 * tags]
+
+        def fill(bodies: np.ndarray, start: int, stop: int) -> None:
+            bodies[:] = self.body
+            for i, at in enumerate(self.value_offsets):
+                bodies[:, :, at : at + 4] = raw[:, start:stop, 4 * i : 4 * i + 4]
+
+        return frame_block(steps, walls, values.shape[0], len(self.body), fill, self.value_columns)
+
+
+def frame_block(
+    steps: np.ndarray,
+    walls: np.ndarray,
+    runs: int,
+    length: int,
+    fill: Callable[[np.ndarray, int, int], None],
+    varying: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Framed events holding a Summary body of `length` bytes each, for many runs at once, at
+    steps[i] and walls[i], the same for every run (steps increase). fill(bodies, start, stop)
+    writes the bodies of events start .. stop - 1 into bodies [runs, stop - start, length].
+    Returns the records as [runs, bytes], laid out alike for every run, and where each event ends
+    in a run's bytes.
+
+    Where only the bytes at `varying` differ between bodies (a block of scalars: the values), the
+    checksums are computed for all records at once (see _Checksums); otherwise record by record."""
+    steps = np.asarray(steps, dtype=np.int64)
+    walls = np.asarray(walls, dtype="<f8")
+    count = len(steps)
+    # An event's length changes only with its step's varint: a handful of spans per block.
+    sizes = (steps > 0).astype(np.int64) + sum((steps >= 1 << (7 * k)).astype(np.int64) for k in range(1, 10))
+    cuts = [0, *(np.flatnonzero(np.diff(sizes)) + 1).tolist(), count]
+    parts, ends, done = [], [], 0
+    for start, stop in zip(cuts, cuts[1:]):
+        if stop == start:
+            continue
+        step_bytes, n = int(sizes[start]), stop - start
         head = b"\x09" + bytes(8) + (b"\x10" + bytes(step_bytes) if step_bytes else b"")
-        event = head + b"\x2a" + _varint(len(self.body)) + self.body
-        template = _framed_length(len(event)) + event + bytes(4)
-        records = np.frombuffer(template, dtype=np.uint8).repeat(count).reshape(-1, count).T.copy()
-        at = 12 + 1  # past the frame header and wall_time's key
-        records[:, at : at + 8] = walls.astype("<f8").view(np.uint8).reshape(count, 8)
-        if step_bytes:
-            for i in range(step_bytes):  # the step as a varint
-                byte = (steps >> (7 * i)) & 0x7F
-                records[:, at + 9 + i] = byte | (0x80 if i < step_bytes - 1 else 0)
-        body_at = 12 + len(event) - len(self.body)
-        columns = (body_at + self.value_offsets)[:, None] + np.arange(4)
-        records[:, columns.ravel()] = values.astype("<f4").view(np.uint8).reshape(count, -1)
-        flat, width, length = records.tobytes(), records.shape[1], len(event)
-        crcs = np.array(
-            [_crc32c(flat[i + 12 : i + 12 + length]) for i in range(0, count * width, width)], dtype=np.uint64
-        )
+        event_length = len(head) + 1 + len(_varint(length)) + length
+        prefix = _framed_length(event_length) + head + b"\x2a" + _varint(length)
+        width = len(prefix) + length + 4
+        records = np.empty((runs, n, width), dtype=np.uint8)
+        records[:, :, : len(prefix)] = np.frombuffer(prefix, dtype=np.uint8)
+        records[:, :, 13:21] = walls[start:stop].view(np.uint8).reshape(n, 8)
+        for i in range(step_bytes):  # the step as a varint
+            byte = (steps[start:stop] >> (7 * i)) & 0x7F
+            records[:, :, 22 + i] = byte | (0x80 if i < step_bytes - 1 else 0)
+        fill(records[:, :, len(prefix) : width - 4], start, stop)
+        if varying is None:
+            flat = records.tobytes()
+            crcs = np.array(
+                [_crc32c(flat[i + 12 : i + 12 + event_length]) for i in range(0, runs * n * width, width)],
+                dtype=np.uint64,
+            ).reshape(runs, n)
+        else:
+            # Bytes 12 + (1 .. 8) are the wall time, 12 + 10 .. the step: they differ too.
+            places = np.concatenate([np.arange(13, 21), 22 + np.arange(step_bytes), len(prefix) + varying])
+            crcs = _Checksums.of(records[0, 0, 12 : 12 + event_length].tobytes(), tuple(places - 12))(
+                records[:, :, places]
+            ).astype(np.uint64)
         masked = (((crcs >> 15) | (crcs << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-        records[:, -4:] = masked.astype("<u4").view(np.uint8).reshape(count, 4)
-        return records.tobytes(), records.shape[1]
+        records[:, :, -4:] = masked.astype("<u4").view(np.uint8).reshape(runs, n, 4)
+        parts.append(records.reshape(runs, n * width))
+        ends.append(done + width * np.arange(1, n + 1))
+        done += n * width
+    if not parts:
+        return np.zeros((runs, 0), dtype=np.uint8), np.zeros(0, dtype=np.int64)
+    return (parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)), np.concatenate(ends)
+
+
+class _Checksums:
+    """CRC32C of many messages of one length that differ only at a few places, all at once.
+
+    A CRC is affine in its message's bits: crc(a ^ b) = crc(a) ^ crc(b) ^ crc(zeros). So a message
+    that equals a template except at some places has the template's CRC, XOR one table entry per
+    place: the effect of that place's byte there. The tables are 8 CRCs per place (one per bit)."""
+
+    def __init__(self, template: bytes, places: tuple[int, ...]):
+        length = len(template)
+        base = np.array([b if i not in set(places) else 0 for i, b in enumerate(template)], np.uint8)
+        self.start = _crc32c(base.tobytes())
+        zeros = _crc32c(bytes(length))
+        bits = np.zeros((len(places), 8), dtype=np.uint32)
+        for p, place in enumerate(places):
+            for bit in range(8):
+                message = bytearray(length)
+                message[place] = 1 << bit
+                bits[p, bit] = _crc32c(bytes(message)) ^ zeros
+        values = np.arange(256)
+        self.tables = np.zeros((len(places), 256), dtype=np.uint32)
+        for bit in range(8):
+            self.tables ^= np.where((values >> bit) & 1, bits[:, bit : bit + 1], 0).astype(np.uint32)
+        self.rows = np.arange(len(places))
+
+    @classmethod
+    @functools.lru_cache(maxsize=64)
+    def of(cls, template: bytes, places: tuple[int, ...]) -> _Checksums:
+        return cls(template, places)
+
+    def __call__(self, found: np.ndarray) -> np.ndarray:
+        """The CRC of each message whose bytes at the places are found[..., place]."""
+        return np.bitwise_xor.reduce(self.tables[self.rows, found], axis=-1) ^ np.uint32(self.start)
 
 
 def summary_event(step: int, wall_time: float, summary_body: bytes) -> bytes:
@@ -223,13 +288,18 @@ class HistogramBlock:
     def encode(self, numbers: np.ndarray) -> list[bytes]:
         """A body per row of `numbers`: every tag's min, then every tag's max, count, sum and sum of
         squares, then all tags' bucket limits, then all their bucket counts."""
-        count, width = len(numbers), len(self.template)
+        width = len(self.template)
+        data = self.rows(numbers).tobytes()
+        return [data[i : i + width] for i in range(0, len(data), width)]
+
+    def rows(self, numbers: np.ndarray) -> np.ndarray:
+        """The bodies of encode() as the rows of a uint8 array."""
+        count = len(numbers)
         rows = np.tile(self.template, (count, 1))
         rows[:, self.byte_columns] = (
             np.ascontiguousarray(numbers, dtype="<f8").view(np.uint8).reshape(count, -1)
         )
-        data = rows.tobytes()
-        return [data[i : i + width] for i in range(0, count * width, width)]
+        return rows
 
 
 def event_file_bytes(summaries: Sequence[tuple[summary_pb2.Summary, int]], wall_time: float) -> bytes:

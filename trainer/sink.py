@@ -62,9 +62,6 @@ class NullSink:
     ) -> None:
         pass
 
-    def write_captured(self, *args: Any) -> None:
-        pass
-
     def finish(self, status: Status, steps: int, metrics: dict[str, Any], final: Evaluation | None) -> None:
         pass
 
@@ -74,14 +71,15 @@ class NullSink:
 
 @dataclass
 class Captured:
-    """Captured steps of a run, ready to write: each step's number, wall time and learning rate, its
-    logged row (see trainer.capture) and the histograms of its histogram steps."""
+    """Captured steps, of one run or of the runs of one program (which log the same steps): each
+    step's number and wall time; per run, its learning rate and logged row at each step (see
+    trainer.capture); and the histograms of the histogram steps, run after run."""
 
-    steps: np.ndarray
-    walls: np.ndarray
-    rates: np.ndarray
-    rows: np.ndarray
-    histograms: HistogramBatch | None
+    steps: np.ndarray  # [steps]
+    walls: np.ndarray  # [steps]
+    rates: np.ndarray  # [runs, steps]
+    rows: np.ndarray  # [runs, steps, columns]
+    histograms: HistogramBatch | None  # a row per run and histogram step, run-major
 
 
 def split_parameters(
@@ -119,16 +117,17 @@ def element_names(name: str, shape: torch.Size, linear: bool = False) -> list[st
     return [f"{name}[{','.join(map(str, index))}]" for index in itertools.product(*(range(d) for d in dims))]
 
 
-def histogram_bodies(block: HistogramBlock, batch: HistogramBatch, sizes: list[int]) -> list[bytes]:
-    """The Summary body of each histogram step: one histogram per tensor, equal-width buckets
-    between its min and max (one bucket where they are equal or not finite)."""
+def histogram_numbers(batch: HistogramBatch, sizes: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The numbers of each histogram's Summary body, as HistogramBlock lays them out (one histogram
+    per tensor, equal-width buckets between its min and max), the bucket limits, and whether the
+    block's layout holds for the row: it does not where a tensor of more than one bucket holds a
+    single value (or none finite), which gets one bucket (see _histogram_body)."""
     bins, starts = np.array(batch.bins), np.array(batch.starts)
     owner = np.repeat(np.arange(len(bins)), bins)  # which tensor each bucket is of
     rank = np.arange(owner.size) - starts[owner] + 1  # 1 .. bins within its tensor
     with np.errstate(all="ignore"):
         width = (batch.hi - batch.lo) / bins
         limits = batch.lo[:, owner] + width[:, owner] * rank
-        # The block's layout holds while every tensor of more than one bucket has distinct values.
         spread = ((batch.hi > batch.lo) | (bins == 1)).all(axis=1)
     limits[:, starts + bins - 1] = batch.hi  # the last edge exactly at the max
     numbers = np.hstack(
@@ -142,10 +141,7 @@ def histogram_bodies(block: HistogramBlock, batch: HistogramBatch, sizes: list[i
             batch.counts,
         ]
     )
-    bodies = block.encode(numbers)
-    for h in np.flatnonzero(~spread):  # a tensor with one value: its own layout
-        bodies[h] = _histogram_body(block.tags, sizes, batch, limits, h)
-    return bodies
+    return numbers, limits, spread
 
 
 def _histogram_body(
@@ -255,70 +251,17 @@ class TensorBoardSink:
         rows, histograms = self.capturing.take()
         info = np.array(self.info, dtype=np.float64).reshape(-1, 3)
         self.info = []
-        captured = Captured(info[:, 0].astype(np.int64), info[:, 1], info[:, 2], rows, histograms)
-        self.write_captured(first_step, losses, evaluations, last_step, captured)
-
-    def write_captured(
-        self,
-        first_step: int,
-        losses: list[float] | np.ndarray,
-        evaluations: list[Evaluation],
-        last_step: int,
-        captured: Captured,
-    ) -> None:
-        """Write captured steps up to last_step, with the losses of steps first_step onward."""
-        steps, walls = captured.steps, captured.walls
-        logged = np.flatnonzero((steps % self.every == 0) & (steps <= last_step))
-        logged_steps = steps[logged]
-        block, ends = b"", np.zeros(0, dtype=np.int64)
-        if len(logged):
-            values = np.column_stack([np.asarray(losses)[logged_steps - first_step], captured.rows[logged]])
-            block, ends = self.step_block.encode(logged_steps, walls[logged], values)
-        # The learning rate when it changes, and the evaluations: events of their own, in step order.
-        extra: list[tuple[int, bytes]] = []  # (step, framed event) besides the steps' own
-        if len(logged):
-            rates = captured.rates[logged]
-            before = np.concatenate([[np.nan if self.last_lr is None else self.last_lr], rates[:-1]])
-            for i in np.flatnonzero(rates != before).tolist():
-                step = int(logged_steps[i])
-                event = summary_event(step, float(walls[logged[i]]), self.lr_tags.encode([rates[i]]))
-                extra.append((step, events.frame(event)))
-            self.last_lr = float(rates[-1])
-        evaluated = [ev for ev in evaluations if ev.step <= last_step]
-        if evaluated:
-            eval_steps = np.array([ev.step for ev in evaluated], dtype=np.int64)
-            at = np.minimum(np.searchsorted(steps, eval_steps), max(len(steps) - 1, 0))
-            matched = (at < len(steps)) & (steps[at] == eval_steps) if len(steps) else np.zeros(len(at), bool)
-            eval_walls = np.where(matched, walls[at] if len(steps) else 0.0, time.time())
-            records, eval_ends = self.eval_block.encode(
-                eval_steps, eval_walls, np.array([ev.values for ev in evaluated], dtype=np.float64)
-            )
-            starts = [0, *eval_ends[:-1].tolist()]
-            extra += [(ev.step, records[a:b]) for ev, a, b in zip(evaluated, starts, eval_ends.tolist())]
-        if captured.histograms is not None:
-            marked = np.flatnonzero(steps % self.histograms_every == 0) if self.histograms_every else []
-            bodies = histogram_bodies(self.histogram_block, captured.histograms, self.histogram_sizes)
-            extra += [
-                (int(steps[i]), events.frame(summary_event(int(steps[i]), float(walls[i]), body)))
-                for i, body in zip(marked, bodies)
-                if steps[i] <= last_step
-            ]
-        extra += [(step, events.frame(event)) for step, event in self._take_pending()]
-        # Everything goes to the file in step order; a step's own event comes first.
-        extra.sort(key=lambda e: e[0])
-        upto = np.zeros(len(extra), dtype=np.int64)
-        if len(logged_steps) and extra:
-            cut = np.searchsorted(logged_steps, [step for step, _ in extra], side="right")
-            upto = np.where(cut > 0, ends[np.maximum(cut - 1, 0)], 0)
-        parts, done = [], 0
-        for (_, event), end in zip(extra, upto.tolist()):
-            if end > done:
-                parts.append(block[done:end])
-                done = end
-            parts.append(event)
-        parts.append(block[done:])
-        self.events.write_records(b"".join(parts))
-        self.events.flush()
+        captured = Captured(info[:, 0].astype(np.int64), info[:, 1], info[:, 2][None], rows[None], histograms)
+        eval_values = np.array([ev.values for ev in evaluations], dtype=np.float64)
+        write_group(
+            [self],
+            first_step,
+            np.asarray(losses, dtype=np.float64)[None],
+            np.array([ev.step for ev in evaluations], dtype=np.int64),
+            eval_values.reshape(1, len(evaluations), len(self.eval_block.tags)),
+            np.array([last_step]),
+            captured,
+        )
 
     def _take_pending(self) -> list[tuple[int, bytes]]:
         taken = list(self.pending)
@@ -349,3 +292,108 @@ class TensorBoardSink:
     def close(self) -> None:
         if self.events is not None:
             self.events.close()
+
+
+def write_group(
+    sinks: list[TensorBoardSink],
+    first_step: int,
+    losses: np.ndarray,
+    eval_steps: np.ndarray,
+    eval_values: np.ndarray,
+    last_steps: np.ndarray,
+    captured: Captured,
+) -> None:
+    """Write a chunk of captured steps into the event file of each run, for every run at once (one
+    run, or the runs of one program, whose sinks log the same tags): sinks[r] gets run r's steps up
+    to last_steps[r] (its divergence, or the chunk's end). losses [runs, steps] from first_step on;
+    the evaluations at eval_steps, values [runs, evaluations, tags].
+
+    Every kind of event is encoded for all runs in one block (trainer.events.frame_block); only the
+    order of a run's events in its file is put together run by run."""
+    lead = sinks[0]
+    steps, walls = captured.steps, captured.walls
+    logged = np.flatnonzero(steps % lead.every == 0)
+    logged_steps = steps[logged]
+    block, ends = lead.step_block.encode_runs(
+        logged_steps,
+        walls[logged],
+        np.concatenate([losses[:, logged_steps - first_step, None], captured.rows[:, logged]], axis=2),
+    )
+    # The evaluations: at the wall time of their step where it was captured.
+    at = np.minimum(np.searchsorted(steps, eval_steps), max(len(steps) - 1, 0))
+    matched = (steps[at] == eval_steps) if len(steps) else np.zeros(len(eval_steps), bool)
+    eval_walls = np.where(matched, walls[at] if len(steps) else 0.0, time.time())
+    eval_block, eval_ends = lead.eval_block.encode_runs(eval_steps, eval_walls, eval_values)
+    hist_steps, hist_block, hist_ends, odd = _histogram_events(lead, captured)
+    # The learning rate, where it changed since the last event that logged it.
+    rates = captured.rates[:, logged]
+    last_lr = np.array([np.nan if s.last_lr is None else s.last_lr for s in sinks])
+    changed = rates != np.concatenate([last_lr[:, None], rates[:, :-1]], axis=1)
+    for r, sink in enumerate(sinks):
+        last = int(last_steps[r])
+        mine = int(np.searchsorted(logged_steps, last, side="right"))
+        own = block[r, : ends[mine - 1] if mine else 0].tobytes()
+        extra: list[tuple[int, bytes]] = []  # (step, framed event) besides the steps' own
+        for i in np.flatnonzero(changed[r, :mine]).tolist():
+            step = int(logged_steps[i])
+            event = summary_event(step, float(walls[logged[i]]), sink.lr_tags.encode([rates[r, i]]))
+            extra.append((step, events.frame(event)))
+        if mine:
+            sink.last_lr = float(rates[r, mine - 1])
+        extra += _slices(eval_steps, eval_block[r].tobytes(), eval_ends, last)
+        histograms = _slices(hist_steps, hist_block[r].tobytes(), hist_ends, last)
+        extra += [(step, odd.get((r, j), event)) for j, (step, event) in enumerate(histograms)]
+        extra += [(step, events.frame(event)) for step, event in sink._take_pending()]
+        sink.events.write_records(_in_step_order(own, ends[:mine], logged_steps[:mine], extra))
+        sink.events.flush()
+
+
+def _slices(steps: np.ndarray, data: bytes, ends: np.ndarray, last: int) -> list[tuple[int, bytes]]:
+    """(step, event) of a run's block of events, up to step `last`."""
+    starts = [0, *ends[:-1].tolist()]
+    return [(s, data[a:b]) for s, a, b in zip(steps.tolist(), starts, ends.tolist()) if s <= last]
+
+
+def _histogram_events(
+    sink: TensorBoardSink, captured: Captured
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[tuple[int, int], bytes]]:
+    """Every run's framed histogram events: their steps, the block [runs, bytes], where each event
+    ends, and the events laid out otherwise (a tensor holding one value), by (run, histogram)."""
+    runs, batch = captured.rates.shape[0], captured.histograms
+    if batch is None or not sink.histograms_every:
+        return np.zeros(0, np.int64), np.zeros((runs, 0), np.uint8), np.zeros(0, np.int64), {}
+    marked = np.flatnonzero(captured.steps % sink.histograms_every == 0)
+    steps, walls = captured.steps[marked], captured.walls[marked]
+    numbers, limits, spread = histogram_numbers(batch, sink.histogram_sizes)
+    bodies = sink.histogram_block.rows(numbers).reshape(runs, len(marked), -1)
+
+    def fill(view: np.ndarray, start: int, stop: int) -> None:
+        view[:] = bodies[:, start:stop]
+
+    block, ends = events.frame_block(steps, walls, runs, bodies.shape[2], fill)
+    odd = {}
+    for h in np.flatnonzero(~spread).tolist():
+        r, j = divmod(h, len(marked))
+        body = _histogram_body(sink.histogram_block.tags, sink.histogram_sizes, batch, limits, h)
+        odd[(r, j)] = events.frame(summary_event(int(steps[j]), float(walls[j]), body))
+    return steps, block, ends, odd
+
+
+def _in_step_order(
+    block: bytes, ends: np.ndarray, steps: np.ndarray, extra: list[tuple[int, bytes]]
+) -> bytes:
+    """A run's events in step order: the steps' own block, with each other event after its step's
+    own event."""
+    extra.sort(key=lambda e: e[0])
+    upto = np.zeros(len(extra), dtype=np.int64)
+    if len(steps) and extra:
+        cut = np.searchsorted(steps, [step for step, _ in extra], side="right")
+        upto = np.where(cut > 0, ends[np.maximum(cut - 1, 0)], 0)
+    parts, done = [], 0
+    for (_, event), end in zip(extra, upto.tolist()):
+        if end > done:
+            parts.append(block[done:end])
+            done = end
+        parts.append(event)
+    parts.append(block[done:])
+    return b"".join(parts)

@@ -164,6 +164,21 @@ def test_the_curve_reader_agrees_with_tensorboards(logdir):
     assert [step for step, _ in kept] == list(range(0, 61, 10))
 
 
+def test_a_record_keeps_its_main_curve_as_the_event_file_holds_it(logdir):
+    """Seed bands are drawn from the records' curves: the same steps and the same float32 values
+    as the event files hold (for 200 points)."""
+    for record in index.records(logdir):
+        if record["status"] != "complete":
+            continue
+        tag = record["curve"]["tag"]
+        assert tag == "train/loss"
+        keep = curves.stride_for(record["steps"])
+        from_file = curves.run_scalars(logdir / record["folder"], [tag], keep)
+        assert curves.recorded(record, [tag], curves.POINTS) == from_file
+        assert len(from_file[tag]) > 2
+    assert curves.recorded(record, ["train/loss"], 50) == {}  # other points: read from the file
+
+
 def test_seed_bands_are_runs_of_their_own_that_status_does_not_count(logdir, capsys):
     band = logdir / rundir.BANDS / "seeded" / "batch_size=1"
     values = scalars(band)

@@ -105,13 +105,19 @@ def eval_tag(f: ExperimentFindings) -> str:
     return "val/loss" if any(t.startswith(("final/val/", "best/val/")) for t in f.metrics) else "train/loss"
 
 
-def group_bands(logdir: Path, group: Group, tags: list[str], points: int = 200) -> dict[str, curves.Band]:
-    """The seed band of each tag over a group's complete runs."""
-    complete = [r for r in group.runs if r.get("status") == Status.COMPLETE]
-    read = [
-        curves.run_scalars(logdir / r["folder"], tags, curves.stride_for(int(r.get("steps") or 0), points))
-        for r in complete
-    ]
+def group_bands(
+    logdir: Path, group: Group, tags: list[str], points: int = curves.POINTS
+) -> dict[str, curves.Band]:
+    """The seed band of each tag over a group's complete runs: from the curve their records keep
+    where they keep it, else read from their event files."""
+    read = []
+    for run in (r for r in group.runs if r.get("status") == Status.COMPLETE):
+        found = curves.recorded(run, tags, points)
+        missing = [tag for tag in tags if tag not in found]
+        if missing:
+            keep = curves.stride_for(int(run.get("steps") or 0), points)
+            found.update(curves.run_scalars(logdir / run["folder"], missing, keep))
+        read.append(found)
     found = {}
     for tag in tags:
         band = curves.band([run[tag] for run in read])

@@ -11,6 +11,7 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tensorboard.compat.proto import event_pb2
@@ -123,7 +124,40 @@ def band(curves: list[list[tuple[int, float]]]) -> Band | None:
     return Band(np.array(common), values.mean(axis=0), values.min(axis=0), values.max(axis=0), len(curves))
 
 
-def stride_for(steps: int, points: int = 200) -> Callable[[int], bool]:
+# Points kept of a curve, evenly spaced: for seed bands, and for the curve a run's record keeps.
+POINTS = 200
+
+
+def main_tag(tags: list[str]) -> str:
+    """The evaluation curve a run is judged by: the validation loss where rows are held out."""
+    return "val/loss" if "val/loss" in tags else "train/loss"
+
+
+def record_curve(tags: list[str], history: list[Any], steps: int) -> dict[str, Any]:
+    """A run's main evaluation curve as its record keeps it, so that seed bands need not read event
+    files: the steps stride_for(steps) keeps, and the values as the event file holds them (float32,
+    written in their shortest form; null where not finite). `history` holds trainer.sink.Evaluation."""
+    tag = main_tag(tags)
+    column, keep = tags.index(tag), stride_for(steps)
+    kept = [(ev.step, np.float32(ev.values[column])) for ev in history if keep(ev.step)]
+    return {
+        "tag": tag,
+        "steps": [step for step, _ in kept],
+        "values": [float(str(v)) if np.isfinite(v) else None for _, v in kept],
+    }
+
+
+def recorded(record: dict[str, Any], tags: Iterable[str], points: int) -> dict[str, list[tuple[int, float]]]:
+    """tag -> [(step, value)] of the tags whose curve a run's record keeps (see record_curve), as
+    run_scalars would read them from its event files with stride_for(steps, points)."""
+    curve = record.get("curve")
+    if points != POINTS or not isinstance(curve, dict) or curve.get("tag") not in tags:
+        return {}
+    values = [np.nan if v is None else float(np.float32(v)) for v in curve["values"]]
+    return {curve["tag"]: list(zip(curve["steps"], values))}
+
+
+def stride_for(steps: int, points: int = POINTS) -> Callable[[int], bool]:
     """Keeps about `points` evenly spaced steps of a run of `steps` steps, and its last."""
     every = max(1, steps // points)
     return lambda step: step % every == 0 or step == steps

@@ -198,7 +198,10 @@ def write_record(folder: Path, record: dict[str, Any]) -> None:
 
 
 def record_text(record: dict[str, Any]) -> str:
-    return json.dumps(record, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    """A record as JSON, a line per key (each value written by json's C encoder: indenting every
+    level, which only its pure-Python encoder does, took a tenth of a batched run's time)."""
+    lines = [f"  {json.dumps(key)}: {json.dumps(value, allow_nan=False)}" for key, value in record.items()]
+    return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from trainer import data, kinds, losses
+from trainer import curves, data, kinds, losses
 from trainer.batches import batches, loader_batches
 from trainer.evaluate import Evaluator, evaluating
 from trainer.losses import build_loss
@@ -42,6 +42,7 @@ class Outcome:
     final_weights: dict[str, list[float]] = field(default_factory=dict)
     weights_sha256: str = ""  # of all final parameters' bytes: equal digests, identical weights
     model: torch.nn.Module | None = None
+    curve: dict[str, Any] | None = None  # the main evaluation curve, thinned (curves.record_curve)
 
 
 def choose_device(run: RunPlan, model: torch.nn.Module) -> torch.device:
@@ -201,6 +202,7 @@ def conclude(
         weights,
         digest,
         model,
+        curves.record_curve(evaluate.tags, history, run.steps),
     )
 
 

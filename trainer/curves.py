@@ -7,6 +7,7 @@ plots as well from 200 of them). tests/test_findings.py checks it against tensor
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -139,11 +140,13 @@ def record_curve(tags: list[str], history: list[Any], steps: int) -> dict[str, A
     written in their shortest form; null where not finite). `history` holds trainer.sink.Evaluation."""
     tag = main_tag(tags)
     column, keep = tags.index(tag), stride_for(steps)
-    kept = [(ev.step, np.float32(ev.values[column])) for ev in history if keep(ev.step)]
+    kept = [ev for ev in history if keep(ev.step)]
+    values = np.array([ev.values[column] for ev in kept], dtype=np.float32).tolist()
     return {
         "tag": tag,
-        "steps": [step for step, _ in kept],
-        "values": [float(str(v)) if np.isfinite(v) else None for _, v in kept],
+        "steps": [ev.step for ev in kept],
+        # nine significant digits tell every float32 from its neighbours
+        "values": [float(f"{v:.9g}") if math.isfinite(v) else None for v in values],
     }
 
 

@@ -239,7 +239,7 @@ def swept_keys(runs: Iterable[dict[str, Any]]) -> list[str]:
         for run in group:
             for key, value in run["hparams"].items():
                 if is_hparam_value(value):
-                    values.setdefault(key, set()).add(json.dumps(value))
+                    values.setdefault(key, set()).add(_identity(value))
         swept = dict.fromkeys(key for run in group for key in run.get("swept", {}))
         varied = [
             k for s in swept for k in values if (k == s or k.startswith(s + ".")) and len(values[k]) > 1
@@ -249,6 +249,13 @@ def swept_keys(runs: Iterable[dict[str, Any]]) -> list[str]:
             counts[0] += 1
             counts[1] += len(group)
     return sorted(score, key=lambda k: (-score[k][0], -score[k][1], score[k][2]))
+
+
+def _identity(value: Any) -> Any:
+    """What tells values apart as their JSON would (1, 1.0, True and '1' are four), cheaply."""
+    if isinstance(value, (str, int, float)) or value is None:
+        return type(value), value
+    return json.dumps(value)
 
 
 def declared_keys(runs: Iterable[dict[str, Any]]) -> list[str]:
@@ -261,7 +268,7 @@ def declared_keys(runs: Iterable[dict[str, Any]]) -> list[str]:
         for key, value in run["hparams"].items():
             if not is_hparam_value(value):
                 continue
-            seen_values.setdefault(key, set()).add(json.dumps(value))
+            seen_values.setdefault(key, set()).add(_identity(value))
             present[key] = present.get(key, 0) + 1
     keys = [*swept_keys(runs), "experiment"]
     for key, values in seen_values.items():
@@ -273,7 +280,7 @@ def declared_keys(runs: Iterable[dict[str, Any]]) -> list[str]:
 def shown_first(runs: list[dict[str, Any]], keys: list[str]) -> set[str]:
     """The columns TensorBoard should show at first: the first SHOWN_COLUMNS of `keys` whose
     values differ between runs."""
-    differing = [k for k in keys if len({json.dumps(r["hparams"][k]) for r in runs if k in r["hparams"]}) > 1]
+    differing = [k for k in keys if len({_identity(r["hparams"][k]) for r in runs if k in r["hparams"]}) > 1]
     return set(differing[:SHOWN_COLUMNS])
 
 
@@ -313,7 +320,7 @@ def hparam_info_pb(key: str, values: Iterable[Any], differs: bool | None = None)
     whether the values differ) is what TensorBoard sorts columns by and shows the first five of."""
     # One version of the project writes one type per key; should teammates' versions disagree,
     # the column becomes text, so TensorBoard never gets a domain of mixed types.
-    distinct = {json.dumps(v): v for v in values if is_hparam_value(v)}
+    distinct = {_identity(v): v for v in values if is_hparam_value(v)}
     kinds = {_kind(v) for v in distinct.values()}
     if len(kinds) > 1:
         distinct = {text: as_text(v) for text, v in distinct.items()}
@@ -325,11 +332,15 @@ def hparam_info_pb(key: str, values: Iterable[Any], differs: bool | None = None)
 
 
 def experiment_pb(
-    runs: Iterable[dict[str, Any]], description: str = "", time_created: float = 0.0
+    runs: Iterable[dict[str, Any]],
+    description: str = "",
+    time_created: float = 0.0,
+    keys: list[str] | None = None,
 ) -> summary_pb2.Summary:
-    """The experiment record: the declared hparams with their discrete domains, and the metrics."""
+    """The experiment record: the declared hparams (declared_keys, unless given) with their
+    discrete domains, and the metrics."""
     runs = list(runs)
-    keys = declared_keys(runs)
+    keys = declared_keys(runs) if keys is None else keys
     first = shown_first(runs, keys)
     infos = [
         hparam_info_pb(key, [r["hparams"][key] for r in runs if key in r["hparams"]], key in first)

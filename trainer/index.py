@@ -85,7 +85,8 @@ def rebuild(
         path.unlink(missing_ok=True)
         return 0, []
     when = _latest_end(runs)
-    summary = experiment_pb(runs, description=f"{len(runs)} runs", time_created=when)
+    keys = declared_keys(runs)
+    summary = experiment_pb(runs, description=f"{len(runs)} runs", time_created=when, keys=keys)
     content = event_file_bytes([(summary, 0)], when)
     try:
         unchanged = path.read_bytes() == content
@@ -93,4 +94,4 @@ def rebuild(
         unchanged = False
     if not unchanged:
         rundir.write_atomic(path, content)
-    return len(runs), declared_keys(runs)
+    return len(runs), keys

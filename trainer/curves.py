@@ -144,10 +144,26 @@ def record_curve(tags: list[str], history: list[Any], steps: int) -> dict[str, A
     values = np.array([ev.values[column] for ev in kept], dtype=np.float32).tolist()
     return {
         "tag": tag,
-        "steps": [ev.step for ev in kept],
+        **_steps_text([ev.step for ev in kept]),
         # nine significant digits tell every float32 from its neighbours
         "values": [float(f"{v:.9g}") if math.isfinite(v) else None for v in values],
     }
+
+
+def _steps_text(steps: list[int]) -> dict[str, Any]:
+    """Evenly spaced steps (the last may be off the grid) as first, every and last; others listed."""
+    if len(steps) > 2:
+        first, every, last = steps[0], steps[1] - steps[0], steps[-1]
+        if every > 0 and [*range(first, last, every), last] == steps:
+            return {"first": first, "every": every, "last": last}
+    return {"steps": steps}
+
+
+def _steps_of(curve: dict[str, Any]) -> list[int]:
+    if "steps" in curve:
+        return list(curve["steps"])
+    first, every, last = curve["first"], curve["every"], curve["last"]
+    return [*range(first, last, every), last]
 
 
 def recorded(record: dict[str, Any], tags: Iterable[str], points: int) -> dict[str, list[tuple[int, float]]]:
@@ -157,7 +173,7 @@ def recorded(record: dict[str, Any], tags: Iterable[str], points: int) -> dict[s
     if points != POINTS or not isinstance(curve, dict) or curve.get("tag") not in tags:
         return {}
     values = [np.nan if v is None else float(np.float32(v)) for v in curve["values"]]
-    return {curve["tag"]: list(zip(curve["steps"], values))}
+    return {curve["tag"]: list(zip(_steps_of(curve), values))}
 
 
 def stride_for(steps: int, points: int = POINTS) -> Callable[[int], bool]:

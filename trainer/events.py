@@ -318,8 +318,11 @@ class EventFile:
             f"{next(_file_numbers)}{suffix}"
         )
         self.path = Path(folder) / name
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "wb")
+        try:
+            self._file = open(self.path, "wb")
+        except FileNotFoundError:  # a run folder is made before its event file: seldom taken
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "wb")
         self._pending = bytearray()
         self.write_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
         self.flush()

@@ -200,7 +200,10 @@ def write_record(folder: Path, record: dict[str, Any]) -> None:
 def record_text(record: dict[str, Any]) -> str:
     """A record as JSON, a line per key (each value written by json's C encoder: indenting every
     level, which only its pure-Python encoder does, took a tenth of a batched run's time)."""
-    lines = [f"  {json.dumps(key)}: {json.dumps(value, allow_nan=False)}" for key, value in record.items()]
+    lines = [
+        f"  {json.dumps(key)}: {json.dumps(value, allow_nan=False, separators=(',', ':'))}"
+        for key, value in record.items()
+    ]
     return "{\n" + ",\n".join(lines) + "\n}\n"
 
 

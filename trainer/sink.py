@@ -28,7 +28,7 @@ from trainer.schema import LogSettings
 from trainer.status import Status
 
 
-@dataclass
+@dataclass(slots=True)
 class Evaluation:
     """An evaluation's values at one step, in the order of the evaluator's tags (the training
     loss first)."""

@@ -185,12 +185,17 @@ def _group_sinks(tmp_path, runs):
     return sinks
 
 
-def test_a_group_of_runs_writes_each_run_as_it_would_alone(tmp_path):
+@pytest.mark.parametrize("sliced", [False, True], ids=["one-block", "a-run-per-block"])
+def test_a_group_of_runs_writes_each_run_as_it_would_alone(tmp_path, monkeypatch, sliced):
     """Runs written together (trainer.batched) get the bytes each would get written alone: their
     own losses, rates, evaluations and histograms, each cut at its own last step, including a
     histogram of a tensor holding one value (laid out apart) and a rate that changes mid-chunk."""
+    from trainer import sink as sink_module
     from trainer.capture import Layout
     from trainer.sink import Captured, write_group
+
+    if sliced:
+        monkeypatch.setattr(sink_module, "BLOCK_BYTES", 1)
 
     runs, steps = 3, np.arange(0, 12)
     rng = np.random.default_rng(1)

@@ -65,7 +65,7 @@ SHARED = """
       train.batch_size: [1, full]
 """
 # `python -m trainer` with one run's worker process dying after its curves, before its final
-# metrics, as on a segfault or the OOM killer. Workers are started with 'spawn' and import this file as their main module, so the
+# metrics, as on a segfault or the OOM killer. Workers (forked by a fork server, or spawned) import this file as their main module, so the
 # patch below reaches them; the CLI itself runs only in the parent.
 CRASHING_CLI = f"""
 import os

@@ -81,6 +81,14 @@ class Captured:
     rows: np.ndarray  # [runs, steps, columns]
     histograms: HistogramBatch | None  # a row per run and histogram step, run-major
 
+    def part(self, start: int, stop: int) -> Captured:
+        """Runs start .. stop - 1 of them."""
+        histograms = self.histograms
+        if histograms is not None:
+            marked = len(histograms) // self.rates.shape[0]
+            histograms = histograms.part(start * marked, stop * marked)
+        return Captured(self.steps, self.walls, self.rates[start:stop], self.rows[start:stop], histograms)
+
 
 def split_parameters(
     model: torch.nn.Module, max_elements: int
@@ -208,7 +216,7 @@ class TensorBoardSink:
         eval_tags: list[str],
         capturing: bool = True,
     ) -> None:
-        """Start the event file; without `capturing`, the caller hands captured values to write_captured."""
+        """Start the event file; without `capturing`, the caller hands captured values to write_group."""
         self.events = EventFile(self.folder)
         self.optimizer = optimizer
         small, large = split_parameters(model, self.max_elements)
@@ -294,6 +302,10 @@ class TensorBoardSink:
             self.events.close()
 
 
+# The most bytes of events one write_group block holds at once (its transient memory is a few times this).
+BLOCK_BYTES = 32 * 2**20
+
+
 def write_group(
     sinks: list[TensorBoardSink],
     first_step: int,
@@ -308,9 +320,25 @@ def write_group(
     to last_steps[r] (its divergence, or the chunk's end). losses [runs, steps] from first_step on;
     the evaluations at eval_steps, values [runs, evaluations, tags].
 
-    Every kind of event is encoded for all runs in one block (trainer.events.frame_block); only the
-    order of a run's events in its file is put together run by run."""
+    Every kind of event is encoded for many runs in one block (trainer.events.frame_block); only the
+    order of a run's events in its file is put together run by run. Runs go a slice at a time, so
+    that the blocks of a chunk stay within about BLOCK_BYTES."""
     lead = sinks[0]
+    per_run = 2 * max(1, len(captured.steps)) * (len(lead.step_block.body) + 32)
+    size = max(1, BLOCK_BYTES // per_run)
+    if len(sinks) > size:
+        for a in range(0, len(sinks), size):
+            b = a + size
+            write_group(
+                sinks[a:b],
+                first_step,
+                losses[a:b],
+                eval_steps,
+                eval_values[a:b],
+                last_steps[a:b],
+                captured.part(a, b),
+            )
+        return
     steps, walls = captured.steps, captured.walls
     logged = np.flatnonzero(steps % lead.every == 0)
     logged_steps = steps[logged]

@@ -395,3 +395,22 @@ def test_one_paragraph_per_changed_experiment(tmp_path, capsys):
     assert [p.split(":")[1].strip() for p in paragraphs] == ["one", "two"]
     assert all("3 finished runs in" in p and "(optimizer.lr: 0.05 -> 0.02)" in p for p in paragraphs)
     assert len(err.splitlines()) == 6
+
+
+def test_a_sweep_leaves_torch_to_its_workers(tmp_path):
+    """The sweep's own process plans, claims, indexes and reports without importing torch (seconds
+    of start-up, and memory): the workers' results reach it as plain data."""
+    spec = toy(tmp_path)
+    Path(spec).write_text(
+        Path(spec).read_text() + "sweep:\n  train.seed: [0, 1, 2]\n  optimizer.lr: [0.05, 0.1]\n"
+    )
+    script = (
+        "import sys\nfrom trainer.cli import main\n"
+        f"code = main(['sweep', {spec!r}, '--logdir', {str(tmp_path / 'logs')!r}, '--workers', '2', '--quiet'])\n"
+        "print('torch' in sys.modules, code)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.stdout.splitlines()[-1] == "False 0", done.stdout + done.stderr
+    assert "6 runs: 6 complete" in done.stdout

@@ -304,7 +304,8 @@ def _execute(runs: list[RunPlan], args: argparse.Namespace, workers: int) -> int
         result = run_all(runs, options)
     except ChangedConfig as changed:
         raise LogDirError(_changed_spec(changed, args)) from None
-    records = index.records(logdir)
+    written = {s.folder: s.record for s in result.ran if s.record is not None}
+    records = index.records(logdir, written)
     try:
         index.rebuild(logdir, records)
     except OSError as exc:

@@ -24,13 +24,19 @@ from trainer.strict import suggest
 INDEX_FILE = "events.out.tfevents.0000000000.hparams-index"
 
 
-def records(logdir: Path) -> list[dict[str, Any]]:
-    """The record of every run under a log folder that has a valid one, with its folder as 'folder'."""
+def records(logdir: Path, known: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The record of every run under a log folder that has a valid one, with its folder as 'folder'.
+    `known`: records by folder that this process has just written, taken as they are instead of
+    read back (a sweep's own runs)."""
+    known = known or {}
     found = []
     for experiment, name in rundir.run_folders(logdir):
-        record, _ = rundir.load_record(logdir / experiment / name)
+        folder = f"{experiment}/{name}"
+        record = known.get(folder)
+        if record is None:
+            record, _ = rundir.load_record(logdir / folder)
         if record is not None:
-            found.append({**record, "folder": f"{experiment}/{name}"})
+            found.append({**record, "folder": folder})
     return found
 
 

@@ -15,7 +15,7 @@ import sysconfig
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ class Summary:
     duration: float
     error: str | None = None
     logdir_fault: bool = False  # the log folder itself is unusable: stop the sweep
+    record: dict[str, Any] | None = field(default=None, repr=False)  # as written, where it was
 
 
 def resolved_values(run: RunPlan) -> dict[str, float]:
@@ -57,7 +58,7 @@ def config_text(run: RunPlan, data: dict[str, Any] | None = None) -> str:
     if run.swept:
         header.append("# swept: " + ", ".join(f"{k}={v!r}" for k, v in run.swept))
     header.append(f"# resolved: steps={run.steps}, batch_size={run.batch_size} of {run.rows} rows")
-    data = as_data(run.config) if data is None else data
+    data = run.config_data if data is None else data
     return "\n".join(header) + "\n" + "".join(_yaml_entry(key, value) for key, value in data.items())
 
 
@@ -106,7 +107,7 @@ def versions() -> dict[str, str]:
 
     return {
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a str subclass that would take torch along when pickled
         "tensorboard": tensorboard.__version__,
         "trainer": __version__,
     }
@@ -158,7 +159,7 @@ def _now() -> str:
 def base_record(run: RunPlan, status: str, error: str | None) -> dict[str, Any]:
     """What every record says of its run, whoever writes it (needs no torch: the sweep's parent
     writes it for a run whose worker died)."""
-    config = as_data(run.config)
+    config = run.config_data
     return {
         "format": rundir.RECORD_FORMAT,
         "experiment": run.experiment,
@@ -452,10 +453,12 @@ def commit_all(ended: list[Unrecorded]) -> list[Summary]:
 def _commit(run: Unrecorded, staged: Path | OSError) -> Summary:
     folder, record, logdir_fault = run.folder, run.record, run.logdir_fault
     duration = record.get("duration_s") or 0.0
+    written = None
     try:
         if isinstance(staged, OSError):
             raise staged
         rundir.commit_record(folder, record, run.claim, staged)
+        written = record
     except rundir.ClaimLost:
         return Summary(
             f"{record['experiment']}/{record['run']}",
@@ -475,4 +478,5 @@ def _commit(run: Unrecorded, staged: Path | OSError) -> Summary:
         duration,
         record["error"],
         logdir_fault,
+        written,
     )

@@ -178,9 +178,7 @@ def _verdict(state: rundir.RunState, run: RunPlan, opts: Options) -> str:
 
 def changes(old: dict[str, Any], run: RunPlan) -> list[str]:
     """'key: old -> new' for every setting a run's recorded configuration has otherwise."""
-    from trainer.schema import as_data
-
-    new = as_data(run.config)
+    new = run.config_data
     return [f"{k}: {_short(a)} -> {_short(b)}" for k, a, b in _diff(old, new, "") if k != "description"]
 
 

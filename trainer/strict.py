@@ -3,12 +3,14 @@ name the key. It knows nothing of experiments; trainer.schema and the kind famil
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 import functools
 import math
 import reprlib
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import MISSING, field, fields, is_dataclass
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -247,10 +249,35 @@ def _convert_variant(kinds: dict[str, type], value: Any, path: str) -> Any:
     return build(kinds[kind], value, path)
 
 
+_built: contextvars.ContextVar[dict[Any, Any] | None] = contextvars.ContextVar("built", default=None)
+
+
+@contextlib.contextmanager
+def reusing() -> Iterator[None]:
+    """While inside, a mapping built once more into the same dataclass at the same key gives the
+    instance built before (instances are frozen): the runs of a sweep share most sections."""
+    token = _built.set({})
+    try:
+        yield
+    finally:
+        _built.reset(token)
+
+
 def build(cls: type, raw: Any, path: str = "") -> Any:
     """Build a dataclass from a mapping, rejecting unknown keys and wrong types."""
     if not isinstance(raw, dict):
         raise Invalid([(path or "(top level)", f"must be a mapping, {got(raw)}")])
+    built = _built.get()
+    if built is None:
+        return _build(cls, raw, path)
+    key = (cls, path, repr(raw))  # repr tells 1 from 1.0 and True
+    instance = built.get(key)
+    if instance is None:
+        instance = built[key] = _build(cls, raw, path)
+    return instance
+
+
+def _build(cls: type, raw: dict[str, Any], path: str) -> Any:
     types_ = hints(cls)
     known = {f.name: f for f in fields(cls)}
     problems: list[tuple[str, str]] = []

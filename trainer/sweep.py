@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -15,7 +16,7 @@ from trainer.errors import SpecError
 from trainer.models import LinearModel
 from trainer.schema import Config, Invalid, ReportSettings, build, check_key, experiment_name
 from trainer.spec import Spec, combine, load_spec, parent_key, parse_overrides
-from trainer.strict import is_import_path
+from trainer.strict import is_import_path, reusing
 
 MAX_RUNS = 10_000
 MAX_NAME = 100
@@ -52,6 +53,14 @@ class RunPlan:
     def folder(self) -> str:
         """The run's folder, relative to the log folder."""
         return f"{self.experiment}/{self.name}"
+
+    @functools.cached_property
+    def config_data(self) -> dict[str, Any]:
+        """The configuration as plain data (as config.yaml and the record hold it), made once and
+        carried to the workers; read it, never change it."""
+        from trainer.schema import as_data
+
+        return as_data(self.config)
 
     @property
     def swept_keys(self) -> list[str]:
@@ -240,29 +249,30 @@ def expand(spec: Spec, allow_large: bool = False) -> list[RunPlan]:
     collisions: list[str] = []
     runs: list[RunPlan] = []
     by_name: dict[str, RunPlan] = {}
-    for picks in itertools.product(*(range(len(v)) for v in spec.sweep.values())):
-        indices = dict(zip(spec.sweep, picks))
-        values = {k: spec.sweep[k][i] for k, i in indices.items()}
-        try:
-            raw = combine(spec, values)
-            named = [(k, values[k]) if k in values else (k, _lookup(raw, k)) for k in keys]
-            name = run_name(named, spec.sweep)
-            run = _validate(spec, raw, name, tuple(named))
-        except Invalid as invalid:
-            for key, message in invalid.problems:
-                found.setdefault(f"{_locate(spec, key, indices)}: {key}: {message}", []).append(
-                    run_name([(k, values[k]) for k in spec.sweep], spec.sweep)
+    with reusing():  # the runs share most sections: each distinct one is built once
+        for picks in itertools.product(*(range(len(v)) for v in spec.sweep.values())):
+            indices = dict(zip(spec.sweep, picks))
+            values = {k: spec.sweep[k][i] for k, i in indices.items()}
+            try:
+                raw = combine(spec, values)
+                named = [(k, values[k]) if k in values else (k, _lookup(raw, k)) for k in keys]
+                name = run_name(named, spec.sweep)
+                run = _validate(spec, raw, name, tuple(named))
+            except Invalid as invalid:
+                for key, message in invalid.problems:
+                    found.setdefault(f"{_locate(spec, key, indices)}: {key}: {message}", []).append(
+                        run_name([(k, values[k]) for k in spec.sweep], spec.sweep)
+                    )
+                continue
+            other = by_name.setdefault(name.lower(), run)
+            if other is not run:
+                collisions.append(
+                    f"{spec.where('sweep')}: sweep: runs {format_values(other.swept)} and "
+                    f"{format_values(run.swept)} would both be written to the folder {name!r}"
+                    f"{_case_note(name, other.name)}; make the swept values distinct"
                 )
-            continue
-        other = by_name.setdefault(name.lower(), run)
-        if other is not run:
-            collisions.append(
-                f"{spec.where('sweep')}: sweep: runs {format_values(other.swept)} and "
-                f"{format_values(run.swept)} would both be written to the folder {name!r}"
-                f"{_case_note(name, other.name)}; make the swept values distinct"
-            )
-            continue
-        runs.append(run)
+                continue
+            runs.append(run)
     if found or collisions:
         raise SpecError(
             [message + _which_runs(names, count) for message, names in found.items()] + collisions

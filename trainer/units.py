@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainer import losses, metrics, models
-from trainer.strict import as_data
 from trainer.sweep import RunPlan
 
 # 'auto' batches groups of at least this many runs; a group of one gains nothing from it.
@@ -77,7 +76,7 @@ def unbatchable(run: RunPlan) -> str | None:
 
 def group_key(run: RunPlan) -> str:
     """Runs with equal keys can train as one program."""
-    data = as_data(run.config)
+    data = {section: dict(v) if isinstance(v, dict) else v for section, v in run.config_data.items()}
     data.pop("description", None)
     for section, keys in PER_RUN.items():
         for key in keys:

@@ -166,10 +166,11 @@ def test_a_claim_that_cannot_be_written_stops_the_sweep_with_a_sentence_and_leav
     spec = toy_spec(tmp_path, "train.seed: [0, 1]", steps=200)
     logdir = tmp_path / "logs"
 
-    def full(*args):
+    def full(fd, *args):  # the claim file is created, but its content finds the disk full
+        os.close(fd)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(rundir.os, "link", full)
+    monkeypatch.setattr(rundir.os, "fdopen", full)
     code = main(["sweep", str(spec), "--logdir", str(logdir), "--workers", "1", "--quiet"])
     out, err = capsys.readouterr()
     no_traceback(out, err)

@@ -361,7 +361,8 @@ def _holder_gone(lock: Path) -> bool:
 
 
 def _create_claim(path: Path) -> Claim | None:
-    """Create the claim file whole, or not at all: written beside it, then linked into place."""
+    """Create the claim file, or find it taken (None). One exclusive create, then its content: a
+    claim still being written reads as none, which try_claim treats as held while it is young."""
     token = uuid.uuid4().hex
     content = json.dumps(
         {
@@ -372,15 +373,16 @@ def _create_claim(path: Path) -> Claim | None:
             "token": token,
         }
     ).encode()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{token[:8]}.new")
     try:
-        with open(tmp, "wb") as f:
-            f.write(content)
-        os.link(tmp, path)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return None
-    finally:
-        tmp.unlink(missing_ok=True)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+    except BaseException:
+        path.unlink(missing_ok=True)  # no partial claim is left (a full disk)
+        raise
     return Claim(str(path), token)
 
 

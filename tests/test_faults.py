@@ -270,13 +270,13 @@ def outcome(data: dict) -> tuple:
 KILL_STEPS = 1500
 
 
-def run_here(spec: Path, logdir: Path) -> dict[str, tuple]:
+def run_here(spec: Path, logdir: Path, overrides: list[str] = ()) -> dict[str, tuple]:
     """The sweep run to its end in this process (the workers' arithmetic: one torch thread)."""
     import torch
 
     threads = torch.get_num_threads()
     try:
-        result = run_all(plan([str(spec)]), Options(logdir, workers=0))
+        result = run_all(plan([str(spec)], list(overrides)), Options(logdir, workers=0))
     finally:
         torch.set_num_threads(threads)
     assert not result.failed and not result.interrupted
@@ -286,7 +286,9 @@ def run_here(spec: Path, logdir: Path) -> dict[str, tuple]:
 def test_sigkill_mid_sweep_then_rerun_gives_the_uninterrupted_results(tmp_path, sweeps):
     spec = toy_spec(tmp_path, "train.seed: [0, 1, 2, 3, 4, 5]", steps=KILL_STEPS)
     logdir = tmp_path / "logs"
-    args = ["sweep", spec, "--logdir", logdir, "--workers", 2]
+    # One run at a time: a batched group's two halves, forked together, end within milliseconds
+    # of each other, so no moment is sure to find some runs complete and others in flight.
+    args = ["sweep", spec, "--logdir", logdir, "--workers", 2, "--set", "train.engine=loop"]
     sweep = start(tmp_path, args, name="killed")
     sweeps.append(sweep)
 
@@ -317,7 +319,7 @@ def test_sigkill_mid_sweep_then_rerun_gives_the_uninterrupted_results(tmp_path, 
     assert ran_now(out) == 6 - len(complete_before)
 
     final = {name: outcome(data) for name, data in records(logdir).items()}
-    uninterrupted = run_here(spec, tmp_path / "uninterrupted")
+    uninterrupted = run_here(spec, tmp_path / "uninterrupted", ["train.engine=loop"])
     assert len(uninterrupted) == 6 and {o[0] for o in uninterrupted.values()} == {"complete"}
     assert final == uninterrupted
     for name, files in complete_before.items():

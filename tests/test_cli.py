@@ -399,7 +399,7 @@ def test_one_paragraph_per_changed_experiment(tmp_path, capsys):
 
 def test_a_sweep_leaves_torch_to_its_workers(tmp_path):
     """The sweep's own process plans, claims, indexes and reports without importing torch (seconds
-    of start-up, and memory): the workers' results reach it as plain data."""
+    of start-up, and memory): what the workers send back is plain data."""
     spec = toy(tmp_path)
     Path(spec).write_text(
         Path(spec).read_text() + "sweep:\n  train.seed: [0, 1, 2]\n  optimizer.lr: [0.05, 0.1]\n"

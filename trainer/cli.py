@@ -304,8 +304,7 @@ def _execute(runs: list[RunPlan], args: argparse.Namespace, workers: int) -> int
         result = run_all(runs, options)
     except ChangedConfig as changed:
         raise LogDirError(_changed_spec(changed, args)) from None
-    written = {s.folder: s.record for s in result.ran if s.record is not None}
-    records = index.records(logdir, written)
+    records = index.records(logdir)
     try:
         index.rebuild(logdir, records)
     except OSError as exc:

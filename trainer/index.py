@@ -24,19 +24,13 @@ from trainer.strict import suggest
 INDEX_FILE = "events.out.tfevents.0000000000.hparams-index"
 
 
-def records(logdir: Path, known: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """The record of every run under a log folder that has a valid one, with its folder as 'folder'.
-    `known`: records by folder that this process has just written, taken as they are instead of
-    read back (a sweep's own runs)."""
-    known = known or {}
+def records(logdir: Path) -> list[dict[str, Any]]:
+    """The record of every run under a log folder that has a valid one, with its folder as 'folder'."""
     found = []
     for experiment, name in rundir.run_folders(logdir):
-        folder = f"{experiment}/{name}"
-        record = known.get(folder)
-        if record is None:
-            record, _ = rundir.load_record(logdir / folder)
+        record, _ = rundir.load_record(logdir / experiment / name)
         if record is not None:
-            found.append({**record, "folder": folder})
+            found.append({**record, "folder": f"{experiment}/{name}"})
     return found
 
 

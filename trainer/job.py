@@ -15,7 +15,7 @@ import sysconfig
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,6 @@ class Summary:
     duration: float
     error: str | None = None
     logdir_fault: bool = False  # the log folder itself is unusable: stop the sweep
-    record: dict[str, Any] | None = field(default=None, repr=False)  # as written, where it was
 
 
 def resolved_values(run: RunPlan) -> dict[str, float]:
@@ -453,12 +452,10 @@ def commit_all(ended: list[Unrecorded]) -> list[Summary]:
 def _commit(run: Unrecorded, staged: Path | OSError) -> Summary:
     folder, record, logdir_fault = run.folder, run.record, run.logdir_fault
     duration = record.get("duration_s") or 0.0
-    written = None
     try:
         if isinstance(staged, OSError):
             raise staged
         rundir.commit_record(folder, record, run.claim, staged)
-        written = record
     except rundir.ClaimLost:
         return Summary(
             f"{record['experiment']}/{record['run']}",
@@ -478,5 +475,4 @@ def _commit(run: Unrecorded, staged: Path | OSError) -> Summary:
         duration,
         record["error"],
         logdir_fault,
-        written,
     )

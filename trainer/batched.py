@@ -34,7 +34,7 @@ from trainer.optim import build_schedule
 from trainer.sink import Captured, Evaluation, NullSink, TensorBoardSink, split_parameters, write_group
 from trainer.status import Status
 from trainer.sweep import RunPlan
-from trainer.train import GPU_MIN_WORK, Outcome, chunk_steps, conclude
+from trainer.train import GPU_MIN_WORK, NO_STEP, Outcome, chunk_steps, conclude, first_diverged
 
 # Steps whose rows are gathered at once: one gather instead of one a step, in bounded memory.
 GATHER_STEPS = 100
@@ -475,12 +475,8 @@ def _hand_over(
         marked = int(flags.sum())
         if marked:
             histograms = layout.histograms(values[:, flags].reshape(runs * marked, 2 * total))
-    # Each run's first step whose loss, or whose evaluation's loss, is not finite.
-    chunk_end = first + host_losses.shape[1] - 1
-    bad_step = _first_bad(host_losses, first + np.arange(host_losses.shape[1]))
-    bad_eval = _first_bad(eval_values[:, :, 0], eval_steps)
-    bad = np.minimum(bad_step, bad_eval)
-    last = np.where(bad == _NONE, chunk_end, bad)
+    bad = first_diverged(host_losses, first, eval_steps, eval_values[:, :, 0])
+    last = np.where(bad == NO_STEP, first + host_losses.shape[1] - 1, bad)
     for i, run in enumerate(alive):
         kept = int(np.searchsorted(eval_steps, last[i], side="right"))
         histories[run] += [
@@ -496,15 +492,4 @@ def _hand_over(
             last,
             Captured(steps, walls, lr_table[alive][:, steps], rows, histograms),
         )
-    return {run: (int(b) if b != _NONE else None) for run, b in zip(alive, bad.tolist())}
-
-
-_NONE = np.iinfo(np.int64).max  # no bad step
-
-
-def _first_bad(values: np.ndarray, steps: np.ndarray) -> np.ndarray:
-    """Each row's step of its first value that is not finite (_NONE where all are)."""
-    bad = ~np.isfinite(values)
-    if not bad.shape[1]:
-        return np.full(values.shape[0], _NONE)
-    return np.where(bad.any(axis=1), steps[bad.argmax(axis=1)], _NONE)
+    return {run: (int(b) if b != NO_STEP else None) for run, b in zip(alive, bad.tolist())}

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from trainer import curves, data, kinds, losses
@@ -249,6 +250,28 @@ def _flush(
     return hand_over(sink.write, first, host_losses, evaluations, history)
 
 
+NO_STEP = np.iinfo(np.int64).max  # no step diverged
+
+
+def first_diverged(
+    losses: np.ndarray, first: int, eval_steps: np.ndarray, eval_losses: np.ndarray
+) -> np.ndarray:
+    """Each run's first step whose minibatch loss (losses [runs, steps], from step `first` on) or
+    whose evaluation's loss (eval_losses [runs, evaluations], at eval_steps) is not finite; NO_STEP
+    where every one is."""
+    return np.minimum(
+        _first_bad(losses, first + np.arange(losses.shape[1])), _first_bad(eval_losses, eval_steps)
+    )
+
+
+def _first_bad(values: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """Each row's step of its first value that is not finite (NO_STEP where all are)."""
+    bad = ~np.isfinite(values)
+    if not bad.shape[1]:
+        return np.full(values.shape[0], NO_STEP)
+    return np.where(bad.any(axis=1), steps[bad.argmax(axis=1)], NO_STEP)
+
+
 def hand_over(
     write: Callable[[int, list[float], list[Evaluation], int], None],
     first: int,
@@ -258,10 +281,10 @@ def hand_over(
 ) -> int | None:
     """Hand a chunk's values (on the host) to the sink's write, up to the first diverged step,
     which is returned (None if every value is finite)."""
-    bad = next((first + i for i, v in enumerate(host_losses) if not math.isfinite(v)), None)
-    bad_eval = next((ev.step for ev in evaluations if not math.isfinite(ev.loss)), None)
-    if bad_eval is not None and (bad is None or bad_eval < bad):
-        bad = bad_eval
+    eval_steps = np.array([ev.step for ev in evaluations], dtype=np.int64)
+    eval_losses = np.array([ev.loss for ev in evaluations], dtype=np.float64).reshape(1, -1)
+    found = int(first_diverged(np.array([host_losses], dtype=np.float64), first, eval_steps, eval_losses)[0])
+    bad = None if found == NO_STEP else found
     last = bad if bad is not None else first + len(host_losses) - 1
     history.extend(ev for ev in evaluations if ev.step <= last)
     write(first, host_losses, evaluations, last)

@@ -294,17 +294,28 @@ def _own_start(pid: int) -> str | None:
     return process_start(pid)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this pid exists on this machine (one this process may not signal,
+    or a pid it cannot ask about, counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):
+        return True
+    return True
+
+
 def claim_alive(claim: dict[str, Any]) -> bool:
     """Whether the process that made a claim may still be working on it."""
     if claim.get("host") != socket.gethostname():
         return claim.get("age", 0.0) <= CLAIM_STALE_AFTER
     try:
         pid = int(claim.get("pid", -1))
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError, OverflowError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         return True
+    if not pid_alive(pid):
+        return False
     started = claim.get("started")
     # A pid taken by a new process after the owner died is not the owner.
     return started is None or process_start(pid) in (None, started)
@@ -344,12 +355,29 @@ def _lock_path(path: Path) -> Path:
 def _take_lock(lock: Path) -> bool:
     if lock.exists() and (not _younger_than(lock, 30.0) or _holder_gone(lock)):
         lock.unlink(missing_ok=True)  # left by a process that died while holding it
+    # Who holds it, so that a lock left by a killed process is known.
+    return _create_exclusive(lock, json.dumps(_holder()).encode())
+
+
+def _holder() -> dict[str, Any]:
+    """This process, as a claim or a lock names its holder."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": _own_start(os.getpid())}
+
+
+def _create_exclusive(path: Path, content: bytes) -> bool:
+    """Create a file holding `content`, or find it there already (False). One exclusive create,
+    then the content, which readers tell from a file still being written; where the content cannot
+    be written (a full disk), no partial file is left."""
     try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w") as f:  # who holds it, so that a lock left by a killed process is known
-        json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": _own_start(os.getpid())}, f)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
     return True
 
 
@@ -364,26 +392,8 @@ def _create_claim(path: Path) -> Claim | None:
     """Create the claim file, or find it taken (None). One exclusive create, then its content: a
     claim still being written reads as none, which try_claim treats as held while it is young."""
     token = uuid.uuid4().hex
-    content = json.dumps(
-        {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "since": time.time(),
-            "started": _own_start(os.getpid()),
-            "token": token,
-        }
-    ).encode()
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-    except BaseException:
-        path.unlink(missing_ok=True)  # no partial claim is left (a full disk)
-        raise
-    return Claim(str(path), token)
+    content = json.dumps({**_holder(), "since": time.time(), "token": token}).encode()
+    return Claim(str(path), token) if _create_exclusive(path, content) else None
 
 
 def owns(claim: Claim) -> bool:

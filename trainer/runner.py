@@ -534,7 +534,7 @@ def _die_with_parent(parent: int) -> None:
     which the kernel kills the moment the sweep is gone (trainer.forkserver)."""
     if not kill_with_parent():
         threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
-    if not _alive(parent):  # the sweep died before this worker could ask
+    if not rundir.pid_alive(parent):  # the sweep died before this worker could ask
         os._exit(1)
 
 
@@ -549,18 +549,8 @@ def kill_with_parent() -> bool:
         return False
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
 def _exit_with_parent(parent: int) -> None:
-    while _alive(parent):
+    while rundir.pid_alive(parent):
         time.sleep(0.5)
     os._exit(1)
 

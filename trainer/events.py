@@ -91,7 +91,8 @@ class ScalarBlock:
 
     Between the values, every record of a block is the same bytes; so a chunk of steps is a NumPy
     array of records, built from a template row, with the wall times, steps and values written
-    column-wise (see frame_block). Only the checksums are computed record by record.
+    column-wise (see frame_block), and so are their checksums: the records differ from the template
+    only in the wall time, the step and the values (see _Checksums).
     """
 
     def __init__(self, tags: Sequence[str]):
@@ -195,7 +196,8 @@ class _Checksums:
 
     def __init__(self, template: bytes, places: tuple[int, ...]):
         length = len(template)
-        base = np.array([b if i not in set(places) else 0 for i, b in enumerate(template)], np.uint8)
+        base = np.frombuffer(template, dtype=np.uint8).copy()
+        base[list(places)] = 0
         self.start = _crc32c(base.tobytes())
         zeros = _crc32c(bytes(length))
         bits = np.zeros((len(places), 8), dtype=np.uint32)

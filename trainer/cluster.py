@@ -169,15 +169,15 @@ def deliver(
 ) -> Summary:
     """Write a finished task's files into the run's folder here, the record last and only while the
     run is still this sweep's; a local sweep of the same run would have left the same folder."""
-    from trainer.job import base_record
+    from trainer.job import code_record
+    from trainer.kinds import shown_path
 
     folder = logdir / run.folder
     if rundir.RECORD not in files:  # its scratch folder could not be written on the node
         return _ended(logdir, run, Status.FAILED, f"on its Ray node: {summary.error}", claim)
     record = json.loads(files.pop(rundir.RECORD))
     # Where the spec and the user code are, as this machine names them (the node saw copies).
-    local = base_record(run, record["status"], record["error"])
-    record.update(spec=local["spec"], code=local["code"])
+    record.update(spec=shown_path(run.spec_path), code=code_record(run))
     if not rundir.owns(claim):
         return Summary(run.folder, LOST, {}, 0.0, "taken over by another sweep")
     try:

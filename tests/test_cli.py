@@ -414,3 +414,13 @@ def test_a_sweep_leaves_torch_to_its_workers(tmp_path):
     )
     assert done.stdout.splitlines()[-1] == "False 0", done.stdout + done.stderr
     assert "6 runs: 6 complete" in done.stdout
+
+
+def test_the_command_line_starts_light():
+    """Before it knows its command, the command line imports none of numpy, yaml, tqdm or torch: a
+    sweep starts its workers' fork server first, so that torch's import there overlaps the rest."""
+    script = (
+        "import sys\nimport trainer.cli\nprint(sorted({'numpy', 'yaml', 'tqdm', 'torch'} & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr

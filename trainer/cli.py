@@ -1,4 +1,7 @@
-"""The command line: sweep, run, check, status, index, merge, report."""
+"""The command line: sweep, run, check, status, index, merge, report.
+
+It imports little before it knows the command: a sweep starts its workers' fork server first, so
+that torch's import there (seconds) overlaps everything else the sweep does before its first run."""
 
 from __future__ import annotations
 
@@ -7,14 +10,15 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from trainer import __version__, guards, index, report
+from trainer import __version__, guards, report
 from trainer.errors import LogDirError, UserError
 from trainer.hints import trainer_command
-from trainer.progress import Progress
 from trainer.status import Status
-from trainer.sweep import RunPlan, plan
+
+if TYPE_CHECKING:
+    from trainer.sweep import RunPlan
 
 EXIT_FAILED_RUNS = 1
 EXIT_INTERRUPTED = 130
@@ -234,6 +238,8 @@ def _silence_output() -> None:
 
 
 def _plan(args: argparse.Namespace) -> list[RunPlan]:
+    from trainer.sweep import plan
+
     return plan(args.specs, args.overrides, getattr(args, "allow_large", False))
 
 
@@ -268,7 +274,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         require_ray()
     if args.executor != "ray" and not args.dry_run and args.workers >= 1:
-        from trainer.runner import prepare_workers
+        from trainer.workers import prepare_workers
 
         prepare_workers()  # torch's import in the workers' fork server overlaps the planning
     runs = _plan(args)
@@ -293,6 +299,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _execute(runs: list[RunPlan], args: argparse.Namespace, workers: int) -> int:
+    from trainer import index
+    from trainer.progress import Progress
     from trainer.runner import ChangedConfig, Options, run_all
 
     logdir = Path(args.logdir)
@@ -400,6 +408,8 @@ def print_status(logdir: Path, args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    from trainer import index
+
     logdir = Path(args.logdir)
     if not logdir.is_dir():
         raise UserError(f"{logdir}: no such log folder")
@@ -435,6 +445,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
+    from trainer import index
     from trainer.merge import merge
 
     result = merge([Path(s) for s in args.sources], Path(args.into), args.include_unfinished)

@@ -9,7 +9,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from trainer import rundir
 from trainer.errors import UserError
 from trainer.hints import tensorboard_command, trainer_command
 from trainer.status import Status
@@ -135,9 +134,11 @@ def sweep_summary(
         )
     failed = [s for s in report.ran if s.status == Status.FAILED]
     if failed:
+        from trainer.rundir import TRACEBACK
+
         lines.append("Failed:")
         for summary in failed[:MAX_ROWS]:
-            trace = logdir / summary.folder / rundir.TRACEBACK
+            trace = logdir / summary.folder / TRACEBACK
             where = f" (traceback: {trace})" if trace.exists() else ""
             lines.append(f"  {summary.folder}: {summary.error}{where}")
     if report.logdir_fault:
@@ -160,7 +161,7 @@ def status_records(logdir: Path, deep: bool = False) -> list[dict[str, Any]]:
     """Every run under a log folder: its record (if any) with its folder and its state as status,
     'damaged' (with the reason as damage) where its files no longer match its record (see
     trainer.verify; `deep` reads every file)."""
-    from trainer import verify
+    from trainer import rundir, verify
 
     found = []
     for experiment, name in rundir.run_folders(logdir):

@@ -31,11 +31,10 @@ from trainer.progress import Progress
 from trainer.status import FINISHED, Status
 from trainer.sweep import RunPlan
 from trainer.units import Unit, units_of
+from trainer.workers import STOP_SIGNALS, kill_with_parent, worker_context
 
 # After Ctrl-C, workers get this long to record their runs as interrupted before they are killed.
 STOP_GRACE = 10.0
-# Ctrl-C reaches every process of the terminal's group, SIGTERM often too; only the parent acts on them.
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 # Workers that die while starting (killed, out of memory) are replaced this many times per worker
 # before the sweep stops; one that exits by itself before any worker was ready stops it at once.
 START_RETRIES = 2
@@ -488,45 +487,6 @@ def _make_an_optimizer() -> None:
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
 
 
-# What a worker needs before its first run: imported once, by the fork server, for every worker.
-WORKER_MODULES = [
-    "trainer.forkserver",
-    "torch",
-    "trainer.job",
-    "trainer.sink",
-    "trainer.train",
-    "trainer.batched",
-]
-
-
-def worker_context() -> Any:
-    """Where workers come from: a fork server that imported torch once (seconds) and forks each
-    worker ready to run, where the platform has one; otherwise fresh interpreters ('spawn').
-
-    Either way a worker starts from a clean process that never ran a sweep, and imports the
-    parent's main script anew. The fork server keeps the environment of the moment it started."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(WORKER_MODULES)
-    return ctx
-
-
-def prepare_workers() -> None:
-    """Start the fork server now, so that its import of torch overlaps the sweep's planning. It
-    starts with the stop signals blocked: a Ctrl-C during its imports must not print a traceback
-    (it ignores them once ready; the workers it forks set their own)."""
-    if worker_context().get_start_method() != "forkserver":
-        return
-    from multiprocessing import forkserver
-
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        forkserver.ensure_running()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-
-
 def _die_with_parent(parent: int) -> None:
     """A worker whose sweep was killed must not go on writing into a run that a rerun may take over.
 
@@ -536,17 +496,6 @@ def _die_with_parent(parent: int) -> None:
         threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     if not rundir.pid_alive(parent):  # the sweep died before this worker could ask
         os._exit(1)
-
-
-def kill_with_parent() -> bool:
-    """Linux: SIGKILL this process the moment its parent dies. False where that is not available."""
-    try:
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        return ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL) == 0
-    except (OSError, AttributeError):
-        return False
 
 
 def _exit_with_parent(parent: int) -> None:

@@ -555,6 +555,72 @@ def test_a_diverging_run_is_a_result_not_a_failure(tmp_path):
     assert status_of(tmp_path, logdir)["toy/lr=1e+30"] == "diverged"
 
 
+# The workers import this file as __mp_main__: the first batched group a worker trains waits, once
+# past its first chunk of steps, until the file 'gate' exists, having written 'waiting'.
+GATED_GROUP = """\
+    import sys
+    from pathlib import Path
+
+    if __name__ == "__mp_main__":
+        import time
+        import trainer.batched
+
+        real_train_group = trainer.batched.train_group
+        groups = []
+
+        def train_group(runs, sinks=None, should_stop=lambda: False, on_progress=lambda steps: None):
+            groups.append(runs)
+
+            def progress(steps):
+                on_progress(steps)
+                if len(groups) == 1:
+                    Path({waiting!r}).write_text("")
+                    while not Path({gate!r}).exists():
+                        time.sleep(0.01)
+            return real_train_group(runs, sinks, should_stop, progress)
+
+        trainer.batched.train_group = train_group
+
+    if __name__ == "__main__":
+        from trainer.cli import main
+        sys.exit(main())
+"""
+
+
+def test_the_next_group_is_claimed_while_one_trains_and_ctrl_c_leaves_no_claim(tmp_path, sweeps):
+    """A worker that finishes a group starts the next at once: its claims were written meanwhile.
+    Those claims go with the sweep, and the next sweep trains the groups that never started."""
+    spec = toy_spec(tmp_path, "train.batch_size: [1, 2]", "train.seed: [0, 1, 2]", steps=2000)
+    logdir, claims = tmp_path / "logs", tmp_path / "logs" / "toy" / ".claims"
+    script, waiting, gate = tmp_path / "gated.py", tmp_path / "waiting", tmp_path / "gate"
+    first_group = "batch_size=1,seed=0"  # the longest-first order puts batch size 1 first
+    script.write_text(
+        textwrap.dedent(GATED_GROUP.format(name=first_group, waiting=str(waiting), gate=str(gate)))
+    )
+    args = ["sweep", spec, "--logdir", logdir, "--workers", 1, "--set", "train.engine=batched"]
+    sweep = start(tmp_path, args, script=script, name="interrupted")
+    sweeps.append(sweep)
+    wait_until(waiting.exists, "the first group is in flight", sweep)
+    # The group in flight, and the group after it, claimed ahead of its turn.
+    assert sorted(p.name for p in claims.iterdir()) == sorted(
+        f"batch_size={b},seed={s}" for b in (1, 2) for s in range(3)
+    )
+
+    os.killpg(sweep.process.pid, signal.SIGINT)
+    gate.write_text("")
+    code, out, err = sweep.finish()
+    assert code == 130 and "Traceback" not in err, out + err
+    assert not list(claims.iterdir())
+    found = records(logdir)  # the group in flight; the group claimed ahead never started
+    assert len(found) == 3 and {d["status"] for d in found.values()} == {"interrupted"}
+    assert len({d["config"]["train"]["batch_size"] for d in found.values()}) == 1
+
+    code, out, err = trainer(tmp_path, *args, name="resumed")
+    assert code == 0, out + err
+    assert "6 runs: 6 complete (6 run now, 0 already done)" in out
+    assert not list(claims.iterdir())
+
+
 # --- a worker that dies -----------------------------------------------------------------------
 
 

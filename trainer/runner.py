@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import gc
 import itertools
 import multiprocessing
 import multiprocessing.connection
@@ -456,6 +457,9 @@ def _worker_main(conn: multiprocessing.connection.Connection, stop: Any, parent:
     torch.set_num_threads(1)
     from trainer import sink, train  # noqa: F401  (what execute() imports on first use)
 
+    # What is imported lives as long as the worker: the garbage collector need not look at it again
+    # (hundreds of thousands of objects, whose every full collection cost tenths of a second).
+    gc.freeze()
     conn.send(READY)
     while True:
         try:
@@ -560,20 +564,22 @@ def _run_pool(
     period to record themselves as interrupted, then kill what is left."""
     ctx = worker_context()
     stopping = ctx.Event()  # the workers' should_stop
-    pending = collections.deque(todo)
     claims = Claims(opts.logdir)
+    workers = min(opts.workers, len(todo))
+    queue = Ahead(todo, workers, opts, seen, claims, report, progress)
     pool: list[Worker] = []
     deadline: float | None = None
     start_deaths = 0
     try:
-        pool += [Worker(ctx, stopping) for _ in range(min(opts.workers, len(todo)))]
+        queue.fill()  # while the fork server is still importing torch
+        pool += [Worker(ctx, stopping) for _ in range(workers)]
         while True:
             if stop.is_set() and deadline is None:
                 stopping.set()
                 deadline = time.monotonic() + STOP_GRACE
                 progress.note("Interrupted: stopping the runs in progress ...")
             if deadline is None and report.logdir_fault is None:
-                _hand_out(pool, pending, seen, opts, claims, report, progress, ctx, stopping)
+                _hand_out(pool, queue, opts, ctx, stopping)
             busy = [w for w in pool if w.unit is not None]
             if not busy:
                 return
@@ -620,9 +626,20 @@ def _run_pool(
                 if summary is None:  # the process died: record it, start another
                     summary = _died(worker, opts, Status.FAILED if deadline is None else Status.INTERRUPTED)
                     pool.remove(worker)
-                    if pending and deadline is None and report.logdir_fault is None:
+                    if queue and deadline is None and report.logdir_fault is None:
                         pool.append(Worker(ctx, stopping))
-                _finish_unit(worker, summary, claims, report, progress)
+                    _finish_unit(worker, summary, claims, report, progress)
+                    continue
+                held, worker.unit, worker.claims = worker.claims, None, {}
+                if (
+                    deadline is None
+                    and report.logdir_fault is None
+                    and not any(s.logdir_fault for s in summary)
+                ):
+                    claimed = queue.next()  # its next unit first: releasing this one's claims takes a while
+                    if claimed is not None:
+                        worker.give(*claimed, opts.logdir)
+                finish_unit(held, summary, claims, report, progress)
     except WorkerStartError as exc:
         # Not the runs' fault: they are left as they were, to run once workers can start.
         report.startup_fault = str(exc)
@@ -638,26 +655,66 @@ def _run_pool(
         claims.close()
 
 
-def _hand_out(
-    pool: list[Worker],
-    pending: collections.deque,
-    seen: dict[str, Any],
-    opts: Options,
-    claims: Claims,
-    report: Report,
-    progress: Progress,
-    ctx: Any,
-    stopping: Any,
-) -> None:
-    """Give each idle worker the next unit it may claim (all of it or the runs of it it may)."""
+def _hand_out(pool: list[Worker], queue: Ahead, opts: Options, ctx: Any, stopping: Any) -> None:
+    """Give each idle worker the next unit claimed for it, then claim the units that come next."""
     for i, worker in enumerate(pool):
-        if worker.unit is None and pending and not worker.process.is_alive():
+        if worker.unit is None and queue and not worker.process.is_alive():
             worker.stop()
             pool[i] = worker = Worker(ctx, stopping)  # died while idle
-        while worker.unit is None and pending and report.logdir_fault is None:
-            claimed, held = claim_unit(pending.popleft(), opts, seen, claims, report, progress)
+        if worker.unit is None:
+            claimed = queue.next()
             if claimed is not None:
-                worker.give(claimed, held, opts.logdir)
+                worker.give(*claimed, opts.logdir)
+    queue.fill()
+
+
+class Ahead:
+    """The units still to run, the next groups among them claimed ahead of their turn: claiming a
+    group writes a file per run (tenths of a second for hundreds of runs), which the parent does
+    while the workers train, so that a worker that finishes starts its next group at once. At most
+    as many units are claimed ahead as there are workers; a single run is claimed when it starts."""
+
+    def __init__(
+        self,
+        todo: list[Unit],
+        ahead: int,
+        opts: Options,
+        seen: dict[str, Any],
+        claims: Claims,
+        report: Report,
+        progress: Progress,
+    ):
+        self.pending = collections.deque(todo)
+        self.ready: collections.deque[tuple[Unit, dict[str, rundir.Claim]]] = collections.deque()
+        self.ahead = ahead
+        self.opts, self.seen, self.claims, self.report, self.progress = opts, seen, claims, report, progress
+
+    def __bool__(self) -> bool:
+        return bool(self.ready or self.pending)
+
+    def _claim_one(self) -> None:
+        unit = self.pending.popleft()
+        claimed, held = claim_unit(unit, self.opts, self.seen, self.claims, self.report, self.progress)
+        if claimed is not None:
+            self.ready.append((claimed, held))
+
+    def fill(self) -> None:
+        while (
+            len(self.ready) < self.ahead
+            and self.pending
+            and len(self.pending[0].runs) > 1
+            and self.report.logdir_fault is None
+        ):
+            self._claim_one()
+
+    def next(self) -> tuple[Unit, dict[str, rundir.Claim]] | None:
+        """The next claimed unit and its claims (claiming it now if none is ready); None when no
+        unit is left, or the log folder cannot be written."""
+        while not self.ready and self.pending and self.report.logdir_fault is None:
+            self._claim_one()
+        if self.report.logdir_fault is not None:
+            return None
+        return self.ready.popleft() if self.ready else None
 
 
 def _finish_unit(

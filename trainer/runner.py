@@ -633,6 +633,7 @@ def _run_pool(
                 held, worker.unit, worker.claims = worker.claims, None, {}
                 if (
                     deadline is None
+                    and not stop.is_set()
                     and report.logdir_fault is None
                     and not any(s.logdir_fault for s in summary)
                 ):

@@ -555,35 +555,55 @@ def test_a_diverging_run_is_a_result_not_a_failure(tmp_path):
     assert status_of(tmp_path, logdir)["toy/lr=1e+30"] == "diverged"
 
 
-# The workers import this file as __mp_main__: the first batched group a worker trains waits, once
-# past its first chunk of steps, until the file 'gate' exists, having written 'waiting'.
-GATED_GROUP = """\
-    import sys
-    from pathlib import Path
+# A sweep's main script that holds a run mid-flight. The workers import it as __mp_main__ and apply
+# `patch`, which calls hold() where a run should wait: hold() writes the file 'waiting', then waits
+# until the file 'gate' exists. The sweep's own process is untouched.
+GATED_SCRIPT = """\
+import sys
+import time
+from pathlib import Path
 
-    if __name__ == "__mp_main__":
-        import time
-        import trainer.batched
 
-        real_train_group = trainer.batched.train_group
-        groups = []
+def hold():
+    Path({waiting!r}).write_text("")
+    while not Path({gate!r}).exists():
+        time.sleep(0.01)
 
-        def train_group(runs, sinks=None, should_stop=lambda: False, on_progress=lambda steps: None):
-            groups.append(runs)
 
-            def progress(steps):
-                on_progress(steps)
-                if len(groups) == 1:
-                    Path({waiting!r}).write_text("")
-                    while not Path({gate!r}).exists():
-                        time.sleep(0.01)
-            return real_train_group(runs, sinks, should_stop, progress)
+if __name__ == "__mp_main__":
+{patch}
 
-        trainer.batched.train_group = train_group
+if __name__ == "__main__":
+    from trainer.cli import main
+    sys.exit(main())
+"""
 
-    if __name__ == "__main__":
-        from trainer.cli import main
-        sys.exit(main())
+
+def gated_script(tmp_path: Path, patch: str) -> tuple[Path, Path, Path]:
+    """The script (see GATED_SCRIPT), and the files 'waiting' and 'gate'."""
+    script, waiting, gate = tmp_path / "gated.py", tmp_path / "waiting", tmp_path / "gate"
+    body = textwrap.indent(textwrap.dedent(patch), "    ")
+    script.write_text(GATED_SCRIPT.format(waiting=str(waiting), gate=str(gate), patch=body))
+    return script, waiting, gate
+
+
+# The first batched group a worker trains waits, once past its first chunk of steps.
+HOLD_FIRST_GROUP = """\
+    import trainer.batched
+
+    real_train_group = trainer.batched.train_group
+    groups = []
+
+    def train_group(runs, sinks=None, should_stop=lambda: False, on_progress=lambda steps: None):
+        groups.append(runs)
+
+        def progress(steps):
+            on_progress(steps)
+            if len(groups) == 1:
+                hold()
+        return real_train_group(runs, sinks, should_stop, progress)
+
+    trainer.batched.train_group = train_group
 """
 
 
@@ -592,11 +612,7 @@ def test_the_next_group_is_claimed_while_one_trains_and_ctrl_c_leaves_no_claim(t
     Those claims go with the sweep, and the next sweep trains the groups that never started."""
     spec = toy_spec(tmp_path, "train.batch_size: [1, 2]", "train.seed: [0, 1, 2]", steps=2000)
     logdir, claims = tmp_path / "logs", tmp_path / "logs" / "toy" / ".claims"
-    script, waiting, gate = tmp_path / "gated.py", tmp_path / "waiting", tmp_path / "gate"
-    first_group = "batch_size=1,seed=0"  # the longest-first order puts batch size 1 first
-    script.write_text(
-        textwrap.dedent(GATED_GROUP.format(name=first_group, waiting=str(waiting), gate=str(gate)))
-    )
+    script, waiting, gate = gated_script(tmp_path, HOLD_FIRST_GROUP)
     args = ["sweep", spec, "--logdir", logdir, "--workers", 1, "--set", "train.engine=batched"]
     sweep = start(tmp_path, args, script=script, name="interrupted")
     sweeps.append(sweep)

@@ -23,6 +23,7 @@ from test_faults import (
     assert_clean_run,
     descendants,
     event_files,
+    gated_script,
     ran_now,
     record,
     records,
@@ -40,39 +41,26 @@ pytestmark = [
     pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc"),
 ]
 
-# The workers import this file as __mp_main__: the run named GATED waits, once past its first chunk
-# of steps, until the file 'gate' exists, having written 'waiting'. The sweep's process is untouched.
-GATED = """\
-    import sys
-    from pathlib import Path
+# The loop engine's run named NAME waits, once past its first chunk of steps (see gated_script).
+HOLD_RUN = """\
+    import trainer.train
 
-    if __name__ == "__mp_main__":
-        import time
-        import trainer.train
+    real_train = trainer.train.train
 
-        real_train = trainer.train.train
+    def train(run, sink=None, should_stop=lambda: False, on_progress=lambda steps: None):
+        def progress(steps):
+            on_progress(steps)
+            if run.name == NAME and steps >= 1000:
+                hold()
+        return real_train(run, sink, should_stop, progress)
 
-        def train(run, sink=None, should_stop=lambda: False, on_progress=lambda steps: None):
-            def progress(steps):
-                on_progress(steps)
-                if run.name == {name!r} and steps >= 1000:
-                    Path({waiting!r}).write_text("")
-                    while not Path({gate!r}).exists():
-                        time.sleep(0.01)
-            return real_train(run, sink, should_stop, progress)
-
-        trainer.train.train = train
-
-    if __name__ == "__main__":
-        from trainer.cli import main
-        sys.exit(main())
+    trainer.train.train = train
 """
 
 
-def gated_script(tmp_path: Path, name: str) -> tuple[Path, Path, Path]:
-    script, waiting, gate = tmp_path / "gated.py", tmp_path / "waiting", tmp_path / "gate"
-    script.write_text(textwrap.dedent(GATED.format(name=name, waiting=str(waiting), gate=str(gate))))
-    return script, waiting, gate
+def held_run(tmp_path: Path, name: str) -> tuple[Path, Path, Path]:
+    """A gated script (test_faults.gated_script) whose run `name` waits at the gate."""
+    return gated_script(tmp_path, HOLD_RUN.replace("NAME", repr(name)))
 
 
 def no_traceback(*texts: str) -> None:
@@ -97,7 +85,7 @@ def sweeps():
 def test_a_paused_sweep_keeps_its_claim_however_old_and_no_run_runs_twice(tmp_path, sweeps):
     spec = toy_spec(tmp_path, "train.seed: [0, 1, 2, 3]", steps=2000)
     logdir = tmp_path / "logs"
-    script, waiting, gate = gated_script(tmp_path, "seed=0")
+    script, waiting, gate = held_run(tmp_path, "seed=0")
     loop = ["--set", "train.engine=loop"]  # the gate holds one run of the loop engine
     first = start(
         tmp_path, ["sweep", spec, "--logdir", logdir, "--workers", 1, *loop], script=script, name="first"
@@ -135,7 +123,7 @@ def test_a_paused_sweep_keeps_its_claim_however_old_and_no_run_runs_twice(tmp_pa
 def test_a_sweep_whose_claim_was_taken_over_discards_its_result(tmp_path, sweeps):
     spec = toy_spec(tmp_path, "train.seed: [0]", steps=2000)
     logdir = tmp_path / "logs"
-    script, waiting, gate = gated_script(tmp_path, "seed=0")
+    script, waiting, gate = held_run(tmp_path, "seed=0")
     sweep = start(tmp_path, ["sweep", spec, "--logdir", logdir, "--workers", 1], script=script, name="paused")
     sweeps.append(sweep)
     wait_until(waiting.exists, "the run is in flight", sweep)

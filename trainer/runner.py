@@ -579,7 +579,7 @@ def _run_pool(
                 deadline = time.monotonic() + STOP_GRACE
                 progress.note("Interrupted: stopping the runs in progress ...")
             if deadline is None and report.logdir_fault is None:
-                _hand_out(pool, queue, opts, ctx, stopping)
+                _hand_out(pool, queue, ctx, stopping)
             busy = [w for w in pool if w.unit is not None]
             if not busy:
                 return
@@ -637,9 +637,7 @@ def _run_pool(
                     and report.logdir_fault is None
                     and not any(s.logdir_fault for s in summary)
                 ):
-                    claimed = queue.next()  # its next unit first: releasing this one's claims takes a while
-                    if claimed is not None:
-                        worker.give(*claimed, opts.logdir)
+                    queue.give_next(worker)  # its next unit first: releasing this one's claims takes a while
                 finish_unit(held, summary, claims, report, progress)
     except WorkerStartError as exc:
         # Not the runs' fault: they are left as they were, to run once workers can start.
@@ -656,16 +654,14 @@ def _run_pool(
         claims.close()
 
 
-def _hand_out(pool: list[Worker], queue: Ahead, opts: Options, ctx: Any, stopping: Any) -> None:
+def _hand_out(pool: list[Worker], queue: Ahead, ctx: Any, stopping: Any) -> None:
     """Give each idle worker the next unit claimed for it, then claim the units that come next."""
     for i, worker in enumerate(pool):
         if worker.unit is None and queue and not worker.process.is_alive():
             worker.stop()
             pool[i] = worker = Worker(ctx, stopping)  # died while idle
         if worker.unit is None:
-            claimed = queue.next()
-            if claimed is not None:
-                worker.give(*claimed, opts.logdir)
+            queue.give_next(worker)
     queue.fill()
 
 
@@ -708,14 +704,13 @@ class Ahead:
         ):
             self._claim_one()
 
-    def next(self) -> tuple[Unit, dict[str, rundir.Claim]] | None:
-        """The next claimed unit and its claims (claiming it now if none is ready); None when no
+    def give_next(self, worker: Worker) -> None:
+        """Give the worker the next claimed unit (claiming it now if none is ready); nothing when no
         unit is left, or the log folder cannot be written."""
         while not self.ready and self.pending and self.report.logdir_fault is None:
             self._claim_one()
-        if self.report.logdir_fault is not None:
-            return None
-        return self.ready.popleft() if self.ready else None
+        if self.ready and self.report.logdir_fault is None:
+            worker.give(*self.ready.popleft(), self.opts.logdir)
 
 
 def _finish_unit(

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from trainer.hparams import is_hparam_value
-from trainer.schema import Config, as_data
 from trainer.status import Status
 
 RECORD = "record.json"
@@ -100,14 +99,9 @@ def _syncfs(path: Path) -> bool:
         os.close(fd)
 
 
-def config_digest(config: Config) -> str:
-    """A hash of everything that changes what a run computes or logs (not its description, nor the
-    engine that trains it)."""
-    return data_digest(as_data(config))
-
-
 def data_digest(data: dict[str, Any]) -> str:
-    """config_digest of a configuration as plain data (as config.yaml holds it)."""
+    """A hash of everything in a configuration, as plain data (as config.yaml holds it), that
+    changes what a run computes or logs (not its description, nor the engine that trains it)."""
     data = {key: value for key, value in data.items() if key != "description"}
     if isinstance(data.get("train"), dict):  # both engines compute the same run
         data["train"] = {key: value for key, value in data["train"].items() if key != "engine"}

@@ -168,7 +168,9 @@ class ChangedConfig(LogDirError):
 
 def _verdict(state: rundir.RunState, run: RunPlan, opts: Options) -> str:
     """'run', 'kept' (a result with this configuration), 'kept_failed' or 'changed' (a result of another)."""
-    same = state.record is not None and state.record.get("config_digest") == rundir.config_digest(run.config)
+    same = state.record is not None and state.record.get("config_digest") == rundir.data_digest(
+        run.config_data
+    )
     if opts.force or state.state in (Status.MISSING, Status.UNFINISHED, Status.INTERRUPTED, Status.RUNNING):
         return "run"
     if state.state in FINISHED:

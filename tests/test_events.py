@@ -74,7 +74,7 @@ def test_a_block_of_histogram_bodies_is_the_same_bytes_as_one_histogram_at_a_tim
             rng.integers(0, 9, (steps, total)).astype(float),
         ]
     )
-    bodies = events.HistogramBlock(tags, bins).encode(numbers)
+    bodies = [row.tobytes() for row in events.HistogramBlock(tags, bins).rows(numbers)]
     starts = [sum(bins[:i]) for i in range(n)]
     for row, body in zip(numbers, bodies):
         head, limits, counts = row[: 5 * n].reshape(5, n), row[5 * n : 5 * n + total], row[5 * n + total :]
@@ -125,7 +125,8 @@ def test_a_block_of_step_events_is_the_same_bytes_as_one_event_at_a_time(steps):
     tags = ["loss", "w/0", "w/1", "g/0", "g/1"]
     walls = np.linspace(1000.0, 1010.0, len(steps))
     values = np.random.default_rng(0).standard_normal((len(steps), len(tags)))
-    data, ends = events.ScalarBlock(tags).encode(np.array(steps), walls, values)
+    records, ends = events.ScalarBlock(tags).encode_runs(np.array(steps), walls, values[None])
+    data = records[0].tobytes()
     one_by_one = [
         events.frame(events.summary_event(s, float(w), events.ScalarTags(tags).encode(v.tolist())))
         for s, w, v in zip(steps, walls, values)

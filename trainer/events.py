@@ -107,16 +107,11 @@ class ScalarBlock:
         self.value_offsets = offsets
         self.value_columns = (np.array(offsets)[:, None] + np.arange(4)).ravel()
 
-    def encode(self, steps: np.ndarray, walls: np.ndarray, values: np.ndarray) -> tuple[bytes, np.ndarray]:
-        """Records for steps[i] with values[i] (one column per tag); returns the bytes and where
-        each record ends in them. Steps must increase."""
-        records, ends = self.encode_runs(steps, walls, np.asarray(values)[None])
-        return records.tobytes(), ends
-
     def encode_runs(
         self, steps: np.ndarray, walls: np.ndarray, values: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Records of many runs at once: values [runs, steps, tags]; see frame_block."""
+        """Records of many runs at once, for steps[i] (increasing) with values [runs, steps, tags]
+        (one column per tag); see frame_block."""
         raw = np.ascontiguousarray(values, dtype="<f4").view(np.uint8)  # [runs, steps, 4 * tags]
 
         def fill(bodies: np.ndarray, start: int, stop: int) -> None:
@@ -287,15 +282,10 @@ class HistogramBlock:
         offsets = np.array([h[k] for k in range(5) for h in heads] + limits + counts, dtype=np.int64)
         self.byte_columns = (offsets[:, None] + np.arange(8)).ravel()
 
-    def encode(self, numbers: np.ndarray) -> list[bytes]:
-        """A body per row of `numbers`: every tag's min, then every tag's max, count, sum and sum of
-        squares, then all tags' bucket limits, then all their bucket counts."""
-        width = len(self.template)
-        data = self.rows(numbers).tobytes()
-        return [data[i : i + width] for i in range(0, len(data), width)]
-
     def rows(self, numbers: np.ndarray) -> np.ndarray:
-        """The bodies of encode() as the rows of a uint8 array."""
+        """A body per row of `numbers`, as the rows of a uint8 array: every tag's min, then every
+        tag's max, count, sum and sum of squares, then all tags' bucket limits, then all their
+        bucket counts."""
         count = len(numbers)
         rows = np.tile(self.template, (count, 1))
         rows[:, self.byte_columns] = (

@@ -623,6 +623,8 @@ def test_the_next_group_is_claimed_while_one_trains_and_ctrl_c_leaves_no_claim(t
     )
 
     os.killpg(sweep.process.pid, signal.SIGINT)
+    # The gate opens once the sweep has asked its workers to stop: the group then stops at once.
+    wait_until(lambda: "Interrupted: stopping" in sweep.output(), "the sweep asks its workers to stop", sweep)
     gate.write_text("")
     code, out, err = sweep.finish()
     assert code == 130 and "Traceback" not in err, out + err

@@ -27,7 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainer.tensorboard_server import TensorBoardServer
+# The TensorBoard server the tests start, on 127.0.0.1 only
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from tensorboard_server import TensorBoardServer  # noqa: E402
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 CHROMIUM_FLAGS = [

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.cli import main
-from trainer.sweep import plan
+from trainer.cli.commands import main
+from trainer.spec.sweep import plan
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = "experiments/x.yaml"

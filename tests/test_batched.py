@@ -13,13 +13,13 @@ import pytest
 import torch
 from conftest import read_events
 
-from trainer.batched import rates, train_group
-from trainer.job import execute_unit
-from trainer.optim import build_schedule
-from trainer.runner import Options, run_all
-from trainer.sweep import plan
-from trainer.train import train
-from trainer.units import Unit, units_of
+from trainer.executors.driver import Options, run_all
+from trainer.kinds.optim import build_schedule
+from trainer.runs.job import execute_unit
+from trainer.spec.sweep import plan
+from trainer.spec.units import Unit, units_of
+from trainer.training.batched import rates, train_group
+from trainer.training.loop import train
 
 RTOL, ATOL = 1e-5, 1e-6  # float32: relative, with a floor for values near zero
 

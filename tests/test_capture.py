@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from tests.conftest import read_events
-from trainer.capture import DeviceCapture, HostCapture
-from trainer.schema import LogSettings
-from trainer.sink import TensorBoardSink
+from trainer.spec.schema import LogSettings
+from trainer.tensorboard.sink import TensorBoardSink
+from trainer.training.capture import DeviceCapture, HostCapture
 
 
 def stats(batch, h: int, i: int) -> list[float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from trainer.hparams import (
+from trainer.tensorboard.hparams import (
     EXPERIMENT_TAG,
     declared_keys,
     declared_metrics,

@@ -10,8 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from trainer.tensorboard_server import TensorBoardServer
+from tensorboard_server import TensorBoardServer
 
 pytestmark = pytest.mark.slow
 

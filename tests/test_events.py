@@ -14,7 +14,7 @@ from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tensorboard_crc
 
 from tests.conftest import read_events, scalars
-from trainer import events
+from trainer.tensorboard import events
 
 
 @pytest.mark.parametrize(
@@ -138,7 +138,7 @@ def test_a_block_of_step_events_is_the_same_bytes_as_one_event_at_a_time(steps):
 def test_hparams_records_match_what_tensorboards_own_metadata_module_makes():
     from tensorboard.plugins.hparams import metadata, plugin_data_pb2
 
-    from trainer import hparams
+    from trainer.tensorboard import hparams
 
     assert (hparams.PLUGIN_NAME, hparams.PLUGIN_DATA_VERSION) == (
         metadata.PLUGIN_NAME,
@@ -172,8 +172,8 @@ def test_table_checksums_equal_the_crc32c_of_each_message():
 
 
 def _group_sinks(tmp_path, runs):
-    from trainer.schema import LogSettings
-    from trainer.sink import TensorBoardSink
+    from trainer.spec.schema import LogSettings
+    from trainer.tensorboard.sink import TensorBoardSink
 
     sinks = []
     for r in range(runs):
@@ -188,12 +188,12 @@ def _group_sinks(tmp_path, runs):
 
 @pytest.mark.parametrize("sliced", [False, True], ids=["one-block", "a-run-per-block"])
 def test_a_group_of_runs_writes_each_run_as_it_would_alone(tmp_path, monkeypatch, sliced):
-    """Runs written together (trainer.batched) get the bytes each would get written alone: their
+    """Runs written together (trainer.training.batched) get the bytes each would get written alone: their
     own losses, rates, evaluations and histograms, each cut at its own last step, including a
     histogram of a tensor holding one value (laid out apart) and a rate that changes mid-chunk."""
-    from trainer import sink as sink_module
-    from trainer.capture import Layout
-    from trainer.sink import Captured, write_group
+    from trainer.tensorboard import sink as sink_module
+    from trainer.tensorboard.sink import Captured, write_group
+    from trainer.training.capture import Layout
 
     if sliced:
         monkeypatch.setattr(sink_module, "BLOCK_BYTES", 1)

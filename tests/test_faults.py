@@ -23,10 +23,10 @@ import pytest
 from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
-from trainer import report as report_module
-from trainer.progress import Progress
-from trainer.runner import Options, run_all
-from trainer.sweep import plan
+from trainer.executors.driver import Options, run_all
+from trainer.executors.progress import Progress
+from trainer.report import tables as report_module
+from trainer.spec.sweep import plan
 
 pytestmark = [
     pytest.mark.slow,
@@ -444,9 +444,9 @@ RAISING = """\
     import sys
 
     if __name__ == "__mp_main__":
-        import trainer.train
+        import trainer.training.loop
 
-        real_train = trainer.train.train
+        real_train = trainer.training.loop.train
 
         def train(run, sink=None, should_stop=lambda: False, on_progress=lambda steps: None):
             def progress(steps):
@@ -455,10 +455,10 @@ RAISING = """\
                     raise RuntimeError(f"deliberate fault at step {{steps}}")
             return real_train(run, sink, should_stop, progress)
 
-        trainer.train.train = train
+        trainer.training.loop.train = train
 
     if __name__ == "__main__":
-        from trainer.cli import main
+        from trainer.cli.commands import main
         sys.exit(main())
 """
 
@@ -574,7 +574,7 @@ if __name__ == "__mp_main__":
 {patch}
 
 if __name__ == "__main__":
-    from trainer.cli import main
+    from trainer.cli.commands import main
     sys.exit(main())
 """
 
@@ -589,9 +589,9 @@ def gated_script(tmp_path: Path, patch: str) -> tuple[Path, Path, Path]:
 
 # The first batched group a worker trains waits, once past its first chunk of steps.
 HOLD_FIRST_GROUP = """\
-    import trainer.batched
+    import trainer.training.batched
 
-    real_train_group = trainer.batched.train_group
+    real_train_group = trainer.training.batched.train_group
     groups = []
 
     def train_group(runs, sinks=None, should_stop=lambda: False, on_progress=lambda steps: None):
@@ -603,7 +603,7 @@ HOLD_FIRST_GROUP = """\
                 hold()
         return real_train_group(runs, sinks, should_stop, progress)
 
-    trainer.batched.train_group = train_group
+    trainer.training.batched.train_group = train_group
 """
 
 
@@ -707,7 +707,7 @@ def test_a_log_folder_that_cannot_be_made_is_one_error(tmp_path):
 def test_a_full_disk_stops_the_sweep_with_one_sentence_and_loses_no_run(tmp_path, monkeypatch, capsys):
     import torch
 
-    from trainer.events import EventFile
+    from trainer.tensorboard.events import EventFile
 
     spec = toy_spec(tmp_path, "train.seed: [0, 1, 2]", steps=200)
     runs = plan([str(spec)])

@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 from conftest import read_events, scalars
 
-from trainer import bands, curves, index, rundir
-from trainer.cli import main
-from trainer.findings import stats, t_critical, welch
-from trainer.writeup import REPORT, SUMMARY, num
+from trainer.cli.commands import main
+from trainer.report import bands, index
+from trainer.report.findings import stats, t_critical, welch
+from trainer.report.writeup import REPORT, SUMMARY, num
+from trainer.runs import rundir
+from trainer.tensorboard import curves
 
 SEEDED = """
     name: seeded

@@ -12,8 +12,8 @@ import pytest
 from tensorboard.plugins.hparams import api_pb2, metadata
 
 from tests.conftest import read_events
-from trainer import index
-from trainer.cli import main
+from trainer.cli.commands import main
+from trainer.report import index
 
 PROJECT = Path(__file__).resolve().parents[1]
 METRIC_TAGS = [
@@ -203,12 +203,12 @@ def test_log_folders_hold_no_absolute_paths_and_move_freely(teammates, tmp_path,
 
 
 def test_a_failed_run_holds_no_absolute_paths(tmp_path, monkeypatch):
-    import trainer.train
+    import trainer.training.loop
 
     def crash(*args, **kwargs):
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(trainer.train, "train", crash)
+    monkeypatch.setattr(trainer.training.loop, "train", crash)
     logdir = tmp_path / "logs"
     assert main(["run", spec_file(tmp_path / "experiments"), "--logdir", str(logdir), "--quiet"]) == 1
     assert record(logdir / "shared/base")["status"] == "failed"

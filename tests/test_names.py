@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.sweep import labels, plan, run_name
+from trainer.spec.sweep import labels, plan, run_name
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import scalars
-from trainer.cli import main
+from trainer.cli.commands import main
 
 # Read once, when Ray is imported: keeps every node of the test cluster on 127.0.0.1.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from pathlib import Path
 
 import pytest
 
-from trainer.reference import with_reference
-from trainer.sweep import plan
+from trainer.spec.sweep import plan
 
 README = Path(__file__).parents[1] / "README.md"
+sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+from reference import with_reference  # noqa: E402
 
 
 def test_spec_reference_is_up_to_date():
@@ -41,8 +43,8 @@ def test_comparison_set_is_valid():
 def test_readme_findings_are_the_reports_of_a_fresh_sweep(tmp_path):
     """The README's findings block is `report`'s summary of a fresh sweep of the comparison set
     (runs are bit-identical on CPU), word for word."""
-    from trainer.cli import main
-    from trainer.writeup import START, SUMMARY, with_findings
+    from trainer.cli.commands import main
+    from trainer.report.writeup import START, SUMMARY, with_findings
 
     specs = sorted(str(p) for p in (Path(__file__).parents[1] / "experiments").glob("*.yaml"))
     logs, out = tmp_path / "logs", tmp_path / "report"

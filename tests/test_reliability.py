@@ -33,8 +33,8 @@ from test_faults import (
     wait_until,
 )
 
-from trainer import rundir
-from trainer.cli import main
+from trainer.cli.commands import main
+from trainer.runs import rundir
 
 pytestmark = [
     pytest.mark.slow,
@@ -43,9 +43,9 @@ pytestmark = [
 
 # The loop engine's run named NAME waits, once past its first chunk of steps (see gated_script).
 HOLD_RUN = """\
-    import trainer.train
+    import trainer.training.loop
 
-    real_train = trainer.train.train
+    real_train = trainer.training.loop.train
 
     def train(run, sink=None, should_stop=lambda: False, on_progress=lambda steps: None):
         def progress(steps):
@@ -54,7 +54,7 @@ HOLD_RUN = """\
                 hold()
         return real_train(run, sink, should_stop, progress)
 
-    trainer.train.train = train
+    trainer.training.loop.train = train
 """
 
 
@@ -149,7 +149,7 @@ def test_a_claim_that_cannot_be_written_stops_the_sweep_with_a_sentence_and_leav
 ):
     import errno
 
-    from trainer import rundir
+    from trainer.runs import rundir
 
     spec = toy_spec(tmp_path, "train.seed: [0, 1]", steps=200)
     logdir = tmp_path / "logs"
@@ -182,7 +182,7 @@ KILLED_ONCE = """\
             os.kill(os.getpid(), signal.SIGKILL)      # the first worker dies while starting
 
     if __name__ == "__main__":
-        from trainer.cli import main
+        from trainer.cli.commands import main
         sys.exit(main())
 """
 
@@ -386,7 +386,7 @@ def test_an_oversized_spec_is_refused_with_its_size(tmp_path, capsys):
 
 
 def test_a_long_sweep_list_is_named_with_its_length(tmp_path, capsys, monkeypatch):
-    from trainer import spec as spec_module
+    from trainer.spec import files as spec_module
 
     monkeypatch.setattr(spec_module, "MAX_VALUES", 1000)  # the same code path as 100,000, in less time
     spec = tmp_path / "long.yaml"

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from trainer.tensorboard_server import TensorBoardServer
+from tensorboard_server import TensorBoardServer
 
 pytestmark = pytest.mark.slow
 
@@ -71,9 +70,9 @@ CRASHING_CLI = f"""
 import os
 import sys
 
-import trainer.train
+import trainer.training.loop
 
-_train = trainer.train.train
+_train = trainer.training.loop.train
 
 
 class DyingSink:
@@ -91,10 +90,10 @@ def train(run, sink=None, *args, **kwargs):
     return _train(run, DyingSink(sink) if run.name == {CRASHING_RUN!r} else sink, *args, **kwargs)
 
 
-trainer.train.train = train
+trainer.training.loop.train = train
 
 if __name__ == "__main__":
-    from trainer.cli import main
+    from trainer.cli.commands import main
     sys.exit(main(sys.argv[1:]))
 """
 
@@ -321,8 +320,8 @@ SEEDED = """
 
 
 def test_seed_bands_show_as_margin_charts_and_not_as_sessions(tmp_path, tensorboard):
-    from trainer.bands import tags
-    from trainer.cli import main
+    from trainer.cli.commands import main
+    from trainer.report.bands import tags
 
     spec = tmp_path / "seeded.yaml"
     spec.write_text(textwrap.dedent(SEEDED))

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from tests.conftest import read_events, scalars
-from trainer.batches import batches
-from trainer.cli import main
-from trainer.data import SEED_ROWS, SEED_WEIGHTS
-from trainer.sink import NullSink, TensorBoardSink
-from trainer.sweep import plan
-from trainer.train import train
+from trainer.cli.commands import main
+from trainer.kinds.data import SEED_ROWS, SEED_WEIGHTS
+from trainer.spec.sweep import plan
+from trainer.tensorboard.sink import NullSink, TensorBoardSink
+from trainer.training.batches import batches
+from trainer.training.loop import train
 
 NOTEBOOK_INIT = [0.2211, 0.1589, 0.3895, 0.8993]
 
@@ -296,12 +296,12 @@ def test_cuda_run_logs_the_same_curves_as_the_cpu(write_spec, tmp_path):
 
 
 def test_a_run_that_fails_before_training_still_shows_in_tensorboard(write_spec, tmp_path, monkeypatch):
-    import trainer.data
+    import trainer.kinds.data
 
     def unreadable(*args, **kwargs):
         raise OSError("the data went away")
 
-    monkeypatch.setattr(trainer.data, "load", unreadable)
+    monkeypatch.setattr(trainer.kinds.data, "load", unreadable)
     spec = write_spec("early", "name: early\n")
     logdir = tmp_path / "logs"
     assert main(["run", spec, "--logdir", str(logdir), "--quiet"]) == 1

@@ -5,6 +5,6 @@ __version__ = "0.1.0"
 
 def load_model(run_folder, map_location="cpu"):
     """The trained model of a finished run (its config and final weights), in eval mode."""
-    from trainer.checkpoint import load_model as load
+    from trainer.runs.checkpoint import load_model as load
 
     return load(run_folder, map_location)

@@ -1,0 +1,5 @@
+"""The command line: sweep, run, check, status, index, merge, report."""
+
+from trainer.cli.commands import EXIT_CLOSED_PIPE, EXIT_FAILED_RUNS, EXIT_INTERRUPTED, main
+
+__all__ = ["EXIT_CLOSED_PIPE", "EXIT_FAILED_RUNS", "EXIT_INTERRUPTED", "main"]

@@ -1,0 +1,469 @@
+"""The command line: sweep, run, check, status, index, merge, report.
+
+It imports little before it knows the command: a sweep starts its workers' fork server first, so
+that torch's import there (seconds) overlaps everything else the sweep does before its first run."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainer import __version__
+from trainer.core import guards
+from trainer.core.errors import LogDirError, UserError
+from trainer.core.hints import trainer_command
+from trainer.core.status import Status
+from trainer.report import tables as report
+
+if TYPE_CHECKING:
+    from trainer.spec.sweep import RunPlan
+
+EXIT_FAILED_RUNS = 1
+EXIT_INTERRUPTED = 130
+EXIT_CLOSED_PIPE = 141  # what a shell reports for a process ended by SIGPIPE, as `yes | head` is
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer", description="YAML experiment specs in, TensorBoard logs out."
+    )
+    parser.add_argument("--version", action="version", version=f"hparam-trainer {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def specs(p: argparse.ArgumentParser, many: bool = True) -> None:
+        if many:
+            p.add_argument("specs", nargs="+", metavar="SPEC", help="experiment spec files (YAML)")
+        else:
+            p.add_argument(
+                "specs",
+                nargs=1,
+                metavar="SPEC",
+                help="an experiment spec file (YAML); pin its swept keys with --set",
+            )
+        every = "every spec" if many else "the spec"
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help=f"override a setting in {every}, e.g. --set optimizer.lr=0.05 (repeatable)",
+        )
+        if many:
+            p.add_argument("--allow-large", action="store_true", help="allow sweeps of more than 10,000 runs")
+
+    def running(p: argparse.ArgumentParser, many: bool = True) -> None:
+        p.add_argument("--logdir", default="logs", help="log folder (default: logs)")
+        p.add_argument(
+            "--force",
+            action="store_true",
+            help="rerun runs even if complete, replacing them"
+            if many
+            else "run it even if it is complete, replacing it",
+        )
+        p.add_argument(
+            "--rerun-failed",
+            action="store_true",
+            help="rerun runs that failed before" if many else "run it again if it failed before",
+        )
+        p.add_argument(
+            "--quiet",
+            action="store_true",
+            help="print only errors and the one-line summary (no progress, no table)",
+        )
+
+    p = sub.add_parser(
+        "sweep",
+        help="run every run of every spec",
+        description="Run every run of every spec, in a pool of worker processes.",
+    )
+    specs(p)
+    running(p)
+    p.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: one per core)"
+    )
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="where runs run: local worker processes (default), or Ray tasks on this machine or a "
+        "cluster (needs the ray extra)",
+    )
+    p.add_argument(
+        "--address",
+        metavar="HOST:PORT",
+        help="with --executor ray: the head of a running Ray cluster, or 'auto' (default: RAY_ADDRESS, "
+        "else a Ray instance started on this machine with --workers CPUs)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="list the planned runs; write nothing")
+
+    p = sub.add_parser(
+        "run",
+        help="run one configuration in this process",
+        description="Run the one configuration of a spec in this process.",
+    )
+    specs(p, many=False)
+    running(p, many=False)
+
+    p = sub.add_parser(
+        "check",
+        help="validate specs; run nothing",
+        description="Validate specs and count their runs; run nothing.",
+    )
+    specs(p)
+
+    p = sub.add_parser(
+        "status",
+        help="list the runs of a log folder and their states",
+        description="List the runs of a log folder: state, final loss, distance, the step each "
+        "converged at, the step a diverged, failed or interrupted run stopped at. "
+        "Exit status 1 when some run is damaged.",
+    )
+    p.add_argument("logdir", nargs="?", default="logs", help="log folder (default: logs)")
+    status_options(p)
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="read every finished run's files: event file checksums, config, checkpoint",
+    )
+
+    p = sub.add_parser(
+        "index",
+        help="rebuild the log folder's HParams experiment record",
+        description="Rebuild the log folder's HParams experiment record.",
+    )
+    p.add_argument("logdir", nargs="?", default="logs", help="log folder (default: logs)")
+    p.add_argument(
+        "--focus",
+        action="append",
+        default=[],
+        metavar="EXPERIMENT",
+        help="declare the columns of these experiments' runs (their own metrics, such as val/accuracy), "
+        "instead of those every run shares (repeatable; the next sweep or merge goes back to all)",
+    )
+
+    p = sub.add_parser(
+        "report",
+        help="what the runs show over their seeds: report.md with pictures",
+        description="Group the runs of each experiment by configuration over their seeds; write the "
+        "groups' statistics, their ranking, each setting's effect and pictures to report.md in --out.",
+    )
+    p.add_argument("logdir", nargs="?", default="logs", help="log folder (default: logs)")
+    p.add_argument("experiments", nargs="*", metavar="EXPERIMENT", help="report on these only (default: all)")
+    p.add_argument(
+        "--out", default="reports", help="folder for report.md and its pictures (default: reports)"
+    )
+    p.add_argument(
+        "--readme",
+        metavar="FILE",
+        help="also put the summary into this Markdown file, between its <!-- report:start --> and "
+        "<!-- report:end --> lines",
+    )
+
+    p = sub.add_parser(
+        "merge",
+        help="bring teammates' log folders together",
+        description="Copy teammates' runs into one log folder and rebuild its HParams record.",
+    )
+    p.add_argument("sources", nargs="+", metavar="SRC", help="log folders to copy runs from")
+    p.add_argument("--into", required=True, metavar="DEST", help="log folder to merge into")
+    p.add_argument(
+        "--include-unfinished",
+        action="store_true",
+        help="also copy runs that have no final record (failed runs are always copied)",
+    )
+    return parser
+
+
+def status_options(p: argparse.ArgumentParser) -> None:
+    """The status command's table options: which runs, in what order."""
+    columns = ", ".join(report.COLUMNS)
+    p.add_argument(
+        "--sort",
+        metavar="COLUMN",
+        help=f"sort by a column ({columns}) or a setting (optimizer.lr, or its last part: lr); "
+        f"runs without a value last (default: by run name, numbers by value)",
+    )
+    p.add_argument("--reverse", action="store_true", help="reverse the order")
+    p.add_argument(
+        "--filter",
+        dest="filters",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only runs whose column or setting has this value, e.g. --filter status=diverged, "
+        "--filter batch_size=1 (repeatable: all must match)",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (`status | head`): stop quietly, as Unix tools do.
+        _silence_output()
+        return EXIT_CLOSED_PIPE
+
+
+def _main(argv: list[str] | None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        for line in exc.problems:
+            print(f"error: {line}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:  # before runs start or after they end: nothing to record
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        raise  # the reader went away: main() ends quietly
+    except OSError as exc:  # a file system fault no command foresaw: still one sentence
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}; nothing more was done", file=sys.stderr)
+        return 2
+
+
+def _silence_output() -> None:
+    """Point stdout and stderr at /dev/null, so that flushing them at exit raises nothing more."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass  # not a file descriptor (a test's capture): nothing will be flushed to a pipe
+    os.close(devnull)
+
+
+def _plan(args: argparse.Namespace) -> list[RunPlan]:
+    from trainer.spec.sweep import plan
+
+    return plan(args.specs, args.overrides, getattr(args, "allow_large", False))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    runs = _plan(args)
+    for spec in args.specs:
+        count = sum(r.spec_path == spec for r in runs)
+        print(f"{spec}: ok, {count} run{'s' if count != 1 else ''}")
+    _print_imported(runs)
+    return 0
+
+
+def _print_imported(runs: list[RunPlan]) -> None:
+    """Say which user code checking imported and ran (a spec that names code runs it)."""
+    from trainer.kinds.registry import code_of
+
+    paths = list(dict.fromkeys(path for run in runs for _, path in run.code))
+    if paths:
+        print(
+            "imported and tried, to check the specs: "
+            + ", ".join(f"{path} ({code_of(path)['file'] or 'installed'})" for path in paths)
+        )
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    if args.dry_run and args.allow_large:
+        guards.refuse_long_listing(args.specs, args.overrides)
+    if args.address is not None and args.executor != "ray":
+        raise UserError("--address: names a Ray cluster, so it needs --executor ray")
+    if args.executor == "ray" and not args.dry_run:
+        from trainer.executors.cluster import require_ray
+
+        require_ray()
+    if args.executor != "ray" and not args.dry_run and args.workers >= 1:
+        from trainer.executors.workers import prepare_workers
+
+        prepare_workers()  # torch's import in the workers' fork server overlaps the planning
+    runs = _plan(args)
+    if args.workers < 1:
+        raise UserError(f"--workers: must be at least 1, got {args.workers}")
+    if args.dry_run:
+        _print_imported(runs)
+        _print_plan(runs, Path(args.logdir))
+        return 0
+    return _execute(runs, args, workers=args.workers)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    runs = _plan(args)
+    if len(runs) != 1:
+        keys = ", ".join(dict.fromkeys(k for r in runs for k in r.swept_keys))
+        raise UserError(
+            f"{args.specs[0]}: sweeps {len(runs)} runs; 'run' runs one. Pin the swept keys "
+            f"({keys}) with --set KEY=VALUE, or use 'sweep'"
+        )
+    return _execute(runs, args, workers=0)
+
+
+def _execute(runs: list[RunPlan], args: argparse.Namespace, workers: int) -> int:
+    from trainer.executors.driver import ChangedConfig, Options, run_all
+    from trainer.executors.progress import Progress
+    from trainer.report import index
+
+    logdir = Path(args.logdir)
+    progress = Progress(enabled=not args.quiet)
+    try:
+        options = Options(logdir, workers, args.force, args.rerun_failed, progress)
+        options.executor = getattr(args, "executor", "local")
+        options.address = getattr(args, "address", None)
+        result = run_all(runs, options)
+    except ChangedConfig as changed:
+        raise LogDirError(_changed_spec(changed, args)) from None
+    records = index.records(logdir)
+    try:
+        index.rebuild(logdir, records)
+    except OSError as exc:
+        print(
+            f"warning: the HParams record of {logdir} could not be rebuilt: {exc.strerror}", file=sys.stderr
+        )
+    planned = {r.folder for r in runs}
+    ours = [r for r in records if r["folder"] in planned]
+    command = f"{trainer_command()} {shlex.join(sys.argv[1:])}" if sys.argv[1:] else ""
+    for line in report.sweep_summary(
+        ours, result, logdir, command or "the same command", len(runs), args.quiet
+    ):
+        print(line)
+    if result.interrupted:
+        return EXIT_INTERRUPTED
+    if result.logdir_fault or result.startup_fault:
+        return 2
+    return EXIT_FAILED_RUNS if result.failed else 0
+
+
+def _changed_spec(changed: Any, args: argparse.Namespace) -> list[str]:
+    """A paragraph per experiment whose finished runs a changed spec would replace, with the commands
+    that replace them or keep both."""
+    paragraphs = []
+    for (experiment, spec_path), group in changed.by_experiment().items():
+        options = [o for text in args.overrides for o in ("--set", text)]
+        if args.logdir != "logs":
+            options += ["--logdir", args.logdir]
+        if args.command == "sweep" and args.workers != (os.cpu_count() or 1):
+            options += ["--workers", str(args.workers)]
+        if args.command == "sweep" and args.executor != "local":
+            options += ["--executor", args.executor] + (["--address", args.address] if args.address else [])
+        command = [args.command, spec_path, *options]
+        new_name = _free_name(Path(args.logdir), experiment)
+        first, others = changed.first_difference(group)
+        paragraphs.append(
+            report.changed_spec(
+                experiment,
+                Path(args.logdir) / experiment,
+                len(group),
+                first,
+                others,
+                replace=f"{trainer_command()} {shlex.join([*command, '--force'])}",
+                keep=f"{trainer_command()} {shlex.join([*command, '--set', f'name={new_name}'])}",
+            )
+        )
+    return paragraphs
+
+
+def _free_name(logdir: Path, experiment: str) -> str:
+    """The experiment's name with the first suffix -2, -3, ... that no folder has yet."""
+    number = 2
+    while (logdir / f"{experiment}-{number}").exists():
+        number += 1
+    return f"{experiment}-{number}"
+
+
+def _print_plan(runs: list[RunPlan], logdir: Path) -> None:
+    from trainer.runs import rundir
+
+    by_experiment: dict[str, list[RunPlan]] = {}
+    for run in runs:
+        by_experiment.setdefault(run.experiment, []).append(run)
+    for experiment, group in by_experiment.items():
+        keys = list(dict.fromkeys(k for r in group for k in r.swept_keys))
+        varying = " x ".join(
+            f"{k} ({len({repr(v) for r in group for kk, v in r.swept if kk == k})})" for k in keys
+        )
+        print(
+            f"{experiment}: {len(group)} run{'s' if len(group) != 1 else ''}"
+            + (f" over {varying}" if keys else "")
+        )
+        for run in group:
+            state = rundir.state_of(logdir, run.experiment, run.name).state
+            note = "" if state == Status.MISSING else f"  [{state}]"
+            print(f"  {run.name}  ({run.steps} steps){note}")
+    print(f"{len(runs)} runs planned into {logdir}/ (dry run: nothing was written)")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    logdir = Path(args.logdir)
+    if not logdir.is_dir():
+        raise UserError(f"{logdir}: no such log folder")
+    return print_status(logdir, args)
+
+
+def print_status(logdir: Path, args: argparse.Namespace) -> int:
+    """The status table, as --sort, --reverse, --filter and --verify ask; 1 when some run is damaged."""
+    lines, damaged = report.status_report(logdir, args.sort, args.filters, args.reverse, args.verify)
+    for line in lines:
+        print(line)
+    return 1 if damaged else 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from trainer.report import index
+
+    logdir = Path(args.logdir)
+    if not logdir.is_dir():
+        raise UserError(f"{logdir}: no such log folder")
+    count, columns = index.rebuild(logdir, focus=args.focus)
+    focused = f" of {', '.join(args.focus)}" if args.focus else ""
+    print(
+        f"{logdir}: HParams record rebuilt for {count} runs{focused}; hparam columns: "
+        f"{', '.join(columns) or 'none'}"
+    )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from trainer.report import writeup
+
+    logdir = Path(args.logdir)
+    if not logdir.is_dir():
+        raise UserError(f"{logdir}: no such log folder")
+    out = Path(args.out)
+    readme = Path(args.readme) if args.readme else None
+    if readme is not None:
+        try:
+            text = readme.read_text()
+        except OSError as exc:
+            raise UserError(f"{readme}: cannot be read: {exc.strerror or exc}")
+        writeup.with_findings(text, [], str(readme))  # a file without markers is refused before any work
+    summary = writeup.write(logdir, out, args.experiments)
+    if readme is not None:
+        readme.write_text(writeup.with_findings(text, summary, str(readme)))
+    for line in writeup.terminal_lines(summary, out):
+        print(line)
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from trainer.report import index
+    from trainer.runs.merge import merge
+
+    result = merge([Path(s) for s in args.sources], Path(args.into), args.include_unfinished)
+    for line in result.lines():
+        print(line)
+    count, _ = index.rebuild(Path(args.into))
+    print(f"{args.into}: HParams record rebuilt for {count} runs")
+    return 1 if result.refused or result.damaged else 0
+
+
+COMMANDS = {
+    "sweep": cmd_sweep,
+    "run": cmd_run,
+    "check": cmd_check,
+    "status": cmd_status,
+    "index": cmd_index,
+    "merge": cmd_merge,
+    "report": cmd_report,
+}

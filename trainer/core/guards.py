@@ -1,0 +1,134 @@
+"""Guards on what the commands read and where they write: inputs that are not regular files or are
+too large, sweeps too large to list, and paths under a log folder that would lead outside it.
+
+Each guard answers with the problem as a sentence fragment (or None), so that the caller puts it in
+its own message form (`path:line: key: problem`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import stat
+from pathlib import Path
+
+# Far more than any hand-written or generated spec (the comparison set's are under 1 KB; a list of
+# 10,000 seeds is 60 KB); parsing a larger one would take seconds only to refuse its sweep.
+MAX_SPEC_BYTES = 256 << 10
+# The CSV reader holds every cell as a Python float: 64 MiB of text is already gigabytes in memory.
+MAX_CSV_BYTES = 64 << 20
+LIMITS = {"spec": (MAX_SPEC_BYTES, "a spec file"), "csv": (MAX_CSV_BYTES, "a CSV file")}
+# Planning is about 0.3 ms a run: a dry run of more than this would say nothing for over 15 s.
+MAX_LISTED_RUNS = 50_000
+
+_KINDS = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def file_kind(mode: int) -> str:
+    """'a named pipe', 'a socket', ... for a file mode that is not a regular file or a folder."""
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def input_problem(path: str | os.PathLike, kind: str) -> str | None:
+    """Why an input file ('spec' or 'csv') should not be opened: not a regular file, or larger than
+    such a file may be; else None.
+
+    Only os.stat is used, so a named pipe is refused without blocking on it and a device is never
+    read. A missing file or a folder is left to the caller, whose messages for those say more.
+    """
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    if stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode):
+        limit, what = LIMITS[kind]
+        if stat.S_ISREG(info.st_mode) and info.st_size > limit:
+            return f"is {info.st_size:,} bytes; {what} may hold at most {limit:,}"
+        return None
+    return f"is {file_kind(info.st_mode)}, not a regular file; give the path of a file"
+
+
+# --- paths the commands write -----------------------------------------------------------------
+
+
+def escape_problem(root: Path, path: Path) -> str | None:
+    """Why writing at `path` (at or below `root`) could leave the real `root`, or None.
+
+    Every component below root that exists must be a real folder (or, for the last, may be
+    missing); a symlink, dangling or not, is refused wherever it leads, since a write through it
+    lands where the link points. Only lstat is used: nothing is followed.
+    """
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        return f"{path} is not under {root}"
+    here = root
+    for part in parts:
+        here = here / part
+        try:
+            info = here.lstat()
+        except OSError:
+            return None  # missing, or under a file: the write itself will say so
+        if stat.S_ISLNK(info.st_mode):
+            return (
+                f"{here}: is a symlink to {_target(here)}; nothing is written through a symlink, which could "
+                f"lead outside {root}; replace it by a folder or remove it"
+            )
+        if not stat.S_ISDIR(info.st_mode):
+            return (
+                f"{here}: is {file_kind(info.st_mode) if not stat.S_ISREG(info.st_mode) else 'a file'}, "
+                f"where a folder belongs; move it away"
+            )
+    return None
+
+
+def _target(link: Path) -> str:
+    try:
+        target = os.readlink(link)
+    except OSError:
+        return "an unreadable target"
+    where = link.parent / target
+    return f"{target}" + ("" if where.exists() else " (dangling)")
+
+
+# --- sweeps too large to list -----------------------------------------------------------------
+
+
+def refuse_long_listing(paths: list[str], overrides: list[str]) -> None:
+    """Refuse, from the specs' sweep lengths alone, a dry run that would list more than
+    MAX_LISTED_RUNS runs: planning them would take minutes and gigabytes before the first line."""
+    from trainer.core.errors import SpecError
+    from trainer.spec.files import load_spec, parse_overrides
+
+    parsed, problems = parse_overrides(overrides)
+    if problems:
+        return  # planning reports them
+    counts = []
+    for path in paths:
+        try:
+            spec = load_spec(path, parsed)
+        except SpecError:
+            return
+        if spec.sweep:
+            counts.append((spec, math.prod(len(values) for values in spec.sweep.values())))
+    total = sum(count for _, count in counts)
+    if total <= MAX_LISTED_RUNS:
+        return
+    raise SpecError(
+        [
+            f"{spec.where('sweep')}: sweep: {count:,} runs ("
+            + " x ".join(f"{key} {len(values):,}" for key, values in spec.sweep.items())
+            + ")"
+            for spec, count in counts
+            if count > 1
+        ]
+        + [
+            f"--dry-run lists at most {MAX_LISTED_RUNS:,} runs, one line each, and these specs plan {total:,}; "
+            f"narrow the sweep or split it over several specs (nothing was planned or written)"
+        ]
+    )

@@ -1,0 +1,1 @@
+"""Every kind a spec can name (data, models, losses, metrics, optimizers, schedules), in one registry."""

@@ -1,0 +1,572 @@
+"""Data kinds: the notebook's rows, a synthetic linear generator, CSV tables, and the user's own.
+
+A data kind gives training rows, and optionally validation rows: tensors `(x, y)` of any shape
+(images N x C x H x W, integer class labels, ...) or a map-style torch Dataset. `data.validation`
+holds out a seeded fraction, the same for every run of a spec. What a kind produces is built once
+per process and cached; each run takes its split and moves it to its device.
+
+Built-in kinds are inspected without torch (the sweep's parent process needs none); a user's data
+function is called to find its shape.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import io
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from trainer.core import guards
+from trainer.core.strict import SEED, Invalid, as_data, at_least, below, setting, suggest
+from trainer.kinds import registry as kinds
+
+if TYPE_CHECKING:
+    import torch
+
+# The notebook's toy table: y = 0*x0 + 1*x1 + 2*x2 + 3*x3.
+SEED_ROWS = (
+    (1, 0, 1, 1),
+    (0, 0, 1, 0),
+    (1, 0, 0, 1),
+    (0, 1, 1, 1),
+    (1, 1, 1, 1),
+    (0, 1, 0, 0),
+    (0, 1, 0, 1),
+    (1, 0, 0, 0),
+    (0, 0, 0, 0),
+    (0, 0, 0, 1),
+)
+SEED_WEIGHTS = (0.0, 1.0, 2.0, 3.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataCommon:
+    """Settings every data kind has, the user's included."""
+
+    validation: float = setting(
+        0.0,
+        at_least(0),
+        below(1),
+        doc="fraction of rows held out for validation (seeded by split_seed; the same "
+        "rows for every run of the spec); 0 for none",
+    )
+    split_seed: int = setting(0, SEED, doc="seed of the validation split (independent of train.seed)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SeedToyData(DataCommon):
+    """The notebook's ten rows of four binary features; true weights [0, 1, 2, 3]."""
+
+    kind: Literal["seed_toy"] = "seed_toy"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SyntheticData(DataCommon):
+    """Rows drawn at random, targets from a linear model plus Gaussian noise."""
+
+    kind: Literal["synthetic"] = "synthetic"
+    rows: int = setting(100, at_least(1), doc="number of rows")
+    features: int = setting(4, at_least(1), doc="number of input columns")
+    weights: tuple[float, ...] | None = setting(
+        None, doc="true weights (one per feature); drawn from a standard normal when omitted"
+    )
+    bias: float = setting(0.0, doc="true intercept added to every target")
+    noise: float = setting(0.0, at_least(0), doc="standard deviation of the Gaussian noise on y")
+    inputs: Literal["normal", "binary", "uniform"] = setting(
+        "normal", doc="distribution of x: standard normal, 0/1 coin flips, or uniform on [0, 1)"
+    )
+    seed: int = setting(0, SEED, doc="seed of the data generator (independent of train.seed)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CsvData(DataCommon):
+    """A table with a header row; one column is the target: numbers, or text labels for classification."""
+
+    kind: Literal["csv"] = "csv"
+    path: str = setting(doc="CSV file, relative to the spec file's folder")
+    target: str = setting(doc="name of the target column; every other column is a numeric feature")
+    standardize: bool = setting(
+        False, doc="scale each feature to mean 0 and standard deviation 1 (measured on the training rows)"
+    )
+    true_weights: tuple[float, ...] | None = setting(
+        None, doc="known true weights, one per feature, if the data has them"
+    )
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What planning needs to know about a dataset."""
+
+    rows: int  # training rows
+    validation_rows: int
+    input_shape: tuple[int, ...]  # of one row
+    classes: int | None  # integer or text labels: how many classes; None for real targets
+    target_shape: tuple[int, ...] = ()  # of one row's target
+    true_weights: tuple[float, ...] | None = None
+    true_bias: float | None = None
+    digest: str | None = None  # sha256 of a CSV file's bytes
+
+    @property
+    def features(self) -> int:
+        return self.input_shape[0] if len(self.input_shape) == 1 else 0
+
+
+@dataclass
+class Split:
+    """Rows of one split: tensors x and y, or a map-style Dataset."""
+
+    x: torch.Tensor | None = None
+    y: torch.Tensor | None = None
+    dataset: Any = None
+
+    def __len__(self) -> int:
+        return len(self.dataset) if self.dataset is not None else int(self.x.shape[0])
+
+    def to(self, device: torch.device | str) -> Split:
+        return self if self.dataset is not None else Split(self.x.to(device), self.y.to(device))
+
+
+@dataclass
+class Dataset:
+    """A run's data: training rows, validation rows where held out, and the truth where known."""
+
+    train: Split
+    validation: Split | None
+    true_weights: torch.Tensor | None = None
+    true_bias: float | None = None
+    classes: tuple[str, ...] | None = None  # the names of text labels, in class order
+
+
+# --- built-in kinds -----------------------------------------------------------------------------
+
+
+def csv_path(spec: CsvData, folder: Path) -> Path:
+    path = Path(spec.path)
+    return path if path.is_absolute() else folder / path
+
+
+def _seed_toy(kind: kinds.Kind, spec: SeedToyData, folder: Path) -> Dataset:
+    import torch
+
+    x = torch.tensor(SEED_ROWS, dtype=torch.float32)
+    w = torch.tensor(SEED_WEIGHTS)
+    return Dataset(Split(x, x @ w), None, w, 0.0)
+
+
+def _synthetic(kind: kinds.Kind, spec: SyntheticData, folder: Path) -> Dataset:
+    import torch
+
+    gen = torch.Generator().manual_seed(spec.seed)
+    shape = (spec.rows, spec.features)
+    if spec.inputs == "normal":
+        x = torch.randn(shape, generator=gen)
+    elif spec.inputs == "binary":
+        x = torch.randint(0, 2, shape, generator=gen).float()
+    else:
+        x = torch.rand(shape, generator=gen)
+    w = (
+        torch.tensor(spec.weights, dtype=torch.float32)
+        if spec.weights is not None
+        else torch.randn(spec.features, generator=gen)
+    )
+    y = x @ w + spec.bias + spec.noise * torch.randn(spec.rows, generator=gen)
+    return Dataset(Split(x, y), None, w, spec.bias)
+
+
+def _csv(kind: kinds.Kind, spec: CsvData, folder: Path) -> Dataset:
+    import torch
+
+    table = _read_csv(csv_path(spec, folder), spec.path, spec.target)
+    x = torch.tensor(table.features, dtype=torch.float32)
+    if table.classes is not None:
+        y = torch.tensor(table.targets, dtype=torch.int64)
+    else:
+        y = torch.tensor(table.targets, dtype=torch.float32)
+    truth = torch.tensor(spec.true_weights, dtype=torch.float32) if spec.true_weights else None
+    return Dataset(Split(x, y), None, truth, None, table.classes)
+
+
+def _user_data(kind: kinds.Kind, spec: Any, folder: Path) -> Dataset:
+    try:
+        result = kind.target(**kinds.settings(spec))
+    except Exception as exc:  # the user's code raised: its message, at the spec's line
+        lines = str(exc).strip().splitlines()
+        raise Invalid(
+            [("data.kind", f"{kind.name} raised {type(exc).__name__}{': ' + lines[0] if lines else ''}")]
+        ) from None
+    return from_user(result, kind.name)
+
+
+def from_user(result: Any, name: str) -> Dataset:
+    """A user data function's result as a Dataset: (x, y), a map-style Dataset, or a mapping
+    {'train': ..., 'validation': ...} of either."""
+    if isinstance(result, Mapping):
+        unknown = [k for k in result if k not in ("train", "validation")]
+        if "train" not in result or unknown:
+            raise Invalid(
+                [
+                    (
+                        "data.kind",
+                        f"{name} returned a mapping with the keys {sorted(map(str, result))}; "
+                        f"it needs 'train' and may have 'validation'",
+                    )
+                ]
+            )
+        validation = result.get("validation")
+        return Dataset(
+            _split(result["train"], name, "'train'"),
+            _split(validation, name, "'validation'") if validation is not None else None,
+        )
+    return Dataset(_split(result, name, "its result"), None)
+
+
+def _split(value: Any, name: str, what: str) -> Split:
+    import torch
+
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        x, y = (torch.as_tensor(v) for v in value)
+        if x.dim() == 0 or y.dim() == 0 or x.shape[0] != y.shape[0]:
+            raise Invalid(
+                [
+                    (
+                        "data.kind",
+                        f"{name}: {what} is (x, y) with x of shape {list(x.shape)} and y of "
+                        f"shape {list(y.shape)}; they need the same number of rows",
+                    )
+                ]
+            )
+        if x.shape[0] == 0:
+            raise Invalid([("data.kind", f"{name}: {what} has no rows")])
+        if x.is_floating_point() and x.dtype != torch.float32:
+            x = x.float()
+        if y.is_floating_point() and y.dtype != torch.float32:
+            y = y.float()
+        return Split(x, y)
+    if hasattr(value, "__getitem__") and hasattr(value, "__len__") and not isinstance(value, (str, bytes)):
+        if len(value) == 0:
+            raise Invalid([("data.kind", f"{name}: {what} is a Dataset with no rows")])
+        return Split(dataset=value)
+    raise Invalid(
+        [
+            (
+                "data.kind",
+                f"{name}: {what} is {type(value).__name__}; a data function returns (x, y) "
+                f"tensors, a map-style torch Dataset, or {{'train': ..., 'validation': ...}} "
+                f"of either",
+            )
+        ]
+    )
+
+
+DATA = kinds.define_family(
+    "data",
+    "a function returning (x, y) tensors, a map-style torch Dataset, or {'train': ..., 'validation': ...}",
+    _user_data,
+    common=DataCommon,
+)
+kinds.register("data", SeedToyData, _seed_toy)
+kinds.register("data", SyntheticData, _synthetic)
+kinds.register("data", CsvData, _csv)
+
+
+# --- CSV ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Table:
+    header: tuple[str, ...]
+    features: tuple[tuple[float, ...], ...]
+    targets: tuple[Any, ...]  # numbers, or class indices where labels are text
+    classes: tuple[str, ...] | None
+    digest: str
+
+
+def _read_csv(path: Path, shown: str, target: str) -> Table:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise Invalid([("data.path", f"no such file {shown!r} (looked for {path})")])
+    except OSError as exc:
+        raise Invalid([("data.path", f"cannot read {shown!r}: {exc.strerror}")])
+    if (refused := guards.input_problem(path, "csv")) is not None:
+        raise Invalid([("data.path", f"{shown!r} {refused}")])
+    table = _parse_csv(str(path), shown, target, stat.st_mtime_ns, stat.st_size)
+    if isinstance(table, tuple):
+        raise Invalid([table])
+    return table
+
+
+@functools.lru_cache(maxsize=32)
+def _parse_csv(path: str, shown: str, target: str, mtime_ns: int, size: int) -> Table | tuple[str, str]:
+    """The table of a CSV file, or (key, what is wrong with it); cached per file version.
+
+    A problem is returned rather than raised so that it is cached too: every run of a sweep asks.
+    """
+    try:
+        raw = Path(path).read_bytes()
+        text = raw.decode("utf-8-sig")
+    except IsADirectoryError:
+        return "data.path", f"{shown!r} is a folder, not a CSV file"
+    except UnicodeDecodeError:
+        return "data.path", f"{shown!r} is not UTF-8 text"
+    except OSError as exc:
+        return "data.path", f"cannot read {shown!r}: {exc.strerror}"
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = tuple(h.strip() for h in next(reader, ()))
+        if not header:
+            return "data.path", f"{shown!r} is empty; it needs a header row and data rows"
+        if len(set(header)) != len(header):
+            dup = next(h for h in header if header.count(h) > 1)
+            return "data.path", f"{shown!r} has the column {dup!r} twice"
+        if target not in header:
+            return "data.target", (
+                f"no column {target!r} in {shown}{suggest(target, list(header))}; its columns: "
+                f"{', '.join(header)}"
+            )
+        if len(header) < 2:
+            return "data.path", f"{shown} has only the target column; it needs at least one feature"
+        at = header.index(target)
+        features, labels = [], []
+        for cells in reader:
+            if not cells or all(not c.strip() for c in cells):
+                continue
+            where = f"{shown}:{reader.line_num}: row {len(features) + 1}"
+            if len(cells) != len(header):
+                return "data.path", f"{where} has {len(cells)} cells, the header has {len(header)}"
+            values = []
+            for i, (column, cell) in enumerate(zip(header, cells)):
+                if i == at:
+                    labels.append(cell.strip())
+                    continue
+                try:
+                    value = float(cell)
+                except ValueError:
+                    return "data.path", f"{where}, column {column!r}: {cell.strip()!r} is not a number"
+                if not math.isfinite(value):
+                    return "data.path", f"{where}, column {column!r}: {cell.strip()!r} is not finite"
+                values.append(value)
+            features.append(tuple(values))
+    except csv.Error as exc:
+        return "data.path", f"{shown}:{reader.line_num}: cannot be read as CSV: {exc}"
+    if not features:
+        return "data.path", f"{shown!r} has a header but no data rows"
+    numbers = _numbers(labels)
+    if numbers is not None:
+        targets, classes = numbers, None
+    else:
+        # Text labels are classes, numbered in sorted order, so every reader of the file agrees.
+        classes = tuple(sorted(set(labels)))
+        index = {label: i for i, label in enumerate(classes)}
+        targets = tuple(index[label] for label in labels)
+    return Table(header, tuple(features), tuple(targets), classes, hashlib.sha256(raw).hexdigest())
+
+
+def _numbers(cells: list[str]) -> tuple[float, ...] | None:
+    try:
+        values = tuple(float(c) for c in cells)
+    except ValueError:
+        return None
+    return values if all(math.isfinite(v) for v in values) else None
+
+
+# --- inspecting and loading ---------------------------------------------------------------------
+
+
+def split_sizes(rows: int, fraction: float) -> tuple[int, int]:
+    """(training rows, validation rows) for a held-out fraction: at least one of each when held out."""
+    if fraction <= 0:
+        return rows, 0
+    held = min(rows - 1, max(1, round(rows * fraction)))
+    return rows - held, held
+
+
+def inspect(spec: Any, folder: Path) -> DataInfo:
+    """Size, shape and known truth of a dataset; raises Invalid naming the data.* key at fault."""
+    if isinstance(spec, SeedToyData):
+        return _builtin_info(spec, len(SEED_ROWS), (len(SEED_ROWS[0]),), None, SEED_WEIGHTS, 0.0)
+    if isinstance(spec, SyntheticData):
+        if spec.weights is not None and len(spec.weights) != spec.features:
+            raise Invalid(
+                [
+                    (
+                        "data.weights",
+                        f"has {len(spec.weights)} values but data.features is "
+                        f"{spec.features}; give one true weight per feature",
+                    )
+                ]
+            )
+        return _builtin_info(spec, spec.rows, (spec.features,), None, spec.weights, spec.bias)
+    if isinstance(spec, CsvData):
+        table = _read_csv(csv_path(spec, folder), spec.path, spec.target)
+        features = len(table.header) - 1
+        if spec.true_weights is not None and len(spec.true_weights) != features:
+            raise Invalid(
+                [
+                    (
+                        "data.true_weights",
+                        f"has {len(spec.true_weights)} values but {spec.path} has {features} feature columns",
+                    )
+                ]
+            )
+        if table.classes is not None and spec.true_weights is not None:
+            raise Invalid(
+                [
+                    (
+                        "data.true_weights",
+                        f"the target column {spec.target!r} holds text labels, so there "
+                        f"are no true weights of a linear model",
+                    )
+                ]
+            )
+        return _builtin_info(
+            spec,
+            len(table.features),
+            (features,),
+            len(table.classes) if table.classes else None,
+            spec.true_weights,
+            None,
+            table.digest,
+        )
+    return _loaded_info(spec, folder)
+
+
+def _builtin_info(
+    spec: Any,
+    rows: int,
+    shape: tuple[int, ...],
+    classes: int | None,
+    weights: Any,
+    bias: Any,
+    digest: str | None = None,
+) -> DataInfo:
+    if spec.validation and rows < 2:
+        raise Invalid([("data.validation", f"the data has {rows} row; holding out rows needs at least two")])
+    train, held = split_sizes(rows, spec.validation)
+    return DataInfo(
+        train, held, shape, classes, (), tuple(weights) if weights is not None else None, bias, digest
+    )
+
+
+def _loaded_info(spec: Any, folder: Path) -> DataInfo:
+    dataset = load(spec, folder)
+    x, y = first_row(dataset.train)
+    return DataInfo(
+        len(dataset.train),
+        len(dataset.validation) if dataset.validation else 0,
+        tuple(x.shape),
+        _class_count(dataset),
+        tuple(y.shape),
+    )
+
+
+def first_row(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
+    """One row's input and target, as tensors."""
+    import torch
+
+    if split.dataset is None:
+        return split.x[0], split.y[0]
+    item = split.dataset[0]
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        raise Invalid(
+            [
+                (
+                    "data.kind",
+                    f"a Dataset's items must be (input, target) pairs; item 0 is {type(item).__name__}",
+                )
+            ]
+        )
+    return torch.as_tensor(item[0]), torch.as_tensor(item[1])
+
+
+def _class_count(dataset: Dataset) -> int | None:
+    """How many classes integer labels have (the largest label + 1), or None for real targets."""
+    import torch
+
+    if dataset.classes is not None:
+        return len(dataset.classes)
+    counts = []
+    for split in (dataset.train, dataset.validation):
+        if split is None:
+            continue
+        if split.dataset is not None:
+            # A Dataset's labels are not scanned; torchvision's datasets name their classes.
+            named = getattr(split.dataset, "classes", None)
+            return len(named) if named is not None else None
+        if split.y.is_floating_point() or split.y.dtype is torch.bool:
+            return None
+        counts.append(int(split.y.max()) + 1)
+    return max(counts) if counts else None
+
+
+# What data kinds built in this process, by their settings: every run of a sweep shares one build.
+_BUILT: dict[tuple[str, str], Dataset] = {}
+MAX_BUILT = 8
+
+
+def _built(spec: Any, folder: Path) -> Dataset:
+    settings = {k: v for k, v in as_data(spec).items() if k not in ("validation", "split_seed")}
+    key = (json.dumps(settings, sort_keys=True), str(folder))
+    if key not in _BUILT:
+        if len(_BUILT) >= MAX_BUILT:
+            _BUILT.pop(next(iter(_BUILT)))
+        _BUILT[key] = kinds.build(spec, folder)
+    return _BUILT[key]
+
+
+def load(spec: Any, folder: Path, device: torch.device | str = "cpu") -> Dataset:
+    """The run's data on its device: built once per process, split by data.validation."""
+    built = _built(spec, folder)
+    train, validation = built.train, built.validation
+    if spec.validation:
+        if validation is not None:
+            raise Invalid(
+                [
+                    (
+                        "data.validation",
+                        f"{spec.kind} already returns validation rows; remove "
+                        f"data.validation, or return only training rows",
+                    )
+                ]
+            )
+        train, validation = _hold_out(train, spec.validation, spec.split_seed)
+    if isinstance(spec, CsvData) and spec.standardize:
+        train, validation = _standardized(train, validation)
+    return Dataset(
+        train.to(device),
+        validation.to(device) if validation is not None else None,
+        built.true_weights.to(device) if built.true_weights is not None else None,
+        built.true_bias,
+        built.classes,
+    )
+
+
+def _hold_out(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """A seeded random fraction of the rows for validation, the rest for training."""
+    import torch
+
+    rows = len(split)
+    train_rows, held = split_sizes(rows, fraction)
+    order = torch.randperm(rows, generator=torch.Generator().manual_seed(seed))
+    # Sorted, so that the rows keep their order within each part.
+    val_index, train_index = order[:held].sort().values, order[held:].sort().values
+    if split.dataset is not None:
+        from torch.utils.data import Subset
+
+        return Split(dataset=Subset(split.dataset, train_index.tolist())), Split(
+            dataset=Subset(split.dataset, val_index.tolist())
+        )
+    return Split(split.x[train_index], split.y[train_index]), Split(split.x[val_index], split.y[val_index])
+
+
+def _standardized(train: Split, validation: Split | None) -> tuple[Split, Split | None]:
+    mean = train.x.mean(dim=0)
+    std = train.x.std(dim=0, unbiased=False).clamp_min(1e-12)
+    scale = lambda s: Split((s.x - mean) / std, s.y)  # noqa: E731
+    return scale(train), scale(validation) if validation is not None else None

@@ -1,0 +1,1 @@
+"""Views of a log folder: status tables, findings over seeds, seed bands, the HParams index, the report."""

@@ -1,0 +1,311 @@
+"""What a sweep's runs show, over their seeds: pure data from the runs' records, no printing.
+
+Runs whose configurations differ only in their replicate settings (train.seed, and whatever a
+spec's `report.replicates` names) form a group. Each group gets, for every final and best metric,
+the count, mean, standard deviation, range and 95% t-interval of its complete runs; failed and
+diverged runs are counted, never averaged in. Groups are ranked by the experiment's metric, the
+best is tested against the runner-up (Welch's t-test), and each swept setting's effect is its
+marginal mean: the metric averaged over the groups that share a value of it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainer.core.status import Status
+from trainer.spec.sweep import BASE_RUN, format_value, labels
+from trainer.tensorboard.hparams import NOT_METRICS, metric_tags
+
+DEFAULT_REPLICATES = ("train.seed",)
+DISTANCE = "final/weight_distance"
+CONVERGED = "final/converged"
+# Metrics whose direction is known by name; others are judged from their best against their final.
+LOWER_IS_BETTER = {"loss", "mae", "rmse", "weight_distance", "converged_step"}
+HIGHER_IS_BETTER = {"accuracy", "converged"}
+# Runs train in float32, which keeps about 7 significant digits: a value a million times smaller
+# than the largest value of its metric in the experiment is rounding noise, and counts as zero (its
+# digits would differ between engines and machines, and so would any test of one such value
+# against another).
+RESOLUTION = 1e-6
+# Never a group statistic: the run's status says it (a diverged run has no final values).
+SKIPPED = {"final/diverged", *NOT_METRICS}
+
+# Student's t at 97.5% by degrees of freedom; between them, interpolated in 1/df.
+_T975 = {
+    1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+    10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110,
+    18: 2.101, 19: 2.093, 20: 2.086, 22: 2.074, 24: 2.064, 26: 2.056, 28: 2.048, 30: 2.042,
+    40: 2.021, 60: 2.000, 120: 1.980, math.inf: 1.960,
+}  # fmt: skip
+
+
+def t_critical(df: float) -> float:
+    """The two-sided 95% critical value of Student's t with df (possibly fractional) degrees of freedom."""
+    if df <= 1:
+        return _T975[1]
+    points = sorted(_T975)
+    for lo, hi in zip(points, points[1:]):
+        if lo <= df <= hi:
+            if df == lo:
+                return _T975[lo]
+            weight = (1 / lo - 1 / df) / (1 / lo - (0 if hi == math.inf else 1 / hi))
+            return _T975[lo] + weight * (_T975[hi] - _T975[lo])
+    return _T975[math.inf]
+
+
+@dataclass(frozen=True)
+class Stats:
+    """A metric over a group's complete runs. std is None for one run (no spread, rather than a zero
+    one); the 95% t-interval's half-width is None below three runs."""
+
+    n: int
+    mean: float
+    std: float | None
+    low: float
+    high: float
+    half_width: float | None
+
+
+def stats(values: Iterable[float]) -> Stats | None:
+    """n, mean, sample standard deviation, range and 95% t-interval of some numbers; None for none."""
+    xs = [float(v) for v in values]
+    if not xs:
+        return None
+    n, mean = len(xs), math.fsum(xs) / len(xs)
+    std = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1)) if n > 1 else None
+    half = t_critical(n - 1) * std / math.sqrt(n) if std is not None and n >= 3 else None
+    return Stats(n, mean, std, min(xs), max(xs), half)
+
+
+@dataclass
+class Group:
+    """Runs of one configuration, repeated over the replicate settings."""
+
+    label: str  # the swept settings that are no replicate, as in run names
+    settings: dict[str, str]  # key -> value as the spec wrote it
+    numbers: dict[str, float]  # key -> value as a number, where it is one (batch_size full resolved)
+    runs: list[dict[str, Any]]
+    counts: dict[str, int]  # status -> runs
+    metrics: dict[str, Stats]  # over the complete runs
+
+    @property
+    def complete(self) -> int:
+        return self.counts.get(Status.COMPLETE, 0)
+
+    @property
+    def failed(self) -> int:
+        return len(self.runs) - self.complete
+
+
+@dataclass(frozen=True)
+class Separation:
+    """Whether the best group's metric is told apart from the runner-up's by Welch's t-test at 95%."""
+
+    separable: bool | None  # None where it cannot be tested (a group with one run)
+    t: float | None = None
+    df: float | None = None
+    critical: float | None = None
+
+
+@dataclass(frozen=True)
+class Effect:
+    """A swept setting's marginal means: the metric for each of its values, averaged over the
+    groups that have that value (so over the other settings)."""
+
+    key: str
+    label: str
+    values: list[tuple[str, float | None, float, int]]  # (value as written, as a number, mean, groups)
+
+    @property
+    def size(self) -> float:
+        """The largest difference between two of its values' means."""
+        means = [mean for _, _, mean, _ in self.values]
+        return max(means) - min(means)
+
+    def best(self, higher_is_better: bool) -> tuple[str, float | None, float, int]:
+        return (max if higher_is_better else min)(self.values, key=lambda v: v[2])
+
+    def worst(self, higher_is_better: bool) -> tuple[str, float | None, float, int]:
+        return (min if higher_is_better else max)(self.values, key=lambda v: v[2])
+
+
+@dataclass
+class ExperimentFindings:
+    name: str
+    replicates: tuple[str, ...]
+    metric: str  # the metric that ranks the groups
+    higher_is_better: bool
+    swept: list[str]  # swept keys that are no replicate, in the order the runs name them
+    groups: list[Group]  # best first; groups without a value for the metric last
+    metrics: list[str]  # every metric a group has, in the HParams table's order
+    separation: Separation | None  # of the best two groups; None for fewer than two
+    effects: dict[str, list[Effect]] = field(default_factory=dict)  # metric -> effects, largest first
+
+    @property
+    def runs(self) -> int:
+        return sum(len(g.runs) for g in self.groups)
+
+    def ranked(self) -> list[Group]:
+        return [g for g in self.groups if self.metric in g.metrics]
+
+
+def direction(metric: str, runs: list[dict[str, Any]], given: bool | None = None) -> bool:
+    """Whether a higher value of a metric is better: as the spec says, by its name, or else from its
+    runs (a best above the final means higher is better)."""
+    if given is not None:
+        return given
+    name = metric.rpartition("/")[2]
+    if name in HIGHER_IS_BETTER or name in LOWER_IS_BETTER:
+        return name in HIGHER_IS_BETTER
+    split_name = metric.partition("/")[2]
+    for run in runs:
+        values = run.get("metrics") or {}
+        final, best = values.get(f"final/{split_name}"), values.get(f"best/{split_name}")
+        if final is not None and best is not None and final != best:
+            return best > final
+    return False
+
+
+def settings_of(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report settings of an experiment's runs: the newest run's, or the defaults."""
+    for record in sorted(records, key=lambda r: r.get("ended") or "", reverse=True):
+        if isinstance(record.get("report"), dict):
+            return record["report"]
+    return {}
+
+
+def _group_key(record: dict[str, Any], replicates: tuple[str, ...]) -> str:
+    hparams = {k: v for k, v in (record.get("hparams") or {}).items() if k not in replicates}
+    return json.dumps(hparams, sort_keys=True)
+
+
+def _value(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def experiment_findings(name: str, records: list[dict[str, Any]]) -> ExperimentFindings:
+    """The groups of one experiment's runs, their statistics, ranking, separation and effects."""
+    settings = settings_of(records)
+    replicates = tuple(settings.get("replicates") or DEFAULT_REPLICATES)
+    swept = list(dict.fromkeys(k for r in records for k in r.get("swept") or {} if k not in replicates))
+    short = labels(swept)
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        by_key.setdefault(_group_key(record, replicates), []).append(record)
+    complete = [r for r in records if r.get("status") == Status.COMPLETE]
+    floor = floors(complete)
+    groups = [_group(runs, swept, short, floor) for runs in by_key.values()]
+    metrics = [t for t in metric_tags(complete) if t not in SKIPPED]
+    default = "final/val/loss" if "final/val/loss" in metrics else "final/train/loss"
+    metric = settings.get("metric") or default
+    higher = direction(metric, complete, settings.get("higher_is_better"))
+    sign = -1 if higher else 1
+    groups.sort(
+        key=lambda g: (metric not in g.metrics, sign * g.metrics[metric].mean if metric in g.metrics else 0)
+    )
+    found = ExperimentFindings(name, replicates, metric, higher, swept, groups, metrics, None)
+    ranked = found.ranked()
+    if len(ranked) >= 2:
+        found.separation = welch(ranked[0].metrics[metric], ranked[1].metrics[metric])
+    for tag in dict.fromkeys([metric, DISTANCE, CONVERGED]):
+        if tag in metrics:
+            found.effects[tag] = effects(groups, swept, short, tag)
+    return found
+
+
+def shown(value: Any) -> str:
+    """A swept value as run names show it; a section by its settings, its kind bare: 'sgd,lr=0.01'."""
+    if isinstance(value, dict):
+        return ",".join(
+            format_value(v) if k == "kind" else f"{k}={format_value(v)}" for k, v in value.items()
+        )
+    return format_value(value)
+
+
+def floors(complete: list[dict[str, Any]]) -> dict[str, float]:
+    """Each metric's rounding floor in an experiment: RESOLUTION times its largest magnitude."""
+    largest: dict[str, float] = {}
+    for run in complete:
+        for tag, value in (run.get("metrics") or {}).items():
+            if (number := _value(value)) is not None and math.isfinite(number):
+                largest[tag] = max(largest.get(tag, 0.0), abs(number))
+    return {tag: RESOLUTION * size for tag, size in largest.items()}
+
+
+def _group(
+    runs: list[dict[str, Any]], swept: list[str], short: dict[str, str], floor: dict[str, float]
+) -> Group:
+    first = runs[0]
+    settings = {k: shown(v) for k, v in (first.get("swept") or {}).items() if k in swept}
+    numbers = {
+        k: number
+        for k in settings
+        if (number := _value((first.get("hparams") or {}).get(k))) is not None
+        and not isinstance((first.get("hparams") or {}).get(k), bool)
+    }
+    label = ",".join(f"{short[k]}={v}" for k, v in settings.items()) or BASE_RUN
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run.get("status", "?")] = counts.get(run.get("status", "?"), 0) + 1
+    values: dict[str, list[float]] = {}
+    for run in runs:
+        if run.get("status") != Status.COMPLETE:
+            continue
+        for tag, value in (run.get("metrics") or {}).items():
+            if tag not in SKIPPED and (number := _value(value)) is not None:
+                values.setdefault(tag, []).append(0.0 if abs(number) < floor.get(tag, 0.0) else number)
+    return Group(label, settings, numbers, runs, counts, {t: s for t, v in values.items() if (s := stats(v))})
+
+
+def welch(a: Stats, b: Stats) -> Separation:
+    """Welch's two-sided t-test at 95% of two groups' means."""
+    if a.std is None or b.std is None:
+        return Separation(None)
+    va, vb = a.std**2 / a.n, b.std**2 / b.n
+    if va + vb == 0:
+        return Separation(a.mean != b.mean, math.inf if a.mean != b.mean else 0.0)
+    t = abs(a.mean - b.mean) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / ((va**2 / (a.n - 1) if va else 0) + (vb**2 / (b.n - 1) if vb else 0))
+    critical = t_critical(df)
+    return Separation(t > critical, t, df, critical)
+
+
+def effects(groups: list[Group], swept: list[str], short: dict[str, str], metric: str) -> list[Effect]:
+    """Each swept setting's marginal means of a metric, the setting with the largest spread first;
+    settings with one value are left out."""
+    found = []
+    for key in swept:
+        by_value: dict[str, list[Group]] = {}
+        for group in groups:
+            if metric in group.metrics and key in group.settings:
+                by_value.setdefault(group.settings[key], []).append(group)
+        if len(by_value) < 2:
+            continue
+        values = [
+            (
+                value,
+                members[0].numbers.get(key),
+                math.fsum(g.metrics[metric].mean for g in members) / len(members),
+                len(members),
+            )
+            for value, members in by_value.items()
+        ]
+        found.append(Effect(key, short[key], values))
+    return sorted(found, key=lambda e: -e.size)
+
+
+def findings(records: list[dict[str, Any]], experiments: Iterable[str] = ()) -> list[ExperimentFindings]:
+    """The findings of every experiment among the records (or of those named), by name."""
+    by_experiment: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        by_experiment.setdefault(record.get("experiment") or record["folder"].partition("/")[0], []).append(
+            record
+        )
+    wanted = list(experiments) or sorted(by_experiment)
+    return [experiment_findings(name, by_experiment[name]) for name in wanted if name in by_experiment]

@@ -1,0 +1,332 @@
+"""Tables for people: the end-of-sweep summary, the status of a log folder, and changed specs."""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from trainer.core.errors import UserError
+from trainer.core.hints import tensorboard_command, trainer_command
+from trainer.core.status import Status
+
+MAX_ROWS = 40
+# A number inside a name, so that names sort as people read them: batch_size=32 before 128.
+_NUMBER = re.compile(r"((?:(?<==)-)?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)")
+
+
+def _runs(count: int) -> str:
+    return f"{count} run" + ("" if count == 1 else "s")
+
+
+def _number(value: Any) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def table(rows: list[list[str]], header: list[str]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return [fmt.format(*header).rstrip(), *(fmt.format(*r).rstrip() for r in rows)]
+
+
+def natural_key(text: str) -> tuple:
+    """A sort key that orders the numbers in a text by value: 'lr=0.01' < 'lr=0.1', 'x=5' < 'x=32'."""
+    parts = _NUMBER.split(text)
+    return tuple(float(part) if i % 2 else part for i, part in enumerate(parts))
+
+
+def stopped_at(record: dict[str, Any]) -> int | None:
+    """The step a run diverged at, or the steps an interrupted or failed run had done; None for a complete run."""
+    status = record.get("status")
+    if status == Status.DIVERGED:
+        step = (record.get("metrics") or {}).get("diverged_step")
+        return step if step is not None else record.get("steps_done")
+    if status in (Status.FAILED, Status.INTERRUPTED):
+        return record.get("steps_done")
+    return None
+
+
+def _step(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def main_loss(metrics: dict[str, Any]) -> Any:
+    """The final loss that ranks a run: on the validation rows where there are some (a record
+    of an earlier version of the trainer calls it eval_loss)."""
+    return metrics.get("final/val/loss", metrics.get("final/train/loss", metrics.get("eval_loss")))
+
+
+# The status table's columns: the name --sort and --filter take (the header, with _ for spaces),
+# the header, and the value from a run's record.
+COLUMNS: dict[str, tuple[str, Any]] = {
+    "run": ("run", lambda r: r["folder"]),
+    "status": ("status", lambda r: r.get("status", "?")),
+    "final_loss": ("final loss", lambda r: main_loss(r.get("metrics") or {})),
+    "distance": ("distance", lambda r: (r.get("metrics") or {}).get("final/weight_distance")),
+    "converged_at": ("converged at", lambda r: (r.get("metrics") or {}).get("final/converged_step")),
+    "stopped_at": ("stopped at", stopped_at),
+    "time": ("time", lambda r: r.get("duration_s")),
+}
+RUN_HEADER = [header for header, _ in COLUMNS.values()]
+
+
+def run_rows(records: Iterable[dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    for record in records:
+        value = {name: get(record) for name, (_, get) in COLUMNS.items()}
+        rows.append(
+            [
+                value["run"],
+                value["status"],
+                _number(value["final_loss"]),
+                _number(value["distance"]),
+                _step(value["converged_at"]),
+                _step(value["stopped_at"]),
+                "-" if value["time"] is None else f"{value['time']:.1f} s",
+            ]
+        )
+    return rows
+
+
+def sweep_summary(
+    records: list[dict[str, Any]],
+    report: Any,
+    logdir: Path,
+    command: str,
+    planned: int | None = None,
+    quiet: bool = False,
+) -> list[str]:
+    """What the sweep did, a table of its runs, its failures, and how to look at the results;
+    quiet, only the one-line summary and what went wrong."""
+    lines = []
+    if not quiet:
+        rows = run_rows(sorted(records, key=lambda r: natural_key(r["folder"])))
+        lines += ["", *table(rows[:MAX_ROWS], RUN_HEADER)]
+        if len(rows) > MAX_ROWS:
+            lines.append(f"... and {len(rows) - MAX_ROWS} more: {trainer_command()} status {logdir}")
+        lines.append("")
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record.get("status", "?")] = counts.get(record.get("status", "?"), 0) + 1
+    done = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    lines.append(
+        f"{_runs(len(records))}"
+        + (f": {done}" if done else "")
+        + f" ({len(report.ran)} run now, {len(report.kept)} already done"
+        + (f", {len(report.elsewhere)} left to another sweep" if report.elsewhere else "")
+        + ")"
+    )
+    if planned is not None and planned > len(records):
+        missing = planned - len(records)
+        elsewhere = " (another sweep is running them)" if report.elsewhere else ""
+        lines.append(
+            f"{_runs(missing)} of the {planned} planned {'has' if missing == 1 else 'have'} "
+            f"no record yet{elsewhere}"
+        )
+    if report.kept_failed:
+        count = len(report.kept_failed)
+        lines.append(
+            f"{_runs(count)} failed before and {'was' if count == 1 else 'were'} not retried; "
+            f"add --rerun-failed to retry {'it' if count == 1 else 'them'}"
+        )
+    failed = [s for s in report.ran if s.status == Status.FAILED]
+    if failed:
+        from trainer.runs.rundir import TRACEBACK
+
+        lines.append("Failed:")
+        for summary in failed[:MAX_ROWS]:
+            trace = logdir / summary.folder / TRACEBACK
+            where = f" (traceback: {trace})" if trace.exists() else ""
+            lines.append(f"  {summary.folder}: {summary.error}{where}")
+    if report.logdir_fault:
+        lines.append(
+            f"Stopped: the log folder cannot be written ({report.logdir_fault}); "
+            f"free space or fix its permissions, then run the same command again."
+        )
+    if report.startup_fault:
+        lines.append(f"Stopped: {report.startup_fault}")
+    if report.interrupted:
+        lines.append(
+            f"Interrupted. Finished runs are kept; to resume, run the same command again:\n  {command}"
+        )
+    if not quiet:
+        lines.append(f"Open TensorBoard:  {tensorboard_command(logdir)}")
+    return lines
+
+
+def status_records(logdir: Path, deep: bool = False) -> list[dict[str, Any]]:
+    """Every run under a log folder: its record (if any) with its folder and its state as status,
+    'damaged' (with the reason as damage) where its files no longer match its record (see
+    trainer.verify; `deep` reads every file)."""
+    from trainer.runs import rundir, verify
+
+    found = []
+    for experiment, name in rundir.run_folders(logdir):
+        state = rundir.state_of(logdir, experiment, name)
+        damage = verify.check(logdir / experiment / name, state.record, deep)
+        found.append(
+            dict(
+                state.record or {},
+                folder=f"{experiment}/{name}",
+                experiment=experiment,
+                status=verify.DAMAGED if damage is not None else state.state,
+                damage=damage,
+            )
+        )
+    return found
+
+
+def _setting(records: list[dict[str, Any]], key: str, option: str) -> str:
+    """The hparam a --sort or --filter key names: a column, a whole key, or a key's last part."""
+    if key.replace(" ", "_") in COLUMNS or key == "experiment":
+        return key.replace(" ", "_")
+    known = sorted({k for r in records for k in r.get("hparams") or {}})
+    if key in known:
+        return key
+    # A key's label in run names (lr, seed, optimizer for optimizer.kind); a swept key first.
+    ends = [k for k in known if k.rpartition(".")[2] == key or k == f"{key}.kind"]
+    swept = [k for k in ends if any(k in (r.get("swept") or {}) for r in records)]
+    if len(ends) == 1 or len(swept) == 1:
+        return (swept or ends)[0]
+    if ends:
+        raise UserError(
+            f"{option} {key}: several settings end in {key!r} ({', '.join(ends)}); give the whole key"
+        )
+    short = {k.rpartition(".")[2] for k in known} | {
+        k.removesuffix(".kind") for k in known if k.endswith(".kind")
+    }
+    names = [*COLUMNS, "experiment", *known, *sorted(short)]
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise UserError(
+        f"{option} {key}: no column or setting of that name{hint}; columns: {', '.join(COLUMNS)}, "
+        f"or a setting such as optimizer.lr"
+    )
+
+
+def _value(record: dict[str, Any], key: str) -> Any:
+    if key in COLUMNS:
+        return COLUMNS[key][1](record)
+    if key == "experiment":
+        return record["experiment"]
+    return (record.get("hparams") or {}).get(key)
+
+
+def _matches(value: Any, wanted: str) -> bool:
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return wanted.lower() in (("true", "1") if value else ("false", "0"))
+    if isinstance(value, (int, float)):
+        try:
+            return math.isclose(float(wanted), value, rel_tol=1e-9)
+        except ValueError:
+            return False
+    return str(value) == wanted
+
+
+def filter_records(records: list[dict[str, Any]], filters: Iterable[str]) -> list[dict[str, Any]]:
+    """The runs that match every KEY=VALUE: a column (status=diverged) or a setting (batch_size=1, lr=0.1)."""
+    for text in filters:
+        key, sep, wanted = text.partition("=")
+        if not sep or not key:
+            raise UserError(
+                f"--filter {text}: expected KEY=VALUE, e.g. --filter status=diverged or "
+                f"--filter optimizer.lr=0.1"
+            )
+        key = _setting(records, key.strip(), "--filter")
+        swept_as = {r["folder"]: _swept_text(r, key) for r in records}
+        records = [r for r in records if _matches(_value(r, key), wanted) or swept_as[r["folder"]] == wanted]
+    return records
+
+
+def _swept_text(record: dict[str, Any], key: str) -> str | None:
+    """A swept value as the spec wrote it (batch_size 'full' is resolved to a number in hparams)."""
+    value = (record.get("swept") or {}).get(key)
+    return value if isinstance(value, str) else None
+
+
+def sort_records(
+    records: list[dict[str, Any]], column: str | None = None, reverse: bool = False
+) -> list[dict[str, Any]]:
+    """Runs by name in natural order, or by a column or setting; runs without a value last."""
+    records = sorted(records, key=lambda r: natural_key(r["folder"]))
+    if column is None:
+        return records[::-1] if reverse else records
+    key = _setting(records, column, "--sort")
+
+    def order(record: dict[str, Any]) -> tuple:
+        value = _value(record, key)
+        if isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, (int, float)):
+            return (0, value, ())
+        return (0, 0.0, natural_key(value)) if isinstance(value, str) else (1, 0.0, ())
+
+    present = [r for r in records if _value(r, key) is not None]
+    missing = [r for r in records if _value(r, key) is None]
+    return sorted(present, key=order, reverse=reverse) + missing
+
+
+def status_lines(
+    logdir: Path,
+    sort: str | None = None,
+    filters: Iterable[str] = (),
+    reverse: bool = False,
+    deep: bool = False,
+) -> list[str]:
+    """Every run under a log folder with its state: complete, diverged, failed, interrupted,
+    unfinished (its process is gone), running or damaged; filtered and sorted as asked."""
+    return status_report(logdir, sort, filters, reverse, deep)[0]
+
+
+def status_report(
+    logdir: Path,
+    sort: str | None = None,
+    filters: Iterable[str] = (),
+    reverse: bool = False,
+    deep: bool = False,
+) -> tuple[list[str], int]:
+    """status_lines, and how many runs are damaged; `deep` reads every file (status --verify)."""
+    everything = status_records(logdir, deep)
+    if not everything:
+        return [f"no runs under {logdir}"], 0
+    damaged = [f"  {r['folder']}: {r['damage']}" for r in everything if r["damage"] is not None]
+    shown = sort_records(filter_records(everything, filters), sort, reverse)
+    counts: dict[str, int] = {}
+    for record in shown:
+        counts[record["status"]] = counts.get(record["status"], 0) + 1
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    total = f"{len(shown)} of {len(everything)} runs" if len(shown) != len(everything) else _runs(len(shown))
+    lines = (
+        [f"{total} match {' and '.join(filters)}"]
+        if not shown
+        else [*table(run_rows(shown), RUN_HEADER), "", f"{total}: {summary}"]
+    )
+    if damaged:
+        lines += [
+            "Damaged (their files no longer match their records; a sweep runs them again, keeping the "
+            "damaged files aside):",
+            *damaged,
+        ]
+    return lines, len(damaged)
+
+
+# --- a changed spec ---------------------------------------------------------------------------
+
+
+def changed_spec(
+    experiment: str, folder: Path, runs: int, first: str, others: int, replace: str, keep: str
+) -> str:
+    """One paragraph for an experiment whose finished runs were logged with another configuration."""
+    more = f", and {others} more setting{'s' if others != 1 else ''}" if others else ""
+    return (
+        f"{experiment}: {runs} finished run{'s' if runs != 1 else ''} in {folder} "
+        f"{'was' if runs == 1 else 'were'} logged with a different configuration ({first}{more}); "
+        f"nothing was run. To continue, either\n"
+        f"  replace {'it' if runs == 1 else 'them'}:  {replace}\n"
+        f"  or keep both:  {keep}"
+    )

@@ -1,0 +1,1 @@
+"""Run folders: records, claims, the job that runs one unit, verification, selection, merge."""

@@ -1,0 +1,146 @@
+"""Integrity of finished runs: is what a run's record promises still on disk, and intact?
+
+Two depths. `quick` looks only at the folder's listing: one event file, config.yaml, the checkpoint
+where the record names one, and each file the size the record wrote down for it. It costs one
+directory listing per run, so a rerun does it for every run it would skip. `full` also reads every
+file: each event file record's CRCs, the configuration against the record's digest, and is what
+`status --verify` and `merge` do.
+
+A damaged run is one whose record says it finished but whose files no longer back it up.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainer.core.status import FINISHED, Status
+from trainer.runs import rundir
+
+EVENTS_PREFIX = "events.out.tfevents."
+DAMAGED = Status.DAMAGED
+CHECKED = FINISHED  # results that a rerun keeps and a merge copies
+
+
+def event_files(folder: Path) -> list[str]:
+    try:
+        return sorted(e.name for e in os.scandir(folder) if e.name.startswith(EVENTS_PREFIX))
+    except OSError:
+        return []
+
+
+def quick(folder: Path, record: dict[str, Any]) -> str | None:
+    """Why a finished run's files do not match its record, from the folder's listing only; or None."""
+    try:
+        found = {e.name: e for e in os.scandir(folder)}
+    except OSError as exc:
+        return f"its folder cannot be listed: {exc.strerror}"
+    events = sorted(n for n in found if n.startswith(EVENTS_PREFIX))
+    if not events:
+        return "its event file is missing"
+    if len(events) > 1:
+        return f"it holds {len(events)} event files, where a run writes one"
+    if rundir.CONFIG not in found:
+        return f"its {rundir.CONFIG} is missing"
+    checkpoint = record.get("checkpoint")
+    if checkpoint is not None and (not isinstance(checkpoint, str) or checkpoint not in found):
+        return f"its checkpoint {checkpoint!r} is missing"
+    sizes = record.get("files")
+    if sizes is None:
+        return None  # recorded before files were listed in records
+    if not isinstance(sizes, dict):
+        return "its record's list of files is not a mapping"
+    for name, size in sizes.items():
+        entry = found.get(name)
+        if entry is None:
+            return f"{name} is missing"
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                return f"{name} is not a plain file"
+            actual = entry.stat(follow_symlinks=False).st_size
+        except OSError as exc:
+            return f"{name} cannot be looked at: {exc.strerror}"
+        if actual != size:
+            return (
+                f"{name} is {actual:,} bytes, the record says {size:,} (cut short or rewritten)"
+                if isinstance(size, int)
+                else f"the record's size of {name} is not a number"
+            )
+    if events[0] not in sizes:
+        return f"its event file {events[0]} is not the one its record lists"
+    return None
+
+
+def full(folder: Path, record: dict[str, Any]) -> str | None:
+    """quick(), then every event record's CRCs and the configuration against the record's digest."""
+    problem = quick(folder, record)
+    if problem is not None:
+        return problem
+    for name in event_files(folder):
+        problem = event_file_problem(folder / name)
+        if problem is not None:
+            return f"{name}: {problem}"
+    return config_problem(folder / rundir.CONFIG, record.get("config_digest"))
+
+
+_HEADER = struct.Struct("<QI")
+
+
+def valid_length(path: Path) -> tuple[int, str | None]:
+    """How many leading bytes of an event file are whole records with valid CRCs, and why the
+    rest is not (None when the whole file is)."""
+    from trainer.tensorboard.events import masked_crc32c
+
+    data = memoryview(path.read_bytes())
+    done, size = 0, len(data)
+    while done < size:
+        if size - done < 12:
+            return done, f"ends inside a record header at byte {done:,}"
+        length, length_crc = _HEADER.unpack_from(data, done)
+        if masked_crc32c(bytes(data[done : done + 8])) != length_crc:
+            return done, f"the record at byte {done:,} has a bad length checksum"
+        end = done + 12 + length
+        if end + 4 > size:
+            return done, f"is cut short inside the record at byte {done:,}"
+        if masked_crc32c(bytes(data[done + 12 : end])) != _CRC.unpack_from(data, end)[0]:
+            return done, f"the record at byte {done:,} has a bad checksum"
+        done = end + 4
+    return done, None
+
+
+_CRC = struct.Struct("<I")
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser where PyYAML has it
+
+
+def event_file_problem(path: Path) -> str | None:
+    try:
+        _, problem = valid_length(path)
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror}"
+    return problem
+
+
+def config_problem(path: Path, digest: Any) -> str | None:
+    """Whether config.yaml still holds the configuration the record's digest was made from."""
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_LOADER)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        return f"{rundir.CONFIG} cannot be read ({type(exc).__name__})"
+    if not isinstance(data, dict):
+        return f"{rundir.CONFIG} does not hold a configuration"
+    if not isinstance(digest, str):
+        return None  # nothing to compare against
+    if rundir.data_digest(data) != digest:
+        return f"{rundir.CONFIG} does not match the record's configuration digest"
+    return None
+
+
+def check(folder: Path, record: dict[str, Any] | None, deep: bool) -> str | None:
+    """The damage of a run whose record says it finished; None for other runs and intact ones."""
+    if record is None or record.get("status") not in CHECKED:
+        return None
+    return full(folder, record) if deep else quick(folder, record)

@@ -1,0 +1,1 @@
+"""Experiment specs: YAML with line numbers, overrides, sweep expansion into planned runs, and units."""

@@ -1,0 +1,149 @@
+"""Trying a spec's user code before any run starts: the data function is called, the model built
+and run forward on one batch, the loss and the metrics computed on its output.
+
+So a data function that raises, a model whose output does not fit the targets or the loss, or a
+metric that fails is reported when the sweep is planned, with the spec's file and line, and
+nothing is written. Each distinct combination of data, model, loss, metrics and batch size is
+tried once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from trainer.core.strict import Invalid, as_data
+from trainer.kinds import losses, metrics
+from trainer.kinds.models import build_model
+from trainer.spec.sweep import RunPlan
+
+
+def probe(runs: list[RunPlan]) -> tuple[list[RunPlan], list[tuple[RunPlan, str, str]]]:
+    """The runs with their models' sizes filled in, and the problems found as (run, key, message)."""
+    tried: dict[str, int | tuple[str, str]] = {}
+    out, problems = [], []
+    for run in runs:
+        if not run.code:
+            out.append(run)
+            continue
+        key = _key(run)
+        if key not in tried:
+            try:
+                tried[key] = try_run(run)
+            except Invalid as invalid:
+                tried[key] = invalid.problems[0]
+                problems.append((run, *invalid.problems[0]))
+        result = tried[key]
+        out.append(replace(run, parameters=result) if isinstance(result, int) else run)
+    return out, problems
+
+
+def _key(run: RunPlan) -> str:
+    config = run.config
+    return json.dumps(
+        [
+            as_data(config.data),
+            as_data(config.model),
+            as_data(config.loss),
+            list(config.eval.metrics),
+            run.batch_size,
+            run.data_folder,
+        ],
+        sort_keys=True,
+        default=str,
+    )
+
+
+def _said(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def try_run(run: RunPlan) -> int:
+    """One forward pass, loss and metrics on one batch; the model's parameter elements."""
+    import torch
+    from torch.utils.data import default_collate
+
+    from trainer.kinds import data
+
+    config = run.config
+    dataset = data.load(config.data, Path(run.data_folder))
+    try:
+        model = build_model(config.model, run.shape, config.train.seed)
+    except Invalid:
+        raise
+    except Exception as exc:  # the user's code raised: its message, at the spec's line
+        raise Invalid([("model.kind", f"building {config.model.kind} raised {_said(exc)}")]) from None
+    rows = min(run.batch_size, len(dataset.train))
+    if dataset.train.dataset is None:
+        x, y = dataset.train.x[:rows], dataset.train.y[:rows]
+    else:
+        try:
+            x, y = default_collate([dataset.train.dataset[i] for i in range(rows)])
+        except Exception as exc:
+            raise Invalid(
+                [("data.kind", f"a batch of {rows} items of the Dataset cannot be formed: {_said(exc)}")]
+            ) from None
+    try:
+        with torch.no_grad():
+            output = model(x)
+    except Exception as exc:
+        raise Invalid(
+            [
+                (
+                    "model.kind",
+                    f"{config.model.kind} raised {_said(exc)} on a batch of inputs of shape "
+                    f"{list(x.shape)} ({x.dtype})",
+                )
+            ]
+        ) from None
+    if not isinstance(output, torch.Tensor):
+        raise Invalid([("model.kind", f"{config.model.kind} returned {type(output).__name__}, not a tensor")])
+    fitted = output
+    if losses.squeezes(config.loss):
+        fitted = losses.fit(output, y)
+        if fitted.shape != y.shape:
+            raise Invalid(
+                [
+                    (
+                        "loss.kind",
+                        f"{config.loss.kind!r} compares outputs and targets element by element, "
+                        f"but the model's outputs have the shape {list(output.shape)} and the "
+                        f"targets {list(y.shape)}",
+                    )
+                ]
+            )
+    try:
+        value = losses.build_loss(config.loss)(fitted, y)
+    except Exception as exc:
+        raise Invalid(
+            [
+                (
+                    "loss.kind",
+                    f"{config.loss.kind} raised {_said(exc)} for outputs of shape "
+                    f"{list(output.shape)} and targets of shape {list(y.shape)} ({y.dtype})",
+                )
+            ]
+        ) from None
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        shape = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise Invalid([("loss.kind", f"{config.loss.kind} returned {shape}, not a single number")])
+    for i, name in enumerate(config.eval.metrics):
+        key = f"eval.metrics[{i}]"
+        metric = metrics.resolve(name, Path(run.data_folder), key)
+        try:
+            values = metrics.values(metric, output, y)
+            for v in values.values():
+                float(v)
+        except Exception as exc:
+            raise Invalid(
+                [
+                    (
+                        key,
+                        f"{name} raised {_said(exc)} for outputs of shape {list(output.shape)} and "
+                        f"targets of shape {list(y.shape)}",
+                    )
+                ]
+            ) from None
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,445 @@
+"""Expanding specs into planned runs: the grid, run names, and validation of every run before any starts."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import itertools
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from trainer.core.errors import SpecError
+from trainer.core.strict import is_import_path, reusing
+from trainer.kinds import data, losses, metrics, models
+from trainer.kinds import registry as kinds
+from trainer.kinds.models import LinearModel
+from trainer.spec.files import Spec, combine, load_spec, parent_key, parse_overrides
+from trainer.spec.schema import Config, Invalid, ReportSettings, build, check_key, experiment_name
+
+MAX_RUNS = 10_000
+MAX_NAME = 100
+BASE_RUN = "base"
+DEFAULT_STEPS = 1000
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One run, fully validated: where it goes and what it trains."""
+
+    experiment: str
+    name: str
+    config: Config
+    swept: tuple[tuple[str, Any], ...]  # (dotted key, value) pairs that name the run
+    spec_path: str
+    data_folder: str  # CSV paths and user modules are looked up here
+    rows: int  # training rows
+    features: int  # of a row of a table (0 for images and other shapes)
+    steps: int
+    batch_size: int
+    has_truth: bool  # the data knows the true weights of this linear model
+    validation_rows: int = 0
+    input_shape: tuple[int, ...] = ()
+    outputs: int = 1  # of a built-in model
+    classes: int | None = None  # class labels: how many; None for real targets
+    parameters: int | None = None  # the model's parameter elements, where known
+    regression: bool = True  # a built-in regression loss: convergence within eval.tolerance means something
+    code: tuple[tuple[str, str], ...] = ()  # (where, import path) of every piece of user code the run calls
+    report: ReportSettings = ReportSettings()  # the spec's report section: replicates, ranking metric
+    true_weights: tuple[float, ...] | None = None  # of a linear model where the data knows them
+
+    @property
+    def folder(self) -> str:
+        """The run's folder, relative to the log folder."""
+        return f"{self.experiment}/{self.name}"
+
+    @functools.cached_property
+    def config_data(self) -> dict[str, Any]:
+        """The configuration as plain data (as config.yaml and the record hold it), made once and
+        carried to the workers; read it, never change it."""
+        from trainer.spec.schema import as_data
+
+        return as_data(self.config)
+
+    @property
+    def swept_keys(self) -> list[str]:
+        return [k for k, _ in self.swept]
+
+    @property
+    def shape(self) -> models.Shape:
+        return models.Shape(self.features, self.outputs)
+
+    def cost(self) -> float:
+        """A rough relative duration, so the longest runs start first."""
+        return self.steps * (1.0 + self.batch_size * (self.parameters or 10_000) / 20_000)
+
+
+def total_steps(config: Config, rows: int, batch_size: int) -> int:
+    train = config.train
+    if train.steps is not None:
+        return train.steps
+    if train.epochs is not None:
+        return train.epochs * math.ceil(rows / batch_size)
+    return DEFAULT_STEPS
+
+
+# --- naming -----------------------------------------------------------------------------------
+
+
+def format_value(value: Any) -> str:
+    """A swept value as it reads in a run name."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return "-".join(format_value(v) for v in value)
+    if isinstance(value, dict):
+        return "-".join(f"{k}-{format_value(v)}" for k, v in value.items()) or "default"
+    return str(value)
+
+
+def labels(keys: list[str]) -> dict[str, str]:
+    """Short labels for swept keys: a setting's own name (`lr` for optimizer.lr), a section's name
+    for its kind (`optimizer` for optimizer.kind), or the whole key where two would read the same."""
+    short = {k: k.split(".")[-2] if k.endswith(".kind") else k.rpartition(".")[2] for k in keys}
+    counts: dict[str, int] = {}
+    for label in short.values():
+        counts[label] = counts.get(label, 0) + 1
+    return {k: (label if counts[label] == 1 else k) for k, label in short.items()}
+
+
+_MISSING = object()
+
+
+def _flat(key: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        return {k: v for name, part in value.items() for k, v in _flat(f"{key}.{name}", part).items()}
+    return {key: value}
+
+
+def _same(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b
+
+
+def _name_parts(values: list[tuple[str, Any]], sweep: dict[str, list[Any]]) -> dict[str, Any]:
+    """The settings a run name shows: swept values, a swept section by its settings that differ
+    between the section's values (all of them when none does), and no experiment name (the
+    experiment's folder holds the run)."""
+
+    def section(value: Any) -> bool:
+        return isinstance(value, dict) and bool(value)
+
+    # A deeper key swept or set on its own refines the section's value of it (see spec.combine).
+    own = {key for key, value in values if not section(value)}
+    parts: dict[str, Any] = {}
+    for key, value in values:
+        if key == "name":
+            continue
+        if not section(value):
+            parts[key] = value
+            continue
+        mine = {k: v for k, v in _flat(key, value).items() if k not in own}
+        others = [_flat(key, v) for v in sweep.get(key, [value])]
+        differing = {k: v for k, v in mine.items() if any(not _same(o.get(k, _MISSING), v) for o in others)}
+        parts.update(differing or mine)
+    return parts
+
+
+def run_name(values: list[tuple[str, Any]], sweep: dict[str, list[Any]] | None = None) -> str:
+    """A readable folder name from swept values, safe on any file system and bounded in length.
+
+    `sweep` (key -> the values swept) lets a swept section be named by what differs, e.g.
+    `optimizer=sgd,lr=0.01,momentum=0.9` against `optimizer=adam,lr=0.003`.
+    """
+    parts = _name_parts(values, sweep or {})
+    if not parts:
+        return BASE_RUN
+    names = labels(list(parts))
+    text = ",".join(f"{names[k]}={format_value(v)}" for k, v in parts.items())
+    safe = re.sub(r"[^A-Za-z0-9._,=+-]", "_", text)
+    if safe.startswith("."):
+        safe = "_" + safe[1:]
+    if len(safe) > MAX_NAME:
+        digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+        safe = f"{safe[: MAX_NAME - 9]}~{digest}"
+    return safe
+
+
+# --- planning ---------------------------------------------------------------------------------
+
+
+def plan(paths: list[str], overrides: list[str] = (), allow_large: bool = False) -> list[RunPlan]:
+    """Load, expand and validate every spec; all problems of all specs raise one SpecError."""
+    parsed, problems = parse_overrides(overrides)
+    loaded: list[Spec] = []
+    for path in paths:
+        try:
+            loaded.append(load_spec(path, parsed))
+        except SpecError as exc:
+            problems.extend(exc.problems)
+    # A --set key under a section with kinds is known once the specs say which sections are user code.
+    opened = set().union(*(spec.open_sections for spec in loaded))
+    bad = [(o, problem) for o in parsed if (problem := check_key(Config, o.key, opened)) is not None]
+    if bad:
+        raise SpecError([f"--set {o.text}: {problem}" for o, problem in bad])
+    runs: list[RunPlan] = []
+    specs: dict[str, Spec] = {}
+    names: dict[str, Spec] = {}
+    for spec in loaded:
+        specs[spec.path] = spec
+        problems.extend(spec.problems)
+        if isinstance(spec.name, str) and experiment_name(spec.name) is None:
+            # Folder names that differ only in case are one folder on macOS and Windows.
+            other = names.setdefault(spec.name.lower(), spec)
+            if other is not spec:
+                problems.append(_same_name(spec, other))
+                continue
+        try:
+            runs.extend(expand(spec, allow_large))
+        except SpecError as exc:
+            problems.extend(exc.problems)
+    if not problems and any(run.code for run in runs):
+        from trainer.spec.probe import probe
+
+        runs, found = probe(runs)
+        problems.extend(
+            f"{_locate(specs[run.spec_path], key)}: {key}: {message} (run {run.folder})"
+            for run, key, message in found
+        )
+    if not problems:
+        problems.extend(_device_problems(runs, specs))
+    if problems:
+        raise SpecError(list(dict.fromkeys(problems)))
+    return runs
+
+
+def _same_name(spec: Spec, other: Spec) -> str:
+    where = spec.where("name")
+    if where == other.where("name"):
+        return (
+            f"{where}: name: would give {other.path} and {spec.path} the same experiment name "
+            f"{spec.name!r}; give one spec at a time a new name, or change the name in each file"
+        )
+    return (
+        f"{where}: name: the experiment name {spec.name!r} is already used by {other.where('name')}"
+        f"{_case_note(spec.name, other.name)}; give each spec its own name"
+    )
+
+
+def _case_note(name: str, other: str) -> str:
+    return (
+        ""
+        if name == other
+        else f" as {other!r} (names that differ only in case share a folder on macOS and Windows)"
+    )
+
+
+def expand(spec: Spec, allow_large: bool = False) -> list[RunPlan]:
+    """Every run of one spec, validated; problems raise SpecError."""
+    count = math.prod(len(v) for v in spec.sweep.values())
+    if count > MAX_RUNS and not allow_large:
+        raise SpecError(
+            f"{spec.where('sweep')}: sweep: {count:,} runs is more than {MAX_RUNS:,}, which is "
+            f"likely a mistake; pass --allow-large to run them all"
+        )
+    keys = list(spec.sweep) + spec.overridden
+    found: dict[str, list[str]] = {}
+    collisions: list[str] = []
+    runs: list[RunPlan] = []
+    by_name: dict[str, RunPlan] = {}
+    with reusing():  # the runs share most sections: each distinct one is built once
+        for picks in itertools.product(*(range(len(v)) for v in spec.sweep.values())):
+            indices = dict(zip(spec.sweep, picks))
+            values = {k: spec.sweep[k][i] for k, i in indices.items()}
+            try:
+                raw = combine(spec, values)
+                named = [(k, values[k]) if k in values else (k, _lookup(raw, k)) for k in keys]
+                name = run_name(named, spec.sweep)
+                run = _validate(spec, raw, name, tuple(named))
+            except Invalid as invalid:
+                for key, message in invalid.problems:
+                    found.setdefault(f"{_locate(spec, key, indices)}: {key}: {message}", []).append(
+                        run_name([(k, values[k]) for k in spec.sweep], spec.sweep)
+                    )
+                continue
+            other = by_name.setdefault(name.lower(), run)
+            if other is not run:
+                collisions.append(
+                    f"{spec.where('sweep')}: sweep: runs {format_values(other.swept)} and "
+                    f"{format_values(run.swept)} would both be written to the folder {name!r}"
+                    f"{_case_note(name, other.name)}; make the swept values distinct"
+                )
+                continue
+            runs.append(run)
+    if found or collisions:
+        raise SpecError(
+            [message + _which_runs(names, count) for message, names in found.items()] + collisions
+        )
+    return runs
+
+
+def format_values(values: tuple[tuple[str, Any], ...]) -> str:
+    return "{" + ", ".join(f"{k}: {json.dumps(v)}" for k, v in values) + "}"
+
+
+def _which_runs(names: list[str], total: int) -> str:
+    if total <= 1 or len(names) == total:
+        return ""
+    shown = ", ".join(names[:2])
+    more = f" and {len(names) - 2} more" if len(names) > 2 else ""
+    return f" (in run{'s' if len(names) > 1 else ''} {shown}{more})"
+
+
+def _lookup(raw: dict[str, Any], key: str) -> Any:
+    node: Any = raw
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _locate(spec: Spec, key: str, indices: dict[str, int] | None = None) -> str:
+    """Where the value of a key came from: its --set, its swept value's line, or its line in the file.
+
+    The deepest --set or swept key at or above the key gave its value (see spec.combine).
+    """
+    origins = spec.origins
+    probe = key
+    while probe:
+        if probe in origins:
+            return origins[probe]
+        if probe in spec.sweep:
+            if indices is None or probe not in indices:
+                return spec.where(f"sweep.{probe}")
+            return spec.where(f"sweep.{probe}[{indices[probe]}]{key[len(probe) :]}")
+        probe = parent_key(probe)
+    return spec.where(key)
+
+
+def _validate(spec: Spec, raw: dict[str, Any], name: str, swept: tuple[tuple[str, Any], ...]) -> RunPlan:
+    with kinds.searching(spec.folder):
+        config: Config = build(Config, raw)
+    info = data.inspect(config.data, spec.folder)
+    problems: list[tuple[str, str]] = []
+    batch = config.train.batch_size
+    batch_size = info.rows if batch == "full" else batch
+    if batch_size > info.rows:
+        held = f" after {info.validation_rows} held out for validation" if info.validation_rows else ""
+        problems.append(
+            (
+                "train.batch_size",
+                f"{batch} is larger than the training data ({info.rows} rows{held}); "
+                f"use at most {info.rows}, or 'full'",
+            )
+        )
+    problems += losses.check_targets(config.loss, info.classes)
+    model = config.model
+    outputs = _outputs(config, info)
+    if models.is_builtin(model) and len(info.input_shape) != 1:
+        problems.append(
+            (
+                "model.kind",
+                f"{model.kind!r} takes rows of features, but one input of this data has the "
+                f"shape {list(info.input_shape)}; use a model of your own (module:Class)",
+            )
+        )
+    if isinstance(model, LinearModel) and isinstance(model.init, tuple) and len(model.init) != info.features:
+        problems.append(
+            (
+                "model.init",
+                f"has {len(model.init)} values but the data has {info.features} features; "
+                f"give one initial weight per feature",
+            )
+        )
+    if outputs is None:
+        problems.append(
+            (
+                "model.outputs",
+                "the number of classes cannot be told from this data (a Dataset's labels "
+                "are not scanned); give model.outputs",
+            )
+        )
+    code = [
+        (f"{section}.kind", getattr(config, section).kind)
+        for section in kinds.FAMILIES
+        if is_import_path(getattr(config, section).kind)
+    ]
+    for i, metric_name in enumerate(config.eval.metrics):
+        key = f"eval.metrics[{i}]"
+        try:
+            metric = metrics.resolve(metric_name, spec.folder, key)
+        except Invalid as invalid:
+            problems += invalid.problems
+            continue
+        if metric.classes_only and info.classes is None:
+            problems.append((key, f"{metric_name} needs class labels, but the targets are real numbers"))
+        if is_import_path(metric_name):
+            code.append((key, metric_name))
+    if config.log.hook is not None:
+        hook = kinds.import_attribute(config.log.hook, str(spec.folder.resolve()), "log.hook")
+        if not callable(hook):
+            problems.append(
+                (
+                    "log.hook",
+                    f"{config.log.hook} is {type(hook).__name__}, not a function "
+                    f"hook(writer, step, model, **context)",
+                )
+            )
+        code.append(("log.hook", config.log.hook))
+    if problems:
+        raise Invalid(problems)
+    shape = models.Shape(info.features, outputs or 1)
+    has_truth = info.true_weights is not None and isinstance(model, LinearModel) and outputs == 1
+    return RunPlan(
+        experiment=config.name,
+        name=name,
+        config=config,
+        swept=swept,
+        spec_path=spec.path,
+        data_folder=str(spec.folder),
+        rows=info.rows,
+        features=info.features,
+        steps=total_steps(config, info.rows, batch_size),
+        batch_size=batch_size,
+        has_truth=has_truth,
+        validation_rows=info.validation_rows,
+        input_shape=info.input_shape,
+        outputs=outputs or 1,
+        classes=info.classes,
+        parameters=models.parameter_count(model, shape),
+        regression=losses.task_of(config.loss) == losses.REGRESSION,
+        code=tuple(code),
+        report=spec.report,
+        true_weights=tuple(info.true_weights) if has_truth else None,
+    )
+
+
+def _outputs(config: Config, info: data.DataInfo) -> int | None:
+    """The outputs of a built-in model: as given, one per class for a classification loss, else
+    one per target value."""
+    given = getattr(config.model, "outputs", "auto")
+    if given != "auto":
+        return given
+    if losses.task_of(config.loss) == losses.CLASSES or (
+        info.classes is not None and losses.task_of(config.loss) is None
+    ):
+        return info.classes
+    return models.element_count(info.target_shape)
+
+
+def _device_problems(runs: list[RunPlan], specs: dict[str, Spec]) -> list[str]:
+    wanting = [r for r in runs if r.config.train.device == "cuda"]
+    if not wanting:
+        return []
+    import torch  # only when a spec asks for the GPU
+
+    if torch.cuda.is_available():
+        return []
+    run = wanting[0]
+    return [
+        f"{_locate(specs[run.spec_path], 'train.device')}: train.device: 'cuda' was asked for (run "
+        f"{run.experiment}/{run.name}) but torch {torch.__version__} sees no GPU; use 'auto' or 'cpu', "
+        f"or install a CUDA build of torch"
+    ]

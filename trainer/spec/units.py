@@ -1,0 +1,134 @@
+"""Units of work: the runs of a sweep that can share one vectorized program, grouped, and the rest
+one by one. A unit is what a worker (or any executor) is handed: one run for the loop engine, or a
+group of runs for the batched engine (trainer.batched). Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from trainer.kinds import losses, metrics, models
+from trainer.spec.sweep import RunPlan
+
+# 'auto' batches groups of at least this many runs; a group of one gains nothing from it.
+MIN_GROUP = 2
+# Runs per program: bounds its memory and the event files it holds open at once.
+MAX_GROUP = 1024
+# What runs of one group may differ in: settings that become per-run numbers of one program.
+PER_RUN = {
+    "optimizer": ("lr", "weight_decay", "momentum", "betas", "eps"),
+    "train": ("seed", "engine"),
+    "model": ("init",),
+}
+BATCHED_OPTIMIZERS = ("sgd", "adam", "adamw")
+BATCHED_SCHEDULES = ("constant", "step", "cosine", "exponential")
+BATCHED_DATA = ("seed_toy", "synthetic", "csv")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Runs handed to one worker together: several for the batched engine, else one for the loop
+    engine, with why it was not batched (None where the spec asked for the loop)."""
+
+    runs: tuple[RunPlan, ...]
+    engine: str  # "loop" or "batched"
+    reason: str | None = None
+
+    def cost(self) -> float:
+        """A rough relative duration, so the longest units start first."""
+        if self.engine == "loop":
+            return self.runs[0].cost()
+        # One program: about one run's steps, plus a share per run for logging and files.
+        return self.runs[0].cost() + 0.05 * sum(r.cost() for r in self.runs)
+
+
+def unbatchable(run: RunPlan) -> str | None:
+    """Why the batched engine cannot train this run, or None."""
+    config = run.config
+    if not models.is_builtin(config.model):
+        return f"the model is user code ({config.model.kind}); the batched engine trains linear and mlp"
+    if len(run.input_shape) != 1:
+        return "the rows are not flat feature vectors"
+    if losses.task_of(config.loss) is None:
+        return f"the loss is user code ({config.loss.kind})"
+    if config.optimizer.kind not in BATCHED_OPTIMIZERS:
+        return f"the optimizer is user code ({config.optimizer.kind})"
+    if config.schedule.kind not in BATCHED_SCHEDULES:
+        return f"the schedule is user code ({config.schedule.kind})"
+    if config.data.kind not in BATCHED_DATA:
+        return f"the data is user code ({config.data.kind})"
+    if config.log.hook is not None:
+        return "log.hook is called with each run's own model"
+    user = [m for m in config.eval.metrics if m not in metrics.BUILTIN]
+    if user:
+        return f"eval.metrics holds user code ({user[0]})"
+    train = config.train
+    if train.sampling != "with_replacement" and run.batch_size < run.rows and run.rows % run.batch_size:
+        return (
+            f"the last batch of each epoch is smaller ({run.rows} rows in batches of {run.batch_size}); "
+            f"the batched engine needs equal batches"
+        )
+    return None
+
+
+def group_key(run: RunPlan) -> str:
+    """Runs with equal keys can train as one program."""
+    data = {section: dict(v) if isinstance(v, dict) else v for section, v in run.config_data.items()}
+    data.pop("description", None)
+    for section, keys in PER_RUN.items():
+        for key in keys:
+            data[section].pop(key, None)
+    optimizer = run.config.optimizer
+    data["optimizer"]["momentum>0"] = getattr(optimizer, "momentum", 0) > 0
+    data["schedule"] = {"kind": run.config.schedule.kind}
+    shared = {
+        "spec": run.spec_path,
+        "folder": run.data_folder,
+        "experiment": run.experiment,
+        "steps": run.steps,
+        "batch_size": run.batch_size,
+    }
+    return json.dumps([data, shared], sort_keys=True, default=str)
+
+
+def units_of(runs: list[RunPlan], workers: int = 1) -> list[Unit]:
+    """The sweep's runs as units, longest first: each group of runs that can share a program is one
+    unit, or several of near-equal size when it is large (at most MAX_GROUP runs) or when there are
+    fewer groups than workers; the rest run one by one, each with the reason it is not batched."""
+    groups: dict[str, list[RunPlan]] = {}
+    singles: list[Unit] = []
+    for run in runs:
+        engine = run.config.train.engine
+        if engine == "loop":
+            singles.append(Unit((run,), "loop"))
+            continue
+        reason = unbatchable(run)
+        if reason is not None:
+            singles.append(Unit((run,), "loop", reason))
+            continue
+        groups.setdefault(group_key(run), []).append(run)
+    units = list(singles)
+    batched = []
+    for group in groups.values():
+        if len(group) < MIN_GROUP and group[0].config.train.engine == "auto":
+            units += [Unit((run,), "loop", "no other run of its spec can share its program") for run in group]
+        else:
+            batched.append(group)
+    # A program's step costs about the same for few runs as for many: split a group only to give
+    # every worker a part.
+    share = math.ceil(max(1, workers) / len(batched)) if batched else 1
+    for group in batched:
+        parts = max(math.ceil(len(group) / MAX_GROUP), min(share, len(group) // MIN_GROUP), 1)
+        size = math.ceil(len(group) / parts)
+        units += [Unit(tuple(group[i : i + size]), "batched") for i in range(0, len(group), size)]
+    return sorted(units, key=lambda u: -u.cost())
+
+
+def engine_record(unit: Unit) -> dict[str, Any]:
+    """What a run's record says of the engine that trained it."""
+    if unit.engine == "batched":
+        return {"name": "batched", "runs": len(unit.runs)}
+    return {"name": "loop", "reason": unit.reason}

@@ -1,0 +1,1 @@
+"""TensorBoard files: event-file framing and reading, the TensorBoard sink, hparams records."""

@@ -1,0 +1,502 @@
+"""The batched engine: a group of runs (see trainer.units) trained as one program.
+
+Every tensor has a leading run dimension: the parameters, the gradients, the optimizer's state and
+the per-run settings (learning rates, decay, betas, eps, the schedules' rates). Each run starts from
+the weights and draws the rows the loop engine (trainer.train) gives it from its seed, and its update
+is torch.optim's rule with its own settings; runs never mix, since the program's loss is the sum of
+the runs' losses. Updates use only exactly rounded operations (no fused multiply-add), so a run's
+numbers do not depend on which other runs share its program.
+
+Steps go in the loop engine's chunks: at the end of a chunk the captured values reach the host and
+every run's sink, a run whose loss stopped being finite is marked diverged at its own step and
+leaves the program (the others go on, a smaller batch), and a stop request ends the group.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from trainer.core.status import Status
+from trainer.kinds import data, losses
+from trainer.kinds.losses import build_loss
+from trainer.kinds.models import build_model
+from trainer.kinds.optim import build_schedule
+from trainer.spec.sweep import RunPlan
+from trainer.tensorboard.sink import (
+    Captured,
+    Evaluation,
+    NullSink,
+    TensorBoardSink,
+    split_parameters,
+    write_group,
+)
+from trainer.training.batches import step_indices
+from trainer.training.capture import Layout
+from trainer.training.evaluate import Evaluator
+from trainer.training.loop import GPU_MIN_WORK, NO_STEP, Outcome, chunk_steps, conclude, first_diverged
+
+# Steps whose rows are gathered at once: one gather instead of one a step, in bounded memory.
+GATHER_STEPS = 100
+ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "gelu": F.gelu, "sigmoid": torch.sigmoid}
+
+
+class NotBatchable(Exception):
+    """The group cannot train as one program (found once its data is loaded); the message says why."""
+
+
+def group_device(run: RunPlan, model: torch.nn.Module, runs: int) -> torch.device:
+    """The spec's device; 'auto' takes the GPU for a program with enough work a step (all its runs')."""
+    wanted = run.config.train.device
+    if wanted != "auto":
+        return torch.device(wanted)
+    work = sum(p.numel() for p in model.parameters()) * run.batch_size * runs
+    return torch.device("cuda" if torch.cuda.is_available() and work >= GPU_MIN_WORK else "cpu")
+
+
+# --- the model, the loss and the evaluation, for many runs at once ---------------------------------
+
+
+def forward(spec: Any, params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """The outputs [runs, rows, outputs] of a built-in model for rows x ([runs, rows, features], or
+    [rows, features] shared by every run); params in the model's parameter order, each [runs, ...]."""
+    per_layer = 2 if spec.bias else 1
+    layers = [params[i : i + per_layer] for i in range(0, len(params), per_layer)]
+    h = x
+    for depth, layer in enumerate(layers):
+        h = torch.matmul(h, layer[0].mT)
+        if spec.bias:
+            h = h + layer[1].unsqueeze(-2)
+        if depth < len(layers) - 1:
+            h = ACTIVATIONS[spec.activation](h)
+    return h
+
+
+def fit(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """losses.fit for many runs: outputs [runs, N, 1] as [runs, N] against targets [runs, N]."""
+    return output.squeeze(-1) if output.dim() == target.dim() + 1 and output.shape[-1] == 1 else output
+
+
+def per_run(values: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Each run's sum or mean of its [runs, ...] values."""
+    flat = values.reshape(values.shape[0], -1)
+    return flat.sum(dim=1) if reduction == "sum" else flat.mean(dim=1)
+
+
+class Loss:
+    """A built-in loss of every run at once: [runs]."""
+
+    def __init__(self, spec: Any):
+        self.elementwise = build_loss(spec, reduction="none")
+        self.squeezes = losses.squeezes(spec)
+
+    def __call__(self, output: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
+        runs = output.shape[0]
+        if self.squeezes:
+            output = fit(output, target)
+        values = self.elementwise(output.flatten(0, 1), target.flatten(0, 1))
+        return per_run(values.view(runs, -1), reduction)
+
+
+def metric(name: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """A built-in metric of every run (trainer.metrics, run by run): [runs]."""
+    if name == "accuracy":
+        if output.dim() == target.dim() + 1 and output.shape[-1] > 1:
+            predicted = output.argmax(dim=-1)
+        else:
+            predicted = (fit(output, target) > 0).to(target.dtype)
+        return per_run((predicted == target).float(), "mean")
+    error = fit(output, target) - target
+    if name == "mae":
+        return per_run(error.abs().float(), "mean")
+    return per_run(error.float().square(), "mean").sqrt()
+
+
+class Evaluate:
+    """Evaluator's values for every run: [runs, tags]."""
+
+    def __init__(self, run: RunPlan, dataset: data.Dataset, loss: Loss, truth: torch.Tensor | None):
+        self.spec = run.config.model
+        self.loss = loss
+        self.metrics = list(run.config.eval.metrics)
+        self.splits = [dataset.train] + ([dataset.validation] if dataset.validation is not None else [])
+        self.truth = truth
+
+    @torch.no_grad()
+    def __call__(self, params: list[torch.Tensor]) -> torch.Tensor:
+        runs = params[0].shape[0]
+        values = []
+        for split in self.splits:
+            output = forward(self.spec, params, split.x)
+            target = split.y.expand(runs, *split.y.shape)
+            values.append(self.loss(output, target, "mean").float())
+            values += [metric(name, output, target) for name in self.metrics]
+        if self.truth is not None:
+            weights = torch.cat([p.reshape(runs, -1) for p in params], dim=1)
+            values.append(torch.linalg.vector_norm(weights - self.truth, dim=1))
+        return torch.stack(values, dim=1)
+
+
+# --- the optimizers and schedules, per run ------------------------------------------------------
+
+
+def rates(runs: list[RunPlan], steps: int) -> np.ndarray:
+    """Every run's learning rate at every step, [runs, steps] (float64, as torch's schedulers give
+    them: each distinct schedule is replayed once with its torch scheduler)."""
+    table = np.empty((len(runs), steps))
+    replayed: dict[tuple[float, Any], np.ndarray] = {}
+    for r, run in enumerate(runs):
+        key = (run.config.optimizer.lr, run.config.schedule)
+        if key not in replayed:
+            replayed[key] = _replay(run.config.optimizer.lr, run.config.schedule, steps)
+        table[r] = replayed[key]
+    return table
+
+
+class _Rate(torch.optim.Optimizer):
+    """Only the learning rate of an optimizer, which is all a torch scheduler reads and writes. A
+    real optimizer would do as well, but making the first one imports torch's compiler (seconds)."""
+
+    def __init__(self, lr: float):  # no super().__init__(): there are no parameters
+        self.param_groups = [{"lr": lr}]
+
+    def step(self, closure: Any = None) -> None:
+        pass
+
+
+def _replay(lr: float, schedule_spec: Any, steps: int) -> np.ndarray:
+    optimizer = _Rate(lr)
+    schedule = build_schedule(schedule_spec, optimizer, steps)
+    if schedule is None:
+        return np.full(steps, lr)
+    out = np.empty(steps)
+    for step in range(steps):
+        out[step] = optimizer.param_groups[0]["lr"]
+        optimizer.step()  # torch warns of a schedule stepped before its optimizer
+        schedule.step()
+    return out
+
+
+def _column(values: list[float], device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
+class Optimizer:
+    """torch.optim's SGD, Adam or AdamW update, each run with its own settings. Written with exactly
+    rounded operations only, so that a run's numbers never depend on its neighbours."""
+
+    def __init__(self, runs: list[RunPlan], params: list[torch.Tensor]):
+        spec = runs[0].config.optimizer
+        device = params[0].device
+        self.kind = spec.kind
+        self.settings = [r.config.optimizer for r in runs]
+        get = lambda key: [getattr(s, key) for s in self.settings]  # noqa: E731
+        self.weight_decay = _column(get("weight_decay"), device)
+        self.decays = any(get("weight_decay"))
+        self.state: dict[str, list[torch.Tensor | None]] = {}
+        if self.kind == "sgd":
+            self.momentum = _column(get("momentum"), device)
+            self.uses_momentum = spec.momentum > 0  # the same for every run of a group
+            self.nesterov = spec.nesterov
+            self.state["buffer"] = [None] * len(params)
+        else:
+            betas = get("betas")
+            self.beta1_64 = _column([b[0] for b in betas], device, torch.float64)
+            self.beta2_64 = _column([b[1] for b in betas], device, torch.float64)
+            # As torch.optim computes them: in double precision, then used in float32.
+            self.beta2 = self.beta2_64.float()
+            self.one_minus_beta1, self.one_minus_beta2 = (
+                (1 - self.beta1_64).float(),
+                (1 - self.beta2_64).float(),
+            )
+            self.eps = _column(get("eps"), device)
+            self.weight_decay_64 = _column(get("weight_decay"), device, torch.float64)
+            self.amsgrad = spec.amsgrad
+            self.step_count = 0
+            self.state["exp_avg"] = [torch.zeros_like(p) for p in params]
+            self.state["exp_avg_sq"] = [torch.zeros_like(p) for p in params]
+            if self.amsgrad:
+                self.state["max_exp_avg_sq"] = [torch.zeros_like(p) for p in params]
+
+    def keep(self, index: torch.Tensor) -> None:
+        """Only the runs at `index` go on."""
+        for name in (
+            "weight_decay",
+            "momentum",
+            "beta1_64",
+            "beta2_64",
+            "beta2",
+            "one_minus_beta1",
+            "one_minus_beta2",
+            "eps",
+            "weight_decay_64",
+        ):
+            if hasattr(self, name):
+                setattr(self, name, getattr(self, name)[index])
+        for name, tensors in self.state.items():
+            self.state[name] = [t[index] if t is not None else None for t in tensors]
+
+    def step(
+        self, params: list[torch.Tensor], grads: list[torch.Tensor], lr: torch.Tensor, lr_64: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """The parameters after one update with these gradients and per-run learning rates [runs]."""
+        if self.kind == "sgd":
+            return [self._sgd(i, p, g, lr) for i, (p, g) in enumerate(zip(params, grads))]
+        self.step_count += 1
+        step = self.step_count
+        bias1 = 1 - self.beta1_64**step
+        bias2_sqrt = (1 - self.beta2_64**step) ** 0.5
+        step_size = (lr_64 / bias1).float()
+        decay = (1 - lr_64 * self.weight_decay_64).float() if self.kind == "adamw" else None
+        return [
+            self._adam(i, p, g, step_size, bias2_sqrt.float(), decay)
+            for i, (p, g) in enumerate(zip(params, grads))
+        ]
+
+    def _sgd(self, i: int, p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        shape = (-1,) + (1,) * (p.dim() - 1)
+        if self.decays:
+            g = g + self.weight_decay.view(shape) * p
+        if self.uses_momentum:
+            momentum = self.momentum.view(shape)
+            buffer = self.state["buffer"][i]
+            buffer = g.clone() if buffer is None else buffer * momentum + g
+            self.state["buffer"][i] = buffer
+            g = g + buffer * momentum if self.nesterov else buffer
+        return p - lr.view(shape) * g
+
+    def _adam(
+        self,
+        i: int,
+        p: torch.Tensor,
+        g: torch.Tensor,
+        step_size: torch.Tensor,
+        bias2_sqrt: torch.Tensor,
+        decay: torch.Tensor | None,
+    ) -> torch.Tensor:
+        shape = (-1,) + (1,) * (p.dim() - 1)
+        if decay is not None:
+            p = p * decay.view(shape)
+        elif self.decays:
+            g = g + self.weight_decay.view(shape) * p
+        exp_avg, exp_avg_sq = self.state["exp_avg"][i], self.state["exp_avg_sq"][i]
+        # Each line is torch's kernel, operation by operation (lerp for weights under one half, addcmul).
+        exp_avg = exp_avg + self.one_minus_beta1.view(shape) * (g - exp_avg)
+        exp_avg_sq = exp_avg_sq * self.beta2.view(shape) + self.one_minus_beta2.view(shape) * g * g
+        self.state["exp_avg"][i], self.state["exp_avg_sq"][i] = exp_avg, exp_avg_sq
+        second = exp_avg_sq
+        if self.amsgrad:
+            second = torch.maximum(self.state["max_exp_avg_sq"][i], exp_avg_sq)
+            self.state["max_exp_avg_sq"][i] = second
+        denom = second.sqrt() / bias2_sqrt.view(shape) + self.eps.view(shape)
+        return p - step_size.view(shape) * exp_avg / denom  # addcdiv: (value * t1) / t2
+
+
+def clip(grads: list[torch.Tensor], max_norm: float) -> list[torch.Tensor]:
+    """torch.nn.utils.clip_grad_norm_ for each run: its gradients' total norm brought to max_norm."""
+    runs = grads[0].shape[0]
+    norms = torch.stack([torch.linalg.vector_norm(g.reshape(runs, -1), dim=1) for g in grads], dim=1)
+    total = torch.linalg.vector_norm(norms, dim=1)
+    coefficient = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    return [g * coefficient.view((-1,) + (1,) * (g.dim() - 1)) for g in grads]
+
+
+# --- the group's training -------------------------------------------------------------------------
+
+
+@dataclass
+class Ended:
+    """A run that left the program: how, at which step, and its parameters then."""
+
+    status: Status
+    last: int
+    params: list[torch.Tensor]
+
+
+def train_group(
+    runs: list[RunPlan],
+    sinks: list[Any] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_progress: Callable[[int], None] = lambda steps: None,
+) -> list[Outcome]:
+    """Train every run of a group to its end, its divergence, or until should_stop() says so between
+    chunks; the outcomes in the runs' order, each as the loop engine would give it."""
+    sinks = sinks or [NullSink() for _ in runs]
+    first = runs[0]
+    config = first.config
+    spec = config.model
+    steps = first.steps
+    modules = [build_model(r.config.model, r.shape, r.config.train.seed) for r in runs]
+    device = group_device(first, modules[0], len(runs))
+    dataset = data.load(config.data, Path(first.data_folder), device)
+    if dataset.train.dataset is None and dataset.train.x.dim() != 2:
+        raise NotBatchable("the rows are not flat feature vectors")
+    names = [n for n, _ in modules[0].named_parameters()]
+    params = [
+        torch.stack([dict(m.named_parameters())[n].detach() for m in modules]).to(device) for n in names
+    ]
+    loss_fn = Loss(config.loss)
+    evaluator = Evaluator(first, modules[0].to(device), dataset, device)
+    evaluate = Evaluate(first, dataset, loss_fn, evaluator.truth)
+    optimizer = Optimizer(runs, params)
+    lr_table = rates(runs, steps)
+    lr_steps = torch.tensor(lr_table.T.copy(), device=device)  # [steps, runs], float64
+    lr_steps_32 = lr_steps.float()
+    full = config.train.batch_size == "full"
+    x, y = dataset.train.x, dataset.train.y
+    index = [
+        step_indices(
+            len(x), None if full else r.batch_size, steps, config.train.sampling, r.config.train.seed
+        )
+        for r in runs
+    ]
+    shared_rows = index[0] is None
+    if not shared_rows:
+        index_all = torch.stack(index).to(device)  # [runs, steps, batch]
+    small, large = split_parameters(modules[0], config.log.max_elements)
+    order = [names.index(n) for n, _ in small + large]  # the sink's order: small parameters first
+    layout = Layout([p.numel() for _, p in small], [p.numel() for _, p in large])
+    for sink, module in zip(sinks, modules):
+        sink.begin(module, None, evaluator.tags, capturing=False)
+    every, histograms_every = config.log.every, config.log.histograms_every
+    eval_every, max_norm = config.eval.every, config.train.clip_grad_norm
+    chunk = chunk_steps(list(modules[0].parameters()))
+
+    alive = list(range(len(runs)))  # which run each row of the program's tensors is
+    ended: dict[int, Ended] = {}
+    histories: list[list[Evaluation]] = [[] for _ in runs]
+    first_step = 0
+    losses_: list[torch.Tensor] = []
+    evals: list[tuple[int, torch.Tensor]] = []
+    captured: list[tuple[int, float, bool, list[torch.Tensor]]] = []  # step, wall, histogram, weights+grads
+    for step in range(steps):
+        params = [p.requires_grad_() for p in params]
+        if shared_rows:
+            xb, yb = x, y.expand(len(alive), *y.shape)
+        else:
+            if step % GATHER_STEPS == 0:  # the rows of the next steps, step-major: a step's are contiguous
+                rows_ahead = index_all[:, step : step + GATHER_STEPS].transpose(0, 1)
+                xs, ys = x[rows_ahead], y[rows_ahead]
+            xb, yb = xs[step % GATHER_STEPS], ys[step % GATHER_STEPS]
+        loss = loss_fn(forward(spec, params, xb), yb, config.loss.reduction)
+        grads = list(torch.autograd.grad(loss.sum(), params))
+        params = [p.detach() for p in params]
+        if max_norm is not None:
+            grads = clip(grads, max_norm)
+        # logging (reads only): the losses, the evaluation, the weights and gradients before the update
+        losses_.append(loss.detach())
+        if step % eval_every == 0:
+            evals.append((step, evaluate(params)))
+        histogram = bool(histograms_every) and step % histograms_every == 0
+        if step % every == 0 or histogram:
+            captured.append(
+                (step, time.time(), histogram, [params[i] for i in order] + [grads[i] for i in order])
+            )
+        params = optimizer.step(params, grads, lr_steps_32[step], lr_steps[step])
+        if (step + 1) % chunk and step + 1 != steps:
+            continue
+        bad = _hand_over(sinks, alive, first_step, losses_, evals, captured, lr_table, layout, histories)
+        losses_, evals, captured, first_step = [], [], [], step + 1
+        on_progress(step + 1)
+        stopping = should_stop() and step + 1 < steps
+        gone = [i for i, run in enumerate(alive) if bad[run] is not None or stopping]
+        for i in gone:
+            run = alive[i]
+            if bad[run] is not None:
+                ended[run] = Ended(Status.DIVERGED, bad[run], [p[i] for p in params])
+            else:
+                ended[run] = Ended(Status.INTERRUPTED, step, [p[i] for p in params])
+        if gone:
+            keep = [i for i in range(len(alive)) if i not in set(gone)]
+            alive = [alive[i] for i in keep]
+            if not alive:
+                break
+            kept = torch.tensor(keep, device=device)
+            params = [p[kept] for p in params]
+            optimizer.keep(kept)
+            lr_steps, lr_steps_32 = lr_steps[:, kept], lr_steps_32[:, kept]
+            if not shared_rows:
+                index_all, xs, ys = index_all[kept], xs[:, kept], ys[:, kept]
+
+    final_values = evaluate(params).tolist() if alive and len(ended) < len(runs) else []
+    outcomes = []
+    finals = dict(zip(alive, final_values))
+    for r, (run, sink, module) in enumerate(zip(runs, sinks, modules)):
+        if r in ended:
+            status, last, weights = ended[r].status, ended[r].last, ended[r].params
+        else:
+            status, last, weights = Status.COMPLETE, steps - 1, [p[alive.index(r)] for p in params]
+        model = module.cpu()
+        with torch.no_grad():
+            for p, value in zip(model.parameters(), weights):
+                p.copy_(value)
+        outcomes.append(
+            conclude(run, sink, model, str(device), evaluator, histories[r], finals.get(r), status, last)
+        )
+    return outcomes
+
+
+def _hand_over(
+    sinks: list[Any],
+    alive: list[int],
+    first: int,
+    losses_: list[torch.Tensor],
+    evals: list[tuple[int, torch.Tensor]],
+    captured: list[tuple[int, float, bool, list[torch.Tensor]]],
+    lr_table: np.ndarray,
+    layout: Layout,
+    histories: list[list[Evaluation]],
+) -> dict[int, int | None]:
+    """Bring a chunk's values to the host and write every run's at once (trainer.tensorboard.sink.write_group),
+    each up to its first diverged step, which is returned (None where all is finite), as
+    trainer.training.loop.hand_over does for one run."""
+    runs = len(alive)
+    host_losses = torch.stack(losses_, dim=1).cpu().numpy().astype(np.float64)  # [runs, steps]
+    eval_steps = np.array([step for step, _ in evals], dtype=np.int64)
+    tags = evals[0][1].shape[1] if evals else 0
+    eval_values = (
+        torch.stack([v for _, v in evals], dim=1).cpu().numpy().astype(np.float64)
+        if evals
+        else np.zeros((runs, 0, tags))
+    )  # [runs, evaluations, tags]
+    count = len(captured)
+    steps = np.array([c[0] for c in captured], dtype=np.int64)
+    walls = np.array([c[1] for c in captured])
+    flags = np.array([c[2] for c in captured], dtype=bool)
+    rows, histograms = np.zeros((runs, count, 0)), None
+    if count:
+        tensors = zip(*(c[3] for c in captured))  # each parameter's, then each gradient's, over the steps
+        values = torch.cat([torch.stack(t, dim=1).reshape(runs, count, -1) for t in tensors], dim=2)
+        values = values.cpu().numpy()  # [runs, captured, 2 * total]
+        total = layout.total
+        weights, grads = values[:, :, :total], values[:, :, total:]
+        rows = layout.rows(weights.reshape(runs * count, total), grads.reshape(runs * count, total))
+        rows = rows.reshape(runs, count, -1)
+        marked = int(flags.sum())
+        if marked:
+            histograms = layout.histograms(values[:, flags].reshape(runs * marked, 2 * total))
+    bad = first_diverged(host_losses, first, eval_steps, eval_values[:, :, 0])
+    last = np.where(bad == NO_STEP, first + host_losses.shape[1] - 1, bad)
+    for i, run in enumerate(alive):
+        kept = int(np.searchsorted(eval_steps, last[i], side="right"))
+        histories[run] += [
+            Evaluation(s, v) for s, v in zip(eval_steps[:kept].tolist(), eval_values[i, :kept].tolist())
+        ]
+    if isinstance(sinks[alive[0]], TensorBoardSink):
+        write_group(
+            [sinks[run] for run in alive],
+            first,
+            host_losses,
+            eval_steps,
+            eval_values,
+            last,
+            Captured(steps, walls, lr_table[alive][:, steps], rows, histograms),
+        )
+    return {run: (int(b) if b != NO_STEP else None) for run, b in zip(alive, bad.tolist())}

@@ -1,0 +1,293 @@
+"""The training loop: compute each step, hand values to the sink, stop on divergence or when asked."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainer.core.status import Status
+from trainer.core.strict import as_data
+from trainer.kinds import data, losses
+from trainer.kinds import registry as kinds
+from trainer.kinds.losses import build_loss
+from trainer.kinds.models import build_model
+from trainer.kinds.optim import build_optimizer, build_schedule
+from trainer.spec.sweep import RunPlan
+from trainer.tensorboard import curves
+from trainer.tensorboard.sink import Evaluation, NullSink
+from trainer.training.batches import batches, loader_batches
+from trainer.training.evaluate import Evaluator, evaluating
+
+# Steps between host syncs (the divergence check, the logging flush and the stop check): as many
+# as keep a chunk's captured weights and gradients near CHUNK_BYTES, within these bounds. A tiny
+# model gets long chunks, since a flush has a fixed cost that would otherwise outweigh its steps.
+MIN_CHUNK, MAX_CHUNK, CHUNK_BYTES = 100, 1000, 64 * 1024
+# Below this many multiply-adds per step a GPU only adds kernel-launch latency (measured: the
+# notebook's model runs about six times slower on an H100 than on one CPU core).
+GPU_MIN_WORK = 1_000_000
+
+
+@dataclass
+class Outcome:
+    """How a run ended, what it reached, and the trained model."""
+
+    status: Status
+    steps_done: int
+    device: str
+    metrics: dict[str, Any]
+    final_weights: dict[str, list[float]] = field(default_factory=dict)
+    weights_sha256: str = ""  # of all final parameters' bytes: equal digests, identical weights
+    model: torch.nn.Module | None = None
+    curve: dict[str, Any] | None = None  # the main evaluation curve, thinned (curves.record_curve)
+
+
+def choose_device(run: RunPlan, model: torch.nn.Module) -> torch.device:
+    """The spec's device; 'auto' takes the GPU only for models big enough to gain from it."""
+    wanted = run.config.train.device
+    if wanted != "auto":
+        return torch.device(wanted)
+    work = sum(p.numel() for p in model.parameters()) * run.batch_size
+    return torch.device("cuda" if torch.cuda.is_available() and work >= GPU_MIN_WORK else "cpu")
+
+
+def chunk_steps(params: list[torch.nn.Parameter]) -> int:
+    """Steps per chunk for a model with these parameters (each step keeps 8 bytes an element)."""
+    elements = max(1, sum(p.numel() for p in params))
+    return max(MIN_CHUNK, min(MAX_CHUNK, CHUNK_BYTES // (8 * elements)))
+
+
+def converged_step(evaluations: list[Evaluation], tolerance: float) -> int | None:
+    """The first evaluation step from which the training loss stayed within tolerance to the end."""
+    found = None
+    for ev in reversed(evaluations):
+        if not ev.loss <= tolerance:
+            break
+        found = ev.step
+    return found
+
+
+def train(
+    run: RunPlan,
+    sink: Any = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_progress: Callable[[int], None] = lambda steps: None,
+) -> Outcome:
+    """Train one run to the end, to divergence, or until should_stop() says so between chunks."""
+    sink = sink or NullSink()
+    config = run.config
+    model = build_model(config.model, run.shape, config.train.seed)
+    device = choose_device(run, model)
+    model.to(device)
+    dataset = data.load(config.data, Path(run.data_folder), device)
+    loss_fn = build_loss(config.loss)
+    squeezes = losses.squeezes(config.loss)
+    optimizer = build_optimizer(config.optimizer, model.parameters())
+    schedule = build_schedule(config.schedule, optimizer, run.steps)
+    evaluate = Evaluator(run, model, dataset, device)
+    full = config.train.batch_size == "full"
+    batch_size = None if full else run.batch_size
+    train_rows = dataset.train
+    if train_rows.dataset is None:
+        steps = batches(
+            train_rows.x, train_rows.y, batch_size, run.steps, config.train.sampling, config.train.seed
+        )
+    else:
+        steps = loader_batches(
+            train_rows.dataset, batch_size, run.steps, config.train.sampling, config.train.seed, device
+        )
+    eval_every = config.eval.every
+    clip = config.train.clip_grad_norm
+    params = list(model.parameters())
+    chunk = chunk_steps(params)
+    hook = _hook(run, dataset, device)
+    sink.begin(model, optimizer, evaluate.tags)
+
+    history: list[Evaluation] = []
+    losses_: list[torch.Tensor] = []
+    evals: list[tuple[int, torch.Tensor]] = []
+    first = 0
+    squeeze = None
+    status, last = Status.COMPLETE, run.steps - 1
+    for step, (x, y) in enumerate(steps):
+        output = model(x)
+        if squeeze is None:  # [N, 1] outputs meet [N] targets of a built-in regression or binary loss
+            squeeze = squeezes and losses.one_per_row(output, y)
+        loss = loss_fn(output.squeeze(-1) if squeeze else output, y)
+        # What optimizer.zero_grad() does, without its profiler and compiler hooks (16 us a step,
+        # a tenth of a notebook step); the update itself is torch's optimizer, untouched.
+        for p in params:
+            p.grad = None
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        # logging (reads only): the loss, the evaluation and the sink's capture, all before the update
+        losses_.append(loss.detach())
+        if step % eval_every == 0:
+            evals.append((step, evaluate()))
+            if hook is not None:
+                hook(sink.writer(), step, model)
+        sink.capture(step)
+        optimizer.step()
+        if schedule is not None:
+            schedule.step()
+        if (step + 1) % chunk and step + 1 != run.steps:
+            continue
+        bad = _flush(sink, first, losses_, evals, history)
+        losses_, evals, first = [], [], step + 1
+        on_progress(step + 1)
+        if bad is not None:
+            status, last = Status.DIVERGED, bad
+            break
+        if should_stop() and step + 1 < run.steps:
+            status, last = Status.INTERRUPTED, step
+            break
+
+    final_values = evaluate().tolist() if status == Status.COMPLETE else None
+    on_final = None if hook is None else lambda: hook(sink.writer(), run.steps, model)
+    return conclude(run, sink, model, str(device), evaluate, history, final_values, status, last, on_final)
+
+
+def conclude(
+    run: RunPlan,
+    sink: Any,
+    model: torch.nn.Module,
+    device: str,
+    evaluate: Evaluator,
+    history: list[Evaluation],
+    final_values: list[float] | None,
+    status: Status,
+    last: int,
+    on_final: Callable[[], None] | None = None,
+) -> Outcome:
+    """End a run whose steps are done (or stopped at `last`): its final evaluation (given as
+    final_values where it completed), metrics, the sink's last events, and its outcome."""
+    config = run.config
+    final = None
+    if status == Status.COMPLETE:
+        final = Evaluation(run.steps, final_values)
+        if not math.isfinite(final.loss):
+            status, last = Status.DIVERGED, run.steps
+        elif on_final is not None:
+            on_final()
+        history.append(final)
+    metrics = evaluate.summary(history, final if status == Status.COMPLETE else None)
+    if run.regression:
+        reached = converged_step(history, config.eval.tolerance) if status == Status.COMPLETE else None
+        metrics.update({"final/converged": reached is not None, "final/converged_step": reached})
+    metrics.update(
+        {
+            "final/diverged": status == Status.DIVERGED,
+            "diverged_step": last if status == Status.DIVERGED else None,
+        }
+    )
+    sink.finish(status, run.steps if status == Status.COMPLETE else last, metrics, final)
+    # JSON has no NaN: a diverged weight is recorded as null.
+    weights = {
+        name: [v if math.isfinite(v) else None for v in p.detach().view(-1).tolist()]
+        for name, p in model.named_parameters()
+        if p.numel() <= config.log.max_elements
+    }
+    digest = hashlib.sha256(
+        b"".join(p.detach().cpu().numpy().tobytes() for p in model.parameters())
+    ).hexdigest()
+    return Outcome(
+        status,
+        last + 1 if status != Status.COMPLETE else run.steps,
+        device,
+        metrics,
+        weights,
+        digest,
+        model,
+        curves.record_curve(evaluate.tags, history, run.steps),
+    )
+
+
+def _hook(run: RunPlan, dataset: data.Dataset, device: torch.device) -> Callable[..., None] | None:
+    """The user's log.hook, bound to what it is given besides (writer, step, model), or None."""
+    name = run.config.log.hook
+    if name is None:
+        return None
+    function = kinds.import_attribute(name, str(Path(run.data_folder).resolve()), "log.hook")
+    shown = dataset.validation if dataset.validation is not None else dataset.train
+    context = {
+        "inputs": shown.x,
+        "targets": shown.y,
+        "dataset": shown.dataset,
+        "split": "validation" if dataset.validation is not None else "train",
+        "train_inputs": dataset.train.x,
+        "train_targets": dataset.train.y,
+        "classes": dataset.classes,
+        "config": as_data(run.config),
+        "run": run.folder,
+        "device": device,
+    }
+
+    def call(writer: Any, step: int, model: torch.nn.Module) -> None:
+        if writer is None:  # logging is off: nothing would reach a file
+            return
+        with torch.no_grad(), evaluating(model):
+            function(writer, step, model, **context)
+
+    return call
+
+
+def _flush(
+    sink: Any,
+    first: int,
+    losses: list[torch.Tensor],
+    evals: list[tuple[int, torch.Tensor]],
+    history: list[Evaluation],
+) -> int | None:
+    """Bring a chunk's values to the host, hand them to the sink; the first diverged step or None."""
+    host_losses = torch.stack(losses).tolist()
+    host_evals = torch.stack([v for _, v in evals]).tolist() if evals else []
+    evaluations = [Evaluation(step, values) for (step, _), values in zip(evals, host_evals)]
+    return hand_over(sink.write, first, host_losses, evaluations, history)
+
+
+NO_STEP = np.iinfo(np.int64).max  # no step diverged
+
+
+def first_diverged(
+    losses: np.ndarray, first: int, eval_steps: np.ndarray, eval_losses: np.ndarray
+) -> np.ndarray:
+    """Each run's first step whose minibatch loss (losses [runs, steps], from step `first` on) or
+    whose evaluation's loss (eval_losses [runs, evaluations], at eval_steps) is not finite; NO_STEP
+    where every one is."""
+    return np.minimum(
+        _first_bad(losses, first + np.arange(losses.shape[1])), _first_bad(eval_losses, eval_steps)
+    )
+
+
+def _first_bad(values: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """Each row's step of its first value that is not finite (NO_STEP where all are)."""
+    bad = ~np.isfinite(values)
+    if not bad.shape[1]:
+        return np.full(values.shape[0], NO_STEP)
+    return np.where(bad.any(axis=1), steps[bad.argmax(axis=1)], NO_STEP)
+
+
+def hand_over(
+    write: Callable[[int, list[float], list[Evaluation], int], None],
+    first: int,
+    host_losses: list[float],
+    evaluations: list[Evaluation],
+    history: list[Evaluation],
+) -> int | None:
+    """Hand a chunk's values (on the host) to the sink's write, up to the first diverged step,
+    which is returned (None if every value is finite)."""
+    eval_steps = np.array([ev.step for ev in evaluations], dtype=np.int64)
+    eval_losses = np.array([ev.loss for ev in evaluations], dtype=np.float64).reshape(1, -1)
+    found = int(first_diverged(np.array([host_losses], dtype=np.float64), first, eval_steps, eval_losses)[0])
+    bad = None if found == NO_STEP else found
+    last = bad if bad is not None else first + len(host_losses) - 1
+    history.extend(ev for ev in evaluations if ev.step <= last)
+    write(first, host_losses, evaluations, last)
+    return bad

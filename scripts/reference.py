@@ -1,4 +1,10 @@
-"""The spec reference in the README, generated from the schema so the two cannot drift apart."""
+"""The spec reference of the documentation (docs/reference.md), generated from the schema so the two
+cannot drift apart.
+
+    python scripts/reference.py docs/reference.md   # rewrites the page's reference in place
+
+The page holds the reference between its spec-reference markers; `make docs` fails while it is stale.
+"""
 
 from __future__ import annotations
 
@@ -54,7 +60,7 @@ def reference_markdown() -> str:
             continue
         sections.append(f"\n**{f.name}** — {f.metadata.get('doc', '')}")
         if f.name not in kinds.FAMILIES:
-            sections += [*HEADER, *_rows(hints[f.name], f"{f.name}.")]
+            sections += ["", *HEADER, *_rows(hints[f.name], f"{f.name}.")]
             continue
         family = kinds.family(f.name)
         common = {c.name for c in fields(family.common)} if family.common else set()
@@ -78,9 +84,9 @@ def reference_markdown() -> str:
 START, END = "<!-- spec-reference:start -->", "<!-- spec-reference:end -->"
 
 
-def with_reference(readme: str) -> str:
-    """The README text with its spec reference section regenerated."""
-    head, _, rest = readme.partition(START)
+def with_reference(text: str) -> str:
+    """A Markdown text with the spec reference between its markers regenerated."""
+    head, _, rest = text.partition(START)
     _, _, tail = rest.partition(END)
     return f"{head}{START}\n{reference_markdown()}{END}{tail}"
 
@@ -89,5 +95,5 @@ if __name__ == "__main__":
     import pathlib
     import sys
 
-    path = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
+    path = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "docs/reference.md")
     path.write_text(with_reference(path.read_text()))

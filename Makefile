@@ -19,7 +19,7 @@ ONLY ?=
 OUT ?= $(LOGDIR)/hparams.png
 REPORT ?= reports
 
-.PHONY: setup sweep dry-run check test lint tensorboard status index merge report bench screenshot clean
+.PHONY: setup sweep dry-run check test lint docs tensorboard status index merge report bench screenshot clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,10 +47,15 @@ check: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-# Lint and check the formatting (ruff, configured in pyproject.toml); `ruff format` fixes the latter
+# Lint, check the formatting and the layers contract (ruff and import-linter, configured in pyproject.toml)
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+# Build the documentation site into build/site, strictly: a broken link or a stale generated page fails
+docs: setup
+	$(BIN)/mkdocs build --strict --site-dir build/site
 
 # Serve $(LOGDIR)/ with TensorBoard on port $(PORT); FOCUS="digits" first declares that experiment's own columns
 tensorboard: setup
@@ -81,6 +86,6 @@ bench: setup
 screenshot: setup
 	$(BIN)/python scripts/screenshot.py --logdir $(LOGDIR) --out $(OUT)
 
-# Remove the virtual environment (logs are kept)
+# Remove the virtual environment and the built site (logs are kept)
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache build

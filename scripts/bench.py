@@ -27,8 +27,9 @@ import yaml
 
 from trainer.report import index
 from trainer.spec.sweep import plan
-from trainer.tensorboard.sink import NullSink, TensorBoardSink
+from trainer.tensorboard.sink import TensorBoardSink
 from trainer.training.loop import train
+from trainer.training.sink import NullSink
 
 ROOT = Path(__file__).resolve().parents[1]
 

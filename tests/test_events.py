@@ -192,8 +192,9 @@ def test_a_group_of_runs_writes_each_run_as_it_would_alone(tmp_path, monkeypatch
     own losses, rates, evaluations and histograms, each cut at its own last step, including a
     histogram of a tensor holding one value (laid out apart) and a rate that changes mid-chunk."""
     from trainer.tensorboard import sink as sink_module
-    from trainer.tensorboard.sink import Captured, write_group
+    from trainer.tensorboard.sink import write_group
     from trainer.training.capture import Layout
+    from trainer.training.sink import Captured
 
     if sliced:
         monkeypatch.setattr(sink_module, "BLOCK_BYTES", 1)

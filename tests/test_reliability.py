@@ -34,7 +34,7 @@ from test_faults import (
 )
 
 from trainer.cli.commands import main
-from trainer.runs import rundir
+from trainer.runs import claims, rundir
 
 pytestmark = [
     pytest.mark.slow,
@@ -148,8 +148,6 @@ def test_a_claim_that_cannot_be_written_stops_the_sweep_with_a_sentence_and_leav
     tmp_path, monkeypatch, capsys
 ):
     import errno
-
-    from trainer.runs import rundir
 
     spec = toy_spec(tmp_path, "train.seed: [0, 1]", steps=200)
     logdir = tmp_path / "logs"
@@ -533,9 +531,9 @@ def test_a_takeover_lock_left_by_a_killed_sweep_does_not_keep_its_run_from_the_n
     # A sweep killed while it moved a record into place leaves its claim and the claim's takeover lock.
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    path = rundir.claim_path(tmp_path, "toy", "seed=0")
+    path = claims.claim_path(tmp_path, "toy", "seed=0")
     path.parent.mkdir(parents=True)
     dead = json.dumps({"pid": gone.pid, "host": socket.gethostname(), "started": None, "token": "x"})
     path.write_text(dead)
-    rundir._lock_path(path).write_text(dead)
-    assert rundir.try_claim(path) is not None
+    claims.lock_path(path).write_text(dead)
+    assert claims.try_claim(path) is not None

@@ -15,9 +15,10 @@ from tests.conftest import read_events, scalars
 from trainer.cli.commands import main
 from trainer.kinds.data import SEED_ROWS, SEED_WEIGHTS
 from trainer.spec.sweep import plan
-from trainer.tensorboard.sink import NullSink, TensorBoardSink
+from trainer.tensorboard.sink import TensorBoardSink
 from trainer.training.batches import batches
 from trainer.training.loop import train
+from trainer.training.sink import NullSink
 
 NOTEBOOK_INIT = [0.2211, 0.1589, 0.3895, 0.8993]
 

@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainer import __version__
-from trainer.core import guards
 from trainer.core.errors import LogDirError, UserError
 from trainer.core.hints import trainer_command
 from trainer.core.status import Status
+from trainer.executors import EXECUTORS
 from trainer.report import tables as report
 
 if TYPE_CHECKING:
-    from trainer.spec.sweep import RunPlan
+    from trainer.spec.plan import RunPlan
 
 EXIT_FAILED_RUNS = 1
 EXIT_INTERRUPTED = 130
@@ -88,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--executor",
-        choices=("local", "ray"),
+        choices=tuple(EXECUTORS),
         default="local",
         help="where runs run: local worker processes (default), or Ray tasks on this machine or a "
         "cluster (needs the ray extra)",
@@ -268,7 +268,9 @@ def _print_imported(runs: list[RunPlan]) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run and args.allow_large:
-        guards.refuse_long_listing(args.specs, args.overrides)
+        from trainer.spec.sweep import refuse_long_listing
+
+        refuse_long_listing(args.specs, args.overrides)
     if args.address is not None and args.executor != "ray":
         raise UserError("--address: names a Ray cluster, so it needs --executor ray")
     if args.executor == "ray" and not args.dry_run:

@@ -7,7 +7,6 @@ its own message form (`path:line: key: problem`).
 
 from __future__ import annotations
 
-import math
 import os
 import stat
 from pathlib import Path
@@ -18,8 +17,6 @@ MAX_SPEC_BYTES = 256 << 10
 # The CSV reader holds every cell as a Python float: 64 MiB of text is already gigabytes in memory.
 MAX_CSV_BYTES = 64 << 20
 LIMITS = {"spec": (MAX_SPEC_BYTES, "a spec file"), "csv": (MAX_CSV_BYTES, "a CSV file")}
-# Planning is about 0.3 ms a run: a dry run of more than this would say nothing for over 15 s.
-MAX_LISTED_RUNS = 50_000
 
 _KINDS = (
     (stat.S_ISCHR, "a character device"),
@@ -94,41 +91,3 @@ def _target(link: Path) -> str:
         return "an unreadable target"
     where = link.parent / target
     return f"{target}" + ("" if where.exists() else " (dangling)")
-
-
-# --- sweeps too large to list -----------------------------------------------------------------
-
-
-def refuse_long_listing(paths: list[str], overrides: list[str]) -> None:
-    """Refuse, from the specs' sweep lengths alone, a dry run that would list more than
-    MAX_LISTED_RUNS runs: planning them would take minutes and gigabytes before the first line."""
-    from trainer.core.errors import SpecError
-    from trainer.spec.files import load_spec, parse_overrides
-
-    parsed, problems = parse_overrides(overrides)
-    if problems:
-        return  # planning reports them
-    counts = []
-    for path in paths:
-        try:
-            spec = load_spec(path, parsed)
-        except SpecError:
-            return
-        if spec.sweep:
-            counts.append((spec, math.prod(len(values) for values in spec.sweep.values())))
-    total = sum(count for _, count in counts)
-    if total <= MAX_LISTED_RUNS:
-        return
-    raise SpecError(
-        [
-            f"{spec.where('sweep')}: sweep: {count:,} runs ("
-            + " x ".join(f"{key} {len(values):,}" for key, values in spec.sweep.items())
-            + ")"
-            for spec, count in counts
-            if count > 1
-        ]
-        + [
-            f"--dry-run lists at most {MAX_LISTED_RUNS:,} runs, one line each, and these specs plan {total:,}; "
-            f"narrow the sweep or split it over several specs (nothing was planned or written)"
-        ]
-    )

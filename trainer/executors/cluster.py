@@ -1,8 +1,8 @@
 """The Ray executor: a sweep's runs as Ray tasks, on this machine or a cluster, with no shared filesystem.
 
-The sweep runner (trainer.runner) still decides what runs, claims each run, keeps the claims fresh,
-and reports; this module only decides where. Each unit of work (one run, or a group of runs that the
-batched engine trains as one program; trainer.units) is one task that trains into a scratch folder
+The sweep driver (trainer.executors.driver) still decides what runs, claims each run, keeps the
+claims fresh, and reports; this module only decides where. Each unit of work (one run, or a group of runs that the
+batched engine trains as one program; trainer.spec.units) is one task that trains into a scratch folder
 on whichever node Ray picks and returns every file it wrote through Ray's object store; this process
 writes them into the log folder, each run's record last, so a run folder is complete or absent
 whatever dies when. The spec's folder travels to the nodes as the task's working directory, so user code and
@@ -20,22 +20,24 @@ import pickle
 import shutil
 import socket
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from trainer.core.errors import UserError
 from trainer.core.status import Status
-from trainer.runs import rundir
-from trainer.runs.job import LOST, Summary, commit
-from trainer.spec.sweep import RunPlan
+from trainer.executors.base import Sweep
+from trainer.executors.stopping import Grace
+from trainer.kinds import registry as kinds
+from trainer.kinds.registry import shown_path
+from trainer.runs import job, rundir
+from trainer.runs.claims import Claim, owns
+from trainer.runs.job import LOST, Summary, code_record, commit, record_ended
+from trainer.spec.plan import RunPlan
 from trainer.spec.units import Unit, units_of
 
 INSTALL = "pip install -e '.[ray]' (or make setup EXTRAS=ray)"
 # A task whose worker process or node dies is run again elsewhere at most this many times.
 MAX_RETRIES = 3
-# After Ctrl-C, tasks get this long to stop and clean their scratch folders before the sweep ends.
-STOP_GRACE = 10.0
 # How long this process waits for Ray between looks at Ctrl-C and the claims.
 POLL = 0.5
 
@@ -69,11 +71,7 @@ def execute_unit(payload: bytes, spec_folder: str, copy: str) -> list[tuple[Summ
 
     torch.set_num_threads(1)  # the same arithmetic as the local pool's workers
     here = str(Path(copy).resolve())
-    from trainer.kinds import registry as kinds
-
     kinds.relocate(spec_folder, here)
-    from trainer.runs import job
-
     unit: Unit = pickle.loads(payload)
     unit = dataclasses.replace(unit, runs=tuple(dataclasses.replace(r, data_folder=here) for r in unit.runs))
     with tempfile.TemporaryDirectory(prefix="trainer-run-") as scratch:
@@ -164,21 +162,16 @@ def resources(unit: Unit) -> dict[str, float]:
     return {"num_cpus": 1, "num_gpus": 1 if unit.runs[0].config.train.device == "cuda" else 0}
 
 
-def deliver(
-    logdir: Path, run: RunPlan, summary: Summary, files: dict[str, bytes], claim: rundir.Claim
-) -> Summary:
+def deliver(logdir: Path, run: RunPlan, summary: Summary, files: dict[str, bytes], claim: Claim) -> Summary:
     """Write a finished task's files into the run's folder here, the record last and only while the
     run is still this sweep's; a local sweep of the same run would have left the same folder."""
-    from trainer.kinds.registry import shown_path
-    from trainer.runs.job import code_record
-
     folder = logdir / run.folder
     if rundir.RECORD not in files:  # its scratch folder could not be written on the node
-        return _ended(logdir, run, Status.FAILED, f"on its Ray node: {summary.error}", claim)
+        return record_ended(logdir, run, Status.FAILED, f"on its Ray node: {summary.error}", claim)
     record = json.loads(files.pop(rundir.RECORD))
     # Where the spec and the user code are, as this machine names them (the node saw copies).
     record.update(spec=shown_path(run.spec_path), code=code_record(run))
-    if not rundir.owns(claim):
+    if not owns(claim):
         return Summary(run.folder, LOST, {}, 0.0, "taken over by another sweep")
     try:
         if folder.exists():
@@ -193,86 +186,63 @@ def deliver(
     return commit(folder, record, claim=claim)
 
 
-def _ended(logdir: Path, run: RunPlan, status: str, error: str, claim: rundir.Claim) -> Summary:
-    from trainer.executors.driver import mark_ended
-
-    return mark_ended(logdir, run, status, error, claim)
-
-
 @dataclasses.dataclass
 class Task:
     unit: Unit
-    claims: dict[str, rundir.Claim]  # by run folder
+    claims: dict[str, Claim]  # by run folder
 
 
-def run_on_ray(
-    todo: list[Unit], seen: dict[str, Any], opts: Any, report: Any, progress: Any, stop: Any
-) -> None:
-    """Hand the units to Ray, a few more than its CPUs at a time so that none waits for this process;
-    on a stop request, cancel the tasks and record their runs as interrupted."""
-    from trainer.executors import driver as runner
+class Ray:
+    """Hands the units to Ray, a few more than its CPUs at a time so that none waits for this
+    process; on a stop request, cancels the tasks and records their runs as interrupted."""
 
-    runs = [run for unit in todo for run in unit.runs]
-    with tempfile.TemporaryDirectory(prefix="trainer-specs-") as staging:
-        copies = stage(runs, opts.logdir, Path(staging))
-        ray = connect(opts.address, opts.workers, Path(staging))  # uploads the copies
-    stop.listen()  # Ray took SIGTERM for itself while starting
-    claims = runner.Claims(opts.logdir)
-    remote = ray.remote(execute_unit)
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    pending = collections.deque(units_of(runs, cpus))  # big groups split over the cluster's CPUs
-    running: dict[Any, Task] = {}
-    deadline: float | None = None
-    try:
-        window = cpus + 1
-        while True:
-            if stop.is_set() and deadline is None:
-                deadline = time.monotonic() + STOP_GRACE
-                progress.note("Interrupted: stopping the runs in progress ...")
-                for ref in running:
-                    ray.cancel(ref, force=False)  # the task stops and removes its scratch folder
-            while deadline is None and report.logdir_fault is None and report.startup_fault is None:
-                if len(running) >= window or not pending:
-                    break
-                unit, held = runner.claim_unit(pending.popleft(), opts, seen, claims, report, progress)
-                if unit is not None:
-                    folder = str(Path(unit.runs[0].data_folder).resolve())
-                    ref = remote.options(**resources(unit), max_retries=MAX_RETRIES).remote(
-                        pickle.dumps(unit), folder, copies[folder]
-                    )
-                    running[ref] = Task(unit, held)
-            if not running:
-                return
-            if deadline is not None and (time.monotonic() >= deadline or stop.count > 1):
-                for ref, task in running.items():
-                    ray.cancel(ref, force=True)
-                    _finish(
-                        task,
-                        _all_ended(opts.logdir, task, Status.INTERRUPTED, "interrupted"),
-                        claims,
-                        report,
-                        progress,
-                    )
-                return
-            done, _ = ray.wait(list(running), num_returns=1, timeout=POLL)
-            stop.clear_wakeups()
-            for ref in done:
-                task = running.pop(ref)
-                _finish(
-                    task,
-                    _outcome(ray, ref, task, opts, report, deadline is not None),
-                    claims,
-                    report,
-                    progress,
-                )
-    finally:
-        for ref in running:
-            ray.cancel(ref, force=True)
-        claims.close()
-        ray.shutdown()  # a local instance stops with it
+    def launch(self, todo: list[Unit], sweep: Sweep) -> None:
+        runs = [run for unit in todo for run in unit.runs]
+        with tempfile.TemporaryDirectory(prefix="trainer-specs-") as staging:
+            copies = stage(runs, sweep.logdir, Path(staging))
+            ray = connect(sweep.address, sweep.workers, Path(staging))  # uploads the copies
+        sweep.stop.listen()  # Ray took SIGTERM for itself while starting
+        remote = ray.remote(execute_unit)
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        pending = collections.deque(units_of(runs, cpus))  # big groups split over the cluster's CPUs
+        running: dict[Any, Task] = {}
+        # the task stops and removes its scratch folder
+        grace = Grace(sweep.stop, sweep.progress, lambda: [ray.cancel(ref, force=False) for ref in running])
+        try:
+            window = cpus + 1
+            while True:
+                while not grace.stopping() and not sweep.faulted:
+                    if len(running) >= window or not pending:
+                        break
+                    unit, held = sweep.claim(pending.popleft())
+                    if unit is not None:
+                        folder = str(Path(unit.runs[0].data_folder).resolve())
+                        ref = remote.options(**resources(unit), max_retries=MAX_RETRIES).remote(
+                            pickle.dumps(unit), folder, copies[folder]
+                        )
+                        running[ref] = Task(unit, held)
+                if not running:
+                    return
+                if grace.over():
+                    for ref, task in running.items():
+                        ray.cancel(ref, force=True)
+                        sweep.finish(task.claims, _all_ended(sweep, task, Status.INTERRUPTED, "interrupted"))
+                    return
+                done, _ = ray.wait(list(running), num_returns=1, timeout=POLL)
+                sweep.stop.clear_wakeups()
+                for ref in done:
+                    task = running.pop(ref)
+                    sweep.finish(task.claims, _outcome(ray, ref, task, sweep, grace.started))
+        finally:
+            for ref in running:
+                ray.cancel(ref, force=True)
+            ray.shutdown()  # a local instance stops with it
 
 
-def _outcome(ray: Any, ref: Any, task: Task, opts: Any, report: Any, stopping: bool) -> list[Summary]:
+EXECUTOR = Ray()
+
+
+def _outcome(ray: Any, ref: Any, task: Task, sweep: Sweep, stopping: bool) -> list[Summary]:
     """What became of a task: its runs' files written into the log folder, its runs recorded as
     ended, or none for a unit that could not start (its node lacks packages), left as it was."""
     from ray import exceptions
@@ -280,34 +250,28 @@ def _outcome(ray: Any, ref: Any, task: Task, opts: Any, report: Any, stopping: b
     try:
         results = ray.get(ref)
     except exceptions.TaskCancelledError:
-        return _all_ended(opts.logdir, task, Status.INTERRUPTED, "interrupted")
+        return _all_ended(sweep, task, Status.INTERRUPTED, "interrupted")
     except exceptions.RayTaskError as exc:
         cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
         if isinstance(cause, KeyboardInterrupt) or stopping:
-            return _all_ended(opts.logdir, task, Status.INTERRUPTED, "interrupted")
+            return _all_ended(sweep, task, Status.INTERRUPTED, "interrupted")
         if isinstance(cause, ImportError):
-            report.startup_fault = report.startup_fault or (
+            sweep.report.startup_fault = sweep.report.startup_fault or (
                 f"a Ray node cannot run the sweep: {_first_line(cause)}; install the project and its "
                 f"packages there ({INSTALL}) and start its Ray with that Python; no run was lost"
             )
             return []
-        return _all_ended(opts.logdir, task, Status.FAILED, f"on its Ray node: {_first_line(cause)}")
+        return _all_ended(sweep, task, Status.FAILED, f"on its Ray node: {_first_line(cause)}")
     except exceptions.RayError as exc:  # the worker or node died more often than Ray retries
         status = Status.INTERRUPTED if stopping else Status.FAILED
         error = f"its Ray worker or node died {MAX_RETRIES + 1} times ({type(exc).__name__})"
-        return _all_ended(opts.logdir, task, status, "interrupted" if stopping else error)
+        return _all_ended(sweep, task, status, "interrupted" if stopping else error)
     return [
-        deliver(opts.logdir, run, summary, files, task.claims[run.folder])
+        deliver(sweep.logdir, run, summary, files, task.claims[run.folder])
         for run, (summary, files) in zip(task.unit.runs, results)
     ]
 
 
-def _all_ended(logdir: Path, task: Task, status: str, error: str) -> list[Summary]:
+def _all_ended(sweep: Sweep, task: Task, status: Status, error: str) -> list[Summary]:
     """Every run of a task recorded as ended (interrupted or failed) without its results."""
-    return [_ended(logdir, run, status, error, task.claims[run.folder]) for run in task.unit.runs]
-
-
-def _finish(task: Task, summaries: list[Summary], claims: Any, report: Any, progress: Any) -> None:
-    from trainer.executors import driver as runner
-
-    runner.finish_unit(task.claims, summaries, claims, report, progress)
+    return [sweep.ended(run, status, error, task.claims[run.folder]) for run in task.unit.runs]

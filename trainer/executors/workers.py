@@ -15,6 +15,7 @@ STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 WORKER_MODULES = [
     "trainer.executors.forkserver",
     "torch",
+    "trainer.executors.local",
     "trainer.runs.job",
     "trainer.tensorboard.sink",
     "trainer.training.loop",

@@ -17,6 +17,7 @@ from typing import Any
 
 from trainer.core.errors import UserError
 from trainer.core.strict import suggest
+from trainer.report import bands
 from trainer.runs import rundir
 from trainer.tensorboard.events import event_file_bytes
 from trainer.tensorboard.hparams import declared_keys, experiment_pb
@@ -78,8 +79,6 @@ def rebuild(
             "is a folder, where the log folder's HParams record belongs; move it away",
             str(path),
         )
-    from trainer.report import bands
-
     bands.rebuild(logdir, everyone, _latest_end(everyone))
     if not runs:
         path.unlink(missing_ok=True)

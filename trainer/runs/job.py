@@ -21,11 +21,16 @@ from typing import Any
 
 import yaml
 
+from trainer import __version__
 from trainer.core.status import Status
-from trainer.kinds.registry import shown_path
+from trainer.kinds import registry as kinds
 from trainer.runs import rundir
+from trainer.runs.claims import Claim, ClaimLost, owns
+from trainer.spec.plan import RunPlan
 from trainer.spec.schema import as_data
-from trainer.spec.sweep import RunPlan
+from trainer.spec.units import engine_record
+from trainer.tensorboard import curves
+from trainer.tensorboard.endings import end_killed_run, end_session
 from trainer.tensorboard.hparams import hparams_of
 
 # Errors of the file system itself: no run can succeed until someone frees space or fixes rights.
@@ -102,8 +107,6 @@ def versions() -> dict[str, str]:
     import tensorboard
     import torch
 
-    from trainer import __version__
-
     return {
         "python": platform.python_version(),
         "torch": str(torch.__version__),  # a str subclass that would take torch along when pickled
@@ -134,23 +137,6 @@ def portable(text: str) -> str:
     return text
 
 
-def end_session(folder: Path, hparams: dict[str, Any], status: str, suffix: str = "") -> None:
-    """Give a run that could not finish its own event file a session end (and a start, if it never
-    wrote one), so that TensorBoard lists it with its real status."""
-    from trainer.tensorboard.events import EventFile
-    from trainer.tensorboard.hparams import session_end_pb, session_start_pb
-
-    started = any(p.stat().st_size > 0 for p in folder.glob("events.out.tfevents.*"))
-    events = EventFile(folder, suffix)
-    try:
-        now = time.time()
-        if not started:
-            events.write_summary(session_start_pb(hparams, now), 0, now)
-        events.write_summary(session_end_pb(status, now), 0, now)
-    finally:
-        events.close()
-
-
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
@@ -172,7 +158,7 @@ def base_record(run: RunPlan, status: str, error: str | None) -> dict[str, Any]:
         "seed": run.config.train.seed,
         "error": error,
         "config": config,
-        "spec": shown_path(run.spec_path),
+        "spec": kinds.shown_path(run.spec_path),
         "code": code_record(run),
         "report": as_data(run.report),
         "true_weights": list(run.true_weights) if run.true_weights is not None else None,
@@ -181,8 +167,6 @@ def base_record(run: RunPlan, status: str, error: str | None) -> dict[str, Any]:
 
 def code_record(run: RunPlan) -> dict[str, Any]:
     """Which user code the run called, by where the spec names it: import path, module file, sha256."""
-    from trainer.kinds import registry as kinds
-
     for where, path in run.code:  # a worker may not have imported all of it yet (a hook, a metric)
         try:
             kinds.import_attribute(path, run.data_folder, where)
@@ -196,7 +180,7 @@ def execute(
     logdir: Path,
     should_stop: Callable[[], bool] = lambda: False,
     on_progress: Callable[[int], None] = lambda steps: None,
-    claim: rundir.Claim | None = None,
+    claim: Claim | None = None,
     engine: dict[str, Any] | None = None,
 ) -> Summary:
     """Run one configuration into a clean folder and write its record; never raises for a run's fault.
@@ -225,12 +209,10 @@ def execute_unit(
     logdir: Path,
     should_stop: Callable[[], bool] = lambda: False,
     on_progress: Callable[[int], None] = lambda steps: None,
-    claims: dict[str, rundir.Claim] | None = None,
+    claims: dict[str, Claim] | None = None,
 ) -> list[Summary]:
     """Run a unit of work (trainer.spec.units.Unit: one run, or a group for the batched engine) into the
     log folder, one summary per run; never raises for a run's fault. `claims` by run folder."""
-    from trainer.spec.units import engine_record
-
     claims = claims or {}
     if unit.engine != "batched":
         (run,) = unit.runs
@@ -243,7 +225,7 @@ def execute_group(
     logdir: Path,
     should_stop: Callable[[], bool],
     on_progress: Callable[[int], None],
-    claims: dict[str, rundir.Claim],
+    claims: dict[str, Claim],
     engine: dict[str, Any],
 ) -> list[Summary]:
     """Train a group as one program (trainer.batched), each run into its own folder with its own
@@ -334,7 +316,7 @@ def record_outcome(run: RunPlan, folder: Path, record: dict[str, Any], outcome: 
         steps_done=outcome.steps_done,
         final_weights=outcome.final_weights,
         weights_sha256=outcome.weights_sha256,
-        curve=outcome.curve,
+        curve=curves.record_curve(outcome.eval_tags, outcome.history, run.steps),
     )
     record["resolved"]["device"] = outcome.device
     if outcome.status == Status.COMPLETE and run.config.log.checkpoint == "final":
@@ -343,7 +325,7 @@ def record_outcome(run: RunPlan, folder: Path, record: dict[str, Any], outcome: 
 
 
 def record_fault(
-    folder: Path, record: dict[str, Any], sink: Any, claim: rundir.Claim | None, exc: Exception
+    folder: Path, record: dict[str, Any], sink: Any, claim: Claim | None, exc: Exception
 ) -> bool:
     """Record a run's fault (its event file ends, its traceback is kept); whether the log folder
     itself is at fault (a full or read-only disk), which stops the sweep."""
@@ -354,8 +336,8 @@ def record_fault(
         error=portable(f"{type(exc).__name__}: {exc}"),
     )
     try:
-        if claim is not None and not rundir.owns(claim):
-            raise rundir.ClaimLost(claim.path)  # the folder is another sweep's now: write nothing there
+        if claim is not None and not owns(claim):
+            raise ClaimLost(claim.path)  # the folder is another sweep's now: write nothing there
         if sink is not None and sink.events is not None:
             sink.finish(record["status"], 0, {}, None)
         elif folder.is_dir():  # it failed before its event file began
@@ -363,7 +345,7 @@ def record_fault(
     except Exception:
         pass
     try:
-        if claim is None or rundir.owns(claim):
+        if claim is None or owns(claim):
             (folder / rundir.TRACEBACK).write_text(portable(traceback.format_exc()), encoding="utf-8")
     except OSError:
         pass
@@ -396,7 +378,7 @@ class Unrecorded:
 
     folder: Path
     record: dict[str, Any]
-    claim: rundir.Claim | None = None
+    claim: Claim | None = None
     logdir_fault: bool = False
 
 
@@ -405,7 +387,7 @@ def _finish(
     record: dict[str, Any],
     clock: float,
     logdir_fault: bool = False,
-    claim: rundir.Claim | None = None,
+    claim: Claim | None = None,
 ) -> Summary:
     return _finish_all([Unrecorded(folder, record, claim, logdir_fault)], clock)[0]
 
@@ -419,7 +401,7 @@ def _finish_all(ended: list[Unrecorded], clock: float) -> list[Summary]:
 
 
 def commit(
-    folder: Path, record: dict[str, Any], logdir_fault: bool = False, claim: rundir.Claim | None = None
+    folder: Path, record: dict[str, Any], logdir_fault: bool = False, claim: Claim | None = None
 ) -> Summary:
     """Write the record of a run whose files are complete (see commit_all)."""
     return commit_all([Unrecorded(folder, record, claim, logdir_fault)])[0]
@@ -456,7 +438,7 @@ def _commit(run: Unrecorded, staged: Path | OSError) -> Summary:
         if isinstance(staged, OSError):
             raise staged
         rundir.commit_record(folder, record, run.claim, staged)
-    except rundir.ClaimLost:
+    except ClaimLost:
         return Summary(
             f"{record['experiment']}/{record['run']}",
             LOST,
@@ -476,3 +458,24 @@ def _commit(run: Unrecorded, staged: Path | OSError) -> Summary:
         record["error"],
         logdir_fault,
     )
+
+
+def record_ended(logdir: Path, run: RunPlan, status: str, error: str, claim: Claim | None = None) -> Summary:
+    """Write the record (and a session end) of a run that could not write its own: its worker
+    died, or the sweep stopped it before its results came back."""
+    folder = logdir / run.folder
+    record = base_record(run, status, error)
+    if claim is not None and not owns(claim):
+        return Summary(run.folder, LOST, {}, 0.0, "taken over by another sweep")
+    try:  # the session end, so TensorBoard agrees
+        folder.mkdir(parents=True, exist_ok=True)
+        end_killed_run(folder, record["hparams"], status)
+    except OSError:
+        pass
+    try:
+        rundir.commit_record(folder, record, claim)
+    except ClaimLost:
+        return Summary(run.folder, LOST, {}, 0.0, "taken over by another sweep")
+    except OSError as exc:
+        error = f"{error}; and its record could not be written: {exc.strerror}"
+    return Summary(run.folder, status, {}, 0.0, error)

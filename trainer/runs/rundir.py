@@ -1,4 +1,4 @@
-"""Run folders on disk: atomic records, run states, and claims that keep two sweeps off one run.
+"""Run folders on disk: atomic records, run states, and damaged runs set aside (claims: trainer.runs.claims).
 
 A run folder `<logdir>/<experiment>/<run>/` holds config.yaml, one event file, traceback.txt when
 the run raised, and record.json. A run counts as finished only once record.json exists; it is
@@ -7,11 +7,10 @@ written last, to a temporary file first and then renamed into place.
 
 from __future__ import annotations
 
-import functools
 import hashlib
+import itertools
 import json
 import os
-import socket
 import stat
 import time
 import uuid
@@ -20,20 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from trainer.core.status import Status
+from trainer.runs import claims
+from trainer.tensorboard.events import EVENTS_PREFIX
 from trainer.tensorboard.hparams import is_hparam_value
 
 RECORD = "record.json"
 CONFIG = "config.yaml"
 TRACEBACK = "traceback.txt"
 CHECKPOINT = "model.pt"
-CLAIMS = ".claims"
 # The folder of the seed-band runs that `index` derives from the runs (trainer.bands): never an
 # experiment, whose names start with a letter or a digit, so never a run either.
 BANDS = "_seeds"
 RECORD_FORMAT = 1
-# A claim whose owner has not touched it for this long is taken over, wherever the owner runs.
-CLAIM_STALE_AFTER = 60.0
-HEARTBEAT_EVERY = 10.0
 
 # The states a record may hold or a folder be in (damaged and lost are verdicts, never recorded).
 STATES = tuple(s for s in Status if s not in (Status.DAMAGED, Status.LOST))
@@ -213,11 +210,11 @@ class RunState:
 def state_of(logdir: Path, experiment: str, name: str) -> RunState:
     folder = logdir / experiment / name
     record = read_record(folder)
-    claim = read_claim(claim_path(logdir, experiment, name))
+    claim = claims.read_claim(claims.claim_path(logdir, experiment, name))
     if record is not None:
         status = record["status"]
         return RunState(status if status in STATES else Status.FAILED, record, claim)
-    if claim is not None and claim_alive(claim):
+    if claim is not None and claims.claim_alive(claim):
         return RunState(Status.RUNNING, None, claim)
     if folder.exists():
         return RunState(Status.UNFINISHED, None, claim)
@@ -237,165 +234,6 @@ def run_folders(logdir: Path) -> list[tuple[str, str]]:
 
 # --- claims -----------------------------------------------------------------------------------
 #
-# A claim is a file <experiment>/.claims/<run> naming the process that runs the run, with a token
-# of its own. On the same host a claim is kept while its process lives, however old it is (a sweep
-# paused by SIGSTOP, a laptop asleep, a frozen VM), and is taken over once the process is gone. A
-# claim from another host is judged by its heartbeat: not touched for CLAIM_STALE_AFTER seconds, it
-# is taken over. The owner checks its token under the takeover lock before it writes the run's
-# record (see commit_record), so a sweep that lost its claim discards its result instead of writing
-# over the new owner's folder.
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A claim this process holds: where it is, and the token that tells it from a later one."""
-
-    path: str
-    token: str
-
-
-class ClaimLost(Exception):
-    """The run was claimed by another sweep meanwhile: this result must not be written."""
-
-
-def claim_path(logdir: Path, experiment: str, name: str) -> Path:
-    return logdir / experiment / CLAIMS / name
-
-
-def read_claim(path: Path) -> dict[str, Any] | None:
-    try:
-        claim = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(claim, dict):
-            return None
-        claim["age"] = time.time() - path.stat().st_mtime
-        return claim
-    except (OSError, ValueError, TypeError, UnicodeDecodeError):
-        return None
-
-
-def process_start(pid: int) -> str | None:
-    """When a process started, in the kernel's clock ticks (Linux); tells a pid's reuse from its owner."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-        return text[text.rindex(")") + 2 :].split()[19]
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-@functools.cache
-def _own_start(pid: int) -> str | None:
-    """process_start of this process (pid as the key: a forked child is another process)."""
-    return process_start(pid)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process of this pid exists on this machine (one this process may not signal,
-    or a pid it cannot ask about, counts as alive)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (OSError, OverflowError):
-        return True
-    return True
-
-
-def claim_alive(claim: dict[str, Any]) -> bool:
-    """Whether the process that made a claim may still be working on it."""
-    if claim.get("host") != socket.gethostname():
-        return claim.get("age", 0.0) <= CLAIM_STALE_AFTER
-    try:
-        pid = int(claim.get("pid", -1))
-    except (ValueError, TypeError, OverflowError):
-        return True
-    if not pid_alive(pid):
-        return False
-    started = claim.get("started")
-    # A pid taken by a new process after the owner died is not the owner.
-    return started is None or process_start(pid) in (None, started)
-
-
-def try_claim(path: Path) -> Claim | None:
-    """Claim a run for this process; a claim left by a dead process is taken over.
-
-    Raises OSError when the claim cannot be written (a full disk): no partial claim is left.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    claim = _create_claim(path)
-    if claim is not None:
-        return claim
-    found = read_claim(path)
-    if found is not None and claim_alive(found) or found is None and _younger_than(path, 5.0):
-        return None
-    # Only the holder of the takeover lock may remove a stale claim, so two sweeps that both
-    # found it stale cannot both take it; the lock's holder looks again before removing it.
-    lock = _lock_path(path)
-    if not _take_lock(lock):
-        return None
-    try:
-        found = read_claim(path)
-        if found is not None and claim_alive(found):
-            return None
-        path.unlink(missing_ok=True)
-        return _create_claim(path)
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-def _lock_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.takeover")
-
-
-def _take_lock(lock: Path) -> bool:
-    if lock.exists() and (not _younger_than(lock, 30.0) or _holder_gone(lock)):
-        lock.unlink(missing_ok=True)  # left by a process that died while holding it
-    # Who holds it, so that a lock left by a killed process is known.
-    return _create_exclusive(lock, json.dumps(_holder()).encode())
-
-
-def _holder() -> dict[str, Any]:
-    """This process, as a claim or a lock names its holder."""
-    return {"pid": os.getpid(), "host": socket.gethostname(), "started": _own_start(os.getpid())}
-
-
-def _create_exclusive(path: Path, content: bytes) -> bool:
-    """Create a file holding `content`, or find it there already (False). One exclusive create,
-    then the content, which readers tell from a file still being written; where the content cannot
-    be written (a full disk), no partial file is left."""
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    return True
-
-
-def _holder_gone(lock: Path) -> bool:
-    """Whether the process holding a takeover lock is known to be gone (a sweep killed while it
-    wrote a record): the run is left to the next sweep at once, not after 30 seconds."""
-    holder = read_claim(lock)  # the same fields as a claim's; None while it is being written
-    return holder is not None and holder.get("host") == socket.gethostname() and not claim_alive(holder)
-
-
-def _create_claim(path: Path) -> Claim | None:
-    """Create the claim file, or find it taken (None). One exclusive create, then its content: a
-    claim still being written reads as none, which try_claim treats as held while it is young."""
-    token = uuid.uuid4().hex
-    content = json.dumps({**_holder(), "since": time.time(), "token": token}).encode()
-    return Claim(str(path), token) if _create_exclusive(path, content) else None
-
-
-def owns(claim: Claim) -> bool:
-    """Whether a claim this process made is still its own (not taken over by another sweep)."""
-    found = read_claim(Path(claim.path))
-    return found is not None and found.get("token") == claim.token
-
-
 def stage_record(folder: Path, record: dict[str, Any]) -> Path:
     """Write a run's record, with the sizes of its files, beside its place (not yet durable);
     commit_record moves it into place. The run's files must be complete."""
@@ -410,7 +248,7 @@ def stage_record(folder: Path, record: dict[str, Any]) -> Path:
 
 
 def commit_record(
-    folder: Path, record: dict[str, Any], claim: Claim | None = None, staged: Path | None = None
+    folder: Path, record: dict[str, Any], claim: claims.Claim | None = None, staged: Path | None = None
 ) -> None:
     """Write a run's record, with the sizes of its files, if the run is still this process's to write.
 
@@ -431,16 +269,16 @@ def commit_record(
         if claim is None:
             os.replace(staged, folder / RECORD)
             return
-        lock = _lock_path(Path(claim.path))
+        lock = claims.lock_path(Path(claim.path))
         for _ in range(500):  # a takeover holds the lock for milliseconds
-            if _take_lock(lock):
+            if claims.take_lock(lock):
                 break
             time.sleep(0.01)
         else:
-            raise ClaimLost(f"{claim.path}: its takeover lock is held by another sweep")
+            raise claims.ClaimLost(f"{claim.path}: its takeover lock is held by another sweep")
         try:
-            if not owns(claim):
-                raise ClaimLost(f"{claim.path}: claimed by another sweep")
+            if not claims.owns(claim):
+                raise claims.ClaimLost(f"{claim.path}: claimed by another sweep")
             os.replace(staged, folder / RECORD)
         finally:
             lock.unlink(missing_ok=True)
@@ -466,24 +304,25 @@ def file_sizes(folder: Path) -> dict[str, int]:
     return dict(sorted(sizes.items()))
 
 
-def _younger_than(path: Path, seconds: float) -> bool:
-    try:
-        return time.time() - path.stat().st_mtime < seconds
-    except OSError:
-        return False
+DAMAGED_FOLDER = ".damaged"
 
 
-def release_claim(claim: Claim) -> None:
-    """Remove a claim, unless another sweep has taken it over meanwhile."""
-    if owns(claim):
-        Path(claim.path).unlink(missing_ok=True)
-
-
-def touch_claims(claims: list[Claim]) -> None:
-    """The heartbeat: claims this process holds stay fresh while it works."""
-    for claim in claims:
-        try:
-            if owns(claim):
-                os.utime(claim.path)
-        except OSError:
-            pass
+def set_aside(logdir: Path, experiment: str, name: str, reason: str) -> str:
+    """Move a damaged run's folder to <experiment>/.damaged/<run>.<n>/ with a note saying why;
+    its event files are renamed (tfevents -> tf-events) so that TensorBoard does not list them."""
+    folder = logdir / experiment / name
+    aside = logdir / experiment / DAMAGED_FOLDER
+    aside.mkdir(exist_ok=True)
+    for n in itertools.count(1):
+        target = aside / f"{name}.{n}"
+        if not os.path.lexists(target):
+            break
+    folder.rename(target)
+    for item in target.iterdir():
+        if item.name.startswith(EVENTS_PREFIX):
+            item.rename(target / item.name.replace("tfevents", "tf-events", 1))
+    (target / "DAMAGED.txt").write_text(
+        f"{experiment}/{name}: moved aside by a sweep on {time.ctime()} before running it again: {reason}\n",
+        encoding="utf-8",
+    )
+    return str(target.relative_to(logdir))

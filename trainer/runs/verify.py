@@ -12,7 +12,6 @@ A damaged run is one whose record says it finished but whose files no longer bac
 from __future__ import annotations
 
 import os
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +19,10 @@ import yaml
 
 from trainer.core.status import FINISHED, Status
 from trainer.runs import rundir
+from trainer.tensorboard.events import EVENTS_PREFIX, event_files, valid_length
 
-EVENTS_PREFIX = "events.out.tfevents."
 DAMAGED = Status.DAMAGED
 CHECKED = FINISHED  # results that a rerun keeps and a merge copies
-
-
-def event_files(folder: Path) -> list[str]:
-    try:
-        return sorted(e.name for e in os.scandir(folder) if e.name.startswith(EVENTS_PREFIX))
-    except OSError:
-        return []
 
 
 def quick(folder: Path, record: dict[str, Any]) -> str | None:
@@ -87,32 +79,6 @@ def full(folder: Path, record: dict[str, Any]) -> str | None:
     return config_problem(folder / rundir.CONFIG, record.get("config_digest"))
 
 
-_HEADER = struct.Struct("<QI")
-
-
-def valid_length(path: Path) -> tuple[int, str | None]:
-    """How many leading bytes of an event file are whole records with valid CRCs, and why the
-    rest is not (None when the whole file is)."""
-    from trainer.tensorboard.events import masked_crc32c
-
-    data = memoryview(path.read_bytes())
-    done, size = 0, len(data)
-    while done < size:
-        if size - done < 12:
-            return done, f"ends inside a record header at byte {done:,}"
-        length, length_crc = _HEADER.unpack_from(data, done)
-        if masked_crc32c(bytes(data[done : done + 8])) != length_crc:
-            return done, f"the record at byte {done:,} has a bad length checksum"
-        end = done + 12 + length
-        if end + 4 > size:
-            return done, f"is cut short inside the record at byte {done:,}"
-        if masked_crc32c(bytes(data[done + 12 : end])) != _CRC.unpack_from(data, end)[0]:
-            return done, f"the record at byte {done:,} has a bad checksum"
-        done = end + 4
-    return done, None
-
-
-_CRC = struct.Struct("<I")
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser where PyYAML has it
 
 

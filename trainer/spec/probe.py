@@ -14,9 +14,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from trainer.core.strict import Invalid, as_data
-from trainer.kinds import losses, metrics
+from trainer.kinds import data, losses, metrics
 from trainer.kinds.models import build_model
-from trainer.spec.sweep import RunPlan
+from trainer.spec.plan import RunPlan
 
 
 def probe(runs: list[RunPlan]) -> tuple[list[RunPlan], list[tuple[RunPlan, str, str]]]:
@@ -64,8 +64,6 @@ def try_run(run: RunPlan) -> int:
     """One forward pass, loss and metrics on one batch; the model's parameter elements."""
     import torch
     from torch.utils.data import default_collate
-
-    from trainer.kinds import data
 
     config = run.config
     dataset = data.load(config.data, Path(run.data_folder))

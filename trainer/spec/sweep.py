@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import itertools
 import json
 import math
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from trainer.core.errors import SpecError
@@ -17,63 +15,14 @@ from trainer.kinds import data, losses, metrics, models
 from trainer.kinds import registry as kinds
 from trainer.kinds.models import LinearModel
 from trainer.spec.files import Spec, combine, load_spec, parent_key, parse_overrides
-from trainer.spec.schema import Config, Invalid, ReportSettings, build, check_key, experiment_name
+from trainer.spec.plan import RunPlan
+from trainer.spec.probe import probe
+from trainer.spec.schema import Config, Invalid, build, check_key, experiment_name
 
 MAX_RUNS = 10_000
 MAX_NAME = 100
 BASE_RUN = "base"
 DEFAULT_STEPS = 1000
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """One run, fully validated: where it goes and what it trains."""
-
-    experiment: str
-    name: str
-    config: Config
-    swept: tuple[tuple[str, Any], ...]  # (dotted key, value) pairs that name the run
-    spec_path: str
-    data_folder: str  # CSV paths and user modules are looked up here
-    rows: int  # training rows
-    features: int  # of a row of a table (0 for images and other shapes)
-    steps: int
-    batch_size: int
-    has_truth: bool  # the data knows the true weights of this linear model
-    validation_rows: int = 0
-    input_shape: tuple[int, ...] = ()
-    outputs: int = 1  # of a built-in model
-    classes: int | None = None  # class labels: how many; None for real targets
-    parameters: int | None = None  # the model's parameter elements, where known
-    regression: bool = True  # a built-in regression loss: convergence within eval.tolerance means something
-    code: tuple[tuple[str, str], ...] = ()  # (where, import path) of every piece of user code the run calls
-    report: ReportSettings = ReportSettings()  # the spec's report section: replicates, ranking metric
-    true_weights: tuple[float, ...] | None = None  # of a linear model where the data knows them
-
-    @property
-    def folder(self) -> str:
-        """The run's folder, relative to the log folder."""
-        return f"{self.experiment}/{self.name}"
-
-    @functools.cached_property
-    def config_data(self) -> dict[str, Any]:
-        """The configuration as plain data (as config.yaml and the record hold it), made once and
-        carried to the workers; read it, never change it."""
-        from trainer.spec.schema import as_data
-
-        return as_data(self.config)
-
-    @property
-    def swept_keys(self) -> list[str]:
-        return [k for k, _ in self.swept]
-
-    @property
-    def shape(self) -> models.Shape:
-        return models.Shape(self.features, self.outputs)
-
-    def cost(self) -> float:
-        """A rough relative duration, so the longest runs start first."""
-        return self.steps * (1.0 + self.batch_size * (self.parameters or 10_000) / 20_000)
 
 
 def total_steps(config: Config, rows: int, batch_size: int) -> int:
@@ -202,8 +151,6 @@ def plan(paths: list[str], overrides: list[str] = (), allow_large: bool = False)
         except SpecError as exc:
             problems.extend(exc.problems)
     if not problems and any(run.code for run in runs):
-        from trainer.spec.probe import probe
-
         runs, found = probe(runs)
         problems.extend(
             f"{_locate(specs[run.spec_path], key)}: {key}: {message} (run {run.folder})"
@@ -443,3 +390,42 @@ def _device_problems(runs: list[RunPlan], specs: dict[str, Spec]) -> list[str]:
         f"{run.experiment}/{run.name}) but torch {torch.__version__} sees no GPU; use 'auto' or 'cpu', "
         f"or install a CUDA build of torch"
     ]
+
+
+# Planning is about 0.3 ms a run: a dry run of more than this would say nothing for over 15 s.
+MAX_LISTED_RUNS = 50_000
+
+
+# --- sweeps too large to list -----------------------------------------------------------------
+
+
+def refuse_long_listing(paths: list[str], overrides: list[str]) -> None:
+    """Refuse, from the specs' sweep lengths alone, a dry run that would list more than
+    MAX_LISTED_RUNS runs: planning them would take minutes and gigabytes before the first line."""
+    parsed, problems = parse_overrides(overrides)
+    if problems:
+        return  # planning reports them
+    counts = []
+    for path in paths:
+        try:
+            spec = load_spec(path, parsed)
+        except SpecError:
+            return
+        if spec.sweep:
+            counts.append((spec, math.prod(len(values) for values in spec.sweep.values())))
+    total = sum(count for _, count in counts)
+    if total <= MAX_LISTED_RUNS:
+        return
+    raise SpecError(
+        [
+            f"{spec.where('sweep')}: sweep: {count:,} runs ("
+            + " x ".join(f"{key} {len(values):,}" for key, values in spec.sweep.items())
+            + ")"
+            for spec, count in counts
+            if count > 1
+        ]
+        + [
+            f"--dry-run lists at most {MAX_LISTED_RUNS:,} runs, one line each, and these specs plan {total:,}; "
+            f"narrow the sweep or split it over several specs (nothing was planned or written)"
+        ]
+    )

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainer.kinds import losses, metrics, models
-from trainer.spec.sweep import RunPlan
+from trainer.spec.plan import RunPlan
 
 # 'auto' batches groups of at least this many runs; a group of one gains nothing from it.
 MIN_GROUP = 2

@@ -8,7 +8,6 @@ plots as well from 200 of them). tests/test_findings.py checks it against tensor
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +16,8 @@ from typing import Any
 import numpy as np
 from tensorboard.compat.proto import event_pb2
 
-from trainer.runs.verify import event_files
+from trainer.tensorboard.events import Records, event_files
 
-_HEADER = struct.Struct("<Q")
 _STEP_TAG = 0x10  # Event.step, a varint
 _WALL_TIME_TAG = 0x09  # Event.wall_time, a double, written first by every writer
 
@@ -59,13 +57,10 @@ def read_scalars(
     found: dict[str, list[tuple[int, float]]] = {tag: [] for tag in wanted}
     data = path.read_bytes()
     places = _places(data, wanted.values())
-    pos, next_place, size = 0, 0, len(data)
-    while pos + 12 <= size and next_place < len(places):
-        (length,) = _HEADER.unpack_from(data, pos)
-        start, end = pos + 12, pos + 12 + length
-        pos = end + 4
-        if end > size:
-            break  # a file cut short by a crash: what came before is kept
+    next_place = 0
+    for start, end in Records(data):  # a file cut short by a crash: what came before is kept
+        if next_place >= len(places):
+            break
         if places[next_place] >= end:
             continue
         while next_place < len(places) and places[next_place] < end:

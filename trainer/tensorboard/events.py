@@ -1,4 +1,5 @@
-"""TensorBoard event files: the TFRecord framing with a C CRC32C, and a fast encoder for scalar events.
+"""TensorBoard event files: the TFRecord framing with a C CRC32C, a fast encoder for scalar events,
+and the one reader of the framing.
 
 The files are the ones `SummaryWriter` writes (same naming, same records); what differs is the cost.
 tensorboard's writer checksums every record in pure Python and builds one protobuf object per value;
@@ -13,7 +14,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -348,3 +349,61 @@ class EventFile:
                 self.flush()
             finally:
                 self._file.close()
+
+
+# --- reading ----------------------------------------------------------------------------------
+# The one reader of the framing: verification, repair and the curve reader all walk records here.
+
+EVENTS_PREFIX = "events.out.tfevents."
+_RECORD_HEADER = struct.Struct("<QI")  # length, its masked CRC
+_RECORD_CRC = struct.Struct("<I")
+
+
+def event_files(folder: Path) -> list[str]:
+    """The names of a run folder's event files, in order; none where the folder cannot be listed."""
+    try:
+        return sorted(e.name for e in os.scandir(folder) if e.name.startswith(EVENTS_PREFIX))
+    except OSError:
+        return []
+
+
+class Records:
+    """The whole records of an event file's bytes, as (start, end) of each event's bytes, in order.
+
+    Iteration stops at a record cut short (a writer killed mid-write) and, with `verify`, at the
+    first bad checksum. Afterwards `done` is how many leading bytes were whole records and `problem`
+    says why the rest is not (None when the whole file was read)."""
+
+    def __init__(self, data: bytes | memoryview, verify: bool = False):
+        self.data, self.verify = data, verify
+        self.done, self.problem = 0, None
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        data, size = self.data, len(self.data)
+        while self.done < size:
+            at = self.done
+            if size - at < 12:
+                self.problem = f"ends inside a record header at byte {at:,}"
+                return
+            length, length_crc = _RECORD_HEADER.unpack_from(data, at)
+            if self.verify and masked_crc32c(bytes(data[at : at + 8])) != length_crc:
+                self.problem = f"the record at byte {at:,} has a bad length checksum"
+                return
+            start, end = at + 12, at + 12 + length
+            if end + 4 > size:
+                self.problem = f"is cut short inside the record at byte {at:,}"
+                return
+            if self.verify and masked_crc32c(bytes(data[start:end])) != _RECORD_CRC.unpack_from(data, end)[0]:
+                self.problem = f"the record at byte {at:,} has a bad checksum"
+                return
+            self.done = end + 4
+            yield start, end
+
+
+def valid_length(path: Path) -> tuple[int, str | None]:
+    """How many leading bytes of an event file are whole records with valid CRCs, and why the
+    rest is not (None when the whole file is)."""
+    records = Records(memoryview(path.read_bytes()), verify=True)
+    for _ in records:
+        pass
+    return records.done, records.problem

@@ -1,4 +1,4 @@
-"""Logging sinks: the training loop hands them values, they decide what reaches disk and when.
+"""The TensorBoard sink: the training loop hands it values, it decides what reaches disk and when.
 
 Captured values reach the host once per chunk of steps (see trainer.capture), and a step's
 scalars become one event. Logging only reads: it never draws random numbers or touches the
@@ -11,7 +11,6 @@ import itertools
 import math
 import struct
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,86 +25,12 @@ from trainer.tensorboard import events
 from trainer.tensorboard.events import EventFile, HistogramBlock, ScalarBlock, ScalarTags, summary_event
 from trainer.tensorboard.hparams import session_end_pb, session_start_pb
 from trainer.training.capture import HistogramBatch, bucket_layout, capture_for
-
-
-@dataclass(slots=True)
-class Evaluation:
-    """An evaluation's values at one step, in the order of the evaluator's tags (the training
-    loss first)."""
-
-    step: int
-    values: list[float]
-
-    @property
-    def loss(self) -> float:
-        """The loss on all training rows, mean per row."""
-        return self.values[0]
-
-
-class NullSink:
-    """Writes nothing; the loop computes exactly what it computes with a real sink."""
-
-    def begin(
-        self, model: torch.nn.Module, optimizer: Any, eval_tags: list[str], capturing: bool = True
-    ) -> None:
-        pass
-
-    def writer(self) -> None:
-        """No SummaryWriter: with logging off, a user's hook is not called."""
-        return None
-
-    def capture(self, step: int) -> None:
-        pass
-
-    def write(
-        self, first_step: int, losses: list[float], evaluations: list[Evaluation], last_step: int
-    ) -> None:
-        pass
-
-    def finish(self, status: Status, steps: int, metrics: dict[str, Any], final: Evaluation | None) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-@dataclass
-class Captured:
-    """Captured steps, of one run or of the runs of one program (which log the same steps): each
-    step's number and wall time; per run, its learning rate and logged row at each step (see
-    trainer.capture); and the histograms of the histogram steps, run after run."""
-
-    steps: np.ndarray  # [steps]
-    walls: np.ndarray  # [steps]
-    rates: np.ndarray  # [runs, steps]
-    rows: np.ndarray  # [runs, steps, columns]
-    histograms: HistogramBatch | None  # a row per run and histogram step, run-major
-
-    def part(self, start: int, stop: int) -> Captured:
-        """Runs start .. stop - 1 of them."""
-        histograms = self.histograms
-        if histograms is not None:
-            marked = len(histograms) // self.rates.shape[0]
-            histograms = histograms.part(start * marked, stop * marked)
-        return Captured(self.steps, self.walls, self.rates[start:stop], self.rows[start:stop], histograms)
-
-
-def split_parameters(
-    model: torch.nn.Module, max_elements: int
-) -> tuple[list[tuple[str, torch.nn.Parameter]], list[tuple[str, torch.nn.Parameter]]]:
-    """The parameters logged element by element, and those logged as norms, by name."""
-    named = list(model.named_parameters())
-    return (
-        [(n, p) for n, p in named if p.numel() <= max_elements],
-        [(n, p) for n, p in named if p.numel() > max_elements],
-    )
-
+from trainer.training.sink import Captured, Evaluation, split_parameters
 
 # Tags. They are short on purpose: a step's event repeats every tag, so tag length is most of a
 # run's disk size. w/... are weights, g/... their gradients, one curve per element.
 LOSS = "loss"  # the minibatch loss, with the spec's reduction
 LR = "lr"  # written when it changes
-DISTANCE = "eval/distance"  # distance from the weights to the true weights
 # Evaluations are train/<name> and val/<name> (see trainer.evaluate); a run's final metrics are
 # final/<tag> and best/<tag>, the HParams columns.
 
@@ -300,6 +225,19 @@ class TensorBoardSink:
     def close(self) -> None:
         if self.events is not None:
             self.events.close()
+
+    @staticmethod
+    def write_group(
+        sinks: list[TensorBoardSink],
+        first_step: int,
+        losses: np.ndarray,
+        eval_steps: np.ndarray,
+        eval_values: np.ndarray,
+        last_steps: np.ndarray,
+        captured: Captured,
+    ) -> None:
+        """The Sink protocol's group write: see the module's write_group."""
+        write_group(sinks, first_step, losses, eval_steps, eval_values, last_steps, captured)
 
 
 # The most bytes of events one write_group block holds at once (its transient memory is a few times this).

@@ -29,19 +29,12 @@ from trainer.kinds import data, losses
 from trainer.kinds.losses import build_loss
 from trainer.kinds.models import build_model
 from trainer.kinds.optim import build_schedule
-from trainer.spec.sweep import RunPlan
-from trainer.tensorboard.sink import (
-    Captured,
-    Evaluation,
-    NullSink,
-    TensorBoardSink,
-    split_parameters,
-    write_group,
-)
+from trainer.spec.plan import RunPlan
 from trainer.training.batches import step_indices
 from trainer.training.capture import Layout
 from trainer.training.evaluate import Evaluator
 from trainer.training.loop import GPU_MIN_WORK, NO_STEP, Outcome, chunk_steps, conclude, first_diverged
+from trainer.training.sink import Captured, Evaluation, NullSink, Sink, split_parameters
 
 # Steps whose rows are gathered at once: one gather instead of one a step, in bounded memory.
 GATHER_STEPS = 100
@@ -322,7 +315,7 @@ class Ended:
 
 def train_group(
     runs: list[RunPlan],
-    sinks: list[Any] | None = None,
+    sinks: list[Sink] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     on_progress: Callable[[int], None] = lambda steps: None,
 ) -> list[Outcome]:
@@ -444,7 +437,7 @@ def train_group(
 
 
 def _hand_over(
-    sinks: list[Any],
+    sinks: list[Sink],
     alive: list[int],
     first: int,
     losses_: list[torch.Tensor],
@@ -489,14 +482,14 @@ def _hand_over(
         histories[run] += [
             Evaluation(s, v) for s, v in zip(eval_steps[:kept].tolist(), eval_values[i, :kept].tolist())
         ]
-    if isinstance(sinks[alive[0]], TensorBoardSink):
-        write_group(
-            [sinks[run] for run in alive],
-            first,
-            host_losses,
-            eval_steps,
-            eval_values,
-            last,
-            Captured(steps, walls, lr_table[alive][:, steps], rows, histograms),
-        )
+    # The sinks of a group are of one class, whose write_group writes all of them at once.
+    type(sinks[alive[0]]).write_group(
+        [sinks[run] for run in alive],
+        first,
+        host_losses,
+        eval_steps,
+        eval_values,
+        last,
+        Captured(steps, walls, lr_table[alive][:, steps], rows, histograms),
+    )
     return {run: (int(b) if b != NO_STEP else None) for run, b in zip(alive, bad.tolist())}

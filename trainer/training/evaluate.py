@@ -17,8 +17,8 @@ import torch
 from trainer.kinds import losses, metrics, models
 from trainer.kinds.data import Dataset, Split
 from trainer.kinds.losses import build_loss
-from trainer.spec.sweep import RunPlan
-from trainer.tensorboard.sink import DISTANCE, Evaluation
+from trainer.spec.plan import RunPlan
+from trainer.training.sink import DISTANCE, Evaluation
 
 # Rows evaluated in one forward pass: bounds the memory an evaluation takes.
 EVAL_ROWS = 4096

@@ -19,11 +19,10 @@ from trainer.kinds import registry as kinds
 from trainer.kinds.losses import build_loss
 from trainer.kinds.models import build_model
 from trainer.kinds.optim import build_optimizer, build_schedule
-from trainer.spec.sweep import RunPlan
-from trainer.tensorboard import curves
-from trainer.tensorboard.sink import Evaluation, NullSink
+from trainer.spec.plan import RunPlan
 from trainer.training.batches import batches, loader_batches
 from trainer.training.evaluate import Evaluator, evaluating
+from trainer.training.sink import Evaluation, NullSink, Sink
 
 # Steps between host syncs (the divergence check, the logging flush and the stop check): as many
 # as keep a chunk's captured weights and gradients near CHUNK_BYTES, within these bounds. A tiny
@@ -45,7 +44,8 @@ class Outcome:
     final_weights: dict[str, list[float]] = field(default_factory=dict)
     weights_sha256: str = ""  # of all final parameters' bytes: equal digests, identical weights
     model: torch.nn.Module | None = None
-    curve: dict[str, Any] | None = None  # the main evaluation curve, thinned (curves.record_curve)
+    eval_tags: list[str] = field(default_factory=list)  # the evaluator's tags, training loss first
+    history: list[Evaluation] = field(default_factory=list)  # every evaluation, the final one last
 
 
 def choose_device(run: RunPlan, model: torch.nn.Module) -> torch.device:
@@ -75,7 +75,7 @@ def converged_step(evaluations: list[Evaluation], tolerance: float) -> int | Non
 
 def train(
     run: RunPlan,
-    sink: Any = None,
+    sink: Sink | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     on_progress: Callable[[int], None] = lambda steps: None,
 ) -> Outcome:
@@ -156,7 +156,7 @@ def train(
 
 def conclude(
     run: RunPlan,
-    sink: Any,
+    sink: Sink,
     model: torch.nn.Module,
     device: str,
     evaluate: Evaluator,
@@ -205,7 +205,8 @@ def conclude(
         weights,
         digest,
         model,
-        curves.record_curve(evaluate.tags, history, run.steps),
+        evaluate.tags,
+        history,
     )
 
 
@@ -239,7 +240,7 @@ def _hook(run: RunPlan, dataset: data.Dataset, device: torch.device) -> Callable
 
 
 def _flush(
-    sink: Any,
+    sink: Sink,
     first: int,
     losses: list[torch.Tensor],
     evals: list[tuple[int, torch.Tensor]],

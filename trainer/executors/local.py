@@ -1,0 +1,387 @@
+"""The local executor: a pool of reused worker processes on this machine (or, with no workers, this
+process itself).
+
+The parent process never imports torch: it hands units to workers one at a time (longest first, so
+both cores stay busy to the end) and keeps the claims fresh. A worker that dies is replaced and its
+runs recorded as failed; a worker whose parent dies is killed by the kernel (Linux) or exits within
+half a second. Ctrl-C and SIGTERM only set a flag: the workers stop at their next chunk of steps and
+record their runs as interrupted.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import gc
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from trainer.core.status import Status
+from trainer.executors.base import Sweep
+from trainer.executors.stopping import Grace
+from trainer.executors.workers import STOP_SIGNALS, kill_with_parent, worker_context
+from trainer.runs.claims import HEARTBEAT_EVERY, Claim, pid_alive
+from trainer.runs.job import Summary, execute_unit
+from trainer.spec.units import Unit
+
+# Workers that die while starting (killed, out of memory) are replaced this many times per worker
+# before the sweep stops; one that exits by itself before any worker was ready stops it at once.
+START_RETRIES = 2
+READY = "ready"
+
+
+class Local:
+    """Runs units in worker processes of this machine, or in this process with no workers."""
+
+    def launch(self, units: list[Unit], sweep: Sweep) -> None:
+        if sweep.workers == 0:
+            _run_here(units, sweep)
+        else:
+            _run_pool(units, sweep)
+
+
+EXECUTOR = Local()
+
+
+# --- in this process --------------------------------------------------------------------------
+
+
+def _run_here(todo: list[Unit], sweep: Sweep) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # the same arithmetic as in a sweep's workers
+    for unit in todo:
+        if sweep.stop.is_set() or sweep.report.logdir_fault:
+            break
+        claimed, held = sweep.claim(unit)
+        if claimed is None:
+            continue
+        sweep.progress.begin_steps(claimed.runs[0])
+        summaries = execute_unit(claimed, sweep.logdir, sweep.stop.is_set, sweep.progress.steps, held)
+        sweep.finish(held, summaries)
+
+
+# --- worker processes -------------------------------------------------------------------------
+
+
+def _worker_main(conn: multiprocessing.connection.Connection, stop: Any, parent: int) -> None:
+    """A worker: one torch thread, deaf to Ctrl-C and SIGTERM (the parent decides), gone when the parent is."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the parent until now
+    _die_with_parent(parent)
+    import torch
+
+    torch.set_num_threads(1)
+    from trainer.tensorboard import sink  # noqa: F401  (what execute() imports on first use)
+    from trainer.training import loop  # noqa: F401
+
+    # What is imported lives as long as the worker: the garbage collector need not look at it again
+    # (hundreds of thousands of objects, whose every full collection cost tenths of a second).
+    gc.freeze()
+    conn.send(READY)
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            # Every file is closed: skip tearing down torch, which takes longer than the exit itself.
+            os._exit(0)
+        unit, logdir, held = task
+        if unit.engine == "loop":
+            _make_an_optimizer()
+        try:
+            summaries = execute_unit(unit, Path(logdir), stop.is_set, claims=held)
+        except Exception as exc:  # execute_unit records a run's own faults; this is a last resort
+            summaries = [
+                Summary(run.folder, Status.FAILED, {}, 0.0, f"{type(exc).__name__}: {exc}")
+                for run in unit.runs
+            ]
+        conn.send(summaries)
+
+
+@functools.cache
+def _make_an_optimizer() -> None:
+    """torch imports its compiler (seconds) when the first optimizer is made: paid before a loop
+    run starts, so that its duration is its own. The batched engine makes none."""
+    import torch
+
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker whose sweep was killed must not go on writing into a run that a rerun may take over.
+
+    The kernel kills the worker when its parent process dies: the sweep itself, or the fork server,
+    which the kernel kills the moment the sweep is gone (trainer.executors.forkserver)."""
+    if not kill_with_parent():
+        threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    if not pid_alive(parent):  # the sweep died before this worker could ask
+        os._exit(1)
+
+
+def _exit_with_parent(parent: int) -> None:
+    while pid_alive(parent):
+        time.sleep(0.5)
+    os._exit(1)
+
+
+class WorkerStartError(Exception):
+    """A worker process died before it could take a run: nothing will run until that is fixed."""
+
+
+class WorkerDiedStarting(Exception):
+    """A worker died before it was ready, in a way that says nothing against the others (killed by a
+    signal, or exited while another worker of the sweep started fine); it can be replaced."""
+
+
+class Worker:
+    def __init__(self, ctx: Any, stop: Any):
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_worker_main, args=(child, stop, os.getpid()), daemon=True)
+        # Started with the stop signals blocked (the mask is inherited), so a Ctrl-C that comes while
+        # the worker is still importing cannot kill it with a KeyboardInterrupt traceback.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            self.process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        child.close()
+        self.ready = False
+        self.unit: Unit | None = None
+        self.claims: dict[str, Claim] = {}
+
+    def give(self, unit: Unit, claims: dict[str, Claim], logdir: Path) -> None:
+        self.unit, self.claims = unit, claims
+        try:
+            self.conn.send((unit, str(logdir), claims))
+        except OSError:
+            pass  # the process is gone; its sentinel is ready and the run is recorded as failed
+
+    def take_back(self) -> dict[str, Claim]:
+        """The claims of the unit it ran, which it no longer holds."""
+        held, self.unit, self.claims = self.claims, None, {}
+        return held
+
+    def ask_to_stop(self) -> None:
+        try:
+            self.conn.send(None)
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        self.ask_to_stop()
+        self.process.join(timeout=2)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+
+
+class Pool:
+    """The workers of a sweep and the units still to run, until none is left."""
+
+    def __init__(self, todo: list[Unit], sweep: Sweep):
+        self.sweep = sweep
+        self.ctx = worker_context()
+        self.stopping = self.ctx.Event()  # the workers' should_stop
+        self.queue = Ahead(todo, min(sweep.workers, len(todo)), sweep)
+        self.workers: list[Worker] = []
+        self.grace = Grace(sweep.stop, sweep.progress, self.stopping.set)
+        self.start_deaths = 0
+
+    def run(self) -> None:
+        """Hand units to workers until none is left; on a stop request, give the runs in progress a
+        grace period to record themselves as interrupted, then kill what is left."""
+        sweep = self.sweep
+        self.queue.fill()  # while the fork server is still importing torch
+        self.workers += [Worker(self.ctx, self.stopping) for _ in range(self.queue.ahead)]
+        while True:
+            if not self.grace.stopping() and sweep.report.logdir_fault is None:
+                self._hand_out()
+            busy = [w for w in self.workers if w.unit is not None]
+            if not busy:
+                return
+            if self.grace.over():
+                for worker in busy:
+                    worker.process.kill()
+                    sweep.finish(worker.claims, self._died(worker, Status.INTERRUPTED))
+                    worker.take_back()
+                return
+            ready = multiprocessing.connection.wait(
+                [w.conn for w in busy] + [w.process.sentinel for w in busy] + [sweep.stop.wake_fd],
+                timeout=self.grace.wait(HEARTBEAT_EVERY),
+            )
+            sweep.stop.clear_wakeups()
+            for worker in busy:
+                if worker.conn in ready or worker.process.sentinel in ready:
+                    self._heard_from(worker)
+
+    def _heard_from(self, worker: Worker) -> None:
+        sweep = self.sweep
+        # Looked at before collecting: a worker seen dead here has sent all it ever will.
+        alive = worker.process.is_alive()
+        try:
+            summaries = _collect(worker, any(w.ready for w in self.workers), alive)
+        except WorkerDiedStarting as died:
+            self._replace_starting(worker, died)
+            return
+        if summaries is None and alive:
+            return  # it only said it is ready
+        if summaries is None:  # the process died: record it, start another
+            stopping = self.grace.started
+            summaries = self._died(worker, Status.INTERRUPTED if stopping else Status.FAILED)
+            self.workers.remove(worker)
+            if self.queue and not stopping and sweep.report.logdir_fault is None:
+                self.workers.append(Worker(self.ctx, self.stopping))
+            sweep.finish(worker.take_back(), summaries)
+            return
+        held = worker.take_back()
+        if (
+            not self.grace.started
+            and not sweep.stop.is_set()
+            and sweep.report.logdir_fault is None
+            and not any(s.logdir_fault for s in summaries)
+        ):
+            self.queue.give_next(worker)  # its next unit first: releasing this one's claims takes a while
+        sweep.finish(held, summaries)
+
+    def _replace_starting(self, worker: Worker, died: WorkerDiedStarting) -> None:
+        """A worker died before its run began: the run and its claim go to a new worker."""
+        sweep = self.sweep
+        self.start_deaths += 1
+        if self.start_deaths > START_RETRIES * max(1, sweep.workers):
+            raise WorkerStartError(
+                f"worker processes died {self.start_deaths} times while starting, the "
+                f"last one {died}; no run was lost (free memory, or use fewer --workers)"
+            )
+        sweep.report.start_notes.append(f"a worker process {died} while starting; another took its run")
+        sweep.progress.note(f"A worker process {died} while starting; starting another.")
+        replacement = Worker(self.ctx, self.stopping)
+        self.workers[self.workers.index(worker)] = replacement
+        worker.stop()
+        if not self.grace.started:
+            replacement.give(worker.unit, worker.claims, sweep.logdir)
+        else:
+            for claim in worker.claims.values():
+                sweep.claims.release(claim)
+
+    def _hand_out(self) -> None:
+        """Give each idle worker the next unit claimed for it, then claim the units that come next."""
+        for i, worker in enumerate(self.workers):
+            if worker.unit is None and self.queue and not worker.process.is_alive():
+                worker.stop()
+                self.workers[i] = worker = Worker(self.ctx, self.stopping)  # died while idle
+            if worker.unit is None:
+                self.queue.give_next(worker)
+        self.queue.fill()
+
+    def _died(self, worker: Worker, status: Status) -> list[Summary]:
+        """Record the runs of a unit whose worker is gone; their event files get a session end so
+        TensorBoard agrees."""
+        worker.process.join(timeout=1)
+        how = _how(worker.process.exitcode).replace("was killed", "killed")
+        error = f"the worker process running it {how}" if status == Status.FAILED else "interrupted"
+        return [
+            self.sweep.ended(run, status, error, worker.claims.get(run.folder)) for run in worker.unit.runs
+        ]
+
+    def give_up(self, startup_fault: str) -> None:
+        """No worker can start: the runs are not at fault, and are left as they were, to run once
+        workers can start."""
+        self.sweep.report.startup_fault = startup_fault
+        for worker in self.workers:
+            for claim in worker.take_back().values():
+                self.sweep.claims.release(claim)
+
+    def close(self) -> None:
+        for worker in self.workers:  # all at once: each takes a moment to exit
+            worker.ask_to_stop()
+        for worker in self.workers:
+            worker.stop()
+
+
+def _run_pool(todo: list[Unit], sweep: Sweep) -> None:
+    pool = Pool(todo, sweep)
+    try:
+        pool.run()
+    except WorkerStartError as exc:
+        pool.give_up(str(exc))
+    finally:
+        pool.close()
+
+
+class Ahead:
+    """The units still to run, the next groups among them claimed ahead of their turn: claiming a
+    group writes a file per run (tenths of a second for hundreds of runs), which the parent does
+    while the workers train, so that a worker that finishes starts its next group at once. At most
+    as many units are claimed ahead as there are workers; a single run is claimed when it starts."""
+
+    def __init__(self, todo: list[Unit], ahead: int, sweep: Sweep):
+        self.pending = collections.deque(todo)
+        self.ready: collections.deque[tuple[Unit, dict[str, Claim]]] = collections.deque()
+        self.ahead = ahead
+        self.sweep = sweep
+
+    def __bool__(self) -> bool:
+        return bool(self.ready or self.pending)
+
+    def _claim_one(self) -> None:
+        claimed, held = self.sweep.claim(self.pending.popleft())
+        if claimed is not None:
+            self.ready.append((claimed, held))
+
+    def fill(self) -> None:
+        while (
+            len(self.ready) < self.ahead
+            and self.pending
+            and len(self.pending[0].runs) > 1
+            and self.sweep.report.logdir_fault is None
+        ):
+            self._claim_one()
+
+    def give_next(self, worker: Worker) -> None:
+        """Give the worker the next claimed unit (claiming it now if none is ready); nothing when no
+        unit is left, or the log folder cannot be written."""
+        while not self.ready and self.pending and self.sweep.report.logdir_fault is None:
+            self._claim_one()
+        if self.ready and self.sweep.report.logdir_fault is None:
+            worker.give(*self.ready.popleft(), self.sweep.logdir)
+
+
+def _how(code: int | None) -> str:
+    return (
+        f"was killed by signal {signal.Signals(-code).name}"
+        if code is not None and code < 0
+        else f"exited with status {code}"
+    )
+
+
+def _collect(worker: Worker, others_ready: bool = False, alive: bool = True) -> list[Summary] | None:
+    """The worker's summaries of its unit's runs; None if it has none to give (it died)."""
+    try:
+        while worker.conn.poll():
+            message = worker.conn.recv()
+            if message != READY:
+                return message
+            worker.ready = True
+    except (EOFError, OSError):
+        pass
+    if not worker.ready and not alive:
+        worker.process.join(timeout=1)
+        code = worker.process.exitcode
+        if code is None or code < 0 or others_ready:
+            raise WorkerDiedStarting(_how(code))
+        raise WorkerStartError(
+            f"a worker process exited with status {worker.process.exitcode} before it was ready, so no run was "
+            f"started. Check that `{Path(sys.executable).name} -c 'import torch'` works, and that a script "
+            f'starting a sweep does so under `if __name__ == "__main__":`'
+        )
+    return None

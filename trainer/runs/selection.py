@@ -1,0 +1,182 @@
+"""Which runs of a sweep need running: each planned run's verdict against what its folder holds,
+and the tally of what became of every run."""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer.core import guards
+from trainer.core.errors import LogDirError
+from trainer.core.status import FINISHED, Status
+from trainer.runs import claims, rundir, verify
+from trainer.runs.job import Summary
+from trainer.spec.plan import RunPlan
+
+
+class Verdict(enum.Enum):
+    """What a sweep does with a planned run, from what its folder holds."""
+
+    RUN = "run"
+    KEPT = "kept"  # complete with the same configuration
+    KEPT_FAILED = "kept_failed"  # failed before with the same configuration; --rerun-failed retries
+    CHANGED = "changed"  # finished with another configuration: nothing runs
+
+
+@dataclass
+class Report:
+    """What a sweep did: one summary per run it ran, and the names of runs it left alone."""
+
+    ran: list[Summary] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # complete with the same configuration
+    kept_failed: list[str] = field(default_factory=list)  # failed before; --rerun-failed retries
+    elsewhere: list[str] = field(default_factory=list)  # run, or being run, by another sweep
+    damaged: dict[str, str] = field(default_factory=dict)  # finished, files no longer match: why
+    set_aside: dict[str, str] = field(default_factory=dict)  # damaged run folder -> where it was moved
+    lost: list[str] = field(default_factory=list)  # claimed by another sweep mid-run; discarded
+    start_notes: list[str] = field(default_factory=list)  # workers that died while starting
+    interrupted: bool = False
+    logdir_fault: str | None = None
+    startup_fault: str | None = None  # worker processes could not start
+
+    @property
+    def failed(self) -> list[Summary]:
+        return [s for s in self.ran if s.status == Status.FAILED]
+
+    def left_alone(self, verdict: Verdict) -> list[str]:
+        """The runs of a verdict that the sweep leaves as they are."""
+        return {Verdict.KEPT: self.kept, Verdict.KEPT_FAILED: self.kept_failed}[verdict]
+
+
+def check_writable(logdir: Path) -> None:
+    """Fail early, with one sentence, when the log folder cannot be written."""
+    try:
+        logdir.mkdir(parents=True, exist_ok=True)
+        probe = logdir / f".write-test.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise LogDirError(f"cannot write to the log folder {logdir}: {reason}")
+
+
+def check_inside(runs: list[RunPlan], logdir: Path) -> None:
+    """Refuse, before writing anything, a run whose folder or claims folder would be written through
+    a symlink (which could lead outside the log folder) or where a file stands in the way."""
+    problems: list[str] = []
+    looked: set[str] = set()
+    for run in runs:
+        if run.experiment not in looked:
+            looked.add(run.experiment)
+            problem = guards.escape_problem(logdir, logdir / run.experiment / claims.CLAIMS)
+            if problem is not None:
+                problems.append(problem)
+                continue
+        problem = guards.escape_problem(logdir / run.experiment, logdir / run.folder)
+        if problem is not None:
+            problems.append(problem)
+    if problems:
+        more = [f"... and {len(problems) - 10} more"] if len(problems) > 10 else []
+        raise LogDirError(problems[:10] + more + ["nothing was run"])
+
+
+def select(
+    runs: list[RunPlan], logdir: Path, force: bool, rerun_failed: bool, report: Report
+) -> tuple[list[RunPlan], dict[str, Any]]:
+    """The runs that need running, longest first, and the record stamp each had when looked at.
+
+    A finished run whose configuration changed stops everything: nothing is run, nothing written.
+    """
+    todo, changed, seen = [], [], {}
+    for run in runs:
+        state = rundir.state_of(logdir, run.experiment, run.name)
+        verdict = _verdict(state, run, force, rerun_failed)
+        if state.state in verify.CHECKED and verdict != Verdict.CHANGED:
+            damage = verify.quick(logdir / run.folder, state.record)
+            if damage is not None:
+                report.damaged[run.folder] = damage
+                verdict = Verdict.RUN
+        if verdict == Verdict.RUN:
+            todo.append(run)
+            seen[run.folder] = rundir.record_stamp(logdir / run.folder)
+        elif verdict == Verdict.CHANGED:
+            changed.append((run, state.record))
+        else:
+            report.left_alone(verdict).append(run.folder)
+    if changed:
+        raise ChangedConfig(logdir, changed)
+    return sorted(todo, key=lambda r: -r.cost()), seen
+
+
+def _verdict(state: rundir.RunState, run: RunPlan, force: bool, rerun_failed: bool) -> Verdict:
+    same = state.record is not None and state.record.get("config_digest") == rundir.data_digest(
+        run.config_data
+    )
+    if force or state.state in (Status.MISSING, Status.UNFINISHED, Status.INTERRUPTED, Status.RUNNING):
+        return Verdict.RUN
+    if state.state in FINISHED:
+        return Verdict.KEPT if same else Verdict.CHANGED
+    return Verdict.KEPT_FAILED if same and not rerun_failed else Verdict.RUN
+
+
+class ChangedConfig(LogDirError):
+    """Finished runs that the spec now configures differently; nothing was run. The CLI words it
+    with the commands that continue; this message is for other callers."""
+
+    def __init__(self, logdir: Path, changed: list[tuple[RunPlan, dict[str, Any]]]):
+        self.changed = changed
+        lines = [
+            f"{logdir / run.folder}: logged with a different configuration "
+            f"({describe_changes(record.get('config', {}), run)})"
+            for run, record in changed[:10]
+        ]
+        if len(changed) > 10:
+            lines.append(f"... and {len(changed) - 10} more")
+        lines.append(
+            f"{len(changed)} finished run{'s' if len(changed) > 1 else ''} would be replaced; nothing "
+            f"was run. Pass --force to rerun them with the new configuration, or give another --logdir "
+            f"to keep both."
+        )
+        super().__init__(lines)
+
+    def by_experiment(self) -> dict[tuple[str, str], list[tuple[RunPlan, dict[str, Any]]]]:
+        """The changed runs by (experiment, spec file)."""
+        groups: dict[tuple[str, str], list[tuple[RunPlan, dict[str, Any]]]] = {}
+        for run, record in self.changed:
+            groups.setdefault((run.experiment, run.spec_path), []).append((run, record))
+        return groups
+
+    @staticmethod
+    def first_difference(group: list[tuple[RunPlan, dict[str, Any]]]) -> tuple[str, int]:
+        """'key: old -> new' for the first setting that differs in the group's first run, and how many more do."""
+        run, record = group[0]
+        diffs = changes(record.get("config", {}), run)
+        return (diffs[0], len(diffs) - 1) if diffs else ("the code's version", 0)
+
+
+def changes(old: dict[str, Any], run: RunPlan) -> list[str]:
+    """'key: old -> new' for every setting a run's recorded configuration has otherwise."""
+    new = run.config_data
+    return [f"{k}: {_short(a)} -> {_short(b)}" for k, a, b in _diff(old, new, "") if k != "description"]
+
+
+def describe_changes(old: dict[str, Any], run: RunPlan) -> str:
+    diffs = changes(old, run)
+    return "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "") or "code version"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 30 else text[:27] + "..."
+
+
+def _diff(old: Any, new: Any, prefix: str) -> list[tuple[str, Any, Any]]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in list(old) + [k for k in new if k not in old]:
+            out += _diff(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [(prefix.rstrip("."), old, new)]

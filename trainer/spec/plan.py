@@ -1,0 +1,59 @@
+"""A planned run: one run of a sweep, fully validated, as every later layer receives it."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+from trainer.kinds import models
+from trainer.spec.schema import Config, ReportSettings, as_data
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One run, fully validated: where it goes and what it trains."""
+
+    experiment: str
+    name: str
+    config: Config
+    swept: tuple[tuple[str, Any], ...]  # (dotted key, value) pairs that name the run
+    spec_path: str
+    data_folder: str  # CSV paths and user modules are looked up here
+    rows: int  # training rows
+    features: int  # of a row of a table (0 for images and other shapes)
+    steps: int
+    batch_size: int
+    has_truth: bool  # the data knows the true weights of this linear model
+    validation_rows: int = 0
+    input_shape: tuple[int, ...] = ()
+    outputs: int = 1  # of a built-in model
+    classes: int | None = None  # class labels: how many; None for real targets
+    parameters: int | None = None  # the model's parameter elements, where known
+    regression: bool = True  # a built-in regression loss: convergence within eval.tolerance means something
+    code: tuple[tuple[str, str], ...] = ()  # (where, import path) of every piece of user code the run calls
+    report: ReportSettings = ReportSettings()  # the spec's report section: replicates, ranking metric
+    true_weights: tuple[float, ...] | None = None  # of a linear model where the data knows them
+
+    @property
+    def folder(self) -> str:
+        """The run's folder, relative to the log folder."""
+        return f"{self.experiment}/{self.name}"
+
+    @functools.cached_property
+    def config_data(self) -> dict[str, Any]:
+        """The configuration as plain data (as config.yaml and the record hold it), made once and
+        carried to the workers; read it, never change it."""
+        return as_data(self.config)
+
+    @property
+    def swept_keys(self) -> list[str]:
+        return [k for k, _ in self.swept]
+
+    @property
+    def shape(self) -> models.Shape:
+        return models.Shape(self.features, self.outputs)
+
+    def cost(self) -> float:
+        """A rough relative duration, so the longest runs start first."""
+        return self.steps * (1.0 + self.batch_size * (self.parameters or 10_000) / 20_000)

@@ -1,0 +1,51 @@
+"""Session ends for runs that could not write their own (a worker killed, a run that raised), so
+that TensorBoard lists each run with its real status."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from tensorboard.compat.proto import event_pb2
+
+from trainer.tensorboard.events import EventFile, event_files, frame, valid_length
+from trainer.tensorboard.hparams import SESSION_START_INFO_TAG, session_end_pb, session_start_pb
+
+
+def end_session(folder: Path, hparams: dict[str, Any], status: str, suffix: str = "") -> None:
+    """Give a run that could not finish its own event file a session end (and a start, if it never
+    wrote one), in an event file of its own."""
+    started = any(p.stat().st_size > 0 for p in folder.glob("events.out.tfevents.*"))
+    events = EventFile(folder, suffix)
+    try:
+        now = time.time()
+        if not started:
+            events.write_summary(session_start_pb(hparams, now), 0, now)
+        events.write_summary(session_end_pb(status, now), 0, now)
+    finally:
+        events.close()
+
+
+def end_killed_run(folder: Path, hparams: dict[str, Any], status: str) -> None:
+    """Close a killed worker's event file with a session end, keeping one event file per run: the
+    file is cut back to its last whole record (the worker may have died mid-write), then appended
+    to. A run killed before its event file began gets one."""
+    names = event_files(folder)
+    if len(names) != 1:
+        end_session(folder, hparams, status)
+        return
+    now = time.time()
+    path = folder / names[0]
+    length, _ = valid_length(path)
+    with open(path, "r+b") as f:
+        started = SESSION_START_INFO_TAG.encode() in f.read(length)
+        f.truncate(length)
+        f.seek(length)
+        records = [] if started else [session_start_pb(hparams, now)]
+        records.append(session_end_pb(status, now))
+        f.write(
+            b"".join(
+                frame(event_pb2.Event(summary=s, step=0, wall_time=now).SerializeToString()) for s in records
+            )
+        )

@@ -36,7 +36,9 @@ def test_an_upward_import_breaks_the_contract(tmp_path):
     shutil.copytree(ROOT / "trainer", tmp_path / "trainer", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
     status = tmp_path / "trainer" / "core" / "status.py"
-    status.write_text(status.read_text() + "\n\ndef _upward():\n    from trainer.report import tables  # noqa\n")
+    status.write_text(
+        status.read_text() + "\n\ndef _upward():\n    from trainer.report import tables  # noqa\n"
+    )
     result = lint_imports(tmp_path)
     assert result.returncode != 0
     assert "trainer.core is not allowed to import trainer.report" in result.stdout

@@ -31,7 +31,8 @@ from trainer.kinds import registry as kinds
 from trainer.kinds.registry import shown_path
 from trainer.runs import job, rundir
 from trainer.runs.claims import Claim, owns
-from trainer.runs.job import LOST, Summary, code_record, commit, record_ended
+from trainer.runs.job import LOST, Summary, commit, record_ended
+from trainer.runs.record import code_record
 from trainer.spec.plan import RunPlan
 from trainer.spec.units import Unit, units_of
 

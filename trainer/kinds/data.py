@@ -270,9 +270,9 @@ DATA = kinds.define_family(
     _user_data,
     common=DataCommon,
 )
-kinds.register("data", SeedToyData, _seed_toy)
-kinds.register("data", SyntheticData, _synthetic)
-kinds.register("data", CsvData, _csv)
+kinds.register("data", SeedToyData, _seed_toy, batched=True)
+kinds.register("data", SyntheticData, _synthetic, batched=True)
+kinds.register("data", CsvData, _csv, batched=True)
 
 
 # --- CSV ----------------------------------------------------------------------------------------

@@ -169,19 +169,19 @@ def _user_schedule(kind: kinds.Kind, spec: Any, optimizer: Any, steps: int) -> A
 kinds.define_family(
     "optimizer", "a torch.optim.Optimizer class, called as cls(params, **settings)", _user_optimizer, passed=1
 )
-kinds.register("optimizer", SgdOptimizer, _sgd)
-kinds.register("optimizer", AdamOptimizer, _adam)
-kinds.register("optimizer", AdamWOptimizer, _adam)
+kinds.register("optimizer", SgdOptimizer, _sgd, batched=True)
+kinds.register("optimizer", AdamOptimizer, _adam, batched=True)
+kinds.register("optimizer", AdamWOptimizer, _adam, batched=True)
 kinds.define_family(
     "schedule",
     "a learning-rate scheduler class, called as cls(optimizer, **settings)",
     _user_schedule,
     passed=1,
 )
-kinds.register("schedule", ConstantSchedule, _constant)
-kinds.register("schedule", StepSchedule, _step)
-kinds.register("schedule", CosineSchedule, _cosine)
-kinds.register("schedule", ExponentialSchedule, _exponential)
+kinds.register("schedule", ConstantSchedule, _constant, batched=True)
+kinds.register("schedule", StepSchedule, _step, batched=True)
+kinds.register("schedule", CosineSchedule, _cosine, batched=True)
+kinds.register("schedule", ExponentialSchedule, _exponential, batched=True)
 
 
 def build_optimizer(spec: Any, params: Iterable[Any]) -> torch.optim.Optimizer:

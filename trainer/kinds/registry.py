@@ -47,6 +47,7 @@ class Kind:
     config: type
     build: Callable[..., Any]
     target: Any = None  # the user's callable, for a user kind
+    batched: bool = False  # the batched engine trains it (trainer.training.batched)
 
     @property
     def is_user_code(self) -> bool:
@@ -81,10 +82,11 @@ def define_family(
     return family
 
 
-def register(family: str, config: type, build: Callable[..., Any]) -> Kind:
-    """Add a built-in kind: its settings dataclass (whose `kind` field names it) and its builder."""
+def register(family: str, config: type, build: Callable[..., Any], batched: bool = False) -> Kind:
+    """Add a built-in kind: its settings dataclass (whose `kind` field names it), its builder, and
+    whether the batched engine trains it."""
     name = get_args(strict.hints(config)["kind"])[0]
-    kind = _families[family].kinds[name] = Kind(family, name, config, build)
+    kind = _families[family].kinds[name] = Kind(family, name, config, build, batched=batched)
     return kind
 
 

@@ -2,16 +2,8 @@
 
 from __future__ import annotations
 
-import datetime
 import errno
-import functools
-import os
-import platform
 import shutil
-import socket
-import subprocess
-import sys
-import sysconfig
 import time
 import traceback
 from collections.abc import Callable
@@ -19,19 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from trainer import __version__
 from trainer.core.status import Status
-from trainer.kinds import registry as kinds
 from trainer.runs import rundir
 from trainer.runs.claims import Claim, ClaimLost, owns
+from trainer.runs.record import RunRecord, base_record, config_text, now, portable, start_record
 from trainer.spec.plan import RunPlan
-from trainer.spec.schema import as_data
 from trainer.spec.units import engine_record
 from trainer.tensorboard import curves
 from trainer.tensorboard.endings import end_killed_run, end_session
-from trainer.tensorboard.hparams import hparams_of
 
 # Errors of the file system itself: no run can succeed until someone frees space or fixes rights.
 LOGDIR_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -49,130 +36,6 @@ class Summary:
     duration: float
     error: str | None = None
     logdir_fault: bool = False  # the log folder itself is unusable: stop the sweep
-
-
-def resolved_values(run: RunPlan) -> dict[str, float]:
-    """Numbers the spec left open, as the run used them."""
-    return {"train.batch_size": run.batch_size, "train.steps": run.steps}
-
-
-def config_text(run: RunPlan, data: dict[str, Any] | None = None) -> str:
-    """The resolved configuration as YAML, with what the spec left open spelled out in comments."""
-    header = [f"# {run.folder}", f"# from {Path(run.spec_path).name}"]
-    if run.swept:
-        header.append("# swept: " + ", ".join(f"{k}={v!r}" for k, v in run.swept))
-    header.append(f"# resolved: steps={run.steps}, batch_size={run.batch_size} of {run.rows} rows")
-    data = run.config_data if data is None else data
-    return "\n".join(header) + "\n" + "".join(_yaml_entry(key, value) for key, value in data.items())
-
-
-_YAML_ENTRIES: dict[str, str] = {}
-
-
-def _yaml_entry(key: str, value: Any) -> str:
-    """The YAML of one top-level key of a configuration, as a dump of the whole would write it.
-
-    The runs of a sweep share most sections, so each distinct one is dumped once; libyaml's dumper
-    where it is built. (A run's config.yaml took 10 ms with the pure-Python dumper, 0.6 with libyaml
-    and about 0.1 with the sections cached.)"""
-    seen = repr((key, value))  # repr, not JSON: tells 1 from 1.0, True and '1'
-    text = _YAML_ENTRIES.get(seen)
-    if text is None:
-        if len(_YAML_ENTRIES) > 4096:
-            _YAML_ENTRIES.clear()
-        dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-        # The top level of a configuration is a block mapping; a mapping of one scalar would be
-        # written in flow style unless told otherwise.
-        flow = None if isinstance(value, (dict, list)) else False
-        text = yaml.dump({key: value}, Dumper=dumper, sort_keys=False, default_flow_style=flow, width=100)
-        _YAML_ENTRIES[seen] = text
-    return text
-
-
-@functools.lru_cache(maxsize=1)
-def project_commit() -> str | None:
-    """The git commit of the project's own code, where it is a git checkout."""
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-@functools.lru_cache(maxsize=1)
-def versions() -> dict[str, str]:
-    import tensorboard
-    import torch
-
-    return {
-        "python": platform.python_version(),
-        "torch": str(torch.__version__),  # a str subclass that would take torch along when pickled
-        "tensorboard": tensorboard.__version__,
-        "trainer": __version__,
-    }
-
-
-def _prefixes() -> list[tuple[str, str]]:
-    places = {
-        sysconfig.get_paths()["purelib"]: "",
-        sysconfig.get_paths()["platlib"]: "",
-        str(Path(__file__).resolve().parents[1]): "",
-        os.getcwd(): "",
-        sys.prefix: "",
-        str(Path.home()): "~",
-    }
-    return sorted(
-        ((base + os.sep, name + os.sep if name else "") for base, name in places.items() if base),
-        key=lambda pair: -len(pair[0]),
-    )
-
-
-def portable(text: str) -> str:
-    """Text with this machine's folders taken out, so that a log folder holds no absolute paths."""
-    for base, name in _prefixes():
-        text = text.replace(base, name)
-    return text
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
-
-
-def base_record(run: RunPlan, status: str, error: str | None) -> dict[str, Any]:
-    """What every record says of its run, whoever writes it (needs no torch: the sweep's parent
-    writes it for a run whose worker died)."""
-    config = run.config_data
-    return {
-        "format": rundir.RECORD_FORMAT,
-        "experiment": run.experiment,
-        "run": run.name,
-        "status": status,
-        "config_digest": rundir.data_digest(config),
-        "swept": dict(run.swept),
-        "hparams": hparams_of(run.config, run.experiment, resolved_values(run)),
-        "metrics": {},
-        "steps": run.steps,
-        "seed": run.config.train.seed,
-        "error": error,
-        "config": config,
-        "spec": kinds.shown_path(run.spec_path),
-        "code": code_record(run),
-        "report": as_data(run.report),
-        "true_weights": list(run.true_weights) if run.true_weights is not None else None,
-    }
-
-
-def code_record(run: RunPlan) -> dict[str, Any]:
-    """Which user code the run called, by where the spec names it: import path, module file, sha256."""
-    for where, path in run.code:  # a worker may not have imported all of it yet (a hook, a metric)
-        try:
-            kinds.import_attribute(path, run.data_folder, where)
-        except Exception:  # the plan imported it; should that fail here, the record says no file
-            pass
-    return {where: kinds.code_of(path) for where, path in run.code}
 
 
 def execute(
@@ -266,36 +129,7 @@ def execute_group(
     return _finish_all(ended, clock)
 
 
-def start_record(run: RunPlan, engine: dict[str, Any]) -> dict[str, Any]:
-    """A run's record as it starts: failed until its outcome says otherwise."""
-    record = base_record(run, Status.FAILED, None)
-    record.update(
-        {
-            "steps_done": 0,
-            "resolved": {
-                "steps": run.steps,
-                "batch_size": run.batch_size,
-                "rows": run.rows,
-                "validation_rows": run.validation_rows,
-                "input_shape": list(run.input_shape),
-                "outputs": run.outputs,
-                "classes": run.classes,
-                "device": None,
-            },
-            "engine": engine,
-            "started": _now(),
-            "ended": None,
-            "duration_s": None,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "versions": versions(),
-            "commit": project_commit(),
-        }
-    )
-    return record
-
-
-def open_run(run: RunPlan, folder: Path, record: dict[str, Any]) -> Any:
+def open_run(run: RunPlan, folder: Path, record: RunRecord) -> Any:
     """A clean run folder with the resolved configuration, and the sink writing its event file."""
     from trainer.tensorboard.sink import TensorBoardSink
 
@@ -308,7 +142,7 @@ def open_run(run: RunPlan, folder: Path, record: dict[str, Any]) -> Any:
     return TensorBoardSink(folder, run.config.log, record["hparams"], text)
 
 
-def record_outcome(run: RunPlan, folder: Path, record: dict[str, Any], outcome: Any) -> None:
+def record_outcome(run: RunPlan, folder: Path, record: RunRecord, outcome: Any) -> None:
     """Put a trained run's outcome in its record, and keep its final weights."""
     record.update(
         status=outcome.status,
@@ -324,9 +158,7 @@ def record_outcome(run: RunPlan, folder: Path, record: dict[str, Any], outcome: 
         record["checkpoint"] = rundir.CHECKPOINT
 
 
-def record_fault(
-    folder: Path, record: dict[str, Any], sink: Any, claim: Claim | None, exc: Exception
-) -> bool:
+def record_fault(folder: Path, record: RunRecord, sink: Any, claim: Claim | None, exc: Exception) -> bool:
     """Record a run's fault (its event file ends, its traceback is kept); whether the log folder
     itself is at fault (a full or read-only disk), which stops the sweep."""
     # A full or read-only disk is no fault of the run: it is left to be run again once that is fixed.
@@ -377,14 +209,14 @@ class Unrecorded:
     """A run whose files are complete, its record still to write."""
 
     folder: Path
-    record: dict[str, Any]
+    record: RunRecord
     claim: Claim | None = None
     logdir_fault: bool = False
 
 
 def _finish(
     folder: Path,
-    record: dict[str, Any],
+    record: RunRecord,
     clock: float,
     logdir_fault: bool = False,
     claim: Claim | None = None,
@@ -396,12 +228,12 @@ def _finish_all(ended: list[Unrecorded], clock: float) -> list[Summary]:
     """The records of runs whose files are complete, stamped with their end and written."""
     duration = round(time.monotonic() - clock, 3)
     for run in ended:
-        run.record.update(ended=_now(), duration_s=duration)
+        run.record.update(ended=now(), duration_s=duration)
     return commit_all(ended)
 
 
 def commit(
-    folder: Path, record: dict[str, Any], logdir_fault: bool = False, claim: Claim | None = None
+    folder: Path, record: RunRecord, logdir_fault: bool = False, claim: Claim | None = None
 ) -> Summary:
     """Write the record of a run whose files are complete (see commit_all)."""
     return commit_all([Unrecorded(folder, record, claim, logdir_fault)])[0]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainer.kinds import losses, metrics, models
+from trainer.kinds import registry as kinds
 from trainer.spec.plan import RunPlan
 
 # 'auto' batches groups of at least this many runs; a group of one gains nothing from it.
@@ -23,9 +24,6 @@ PER_RUN = {
     "train": ("seed", "engine"),
     "model": ("init",),
 }
-BATCHED_OPTIMIZERS = ("sgd", "adam", "adamw")
-BATCHED_SCHEDULES = ("constant", "step", "cosine", "exponential")
-BATCHED_DATA = ("seed_toy", "synthetic", "csv")
 
 
 @dataclass(frozen=True)
@@ -54,12 +52,15 @@ def unbatchable(run: RunPlan) -> str | None:
         return "the rows are not flat feature vectors"
     if losses.task_of(config.loss) is None:
         return f"the loss is user code ({config.loss.kind})"
-    if config.optimizer.kind not in BATCHED_OPTIMIZERS:
-        return f"the optimizer is user code ({config.optimizer.kind})"
-    if config.schedule.kind not in BATCHED_SCHEDULES:
-        return f"the schedule is user code ({config.schedule.kind})"
-    if config.data.kind not in BATCHED_DATA:
-        return f"the data is user code ({config.data.kind})"
+    for family, section in (
+        ("optimizer", config.optimizer),
+        ("schedule", config.schedule),
+        ("data", config.data),
+    ):
+        kind = kinds.kind_of(section)
+        if not kind.batched:
+            what = "user code" if kind.is_user_code else "a kind the batched engine does not train"
+            return f"the {family} is {what} ({section.kind})"
     if config.log.hook is not None:
         return "log.hook is called with each run's own model"
     user = [m for m in config.eval.metrics if m not in metrics.BUILTIN]

@@ -1,0 +1,230 @@
+"""A run's record (record.json): every key it holds, and how the record of a run is begun.
+
+The record is written in one place (rundir.commit_record, through trainer.runs.job) and read in
+one place (rundir.load_record, which checks it); it stays a mapping on disk and in memory, so that a
+record written by an earlier version reads as it is and its key order is unchanged.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import os
+import platform
+import socket
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Any, TypedDict
+
+import yaml
+
+import trainer
+from trainer import __version__
+from trainer.core.status import Status
+from trainer.kinds import registry as kinds
+from trainer.runs import rundir
+from trainer.spec.plan import RunPlan
+from trainer.spec.schema import as_data
+from trainer.tensorboard.hparams import hparams_of
+
+
+class RunRecord(TypedDict, total=False):
+    """record.json. Every record has the keys of base_record; a run that started has those of
+    start_record; a trained run those its outcome sets; rundir adds the files' sizes last."""
+
+    # what every record says of its run, whoever writes it
+    format: int
+    experiment: str
+    run: str
+    status: str  # a Status
+    config_digest: str
+    swept: dict[str, Any]
+    hparams: dict[str, Any]
+    metrics: dict[str, Any]  # final/<tag>, best/<tag>, ... ; null where not finite
+    steps: int
+    seed: int
+    error: str | None
+    config: dict[str, Any]
+    spec: str
+    code: dict[str, Any]  # where the spec names user code -> import path, module file, sha256
+    report: dict[str, Any]
+    true_weights: list[float] | None
+    # a run that started
+    steps_done: int
+    resolved: dict[
+        str, Any
+    ]  # steps, batch_size, rows, validation_rows, input_shape, outputs, classes, device
+    engine: dict[str, Any] | None
+    started: str
+    ended: str | None
+    duration_s: float | None
+    host: str
+    pid: int
+    versions: dict[str, str]
+    commit: str | None
+    # a trained run
+    final_weights: dict[str, list[float | None]]
+    weights_sha256: str
+    curve: dict[str, Any]  # the main evaluation curve, thinned (trainer.tensorboard.curves)
+    checkpoint: str
+    # written with the record
+    files: dict[str, int]
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def resolved_values(run: RunPlan) -> dict[str, float]:
+    """Numbers the spec left open, as the run used them."""
+    return {"train.batch_size": run.batch_size, "train.steps": run.steps}
+
+
+def config_text(run: RunPlan, data: dict[str, Any] | None = None) -> str:
+    """The resolved configuration as YAML, with what the spec left open spelled out in comments."""
+    header = [f"# {run.folder}", f"# from {Path(run.spec_path).name}"]
+    if run.swept:
+        header.append("# swept: " + ", ".join(f"{k}={v!r}" for k, v in run.swept))
+    header.append(f"# resolved: steps={run.steps}, batch_size={run.batch_size} of {run.rows} rows")
+    data = run.config_data if data is None else data
+    return "\n".join(header) + "\n" + "".join(_yaml_entry(key, value) for key, value in data.items())
+
+
+_YAML_ENTRIES: dict[str, str] = {}
+
+
+def _yaml_entry(key: str, value: Any) -> str:
+    """The YAML of one top-level key of a configuration, as a dump of the whole would write it.
+
+    The runs of a sweep share most sections, so each distinct one is dumped once; libyaml's dumper
+    where it is built. (A run's config.yaml took 10 ms with the pure-Python dumper, 0.6 with libyaml
+    and about 0.1 with the sections cached.)"""
+    seen = repr((key, value))  # repr, not JSON: tells 1 from 1.0, True and '1'
+    text = _YAML_ENTRIES.get(seen)
+    if text is None:
+        if len(_YAML_ENTRIES) > 4096:
+            _YAML_ENTRIES.clear()
+        dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+        # The top level of a configuration is a block mapping; a mapping of one scalar would be
+        # written in flow style unless told otherwise.
+        flow = None if isinstance(value, (dict, list)) else False
+        text = yaml.dump({key: value}, Dumper=dumper, sort_keys=False, default_flow_style=flow, width=100)
+        _YAML_ENTRIES[seen] = text
+    return text
+
+
+@functools.lru_cache(maxsize=1)
+def project_commit() -> str | None:
+    """The git commit of the project's own code, where it is a git checkout."""
+    here = Path(trainer.__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+@functools.lru_cache(maxsize=1)
+def versions() -> dict[str, str]:
+    import tensorboard
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),  # a str subclass that would take torch along when pickled
+        "tensorboard": tensorboard.__version__,
+        "trainer": __version__,
+    }
+
+
+def _prefixes() -> list[tuple[str, str]]:
+    places = {
+        sysconfig.get_paths()["purelib"]: "",
+        sysconfig.get_paths()["platlib"]: "",
+        str(Path(trainer.__file__).resolve().parents[1]): "",  # the project's own folder
+        os.getcwd(): "",
+        sys.prefix: "",
+        str(Path.home()): "~",
+    }
+    return sorted(
+        ((base + os.sep, name + os.sep if name else "") for base, name in places.items() if base),
+        key=lambda pair: -len(pair[0]),
+    )
+
+
+def portable(text: str) -> str:
+    """Text with this machine's folders taken out, so that a log folder holds no absolute paths."""
+    for base, name in _prefixes():
+        text = text.replace(base, name)
+    return text
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def base_record(run: RunPlan, status: str, error: str | None) -> RunRecord:
+    """What every record says of its run, whoever writes it (needs no torch: the sweep's parent
+    writes it for a run whose worker died)."""
+    config = run.config_data
+    return {
+        "format": rundir.RECORD_FORMAT,
+        "experiment": run.experiment,
+        "run": run.name,
+        "status": status,
+        "config_digest": rundir.data_digest(config),
+        "swept": dict(run.swept),
+        "hparams": hparams_of(run.config, run.experiment, resolved_values(run)),
+        "metrics": {},
+        "steps": run.steps,
+        "seed": run.config.train.seed,
+        "error": error,
+        "config": config,
+        "spec": kinds.shown_path(run.spec_path),
+        "code": code_record(run),
+        "report": as_data(run.report),
+        "true_weights": list(run.true_weights) if run.true_weights is not None else None,
+    }
+
+
+def code_record(run: RunPlan) -> dict[str, Any]:
+    """Which user code the run called, by where the spec names it: import path, module file, sha256."""
+    for where, path in run.code:  # a worker may not have imported all of it yet (a hook, a metric)
+        try:
+            kinds.import_attribute(path, run.data_folder, where)
+        except Exception:  # the plan imported it; should that fail here, the record says no file
+            pass
+    return {where: kinds.code_of(path) for where, path in run.code}
+
+
+def start_record(run: RunPlan, engine: dict[str, Any]) -> RunRecord:
+    """A run's record as it starts: failed until its outcome says otherwise."""
+    record = base_record(run, Status.FAILED, None)
+    record.update(
+        {
+            "steps_done": 0,
+            "resolved": {
+                "steps": run.steps,
+                "batch_size": run.batch_size,
+                "rows": run.rows,
+                "validation_rows": run.validation_rows,
+                "input_shape": list(run.input_shape),
+                "outputs": run.outputs,
+                "classes": run.classes,
+                "device": None,
+            },
+            "engine": engine,
+            "started": now(),
+            "ended": None,
+            "duration_s": None,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "versions": versions(),
+            "commit": project_commit(),
+        }
+    )
+    return record

@@ -384,7 +384,7 @@ def test_an_oversized_spec_is_refused_with_its_size(tmp_path, capsys):
 
 
 def test_a_long_sweep_list_is_named_with_its_length(tmp_path, capsys, monkeypatch):
-    from trainer.spec import files as spec_module
+    from trainer.spec import yaml_lines as spec_module
 
     monkeypatch.setattr(spec_module, "MAX_VALUES", 1000)  # the same code path as 100,000, in less time
     spec = tmp_path / "long.yaml"

@@ -70,7 +70,7 @@ class TrainSettings:
         "auto",
         doc="'batched' trains the runs of a spec that differ only in rates, decay, betas, schedule "
         "settings, initial weights and seeds as one vectorized program; 'auto' does so for groups of two "
-        "or more; 'loop' trains one run at a time (see the README for what falls back)",
+        "or more; 'loop' trains one run at a time (docs/batched.md says what falls back)",
     )
     clip_grad_norm: float | None = setting(
         None,

@@ -55,7 +55,7 @@ lint: setup
 
 # Build the documentation site into build/site, strictly: a broken link or a stale generated page fails
 docs: setup
-	$(BIN)/mkdocs build --strict --site-dir build/site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
 
 # Serve $(LOGDIR)/ with TensorBoard on port $(PORT); FOCUS="digits" first declares that experiment's own columns
 tensorboard: setup

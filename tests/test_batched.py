@@ -18,7 +18,8 @@ from trainer.kinds.optim import build_schedule
 from trainer.runs.job import execute_unit
 from trainer.spec.sweep import plan
 from trainer.spec.units import Unit, units_of
-from trainer.training.batched import rates, train_group
+from trainer.training.batched import train_group
+from trainer.training.batched_optim import rates
 from trainer.training.loop import train
 
 RTOL, ATOL = 1e-5, 1e-6  # float32: relative, with a floor for values near zero

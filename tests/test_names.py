@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.spec.sweep import labels, plan, run_name
+from trainer.spec.names import labels, run_name
+from trainer.spec.sweep import plan
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 

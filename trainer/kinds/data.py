@@ -7,6 +7,10 @@ per process and cached; each run takes its split and moves it to its device.
 
 Built-in kinds are inspected without torch (the sweep's parent process needs none); a user's data
 function is called to find its shape.
+
+The module is over 400 lines because the data family is one job: its settings, its kinds, what a
+user's data may be, and how every kind is inspected, loaded, held out and standardized must agree
+on one Dataset; CSV parsing, which stands alone, is in trainer.kinds.tables.
 """
 
 from __future__ import annotations

@@ -115,6 +115,22 @@ class TensorBoardSink:
     element) and the norms of large ones, then the same for the gradients.
     """
 
+    # Known once begin() has the model:
+    optimizer: torch.optim.Optimizer | None
+    params: list[torch.nn.Parameter]  # small ones first, then large
+    small_count: int
+    capturing: Any  # a HostCapture or DeviceCapture (trainer.training.capture)
+    step_block: ScalarBlock  # a step's loss, weights and gradients
+    lr_tags: ScalarTags
+    last_lr: float | None
+    final_tags: ScalarTags
+    eval_tags: ScalarTags
+    eval_block: ScalarBlock
+    histogram_tags: list[str]
+    histogram_sizes: list[int]
+    histogram_block: HistogramBlock
+    info: list[tuple[int, float, float]]  # captured steps: (step, wall time, learning rate)
+
     def __init__(self, folder: str | Path, settings: LogSettings, hparams: dict[str, Any], config_text: str):
         self.folder = Path(folder)
         self.every = settings.every
@@ -127,7 +143,7 @@ class TensorBoardSink:
         self._writer: Any = None
 
     def writer(self) -> Any:
-        """A torch SummaryWriter whose events go into this run's event file (see trainer.writer)."""
+        """A torch SummaryWriter whose events go into this run's event file (see trainer.tensorboard.writer)."""
         if self._writer is None:
             from trainer.tensorboard.writer import RunWriter
 

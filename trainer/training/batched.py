@@ -33,7 +33,7 @@ from trainer.training.batched_optim import Optimizer, clip, rates
 from trainer.training.batches import step_indices
 from trainer.training.capture import Layout
 from trainer.training.evaluate import Evaluator
-from trainer.training.loop import GPU_MIN_WORK, NO_STEP, Outcome, chunk_steps, conclude, first_diverged
+from trainer.training.loop import NO_STEP, Outcome, choose_device, chunk_steps, conclude, first_diverged
 from trainer.training.sink import Captured, Evaluation, NullSink, Sink, split_parameters
 
 # Steps whose rows are gathered at once: one gather instead of one a step, in bounded memory.
@@ -43,15 +43,6 @@ ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "gelu": F.gelu, "sigmoid"
 
 class NotBatchable(Exception):
     """The group cannot train as one program (found once its data is loaded); the message says why."""
-
-
-def group_device(run: RunPlan, model: torch.nn.Module, runs: int) -> torch.device:
-    """The spec's device; 'auto' takes the GPU for a program with enough work a step (all its runs')."""
-    wanted = run.config.train.device
-    if wanted != "auto":
-        return torch.device(wanted)
-    work = sum(p.numel() for p in model.parameters()) * run.batch_size * runs
-    return torch.device("cuda" if torch.cuda.is_available() and work >= GPU_MIN_WORK else "cpu")
 
 
 # --- the model, the loss and the evaluation, for many runs at once ---------------------------------
@@ -160,7 +151,7 @@ def train_group(
     spec = config.model
     steps = first.steps
     modules = [build_model(r.config.model, r.shape, r.config.train.seed) for r in runs]
-    device = group_device(first, modules[0], len(runs))
+    device = choose_device(first, modules[0], len(runs))
     dataset = data.load(config.data, Path(first.data_folder), device)
     if dataset.train.dataset is None and dataset.train.x.dim() != 2:
         raise NotBatchable("the rows are not flat feature vectors")

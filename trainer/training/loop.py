@@ -48,12 +48,13 @@ class Outcome:
     history: list[Evaluation] = field(default_factory=list)  # every evaluation, the final one last
 
 
-def choose_device(run: RunPlan, model: torch.nn.Module) -> torch.device:
-    """The spec's device; 'auto' takes the GPU only for models big enough to gain from it."""
+def choose_device(run: RunPlan, model: torch.nn.Module, runs: int = 1) -> torch.device:
+    """The spec's device; 'auto' takes the GPU only for a program with enough work a step to gain
+    from it (a model's, or all the runs' of a batched group)."""
     wanted = run.config.train.device
     if wanted != "auto":
         return torch.device(wanted)
-    work = sum(p.numel() for p in model.parameters()) * run.batch_size
+    work = sum(p.numel() for p in model.parameters()) * run.batch_size * runs
     return torch.device("cuda" if torch.cuda.is_available() and work >= GPU_MIN_WORK else "cpu")
 
 

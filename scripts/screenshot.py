@@ -1,7 +1,7 @@
 """Screenshot of TensorBoard's HParams table for a log folder, taken in headless Chromium.
 
     python scripts/screenshot.py --logdir logs                          # writes logs/hparams.png
-    python scripts/screenshot.py --logdir logs --out docs/hparams.png   # the README's picture
+    python scripts/screenshot.py --logdir logs --out docs/hparams.png   # the documentation's picture
 
 Starts TensorBoard on a free port, waits until it has loaded every run of the folder, opens the
 HParams table in headless Chromium with the hparam columns TensorBoard shows at first (or those

@@ -17,7 +17,7 @@ from trainer.report.findings import CONVERGED, DISTANCE, Effect, ExperimentFindi
 
 REPORT = "report.md"
 PAGE = "report.html"  # the same, one self-contained page with the pictures inside
-SUMMARY = "summary.md"  # the findings in brief: what the terminal shows and the README quotes
+SUMMARY = "summary.md"  # the findings in brief: what the terminal shows and docs/findings.md quotes
 SIGNIFICANT = 3  # digits printed for a value
 POINT_BUDGET, MIN_POINTS = 50_000, 50  # steps read of each curve: at most 200, fewer over many runs
 

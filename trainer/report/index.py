@@ -79,6 +79,7 @@ def rebuild(
             "is a folder, where the log folder's HParams record belongs; move it away",
             str(path),
         )
+    rundir.remove_abandoned_temporaries(logdir)  # an index rebuild killed before its rename
     bands.rebuild(logdir, everyone, _latest_end(everyone))
     if not runs:
         path.unlink(missing_ok=True)

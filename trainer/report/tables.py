@@ -166,7 +166,7 @@ def status_records(logdir: Path, deep: bool = False) -> list[dict[str, Any]]:
     found = []
     for experiment, name in rundir.run_folders(logdir):
         state = rundir.state_of(logdir, experiment, name)
-        damage = verify.check(logdir / experiment / name, state.record, deep)
+        damage = state.problem or verify.check(logdir / experiment / name, state.record, deep)
         found.append(
             dict(
                 state.record or {},

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import stat
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +26,7 @@ from typing import Any
 from trainer.core import guards
 from trainer.core.errors import LogDirError
 from trainer.core.status import Status
-from trainer.runs import rundir, verify
+from trainer.runs import claims, rundir, verify
 from trainer.spec.schema import experiment_name
 
 MAX_NAME = 128
@@ -108,6 +110,7 @@ class Destination:
     def load(cls, folder: Path) -> Destination:
         found = cls(folder)
         if folder.is_dir():
+            remove_abandoned_staging(folder)
             for run in sorted(folder.iterdir()):
                 if run.name.startswith(".") or run.is_symlink() or not run.is_dir():
                     continue
@@ -248,17 +251,51 @@ def _merge_run(run: Path, into: Destination, include_unfinished: bool, result: M
         result.renamed.append((str(run), f"{into.folder.name}/{name}"))
 
 
+# A run being copied: <experiment>/.merge-<pid>-<random>/, renamed into place once complete.
+STAGING = ".merge-"
+# A staging folder of the earlier naming (no pid) this old is taken to be left by a killed merge.
+OLD_STAGING_AGE = 3600.0
+
+
 def _copy_run(run: Path, into: Path, name: str, record: dict[str, Any] | None, origin: str) -> None:
-    """Copy a run's plain files into a hidden folder, then rename it into place in one step."""
+    """Copy a run's plain files into a hidden folder, then rename it into place in one step.
+
+    While they are copied, its event files bear names TensorBoard does not read (tfevents ->
+    tf-events), so that a merge killed mid-copy leaves no run in TensorBoard's list; they get their
+    names back just before the folder is renamed, and the next merge removes what a killed one left."""
     into.mkdir(parents=True, exist_ok=True)
-    staging = into / f".merge-{uuid.uuid4().hex[:8]}"
+    staging = into / f"{STAGING}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
+        unread = []
         for item in _plain_files(run):
-            shutil.copyfile(item, staging / item.name, follow_symlinks=False)
+            target = staging / item.name.replace("tfevents", "tf-events", 1)
+            shutil.copyfile(item, target, follow_symlinks=False)
+            if target.name != item.name:
+                unread.append((target, staging / item.name))
         if record is not None and name != run.name:
             rundir.write_record(staging, {**record, "run": name, "merged_from": origin})
+        for target, real in unread:
+            target.rename(real)
         staging.rename(into / name)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def remove_abandoned_staging(folder: Path) -> None:
+    """Remove the staging folders that killed merges left in an experiment folder: those of a
+    process of this machine that is gone, and old ones of the earlier naming."""
+    for item in folder.iterdir():
+        if not item.name.startswith(STAGING) or item.is_symlink() or not item.is_dir():
+            continue
+        pid_text = item.name[len(STAGING) :].partition("-")[0]
+        if pid_text.isdigit() and "-" in item.name[len(STAGING) :]:
+            abandoned = not claims.pid_alive(int(pid_text))
+        else:
+            try:
+                abandoned = time.time() - item.stat().st_mtime > OLD_STAGING_AGE
+            except OSError:
+                continue
+        if abandoned:
+            shutil.rmtree(item, ignore_errors=True)

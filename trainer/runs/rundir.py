@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import os
+import re
 import stat
 import time
 import uuid
@@ -49,7 +51,26 @@ def write_atomic(path: Path, content: str | bytes, durable: bool = True) -> None
 
 
 def _beside(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    """A hidden temporary name beside path, which TensorBoard does not read as an event file (it
+    reads every file whose name holds 'tfevents'), so that a writer killed mid-write shows nothing."""
+    name = path.name.replace("tfevents", "tf-events")
+    return path.with_name(f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+_TEMPORARY = re.compile(r"\..+\.(\d+)\.[0-9a-f]{8}\.tmp")
+
+
+def remove_abandoned_temporaries(folder: Path) -> None:
+    """Remove the temporary files (see write_atomic) that processes of this machine, killed while
+    writing, left in a folder."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        found = _TEMPORARY.fullmatch(entry.name)
+        if found and entry.is_file(follow_symlinks=False) and not claims.pid_alive(int(found.group(1))):
+            Path(entry.path).unlink(missing_ok=True)
 
 
 def _write(path: Path, content: str | bytes, durable: bool) -> None:
@@ -189,13 +210,40 @@ def write_record(folder: Path, record: dict[str, Any]) -> None:
 
 
 def record_text(record: dict[str, Any]) -> str:
-    """A record as JSON, a line per key (each value written by json's C encoder: indenting every
-    level, which only its pure-Python encoder does, took a tenth of a batched run's time)."""
-    lines = [
-        f"  {json.dumps(key)}: {json.dumps(value, allow_nan=False, separators=(',', ':'))}"
-        for key, value in record.items()
-    ]
+    """A record as strict JSON, a line per key (each value written by json's C encoder: indenting
+    every level, which only its pure-Python encoder does, took a tenth of a batched run's time).
+
+    JSON has no infinity or NaN: a value that is not finite (a metric of a run whose weights blew
+    up) is written as null, and the record's last key, non_finite, names where that happened."""
+    lines, found = [], []
+    for key, value in record.items():
+        try:
+            text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+        except ValueError:
+            text = json.dumps(_finite(value, key, found), allow_nan=False, separators=(",", ":"))
+        lines.append(f"  {json.dumps(key)}: {text}")
+    if found:
+        shown = found[:MAX_NON_FINITE] + (
+            [f"... and {len(found) - MAX_NON_FINITE} more"] if len(found) > MAX_NON_FINITE else []
+        )
+        lines.append(f'  "non_finite": {json.dumps(shown)}')
     return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
+# The places a record names where its values were not finite, at the most.
+MAX_NON_FINITE = 20
+
+
+def _finite(value: Any, path: str, found: list[str]) -> Any:
+    """value with every float that is not finite replaced by None; found gets each one's place."""
+    if isinstance(value, float) and not math.isfinite(value):
+        found.append(path)
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v, f"{path}.{k}", found) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v, f"{path}[{i}]", found) for i, v in enumerate(value)]
+    return value
 
 
 @dataclass
@@ -205,12 +253,15 @@ class RunState:
     state: str
     record: dict[str, Any] | None
     claim: dict[str, Any] | None = None
+    problem: str | None = None  # why a record that is there cannot be read (the run is damaged)
 
 
 def state_of(logdir: Path, experiment: str, name: str) -> RunState:
     folder = logdir / experiment / name
-    record = read_record(folder)
+    record, problem = load_record(folder)
     claim = claims.read_claim(claims.claim_path(logdir, experiment, name))
+    if problem is not None:
+        return RunState(Status.DAMAGED, None, claim, problem)
     if record is not None:
         status = record["status"]
         return RunState(status if status in STATES else Status.FAILED, record, claim)

@@ -94,7 +94,9 @@ def select(
     for run in runs:
         state = rundir.state_of(logdir, run.experiment, run.name)
         verdict = _verdict(state, run, force, rerun_failed)
-        if state.state in verify.CHECKED and verdict != Verdict.CHANGED:
+        if state.problem is not None:  # set aside before the run starts again, never deleted
+            report.damaged[run.folder] = state.problem
+        elif state.state in verify.CHECKED and verdict != Verdict.CHANGED:
             damage = verify.quick(logdir / run.folder, state.record)
             if damage is not None:
                 report.damaged[run.folder] = damage
@@ -115,7 +117,13 @@ def _verdict(state: rundir.RunState, run: RunPlan, force: bool, rerun_failed: bo
     same = state.record is not None and state.record.get("config_digest") == rundir.data_digest(
         run.config_data
     )
-    if force or state.state in (Status.MISSING, Status.UNFINISHED, Status.INTERRUPTED, Status.RUNNING):
+    if force or state.state in (
+        Status.MISSING,
+        Status.UNFINISHED,
+        Status.INTERRUPTED,
+        Status.RUNNING,
+        Status.DAMAGED,
+    ):
         return Verdict.RUN
     if state.state in FINISHED:
         return Verdict.KEPT if same else Verdict.CHANGED

@@ -1,0 +1,159 @@
+"""Records that survive what runs and processes do: values that are not finite, records that
+cannot be read, and merges or index rebuilds killed half-way."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import textwrap
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing import plugin_event_multiplexer
+from test_faults import start, toy_spec, trainer, wait_until
+
+from trainer.report.index import INDEX_FILE
+
+
+def strict_json(path: Path) -> dict:
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def tensorboard_runs(logdir: Path) -> list[str]:
+    """The runs TensorBoard's own loader finds in a log folder."""
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    return sorted(multiplexer.Runs())
+
+
+HUGE_LR = """\
+name: huge-lr
+data: {kind: seed_toy}
+model: {kind: linear, bias: false}
+loss: {kind: l1, reduction: sum}
+optimizer: {kind: sgd, lr: 1.0e35}
+train: {steps: 50, batch_size: 1, seed: 0}
+"""
+
+
+@pytest.mark.slow
+def test_a_run_with_a_metric_that_is_not_finite_keeps_its_record(tmp_path):
+    (tmp_path / "huge.yaml").write_text(HUGE_LR)
+    code, out, err = trainer(tmp_path, "sweep", "huge.yaml", "--logdir", "logs", "--workers", "1")
+    assert code == 0 and "Traceback" not in err, out + err
+    record = strict_json(tmp_path / "logs/huge-lr/base/record.json")  # strict JSON: no Infinity
+    assert record["status"] == "complete"
+    assert record["metrics"]["final/weight_distance"] is None
+    assert record["non_finite"] == ["metrics.final/weight_distance"]
+    code, out, err = trainer(tmp_path, "status", "logs")
+    assert code == 0 and "huge-lr/base  complete" in out, out + err
+    code, out, err = trainer(tmp_path, "sweep", "huge.yaml", "--logdir", "logs", "--workers", "1")
+    assert code == 0 and "(0 run now, 1 already done)" in out, out + err
+
+
+@pytest.mark.slow
+def test_a_record_that_cannot_be_read_is_damaged_and_set_aside_not_deleted(tmp_path):
+    toy_spec(tmp_path, "train.seed: [0, 1]", steps=20)
+    assert trainer(tmp_path, "sweep", "toy.yaml", "--logdir", "logs", "--workers", "1")[0] == 0
+    record = tmp_path / "logs/toy/seed=0/record.json"
+    cut = record.read_bytes()[:50]
+    record.write_bytes(cut)
+    code, out, err = trainer(tmp_path, "status", "logs")
+    assert code == 1, out + err
+    assert "toy/seed=0  damaged" in out
+    assert "toy/seed=0: record.json is not valid JSON" in out
+    code, out, err = trainer(tmp_path, "sweep", "toy.yaml", "--logdir", "logs", "--workers", "1")
+    assert code == 0 and "(1 run now, 1 already done)" in out, out + err
+    aside = tmp_path / "logs/toy/.damaged/seed=0.1"
+    assert (aside / "record.json").read_bytes() == cut
+    assert "record.json is not valid JSON" in (aside / "DAMAGED.txt").read_text()
+    assert strict_json(record)["status"] == "complete"
+
+
+# A merge or an index rebuild that stops for good at the moment named, as a kill -9 would find it.
+HELD = """\
+import os, shutil, sys, time
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+
+def hold(what):
+    Path({ready!r}).write_text(what)
+    while True:
+        time.sleep(60)
+
+{patch}
+
+from trainer.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+HOLD_MERGE_COPY = """\
+real_copyfile = shutil.copyfile
+def copyfile(src, dst, **kwargs):
+    result = real_copyfile(src, dst, **kwargs)
+    if "tf" in Path(dst).name:
+        hold(str(dst))
+    return result
+shutil.copyfile = copyfile
+"""
+
+HOLD_INDEX_RENAME = """\
+real_replace = os.replace
+def replace(src, dst):
+    if "hparams-index" in str(dst):
+        hold(str(src))
+    return real_replace(src, dst)
+os.replace = replace
+"""
+
+
+def held_script(tmp_path: Path, patch: str) -> tuple[Path, Path]:
+    ready = tmp_path / "held"
+    script = tmp_path / "held.py"
+    repo = str(Path(__file__).resolve().parents[1])
+    script.write_text(HELD.format(repo=repo, ready=str(ready), patch=textwrap.dedent(patch)))
+    return script, ready
+
+
+@pytest.mark.slow
+def test_a_merge_killed_mid_copy_leaves_no_run_tensorboard_reads_and_the_next_merge_cleans_up(tmp_path):
+    toy_spec(tmp_path, "train.seed: [0, 1]", steps=20)
+    assert trainer(tmp_path, "sweep", "toy.yaml", "--logdir", "alice", "--workers", "1")[0] == 0
+    script, ready = held_script(tmp_path, HOLD_MERGE_COPY)
+    merge = start(tmp_path, ["merge", "alice", "--into", "team"], script, name="merge")
+    wait_until(ready.exists, "the merge is copying an event file", merge)
+    os.killpg(merge.process.pid, signal.SIGKILL)
+    merge.process.wait()
+    staging = [p for p in (tmp_path / "team/toy").iterdir() if p.name.startswith(".merge-")]
+    assert len(staging) == 1 and any(staging[0].iterdir())  # killed with a run half-copied
+    assert tensorboard_runs(tmp_path / "team") == []
+    code, out, err = trainer(tmp_path, "merge", "alice", "--into", "team")
+    assert code == 0, out + err
+    assert sorted(p.name for p in (tmp_path / "team/toy").iterdir()) == ["seed=0", "seed=1"]
+    assert [r for r in tensorboard_runs(tmp_path / "team") if r.startswith("toy")] == [
+        "toy/seed=0",
+        "toy/seed=1",
+    ]
+
+
+@pytest.mark.slow
+def test_an_index_rebuild_killed_before_its_rename_leaves_no_file_tensorboard_reads(tmp_path):
+    toy_spec(tmp_path, "train.seed: [0, 1]", steps=20)
+    assert trainer(tmp_path, "sweep", "toy.yaml", "--logdir", "logs", "--workers", "1")[0] == 0
+    (tmp_path / "logs" / INDEX_FILE).unlink()  # so that the rebuild has a new index to write
+    before = sorted(p.name for p in (tmp_path / "logs").iterdir())
+    script, ready = held_script(tmp_path, HOLD_INDEX_RENAME)
+    index = start(tmp_path, ["index", "logs"], script, name="index")
+    wait_until(ready.exists, "the index is about to be renamed into place", index)
+    os.killpg(index.process.pid, signal.SIGKILL)
+    index.process.wait()
+    left = tmp_path / ready.read_text()  # relative to where the command ran
+    assert left.exists() and left.parent == tmp_path / "logs"  # the temporary file it was writing
+    assert "tfevents" not in left.name
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == sorted([*before, left.name])
+    assert trainer(tmp_path, "index", "logs")[0] == 0  # the next rebuild removes what was left
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == sorted([*before, INDEX_FILE])

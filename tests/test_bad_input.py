@@ -858,3 +858,11 @@ def test_end_to_end_set_and_csv_problems(tmp_path):
         "error: exp/d.yaml:5: data.target: no column 'yy' in d.csv (did you mean 'y'?); its columns: a, b, y",
     ]
     assert not (tmp_path / "logs").exists()
+
+
+def test_a_spec_that_is_a_dangling_symlink_is_named_as_one(tmp_path, monkeypatch, capsys):
+    (tmp_path / "dangling.yaml").symlink_to("nowhere.yaml")
+    monkeypatch.chdir(tmp_path)
+    status, out, err = run_main(["check", "dangling.yaml"], capsys)
+    assert (status, out) == (2, "")
+    assert err == "error: dangling.yaml: a symlink to nowhere.yaml, which does not exist\n"

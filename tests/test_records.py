@@ -157,3 +157,80 @@ def test_an_index_rebuild_killed_before_its_rename_leaves_no_file_tensorboard_re
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == sorted([*before, left.name])
     assert trainer(tmp_path, "index", "logs")[0] == 0  # the next rebuild removes what was left
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == sorted([*before, INDEX_FILE])
+
+
+@pytest.mark.slow
+def test_a_run_that_raises_mid_run_records_the_step_it_stopped_at(tmp_path):
+    toy_spec(tmp_path, "train.seed: [0]", steps=300)
+    spec = tmp_path / "toy.yaml"
+    spec.write_text(spec.read_text().replace("eval: {every: 100}", "eval: {every: 50}") + "")
+    spec.write_text(spec.read_text().replace("log: {", "log: {hook: 'stopper:hook', "))
+    (tmp_path / "stopper.py").write_text(
+        "def hook(writer, step, model, **context):\n    if step >= 150:\n        raise RuntimeError('stopped by the hook')\n"
+    )
+    code, out, err = trainer(tmp_path, "sweep", "toy.yaml", "--logdir", "logs", "--workers", "1")
+    assert code == 1, out + err
+    record = strict_json(tmp_path / "logs/toy/seed=0/record.json")
+    assert (record["status"], record["error"]) == ("failed", "RuntimeError: stopped by the hook")
+    assert record["steps_done"] == 150
+    code, out, err = trainer(tmp_path, "status", "logs")
+    row = next(line for line in out.splitlines() if line.startswith("toy/seed=0"))
+    assert row.split()[1] == "failed" and "150" in row.split()
+
+
+CHDIR_DATA = """\
+import os
+from pathlib import Path
+
+import torch
+
+
+def load():
+    os.chdir(Path(__file__).parent / "elsewhere")
+    x = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    return x, x.sum(dim=1)
+"""
+
+
+@pytest.mark.slow
+def test_user_code_that_changes_folder_moves_no_path_of_the_sweep(tmp_path):
+    toy_spec(tmp_path, "train.seed: [0, 1]", steps=20)
+    spec = tmp_path / "toy.yaml"
+    spec.write_text(spec.read_text().replace("data: {kind: seed_toy}", "data: {kind: 'chdir_data:load'}"))
+    (tmp_path / "chdir_data.py").write_text(CHDIR_DATA)
+    (tmp_path / "elsewhere").mkdir()
+    code, out, err = trainer(tmp_path, "sweep", "toy.yaml", "--logdir", "logs", "--workers", "1")
+    assert code == 0, out + err
+    assert sorted(p.name for p in (tmp_path / "logs/toy").iterdir() if not p.name.startswith(".")) == [
+        "seed=0",
+        "seed=1",
+    ]
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+MUTATING_HOOK = """\
+def hook(writer, step, model, train_inputs, **context):
+    if step == 0:
+        train_inputs.mul_(10.0)  # a hook that changes its inputs in place
+"""
+
+
+@pytest.mark.slow
+def test_a_run_that_changes_its_data_in_place_changes_nothing_for_the_next_run_in_its_worker(tmp_path):
+    toy_spec(tmp_path, "train.seed: [0, 1, 2]", steps=40, every=1)
+    spec = tmp_path / "toy.yaml"
+    spec.write_text(spec.read_text().replace("eval: {every: 100}", "eval: {every: 20}"))
+    spec.write_text(spec.read_text().replace("log: {", "log: {hook: 'mutate:hook', "))
+    (tmp_path / "mutate.py").write_text(MUTATING_HOOK)
+    args = ["--workers", "1", "--set", "train.engine=loop"]
+    assert trainer(tmp_path, "sweep", "toy.yaml", "--logdir", "together", *args)[0] == 0
+    for seed in (0, 1, 2):
+        alone = ["--set", f"train.seed={seed}", "--logdir", f"alone{seed}"]
+        code, out, err = trainer(tmp_path, "sweep", "toy.yaml", *alone, *args)
+        assert code == 0, out + err
+    for seed in (0, 1, 2):
+        together = strict_json(tmp_path / f"together/toy/seed={seed}/record.json")
+        (alone,) = (tmp_path / f"alone{seed}/toy").glob("*/record.json")
+        alone = strict_json(alone)
+        assert together["weights_sha256"] == alone["weights_sha256"], f"seed {seed}"
+        assert together["metrics"] == alone["metrics"], f"seed {seed}"

@@ -128,7 +128,12 @@ class Split:
         return len(self.dataset) if self.dataset is not None else int(self.x.shape[0])
 
     def to(self, device: torch.device | str) -> Split:
-        return self if self.dataset is not None else Split(self.x.to(device), self.y.to(device))
+        """The rows on a device, as a copy of their own: a run (or its hook) that changes them in
+        place changes nothing for the runs after it, which share the cache (a map-style Dataset is
+        the user's own object, handed on as it is)."""
+        if self.dataset is not None:
+            return self
+        return Split(self.x.to(device, copy=True), self.y.to(device, copy=True))
 
 
 @dataclass
@@ -439,7 +444,7 @@ def load(spec: Any, folder: Path, device: torch.device | str = "cpu") -> Dataset
     return Dataset(
         train.to(device),
         validation.to(device) if validation is not None else None,
-        built.true_weights.to(device) if built.true_weights is not None else None,
+        built.true_weights.to(device, copy=True) if built.true_weights is not None else None,
         built.true_bias,
         built.classes,
     )

@@ -20,6 +20,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import os
 import re
 import sys
 import types
@@ -117,7 +118,26 @@ def kind_of(spec: Any) -> Kind:
 def build(spec: Any, *args: Any) -> Any:
     """Build what a section describes, with the family's arguments (see each family)."""
     kind = kind_of(spec)
-    return kind.build(kind, spec, *args)
+    if not kind.is_user_code:
+        return kind.build(kind, spec, *args)
+    with _same_folder():
+        return kind.build(kind, spec, *args)
+
+
+@contextlib.contextmanager
+def _same_folder() -> Iterator[None]:
+    """User code that changes the working folder (os.chdir in a data function) moves none of the
+    sweep's relative paths, its --logdir first: the folder is set back when the code returns."""
+    try:
+        here = os.getcwd()
+    except OSError:  # the working folder is gone: nothing to keep
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.chdir(here)
 
 
 def settings(spec: Any) -> dict[str, Any]:

@@ -166,6 +166,7 @@ def record_fault(folder: Path, record: RunRecord, sink: Any, claim: Claim | None
     record.update(
         status=Status.INTERRUPTED if logdir_fault else Status.FAILED,
         error=portable(f"{type(exc).__name__}: {exc}"),
+        steps_done=getattr(exc, "steps_done", record.get("steps_done", 0)),
     )
     try:
         if claim is not None and not owns(claim):

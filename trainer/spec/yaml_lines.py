@@ -3,6 +3,7 @@ can name the file, the line and the key."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,10 @@ def read_yaml(path: Path, shown: str) -> tuple[dict[str, Any], dict[str, int]]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        siblings = sorted(p.name for p in path.parent.glob("*.y*ml")) if path.parent.is_dir() else []
+        if path.is_symlink():  # the link is there; what it names is not
+            raise SpecError(f"{shown}: a symlink to {os.readlink(path)}, which does not exist")
+        siblings = sorted(p.name for p in path.parent.glob("*.y*ml") if p.name != path.name)
+        siblings = siblings if path.parent.is_dir() else []
         raise SpecError(f"{shown}: no such file{suggest(path.name, siblings)}")
     except IsADirectoryError:
         raise SpecError(f"{shown}: is a folder, not a spec file")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 from collections.abc import Callable
@@ -116,39 +117,45 @@ def train(
     first = 0
     squeeze = None
     status, last = Status.COMPLETE, run.steps - 1
-    for step, (x, y) in enumerate(steps):
-        output = model(x)
-        if squeeze is None:  # [N, 1] outputs meet [N] targets of a built-in regression or binary loss
-            squeeze = squeezes and losses.one_per_row(output, y)
-        loss = loss_fn(output.squeeze(-1) if squeeze else output, y)
-        # What optimizer.zero_grad() does, without its profiler and compiler hooks (16 us a step,
-        # a tenth of a notebook step); the update itself is torch's optimizer, untouched.
-        for p in params:
-            p.grad = None
-        loss.backward()
-        if clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, clip)
-        # logging (reads only): the loss, the evaluation and the sink's capture, all before the update
-        losses_.append(loss.detach())
-        if step % eval_every == 0:
-            evals.append((step, evaluate()))
-            if hook is not None:
-                hook(sink.writer(), step, model)
-        sink.capture(step)
-        optimizer.step()
-        if schedule is not None:
-            schedule.step()
-        if (step + 1) % chunk and step + 1 != run.steps:
-            continue
-        bad = _flush(sink, first, losses_, evals, history)
-        losses_, evals, first = [], [], step + 1
-        on_progress(step + 1)
-        if bad is not None:
-            status, last = Status.DIVERGED, bad
-            break
-        if should_stop() and step + 1 < run.steps:
-            status, last = Status.INTERRUPTED, step
-            break
+    step = 0
+    try:
+        for step, (x, y) in enumerate(steps):
+            output = model(x)
+            if squeeze is None:  # [N, 1] outputs meet [N] targets of a built-in regression or binary loss
+                squeeze = squeezes and losses.one_per_row(output, y)
+            loss = loss_fn(output.squeeze(-1) if squeeze else output, y)
+            # What optimizer.zero_grad() does, without its profiler and compiler hooks (16 us a step,
+            # a tenth of a notebook step); the update itself is torch's optimizer, untouched.
+            for p in params:
+                p.grad = None
+            loss.backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            # logging (reads only): the loss, the evaluation and the sink's capture, all before the update
+            losses_.append(loss.detach())
+            if step % eval_every == 0:
+                evals.append((step, evaluate()))
+                if hook is not None:
+                    hook(sink.writer(), step, model)
+            sink.capture(step)
+            optimizer.step()
+            if schedule is not None:
+                schedule.step()
+            if (step + 1) % chunk and step + 1 != run.steps:
+                continue
+            bad = _flush(sink, first, losses_, evals, history)
+            losses_, evals, first = [], [], step + 1
+            on_progress(step + 1)
+            if bad is not None:
+                status, last = Status.DIVERGED, bad
+                break
+            if should_stop() and step + 1 < run.steps:
+                status, last = Status.INTERRUPTED, step
+                break
+    except Exception as exc:
+        with contextlib.suppress(AttributeError):  # the steps before it: the record says where it stopped
+            exc.steps_done = step
+        raise
 
     final_values = evaluate().tolist() if status == Status.COMPLETE else None
     on_final = None if hook is None else lambda: hook(sink.writer(), run.steps, model)

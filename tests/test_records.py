@@ -87,8 +87,10 @@ def hold(what):
 
 {patch}
 
-from trainer.cli import main
-sys.exit(main(sys.argv[1:]))
+if __name__ == "__main__":  # the workers of a sweep import this script again
+    from trainer.cli import main
+
+    sys.exit(main(sys.argv[1:]))
 """
 
 HOLD_MERGE_COPY = """\
@@ -234,3 +236,47 @@ def test_a_run_that_changes_its_data_in_place_changes_nothing_for_the_next_run_i
         alone = strict_json(alone)
         assert together["weights_sha256"] == alone["weights_sha256"], f"seed {seed}"
         assert together["metrics"] == alone["metrics"], f"seed {seed}"
+
+
+HOLD_SECOND_CLAIM = """\
+import trainer.runs.claims as claims_module
+
+real_take = claims_module.Held.take
+taken = []
+def take(self, experiment, name):
+    taken.append(name)
+    if len(taken) == 2:
+        Path({ready!r}).write_text(name)
+        while not Path({release!r}).exists():
+            time.sleep(0.02)
+    return real_take(self, experiment, name)
+claims_module.Held.take = take
+"""
+
+
+@pytest.mark.slow
+def test_runs_another_spec_of_the_same_name_recorded_meanwhile_are_not_counted_as_this_sweeps(tmp_path):
+    """Two specs with one experiment name on one folder at once: the runs the other spec recorded
+    while this sweep ran are reported as another configuration, never as this sweep's results."""
+    ready, release = tmp_path / "held", tmp_path / "release"
+    mine = toy_spec(tmp_path / "mine", "train.seed: [0, 1, 2]", steps=30)
+    theirs = toy_spec(tmp_path / "theirs", "train.seed: [1, 2]", steps=60)
+    script = tmp_path / "held.py"
+    patch = HOLD_SECOND_CLAIM.format(ready=str(ready), release=str(release))
+    script.write_text(
+        HELD.format(repo=str(Path(__file__).resolve().parents[1]), ready=str(ready), patch=patch)
+    )
+    args = ["--logdir", "logs", "--workers", "1", "--set", "train.engine=loop"]
+    sweep = start(tmp_path, ["sweep", mine, *args], script)
+    wait_until(ready.exists, "the first sweep is about to claim its second run", sweep)
+    code, out, err = trainer(tmp_path, "sweep", theirs, *args)
+    assert code == 0 and "2 complete (2 run now" in out, out + err
+    release.write_text("")
+    code, out, err = sweep.finish()
+    assert code == 2, out + err
+    assert "1 run: 1 complete (1 run now, 0 already done)" in out
+    assert (
+        f"error: toy: 2 finished runs in {Path('logs') / 'toy'} were logged with a different configuration "
+        "(train.steps: 60 -> 30); by another sweep while this one ran; they are not this spec's results."
+    ) in err
+    assert "--force" in err

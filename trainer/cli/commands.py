@@ -149,7 +149,7 @@ def _execute(runs: list[RunPlan], args: argparse.Namespace, workers: int) -> int
         print(
             f"warning: the HParams record of {logdir} could not be rebuilt: {exc.strerror}", file=sys.stderr
         )
-    planned = {r.folder for r in runs}
+    planned = {r.folder for r in runs} - {run.folder for run, _ in result.changed}
     ours = [r for r in records if r["folder"] in planned]
     command = f"{trainer_command()} {shlex.join(sys.argv[1:])}" if sys.argv[1:] else ""
     for line in report.sweep_summary(
@@ -158,12 +158,16 @@ def _execute(runs: list[RunPlan], args: argparse.Namespace, workers: int) -> int
         print(line)
     if result.interrupted:
         return EXIT_INTERRUPTED
+    if result.changed:
+        for paragraph in _changed_spec(ChangedConfig(logdir, result.changed), args, meanwhile=True):
+            print(f"error: {paragraph}", file=sys.stderr)
+        return 2
     if result.logdir_fault or result.startup_fault:
         return 2
     return EXIT_FAILED_RUNS if result.failed else 0
 
 
-def _changed_spec(changed: Any, args: argparse.Namespace) -> list[str]:
+def _changed_spec(changed: Any, args: argparse.Namespace, meanwhile: bool = False) -> list[str]:
     """A paragraph per experiment whose finished runs a changed spec would replace, with the commands
     that replace them or keep both."""
     paragraphs = []
@@ -187,6 +191,7 @@ def _changed_spec(changed: Any, args: argparse.Namespace) -> list[str]:
                 others,
                 replace=f"{trainer_command()} {shlex.join([*command, '--force'])}",
                 keep=f"{trainer_command()} {shlex.join([*command, '--set', f'name={new_name}'])}",
+                meanwhile=meanwhile,
             )
         )
     return paragraphs

@@ -14,7 +14,14 @@ from trainer.executors.base import Sweep, executor
 from trainer.executors.progress import Progress
 from trainer.executors.stopping import StopRequest
 from trainer.runs.claims import Held
-from trainer.runs.selection import ChangedConfig, Report, check_inside, check_writable, select
+from trainer.runs.selection import (
+    ChangedConfig,
+    Report,
+    check_inside,
+    check_writable,
+    recorded_otherwise,
+    select,
+)
 from trainer.spec.plan import RunPlan
 from trainer.spec.units import units_of
 
@@ -51,6 +58,7 @@ def run_all(runs: list[RunPlan], opts: Options) -> Report:
                 where.launch(units, sweep)
             finally:
                 claims.close()
+            recorded_otherwise(todo, opts.logdir, report)
         progress.close()
         report.interrupted = stop.is_set()
     return report

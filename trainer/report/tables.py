@@ -119,8 +119,8 @@ def sweep_summary(
         + (f", {len(report.elsewhere)} left to another sweep" if report.elsewhere else "")
         + ")"
     )
-    if planned is not None and planned > len(records):
-        missing = planned - len(records)
+    if planned is not None and planned > len(records) + len(report.changed):
+        missing = planned - len(records) - len(report.changed)
         elsewhere = " (another sweep is running them)" if report.elsewhere else ""
         lines.append(
             f"{_runs(missing)} of the {planned} planned {'has' if missing == 1 else 'have'} "
@@ -319,14 +319,27 @@ def status_report(
 
 
 def changed_spec(
-    experiment: str, folder: Path, runs: int, first: str, others: int, replace: str, keep: str
+    experiment: str,
+    folder: Path,
+    runs: int,
+    first: str,
+    others: int,
+    replace: str,
+    keep: str,
+    meanwhile: bool = False,
 ) -> str:
-    """One paragraph for an experiment whose finished runs were logged with another configuration."""
+    """One paragraph for an experiment whose finished runs were logged with another configuration
+    (`meanwhile`: by another sweep or a merge while this sweep ran)."""
     more = f", and {others} more setting{'s' if others != 1 else ''}" if others else ""
+    done = (
+        "by another sweep while this one ran; they are not this spec's results"
+        if meanwhile
+        else "nothing was run"
+    )
     return (
         f"{experiment}: {runs} finished run{'s' if runs != 1 else ''} in {folder} "
         f"{'was' if runs == 1 else 'were'} logged with a different configuration ({first}{more}); "
-        f"nothing was run. To continue, either\n"
+        f"{done}. To continue, either\n"
         f"  replace {'it' if runs == 1 else 'them'}:  {replace}\n"
         f"  or keep both:  {keep}"
     )

@@ -37,6 +37,8 @@ class Report:
     damaged: dict[str, str] = field(default_factory=dict)  # finished, files no longer match: why
     set_aside: dict[str, str] = field(default_factory=dict)  # damaged run folder -> where it was moved
     lost: list[str] = field(default_factory=list)  # claimed by another sweep mid-run; discarded
+    # recorded by another sweep (or a merge) while this one ran, with another configuration
+    changed: list[tuple[RunPlan, dict[str, Any]]] = field(default_factory=list)
     start_notes: list[str] = field(default_factory=list)  # workers that died while starting
     interrupted: bool = False
     logdir_fault: str | None = None
@@ -111,6 +113,18 @@ def select(
     if changed:
         raise ChangedConfig(logdir, changed)
     return sorted(todo, key=lambda r: -r.cost()), seen
+
+
+def recorded_otherwise(runs: list[RunPlan], logdir: Path, report: Report) -> None:
+    """Of the runs this sweep left to another (a sweep, or a merge), those now recorded with another
+    configuration than this sweep's: they are not its results, and are reported as changed."""
+    mine = {run.folder: run for run in runs}
+    for folder in list(report.elsewhere):
+        run = mine.get(folder)
+        record = rundir.read_record(logdir / folder) if run is not None else None
+        if record is not None and record.get("config_digest") != rundir.data_digest(run.config_data):
+            report.elsewhere.remove(folder)
+            report.changed.append((run, record))
 
 
 def _verdict(state: rundir.RunState, run: RunPlan, force: bool, rerun_failed: bool) -> Verdict:

@@ -280,3 +280,67 @@ def test_runs_another_spec_of_the_same_name_recorded_meanwhile_are_not_counted_a
         "(train.steps: 60 -> 30); by another sweep while this one ran; they are not this spec's results."
     ) in err
     assert "--force" in err
+
+
+HOLD_MERGE_UNTIL_RELEASED = """\
+real_copyfile = shutil.copyfile
+def copyfile(src, dst, **kwargs):
+    result = real_copyfile(src, dst, **kwargs)
+    if "tf" in Path(dst).name and not Path({ready!r}).exists():
+        Path({ready!r}).write_text(str(dst))
+        while not Path({release!r}).exists():
+            time.sleep(0.02)
+    return result
+shutil.copyfile = copyfile
+"""
+
+
+@pytest.mark.slow
+def test_two_merges_of_one_source_at_once_copy_each_run_once(tmp_path):
+    toy_spec(tmp_path, "train.seed: [0, 1, 2]", steps=20)
+    assert trainer(tmp_path, "sweep", "toy.yaml", "--logdir", "alice", "--workers", "1")[0] == 0
+    ready, release = tmp_path / "held", tmp_path / "release"
+    script = tmp_path / "held.py"
+    patch = HOLD_MERGE_UNTIL_RELEASED.format(ready=str(ready), release=str(release))
+    script.write_text(
+        HELD.format(repo=str(Path(__file__).resolve().parents[1]), ready=str(ready), patch=patch)
+    )
+    first = start(tmp_path, ["merge", "alice", "--into", "team"], script, name="first")
+    wait_until(ready.exists, "the first merge is copying a run", first)
+    second = start(tmp_path, ["merge", "alice", "--into", "team"], name="second")
+    wait_until(
+        lambda: "waiting for another merge into team to finish" in second.stderr.read_text(),
+        "the second merge waits for the first",
+        second,
+    )
+    release.write_text("")
+    code, out, err = first.finish()
+    assert code == 0 and "copied 3 runs, 0 already present" in out, out + err
+    code, out, err = second.finish()
+    assert code == 0 and "copied 0 runs, 3 already present (identical)" in out, out + err
+    runs = sorted(p.name for p in (tmp_path / "team/toy").iterdir())
+    assert runs == ["seed=0", "seed=1", "seed=2"]
+    assert not (tmp_path / "team/.merge-lock").exists()
+
+
+@pytest.mark.slow
+def test_event_files_swapped_between_runs_are_damage_for_verify_and_merge(tmp_path):
+    toy_spec(tmp_path, "optimizer.weight_decay: [0.0, 0.1]", steps=20)
+    assert trainer(tmp_path, "sweep", "toy.yaml", "--logdir", "logs", "--workers", "1")[0] == 0
+    (a,) = (tmp_path / "logs/toy/weight_decay=0.0").glob("events.out.tfevents.*")
+    (b,) = (tmp_path / "logs/toy/weight_decay=0.1").glob("events.out.tfevents.*")
+    content_a, content_b = a.read_bytes(), b.read_bytes()
+    assert len(content_a) == len(content_b)  # so that sizes alone cannot tell
+    a.write_bytes(content_b)
+    b.write_bytes(content_a)
+    assert trainer(tmp_path, "status", "logs")[0] == 0  # sizes and names agree with the records
+    code, out, err = trainer(tmp_path, "status", "logs", "--verify")
+    assert code == 1, out + err
+    for run, theirs, mine in (("weight_decay=0.0", 0.1, 0.0), ("weight_decay=0.1", 0.0, 0.1)):
+        assert (
+            f"toy/{run}: {a.name if run.endswith('0.0') else b.name}: its session holds "
+            f"optimizer.weight_decay = {theirs!r} where the record says {mine!r}: it is another run's event file"
+        ) in out
+    code, out, err = trainer(tmp_path, "merge", "logs", "--into", "team")
+    assert code == 1 and "refused (damaged)" in out, out + err
+    assert not (tmp_path / "team/toy").exists() or not any((tmp_path / "team/toy").iterdir())

@@ -283,7 +283,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from trainer.report import index
     from trainer.runs.merge import merge
 
-    result = merge([Path(s) for s in args.sources], Path(args.into), args.include_unfinished)
+    def waiting() -> None:
+        print(f"waiting for another merge into {args.into} to finish ...", file=sys.stderr, flush=True)
+
+    result = merge([Path(s) for s in args.sources], Path(args.into), args.include_unfinished, waiting)
     for line in result.lines():
         print(line)
     count, _ = index.rebuild(Path(args.into))

@@ -11,6 +11,7 @@ writing over the new owner's folder.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -18,6 +19,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -214,7 +216,11 @@ class Held:
 
     def take(self, experiment: str, name: str) -> Claim | None:
         """The run's claim, or None if another sweep holds it; OSError if it cannot be written."""
-        claim = try_claim(claim_path(self.logdir, experiment, name))
+        return self.take_path(claim_path(self.logdir, experiment, name))
+
+    def take_path(self, path: Path) -> Claim | None:
+        """The claim (or lock) file at path, as take."""
+        claim = try_claim(path)
         if claim is not None:
             with self.lock:
                 self.held.add(claim)
@@ -236,3 +242,21 @@ class Held:
             for claim in self.held:
                 release_claim(claim)
             self.held.clear()
+
+
+@contextlib.contextmanager
+def exclusive(path: Path, waiting: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """Hold the lock file at path, a claim of the folder it is in, for as long as the block runs:
+    while another process of this machine holds it (or one elsewhere keeps it fresh), wait,
+    calling `waiting` once; one left by a process that is gone is taken over."""
+    held = Held(path.parent)
+    try:
+        told = False
+        while held.take_path(path) is None:
+            if not told:
+                waiting()
+                told = True
+            time.sleep(0.1)
+        yield
+    finally:
+        held.close()

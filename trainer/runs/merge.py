@@ -19,6 +19,7 @@ import shutil
 import stat
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,14 +179,34 @@ def _check_destination(sources: list[Path], dest: Path) -> None:
         raise LogDirError(problems + ["nothing was copied"])
 
 
-def merge(sources: list[Path], dest: Path, include_unfinished: bool = False) -> MergeResult:
-    """Copy every run of the source log folders into dest."""
+# One merge at a time into a log folder: two at once would each copy a run the other is copying.
+MERGE_LOCK = ".merge-lock"
+
+
+def merge(
+    sources: list[Path],
+    dest: Path,
+    include_unfinished: bool = False,
+    waiting: Callable[[], None] = lambda: None,
+) -> MergeResult:
+    """Copy every run of the source log folders into dest, one merge into dest at a time (another
+    waits, calling `waiting` once, then finds what this one copied)."""
     _check_folders(sources, dest)
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise LogDirError(f"cannot create the log folder {dest}: {exc.strerror or exc}")
     _check_destination(sources, dest)
+    try:
+        with claims.exclusive(dest / MERGE_LOCK, waiting):
+            return _merge_all(sources, dest, include_unfinished)
+    except OSError as exc:
+        if exc.filename is not None and Path(exc.filename).name.startswith((MERGE_LOCK, f".{MERGE_LOCK}")):
+            raise LogDirError(f"cannot lock {dest} for the merge: {exc.strerror or exc}; nothing was copied")
+        raise
+
+
+def _merge_all(sources: list[Path], dest: Path, include_unfinished: bool) -> MergeResult:
     result = MergeResult()
     destinations: dict[str, Destination] = {}
     for source in sources:

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from tensorboard.compat.proto import event_pb2
 
 from trainer.core.status import FINISHED, Status
 from trainer.runs import rundir
-from trainer.tensorboard.events import EVENTS_PREFIX, event_files, valid_length
+from trainer.tensorboard.events import EVENTS_PREFIX, Records, event_files
+from trainer.tensorboard.hparams import SESSION_START_INFO_TAG, session_hparams
 
 DAMAGED = Status.DAMAGED
 CHECKED = FINISHED  # results that a rerun keeps and a merge copies
@@ -73,7 +75,7 @@ def full(folder: Path, record: dict[str, Any]) -> str | None:
     if problem is not None:
         return problem
     for name in event_files(folder):
-        problem = event_file_problem(folder / name)
+        problem = event_file_problem(folder / name, record.get("hparams"))
         if problem is not None:
             return f"{name}: {problem}"
     return config_problem(folder / rundir.CONFIG, record.get("config_digest"))
@@ -82,12 +84,43 @@ def full(folder: Path, record: dict[str, Any]) -> str | None:
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser where PyYAML has it
 
 
-def event_file_problem(path: Path) -> str | None:
+def event_file_problem(path: Path, hparams: Any = None) -> str | None:
+    """Why an event file is not whole (a record cut short, a bad checksum), or, given the run's
+    hparams, not the run's own (its session names other hparams: another run's file); or None."""
     try:
-        _, problem = valid_length(path)
+        data = memoryview(path.read_bytes())
     except OSError as exc:
         return f"cannot be read: {exc.strerror}"
-    return problem
+    records = Records(data, verify=True)
+    session = None
+    tag = SESSION_START_INFO_TAG.encode()
+    for start, end in records:
+        if session is None and isinstance(hparams, dict) and bytes(data[start:end]).find(tag) >= 0:
+            session = session_hparams(event_pb2.Event.FromString(bytes(data[start:end])).summary)
+    if records.problem is not None:
+        return records.problem
+    differing = (
+        [k for k in sorted({*session, *hparams}) if not _same(session.get(k), hparams.get(k))]
+        if session
+        else []
+    )
+    if differing:
+        key = differing[0]
+        return (
+            f"its session holds {key} = {session.get(key)!r} where the record says {hparams.get(key)!r}: "
+            f"it is another run's event file"
+        )
+    return None
+
+
+def _same(a: Any, b: Any) -> bool:
+    """One hparam value, whatever its type: another version may have written 1 as '1'."""
+    if a == b:
+        return True
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return False
 
 
 def config_problem(path: Path, digest: Any) -> str | None:

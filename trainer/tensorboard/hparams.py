@@ -196,6 +196,26 @@ def session_start_pb(hparams: dict[str, HParamValue], start_time: float | None =
     return _summary(SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=info))
 
 
+def session_hparams(summary: summary_pb2.Summary) -> dict[str, HParamValue] | None:
+    """The hparams a session-start record (session_start_pb's) holds, or None if it holds none."""
+    for value in summary.value:
+        if value.tag == SESSION_START_INFO_TAG:
+            data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+            return {key: _plain(v) for key, v in data.session_start_info.hparams.items()}
+    return None
+
+
+def _plain(value: struct_pb2.Value) -> HParamValue:
+    kind = value.WhichOneof("kind")
+    return (
+        value.bool_value
+        if kind == "bool_value"
+        else value.number_value
+        if kind == "number_value"
+        else value.string_value
+    )
+
+
 def session_end_pb(status: str, end_time: float | None = None) -> summary_pb2.Summary:
     """The run's session-end record with its real status."""
     info = plugin_data_pb2.SessionEndInfo(status=STATUS[status], end_time_secs=end_time or time.time())

@@ -658,7 +658,10 @@ def test_a_worker_killed_mid_run_fails_that_run_and_is_replaced(tmp_path, sweeps
     assert code == 1, out + err
     killed = record(logdir, "toy/steps=50000")
     assert killed["status"] == "failed"
-    assert killed["error"] == "the worker process running it killed by signal SIGKILL"
+    assert killed["error"] == (
+        "the worker process running it killed by signal SIGKILL (the signal the kernel's out-of-memory "
+        "killer sends: if memory ran out, use fewer --workers or a smaller train.batch_size)"
+    )
     assert "killed by signal SIGKILL" in out
     # One event file: its own, cut back to its last whole record and closed with the session end.
     assert_clean_run(victim_folder)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -344,3 +346,37 @@ def test_event_files_swapped_between_runs_are_damage_for_verify_and_merge(tmp_pa
     code, out, err = trainer(tmp_path, "merge", "logs", "--into", "team")
     assert code == 1 and "refused (damaged)" in out, out + err
     assert not (tmp_path / "team/toy").exists() or not any((tmp_path / "team/toy").iterdir())
+
+
+PRINTING_MODEL = """\
+from torch import nn
+
+
+class Chatty(nn.Module):
+    def __init__(self, features: int = 4):
+        super().__init__()
+        self.linear = nn.Linear(features, 1, bias=False)
+
+    def forward(self, x):
+        print("a forward pass of", len(x), "rows " * 20)
+        return self.linear(x)
+"""
+
+
+@pytest.mark.slow
+def test_user_code_printing_into_a_closed_pipe_fails_no_run(tmp_path):
+    toy_spec(tmp_path, "train.seed: [0, 1]", steps=300)
+    spec = tmp_path / "toy.yaml"
+    spec.write_text(
+        spec.read_text().replace("model: {kind: linear, bias: false}", "model: {kind: 'chatty:Chatty'}")
+    )
+    (tmp_path / "chatty.py").write_text(PRINTING_MODEL)
+    command = f"{sys.executable} -m trainer sweep toy.yaml --logdir logs --workers 1 --quiet | head -c 1"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    done = subprocess.run(
+        ["sh", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    for seed in (0, 1):
+        record = strict_json(tmp_path / f"logs/toy/seed={seed}/record.json")
+        assert (record["status"], record["error"]) == ("complete", None)

@@ -35,6 +35,11 @@ from trainer.spec.units import Unit
 # before the sweep stops; one that exits by itself before any worker was ready stops it at once.
 START_RETRIES = 2
 READY = "ready"
+# What a worker killed by SIGKILL most often means.
+OUT_OF_MEMORY = (
+    "the signal the kernel's out-of-memory killer sends: if memory ran out, "
+    "use fewer --workers or a smaller train.batch_size"
+)
 
 
 class Local:
@@ -77,6 +82,8 @@ def _worker_main(conn: multiprocessing.connection.Connection, stop: Any, parent:
         signal.signal(signum, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the parent until now
     _die_with_parent(parent)
+    # What user code prints into a pipe its reader closed (`sweep ... | head`) fails no run.
+    sys.stdout, sys.stderr = _Unbroken(sys.stdout), _Unbroken(sys.stderr)
     import torch
 
     torch.set_num_threads(1)
@@ -106,6 +113,30 @@ def _worker_main(conn: multiprocessing.connection.Connection, stop: Any, parent:
                 for run in unit.runs
             ]
         conn.send(summaries)
+
+
+class _Unbroken:
+    """A worker's stdout or stderr, whose output goes nowhere once its reader has gone (a closed
+    pipe), instead of raising BrokenPipeError in the user code that printed."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._stream = open(os.devnull, "w")  # noqa: SIM115  (kept for the worker's life)
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._stream = open(os.devnull, "w")  # noqa: SIM115
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 @functools.cache
@@ -287,7 +318,10 @@ class Pool:
         """Record the runs of a unit whose worker is gone; their event files get a session end so
         TensorBoard agrees."""
         worker.process.join(timeout=1)
-        how = _how(worker.process.exitcode).replace("was killed", "killed")
+        code = worker.process.exitcode
+        how = _how(code).replace("was killed", "killed")
+        if code == -signal.SIGKILL:
+            how += f" ({OUT_OF_MEMORY})"
         error = f"the worker process running it {how}" if status == Status.FAILED else "interrupted"
         return [
             self.sweep.ended(run, status, error, worker.claims.get(run.folder)) for run in worker.unit.runs

@@ -380,3 +380,48 @@ def test_user_code_printing_into_a_closed_pipe_fails_no_run(tmp_path):
     for seed in (0, 1):
         record = strict_json(tmp_path / f"logs/toy/seed={seed}/record.json")
         assert (record["status"], record["error"]) == ("complete", None)
+
+
+CRASHING_MODEL = """\
+import ctypes
+import os
+
+from torch import nn
+
+
+class Crash(nn.Module):
+    def __init__(self, features: int = 4):
+        super().__init__()
+        self.linear = nn.Linear(features, 1, bias=False)
+
+    def forward(self, x):
+        {crash}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "crash, how",
+    [
+        pytest.param("os._exit(3)", "exited with status 3", id="exits"),
+        pytest.param("ctypes.string_at(0)", "was killed by signal SIGSEGV", id="segfaults"),
+    ],
+)
+@pytest.mark.parametrize("command", ["check", "sweep"])
+def test_user_code_that_kills_its_process_in_the_preflight_check_is_one_sentence(
+    tmp_path, crash, how, command
+):
+    toy_spec(tmp_path, "train.seed: [0, 1]", steps=20)
+    spec = tmp_path / "toy.yaml"
+    spec.write_text(
+        spec.read_text().replace("model: {kind: linear, bias: false}", "model: {kind: 'crash:Crash'}")
+    )
+    (tmp_path / "crash.py").write_text(CRASHING_MODEL.format(crash=crash))
+    args = ["--logdir", "logs"] if command == "sweep" else []
+    code, out, err = trainer(tmp_path, command, "toy.yaml", *args)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"error: toy.yaml: trying model 'crash:Crash' on one batch, its process {how}: the user code "
+        "crashed or ended it; nothing was run or written\n"
+    )
+    assert not (tmp_path / "logs").exists()

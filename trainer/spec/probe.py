@@ -4,23 +4,90 @@ and run forward on one batch, the loss and the metrics computed on its output.
 So a data function that raises, a model whose output does not fit the targets or the loss, or a
 metric that fails is reported when the sweep is planned, with the spec's file and line, and
 nothing is written. Each distinct combination of data, model, loss, metrics and batch size is
-tried once.
+tried once, in a process of its own (probe_apart): user code that crashes or exits ends that
+process, and the sweep says so in one sentence.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
+import signal
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+from trainer.core.errors import SpecError
 from trainer.core.strict import Invalid, as_data
 from trainer.kinds import data, losses, metrics
 from trainer.kinds.models import build_model
 from trainer.spec.plan import RunPlan
 
+Found = tuple[list[RunPlan], list[tuple[RunPlan, str, str]]]
 
-def probe(runs: list[RunPlan]) -> tuple[list[RunPlan], list[tuple[RunPlan, str, str]]]:
-    """The runs with their models' sizes filled in, and the problems found as (run, key, message)."""
+
+def probe_apart(runs: list[RunPlan]) -> Found:
+    """probe(runs) in a child process (forked from the workers' fork server where there is one).
+    A child that dies (a segfault, os._exit, the out-of-memory killer) is one SpecError naming the
+    spec and the user code it was trying; nothing is written."""
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if ctx.get_start_method() == "forkserver":
+        ctx.set_forkserver_preload(["torch", __name__])  # kept as it is where the server runs already
+    here, there = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_probe_child, args=(there, runs), daemon=True)
+    child.start()
+    there.close()
+    trying: tuple[str, str] | None = None
+    try:
+        while True:
+            try:
+                message, value = here.recv()
+            except EOFError:
+                break
+            if message == "trying":
+                trying = value
+            elif message == "done":
+                return value
+            else:  # "raised": a fault of ours, not of the user code
+                raise RuntimeError(value)
+    finally:
+        child.join()
+        here.close()
+    code = child.exitcode
+    how = (
+        f"was killed by signal {signal.Signals(-code).name}"
+        if code is not None and code < 0
+        else f"exited with status {code}"
+    )
+    spec, what = trying or ("the specs", "their user code")
+    raise SpecError(
+        f"{spec}: trying {what} on one batch, its process {how}: the user code crashed or ended it; "
+        f"nothing was run or written"
+    )
+
+
+def _probe_child(conn: Any, runs: list[RunPlan]) -> None:
+    def trying(run: RunPlan) -> None:
+        conn.send(("trying", (run.spec_path, _named_code(run))))
+
+    try:
+        conn.send(("done", probe(runs, trying)))
+    except BaseException as exc:
+        conn.send(("raised", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+def _named_code(run: RunPlan) -> str:
+    """The user code a run calls, as its spec names it: "model 'mymodel:Net', data 'mydata:load'"."""
+    return ", ".join(f"{where.removesuffix('.kind')} {path!r}" for where, path in run.code)
+
+
+def probe(runs: list[RunPlan], trying: Callable[[RunPlan], None] = lambda run: None) -> Found:
+    """The runs with their models' sizes filled in, and the problems found as (run, key, message);
+    `trying` is told each run before its user code is tried."""
     tried: dict[str, int | tuple[str, str]] = {}
     out, problems = [], []
     for run in runs:
@@ -29,6 +96,7 @@ def probe(runs: list[RunPlan]) -> tuple[list[RunPlan], list[tuple[RunPlan, str, 
             continue
         key = _key(run)
         if key not in tried:
+            trying(run)
             try:
                 tried[key] = try_run(run)
             except Invalid as invalid:

@@ -15,7 +15,7 @@ from trainer.kinds.models import LinearModel
 from trainer.spec.files import Spec, combine, load_spec, parent_key, parse_overrides
 from trainer.spec.names import run_name
 from trainer.spec.plan import RunPlan
-from trainer.spec.probe import probe
+from trainer.spec.probe import probe_apart
 from trainer.spec.schema import Config, Invalid, build, check_key, experiment_name
 
 MAX_RUNS = 10_000
@@ -65,7 +65,7 @@ def plan(paths: list[str], overrides: list[str] = (), allow_large: bool = False)
         except SpecError as exc:
             problems.extend(exc.problems)
     if not problems and any(run.code for run in runs):
-        runs, found = probe(runs)
+        runs, found = probe_apart(runs)
         problems.extend(
             f"{_locate(specs[run.spec_path], key)}: {key}: {message} (run {run.folder})"
             for run, key, message in found

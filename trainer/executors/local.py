@@ -126,14 +126,17 @@ class _Unbroken:
         try:
             return self._stream.write(text)
         except BrokenPipeError:
-            self._stream = open(os.devnull, "w")  # noqa: SIM115  (kept for the worker's life)
+            self._discard()
             return len(text)
 
     def flush(self) -> None:
         try:
             self._stream.flush()
         except BrokenPipeError:
-            self._stream = open(os.devnull, "w")  # noqa: SIM115
+            self._discard()
+
+    def _discard(self) -> None:
+        self._stream = open(os.devnull, "w")  # for the rest of the worker's life
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)

@@ -252,82 +252,73 @@ class TensorBoardSink:
         last_steps: np.ndarray,
         captured: Captured,
     ) -> None:
-        """The Sink protocol's group write: see the module's write_group."""
-        write_group(sinks, first_step, losses, eval_steps, eval_values, last_steps, captured)
+        """Write a chunk of captured steps into the event file of each run, for every run at once (one
+        run, or the runs of one program, whose sinks log the same tags): sinks[r] gets run r's steps up
+        to last_steps[r] (its divergence, or the chunk's end). losses [runs, steps] from first_step on;
+        the evaluations at eval_steps, values [runs, evaluations, tags].
+
+        Every kind of event is encoded for many runs in one block (trainer.tensorboard.events.frame_block); only the
+        order of a run's events in its file is put together run by run. Runs go a slice at a time, so
+        that the blocks of a chunk stay within about BLOCK_BYTES."""
+        lead = sinks[0]
+        per_run = 2 * max(1, len(captured.steps)) * (len(lead.step_block.body) + 32)
+        size = max(1, BLOCK_BYTES // per_run)
+        if len(sinks) > size:
+            for a in range(0, len(sinks), size):
+                b = a + size
+                write_group(
+                    sinks[a:b],
+                    first_step,
+                    losses[a:b],
+                    eval_steps,
+                    eval_values[a:b],
+                    last_steps[a:b],
+                    captured.part(a, b),
+                )
+            return
+        steps, walls = captured.steps, captured.walls
+        logged = np.flatnonzero(steps % lead.every == 0)
+        logged_steps = steps[logged]
+        block, ends = lead.step_block.encode_runs(
+            logged_steps,
+            walls[logged],
+            np.concatenate([losses[:, logged_steps - first_step, None], captured.rows[:, logged]], axis=2),
+        )
+        # The evaluations: at the wall time of their step where it was captured.
+        at = np.minimum(np.searchsorted(steps, eval_steps), max(len(steps) - 1, 0))
+        matched = (steps[at] == eval_steps) if len(steps) else np.zeros(len(eval_steps), bool)
+        eval_walls = np.where(matched, walls[at] if len(steps) else 0.0, time.time())
+        eval_block, eval_ends = lead.eval_block.encode_runs(eval_steps, eval_walls, eval_values)
+        hist_steps, hist_block, hist_ends, odd = _histogram_events(lead, captured)
+        # The learning rate, where it changed since the last event that logged it.
+        rates = captured.rates[:, logged]
+        last_lr = np.array([np.nan if s.last_lr is None else s.last_lr for s in sinks])
+        changed = rates != np.concatenate([last_lr[:, None], rates[:, :-1]], axis=1)
+        for r, sink in enumerate(sinks):
+            last = int(last_steps[r])
+            mine = int(np.searchsorted(logged_steps, last, side="right"))
+            own = block[r, : ends[mine - 1] if mine else 0].tobytes()
+            extra: list[tuple[int, bytes]] = []  # (step, framed event) besides the steps' own
+            for i in np.flatnonzero(changed[r, :mine]).tolist():
+                step = int(logged_steps[i])
+                event = summary_event(step, float(walls[logged[i]]), sink.lr_tags.encode([rates[r, i]]))
+                extra.append((step, events.frame(event)))
+            if mine:
+                sink.last_lr = float(rates[r, mine - 1])
+            extra += _slices(eval_steps, eval_block[r].tobytes(), eval_ends, last)
+            histograms = _slices(hist_steps, hist_block[r].tobytes(), hist_ends, last)
+            extra += [(step, odd.get((r, j), event)) for j, (step, event) in enumerate(histograms)]
+            extra += [(step, events.frame(event)) for step, event in sink._take_pending()]
+            sink.events.write_records(_in_step_order(own, ends[:mine], logged_steps[:mine], extra))
+            sink.events.flush()
 
 
 # The most bytes of events one write_group block holds at once (its transient memory is a few times this).
 BLOCK_BYTES = 32 * 2**20
 
 
-def write_group(
-    sinks: list[TensorBoardSink],
-    first_step: int,
-    losses: np.ndarray,
-    eval_steps: np.ndarray,
-    eval_values: np.ndarray,
-    last_steps: np.ndarray,
-    captured: Captured,
-) -> None:
-    """Write a chunk of captured steps into the event file of each run, for every run at once (one
-    run, or the runs of one program, whose sinks log the same tags): sinks[r] gets run r's steps up
-    to last_steps[r] (its divergence, or the chunk's end). losses [runs, steps] from first_step on;
-    the evaluations at eval_steps, values [runs, evaluations, tags].
-
-    Every kind of event is encoded for many runs in one block (trainer.tensorboard.events.frame_block); only the
-    order of a run's events in its file is put together run by run. Runs go a slice at a time, so
-    that the blocks of a chunk stay within about BLOCK_BYTES."""
-    lead = sinks[0]
-    per_run = 2 * max(1, len(captured.steps)) * (len(lead.step_block.body) + 32)
-    size = max(1, BLOCK_BYTES // per_run)
-    if len(sinks) > size:
-        for a in range(0, len(sinks), size):
-            b = a + size
-            write_group(
-                sinks[a:b],
-                first_step,
-                losses[a:b],
-                eval_steps,
-                eval_values[a:b],
-                last_steps[a:b],
-                captured.part(a, b),
-            )
-        return
-    steps, walls = captured.steps, captured.walls
-    logged = np.flatnonzero(steps % lead.every == 0)
-    logged_steps = steps[logged]
-    block, ends = lead.step_block.encode_runs(
-        logged_steps,
-        walls[logged],
-        np.concatenate([losses[:, logged_steps - first_step, None], captured.rows[:, logged]], axis=2),
-    )
-    # The evaluations: at the wall time of their step where it was captured.
-    at = np.minimum(np.searchsorted(steps, eval_steps), max(len(steps) - 1, 0))
-    matched = (steps[at] == eval_steps) if len(steps) else np.zeros(len(eval_steps), bool)
-    eval_walls = np.where(matched, walls[at] if len(steps) else 0.0, time.time())
-    eval_block, eval_ends = lead.eval_block.encode_runs(eval_steps, eval_walls, eval_values)
-    hist_steps, hist_block, hist_ends, odd = _histogram_events(lead, captured)
-    # The learning rate, where it changed since the last event that logged it.
-    rates = captured.rates[:, logged]
-    last_lr = np.array([np.nan if s.last_lr is None else s.last_lr for s in sinks])
-    changed = rates != np.concatenate([last_lr[:, None], rates[:, :-1]], axis=1)
-    for r, sink in enumerate(sinks):
-        last = int(last_steps[r])
-        mine = int(np.searchsorted(logged_steps, last, side="right"))
-        own = block[r, : ends[mine - 1] if mine else 0].tobytes()
-        extra: list[tuple[int, bytes]] = []  # (step, framed event) besides the steps' own
-        for i in np.flatnonzero(changed[r, :mine]).tolist():
-            step = int(logged_steps[i])
-            event = summary_event(step, float(walls[logged[i]]), sink.lr_tags.encode([rates[r, i]]))
-            extra.append((step, events.frame(event)))
-        if mine:
-            sink.last_lr = float(rates[r, mine - 1])
-        extra += _slices(eval_steps, eval_block[r].tobytes(), eval_ends, last)
-        histograms = _slices(hist_steps, hist_block[r].tobytes(), hist_ends, last)
-        extra += [(step, odd.get((r, j), event)) for j, (step, event) in enumerate(histograms)]
-        extra += [(step, events.frame(event)) for step, event in sink._take_pending()]
-        sink.events.write_records(_in_step_order(own, ends[:mine], logged_steps[:mine], extra))
-        sink.events.flush()
+# The Sink protocol's group write, by the name the engines and tests call it.
+write_group = TensorBoardSink.write_group
 
 
 def _slices(steps: np.ndarray, data: bytes, ends: np.ndarray, last: int) -> list[tuple[int, bytes]]:

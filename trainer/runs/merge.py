@@ -197,13 +197,8 @@ def merge(
     except OSError as exc:
         raise LogDirError(f"cannot create the log folder {dest}: {exc.strerror or exc}")
     _check_destination(sources, dest)
-    try:
-        with claims.exclusive(dest / MERGE_LOCK, waiting):
-            return _merge_all(sources, dest, include_unfinished)
-    except OSError as exc:
-        if exc.filename is not None and Path(exc.filename).name.startswith((MERGE_LOCK, f".{MERGE_LOCK}")):
-            raise LogDirError(f"cannot lock {dest} for the merge: {exc.strerror or exc}; nothing was copied")
-        raise
+    with claims.exclusive(dest / MERGE_LOCK, waiting):
+        return _merge_all(sources, dest, include_unfinished)
 
 
 def _merge_all(sources: list[Path], dest: Path, include_unfinished: bool) -> MergeResult:

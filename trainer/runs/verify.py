@@ -88,15 +88,15 @@ def event_file_problem(path: Path, hparams: Any = None) -> str | None:
     """Why an event file is not whole (a record cut short, a bad checksum), or, given the run's
     hparams, not the run's own (its session names other hparams: another run's file); or None."""
     try:
-        data = memoryview(path.read_bytes())
+        data = path.read_bytes()
     except OSError as exc:
         return f"cannot be read: {exc.strerror}"
     records = Records(data, verify=True)
     session = None
     tag = SESSION_START_INFO_TAG.encode()
     for start, end in records:
-        if session is None and isinstance(hparams, dict) and bytes(data[start:end]).find(tag) >= 0:
-            session = session_hparams(event_pb2.Event.FromString(bytes(data[start:end])).summary)
+        if session is None and isinstance(hparams, dict) and data.find(tag, start, end) >= 0:
+            session = session_hparams(event_pb2.Event.FromString(data[start:end]).summary)
     if records.problem is not None:
         return records.problem
     differing = (

@@ -3,6 +3,7 @@ and the tally of what became of every run."""
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 from dataclasses import dataclass, field
@@ -91,8 +92,10 @@ def select(
     """The runs that need running, longest first, and the record stamp each had when looked at.
 
     A finished run whose configuration changed stops everything: nothing is run, nothing written.
+    Otherwise the claims that dead sweeps left on runs this one leaves alone are removed (a sweep
+    killed between a run's record and the release of its claim).
     """
-    todo, changed, seen = [], [], {}
+    todo, changed, seen, stale = [], [], {}, []
     for run in runs:
         state = rundir.state_of(logdir, run.experiment, run.name)
         verdict = _verdict(state, run, force, rerun_failed)
@@ -110,8 +113,15 @@ def select(
             changed.append((run, state.record))
         else:
             report.left_alone(verdict).append(run.folder)
+            if state.claim is not None and not claims.claim_alive(state.claim):
+                stale.append(claims.claim_path(logdir, run.experiment, run.name))
     if changed:
         raise ChangedConfig(logdir, changed)
+    for path in stale:
+        with contextlib.suppress(OSError):  # a folder that cannot be written: the sweep says so next
+            claim = claims.try_claim(path)  # under the takeover lock, as any sweep takes one over
+            if claim is not None:
+                claims.release_claim(claim)
     return sorted(todo, key=lambda r: -r.cost()), seen
 
 

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from trainer.core.output import unbroken_output
 from trainer.core.status import Status
 from trainer.executors.base import Sweep
 from trainer.executors.stopping import Grace
@@ -83,7 +84,7 @@ def _worker_main(conn: multiprocessing.connection.Connection, stop: Any, parent:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the parent until now
     _die_with_parent(parent)
     # What user code prints into a pipe its reader closed (`sweep ... | head`) fails no run.
-    sys.stdout, sys.stderr = _Unbroken(sys.stdout), _Unbroken(sys.stderr)
+    unbroken_output()
     import torch
 
     torch.set_num_threads(1)
@@ -113,33 +114,6 @@ def _worker_main(conn: multiprocessing.connection.Connection, stop: Any, parent:
                 for run in unit.runs
             ]
         conn.send(summaries)
-
-
-class _Unbroken:
-    """A worker's stdout or stderr, whose output goes nowhere once its reader has gone (a closed
-    pipe), instead of raising BrokenPipeError in the user code that printed."""
-
-    def __init__(self, stream: Any):
-        self._stream = stream
-
-    def write(self, text: str) -> int:
-        try:
-            return self._stream.write(text)
-        except BrokenPipeError:
-            self._discard()
-            return len(text)
-
-    def flush(self) -> None:
-        try:
-            self._stream.flush()
-        except BrokenPipeError:
-            self._discard()
-
-    def _discard(self) -> None:
-        self._stream = open(os.devnull, "w")  # for the rest of the worker's life
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
 
 
 @functools.cache

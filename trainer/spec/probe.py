@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.core.errors import SpecError
+from trainer.core.output import unbroken_output
 from trainer.core.strict import Invalid, as_data
 from trainer.kinds import data, losses, metrics
 from trainer.kinds.models import build_model
@@ -69,6 +70,8 @@ def probe_apart(runs: list[RunPlan]) -> Found:
 
 
 def _probe_child(conn: Any, runs: list[RunPlan]) -> None:
+    unbroken_output()
+
     def trying(run: RunPlan) -> None:
         conn.send(("trying", (run.spec_path, _named_code(run))))
 

@@ -396,6 +396,10 @@ class Crash(nn.Module):
 
     def forward(self, x):
         {crash}
+
+
+def load():
+    {crash}
 """
 
 
@@ -408,20 +412,31 @@ class Crash(nn.Module):
     ],
 )
 @pytest.mark.parametrize("command", ["check", "sweep"])
+@pytest.mark.parametrize(
+    "section, before, after, trying",
+    [
+        (
+            "model",
+            "model: {kind: linear, bias: false}",
+            "model: {kind: 'crash:Crash'}",
+            "model 'crash:Crash' on one batch",
+        ),
+        ("data", "data: {kind: seed_toy}", "data: {kind: 'crash:load'}", "data 'crash:load'"),
+    ],
+    ids=["model", "data"],
+)
 def test_user_code_that_kills_its_process_in_the_preflight_check_is_one_sentence(
-    tmp_path, crash, how, command
+    tmp_path, crash, how, command, section, before, after, trying
 ):
     toy_spec(tmp_path, "train.seed: [0, 1]", steps=20)
     spec = tmp_path / "toy.yaml"
-    spec.write_text(
-        spec.read_text().replace("model: {kind: linear, bias: false}", "model: {kind: 'crash:Crash'}")
-    )
+    spec.write_text(spec.read_text().replace(before, after))
     (tmp_path / "crash.py").write_text(CRASHING_MODEL.format(crash=crash))
     args = ["--logdir", "logs"] if command == "sweep" else []
     code, out, err = trainer(tmp_path, command, "toy.yaml", *args)
     assert (code, out) == (2, "")
     assert err == (
-        f"error: toy.yaml: trying model 'crash:Crash' on one batch, its process {how}: the user code "
+        f"error: toy.yaml: trying {trying}, its process {how}: the user code "
         "crashed or ended it; nothing was run or written\n"
     )
     assert not (tmp_path / "logs").exists()

@@ -181,12 +181,13 @@ def _changed_spec(changed: Any, args: argparse.Namespace, meanwhile: bool = Fals
             options += ["--executor", args.executor] + (["--address", args.address] if args.address else [])
         command = [args.command, spec_path, *options]
         new_name = _free_name(Path(args.logdir), experiment)
-        first, others = changed.first_difference(group)
+        what, first, others = changed.first_difference(group)
         paragraphs.append(
             report.changed_spec(
                 experiment,
                 Path(args.logdir) / experiment,
                 len(group),
+                what,
                 first,
                 others,
                 replace=f"{trainer_command()} {shlex.join([*command, '--force'])}",

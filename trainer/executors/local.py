@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from trainer.core.deadline import limit_of
 from trainer.core.output import unbroken_output
 from trainer.core.status import Status
 from trainer.executors.base import Sweep
@@ -41,6 +42,9 @@ OUT_OF_MEMORY = (
     "the signal the kernel's out-of-memory killer sends: if memory ran out, "
     "use fewer --workers or a smaller train.batch_size"
 )
+# A run past its train.timeout ends itself (trainer.core.deadline); a worker that has not sent its
+# results this many seconds later (stuck where no signal reaches, or writing nothing) is killed.
+KILL_AFTER = 30.0
 
 
 class Local:
@@ -164,15 +168,25 @@ class Worker:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         child.close()
         self.ready = False
+        self.ready_at = 0.0
         self.unit: Unit | None = None
         self.claims: dict[str, Claim] = {}
+        self.given_at = 0.0
 
     def give(self, unit: Unit, claims: dict[str, Claim], logdir: Path) -> None:
-        self.unit, self.claims = unit, claims
+        self.unit, self.claims, self.given_at = unit, claims, time.monotonic()
         try:
             self.conn.send((unit, str(logdir), claims))
         except OSError:
             pass  # the process is gone; its sentinel is ready and the run is recorded as failed
+
+    def overdue_in(self) -> float | None:
+        """Seconds until the unit it runs is past its time limit and the grace after it (negative
+        once it is); None without a limit, or while the worker is still starting."""
+        limit = limit_of(list(self.unit.runs)) if self.unit is not None else None
+        if limit is None or not self.ready:
+            return None
+        return max(self.given_at, self.ready_at) + limit + KILL_AFTER - time.monotonic()
 
     def take_back(self) -> dict[str, Claim]:
         """The claims of the unit it ran, which it no longer holds."""
@@ -223,14 +237,17 @@ class Pool:
                     sweep.finish(worker.claims, self._died(worker, Status.INTERRUPTED))
                     worker.take_back()
                 return
+            overdue = [t for t in (w.overdue_in() for w in busy) if t is not None]
             ready = multiprocessing.connection.wait(
                 [w.conn for w in busy] + [w.process.sentinel for w in busy] + [sweep.stop.wake_fd],
-                timeout=self.grace.wait(HEARTBEAT_EVERY),
+                timeout=max(0.0, min([self.grace.wait(HEARTBEAT_EVERY), *overdue])),
             )
             sweep.stop.clear_wakeups()
             for worker in busy:
                 if worker.conn in ready or worker.process.sentinel in ready:
                     self._heard_from(worker)
+                elif (worker.overdue_in() or 0.0) < 0:
+                    self._timed_out(worker)
 
     def _heard_from(self, worker: Worker) -> None:
         sweep = self.sweep
@@ -260,6 +277,22 @@ class Pool:
         ):
             self.queue.give_next(worker)  # its next unit first: releasing this one's claims takes a while
         sweep.finish(held, summaries)
+
+    def _timed_out(self, worker: Worker) -> None:
+        """A worker that did not end its runs by their time limit: killed, its runs recorded as timed
+        out, another worker started in its place."""
+        sweep = self.sweep
+        limit = limit_of(list(worker.unit.runs))
+        worker.process.kill()
+        error = (
+            f"timed out: ran longer than train.timeout ({limit:g} s), and its worker process, which "
+            f"did not stop it within {KILL_AFTER:g} s more, was killed"
+        )
+        summaries = self._died(worker, Status.FAILED, error)
+        self.workers.remove(worker)
+        if self.queue and sweep.report.logdir_fault is None:
+            self.workers.append(Worker(self.ctx, self.stopping))
+        sweep.finish(worker.take_back(), summaries)
 
     def _replace_starting(self, worker: Worker, died: WorkerDiedStarting) -> None:
         """A worker died before its run began: the run and its claim go to a new worker."""
@@ -291,15 +324,16 @@ class Pool:
                 self.queue.give_next(worker)
         self.queue.fill()
 
-    def _died(self, worker: Worker, status: Status) -> list[Summary]:
+    def _died(self, worker: Worker, status: Status, error: str | None = None) -> list[Summary]:
         """Record the runs of a unit whose worker is gone; their event files get a session end so
         TensorBoard agrees."""
         worker.process.join(timeout=1)
-        code = worker.process.exitcode
-        how = _how(code).replace("was killed", "killed")
-        if code == -signal.SIGKILL:
-            how += f" ({OUT_OF_MEMORY})"
-        error = f"the worker process running it {how}" if status == Status.FAILED else "interrupted"
+        if error is None:
+            code = worker.process.exitcode
+            how = _how(code).replace("was killed", "killed")
+            if code == -signal.SIGKILL:
+                how += f" ({OUT_OF_MEMORY})"
+            error = f"the worker process running it {how}" if status == Status.FAILED else "interrupted"
         return [
             self.sweep.ended(run, status, error, worker.claims.get(run.folder)) for run in worker.unit.runs
         ]
@@ -382,7 +416,7 @@ def _collect(worker: Worker, others_ready: bool = False, alive: bool = True) -> 
             message = worker.conn.recv()
             if message != READY:
                 return message
-            worker.ready = True
+            worker.ready, worker.ready_at = True, time.monotonic()
     except (EOFError, OSError):
         pass
     if not worker.ready and not alive:

@@ -322,15 +322,16 @@ def changed_spec(
     experiment: str,
     folder: Path,
     runs: int,
+    what: str,
     first: str,
     others: int,
     replace: str,
     keep: str,
     meanwhile: bool = False,
 ) -> str:
-    """One paragraph for an experiment whose finished runs were logged with another configuration
-    (`meanwhile`: by another sweep or a merge while this sweep ran)."""
-    more = f", and {others} more setting{'s' if others != 1 else ''}" if others else ""
+    """One paragraph for an experiment whose finished runs were logged `what` ('with a different
+    configuration', 'by different code'; `meanwhile`: by another sweep or a merge while this one ran)."""
+    more = f", and {others} more difference{'s' if others != 1 else ''}" if others else ""
     done = (
         "by another sweep while this one ran; they are not this spec's results"
         if meanwhile
@@ -338,7 +339,7 @@ def changed_spec(
     )
     return (
         f"{experiment}: {runs} finished run{'s' if runs != 1 else ''} in {folder} "
-        f"{'was' if runs == 1 else 'were'} logged with a different configuration ({first}{more}); "
+        f"{'was' if runs == 1 else 'were'} logged {what} ({first}{more}); "
         f"{done}. To continue, either\n"
         f"  replace {'it' if runs == 1 else 'them'}:  {replace}\n"
         f"  or keep both:  {keep}"

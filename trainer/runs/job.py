@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainer.core.deadline import TimedOut, limit_of, time_limit
 from trainer.core.status import Status
 from trainer.runs import rundir
 from trainer.runs.claims import Claim, ClaimLost, owns
@@ -57,9 +58,11 @@ def execute(
     record = start_record(run, engine or {"name": "loop", "reason": None})
     sink = None
     try:
-        sink = open_run(run, folder, record)
-        record_outcome(run, folder, record, train(run, sink, should_stop, on_progress))
-    except Exception as exc:  # the run's fault is recorded; the sweep goes on
+        with time_limit(run.config.train.timeout):
+            sink = open_run(run, folder, record)
+            outcome = train(run, sink, should_stop, on_progress)
+        record_outcome(run, folder, record, outcome)
+    except (Exception, TimedOut) as exc:  # the run's fault is recorded; the sweep goes on
         if record_fault(folder, record, sink, claim, exc):
             return _finish(folder, record, clock, logdir_fault=True, claim=claim)
     finally:
@@ -101,9 +104,17 @@ def execute_group(
     folders = [logdir / run.folder for run in runs]
     sinks: list[Any] = []
     try:
-        for run, folder, record in zip(runs, folders, records):
-            sinks.append(open_run(run, folder, record))
-        outcomes = train_group(runs, sinks, should_stop, on_progress)
+        with time_limit(limit_of(runs)):
+            for run, folder, record in zip(runs, folders, records):
+                sinks.append(open_run(run, folder, record))
+            outcomes = train_group(runs, sinks, should_stop, on_progress)
+    except TimedOut as exc:  # the group's time is up for each of its runs: no loop engine retries them
+        ended = []
+        for run, folder, record, sink in zip(runs, folders, records, sinks + [None] * len(runs)):
+            claim = claims.get(run.folder)
+            ended.append(Unrecorded(folder, record, claim, record_fault(folder, record, sink, claim, exc)))
+            _close(sink)
+        return _finish_all(ended, clock)
     except Exception as exc:
         for sink in sinks:
             _close(sink)
@@ -158,14 +169,16 @@ def record_outcome(run: RunPlan, folder: Path, record: RunRecord, outcome: Any) 
         record["checkpoint"] = rundir.CHECKPOINT
 
 
-def record_fault(folder: Path, record: RunRecord, sink: Any, claim: Claim | None, exc: Exception) -> bool:
+def record_fault(
+    folder: Path, record: RunRecord, sink: Any, claim: Claim | None, exc: Exception | TimedOut
+) -> bool:
     """Record a run's fault (its event file ends, its traceback is kept); whether the log folder
     itself is at fault (a full or read-only disk), which stops the sweep."""
     # A full or read-only disk is no fault of the run: it is left to be run again once that is fixed.
     logdir_fault = isinstance(exc, OSError) and exc.errno in LOGDIR_ERRNOS
     record.update(
         status=Status.INTERRUPTED if logdir_fault else Status.FAILED,
-        error=portable(f"{type(exc).__name__}: {exc}"),
+        error=str(exc) if isinstance(exc, TimedOut) else portable(f"{type(exc).__name__}: {exc}"),
         steps_done=getattr(exc, "steps_done", record.get("steps_done", 0)),
     )
     try:

@@ -201,6 +201,27 @@ def code_record(run: RunPlan) -> dict[str, Any]:
     return {where: kinds.code_of(path) for where, path in run.code}
 
 
+def code_changes(recorded: Any, current: dict[str, Any]) -> list[str]:
+    """'code of WHERE (FILE): sha256 OLD -> NEW' for each piece of user code whose module a record
+    names with another digest than the current code's (`code_record` of the same run)."""
+    old, new = _digests(recorded), _digests(current)
+    return [
+        f"code of {where} ({current[where].get('file')}): sha256 {old[where][:8]} -> {new[where][:8]}"
+        for where in old
+        if where in new and old[where] != new[where]
+    ]
+
+
+def _digests(code: Any) -> dict[str, str]:
+    if not isinstance(code, dict):
+        return {}
+    return {
+        where: entry["sha256"]
+        for where, entry in code.items()
+        if isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+    }
+
+
 def start_record(run: RunPlan, engine: dict[str, Any]) -> RunRecord:
     """A run's record as it starts: failed until its outcome says otherwise."""
     record = base_record(run, Status.FAILED, None)

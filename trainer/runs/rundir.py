@@ -22,6 +22,7 @@ from typing import Any
 
 from trainer.core.status import Status
 from trainer.runs import claims
+from trainer.spec import schema
 from trainer.tensorboard.events import EVENTS_PREFIX
 from trainer.tensorboard.hparams import is_hparam_value
 
@@ -117,12 +118,17 @@ def _syncfs(path: Path) -> bool:
         os.close(fd)
 
 
+# Settings of `train` that leave what a run computes as it is (trainer.spec.schema.NOT_IDENTITY).
+NOT_IDENTITY = tuple(key.removeprefix("train.") for key in schema.NOT_IDENTITY)
+
+
 def data_digest(data: dict[str, Any]) -> str:
     """A hash of everything in a configuration, as plain data (as config.yaml holds it), that
-    changes what a run computes or logs (not its description, nor the engine that trains it)."""
+    changes what a run computes or logs (not its description, the engine that trains it, nor the time
+    it may take)."""
     data = {key: value for key, value in data.items() if key != "description"}
     if isinstance(data.get("train"), dict):  # both engines compute the same run
-        data["train"] = {key: value for key, value in data["train"].items() if key != "engine"}
+        data["train"] = {key: value for key, value in data["train"].items() if key not in NOT_IDENTITY}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

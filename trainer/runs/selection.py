@@ -15,6 +15,7 @@ from trainer.core.errors import LogDirError
 from trainer.core.status import FINISHED, Status
 from trainer.runs import claims, rundir, verify
 from trainer.runs.job import Summary
+from trainer.runs.record import code_changes, code_record
 from trainer.spec.plan import RunPlan
 
 
@@ -24,7 +25,7 @@ class Verdict(enum.Enum):
     RUN = "run"
     KEPT = "kept"  # complete with the same configuration
     KEPT_FAILED = "kept_failed"  # failed before with the same configuration; --rerun-failed retries
-    CHANGED = "changed"  # finished with another configuration: nothing runs
+    CHANGED = "changed"  # finished with another configuration or code: nothing runs
 
 
 @dataclass
@@ -127,20 +128,25 @@ def select(
 
 def recorded_otherwise(runs: list[RunPlan], logdir: Path, report: Report) -> None:
     """Of the runs this sweep left to another (a sweep, or a merge), those now recorded with another
-    configuration than this sweep's: they are not its results, and are reported as changed."""
+    configuration or code than this sweep's: they are not its results, and are reported as changed."""
     mine = {run.folder: run for run in runs}
     for folder in list(report.elsewhere):
         run = mine.get(folder)
         record = rundir.read_record(logdir / folder) if run is not None else None
-        if record is not None and record.get("config_digest") != rundir.data_digest(run.config_data):
+        if record is not None and not same_run(record, run):
             report.elsewhere.remove(folder)
             report.changed.append((run, record))
 
 
-def _verdict(state: rundir.RunState, run: RunPlan, force: bool, rerun_failed: bool) -> Verdict:
-    same = state.record is not None and state.record.get("config_digest") == rundir.data_digest(
-        run.config_data
+def same_run(record: dict[str, Any], run: RunPlan) -> bool:
+    """Whether a record is of this planned run: the same configuration, made by the same user code."""
+    return record.get("config_digest") == rundir.data_digest(run.config_data) and not code_changes(
+        record.get("code"), code_record(run)
     )
+
+
+def _verdict(state: rundir.RunState, run: RunPlan, force: bool, rerun_failed: bool) -> Verdict:
+    same = state.record is not None and same_run(state.record, run)
     if force or state.state in (
         Status.MISSING,
         Status.UNFINISHED,
@@ -155,21 +161,20 @@ def _verdict(state: rundir.RunState, run: RunPlan, force: bool, rerun_failed: bo
 
 
 class ChangedConfig(LogDirError):
-    """Finished runs that the spec now configures differently; nothing was run. The CLI words it
-    with the commands that continue; this message is for other callers."""
+    """Finished runs that the spec now configures differently, or that other code made; nothing was
+    run. The CLI words it with the commands that continue; this message is for other callers."""
 
     def __init__(self, logdir: Path, changed: list[tuple[RunPlan, dict[str, Any]]]):
         self.changed = changed
         lines = [
-            f"{logdir / run.folder}: logged with a different configuration "
-            f"({describe_changes(record.get('config', {}), run)})"
+            f"{logdir / run.folder}: logged {what_changed(record, run)} ({describe_changes(record, run)})"
             for run, record in changed[:10]
         ]
         if len(changed) > 10:
             lines.append(f"... and {len(changed) - 10} more")
         lines.append(
             f"{len(changed)} finished run{'s' if len(changed) > 1 else ''} would be replaced; nothing "
-            f"was run. Pass --force to rerun them with the new configuration, or give another --logdir "
+            f"was run. Pass --force to rerun them as the spec and its code are now, or give another --logdir "
             f"to keep both."
         )
         super().__init__(lines)
@@ -182,22 +187,38 @@ class ChangedConfig(LogDirError):
         return groups
 
     @staticmethod
-    def first_difference(group: list[tuple[RunPlan, dict[str, Any]]]) -> tuple[str, int]:
-        """'key: old -> new' for the first setting that differs in the group's first run, and how many more do."""
+    def first_difference(group: list[tuple[RunPlan, dict[str, Any]]]) -> tuple[str, str, int]:
+        """For the group's first run: what differs ('with a different configuration' or 'by
+        different code'), the first difference ('key: old -> new'), and how many more there are."""
         run, record = group[0]
-        diffs = changes(record.get("config", {}), run)
-        return (diffs[0], len(diffs) - 1) if diffs else ("the code's version", 0)
+        diffs = changes(record, run)
+        first, others = (diffs[0], len(diffs) - 1) if diffs else ("the trainer's configuration format", 0)
+        return what_changed(record, run), first, others
 
 
-def changes(old: dict[str, Any], run: RunPlan) -> list[str]:
-    """'key: old -> new' for every setting a run's recorded configuration has otherwise."""
-    new = run.config_data
-    return [f"{k}: {_short(a)} -> {_short(b)}" for k, a, b in _diff(old, new, "") if k != "description"]
+def what_changed(record: dict[str, Any], run: RunPlan) -> str:
+    """'with a different configuration', or 'by different code' when only the user code differs."""
+    if record.get("config_digest") != rundir.data_digest(run.config_data):
+        return "with a different configuration"
+    return "by different code"
 
 
-def describe_changes(old: dict[str, Any], run: RunPlan) -> str:
-    diffs = changes(old, run)
-    return "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "") or "code version"
+def changes(record: dict[str, Any], run: RunPlan) -> list[str]:
+    """'key: old -> new' for every setting a run's recorded configuration has otherwise, then
+    'code of WHERE (FILE): sha256 OLD -> NEW' for each piece of user code that differs."""
+    old = record.get("config") if isinstance(record.get("config"), dict) else {}
+    settings = [
+        f"{k}: {_short(a)} -> {_short(b)}"
+        for k, a, b in _diff(old, run.config_data, "")
+        if k != "description"
+    ]
+    return settings + code_changes(record.get("code"), code_record(run))
+
+
+def describe_changes(record: dict[str, Any], run: RunPlan) -> str:
+    diffs = changes(record, run)
+    shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+    return shown or "the trainer's configuration format"
 
 
 def _short(value: Any) -> str:

@@ -16,6 +16,7 @@ from trainer.core.strict import is_import_path
 from trainer.kinds.registry import FAMILIES
 from trainer.spec.schema import (
     EXPERIMENT_NAME,
+    NOT_IDENTITY,
     Config,
     Invalid,
     ReportSettings,
@@ -82,11 +83,11 @@ class Spec:
 
     @property
     def overridden(self) -> list[str]:
-        """Keys changed by --set that the sweep does not vary; they join the run names (but for the
-        engine, which trains the same run either way)."""
+        """Keys changed by --set that the sweep does not vary; they join the run names (but for
+        settings that change nothing the run computes, such as the engine)."""
         return list(
             dict.fromkeys(
-                o.key for o in self.overrides if o.key not in self.sweep and o.key != "train.engine"
+                o.key for o in self.overrides if o.key not in self.sweep and o.key not in NOT_IDENTITY
             )
         )
 

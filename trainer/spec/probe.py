@@ -4,83 +4,62 @@ and run forward on one batch, the loss and the metrics computed on its output.
 So a data function that raises, a model whose output does not fit the targets or the loss, or a
 metric that fails is reported when the sweep is planned, with the spec's file and line, and
 nothing is written. Each distinct combination of data, model, loss, metrics and batch size is
-tried once, in a process of its own (probe_apart): user code that crashes or exits ends that
-process, and the sweep says so in one sentence.
+tried once, in the planning's child process (trainer.spec.apart): user code that crashes or exits
+ends that process, and the sweep says so in one sentence. User data is inspected there too.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
-import signal
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from trainer.core.errors import SpecError
-from trainer.core.output import unbroken_output
+from trainer.core.deadline import TimedOut, time_limit
 from trainer.core.strict import Invalid, as_data
 from trainer.kinds import data, losses, metrics
 from trainer.kinds.models import build_model
+from trainer.spec.apart import Apart, Trying
 from trainer.spec.plan import RunPlan
 
 Found = tuple[list[RunPlan], list[tuple[RunPlan, str, str]]]
 
 
-def probe_apart(runs: list[RunPlan]) -> Found:
-    """probe(runs) in a child process (forked from the workers' fork server where there is one).
-    A child that dies (a segfault, os._exit, the out-of-memory killer) is one SpecError naming the
-    spec and the user code it was trying; nothing is written."""
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    if ctx.get_start_method() == "forkserver":
-        ctx.set_forkserver_preload(["torch", __name__])  # kept as it is where the server runs already
-    here, there = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_probe_child, args=(there, runs), daemon=True)
-    child.start()
-    there.close()
-    trying: tuple[str, str] | None = None
+def probe_apart(runs: list[RunPlan], apart: Apart) -> Found:
+    """probe(runs) in the planning's child process (trainer.spec.apart): a crash there is one
+    SpecError naming the spec and the user code it was trying."""
+    return apart.call(_probe, runs, trying=("the specs", "their user code"))
+
+
+def _probe(runs: list[RunPlan], said: Callable[[Trying], None]) -> Found:
+    return probe(runs, lambda run: said((run.spec_path, f"{_named_code(run)} on one batch")))
+
+
+def inspect_apart(spec: Any, folder: Path, timeout: float | None, where: str, apart: Apart) -> data.DataInfo:
+    """data.inspect of a user data kind in the planning's child process, within train.timeout;
+    each distinct data configuration is called once per plan."""
+    key = (json.dumps(as_data(spec), sort_keys=True, default=str), str(folder), timeout)
+    if key not in apart.cache:
+        try:
+            apart.cache[key] = apart.call(
+                _inspect, spec, folder, timeout, trying=(where, f"data {spec.kind!r}")
+            )
+        except Invalid as invalid:
+            apart.cache[key] = invalid
+    found = apart.cache[key]
+    if isinstance(found, Invalid):
+        raise found
+    return found
+
+
+def _inspect(spec: Any, folder: Path, timeout: float | None, said: Callable[[Trying], None]) -> data.DataInfo:
     try:
-        while True:
-            try:
-                message, value = here.recv()
-            except EOFError:
-                break
-            if message == "trying":
-                trying = value
-            elif message == "done":
-                return value
-            else:  # "raised": a fault of ours, not of the user code
-                raise RuntimeError(value)
-    finally:
-        child.join()
-        here.close()
-    code = child.exitcode
-    how = (
-        f"was killed by signal {signal.Signals(-code).name}"
-        if code is not None and code < 0
-        else f"exited with status {code}"
-    )
-    spec, what = trying or ("the specs", "their user code")
-    raise SpecError(
-        f"{spec}: trying {what} on one batch, its process {how}: the user code crashed or ended it; "
-        f"nothing was run or written"
-    )
-
-
-def _probe_child(conn: Any, runs: list[RunPlan]) -> None:
-    unbroken_output()
-
-    def trying(run: RunPlan) -> None:
-        conn.send(("trying", (run.spec_path, _named_code(run))))
-
-    try:
-        conn.send(("done", probe(runs, trying)))
-    except BaseException as exc:
-        conn.send(("raised", f"{type(exc).__name__}: {exc}"))
-    finally:
-        conn.close()
+        with time_limit(timeout):
+            return data.inspect(spec, folder)
+    except TimedOut as late:
+        message = f"calling {spec.kind!r} took longer than the limit, train.timeout ({late.seconds:g} s)"
+        raise Invalid([("data.kind", message)]) from None
 
 
 def _named_code(run: RunPlan) -> str:
@@ -101,7 +80,14 @@ def probe(runs: list[RunPlan], trying: Callable[[RunPlan], None] = lambda run: N
         if key not in tried:
             trying(run)
             try:
-                tried[key] = try_run(run)
+                with time_limit(run.config.train.timeout):
+                    tried[key] = try_run(run)
+            except TimedOut as late:
+                message = (
+                    f"trying {_named_code(run)} on one batch took longer than the limit ({late.seconds:g} s)"
+                )
+                tried[key] = ("train.timeout", message)
+                problems.append((run, *tried[key]))
             except Invalid as invalid:
                 tried[key] = invalid.problems[0]
                 problems.append((run, *invalid.problems[0]))

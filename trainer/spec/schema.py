@@ -50,6 +50,9 @@ def experiment_name(name: Any) -> str | None:
 
 # --- training, evaluation, logging ------------------------------------------------------------
 
+# Settings that leave what a run computes as it is: no part of its name or its configuration's digest.
+NOT_IDENTITY = ("train.engine", "train.timeout")
+
 
 @dataclass(frozen=True, kw_only=True)
 class TrainSettings:
@@ -76,6 +79,12 @@ class TrainSettings:
         None,
         greater_than(0),
         doc="clip the gradients' total norm to this before each update (logged clipped)",
+    )
+    timeout: float | None = setting(
+        None,
+        greater_than(0),
+        doc="wall seconds a run may take; one that takes longer ends as failed (timed out) and frees its "
+        "worker. A batched group has the largest of its runs' limits. Not part of the run's identity",
     )
 
     def problems(self) -> list[tuple[str, str]]:

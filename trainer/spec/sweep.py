@@ -12,10 +12,11 @@ from trainer.core.strict import is_import_path, reusing
 from trainer.kinds import data, losses, metrics, models
 from trainer.kinds import registry as kinds
 from trainer.kinds.models import LinearModel
+from trainer.spec.apart import Apart
 from trainer.spec.files import Spec, combine, load_spec, parent_key, parse_overrides
 from trainer.spec.names import run_name
 from trainer.spec.plan import RunPlan
-from trainer.spec.probe import probe_apart
+from trainer.spec.probe import inspect_apart, probe_apart
 from trainer.spec.schema import Config, Invalid, build, check_key, experiment_name
 
 MAX_RUNS = 10_000
@@ -48,6 +49,11 @@ def plan(paths: list[str], overrides: list[str] = (), allow_large: bool = False)
     bad = [(o, problem) for o in parsed if (problem := check_key(Config, o.key, opened)) is not None]
     if bad:
         raise SpecError([f"--set {o.text}: {problem}" for o, problem in bad])
+    with Apart() as apart:  # the user code that planning calls runs there
+        return _planned(loaded, problems, allow_large, apart)
+
+
+def _planned(loaded: list[Spec], problems: list[str], allow_large: bool, apart: Apart) -> list[RunPlan]:
     runs: list[RunPlan] = []
     specs: dict[str, Spec] = {}
     names: dict[str, Spec] = {}
@@ -61,11 +67,11 @@ def plan(paths: list[str], overrides: list[str] = (), allow_large: bool = False)
                 problems.append(_same_name(spec, other))
                 continue
         try:
-            runs.extend(expand(spec, allow_large))
+            runs.extend(expand(spec, allow_large, apart))
         except SpecError as exc:
             problems.extend(exc.problems)
     if not problems and any(run.code for run in runs):
-        runs, found = probe_apart(runs)
+        runs, found = probe_apart(runs, apart)
         problems.extend(
             f"{_locate(specs[run.spec_path], key)}: {key}: {message} (run {run.folder})"
             for run, key, message in found
@@ -98,7 +104,7 @@ def _case_note(name: str, other: str) -> str:
     )
 
 
-def expand(spec: Spec, allow_large: bool = False) -> list[RunPlan]:
+def expand(spec: Spec, allow_large: bool = False, apart: Apart | None = None) -> list[RunPlan]:
     """Every run of one spec, validated; problems raise SpecError."""
     count = math.prod(len(v) for v in spec.sweep.values())
     if count > MAX_RUNS and not allow_large:
@@ -119,7 +125,7 @@ def expand(spec: Spec, allow_large: bool = False) -> list[RunPlan]:
                 raw = combine(spec, values)
                 named = [(k, values[k]) if k in values else (k, _lookup(raw, k)) for k in keys]
                 name = run_name(named, spec.sweep)
-                run = _validate(spec, raw, name, tuple(named))
+                run = _validate(spec, raw, name, tuple(named), apart)
             except Invalid as invalid:
                 for key, message in invalid.problems:
                     found.setdefault(f"{_locate(spec, key, indices)}: {key}: {message}", []).append(
@@ -179,10 +185,15 @@ def _locate(spec: Spec, key: str, indices: dict[str, int] | None = None) -> str:
     return spec.where(key)
 
 
-def _validate(spec: Spec, raw: dict[str, Any], name: str, swept: tuple[tuple[str, Any], ...]) -> RunPlan:
+def _validate(
+    spec: Spec, raw: dict[str, Any], name: str, swept: tuple[tuple[str, Any], ...], apart: Apart | None
+) -> RunPlan:
     with kinds.searching(spec.folder):
         config: Config = build(Config, raw)
-    info = data.inspect(config.data, spec.folder)
+    if apart is not None and kinds.kind_of(config.data).is_user_code:
+        info = inspect_apart(config.data, spec.folder, config.train.timeout, spec.path, apart)
+    else:
+        info = data.inspect(config.data, spec.folder)
     problems: list[tuple[str, str]] = []
     batch = config.train.batch_size
     batch_size = info.rows if batch == "full" else batch

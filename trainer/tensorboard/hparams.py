@@ -100,6 +100,8 @@ STATUS = {
 
 # Settings that change what is logged, not what is learned.
 NOT_HPARAMS = ("name", "description", "log")
+# Settings that change nothing a run computes: no HParams column of their own.
+NOT_HPARAM_KEYS = ("train.timeout",)
 
 
 def hparams_of(config: Any, experiment: str, resolved: dict[str, float]) -> dict[str, HParamValue]:
@@ -121,7 +123,7 @@ def _flatten(node: Any, prefix: str, out: dict[str, HParamValue]) -> None:
     columns = _columns(type(node))
     for f in fields(node):
         key = f"{prefix}{f.name}"
-        if not prefix and f.name in NOT_HPARAMS:
+        if (not prefix and f.name in NOT_HPARAMS) or key in NOT_HPARAM_KEYS:
             continue
         value = getattr(node, f.name)
         if is_dataclass(value):

@@ -152,7 +152,7 @@ def train(
             if should_stop() and step + 1 < run.steps:
                 status, last = Status.INTERRUPTED, step
                 break
-    except Exception as exc:
+    except BaseException as exc:  # TimedOut too (trainer.core.deadline)
         with contextlib.suppress(AttributeError):  # the steps before it: the record says where it stopped
             exc.steps_done = step
         raise

@@ -1,0 +1,54 @@
+"""A run knows which code made it: a rerun after the user's module changed, and records that other
+code made, are never counted as the spec's results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_faults import toy_spec, trainer
+
+HOOK = """\
+def hook(writer, step, model, **context):
+    return None  # version {version}
+"""
+
+
+def hooked_spec(folder: Path, version: int) -> Path:
+    """A seed_toy sweep of two seeds whose log hook lives in folder/myhook.py."""
+    spec = toy_spec(folder, "train.seed: [0, 1]", steps=20)
+    spec.write_text(spec.read_text().replace("log: {", "log: {hook: 'myhook:hook', "))
+    (folder / "myhook.py").write_text(HOOK.format(version=version))
+    return spec
+
+
+@pytest.mark.slow
+def test_a_rerun_after_the_users_module_changed_refuses_the_runs_of_the_old_code(tmp_path):
+    hooked_spec(tmp_path, version=1)
+    args = ["--logdir", "logs", "--workers", "1"]
+    code, out, err = trainer(tmp_path, "sweep", "toy.yaml", *args)
+    assert code == 0, out + err
+    old = json.loads((tmp_path / "logs/toy/seed=0/record.json").read_text())["code"]["log.hook"]["sha256"]
+
+    code, out, err = trainer(tmp_path, "sweep", "toy.yaml", *args)  # the same code: kept
+    assert code == 0 and "2 already done" in out, out + err
+
+    (tmp_path / "myhook.py").write_text(HOOK.format(version=2))
+    new = __import__("hashlib").sha256((tmp_path / "myhook.py").read_bytes()).hexdigest()
+    code, out, err = trainer(tmp_path, "sweep", "toy.yaml", *args)
+    assert code == 2, out + err
+    assert (
+        f"error: toy: 2 finished runs in {Path('logs') / 'toy'} were logged by different code "
+        f"(code of log.hook (myhook.py): sha256 {old[:8]} -> {new[:8]}); nothing was run."
+    ) in err
+    assert "--force" in err
+    assert (
+        json.loads((tmp_path / "logs/toy/seed=0/record.json").read_text())["code"]["log.hook"]["sha256"]
+        == old
+    )
+
+    code, out, err = trainer(tmp_path, "sweep", "toy.yaml", *args, "--force")
+    assert code == 0 and "2 run now" in out, out + err
+    record = json.loads((tmp_path / "logs/toy/seed=0/record.json").read_text())
+    assert record["code"]["log.hook"]["sha256"] == new

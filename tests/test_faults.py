@@ -337,7 +337,11 @@ def test_sigkill_mid_sweep_then_rerun_gives_the_uninterrupted_results(tmp_path, 
 LONG_STEPS = 15000
 
 
-def test_ctrl_c_records_the_run_in_flight_as_interrupted_and_the_same_command_resumes(tmp_path, sweeps):
+# Ctrl-C in a terminal, and the hangup a terminal that closes sends its processes.
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "hangup"])
+def test_ctrl_c_records_the_run_in_flight_as_interrupted_and_the_same_command_resumes(
+    tmp_path, sweeps, signum
+):
     # The long run starts first; the other worker gets through the two short ones meanwhile.
     spec = toy_spec(tmp_path, f"train.steps: [200, 300, {LONG_STEPS}]", every=50)
     logdir = tmp_path / "logs"
@@ -358,10 +362,10 @@ def test_ctrl_c_records_the_run_in_flight_as_interrupted_and_the_same_command_re
     }
     kept = {n: run_fingerprints(logdir, f"toy/{n}") for n in short}
 
-    os.killpg(sweep.process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    os.killpg(sweep.process.pid, signum)
     code, out, err = sweep.finish()
     assert code == 130, out + err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "leaked" not in err
     # The command is spelled for the shell that ran it: this Python's path where `python` is another.
     assert re.search(
         rf"to resume, run the same command again:\n  \S*python -m trainer sweep {re.escape(str(spec))} "

@@ -240,6 +240,53 @@ def test_a_run_that_changes_its_data_in_place_changes_nothing_for_the_next_run_i
         assert together["metrics"] == alone["metrics"], f"seed {seed}"
 
 
+DATASET_AND_HOOK = """\
+import torch
+
+
+class Rows(torch.utils.data.Dataset):
+    def __init__(self):
+        self.x = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0], [2.0, 1.0], [1.0, 2.0]])
+        self.y = self.x @ torch.tensor([1.0, 2.0])
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+def load():
+    return Rows()
+
+
+def hook(writer, step, model, dataset, **context):
+    if step == 0:
+        dataset.dataset.x.mul_(10.0)  # through the Subset that data.validation made
+"""
+
+
+@pytest.mark.slow
+def test_a_run_that_changes_its_map_style_dataset_changes_nothing_for_the_next_run(tmp_path):
+    toy_spec(tmp_path, "train.seed: [0, 1, 2]", steps=40, every=1)
+    spec = tmp_path / "toy.yaml"
+    text = spec.read_text().replace("eval: {every: 100}", "eval: {every: 20}")
+    text = text.replace("data: {kind: seed_toy}", "data: {kind: 'rows:load', validation: 0.34}")
+    spec.write_text(text.replace("log: {", "log: {hook: 'rows:hook', "))
+    (tmp_path / "rows.py").write_text(DATASET_AND_HOOK)
+    args = ["--workers", "1", "--set", "train.engine=loop"]
+    assert trainer(tmp_path, "sweep", "toy.yaml", "--logdir", "together", *args)[0] == 0
+    for seed in (1, 2):
+        alone = ["--set", f"train.seed={seed}", "--logdir", f"alone{seed}"]
+        code, out, err = trainer(tmp_path, "sweep", "toy.yaml", *alone, *args)
+        assert code == 0, out + err
+        together = strict_json(tmp_path / f"together/toy/seed={seed}/record.json")
+        (alone,) = (tmp_path / f"alone{seed}/toy").glob("*/record.json")
+        alone = strict_json(alone)
+        assert together["weights_sha256"] == alone["weights_sha256"], f"seed {seed}"
+        assert together["metrics"] == alone["metrics"], f"seed {seed}"
+
+
 HOLD_SECOND_CLAIM = """\
 import trainer.runs.claims as claims_module
 

@@ -2,7 +2,7 @@
 runs them (trainer.executors.base), and the tally of what became of each comes back.
 
 The driver knows no executor: it picks one by name from the registry and hands it the units and a
-Sweep. Ctrl-C and SIGTERM are a flag for the whole sweep, wherever its runs are.
+Sweep. Ctrl-C, SIGTERM and SIGHUP are a flag for the whole sweep, wherever its runs are.
 """
 
 from __future__ import annotations

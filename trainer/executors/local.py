@@ -4,7 +4,7 @@ process itself).
 The parent process never imports torch: it hands units to workers one at a time (longest first, so
 both cores stay busy to the end) and keeps the claims fresh. A worker that dies is replaced and its
 runs recorded as failed; a worker whose parent dies is killed by the kernel (Linux) or exits within
-half a second. Ctrl-C and SIGTERM only set a flag: the workers stop at their next chunk of steps and
+half a second. Ctrl-C, SIGTERM and SIGHUP only set a flag: the workers stop at their next chunk of steps and
 record their runs as interrupted.
 """
 
@@ -82,7 +82,7 @@ def _run_here(todo: list[Unit], sweep: Sweep) -> None:
 
 
 def _worker_main(conn: multiprocessing.connection.Connection, stop: Any, parent: int) -> None:
-    """A worker: one torch thread, deaf to Ctrl-C and SIGTERM (the parent decides), gone when the parent is."""
+    """A worker: one torch thread, deaf to the stop signals (the parent decides), gone when the parent is."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the parent until now

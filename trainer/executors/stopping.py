@@ -1,4 +1,4 @@
-"""Stopping a sweep: Ctrl-C and SIGTERM as a flag, and the one stop -> grace -> kill sequence that
+"""Stopping a sweep: Ctrl-C, SIGTERM and SIGHUP as a flag, and the one stop -> grace -> kill sequence that
 every executor follows."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ STOP_GRACE = 10.0
 
 
 class StopRequest:
-    """Ctrl-C and SIGTERM as a flag that the driver and the executors read between their own steps.
+    """Ctrl-C, SIGTERM and SIGHUP as a flag that the driver and the executors read between their own steps.
 
     The handlers raise nothing: an exception raised at an arbitrary line could lose a summary a
     worker had already sent, or leave a claim unreleased. They count the signal and wake the

@@ -9,7 +9,7 @@ import signal
 from typing import Any
 
 # Ctrl-C reaches every process of the terminal's group, SIGTERM often too; only the parent acts on them.
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}  # SIGHUP: the terminal closed
 
 # What a worker needs before its first run: imported once, by the fork server, for every worker.
 WORKER_MODULES = [

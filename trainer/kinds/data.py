@@ -15,6 +15,7 @@ on one Dataset; CSV parsing, which stands alone, is in trainer.kinds.tables.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -127,12 +128,16 @@ class Split:
     def __len__(self) -> int:
         return len(self.dataset) if self.dataset is not None else int(self.x.shape[0])
 
-    def to(self, device: torch.device | str) -> Split:
+    def to(self, device: torch.device | str, memo: dict[int, Any] | None = None) -> Split:
         """The rows on a device, as a copy of their own: a run (or its hook) that changes them in
-        place changes nothing for the runs after it, which share the cache (a map-style Dataset is
-        the user's own object, handed on as it is)."""
+        place changes nothing for the runs after it, which share the cache. A map-style Dataset is
+        deep-copied (`memo` shared by the splits of one dataset, so a Subset's source is copied
+        once); one that cannot be copied (an open file, a connection) is handed on as it is."""
         if self.dataset is not None:
-            return self
+            try:
+                return Split(dataset=copy.deepcopy(self.dataset, memo if memo is not None else {}))
+            except Exception:
+                return self
         return Split(self.x.to(device, copy=True), self.y.to(device, copy=True))
 
 
@@ -441,9 +446,10 @@ def load(spec: Any, folder: Path, device: torch.device | str = "cpu") -> Dataset
         train, validation = _hold_out(train, spec.validation, spec.split_seed)
     if isinstance(spec, CsvData) and spec.standardize:
         train, validation = _standardized(train, validation)
+    memo: dict[int, Any] = {}
     return Dataset(
-        train.to(device),
-        validation.to(device) if validation is not None else None,
+        train.to(device, memo),
+        validation.to(device, memo) if validation is not None else None,
         built.true_weights.to(device, copy=True) if built.true_weights is not None else None,
         built.true_bias,
         built.classes,

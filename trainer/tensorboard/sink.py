@@ -24,7 +24,7 @@ from trainer.spec.schema import LogSettings
 from trainer.tensorboard import events
 from trainer.tensorboard.events import EventFile, HistogramBlock, ScalarBlock, ScalarTags, summary_event
 from trainer.tensorboard.hparams import session_end_pb, session_start_pb
-from trainer.training.capture import HistogramBatch, bucket_layout, capture_for
+from trainer.training.capture import HistogramBatch, ModelParameters, bucket_layout, capture_for
 from trainer.training.sink import Captured, Evaluation, split_parameters
 
 # Tags. They are short on purpose: a step's event repeats every tag, so tag length is most of a
@@ -162,9 +162,12 @@ class TensorBoardSink:
         self.optimizer = optimizer
         small, large = split_parameters(model, self.max_elements)
         self.params = [p for _, p in small + large]
+        index = {id(p): i for i, p in enumerate(model.parameters())}
+        # What is logged at each step, and at the end, is the parameters as the model holds them then.
+        self.current = ModelParameters(model, [index[id(p)] for p in self.params])
         self.small_count = len(small)
         if capturing:
-            self.capturing = capture_for([p for _, p in small], [p for _, p in large])
+            self.capturing = capture_for([p for _, p in small], [p for _, p in large], self.current)
         linear = isinstance(model, torch.nn.Linear)
         curves = [e for n, p in small for e in element_names(n, p.shape, linear)]
         curves += [f"{n}.norm" for n, _ in large]
@@ -224,8 +227,9 @@ class TensorBoardSink:
             self.events.write_raw(event)
         body = []
         if status == Status.COMPLETE:
-            small, large = self.params[: self.small_count], self.params[self.small_count :]
-            weights = [p.detach().view(-1) for p in small]
+            params = self.current()
+            small, large = params[: self.small_count], params[self.small_count :]
+            weights = [p.detach().reshape(-1) for p in small]
             weights += [torch.linalg.vector_norm(p.detach()).view(1) for p in large]
             body.append(self.final_tags.encode(torch.cat(weights).tolist()))
             if final is not None:

@@ -13,12 +13,33 @@ sum, sum of squares and equal-width bucket counts (no more buckets than elements
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 HISTOGRAM_BINS = 30
+
+# The parameters a capture reads at a step, as the model holds them then (small ones first).
+Source = Callable[[], list[torch.nn.Parameter]]
+
+
+class ModelParameters:
+    """The model's parameters (in `order`, indices into model.parameters()), looked up afresh at each
+    call: what is logged and updated is the parameter the model holds then, however the user's code
+    changed it (in place, by rebinding `.data`, or by putting a new Parameter in the model). Each is
+    read from the module that holds it, by name: a tenth of the cost of walking the model."""
+
+    def __init__(self, model: torch.nn.Module, order: list[int] | None = None):
+        owners = []
+        for name, _ in model.named_parameters():
+            path, _, attribute = name.rpartition(".")
+            owners.append((model.get_submodule(path), attribute))
+        self.owners = owners if order is None else [owners[i] for i in order]
+
+    def __call__(self) -> list[torch.nn.Parameter]:
+        return [getattr(module, attribute) for module, attribute in self.owners]
 
 
 def bucket_layout(sizes: list[int], bins: int = HISTOGRAM_BINS) -> tuple[list[int], list[int]]:
@@ -65,15 +86,17 @@ class HostCapture:
     # Copies of this many elements a step, for a chunk of steps, stay well under 100 MB.
     MAX_ELEMENTS = 50_000
 
-    def __init__(self, small: list[torch.nn.Parameter], large: list[torch.nn.Parameter]):
-        self.params = small + large
+    def __init__(
+        self, small: list[torch.nn.Parameter], large: list[torch.nn.Parameter], source: Source | None = None
+    ):
+        params = small + large
+        self.source = source or (lambda: params)
+        self.sizes = [p.numel() for p in params]
         self.layout = Layout([p.numel() for p in small], [p.numel() for p in large])
         self.bins, self.starts = self.layout.bins, self.layout.starts
-        # Buffers share the parameters' memory: the optimizer updates in place, so they stay current.
-        self.memory = [memoryview(p.detach().numpy()).cast("B") for p in self.params]
-        self.zeros = [
-            bytes(4 * p.numel()) for p in self.params
-        ]  # the gradient of a parameter the loss missed
+        self.zeros = [bytes(4 * n) for n in self.sizes]  # the gradient of a parameter the loss missed
+        self.held: list[int] = []  # the storage addresses `memory` views
+        self.memory: list[memoryview] = []
         self.reset()
 
     def reset(self) -> None:
@@ -85,15 +108,25 @@ class HostCapture:
         # Between two steps the training loop's own code fills the CPU's caches, so what counts
         # here is how much code runs, not how many bytes move: joining the tensors' raw memory
         # into one bytes object is a fraction of the cost of a NumPy or torch copy.
-        self.weights.append(b"".join(self.memory))
+        params = self.source()
+        self.weights.append(b"".join(self._memory(params)))
         # A copy of the gradients too, not a reference: clipping, accumulation or an optimizer
         # may change them in place after this step.
         self.grads.append(
-            b"".join(
-                [_raw(p.grad) if p.grad is not None else zero for p, zero in zip(self.params, self.zeros)]
-            )
+            b"".join([_raw(p.grad) if p.grad is not None else zero for p, zero in zip(params, self.zeros)])
         )
         self.histogram_flags.append(histogram)
+
+    def _memory(self, params: list[torch.nn.Parameter]) -> list[memoryview]:
+        """Views of the parameters' memory, made again only when a parameter's storage is another
+        than at the last step (the views hold the old storage, so its address cannot be reused)."""
+        held = [p.data_ptr() for p in params]
+        if held != self.held:
+            check_sizes(params, self.sizes)
+            self.memory = [_raw(p) for p in params]
+            # A parameter that is not contiguous float32 memory was copied: looked up again each step.
+            self.held = held if all(_live(p) for p in params) else []
+        return self.memory
 
     def take(self) -> tuple[np.ndarray, HistogramBatch | None]:
         count = len(self.weights)
@@ -176,13 +209,15 @@ class Layout:
 class DeviceCapture:
     """For parameters on a GPU: small tensors on the device, a few transfers per chunk."""
 
-    def __init__(self, small: list[torch.nn.Parameter], large: list[torch.nn.Parameter]):
-        self.small, self.large = small, large
-        self.params = small + large
-        views = [p.detach().view(-1) for p in small]
-        self.copy_weights = (lambda: views[0].clone()) if len(views) == 1 else (lambda: torch.cat(views))
-        self.large_weights = [p.detach() for p in large]
-        sizes = [p.numel() for p in self.params] * 2
+    def __init__(
+        self, small: list[torch.nn.Parameter], large: list[torch.nn.Parameter], source: Source | None = None
+    ):
+        params = small + large
+        self.source = source or (lambda: params)
+        self.small, self.large = len(small), len(large)
+        self.params = params
+        self.sizes = [p.numel() for p in params]
+        sizes = self.sizes * 2
         self.bins, self.starts = bucket_layout(sizes)
         device = self.params[0].device
         self.segment = torch.repeat_interleave(
@@ -199,18 +234,20 @@ class DeviceCapture:
         self.histogram_rows: list[torch.Tensor] = []
 
     def capture(self, histogram: bool) -> None:
-        if self.small:
-            self.weights.append(self.copy_weights())
-            self.grads.append(
-                torch.cat([_grad(p).reshape(-1) for p in self.small])
-            )  # a copy: see HostCapture
-        if self.large:
+        params = self.source()
+        if params is not self.params:
+            check_sizes(params, self.sizes)
+        small, large = params[: self.small], params[self.small :]
+        if small:  # copies, of the weights as of the gradients: see HostCapture
+            self.weights.append(torch.cat([p.detach().reshape(-1) for p in small]))
+            self.grads.append(torch.cat([_grad(p).reshape(-1) for p in small]))
+        if large:
             self.norms.append(
-                torch.stack(torch._foreach_norm([*self.large_weights, *(_grad(p) for p in self.large)]))
+                torch.stack(torch._foreach_norm([*(p.detach() for p in large), *(_grad(p) for p in large)]))
             )
         if histogram:
             self.histogram_rows.append(
-                self._histogram([p.detach() for p in self.params] + [_grad(p) for p in self.params])
+                self._histogram([p.detach() for p in params] + [_grad(p) for p in params])
             )
 
     def _histogram(self, tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -232,17 +269,19 @@ class DeviceCapture:
 
     def take(self) -> tuple[np.ndarray, HistogramBatch | None]:
         count = len(self.weights) or len(self.norms)
+        if not count:  # a chunk in which no step was logged
+            return np.zeros((0, 0)), None
         parts = []
         norms = torch.stack(self.norms) if self.large else None
         if self.small:
             parts.append(torch.stack(self.weights).view(count, -1))
         if norms is not None:
-            parts.append(norms[:, : len(self.large)])
+            parts.append(norms[:, : self.large])
         if self.small:
             parts.append(torch.stack(self.grads))
         if norms is not None:
-            parts.append(norms[:, len(self.large) :])
-        rows = torch.cat(parts, dim=1).double().cpu().numpy() if count else np.zeros((0, 0))
+            parts.append(norms[:, self.large :])
+        rows = torch.cat(parts, dim=1).double().cpu().numpy()
         histograms = None
         n = 2 * len(self.params)
         if self.histogram_rows:
@@ -262,8 +301,23 @@ class DeviceCapture:
 
 def _raw(tensor: torch.Tensor) -> memoryview:
     """A CPU tensor's float32 memory as bytes to copy (contiguous first, where it is not)."""
-    array = tensor.detach().numpy()
+    array = tensor.detach().to("cpu", torch.float32).numpy()  # itself where it is float32 already
     return memoryview(array if array.flags.c_contiguous else np.ascontiguousarray(array)).cast("B")
+
+
+def _live(tensor: torch.Tensor) -> bool:
+    """Whether _raw views the tensor's own memory (and so sees its later in-place updates)."""
+    return tensor.device.type == "cpu" and tensor.dtype == torch.float32 and tensor.is_contiguous()
+
+
+def check_sizes(params: list[torch.nn.Parameter], sizes: list[int]) -> None:
+    """Refuse parameters that changed their number of elements mid-run: their curves would not line up."""
+    now = [p.numel() for p in params]
+    if now != sizes:
+        raise RuntimeError(
+            f"the model's parameters changed size during the run ({sizes} elements, now {now}); "
+            f"logged curves need each parameter to keep its shape"
+        )
 
 
 def _grad(p: torch.nn.Parameter) -> torch.Tensor:
@@ -271,11 +325,10 @@ def _grad(p: torch.nn.Parameter) -> torch.Tensor:
 
 
 def capture_for(
-    small: list[torch.nn.Parameter], large: list[torch.nn.Parameter]
+    small: list[torch.nn.Parameter], large: list[torch.nn.Parameter], source: Source | None = None
 ) -> HostCapture | DeviceCapture:
-    """The cheaper way for where the parameters live."""
+    """The cheaper way for where the parameters live; `source` gives them as they are at each step."""
     params = small + large
-    on_cpu = all(p.device.type == "cpu" and p.dtype == torch.float32 and p.is_contiguous() for p in params)
-    if on_cpu and sum(p.numel() for p in params) <= HostCapture.MAX_ELEMENTS:
-        return HostCapture(small, large)
-    return DeviceCapture(small, large)
+    if all(_live(p) for p in params) and sum(p.numel() for p in params) <= HostCapture.MAX_ELEMENTS:
+        return HostCapture(small, large, source)
+    return DeviceCapture(small, large, source)

@@ -22,6 +22,7 @@ from trainer.kinds.models import build_model
 from trainer.kinds.optim import build_optimizer, build_schedule
 from trainer.spec.plan import RunPlan
 from trainer.training.batches import batches, loader_batches
+from trainer.training.capture import ModelParameters
 from trainer.training.evaluate import Evaluator, evaluating
 from trainer.training.sink import Evaluation, NullSink, Sink
 
@@ -106,8 +107,8 @@ def train(
         )
     eval_every = config.eval.every
     clip = config.train.clip_grad_norm
-    params = list(model.parameters())
-    chunk = chunk_steps(params)
+    current = ModelParameters(model)
+    chunk = chunk_steps(current())
     hook = _hook(run, dataset, device)
     sink.begin(model, optimizer, evaluate.tags)
 
@@ -126,6 +127,7 @@ def train(
             loss = loss_fn(output.squeeze(-1) if squeeze else output, y)
             # What optimizer.zero_grad() does, without its profiler and compiler hooks (16 us a step,
             # a tenth of a notebook step); the update itself is torch's optimizer, untouched.
+            params = current()  # as the model holds them now: user code may have put in new ones
             for p in params:
                 p.grad = None
             loss.backward()

@@ -41,7 +41,7 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--allow-large", action="store_true", help="allow sweeps of more than 10,000 runs")
 
     def running(p: argparse.ArgumentParser, many: bool = True) -> None:
-        p.add_argument("--logdir", default="logs", help="log folder (default: logs)")
+        p.add_argument("--logdir", default="logs", type=folder, help="log folder (default: logs)")
         p.add_argument(
             "--force",
             action="store_true",
@@ -107,7 +107,7 @@ def parser() -> argparse.ArgumentParser:
         "converged at, the step a diverged, failed or interrupted run stopped at. "
         "Exit status 1 when some run is damaged.",
     )
-    p.add_argument("logdir", nargs="?", default="logs", help="log folder (default: logs)")
+    p.add_argument("logdir", nargs="?", default="logs", type=folder, help="log folder (default: logs)")
     status_options(p)
     p.add_argument(
         "--verify",
@@ -120,7 +120,7 @@ def parser() -> argparse.ArgumentParser:
         help="rebuild the log folder's HParams experiment record",
         description="Rebuild the log folder's HParams experiment record.",
     )
-    p.add_argument("logdir", nargs="?", default="logs", help="log folder (default: logs)")
+    p.add_argument("logdir", nargs="?", default="logs", type=folder, help="log folder (default: logs)")
     p.add_argument(
         "--focus",
         action="append",
@@ -136,10 +136,13 @@ def parser() -> argparse.ArgumentParser:
         description="Group the runs of each experiment by configuration over their seeds; write the "
         "groups' statistics, their ranking, each setting's effect and pictures to report.md in --out.",
     )
-    p.add_argument("logdir", nargs="?", default="logs", help="log folder (default: logs)")
+    p.add_argument("logdir", nargs="?", default="logs", type=folder, help="log folder (default: logs)")
     p.add_argument("experiments", nargs="*", metavar="EXPERIMENT", help="report on these only (default: all)")
     p.add_argument(
-        "--out", default="reports", help="folder for report.md and its pictures (default: reports)"
+        "--out",
+        default="reports",
+        type=folder,
+        help="folder for report.md and its pictures (default: reports)",
     )
     p.add_argument(
         "--readme",
@@ -182,3 +185,10 @@ def status_options(p: argparse.ArgumentParser) -> None:
         help="only runs whose column or setting has this value, e.g. --filter status=diverged, "
         "--filter batch_size=1 (repeatable: all must match)",
     )
+
+
+def folder(text: str) -> str:
+    """A folder's name as given; an empty one would mean the current folder, unasked."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty name is no folder; give its path")
+    return text

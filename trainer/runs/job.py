@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import shutil
+import signal
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,8 +60,8 @@ def execute(
     record = start_record(run, engine or {"name": "loop", "reason": None})
     sink = None
     try:
-        with time_limit(run.config.train.timeout):
-            sink = open_run(run, folder, record)
+        sink = open_run(run, folder, record)
+        with time_limit(run.config.train.timeout), user_exits():
             outcome = train(run, sink, should_stop, on_progress)
         record_outcome(run, folder, record, outcome)
     except (Exception, TimedOut) as exc:  # the run's fault is recorded; the sweep goes on
@@ -103,12 +105,19 @@ def execute_group(
     records = [start_record(run, engine) for run in runs]
     folders = [logdir / run.folder for run in runs]
     sinks: list[Any] = []
+    done = [0]  # the steps the group has done, for runs that time out
+
+    def progress(steps: int) -> None:
+        done[0] = steps
+        on_progress(steps)
+
     try:
+        for run, folder, record in zip(runs, folders, records):
+            sinks.append(open_run(run, folder, record))
         with time_limit(limit_of(runs)):
-            for run, folder, record in zip(runs, folders, records):
-                sinks.append(open_run(run, folder, record))
-            outcomes = train_group(runs, sinks, should_stop, on_progress)
+            outcomes = train_group(runs, sinks, should_stop, progress)
     except TimedOut as exc:  # the group's time is up for each of its runs: no loop engine retries them
+        exc.steps_done = done[0]
         ended = []
         for run, folder, record, sink in zip(runs, folders, records, sinks + [None] * len(runs)):
             claim = claims.get(run.folder)
@@ -138,6 +147,31 @@ def execute_group(
             _close(sink)
         ended.append(Unrecorded(folder, record, claim, logdir_fault))
     return _finish_all(ended, clock)
+
+
+class UserExit(Exception):
+    """User code called sys.exit(), or raised KeyboardInterrupt where no Ctrl-C raises it."""
+
+    def __init__(self, message: str, steps_done: int):
+        super().__init__(message)
+        self.steps_done = steps_done
+
+
+@contextlib.contextmanager
+def user_exits() -> Iterator[None]:
+    """sys.exit() in user code ends the run as failed, not the process running it; so does a
+    KeyboardInterrupt where Ctrl-C raises none (a worker ignores it, and a sweep's own process turns
+    it into a stop request: trainer.executors.stopping)."""
+    try:
+        yield
+    except SystemExit as exc:
+        raise UserExit(
+            f"the user code called sys.exit({exc.code!r})", getattr(exc, "steps_done", 0)
+        ) from None
+    except KeyboardInterrupt as exc:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            raise  # Python's own Ctrl-C: a caller of ours that stops
+        raise UserExit("the user code raised KeyboardInterrupt", getattr(exc, "steps_done", 0)) from None
 
 
 def open_run(run: RunPlan, folder: Path, record: RunRecord) -> Any:
@@ -178,7 +212,7 @@ def record_fault(
     logdir_fault = isinstance(exc, OSError) and exc.errno in LOGDIR_ERRNOS
     record.update(
         status=Status.INTERRUPTED if logdir_fault else Status.FAILED,
-        error=str(exc) if isinstance(exc, TimedOut) else portable(f"{type(exc).__name__}: {exc}"),
+        error=str(exc) if isinstance(exc, (TimedOut, UserExit)) else portable(f"{type(exc).__name__}: {exc}"),
         steps_done=getattr(exc, "steps_done", record.get("steps_done", 0)),
     )
     try:

@@ -29,6 +29,9 @@ CHECKED = FINISHED  # results that a rerun keeps and a merge copies
 
 def quick(folder: Path, record: dict[str, Any]) -> str | None:
     """Why a finished run's files do not match its record, from the folder's listing only; or None."""
+    place = misplaced(folder, record)
+    if place is not None:
+        return place
     try:
         found = {e.name: e for e in os.scandir(folder)}
     except OSError as exc:
@@ -67,6 +70,17 @@ def quick(folder: Path, record: dict[str, Any]) -> str | None:
     if events[0] not in sizes:
         return f"its event file {events[0]} is not the one its record lists"
     return None
+
+
+def misplaced(folder: Path, record: dict[str, Any]) -> str | None:
+    """Why a record is of another run than its folder's (a run folder moved or copied by hand); or None."""
+    experiment, run = record.get("experiment"), record.get("run")
+    if (experiment, run) == (folder.parent.name, folder.name):
+        return None
+    return (
+        f"its record is of the run {experiment}/{run}, not of {folder.parent.name}/{folder.name}: "
+        f"a run folder moved or copied by hand (move it back, or let `merge` copy runs)"
+    )
 
 
 def full(folder: Path, record: dict[str, Any]) -> str | None:

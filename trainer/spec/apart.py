@@ -54,8 +54,9 @@ class Apart:
                 return value
             elif message == "invalid":
                 raise Invalid(value)
-            else:  # "raised": a fault of ours, not of the user code
-                raise RuntimeError(value)
+            else:  # "raised": what the checks did not turn into a problem of a key
+                spec, what = trying
+                raise SpecError(f"{spec}: trying {what} raised {value}; nothing was run or written")
 
     def close(self) -> None:
         if self._child is None:

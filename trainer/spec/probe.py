@@ -201,4 +201,8 @@ def try_run(run: RunPlan) -> int:
                     )
                 ]
             ) from None
+        if "loss" in values:
+            raise Invalid(
+                [(key, f"{name} returns a value named 'loss', the loss's own name; call it otherwise")]
+            )
     return sum(p.numel() for p in model.parameters())

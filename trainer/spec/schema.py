@@ -15,6 +15,7 @@ from trainer.core.strict import (  # noqa: F401
     Invalid,
     as_data,
     at_least,
+    at_most,
     build,
     check_key,
     describe,
@@ -50,6 +51,9 @@ def experiment_name(name: Any) -> str | None:
 
 # --- training, evaluation, logging ------------------------------------------------------------
 
+# A year: more is no limit, and more than the process's alarm can count.
+MAX_TIMEOUT = 365 * 24 * 3600
+
 # Settings that leave what a run computes as it is: no part of its name or its configuration's digest.
 NOT_IDENTITY = ("train.engine", "train.timeout")
 
@@ -83,6 +87,7 @@ class TrainSettings:
     timeout: float | None = setting(
         None,
         greater_than(0),
+        at_most(MAX_TIMEOUT),
         doc="wall seconds a run may take; one that takes longer ends as failed (timed out) and frees its "
         "worker. A batched group has the largest of its runs' limits. Not part of the run's identity",
     )

@@ -29,17 +29,18 @@ class ModelParameters:
     """The model's parameters (in `order`, indices into model.parameters()), looked up afresh at each
     call: what is logged and updated is the parameter the model holds then, however the user's code
     changed it (in place, by rebinding `.data`, or by putting a new Parameter in the model). Each is
-    read from the module that holds it, by name: a tenth of the cost of walking the model."""
+    read from the module that holds it, in its `_parameters` table (where Module.__setattr__ puts
+    a new Parameter): a twentieth of the cost of walking the model, a tenth of getattr's."""
 
     def __init__(self, model: torch.nn.Module, order: list[int] | None = None):
         owners = []
         for name, _ in model.named_parameters():
             path, _, attribute = name.rpartition(".")
-            owners.append((model.get_submodule(path), attribute))
+            owners.append((model.get_submodule(path)._parameters, attribute))
         self.owners = owners if order is None else [owners[i] for i in order]
 
     def __call__(self) -> list[torch.nn.Parameter]:
-        return [getattr(module, attribute) for module, attribute in self.owners]
+        return [table[attribute] for table, attribute in self.owners]
 
 
 def bucket_layout(sizes: list[int], bins: int = HISTOGRAM_BINS) -> tuple[list[int], list[int]]:

@@ -1,5 +1,8 @@
 """Experiment tracking for PyTorch: YAML specs in, TensorBoard logs out."""
 
+from trainer.core.errors import StopRun
+
+__all__ = ["StopRun", "load_model"]
 __version__ = "0.1.0"
 
 

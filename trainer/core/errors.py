@@ -19,3 +19,9 @@ class SpecError(UserError):
 
 class LogDirError(UserError):
     """A log folder that cannot be used as asked."""
+
+
+class StopRun(Exception):
+    """Raised by user code (a log.hook) to end its run there, as complete: `raise
+    trainer.StopRun("val/loss stopped improving")`. The run keeps that step's evaluation as its
+    final one; the reason goes into its record."""

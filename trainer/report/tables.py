@@ -39,8 +39,12 @@ def natural_key(text: str) -> tuple:
 
 
 def stopped_at(record: dict[str, Any]) -> int | None:
-    """The step a run diverged at, or the steps an interrupted or failed run had done; None for a complete run."""
+    """The step a run diverged at, or the steps an interrupted or failed run had done, or the step
+    where its user code stopped a complete run (StopRun); None for a run that went to its end."""
     status = record.get("status")
+    stopped = record.get("stopped")
+    if status == Status.COMPLETE and isinstance(stopped, dict):
+        return stopped.get("step")
     if status == Status.DIVERGED:
         step = (record.get("metrics") or {}).get("diverged_step")
         return step if step is not None else record.get("steps_done")

@@ -197,6 +197,8 @@ def record_outcome(run: RunPlan, folder: Path, record: RunRecord, outcome: Any) 
         weights_sha256=outcome.weights_sha256,
         curve=curves.record_curve(outcome.eval_tags, outcome.history, run.steps),
     )
+    if outcome.stopped is not None:
+        record["stopped"] = outcome.stopped
     record["resolved"]["device"] = outcome.device
     if outcome.status == Status.COMPLETE and run.config.log.checkpoint == "final":
         save_checkpoint(folder, outcome.model)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainer.core.errors import StopRun
 from trainer.core.status import Status
 from trainer.core.strict import as_data
 from trainer.kinds import data, losses
@@ -48,6 +49,7 @@ class Outcome:
     model: torch.nn.Module | None = None
     eval_tags: list[str] = field(default_factory=list)  # the evaluator's tags, training loss first
     history: list[Evaluation] = field(default_factory=list)  # every evaluation, the final one last
+    stopped: dict[str, Any] | None = None  # {step, reason} where the user's code raised StopRun
 
 
 def choose_device(run: RunPlan, model: torch.nn.Module, runs: int = 1) -> torch.device:
@@ -118,6 +120,7 @@ def train(
     first = 0
     squeeze = None
     status, last = Status.COMPLETE, run.steps - 1
+    stopped: tuple[int, str] | None = None  # (step, reason) where the user's code raised StopRun
     step = 0
     try:
         for step, (x, y) in enumerate(steps):
@@ -138,18 +141,25 @@ def train(
             if step % eval_every == 0:
                 evals.append((step, evaluate()))
                 if hook is not None:
-                    hook(sink.writer(), step, model)
-            sink.capture(step)
-            optimizer.step()
-            if schedule is not None:
-                schedule.step()
-            if (step + 1) % chunk and step + 1 != run.steps:
-                continue
+                    try:
+                        hook(sink.writer(), step, model)
+                    except StopRun as stop:  # complete here: this step's weights are the final ones
+                        stopped = (step, str(stop) or "raised StopRun")
+            if stopped is None:
+                sink.capture(step)
+                optimizer.step()
+                if schedule is not None:
+                    schedule.step()
+                if (step + 1) % chunk and step + 1 != run.steps:
+                    continue
             bad = _flush(sink, first, losses_, evals, history)
             losses_, evals, first = [], [], step + 1
             on_progress(step + 1)
             if bad is not None:
                 status, last = Status.DIVERGED, bad
+                break
+            if stopped is not None:
+                last = step
                 break
             if should_stop() and step + 1 < run.steps:
                 status, last = Status.INTERRUPTED, step
@@ -159,6 +169,8 @@ def train(
             exc.steps_done = step
         raise
 
+    if stopped is not None and status == Status.COMPLETE:
+        return conclude(run, sink, model, str(device), evaluate, history, None, status, last, stopped=stopped)
     final_values = evaluate().tolist() if status == Status.COMPLETE else None
     on_final = None if hook is None else lambda: hook(sink.writer(), run.steps, model)
     return conclude(run, sink, model, str(device), evaluate, history, final_values, status, last, on_final)
@@ -175,12 +187,17 @@ def conclude(
     status: Status,
     last: int,
     on_final: Callable[[], None] | None = None,
+    stopped: tuple[int, str] | None = None,
 ) -> Outcome:
     """End a run whose steps are done (or stopped at `last`): its final evaluation (given as
-    final_values where it completed), metrics, the sink's last events, and its outcome."""
+    final_values where it completed), metrics, the sink's last events, and its outcome. A run its
+    user code stopped (`stopped`: step, reason) is complete at that step, its evaluation there the
+    final one, logged once."""
     config = run.config
     final = None
-    if status == Status.COMPLETE:
+    if stopped is not None:
+        final = history[-1]  # the evaluation at the step it stopped, already logged
+    elif status == Status.COMPLETE:
         final = Evaluation(run.steps, final_values)
         if not math.isfinite(final.loss):
             status, last = Status.DIVERGED, run.steps
@@ -195,9 +212,11 @@ def conclude(
         {
             "final/diverged": status == Status.DIVERGED,
             "diverged_step": last if status == Status.DIVERGED else None,
+            "final/stopped_step": stopped[0] if stopped is not None else None,
         }
     )
-    sink.finish(status, run.steps if status == Status.COMPLETE else last, metrics, final)
+    ended = stopped[0] if stopped is not None else run.steps if status == Status.COMPLETE else last
+    sink.finish(status, ended, metrics, None if stopped is not None else final)
     # JSON has no NaN: a diverged weight is recorded as null.
     weights = {
         name: [v if math.isfinite(v) else None for v in p.detach().view(-1).tolist()]
@@ -209,7 +228,7 @@ def conclude(
     ).hexdigest()
     return Outcome(
         status,
-        last + 1 if status != Status.COMPLETE else run.steps,
+        stopped[0] if stopped is not None else last + 1 if status != Status.COMPLETE else run.steps,
         device,
         metrics,
         weights,
@@ -217,6 +236,7 @@ def conclude(
         model,
         evaluate.tags,
         history,
+        {"step": stopped[0], "reason": stopped[1]} if stopped is not None else None,
     )
 
 

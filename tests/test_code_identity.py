@@ -52,3 +52,47 @@ def test_a_rerun_after_the_users_module_changed_refuses_the_runs_of_the_old_code
     assert code == 0 and "2 run now" in out, out + err
     record = json.loads((tmp_path / "logs/toy/seed=0/record.json").read_text())
     assert record["code"]["log.hook"]["sha256"] == new
+
+
+@pytest.mark.slow
+def test_merged_runs_of_other_code_are_named_by_merge_and_never_pooled_by_report(tmp_path):
+    args = ["--workers", "1", "--quiet"]
+    hooked_spec(tmp_path / "alice", version=1)
+    assert trainer(tmp_path / "alice", "sweep", "toy.yaml", "--logdir", "logs", *args)[0] == 0
+    hooked_spec(tmp_path / "bob", version=2)
+    assert trainer(tmp_path / "bob", "sweep", "toy.yaml", "--logdir", "logs", *args)[0] == 0
+    digest = {
+        who: json.loads((tmp_path / who / "logs/toy/seed=0/record.json").read_text())["code"]["log.hook"][
+            "sha256"
+        ]
+        for who in ("alice", "bob")
+    }
+    code, out, err = trainer(tmp_path, "merge", "alice/logs", "bob/logs", "--into", "team")
+    assert code == 0, out + err
+    assert f"(same name, code of log.hook: sha256 {digest['alice'][:8]} -> {digest['bob'][:8]})" in out, out
+    code, out, err = trainer(tmp_path, "report", "team", "--out", "report")
+    assert code == 0, out + err
+    text = (tmp_path / "report/report.md").read_text()
+    assert "4 runs in 2 groups" in text
+    assert "2 groups would all be `base`: their runs have one name but different code" in text
+    labels = sorted(
+        line.split("|")[2].strip()
+        for line in text.splitlines()
+        if line.startswith("| 1 ") or line.startswith("| 2 ")
+    )
+    assert len(labels) == 2 and all(label.startswith("`code=") for label in labels), labels
+
+
+@pytest.mark.slow
+def test_merged_runs_of_one_name_and_other_settings_get_labels_that_tell_them_apart(tmp_path):
+    args = ["--workers", "1", "--quiet"]
+    for who, lr in (("alice", 0.01), ("bob", 0.02)):
+        toy_spec(tmp_path / who, "train.seed: [0, 1]", steps=20, lr=lr)
+        assert trainer(tmp_path / who, "sweep", "toy.yaml", "--logdir", "logs", *args)[0] == 0
+    code, out, err = trainer(tmp_path, "merge", "alice/logs", "bob/logs", "--into", "team")
+    assert code == 0 and "(same name, optimizer.lr: 0.01 -> 0.02)" in out, out + err
+    code, out, err = trainer(tmp_path, "report", "team", "--out", "report")
+    assert code == 0, out + err
+    text = (tmp_path / "report/report.md").read_text()
+    assert "`lr=0.01`" in text and "`lr=0.02`" in text
+    assert "but other settings" in text

@@ -10,6 +10,7 @@ marginal mean: the metric averaged over the groups that share a value of it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Iterable
@@ -144,6 +145,7 @@ class ExperimentFindings:
     metrics: list[str]  # every metric a group has, in the HParams table's order
     separation: Separation | None  # of the best two groups; None for fewer than two
     effects: dict[str, list[Effect]] = field(default_factory=dict)  # metric -> effects, largest first
+    apart: list[str] = field(default_factory=list)  # why groups of one label were kept apart
 
     @property
     def runs(self) -> int:
@@ -179,8 +181,52 @@ def settings_of(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _group_key(record: dict[str, Any], replicates: tuple[str, ...]) -> str:
+    """Runs are seeds of one group only if their settings, replicates aside, and their code agree."""
     hparams = {k: v for k, v in (record.get("hparams") or {}).items() if k not in replicates}
-    return json.dumps(hparams, sort_keys=True)
+    return json.dumps([hparams, code_of(record)], sort_keys=True)
+
+
+def code_of(record: dict[str, Any]) -> str:
+    """A short digest of the user code a run's record names ('' for none): runs of different code
+    are never pooled."""
+    code = record.get("code")
+    digests = {
+        where: entry.get("sha256")
+        for where, entry in (code.items() if isinstance(code, dict) else ())
+        if isinstance(entry, dict)
+    }
+    if not any(digests.values()):
+        return ""
+    return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _tell_apart(groups: list[Group], replicates: tuple[str, ...]) -> list[str]:
+    """Give groups that would share a label (runs of one name and another configuration or code,
+    brought together by a merge) the settings, or the code digest, that tell them apart; a sentence
+    for each such label."""
+    by_label: dict[str, list[Group]] = {}
+    for group in groups:
+        by_label.setdefault(group.label, []).append(group)
+    said = []
+    for label, same in by_label.items():
+        if len(same) < 2:
+            continue
+        params = [
+            {k: v for k, v in (g.runs[0].get("hparams") or {}).items() if k not in replicates} for g in same
+        ]
+        keys = sorted({k for h in params for k in h if len({json.dumps(p.get(k)) for p in params}) > 1})
+        codes = [code_of(g.runs[0]) for g in same]
+        for group, hparams, code in zip(same, params, codes):
+            extra = [f"{k.rpartition('.')[2]}={format_value(hparams.get(k))}" for k in keys]
+            if len(set(codes)) > 1:
+                extra.append(f"code={code or 'none'}")
+            group.label = ",".join(([] if label == BASE_RUN else [label]) + extra)
+        why = "other settings" if keys else "different code"
+        said.append(
+            f"{len(same)} groups would all be `{label}`: their runs have one name but {why} "
+            f"({', '.join(f'`{g.label}`' for g in same)}), so they are kept apart, not pooled as seeds."
+        )
+    return said
 
 
 def _value(value: Any) -> float | None:
@@ -201,6 +247,7 @@ def experiment_findings(name: str, records: list[dict[str, Any]]) -> ExperimentF
     complete = [r for r in records if r.get("status") == Status.COMPLETE]
     floor = floors(complete)
     groups = [_group(runs, swept, short, floor) for runs in by_key.values()]
+    apart = _tell_apart(groups, replicates)
     metrics = [t for t in metric_tags(complete) if t not in SKIPPED]
     default = "final/val/loss" if "final/val/loss" in metrics else "final/train/loss"
     metric = settings.get("metric") or default
@@ -209,7 +256,7 @@ def experiment_findings(name: str, records: list[dict[str, Any]]) -> ExperimentF
     groups.sort(
         key=lambda g: (metric not in g.metrics, sign * g.metrics[metric].mean if metric in g.metrics else 0)
     )
-    found = ExperimentFindings(name, replicates, metric, higher, swept, groups, metrics, None)
+    found = ExperimentFindings(name, replicates, metric, higher, swept, groups, metrics, None, apart=apart)
     ranked = found.ranked()
     if len(ranked) >= 2:
         found.separation = welch(ranked[0].metrics[metric], ranked[1].metrics[metric])

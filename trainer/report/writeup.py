@@ -166,6 +166,8 @@ def experiment_lines(f: ExperimentFindings, images: dict[str, str]) -> list[str]
         f"ranked by `{f.metric}` ({_better(f)}).",
         "",
     ]
+    if f.apart:
+        lines += [*f.apart, ""]
     rows = []
     for rank, group in enumerate(f.groups, 1):
         s = group.metrics.get(f.metric)

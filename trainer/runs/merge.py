@@ -28,6 +28,7 @@ from trainer.core import guards
 from trainer.core.errors import LogDirError
 from trainer.core.status import Status
 from trainer.runs import claims, rundir, verify
+from trainer.runs.record import code_digests, setting_changes
 from trainer.spec.schema import experiment_name
 
 MAX_NAME = 128
@@ -38,7 +39,7 @@ UNFINISHED = (Status.INTERRUPTED, Status.UNFINISHED, Status.RUNNING, Status.MISS
 @dataclass
 class MergeResult:
     copied: list[str] = field(default_factory=list)
-    renamed: list[tuple[str, str]] = field(default_factory=list)  # (source folder, new name)
+    renamed: list[tuple[str, str, str]] = field(default_factory=list)  # (source folder, new name, why)
     identical: list[str] = field(default_factory=list)
     unfinished: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
@@ -51,7 +52,7 @@ class MergeResult:
             f"copied {len(self.copied) + len(self.renamed)} runs, {len(self.identical)} already present "
             f"(identical), {len(self.unfinished)} unfinished left out, {refused} refused"
         ]
-        out += [f"  kept both: {src} -> {new} (same name, different run)" for src, new in self.renamed]
+        out += [f"  kept both: {src} -> {new} (same name, {why})" for src, new, why in self.renamed]
         out += [f"  left out (unfinished; --include-unfinished copies it): {u}" for u in self.unfinished]
         out += [f"  refused: {r}" for r in self.refused]
         out += [f"  refused (damaged): {d}" for d in self.damaged]
@@ -65,7 +66,25 @@ def identity(record: dict[str, Any]) -> str:
         "status": record.get("status"),
         "metrics": record.get("metrics"),
     }
+    code = code_digests(record.get("code"))
+    if code:  # runs of other code are other runs, whatever they reached
+        key["code"] = code
     return "record:" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _difference(present: Path, record: dict[str, Any] | None) -> str:
+    """What tells a copied run from the run of its name already in the destination."""
+    there, _ = rundir.load_record(present)
+    if record is None or there is None:
+        return "different run"
+    said = setting_changes(there.get("config"), record.get("config"))
+    old, new = code_digests(there.get("code")), code_digests(record.get("code"))
+    said += [
+        f"code of {w}: sha256 {old[w][:8]} -> {new[w][:8]}" for w in old if w in new and old[w] != new[w]
+    ]
+    if not said:
+        return "same configuration and code, other results"
+    return "; ".join(said[:3]) + (f"; and {len(said) - 3} more" if len(said) > 3 else "")
 
 
 def files_identity(folder: Path) -> str:
@@ -264,7 +283,9 @@ def _merge_run(run: Path, into: Destination, include_unfinished: bool, result: M
     if name == run.name:
         result.copied.append(str(run))
     else:
-        result.renamed.append((str(run), f"{into.folder.name}/{name}"))
+        result.renamed.append(
+            (str(run), f"{into.folder.name}/{name}", _difference(into.folder / run.name, record))
+        )
 
 
 # A run being copied: <experiment>/.merge-<pid>-<random>/, renamed into place once complete.

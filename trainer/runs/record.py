@@ -212,6 +212,34 @@ def code_changes(recorded: Any, current: dict[str, Any]) -> list[str]:
     ]
 
 
+def setting_changes(old: Any, new: Any) -> list[str]:
+    """'key: old -> new' for every setting two configurations (as plain data) have otherwise."""
+    return [
+        f"{k}: {_short(a)} -> {_short(b)}"
+        for k, a, b in _diff(old if isinstance(old, dict) else {}, new if isinstance(new, dict) else {}, "")
+        if k != "description"
+    ]
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 30 else text[:27] + "..."
+
+
+def _diff(old: Any, new: Any, prefix: str) -> list[tuple[str, Any, Any]]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in list(old) + [k for k in new if k not in old]:
+            out += _diff(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
+
+
+def code_digests(code: Any) -> dict[str, str]:
+    """where -> sha256 of each piece of user code a record's `code` names."""
+    return _digests(code)
+
+
 def _digests(code: Any) -> dict[str, str]:
     if not isinstance(code, dict):
         return {}

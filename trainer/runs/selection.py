@@ -15,7 +15,7 @@ from trainer.core.errors import LogDirError
 from trainer.core.status import FINISHED, Status
 from trainer.runs import claims, rundir, verify
 from trainer.runs.job import Summary
-from trainer.runs.record import code_changes, code_record
+from trainer.runs.record import code_changes, code_record, setting_changes
 from trainer.spec.plan import RunPlan
 
 
@@ -206,12 +206,7 @@ def what_changed(record: dict[str, Any], run: RunPlan) -> str:
 def changes(record: dict[str, Any], run: RunPlan) -> list[str]:
     """'key: old -> new' for every setting a run's recorded configuration has otherwise, then
     'code of WHERE (FILE): sha256 OLD -> NEW' for each piece of user code that differs."""
-    old = record.get("config") if isinstance(record.get("config"), dict) else {}
-    settings = [
-        f"{k}: {_short(a)} -> {_short(b)}"
-        for k, a, b in _diff(old, run.config_data, "")
-        if k != "description"
-    ]
+    settings = setting_changes(record.get("config"), run.config_data)
     return settings + code_changes(record.get("code"), code_record(run))
 
 
@@ -219,17 +214,3 @@ def describe_changes(record: dict[str, Any], run: RunPlan) -> str:
     diffs = changes(record, run)
     shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
     return shown or "the trainer's configuration format"
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 30 else text[:27] + "..."
-
-
-def _diff(old: Any, new: Any, prefix: str) -> list[tuple[str, Any, Any]]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for key in list(old) + [k for k in new if k not in old]:
-            out += _diff(old.get(key), new.get(key), f"{prefix}{key}.")
-        return out
-    return [] if old == new else [(prefix.rstrip("."), old, new)]

@@ -365,9 +365,9 @@ def test_gradients_changed_in_place_are_logged_as_the_update_used_them(project):
         ),
         pytest.param(
             "model: {kind: 'mymodel:Net', classes: 2}",
-            "{spec}:2: loss.kind: cross_entropy raised IndexError: Target 2 is out of bounds. for outputs of "
-            "shape [12, 2] and targets of shape [12] (torch.int64) (run metrics/base)",
-            id="output-misfits-loss",
+            "{spec}:3: model.kind: outputs 2 values per row, but the labels run 0..2 (3 classes); give "
+            "the model 3 outputs (run metrics/base)",
+            id="output-misfits-labels",
         ),
         pytest.param(
             "model: {kind: 'mymodel:Net'}\neval: {metrics: [accuracy, 'mymetric:failing']}",

@@ -394,23 +394,62 @@ def first_row(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _class_count(dataset: Dataset) -> int | None:
-    """How many classes integer labels have (the largest label + 1), or None for real targets."""
-    import torch
-
+    """How many classes the labels have: the names a Dataset gives (`classes`, as torchvision's do,
+    seen through a Subset), else the largest integer label + 1 over all the rows; None for real
+    targets."""
     if dataset.classes is not None:
         return len(dataset.classes)
-    counts = []
+    for split in (dataset.train, dataset.validation):
+        named = getattr(_unwrapped(split.dataset)[0], "classes", None) if split and split.dataset else None
+        if named is not None:
+            return len(named)
+    found = label_range(dataset)
+    return found[1] + 1 if found is not None else None
+
+
+def label_range(dataset: Dataset) -> tuple[int, int] | None:
+    """The smallest and the largest class label over all training and validation rows, or None
+    where the targets are no integer labels (one per row). A Dataset's labels are read from its
+    `targets` where it has them (through Subsets), else from every item once."""
+    import torch
+
+    lows, highs = [], []
     for split in (dataset.train, dataset.validation):
         if split is None:
             continue
-        if split.dataset is not None:
-            # A Dataset's labels are not scanned; torchvision's datasets name their classes.
-            named = getattr(split.dataset, "classes", None)
-            return len(named) if named is not None else None
-        if split.y.is_floating_point() or split.y.dtype is torch.bool:
+        y = split.y if split.dataset is None else _dataset_targets(split.dataset)
+        if y is None or y.dim() != 1 or y.is_floating_point() or y.is_complex() or y.dtype is torch.bool:
             return None
-        counts.append(int(split.y.max()) + 1)
-    return max(counts) if counts else None
+        if len(y):
+            lows.append(int(y.min()))
+            highs.append(int(y.max()))
+    return (min(lows), max(highs)) if lows else None
+
+
+def _unwrapped(dataset: Any) -> tuple[Any, list[int] | None]:
+    """The Dataset under any Subsets, and which of its items they hold (None for all)."""
+    from torch.utils.data import Subset
+
+    indices = None
+    while isinstance(dataset, Subset):
+        mine = list(dataset.indices)
+        indices = mine if indices is None else [mine[i] for i in indices]
+        dataset = dataset.dataset
+    return dataset, indices
+
+
+def _dataset_targets(dataset: Any) -> torch.Tensor | None:
+    import torch
+
+    inner, indices = _unwrapped(dataset)
+    targets = getattr(inner, "targets", None)
+    try:
+        if targets is not None:
+            found = torch.as_tensor(targets)
+            return found[indices] if indices is not None else found
+        return torch.stack([torch.as_tensor(dataset[i][1]) for i in range(len(dataset))])
+    except Exception:  # targets of no one shape or type: no class labels to count
+        return None
 
 
 # What data kinds built in this process, by their settings: every run of a sweep shares one build.

@@ -117,6 +117,25 @@ def _said(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+def check_width(loss: Any, output: Any, labels: tuple[int, int] | None) -> None:
+    """A classifier's outputs, one per class, against the labels of all the data (not one batch's)."""
+    if labels is None or losses.task_of(loss) != losses.CLASSES or output.dim() != 2:
+        return
+    low, high = labels
+    width = output.shape[-1]
+    if low < 0 or high >= width:
+        value = "value" if width == 1 else "values"
+        raise Invalid(
+            [
+                (
+                    "model.kind",
+                    f"outputs {width} {value} per row, but the labels run {low}..{high} "
+                    f"({high + 1} classes); give the model {high + 1} outputs",
+                )
+            ]
+        )
+
+
 def try_run(run: RunPlan) -> int:
     """One forward pass, loss and metrics on one batch; the model's parameter elements."""
     import torch
@@ -155,6 +174,7 @@ def try_run(run: RunPlan) -> int:
         ) from None
     if not isinstance(output, torch.Tensor):
         raise Invalid([("model.kind", f"{config.model.kind} returned {type(output).__name__}, not a tensor")])
+    check_width(config.loss, output, data.label_range(dataset))
     fitted = output
     if losses.squeezes(config.loss):
         fitted = losses.fit(output, y)

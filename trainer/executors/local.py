@@ -158,7 +158,10 @@ class WorkerDiedStarting(Exception):
 class Worker:
     def __init__(self, ctx: Any, stop: Any):
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_main, args=(child, stop, os.getpid()), daemon=True)
+        # Not a daemon, so that user code may start processes of its own (a DataLoader's workers).
+        # It still never outlives the sweep: the pool stops every worker at its end, and a worker
+        # dies with its parent (_die_with_parent).
+        self.process = ctx.Process(target=_worker_main, args=(child, stop, os.getpid()), daemon=False)
         # Started with the stop signals blocked (the mask is inherited), so a Ctrl-C that comes while
         # the worker is still importing cannot kill it with a KeyboardInterrupt traceback.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)

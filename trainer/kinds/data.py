@@ -46,8 +46,24 @@ SEED_WEIGHTS = (0.0, 1.0, 2.0, 3.0)
 
 
 @dataclass(frozen=True, kw_only=True)
+class LoaderSettings:
+    """How a Dataset's batches are loaded (torch's DataLoader); what a run computes stays the same."""
+
+    num_workers: int = setting(0, at_least(0), doc="loader processes beside the run's own; 0 loads in it")
+    pin_memory: bool = setting(False, doc="page-locked batches, for faster copies to a GPU")
+    persistent_workers: bool = setting(False, doc="keep the loader processes from one epoch to the next")
+
+
+@dataclass(frozen=True, kw_only=True)
 class DataCommon:
     """Settings every data kind has, the user's included."""
+
+    collate: str | None = setting(
+        None,
+        doc="module:function making a batch of a Dataset's items, as DataLoader's collate_fn (items of "
+        "different lengths); it returns (inputs, targets)",
+    )
+    loader: LoaderSettings = setting(LoaderSettings(), doc="DataLoader options for a Dataset")
 
     validation: float = setting(
         0.0,
@@ -111,6 +127,7 @@ class DataInfo:
     true_weights: tuple[float, ...] | None = None
     true_bias: float | None = None
     digest: str | None = None  # sha256 of a CSV file's bytes
+    dataset: bool = False  # a map-style Dataset, not tensors
 
     @property
     def features(self) -> int:
@@ -371,6 +388,7 @@ def _loaded_info(spec: Any, folder: Path) -> DataInfo:
         tuple(x.shape),
         _class_count(dataset),
         tuple(y.shape),
+        dataset=dataset.train.dataset is not None,
     )
 
 
@@ -465,6 +483,13 @@ def _built(spec: Any, folder: Path) -> Dataset:
             _BUILT.pop(next(iter(_BUILT)))
         _BUILT[key] = kinds.build(spec, folder)
     return _BUILT[key]
+
+
+def collate_of(spec: Any, folder: Path) -> Any:
+    """The spec's data.collate function, or None for torch's default."""
+    if spec.collate is None:
+        return None
+    return kinds.import_attribute(spec.collate, str(Path(folder).resolve()), "data.collate")
 
 
 def load(spec: Any, folder: Path, device: torch.device | str = "cpu") -> Dataset:

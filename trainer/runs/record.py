@@ -26,7 +26,7 @@ from trainer.core.status import Status
 from trainer.kinds import registry as kinds
 from trainer.runs import rundir
 from trainer.spec.plan import RunPlan
-from trainer.spec.schema import as_data
+from trainer.spec.schema import NOT_IDENTITY, as_data
 from trainer.tensorboard.hparams import hparams_of
 
 
@@ -217,8 +217,13 @@ def setting_changes(old: Any, new: Any) -> list[str]:
     return [
         f"{k}: {_short(a)} -> {_short(b)}"
         for k, a, b in _diff(old if isinstance(old, dict) else {}, new if isinstance(new, dict) else {}, "")
-        if k != "description"
+        if k != "description" and not _beside_identity(k)
     ]
+
+
+def _beside_identity(key: str) -> bool:
+    """Whether a setting is no part of a run's identity (trainer.spec.schema.NOT_IDENTITY)."""
+    return any(key == k or key.startswith(k + ".") for k in NOT_IDENTITY)
 
 
 def _short(value: Any) -> str:

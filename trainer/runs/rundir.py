@@ -118,17 +118,17 @@ def _syncfs(path: Path) -> bool:
         os.close(fd)
 
 
-# Settings of `train` that leave what a run computes as it is (trainer.spec.schema.NOT_IDENTITY).
-NOT_IDENTITY = tuple(key.removeprefix("train.") for key in schema.NOT_IDENTITY)
-
-
 def data_digest(data: dict[str, Any]) -> str:
     """A hash of everything in a configuration, as plain data (as config.yaml holds it), that
-    changes what a run computes or logs (not its description, the engine that trains it, nor the time
-    it may take)."""
+    changes what a run computes or logs (not its description, the engine that trains it, the time
+    it may take, nor how its batches are loaded; nor a setting added later while unset)."""
     data = {key: value for key, value in data.items() if key != "description"}
-    if isinstance(data.get("train"), dict):  # both engines compute the same run
-        data["train"] = {key: value for key, value in data["train"].items() if key not in NOT_IDENTITY}
+    for key in schema.NOT_IDENTITY + schema.UNSET_NOT_IDENTITY:
+        section, _, name = key.partition(".")
+        values = data.get(section)
+        if isinstance(values, dict) and name in values:
+            if key in schema.NOT_IDENTITY or values[name] is None:
+                data[section] = {k: v for k, v in values.items() if k != name}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

@@ -87,7 +87,10 @@ class Spec:
         settings that change nothing the run computes, such as the engine)."""
         return list(
             dict.fromkeys(
-                o.key for o in self.overrides if o.key not in self.sweep and o.key not in NOT_IDENTITY
+                o.key
+                for o in self.overrides
+                if o.key not in self.sweep
+                and not any(o.key == k or o.key.startswith(k + ".") for k in NOT_IDENTITY)
             )
         )
 

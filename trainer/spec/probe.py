@@ -154,7 +154,8 @@ def try_run(run: RunPlan) -> int:
         x, y = dataset.train.x[:rows], dataset.train.y[:rows]
     else:
         try:
-            x, y = default_collate([dataset.train.dataset[i] for i in range(rows)])
+            collate = data.collate_of(config.data, Path(run.data_folder)) or default_collate
+            x, y = collate([dataset.train.dataset[i] for i in range(rows)])
         except Exception as exc:
             raise Invalid(
                 [("data.kind", f"a batch of {rows} items of the Dataset cannot be formed: {_said(exc)}")]
@@ -167,8 +168,12 @@ def try_run(run: RunPlan) -> int:
             [
                 (
                     "model.kind",
-                    f"{config.model.kind} raised {_said(exc)} on a batch of inputs of shape "
-                    f"{list(x.shape)} ({x.dtype})",
+                    f"{config.model.kind} raised {_said(exc)} on a batch of inputs of "
+                    + (
+                        f"shape {list(x.shape)} ({x.dtype})"
+                        if isinstance(x, torch.Tensor)
+                        else type(x).__name__
+                    ),
                 )
             ]
         ) from None

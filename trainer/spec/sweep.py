@@ -249,6 +249,12 @@ def _validate(
             problems.append((key, f"{metric_name} needs class labels, but the targets are real numbers"))
         if is_import_path(metric_name):
             code.append((key, metric_name))
+    if config.data.collate is not None:
+        if not info.dataset:
+            problems.append(("data.collate", "makes batches of a Dataset's items; this data is tensors"))
+        elif not callable(data.collate_of(config.data, spec.folder)):
+            problems.append(("data.collate", f"{config.data.collate} is not a function of a list of items"))
+        code.append(("data.collate", config.data.collate))
     if config.log.hook is not None:
         hook = kinds.import_attribute(config.log.hook, str(spec.folder.resolve()), "log.hook")
         if not callable(hook):

@@ -101,7 +101,9 @@ STATUS = {
 # Settings that change what is logged, not what is learned.
 NOT_HPARAMS = ("name", "description", "log")
 # Settings that change nothing a run computes: no HParams column of their own.
-NOT_HPARAM_KEYS = ("train.timeout",)
+NOT_HPARAM_KEYS = ("train.timeout", "data.loader")
+# Settings added later: a column only where set (so older runs and newer ones share their columns).
+UNSET_NOT_HPARAMS = ("data.collate",)
 
 
 def hparams_of(config: Any, experiment: str, resolved: dict[str, float]) -> dict[str, HParamValue]:
@@ -126,6 +128,8 @@ def _flatten(node: Any, prefix: str, out: dict[str, HParamValue]) -> None:
         if (not prefix and f.name in NOT_HPARAMS) or key in NOT_HPARAM_KEYS:
             continue
         value = getattr(node, f.name)
+        if value is None and key in UNSET_NOT_HPARAMS:
+            continue
         if is_dataclass(value):
             _flatten(value, f"{key}.", out)
             continue

@@ -66,10 +66,18 @@ def _index_chunks(
 
 
 def loader_batches(
-    dataset: Any, batch_size: int | None, steps: int, sampling: str, seed: int, device: torch.device
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    dataset: Any,
+    batch_size: int | None,
+    steps: int,
+    sampling: str,
+    seed: int,
+    device: torch.device,
+    collate: Any = None,
+    loader: Any = None,
+) -> Iterator[tuple[Any, torch.Tensor]]:
     """Yield (x, y) for each of `steps` steps from a map-style Dataset, through a DataLoader whose
-    sampler is seeded like the tensor path's (with replacement, a permutation per epoch, or in order)."""
+    sampler is seeded like the tensor path's (with replacement, a permutation per epoch, or in order),
+    with the spec's collate function and loader options (data.collate, data.loader)."""
     from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
     rows = len(dataset)
@@ -81,11 +89,33 @@ def loader_batches(
         sampler = RandomSampler(dataset, generator=gen)
     else:
         sampler = SequentialSampler(dataset)
-    loader = DataLoader(dataset, batch_size=size, sampler=sampler)
+    options = {}
+    if loader is not None and loader.num_workers:
+        options = {"num_workers": loader.num_workers, "persistent_workers": loader.persistent_workers}
+    batches_ = DataLoader(
+        dataset,
+        batch_size=size,
+        sampler=sampler,
+        collate_fn=collate,
+        pin_memory=bool(loader is not None and loader.pin_memory and device.type == "cuda"),
+        **options,
+    )
     done = 0
     while done < steps:
-        for x, y in loader:
-            yield x.to(device), y.to(device)
+        for x, y in batches_:
+            yield to_device(x, device), y.to(device)
             done += 1
             if done == steps:
                 return
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    """A batch's inputs on a device: a tensor, or the tensors of a tuple, list or dict a collate
+    function made (other values as they are)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (tuple, list)):
+        return type(value)(to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    return value

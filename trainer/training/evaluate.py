@@ -14,10 +14,11 @@ from typing import Any
 
 import torch
 
-from trainer.kinds import losses, metrics, models
+from trainer.kinds import data, losses, metrics, models
 from trainer.kinds.data import Dataset, Split
 from trainer.kinds.losses import build_loss
 from trainer.spec.plan import RunPlan
+from trainer.training.batches import to_device
 from trainer.training.sink import DISTANCE, Evaluation
 
 # Rows evaluated in one forward pass: bounds the memory an evaluation takes.
@@ -42,6 +43,7 @@ class Evaluator:
 
     def __init__(self, run: RunPlan, model: torch.nn.Module, dataset: Dataset, device: torch.device):
         self.model = model
+        self.collate = data.collate_of(run.config.data, Path(run.data_folder))
         # The built-in models have no layer that acts differently in eval mode (dropout, batch norm),
         # so they are evaluated without switching modes, which would cost more than their evaluation.
         self.switches_mode = not models.is_builtin(run.config.model)
@@ -116,8 +118,8 @@ class Evaluator:
         from torch.utils.data import DataLoader
 
         outputs, targets = [], []
-        for x, y in DataLoader(split.dataset, batch_size=min(EVAL_ROWS, 1024)):
-            outputs.append(self.model(x.to(self.device)))
+        for x, y in DataLoader(split.dataset, batch_size=min(EVAL_ROWS, 1024), collate_fn=self.collate):
+            outputs.append(self.model(to_device(x, self.device)))
             targets.append(y.to(self.device))
         return torch.cat(outputs), torch.cat(targets)
 

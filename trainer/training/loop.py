@@ -105,7 +105,14 @@ def train(
         )
     else:
         steps = loader_batches(
-            train_rows.dataset, batch_size, run.steps, config.train.sampling, config.train.seed, device
+            train_rows.dataset,
+            batch_size,
+            run.steps,
+            config.train.sampling,
+            config.train.seed,
+            device,
+            data.collate_of(config.data, Path(run.data_folder)),
+            config.data.loader,
         )
     eval_every = config.eval.every
     clip = config.train.clip_grad_norm

@@ -188,7 +188,7 @@ CASES = [
             f"{SPEC}:2: data.path: unknown key 'path' for kind 'seed_toy' (only kind 'csv' has it); its settings: "
             f"validation, split_seed",
             f"{SPEC}:2: data.target: unknown key 'target' for kind 'seed_toy' (only kind 'csv' has it); "
-            f"its settings: validation, split_seed",
+            f"its settings: validation, split_seed, collate, loader",
         ],
         id="unknown-kind-not-given",
     ),

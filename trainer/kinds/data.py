@@ -58,13 +58,6 @@ class LoaderSettings:
 class DataCommon:
     """Settings every data kind has, the user's included."""
 
-    collate: str | None = setting(
-        None,
-        doc="module:function making a batch of a Dataset's items, as DataLoader's collate_fn (items of "
-        "different lengths); it returns (inputs, targets)",
-    )
-    loader: LoaderSettings = setting(LoaderSettings(), doc="DataLoader options for a Dataset")
-
     validation: float = setting(
         0.0,
         at_least(0),
@@ -73,6 +66,12 @@ class DataCommon:
         "rows for every run of the spec); 0 for none",
     )
     split_seed: int = setting(0, SEED, doc="seed of the validation split (independent of train.seed)")
+    collate: str | None = setting(
+        None,
+        doc="module:function making a batch of a Dataset's items, as DataLoader's collate_fn (items of "
+        "different lengths); it returns (inputs, targets)",
+    )
+    loader: LoaderSettings = setting(LoaderSettings(), doc="DataLoader options for a Dataset")
 
 
 @dataclass(frozen=True, kw_only=True)

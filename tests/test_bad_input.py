@@ -186,7 +186,7 @@ CASES = [
         spec("name: x\ndata: {path: d.csv, target: y}\n"),
         [
             f"{SPEC}:2: data.path: unknown key 'path' for kind 'seed_toy' (only kind 'csv' has it); its settings: "
-            f"validation, split_seed",
+            f"validation, split_seed, collate, loader",
             f"{SPEC}:2: data.target: unknown key 'target' for kind 'seed_toy' (only kind 'csv' has it); "
             f"its settings: validation, split_seed, collate, loader",
         ],

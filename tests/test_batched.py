@@ -16,6 +16,7 @@ from conftest import read_events
 from trainer.executors.driver import Options, run_all
 from trainer.kinds.optim import build_schedule
 from trainer.runs.job import execute_unit
+from trainer.runs.rundir import data_digest
 from trainer.spec.sweep import plan
 from trainer.spec.units import Unit, units_of
 from trainer.training.batched import train_group
@@ -162,7 +163,7 @@ name: toy
 data: {kind: seed_toy}
 model: {kind: linear}
 loss: {kind: l1, reduction: sum}
-optimizer: {kind: adam, lr: 0.05}
+optimizer: {kind: sgd, lr: 0.05, momentum: 0.9}
 train: {steps: STEPS, batch_size: 2}
 sweep:
   optimizer.lr: LRS
@@ -317,3 +318,73 @@ def test_the_rates_are_those_a_torch_optimizer_gets_from_its_schedule(tmp_path: 
             if scheduler is not None:
                 scheduler.step()
         assert row.tolist() == expected
+
+
+NEIGHBOURS = """\
+name: neighbours
+data: {kind: seed_toy}
+model: {kind: linear, bias: false}
+loss: {kind: l1, reduction: sum}
+optimizer: {kind: sgd, lr: 0.1}
+train: {steps: 200, batch_size: 1}
+eval: {every: 25}
+log: {every: 5, histograms_every: 20}
+sweep:
+  optimizer:
+    - {kind: sgd, weight_decay: 0.1}
+    - {kind: sgd, momentum: 0.9, weight_decay: 0.01}
+    - {kind: sgd, momentum: 0.5, nesterov: true, weight_decay: 0.1}
+  optimizer.lr: [0.01, 0.03]
+  train.seed: [0, 1, 2]
+"""
+
+
+def _series(folder: Path) -> dict:
+    acc = read_events(folder)
+    values = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    values.update(
+        {
+            tag: [(e.step, e.histogram_value.bucket) for e in acc.Histograms(tag)]
+            for tag in acc.Tags()["histograms"]
+        }
+    )
+    return values
+
+
+def test_a_runs_numbers_do_not_depend_on_the_runs_that_share_its_program(tmp_path: Path):
+    """SGD with weight decay, momentum and nesterov: the grid in groups of six (one per optimizer),
+    in groups of two (one seed at a time), and each run alone (as `--set` reproduces it) give the
+    same bits, logged series included."""
+    spec = tmp_path / "neighbours.yaml"
+    spec.write_text(NEIGHBOURS)
+    whole = plan([str(spec)], ["train.engine=batched"])
+    assert sorted((u.engine, len(u.runs)) for u in units_of(whole)) == [("batched", 6)] * 3
+    run_all(whole, Options(logdir=tmp_path / "whole", workers=0))
+    for seed in (0, 1, 2):  # the runs of one seed: groups of two
+        pairs = plan([str(spec)], [f"train.seed={seed}"])
+        assert sorted(len(u.runs) for u in units_of(pairs)) == [2, 2, 2]
+        run_all(pairs, Options(logdir=tmp_path / "pairs", workers=0))
+    for run in whole:
+        record = json.loads((tmp_path / "whole" / run.folder / "record.json").read_text())
+        assert record["engine"]["name"] == "batched"
+        pins = [f"{key}={value}" for key, value in run.swept if key != "optimizer"]
+        alone = plan([str(spec)], [f"optimizer={json.dumps(dict(run.swept)['optimizer'])}", *pins])
+        (single,) = alone  # the same configuration, its engine aside
+        assert data_digest(single.config_data) == data_digest(run.config_data)
+        run_all([single], Options(logdir=tmp_path / "alone", workers=0))
+        got = json.loads((tmp_path / "alone" / single.folder / "record.json").read_text())
+        assert got["engine"]["name"] == "loop"
+        assert got["weights_sha256"] == record["weights_sha256"], run.folder
+        assert got["metrics"] == record["metrics"], run.folder
+        assert _series(tmp_path / "alone" / single.folder) == _series(tmp_path / "whole" / run.folder), (
+            run.folder
+        )
+
+
+def test_auto_trains_adam_alone_so_that_it_is_the_run_reproduced_alone(tmp_path: Path):
+    spec = tmp_path / "adam.yaml"
+    spec.write_text(NEIGHBOURS.replace("kind: sgd, weight_decay: 0.1}", "kind: adam, weight_decay: 0.01}"))
+    units = units_of(plan([str(spec)]))
+    adam = [u for u in units if u.runs[0].config.optimizer.kind == "adam"]
+    assert adam and all(u.engine == "loop" and "adam's batched update can differ" in u.reason for u in adam)
+    assert any(u.engine == "batched" for u in units)  # its SGD neighbours still share programs

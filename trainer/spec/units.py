@@ -75,6 +75,22 @@ def unbatchable(run: RunPlan) -> str | None:
     return None
 
 
+# Optimizers whose batched update rounds as torch.optim's, whatever the run's neighbours: 'auto'
+# batches these only, so that a run trained alone and in a group gives the same bits.
+EXACT_OPTIMIZERS = ("sgd",)
+
+
+def inexact(run: RunPlan) -> str | None:
+    """Why 'auto' trains a batchable run alone: its batched result could differ in the last bits."""
+    kind = run.config.optimizer.kind
+    if kind in EXACT_OPTIMIZERS:
+        return None
+    return (
+        f"{kind}'s batched update can differ from torch's in the last bits (relative 1e-6), so 'auto' "
+        f"trains it alone, as it would be reproduced; train.engine: batched batches it anyway"
+    )
+
+
 def group_key(run: RunPlan) -> str:
     """Runs with equal keys can train as one program."""
     data = {section: dict(v) if isinstance(v, dict) else v for section, v in run.config_data.items()}
@@ -106,7 +122,7 @@ def units_of(runs: list[RunPlan], workers: int = 1) -> list[Unit]:
         if engine == "loop":
             singles.append(Unit((run,), "loop"))
             continue
-        reason = unbatchable(run)
+        reason = unbatchable(run) or (inexact(run) if engine == "auto" else None)
         if reason is not None:
             singles.append(Unit((run,), "loop", reason))
             continue

@@ -129,16 +129,19 @@ class Optimizer:
         ]
 
     def _sgd(self, i: int, p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        # torch's `a.add(b, alpha=x)` rounds once (a fused multiply-add on the CPU), as addcmul with
+        # a per-run column does; `a + x * b` would round twice. Each line is one of torch's calls.
         shape = (-1,) + (1,) * (p.dim() - 1)
         if self.decays:
-            g = g + self.weight_decay.view(shape) * p
+            g = torch.addcmul(g, p, self.weight_decay.view(shape))  # grad.add(param, alpha=decay)
         if self.uses_momentum:
             momentum = self.momentum.view(shape)
             buffer = self.state["buffer"][i]
+            # buf.mul_(momentum).add_(grad): a product rounded, then a sum
             buffer = g.clone() if buffer is None else buffer * momentum + g
             self.state["buffer"][i] = buffer
-            g = g + buffer * momentum if self.nesterov else buffer
-        return p - lr.view(shape) * g
+            g = torch.addcmul(g, buffer, momentum) if self.nesterov else buffer  # grad.add(buf, alpha=m)
+        return torch.addcmul(p, g, -lr.view(shape))  # param.add_(grad, alpha=-lr)
 
     def _adam(
         self,
@@ -153,10 +156,10 @@ class Optimizer:
         if decay is not None:
             p = p * decay.view(shape)
         elif self.decays:
-            g = g + self.weight_decay.view(shape) * p
+            g = torch.addcmul(g, p, self.weight_decay.view(shape))  # grad.add(param, alpha=decay)
         exp_avg, exp_avg_sq = self.state["exp_avg"][i], self.state["exp_avg_sq"][i]
-        # Each line is torch's kernel, operation by operation (lerp for weights under one half, addcmul).
-        exp_avg = exp_avg + self.one_minus_beta1.view(shape) * (g - exp_avg)
+        # Each line is torch's kernel, operation by operation (lerp rounds as torch.lerp, addcmul).
+        exp_avg = torch.lerp(exp_avg, g, self.one_minus_beta1.view(shape))
         exp_avg_sq = exp_avg_sq * self.beta2.view(shape) + self.one_minus_beta2.view(shape) * g * g
         self.state["exp_avg"][i], self.state["exp_avg_sq"][i] = exp_avg, exp_avg_sq
         second = exp_avg_sq

@@ -113,7 +113,7 @@ def test_timeouts_too_long_to_count_are_refused_and_tiny_ones_still_record_every
 
 def test_a_batched_group_that_times_out_records_the_steps_it_had_done(tmp_path):
     toy_spec(tmp_path, "train.seed: [0, 1, 2, 3]", steps=3_000_000, every=1000)
-    args = ["--logdir", "logs", "--workers", "1", "--set", "train.timeout=2", "--set", "train.engine=batched"]
+    args = ["--logdir", "logs", "--workers", "1", "--set", "train.timeout=6", "--set", "train.engine=batched"]
     code, out, err = trainer(tmp_path, "sweep", "toy.yaml", *args)
     assert code == 1, out + err
     record = json.loads((tmp_path / "logs/toy/seed=0/record.json").read_text())

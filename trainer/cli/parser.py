@@ -107,7 +107,7 @@ def parser() -> argparse.ArgumentParser:
         "converged at, the step a diverged, failed or interrupted run stopped at. "
         "Exit status 1 when some run is damaged.",
     )
-    p.add_argument("logdir", nargs="?", default="logs", type=folder, help="log folder (default: logs)")
+    log_folder(p)
     status_options(p)
     p.add_argument(
         "--verify",
@@ -120,7 +120,7 @@ def parser() -> argparse.ArgumentParser:
         help="rebuild the log folder's HParams experiment record",
         description="Rebuild the log folder's HParams experiment record.",
     )
-    p.add_argument("logdir", nargs="?", default="logs", type=folder, help="log folder (default: logs)")
+    log_folder(p)
     p.add_argument(
         "--focus",
         action="append",
@@ -136,7 +136,7 @@ def parser() -> argparse.ArgumentParser:
         description="Group the runs of each experiment by configuration over their seeds; write the "
         "groups' statistics, their ranking, each setting's effect and pictures to report.md in --out.",
     )
-    p.add_argument("logdir", nargs="?", default="logs", type=folder, help="log folder (default: logs)")
+    log_folder(p)
     p.add_argument("experiments", nargs="*", metavar="EXPERIMENT", help="report on these only (default: all)")
     p.add_argument(
         "--out",
@@ -185,6 +185,11 @@ def status_options(p: argparse.ArgumentParser) -> None:
         help="only runs whose column or setting has this value, e.g. --filter status=diverged, "
         "--filter batch_size=1 (repeatable: all must match)",
     )
+
+
+def log_folder(p: argparse.ArgumentParser) -> None:
+    """The log folder a command reads, as its optional first argument."""
+    p.add_argument("logdir", nargs="?", default="logs", type=folder, help="log folder (default: logs)")
 
 
 def folder(text: str) -> str:

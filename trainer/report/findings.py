@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainer.core.status import Status
+from trainer.runs.record import code_digests
 from trainer.spec.names import BASE_RUN, format_value, labels
 from trainer.tensorboard.hparams import NOT_METRICS, metric_tags
 
@@ -189,13 +190,8 @@ def _group_key(record: dict[str, Any], replicates: tuple[str, ...]) -> str:
 def code_of(record: dict[str, Any]) -> str:
     """A short digest of the user code a run's record names ('' for none): runs of different code
     are never pooled."""
-    code = record.get("code")
-    digests = {
-        where: entry.get("sha256")
-        for where, entry in (code.items() if isinstance(code, dict) else ())
-        if isinstance(entry, dict)
-    }
-    if not any(digests.values()):
+    digests = code_digests(record.get("code"))
+    if not digests:
         return ""
     return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:8]
 

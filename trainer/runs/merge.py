@@ -28,7 +28,7 @@ from trainer.core import guards
 from trainer.core.errors import LogDirError
 from trainer.core.status import Status
 from trainer.runs import claims, rundir, verify
-from trainer.runs.record import code_digests, setting_changes
+from trainer.runs.record import changed_code, code_digests, setting_changes
 from trainer.spec.schema import experiment_name
 
 MAX_NAME = 128
@@ -78,9 +78,8 @@ def _difference(present: Path, record: dict[str, Any] | None) -> str:
     if record is None or there is None:
         return "different run"
     said = setting_changes(there.get("config"), record.get("config"))
-    old, new = code_digests(there.get("code")), code_digests(record.get("code"))
     said += [
-        f"code of {w}: sha256 {old[w][:8]} -> {new[w][:8]}" for w in old if w in new and old[w] != new[w]
+        f"code of {w}: sha256 {a} -> {b}" for w, a, b in changed_code(there.get("code"), record.get("code"))
     ]
     if not said:
         return "same configuration and code, other results"

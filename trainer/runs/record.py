@@ -26,7 +26,7 @@ from trainer.core.status import Status
 from trainer.kinds import registry as kinds
 from trainer.runs import rundir
 from trainer.spec.plan import RunPlan
-from trainer.spec.schema import NOT_IDENTITY, as_data
+from trainer.spec.schema import as_data, beside_identity
 from trainer.tensorboard.hparams import hparams_of
 
 
@@ -204,11 +204,20 @@ def code_record(run: RunPlan) -> dict[str, Any]:
 def code_changes(recorded: Any, current: dict[str, Any]) -> list[str]:
     """'code of WHERE (FILE): sha256 OLD -> NEW' for each piece of user code whose module a record
     names with another digest than the current code's (`code_record` of the same run)."""
-    old, new = _digests(recorded), _digests(current)
     return [
-        f"code of {where} ({current[where].get('file')}): sha256 {old[where][:8]} -> {new[where][:8]}"
-        for where in old
-        if where in new and old[where] != new[where]
+        f"code of {where} ({current[where].get('file')}): sha256 {old} -> {new}"
+        for where, old, new in changed_code(recorded, current)
+    ]
+
+
+def changed_code(old: Any, new: Any) -> list[tuple[str, str, str]]:
+    """(where, old digest, new digest), digests cut to 8 digits, for each piece of user code that two
+    records' (or plans') `code` both name, with different module digests."""
+    before, after = code_digests(old), code_digests(new)
+    return [
+        (where, before[where][:8], after[where][:8])
+        for where in before
+        if where in after and before[where] != after[where]
     ]
 
 
@@ -217,13 +226,8 @@ def setting_changes(old: Any, new: Any) -> list[str]:
     return [
         f"{k}: {_short(a)} -> {_short(b)}"
         for k, a, b in _diff(old if isinstance(old, dict) else {}, new if isinstance(new, dict) else {}, "")
-        if k != "description" and not _beside_identity(k)
+        if k != "description" and not beside_identity(k)
     ]
-
-
-def _beside_identity(key: str) -> bool:
-    """Whether a setting is no part of a run's identity (trainer.spec.schema.NOT_IDENTITY)."""
-    return any(key == k or key.startswith(k + ".") for k in NOT_IDENTITY)
 
 
 def _short(value: Any) -> str:
@@ -242,10 +246,6 @@ def _diff(old: Any, new: Any, prefix: str) -> list[tuple[str, Any, Any]]:
 
 def code_digests(code: Any) -> dict[str, str]:
     """where -> sha256 of each piece of user code a record's `code` names."""
-    return _digests(code)
-
-
-def _digests(code: Any) -> dict[str, str]:
     if not isinstance(code, dict):
         return {}
     return {

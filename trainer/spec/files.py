@@ -16,10 +16,10 @@ from trainer.core.strict import is_import_path
 from trainer.kinds.registry import FAMILIES
 from trainer.spec.schema import (
     EXPERIMENT_NAME,
-    NOT_IDENTITY,
     Config,
     Invalid,
     ReportSettings,
+    beside_identity,
     build,
     check_key,
     show,
@@ -87,10 +87,7 @@ class Spec:
         settings that change nothing the run computes, such as the engine)."""
         return list(
             dict.fromkeys(
-                o.key
-                for o in self.overrides
-                if o.key not in self.sweep
-                and not any(o.key == k or o.key.startswith(k + ".") for k in NOT_IDENTITY)
+                o.key for o in self.overrides if o.key not in self.sweep and not beside_identity(o.key)
             )
         )
 

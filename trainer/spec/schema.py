@@ -60,6 +60,11 @@ NOT_IDENTITY = ("train.engine", "train.timeout", "data.loader")
 UNSET_NOT_IDENTITY = ("data.collate",)
 
 
+def beside_identity(key: str) -> bool:
+    """Whether a dotted setting is, or lies under, one of NOT_IDENTITY."""
+    return any(key == k or key.startswith(k + ".") for k in NOT_IDENTITY)
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainSettings:
     """How long, on what batches, from which seed, on which device."""

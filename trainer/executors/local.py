@@ -265,11 +265,7 @@ class Pool:
             return  # it only said it is ready
         if summaries is None:  # the process died: record it, start another
             stopping = self.grace.started
-            summaries = self._died(worker, Status.INTERRUPTED if stopping else Status.FAILED)
-            self.workers.remove(worker)
-            if self.queue and not stopping and sweep.report.logdir_fault is None:
-                self.workers.append(Worker(self.ctx, self.stopping))
-            sweep.finish(worker.take_back(), summaries)
+            self._replace(worker, self._died(worker, Status.INTERRUPTED if stopping else Status.FAILED))
             return
         held = worker.take_back()
         if (
@@ -284,18 +280,21 @@ class Pool:
     def _timed_out(self, worker: Worker) -> None:
         """A worker that did not end its runs by their time limit: killed, its runs recorded as timed
         out, another worker started in its place."""
-        sweep = self.sweep
         limit = limit_of(list(worker.unit.runs))
         worker.process.kill()
         error = (
             f"timed out: ran longer than train.timeout ({limit:g} s), and its worker process, which "
             f"did not stop it within {KILL_AFTER:g} s more, was killed"
         )
-        summaries = self._died(worker, Status.FAILED, error)
+        self._replace(worker, self._died(worker, Status.FAILED, error))
+
+    def _replace(self, worker: Worker, summaries: list[Summary]) -> None:
+        """A worker gone with its unit, whose runs are recorded: another takes its place while units
+        are left to run."""
         self.workers.remove(worker)
-        if self.queue and sweep.report.logdir_fault is None:
+        if self.queue and not self.grace.started and self.sweep.report.logdir_fault is None:
             self.workers.append(Worker(self.ctx, self.stopping))
-        sweep.finish(worker.take_back(), summaries)
+        self.sweep.finish(worker.take_back(), summaries)
 
     def _replace_starting(self, worker: Worker, died: WorkerDiedStarting) -> None:
         """A worker died before its run began: the run and its claim go to a new worker."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import shutil
 import signal
 import time
@@ -119,7 +120,7 @@ def execute_group(
     except TimedOut as exc:  # the group's time is up for each of its runs: no loop engine retries them
         exc.steps_done = done[0]
         ended = []
-        for run, folder, record, sink in zip(runs, folders, records, sinks + [None] * len(runs)):
+        for run, folder, record, sink in itertools.zip_longest(runs, folders, records, sinks):
             claim = claims.get(run.folder)
             ended.append(Unrecorded(folder, record, claim, record_fault(folder, record, sink, claim, exc)))
             _close(sink)

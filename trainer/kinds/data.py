@@ -127,6 +127,7 @@ class DataInfo:
     true_bias: float | None = None
     digest: str | None = None  # sha256 of a CSV file's bytes
     dataset: bool = False  # a map-style Dataset, not tensors
+    labels: tuple[int, int] | None = None  # the smallest and largest class label over all rows
 
     @property
     def features(self) -> int:
@@ -374,20 +375,30 @@ def _builtin_info(
         raise Invalid([("data.validation", f"the data has {rows} row; holding out rows needs at least two")])
     train, held = split_sizes(rows, spec.validation)
     return DataInfo(
-        train, held, shape, classes, (), tuple(weights) if weights is not None else None, bias, digest
+        train,
+        held,
+        shape,
+        classes,
+        (),
+        tuple(weights) if weights is not None else None,
+        bias,
+        digest,
+        labels=(0, classes - 1) if classes else None,  # every class of a table's text labels is in it
     )
 
 
 def _loaded_info(spec: Any, folder: Path) -> DataInfo:
     dataset = load(spec, folder)
     x, y = first_row(dataset.train)
+    labels = label_range(dataset)  # every label read once, here
     return DataInfo(
         len(dataset.train),
         len(dataset.validation) if dataset.validation else 0,
         tuple(x.shape),
-        _class_count(dataset),
+        _class_count(dataset, labels),
         tuple(y.shape),
         dataset=dataset.train.dataset is not None,
+        labels=labels,
     )
 
 
@@ -410,18 +421,17 @@ def first_row(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.as_tensor(item[0]), torch.as_tensor(item[1])
 
 
-def _class_count(dataset: Dataset) -> int | None:
+def _class_count(dataset: Dataset, labels: tuple[int, int] | None) -> int | None:
     """How many classes the labels have: the names a Dataset gives (`classes`, as torchvision's do,
-    seen through a Subset), else the largest integer label + 1 over all the rows; None for real
-    targets."""
+    seen through a Subset), else the largest integer label (of `labels`, their range over all the
+    rows) + 1; None for real targets."""
     if dataset.classes is not None:
         return len(dataset.classes)
     for split in (dataset.train, dataset.validation):
         named = getattr(_unwrapped(split.dataset)[0], "classes", None) if split and split.dataset else None
         if named is not None:
             return len(named)
-    found = label_range(dataset)
-    return found[1] + 1 if found is not None else None
+    return labels[1] + 1 if labels is not None else None
 
 
 def label_range(dataset: Dataset) -> tuple[int, int] | None:

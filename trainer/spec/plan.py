@@ -29,6 +29,7 @@ class RunPlan:
     input_shape: tuple[int, ...] = ()
     outputs: int = 1  # of a built-in model
     classes: int | None = None  # class labels: how many; None for real targets
+    labels: tuple[int, int] | None = None  # the smallest and largest class label over all the data
     parameters: int | None = None  # the model's parameter elements, where known
     regression: bool = True  # a built-in regression loss: convergence within eval.tolerance means something
     code: tuple[tuple[str, str], ...] = ()  # (where, import path) of every piece of user code the run calls

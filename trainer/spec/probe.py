@@ -179,7 +179,7 @@ def try_run(run: RunPlan) -> int:
         ) from None
     if not isinstance(output, torch.Tensor):
         raise Invalid([("model.kind", f"{config.model.kind} returned {type(output).__name__}, not a tensor")])
-    check_width(config.loss, output, data.label_range(dataset))
+    check_width(config.loss, output, run.labels)
     fitted = output
     if losses.squeezes(config.loss):
         fitted = losses.fit(output, y)

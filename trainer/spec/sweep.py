@@ -286,6 +286,7 @@ def _validate(
         input_shape=info.input_shape,
         outputs=outputs or 1,
         classes=info.classes,
+        labels=info.labels,
         parameters=models.parameter_count(model, shape),
         regression=losses.task_of(config.loss) == losses.REGRESSION,
         code=tuple(code),

@@ -186,9 +186,9 @@ CASES = [
         spec("name: x\ndata: {path: d.csv, target: y}\n"),
         [
             f"{SPEC}:2: data.path: unknown key 'path' for kind 'seed_toy' (only kind 'csv' has it); its settings: "
-            f"validation, split_seed, collate, loader",
+            f"validation, split_seed, collate, loader, classes",
             f"{SPEC}:2: data.target: unknown key 'target' for kind 'seed_toy' (only kind 'csv' has it); "
-            f"its settings: validation, split_seed, collate, loader",
+            f"its settings: validation, split_seed, collate, loader, classes",
         ],
         id="unknown-kind-not-given",
     ),

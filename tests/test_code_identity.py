@@ -70,6 +70,19 @@ def test_merged_runs_of_other_code_are_named_by_merge_and_never_pooled_by_report
     code, out, err = trainer(tmp_path, "merge", "alice/logs", "bob/logs", "--into", "team")
     assert code == 0, out + err
     assert f"(same name, code of log.hook: sha256 {digest['alice'][:8]} -> {digest['bob'][:8]})" in out, out
+    code, out, err = trainer(tmp_path, "status", "team")
+    assert code == 0, out + err
+    lines = out.splitlines()
+    assert lines[0].split()[-1] == "code"
+    codes = {line.split()[-1] for line in lines[1:5]}  # the four runs' rows
+    assert len(codes) == 2 and all(len(c) == 8 for c in codes), out
+    first, second = sorted(codes)
+    assert (
+        f"toy: its runs were made by 2 versions of its user code (code {first}: 2 runs, "
+        f"code {second}: 2 runs); the report keeps them apart"
+    ) in out
+    code, out, err = trainer(tmp_path, "status", "team", "--filter", f"code={first}")
+    assert code == 0 and "2 of 4 runs" in out, out + err
     code, out, err = trainer(tmp_path, "report", "team", "--out", "report")
     assert code == 0, out + err
     text = (tmp_path / "report/report.md").read_text()

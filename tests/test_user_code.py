@@ -366,7 +366,8 @@ def test_gradients_changed_in_place_are_logged_as_the_update_used_them(project):
         pytest.param(
             "model: {kind: 'mymodel:Net', classes: 2}",
             "{spec}:3: model.kind: outputs 2 values per row, but the labels run 0..2 (3 classes); give "
-            "the model 3 outputs (run metrics/base)",
+            "the model 3 outputs: a parameter num_classes (or outputs) of mymodel:Net is given the class "
+            "count when the spec leaves it out (run metrics/base)",
             id="output-misfits-labels",
         ),
         pytest.param(

@@ -16,6 +16,7 @@ on one Dataset; CSV parsing, which stands alone, is in trainer.kinds.tables.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -72,6 +73,12 @@ class DataCommon:
         "different lengths); it returns (inputs, targets)",
     )
     loader: LoaderSettings = setting(LoaderSettings(), doc="DataLoader options for a Dataset")
+    classes: int | None = setting(
+        None,
+        at_least(1),
+        doc="how many classes the labels have (where some class has no rows in this data); "
+        "checked against the labels; by default the data's class names, else the largest label + 1",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -313,7 +320,32 @@ def split_sizes(rows: int, fraction: float) -> tuple[int, int]:
 
 
 def inspect(spec: Any, folder: Path) -> DataInfo:
-    """Size, shape and known truth of a dataset; raises Invalid naming the data.* key at fault."""
+    """Size, shape and known truth of a dataset, with the class count data.classes states; raises
+    Invalid naming the data.* key at fault."""
+    info = _inspected(spec, folder)
+    return info if spec.classes is None else _stated_classes(spec.classes, info)
+
+
+def _stated_classes(stated: int, info: DataInfo) -> DataInfo:
+    """The data's information with data.classes as its class count, where the labels agree."""
+    if info.classes is None:
+        raise Invalid(
+            [("data.classes", f"is {stated}, but the targets are not class labels (one integer per row)")]
+        )
+    problem = None
+    if info.labels is not None and info.labels[1] >= stated:
+        low, high = info.labels
+        problem = f"the labels run {low}..{high} ({high + 1} classes)"
+    elif info.classes > stated:
+        problem = f"the data names {info.classes} classes"
+    if problem is not None:
+        raise Invalid(
+            [("data.classes", f"is {stated}, but {problem}; set it to at least that, or leave it out")]
+        )
+    return dataclasses.replace(info, classes=stated)
+
+
+def _inspected(spec: Any, folder: Path) -> DataInfo:
     if isinstance(spec, SeedToyData):
         return _builtin_info(spec, len(SEED_ROWS), (len(SEED_ROWS[0]),), None, SEED_WEIGHTS, 0.0)
     if isinstance(spec, SyntheticData):

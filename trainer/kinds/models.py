@@ -2,7 +2,8 @@
 
 A model kind's builder takes (kind, spec, shape): `shape` says what the data and loss need, the
 features of a row and the outputs. A user's kind is an nn.Module class or a function returning
-one, called with its settings as keyword arguments.
+one, called with its settings as keyword arguments; the parameters of CONTEXT that it declares are
+filled from the data unless the spec sets them.
 """
 
 from __future__ import annotations
@@ -47,10 +48,22 @@ class MlpModel:
 
 @dataclass(frozen=True)
 class Shape:
-    """What a built-in model must fit: the features of a row and the outputs per row."""
+    """What a model must fit: the features of a row (0 for inputs of another shape), the outputs per
+    row, and for a user's model, one input's shape and the class count (None for real targets)."""
 
     features: int
     outputs: int
+    input_shape: tuple[int, ...] = ()
+    classes: int | None = None
+
+
+# The parameters a user's model may declare to be given what the data says (name -> type, doc).
+CONTEXT: dict[str, tuple[Any, str]] = {
+    "num_classes": (int, "the number of classes of the labels"),
+    "outputs": (int, "outputs per row: one per class for a classification loss, else one per target value"),
+    "in_features": (int, "the features of a row of a table"),
+    "input_shape": (tuple[int, ...], "the shape of one input (without the batch)"),
+}
 
 
 def _linear(kind: kinds.Kind, spec: LinearModel, shape: Shape) -> nn.Module:
@@ -97,13 +110,46 @@ def _zeroed(model: nn.Module, init: Any) -> nn.Module:
 def _user_model(kind: kinds.Kind, spec: Any, shape: Shape | None) -> nn.Module:
     from torch import nn
 
-    model = kind.target(**kinds.settings(spec))
+    model = kind.target(**(kinds.settings(spec) | context_values(spec, shape)))
     if not isinstance(model, nn.Module):
         raise Invalid([("model.kind", f"{kind.name} returned {type(model).__name__}, not a torch.nn.Module")])
     return model
 
 
-kinds.define_family("model", "an nn.Module class, or a function returning an nn.Module", _user_model)
+def context_values(spec: Any, shape: Shape | None) -> dict[str, Any]:
+    """The context parameters a user's model declares and its spec leaves 'auto', with what the
+    data says for them (nothing for a built-in model); Invalid where the data cannot say."""
+    if is_builtin(spec):
+        return {}
+    return {
+        name: _context_value(name, spec.kind, shape)
+        for name in CONTEXT
+        if getattr(spec, name, None) == "auto"
+    }
+
+
+def _context_value(name: str, kind: str, shape: Shape | None) -> Any:
+    """What the data says for a context parameter, or Invalid saying which key to set."""
+    value = None
+    if shape is not None:
+        value = {
+            "num_classes": shape.classes,
+            "outputs": shape.outputs,
+            "in_features": shape.features or None,
+            "input_shape": list(shape.input_shape) or None,
+        }[name]
+    if value is None:
+        why = {
+            "num_classes": "the targets are real numbers, not class labels",
+            "in_features": "one input of this data is not a row of features",
+        }.get(name, "the data does not say it")
+        raise Invalid([(f"model.{name}", f"{kind} takes {name}, but {why}; set model.{name}")])
+    return value
+
+
+kinds.define_family(
+    "model", "an nn.Module class, or a function returning an nn.Module", _user_model, context=CONTEXT
+)
 kinds.register("model", LinearModel, _linear)
 kinds.register("model", MlpModel, _mlp)
 

@@ -24,7 +24,7 @@ import os
 import re
 import sys
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import MISSING, dataclass, fields, make_dataclass
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
@@ -65,6 +65,8 @@ class Family:
     build_user: Callable[..., Any]  # (kind, spec, *family arguments) -> built object
     passed: int | Callable[[Any], int] = 0  # leading positional parameters the trainer fills in
     common: type | None = None  # a dataclass of settings every kind of the family has
+    # Parameters the trainer fills from the data when a user's kind declares them: name -> (type, doc).
+    context: Mapping[str, tuple[Any, str]] = dataclasses.field(default_factory=dict)
     kinds: dict[str, Kind] = dataclasses.field(default_factory=dict)
 
 
@@ -77,9 +79,11 @@ def define_family(
     build_user: Callable[..., Any],
     passed: int | Callable[[Any], int] = 0,
     common: type | None = None,
+    context: Mapping[str, tuple[Any, str]] | None = None,
 ) -> Family:
-    """Declare a family (each family's module does this once)."""
-    family = _families[name] = Family(name, what, build_user, passed, common)
+    """Declare a family (each family's module does this once); `context`: parameters the trainer
+    fills from the data, where a user's kind declares them and the spec leaves them 'auto'."""
+    family = _families[name] = Family(name, what, build_user, passed, common, dict(context or {}))
     return family
 
 
@@ -314,6 +318,16 @@ def _settings_class(fam: Family, text: str, folder: str | None, target: Any, key
     specs: list[tuple[str, Any, Any]] = [("kind", str, setting(text, doc="import path of the user's code"))]
     for p in params[passed:]:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in common:
+            continue
+        if p.name in fam.context:
+            tp, doc = fam.context[p.name]
+            specs.append(
+                (
+                    p.name,
+                    tp | Literal["auto"],
+                    setting("auto", doc=f"argument {p.name} of {text}; 'auto': {doc}"),
+                )
+            )
             continue
         default = MISSING if p.default is p.empty else _frozen(p.default)
         specs.append((p.name, _setting_type(p), setting(default, doc=f"argument {p.name} of {text}")))

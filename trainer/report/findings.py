@@ -10,7 +10,6 @@ marginal mean: the metric averaged over the groups that share a value of it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Iterable
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainer.core.status import Status
-from trainer.runs.record import code_digests
+from trainer.runs.record import code_id
 from trainer.spec.names import BASE_RUN, format_value, labels
 from trainer.tensorboard.hparams import NOT_METRICS, metric_tags
 
@@ -184,16 +183,7 @@ def settings_of(records: list[dict[str, Any]]) -> dict[str, Any]:
 def _group_key(record: dict[str, Any], replicates: tuple[str, ...]) -> str:
     """Runs are seeds of one group only if their settings, replicates aside, and their code agree."""
     hparams = {k: v for k, v in (record.get("hparams") or {}).items() if k not in replicates}
-    return json.dumps([hparams, code_of(record)], sort_keys=True)
-
-
-def code_of(record: dict[str, Any]) -> str:
-    """A short digest of the user code a run's record names ('' for none): runs of different code
-    are never pooled."""
-    digests = code_digests(record.get("code"))
-    if not digests:
-        return ""
-    return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:8]
+    return json.dumps([hparams, code_id(record.get("code"))], sort_keys=True)
 
 
 def _tell_apart(groups: list[Group], replicates: tuple[str, ...]) -> list[str]:
@@ -211,7 +201,7 @@ def _tell_apart(groups: list[Group], replicates: tuple[str, ...]) -> list[str]:
             {k: v for k, v in (g.runs[0].get("hparams") or {}).items() if k not in replicates} for g in same
         ]
         keys = sorted({k for h in params for k in h if len({json.dumps(p.get(k)) for p in params}) > 1})
-        codes = [code_of(g.runs[0]) for g in same]
+        codes = [code_id(g.runs[0].get("code")) for g in same]
         for group, hparams, code in zip(same, params, codes):
             extra = [f"{k.rpartition('.')[2]}={format_value(hparams.get(k))}" for k in keys]
             if len(set(codes)) > 1:

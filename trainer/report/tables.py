@@ -63,6 +63,13 @@ def main_loss(metrics: dict[str, Any]) -> Any:
     return metrics.get("final/val/loss", metrics.get("final/train/loss", metrics.get("eval_loss")))
 
 
+def code_column(record: dict[str, Any]) -> str | None:
+    """The short digest of the user code that made a run (trainer.runs.record.code_id), or None."""
+    from trainer.runs.record import code_id
+
+    return code_id(record.get("code")) or None
+
+
 # The status table's columns: the name --sort and --filter take (the header, with _ for spaces),
 # the header, and the value from a run's record.
 COLUMNS: dict[str, tuple[str, Any]] = {
@@ -73,26 +80,25 @@ COLUMNS: dict[str, tuple[str, Any]] = {
     "converged_at": ("converged at", lambda r: (r.get("metrics") or {}).get("final/converged_step")),
     "stopped_at": ("stopped at", stopped_at),
     "time": ("time", lambda r: r.get("duration_s")),
+    "code": ("code", code_column),
 }
-RUN_HEADER = [header for header, _ in COLUMNS.values()]
+_SHOWN = {
+    "final_loss": _number,
+    "distance": _number,
+    "converged_at": _step,
+    "stopped_at": _step,
+    "time": lambda t: "-" if t is None else f"{t:.1f} s",
+    "code": _step,
+}
 
 
-def run_rows(records: Iterable[dict[str, Any]]) -> list[list[str]]:
+def run_table(records: list[dict[str, Any]]) -> list[str]:
+    """The runs as a table, one line each; the code column only where some run used user code."""
+    names = [n for n in COLUMNS if n != "code" or any(code_column(r) for r in records)]
     rows = []
     for record in records:
-        value = {name: get(record) for name, (_, get) in COLUMNS.items()}
-        rows.append(
-            [
-                value["run"],
-                value["status"],
-                _number(value["final_loss"]),
-                _number(value["distance"]),
-                _step(value["converged_at"]),
-                _step(value["stopped_at"]),
-                "-" if value["time"] is None else f"{value['time']:.1f} s",
-            ]
-        )
-    return rows
+        rows.append([_SHOWN.get(n, str)(COLUMNS[n][1](record)) for n in names])
+    return table(rows, [COLUMNS[n][0] for n in names])
 
 
 def sweep_summary(
@@ -107,10 +113,10 @@ def sweep_summary(
     quiet, only the one-line summary and what went wrong."""
     lines = []
     if not quiet:
-        rows = run_rows(sorted(records, key=lambda r: natural_key(r["folder"])))
-        lines += ["", *table(rows[:MAX_ROWS], RUN_HEADER)]
-        if len(rows) > MAX_ROWS:
-            lines.append(f"... and {len(rows) - MAX_ROWS} more: {trainer_command()} status {logdir}")
+        ordered = sorted(records, key=lambda r: natural_key(r["folder"]))
+        lines += ["", *run_table(ordered[:MAX_ROWS])]
+        if len(ordered) > MAX_ROWS:
+            lines.append(f"... and {len(ordered) - MAX_ROWS} more: {trainer_command()} status {logdir}")
         lines.append("")
     counts: dict[str, int] = {}
     for record in records:
@@ -308,8 +314,9 @@ def status_report(
     lines = (
         [f"{total} match {' and '.join(filters)}"]
         if not shown
-        else [*table(run_rows(shown), RUN_HEADER), "", f"{total}: {summary}"]
+        else [*run_table(shown), "", f"{total}: {summary}"]
     )
+    lines += code_versions(shown)
     if damaged:
         lines += [
             "Damaged (their files no longer match their records; a sweep runs them again, keeping the "
@@ -317,6 +324,25 @@ def status_report(
             *damaged,
         ]
     return lines, len(damaged)
+
+
+def code_versions(records: list[dict[str, Any]]) -> list[str]:
+    """A line for each experiment whose runs were made by more than one version of its user code."""
+    versions: dict[str, dict[str, int]] = {}
+    for record in records:
+        code = code_column(record)
+        if code is not None:
+            counts = versions.setdefault(record.get("experiment", "?"), {})
+            counts[code] = counts.get(code, 0) + 1
+    return [
+        f"{experiment}: its runs were made by {len(counts)} versions of its user code ("
+        + ", ".join(
+            f"code {code}: {_runs(n)}" for code, n in sorted(counts.items(), key=lambda c: (-c[1], c[0]))
+        )
+        + "); the report keeps them apart"
+        for experiment, counts in sorted(versions.items())
+        if len(counts) > 1
+    ]
 
 
 # --- a changed spec ---------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def load_model(run_folder: str | Path, map_location: Any = "cpu") -> nn.Module:
         )
     _check_code(folder, record)
     try:
-        with kinds.searching(_spec_folder(record)):
+        with kinds.searching(_spec_folder(record, folder)):
             config: Config = build(Config, record["config"])
     except Invalid as invalid:
         raise CheckpointError(
@@ -53,20 +53,34 @@ def load_model(run_folder: str | Path, map_location: Any = "cpu") -> nn.Module:
             ]
         )
     resolved = record.get("resolved", {})
-    shape = list(resolved.get("input_shape") or [0])
+    shape = tuple(resolved.get("input_shape") or ())
+    features = shape[0] if len(shape) == 1 else 0
     model = build_model(
-        config.model, Shape(shape[0] if len(shape) == 1 else 0, resolved.get("outputs", 1)), config.train.seed
+        config.model,
+        Shape(features, resolved.get("outputs", 1), shape, resolved.get("classes")),
+        config.train.seed,
     )
     state = torch.load(folder / name, map_location=map_location, weights_only=True)
     model.load_state_dict(state)
     return model.to(map_location).eval()
 
 
-def _spec_folder(record: dict[str, Any]) -> Path | None:
-    """Where the run found its modules, if that folder is here too (else installed modules only)."""
+def _spec_folder(record: dict[str, Any], run_folder: Path) -> Path | None:
+    """Where the run found its modules, if that folder is here too (else installed modules only).
+    A spec path the sweep was given relative to its own folder is looked up from the current folder,
+    then from the folder that holds the log folder (where `sweep SPEC --logdir logs` was typed)."""
     spec = record.get("spec")
-    folder = Path(spec).parent if spec else None
-    return folder if folder is not None and folder.is_dir() else None
+    if not spec:
+        return None
+    path = Path(spec)
+    candidates = [path]
+    above = run_folder.resolve().parents
+    if not path.is_absolute() and len(above) > 2:
+        candidates.append(above[2] / path)
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is not None:
+        return found.parent
+    return path.parent if path.parent.is_dir() else None
 
 
 def _check_code(folder: Path, record: dict[str, Any]) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime
 import functools
+import hashlib
+import json
 import os
 import platform
 import socket
@@ -24,6 +26,7 @@ import trainer
 from trainer import __version__
 from trainer.core.status import Status
 from trainer.kinds import registry as kinds
+from trainer.kinds.models import context_values
 from trainer.runs import rundir
 from trainer.spec.plan import RunPlan
 from trainer.spec.schema import as_data, beside_identity
@@ -78,8 +81,14 @@ def now() -> str:
 
 
 def resolved_values(run: RunPlan) -> dict[str, float]:
-    """Numbers the spec left open, as the run used them."""
-    return {"train.batch_size": run.batch_size, "train.steps": run.steps}
+    """Numbers the spec left open, as the run used them: its steps and batch size, and what the
+    data gave a user's model (trainer.kinds.models.CONTEXT)."""
+    given = context_values(run.config.model, run.shape)
+    return {
+        "train.batch_size": run.batch_size,
+        "train.steps": run.steps,
+        **{f"model.{name}": value for name, value in given.items() if isinstance(value, int)},
+    }
 
 
 def config_text(run: RunPlan, data: dict[str, Any] | None = None) -> str:
@@ -87,7 +96,8 @@ def config_text(run: RunPlan, data: dict[str, Any] | None = None) -> str:
     header = [f"# {run.folder}", f"# from {Path(run.spec_path).name}"]
     if run.swept:
         header.append("# swept: " + ", ".join(f"{k}={v!r}" for k, v in run.swept))
-    header.append(f"# resolved: steps={run.steps}, batch_size={run.batch_size} of {run.rows} rows")
+    given = "".join(f", model.{k}={v!r}" for k, v in context_values(run.config.model, run.shape).items())
+    header.append(f"# resolved: steps={run.steps}, batch_size={run.batch_size} of {run.rows} rows{given}")
     data = run.config_data if data is None else data
     return "\n".join(header) + "\n" + "".join(_yaml_entry(key, value) for key, value in data.items())
 
@@ -253,6 +263,15 @@ def code_digests(code: Any) -> dict[str, str]:
         for where, entry in code.items()
         if isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
     }
+
+
+def code_id(code: Any) -> str:
+    """A short digest of all the user code a record's `code` names ('' for none): runs of one
+    configuration and different code are different runs (never pooled as seeds)."""
+    digests = code_digests(code)
+    if not digests:
+        return ""
+    return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def start_record(run: RunPlan, engine: dict[str, Any]) -> RunRecord:

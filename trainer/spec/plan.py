@@ -53,7 +53,7 @@ class RunPlan:
 
     @property
     def shape(self) -> models.Shape:
-        return models.Shape(self.features, self.outputs)
+        return models.Shape(self.features, self.outputs, self.input_shape, self.classes)
 
     def cost(self) -> float:
         """A rough relative duration, so the longest runs start first."""

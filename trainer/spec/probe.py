@@ -18,7 +18,8 @@ from typing import Any
 
 from trainer.core.deadline import TimedOut, time_limit
 from trainer.core.strict import Invalid, as_data
-from trainer.kinds import data, losses, metrics
+from trainer.kinds import data, losses, metrics, models
+from trainer.kinds import registry as kinds
 from trainer.kinds.models import build_model
 from trainer.spec.apart import Apart, Trying
 from trainer.spec.plan import RunPlan
@@ -117,23 +118,46 @@ def _said(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def check_width(loss: Any, output: Any, labels: tuple[int, int] | None) -> None:
+def check_width(config: Any, output: Any, labels: tuple[int, int] | None) -> None:
     """A classifier's outputs, one per class, against the labels of all the data (not one batch's)."""
-    if labels is None or losses.task_of(loss) != losses.CLASSES or output.dim() != 2:
+    if losses.task_of(config.loss) != losses.CLASSES or output.dim() != 2:
         return
+    problem = width_problem(config.model, output.shape[-1], labels)
+    if problem is not None:
+        raise Invalid([problem])
+
+
+def width_problem(model: Any, width: int, labels: tuple[int, int] | None) -> tuple[str, str] | None:
+    """(key, message) where a classifier of `width` outputs cannot score every label, naming the
+    setting to change: the model's own where the spec set it, else how the model is given it."""
+    if labels is None:
+        return None
     low, high = labels
-    width = output.shape[-1]
-    if low < 0 or high >= width:
-        value = "value" if width == 1 else "values"
-        raise Invalid(
-            [
-                (
-                    "model.kind",
-                    f"outputs {width} {value} per row, but the labels run {low}..{high} "
-                    f"({high + 1} classes); give the model {high + 1} outputs",
-                )
-            ]
+    if low < 0:
+        return ("data.kind", f"the labels run {low}..{high}; class labels count from 0")
+    if high < width:
+        return None
+    classes = high + 1
+    seen = f"but the labels run {low}..{high} ({classes} classes)"
+    given = {
+        name: getattr(model, name)
+        for name in ("outputs", "num_classes")
+        if getattr(model, name, "auto") != "auto"
+    }
+    if given:
+        name, value = next(iter(given.items()))
+        return (
+            f"model.{name}",
+            f"is {value}, {seen}; set it to {classes}, or leave it out to have it filled from the data",
         )
+    value = "value" if width == 1 else "values"
+    offer = ""
+    if not models.is_builtin(model) and not {"outputs", "num_classes"} & set(kinds.settings(model)):
+        offer = (
+            f": a parameter num_classes (or outputs) of {model.kind} is given the class count "
+            f"when the spec leaves it out"
+        )
+    return ("model.kind", f"outputs {width} {value} per row, {seen}; give the model {classes} outputs{offer}")
 
 
 def try_run(run: RunPlan) -> int:
@@ -179,7 +203,7 @@ def try_run(run: RunPlan) -> int:
         ) from None
     if not isinstance(output, torch.Tensor):
         raise Invalid([("model.kind", f"{config.model.kind} returned {type(output).__name__}, not a tensor")])
-    check_width(config.loss, output, run.labels)
+    check_width(config, output, run.labels)
     fitted = output
     if losses.squeezes(config.loss):
         fitted = losses.fit(output, y)

@@ -57,7 +57,7 @@ MAX_TIMEOUT = 365 * 24 * 3600
 # Settings that leave what a run computes as it is: no part of its name or its configuration's digest.
 NOT_IDENTITY = ("train.engine", "train.timeout", "data.loader")
 # Settings added later: part of a run's identity only once set, so older runs keep theirs.
-UNSET_NOT_IDENTITY = ("data.collate",)
+UNSET_NOT_IDENTITY = ("data.collate", "data.classes")
 
 
 def beside_identity(key: str) -> bool:

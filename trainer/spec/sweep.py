@@ -16,7 +16,7 @@ from trainer.spec.apart import Apart
 from trainer.spec.files import Spec, combine, load_spec, parent_key, parse_overrides
 from trainer.spec.names import run_name
 from trainer.spec.plan import RunPlan
-from trainer.spec.probe import inspect_apart, probe_apart
+from trainer.spec.probe import inspect_apart, probe_apart, width_problem
 from trainer.spec.schema import Config, Invalid, build, check_key, experiment_name
 
 MAX_RUNS = 10_000
@@ -228,11 +228,15 @@ def _validate(
     if outputs is None:
         problems.append(
             (
-                "model.outputs",
-                "the number of classes cannot be told from this data (a Dataset's labels "
-                "are not scanned); give model.outputs",
+                "data.classes",
+                "the number of classes cannot be told from this data (its targets are not one "
+                "integer label per row); give data.classes",
             )
         )
+    elif models.is_builtin(model) and losses.task_of(config.loss) == losses.CLASSES:
+        problem = width_problem(model, outputs, info.labels)
+        if problem is not None:
+            problems.append(problem)
     code = [
         (f"{section}.kind", getattr(config, section).kind)
         for section in kinds.FAMILIES

@@ -22,6 +22,7 @@ from tensorboard.compat.proto import summary_pb2, tensor_pb2, tensor_shape_pb2, 
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
 from trainer.core.status import Status
+from trainer.spec.schema import UNSET_NOT_IDENTITY
 
 HParamValue = bool | float | str
 
@@ -103,7 +104,7 @@ NOT_HPARAMS = ("name", "description", "log")
 # Settings that change nothing a run computes: no HParams column of their own.
 NOT_HPARAM_KEYS = ("train.timeout", "data.loader")
 # Settings added later: a column only where set (so older runs and newer ones share their columns).
-UNSET_NOT_HPARAMS = ("data.collate",)
+UNSET_NOT_HPARAMS = UNSET_NOT_IDENTITY
 
 
 def hparams_of(config: Any, experiment: str, resolved: dict[str, float]) -> dict[str, HParamValue]:

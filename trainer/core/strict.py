@@ -171,11 +171,15 @@ def convert(tp: Any, value: Any, path: str) -> Any:
         return build(tp, value, path)
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
+        inner = None  # a mapping's problems as the settings class among the options sees them
         for option in get_args(tp):
             try:
                 return convert(option, value, path)
-            except Invalid:
-                continue
+            except Invalid as invalid:
+                if isinstance(value, dict) and is_dataclass(option):
+                    inner = invalid
+        if inner is not None:
+            raise inner
         literals = [a for o in get_args(tp) if get_origin(o) is Literal for a in get_args(o)]
         hint = suggest(value, [str(a) for a in literals]) if isinstance(value, str) else ""
         raise Invalid(

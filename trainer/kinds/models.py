@@ -156,6 +156,9 @@ kinds.register("model", MlpModel, _mlp)
 
 def build_model(spec: Any, shape: Shape | None, seed: int) -> nn.Module:
     """The run's model; its initial weights are seeded with the run's seed."""
+    import random
+
+    import numpy as np
     import torch
 
     if is_builtin(spec):
@@ -163,7 +166,11 @@ def build_model(spec: Any, shape: Shape | None, seed: int) -> nn.Module:
         # seed for CUDA, with a stack trace of the call (a millisecond a run, a second a sweep).
         torch.default_generator.manual_seed(seed)
     else:
-        torch.manual_seed(seed)  # user code may draw on any device
+        # User code may draw on any device, and from NumPy's and Python's generators too: all are
+        # seeded, so that a run of user code is the same run each time.
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
     return kinds.build(spec, shape)
 
 

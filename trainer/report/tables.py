@@ -151,6 +151,7 @@ def sweep_summary(
             trace = logdir / summary.folder / TRACEBACK
             where = f" (traceback: {trace})" if trace.exists() else ""
             lines.append(f"  {summary.folder}: {summary.error}{where}")
+    lines += _resumed_lines(records, {s.folder for s in report.ran})
     if report.logdir_fault:
         lines.append(
             f"Stopped: the log folder cannot be written ({report.logdir_fault}); "
@@ -160,10 +161,29 @@ def sweep_summary(
         lines.append(f"Stopped: {report.startup_fault}")
     if report.interrupted:
         lines.append(
-            f"Interrupted. Finished runs are kept; to resume, run the same command again:\n  {command}"
+            f"Interrupted. Finished runs are kept, and stopped runs go on from their last checkpoints; "
+            f"to resume, run the same command again:\n  {command}"
         )
     if not quiet:
         lines.append(f"Open TensorBoard:  {tensorboard_command(logdir)}")
+    return lines
+
+
+def _resumed_lines(records: list[dict[str, Any]], ran: set[str]) -> list[str]:
+    """Which of the runs this sweep ran went on from a checkpoint, and which started over, and why."""
+    mine = [r for r in records if r.get("folder") in ran]
+    resumed = [r for r in mine if isinstance(r.get("resumed"), dict)]
+    lines = []
+    if resumed:
+        shown = ", ".join(
+            f"{r['folder']} (from step {r['resumed'].get('from_step', 0):,})" for r in resumed[:5]
+        )
+        more = f" and {len(resumed) - 5} more" if len(resumed) > 5 else ""
+        lines.append(f"{_runs(len(resumed))} went on from a checkpoint: {shown}{more}")
+    over = [r for r in mine if r.get("started_over")]
+    if over:
+        lines.append(f"{_runs(len(over))} started over:")
+        lines += [f"  {r['folder']}: {r['started_over']}" for r in over[:MAX_ROWS]]
     return lines
 
 

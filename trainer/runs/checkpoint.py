@@ -27,18 +27,21 @@ class CheckpointError(UserError):
     """A run folder whose model cannot be rebuilt."""
 
 
-def load_model(run_folder: str | Path, map_location: Any = "cpu") -> nn.Module:
-    """The trained model of a finished run, in eval mode, with its final weights."""
+def load_model(run_folder: str | Path, map_location: Any = "cpu", which: str = "final") -> nn.Module:
+    """The trained model of a finished run, in eval mode, with its final weights, or with
+    which="best" those of the best evaluation of its watched metric (log.checkpoint: best, both)."""
     import torch
 
+    if which not in ("final", "best"):
+        raise CheckpointError(f"which={which!r}: a run keeps its 'final' weights and its 'best'")
     folder = Path(run_folder)
     record, problem = rundir.load_record(folder)
     if record is None:
         raise CheckpointError(f"{folder}: {problem or 'no record.json, so not a finished run'}")
-    name = record.get("checkpoint")
+    name = record.get("checkpoint" if which == "final" else "best_checkpoint")
     if not name or not (folder / name).is_file():
         raise CheckpointError(
-            f"{folder}: the run kept no checkpoint (status {record.get('status')!r}; "
+            f"{folder}: the run kept no {which} checkpoint (status {record.get('status')!r}; "
             f"log.checkpoint: {record.get('config', {}).get('log', {}).get('checkpoint', 'final')})"
         )
     _check_code(folder, record)

@@ -16,7 +16,7 @@ from typing import Any
 
 from trainer.core.deadline import TimedOut, limit_of, time_limit
 from trainer.core.status import Status
-from trainer.runs import rundir
+from trainer.runs import resuming, rundir
 from trainer.runs.claims import Claim, ClaimLost, owns
 from trainer.runs.record import RunRecord, base_record, config_text, now, portable, start_record
 from trainer.spec.plan import RunPlan
@@ -61,9 +61,19 @@ def execute(
     record = start_record(run, engine or {"name": "loop", "reason": None})
     sink = None
     try:
-        sink = open_run(run, folder, record)
+        resume, why_not = resuming.usable(run, folder, record) if claim_allows(claim) else (None, None)
+        if resume is not None:
+            resuming.reopen(folder)
+            sink = new_sink(run, folder, record)
+            record["resumed"] = {"from_step": resume.step}
+            clock -= resume.seconds  # the run's time is its attempts' together
+        else:
+            sink = open_run(run, folder, record)
+            if why_not is not None:
+                record["started_over"] = why_not
+        checkpoints = resuming.checkpoints(run, folder, record, clock)
         with time_limit(run.config.train.timeout), user_exits():
-            outcome = train(run, sink, should_stop, on_progress)
+            outcome = train(run, sink, should_stop, on_progress, checkpoints, resume)
         record_outcome(run, folder, record, outcome)
     except (Exception, TimedOut) as exc:  # the run's fault is recorded; the sweep goes on
         if record_fault(folder, record, sink, claim, exc):
@@ -177,7 +187,6 @@ def user_exits() -> Iterator[None]:
 
 def open_run(run: RunPlan, folder: Path, record: RunRecord) -> Any:
     """A clean run folder with the resolved configuration, and the sink writing its event file."""
-    from trainer.tensorboard.sink import TensorBoardSink
 
     # A half-written event file left beside a new one would show doubled curves.
     if folder.exists():
@@ -185,7 +194,20 @@ def open_run(run: RunPlan, folder: Path, record: RunRecord) -> Any:
     folder.mkdir(parents=True)
     text = config_text(run, record["config"])
     (folder / rundir.CONFIG).write_text(text, encoding="utf-8")
+    return new_sink(run, folder, record, text)
+
+
+def new_sink(run: RunPlan, folder: Path, record: RunRecord, text: str | None = None) -> Any:
+    """The sink writing the run's events into its folder."""
+    from trainer.tensorboard.sink import TensorBoardSink
+
+    text = config_text(run, record["config"]) if text is None else text
     return TensorBoardSink(folder, run.config.log, record["hparams"], text)
+
+
+def claim_allows(claim: Claim | None) -> bool:
+    """Whether the run folder is this sweep's to go on in (no claim: a run of its own process)."""
+    return claim is None or owns(claim)
 
 
 def record_outcome(run: RunPlan, folder: Path, record: RunRecord, outcome: Any) -> None:
@@ -200,10 +222,18 @@ def record_outcome(run: RunPlan, folder: Path, record: RunRecord, outcome: Any) 
     )
     if outcome.stopped is not None:
         record["stopped"] = outcome.stopped
+    if outcome.best is not None:
+        record["best"] = outcome.best
     record["resolved"]["device"] = outcome.device
-    if outcome.status == Status.COMPLETE and run.config.log.checkpoint == "final":
-        save_checkpoint(folder, outcome.model)
+    kept = run.config.log.checkpoint
+    if outcome.status == Status.COMPLETE and kept in ("final", "both"):
+        save_checkpoint(folder / rundir.CHECKPOINT, outcome.model.state_dict())
         record["checkpoint"] = rundir.CHECKPOINT
+    if outcome.status == Status.COMPLETE and kept in ("best", "both") and outcome.best_state is not None:
+        save_checkpoint(folder / rundir.BEST, outcome.best_state)
+        record["best_checkpoint"] = rundir.BEST
+    if outcome.status in (Status.COMPLETE, Status.DIVERGED):
+        resuming.finished(folder)
 
 
 def record_fault(
@@ -243,16 +273,16 @@ def _close(sink: Any) -> None:
             pass
 
 
-def save_checkpoint(folder: Path, model: Any) -> None:
-    """The model's final state_dict, on the CPU, written atomically (see trainer.checkpoint)."""
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """A model's state_dict, on the CPU, written atomically (see trainer.runs.checkpoint)."""
     import io
 
     import torch
 
     buffer = io.BytesIO()
-    torch.save({name: t.detach().cpu() for name, t in model.state_dict().items()}, buffer)
+    torch.save({name: t.detach().cpu() for name, t in state.items()}, buffer)
     # Made durable with the run's record (see rundir.commit_record).
-    rundir.write_atomic(folder / rundir.CHECKPOINT, buffer.getvalue(), durable=False)
+    rundir.write_atomic(path, buffer.getvalue(), durable=False)
 
 
 @dataclass

@@ -30,6 +30,8 @@ RECORD = "record.json"
 CONFIG = "config.yaml"
 TRACEBACK = "traceback.txt"
 CHECKPOINT = "model.pt"
+BEST = "best.pt"  # the weights of the watched metric's best evaluation (log.checkpoint: best, both)
+RESUME = "resume.pt"  # the state a stopped run goes on from (trainer.runs.resuming)
 # The folder of the seed-band runs that `index` derives from the runs (trainer.bands): never an
 # experiment, whose names start with a letter or a digit, so never a run either.
 BANDS = "_seeds"

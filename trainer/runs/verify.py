@@ -39,14 +39,15 @@ def quick(folder: Path, record: dict[str, Any]) -> str | None:
     events = sorted(n for n in found if n.startswith(EVENTS_PREFIX))
     if not events:
         return "its event file is missing"
-    if len(events) > 1:
-        return f"it holds {len(events)} event files, where a run writes one"
+    sizes = record.get("files")
+    if len(events) > 1 and not (isinstance(sizes, dict) and set(events) <= set(sizes)):
+        return f"it holds {len(events)} event files, where its record lists one"
     if rundir.CONFIG not in found:
         return f"its {rundir.CONFIG} is missing"
-    checkpoint = record.get("checkpoint")
-    if checkpoint is not None and (not isinstance(checkpoint, str) or checkpoint not in found):
-        return f"its checkpoint {checkpoint!r} is missing"
-    sizes = record.get("files")
+    for key in ("checkpoint", "best_checkpoint"):
+        checkpoint = record.get(key)
+        if checkpoint is not None and (not isinstance(checkpoint, str) or checkpoint not in found):
+            return f"its checkpoint {checkpoint!r} is missing"
     if sizes is None:
         return None  # recorded before files were listed in records
     if not isinstance(sizes, dict):
@@ -67,8 +68,9 @@ def quick(folder: Path, record: dict[str, Any]) -> str | None:
                 if isinstance(size, int)
                 else f"the record's size of {name} is not a number"
             )
-    if events[0] not in sizes:
-        return f"its event file {events[0]} is not the one its record lists"
+    unlisted = [name for name in events if name not in sizes]
+    if unlisted:
+        return f"its event file {unlisted[0]} is not one its record lists"
     return None
 
 

@@ -55,9 +55,38 @@ def experiment_name(name: Any) -> str | None:
 MAX_TIMEOUT = 365 * 24 * 3600
 
 # Settings that leave what a run computes as it is: no part of its name or its configuration's digest.
-NOT_IDENTITY = ("train.engine", "train.timeout", "data.loader")
+NOT_IDENTITY = ("train.engine", "train.timeout", "data.loader", "log.checkpoint_every")
 # Settings added later: part of a run's identity only once set, so older runs keep theirs.
-UNSET_NOT_IDENTITY = ("data.collate", "data.classes")
+UNSET_NOT_IDENTITY = ("data.collate", "data.classes", "train.early_stopping")
+
+# A metric of an evaluation: <split>/<name>, as the curves are tagged.
+EVAL_TAG = re.compile(r"^(train|val)/[^/\s]+$")
+
+
+def eval_tag(name: Any) -> str | None:
+    if name is None or EVAL_TAG.match(name):
+        return None
+    return (
+        f"{show(name)} is not an evaluation's value; use <split>/<name> with split train or val "
+        f"(val/loss, val/accuracy, train/loss)"
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class EarlyStopping:
+    """End a run, as complete, once a metric has stopped improving."""
+
+    metric: str | None = setting(
+        None,
+        eval_tag,
+        doc="the evaluation value watched (val/loss); default: the main loss (val/loss "
+        "where rows are held out, else train/loss)",
+    )
+    patience: int = setting(5, at_least(1), doc="evaluations without an improvement before the run stops")
+    min_delta: float = setting(0.0, at_least(0), doc="how much better than the best so far counts as better")
+    higher_is_better: bool | None = setting(
+        None, doc="the metric's direction; known for the loss and the built-in metrics"
+    )
 
 
 def beside_identity(key: str) -> bool:
@@ -98,6 +127,11 @@ class TrainSettings:
         doc="wall seconds a run may take; one that takes longer ends as failed (timed out) and frees its "
         "worker. A batched group has the largest of its runs' limits. Not part of the run's identity",
     )
+    early_stopping: EarlyStopping | None = setting(
+        None,
+        doc="stop a run, as complete, once early_stopping.metric has not improved for "
+        "early_stopping.patience evaluations",
+    )
 
     def problems(self) -> list[tuple[str, str]]:
         if self.steps is not None and self.epochs is not None:
@@ -137,8 +171,16 @@ class LogSettings:
         doc="module:function called at each evaluation as "
         "hook(writer, step, model, **context) to log anything of your own",
     )
-    checkpoint: Literal["final", "none"] = setting(
-        "final", doc="keep the final weights in the run folder (model.pt), or not"
+    checkpoint: Literal["final", "best", "both", "none"] = setting(
+        "final",
+        doc="keep the final weights (model.pt), the weights of the best evaluation (best.pt: by "
+        "train.early_stopping's metric, else the report's), both, or none",
+    )
+    checkpoint_every: int | Literal["auto"] = setting(
+        "auto",
+        at_least(0),
+        doc="steps between checkpoints a stopped run resumes from (resume.pt); 'auto' takes one "
+        "every 10 s or more, at most 2% of the run's time; 0 for none. Not part of the run's identity",
     )
 
 

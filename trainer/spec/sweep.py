@@ -259,6 +259,7 @@ def _validate(
         elif not callable(data.collate_of(config.data, spec.folder)):
             problems.append(("data.collate", f"{config.data.collate} is not a function of a list of items"))
         code.append(("data.collate", config.data.collate))
+    problems += _watch_problems(config, info)
     if config.log.hook is not None:
         hook = kinds.import_attribute(config.log.hook, str(spec.folder.resolve()), "log.hook")
         if not callable(hook):
@@ -297,6 +298,33 @@ def _validate(
         report=spec.report,
         true_weights=tuple(info.true_weights) if has_truth else None,
     )
+
+
+def _watch_problems(config: Config, info: data.DataInfo) -> list[tuple[str, str]]:
+    """Whether train.early_stopping.metric is a value this run's evaluations have."""
+    stopping = config.train.early_stopping
+    if stopping is None or stopping.metric is None:
+        return []
+    split, _, name = stopping.metric.partition("/")
+    key = "train.early_stopping.metric"
+    if split == "val" and not info.validation_rows:
+        return [
+            (
+                key,
+                f"{stopping.metric} is measured on held-out rows, and none are; set data.validation, "
+                f"or watch train/{name}",
+            )
+        ]
+    known = ["loss", *(m for m in config.eval.metrics if m in metrics.BUILTIN)]
+    if name not in known and all(m in metrics.BUILTIN for m in config.eval.metrics):
+        return [
+            (
+                key,
+                f"{stopping.metric} is no value of this run's evaluations; they have "
+                + ", ".join(f"{split}/{n}" for n in known),
+            )
+        ]
+    return []
 
 
 def _outputs(config: Config, info: data.DataInfo) -> int | None:

@@ -63,6 +63,10 @@ def unbatchable(run: RunPlan) -> str | None:
             return f"the {family} is {what} ({section.kind})"
     if config.log.hook is not None:
         return "log.hook is called with each run's own model"
+    if config.train.early_stopping is not None:
+        return "train.early_stopping ends each run at its own step"
+    if config.log.checkpoint in ("best", "both"):
+        return f"log.checkpoint: {config.log.checkpoint} keeps each run's best weights"
     user = [m for m in config.eval.metrics if m not in metrics.BUILTIN]
     if user:
         return f"eval.metrics holds user code ({user[0]})"

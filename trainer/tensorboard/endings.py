@@ -28,19 +28,19 @@ def end_session(folder: Path, hparams: dict[str, Any], status: str, suffix: str 
 
 
 def end_killed_run(folder: Path, hparams: dict[str, Any], status: str) -> None:
-    """Close a killed worker's event file with a session end, keeping one event file per run: the
-    file is cut back to its last whole record (the worker may have died mid-write), then appended
-    to. A run killed before its event file began gets one."""
+    """Close a killed worker's event file with a session end, keeping the run's event files: the
+    last one is cut back to its last whole record (the worker may have died mid-write), then
+    appended to. A run killed before its event file began gets one."""
     names = event_files(folder)
-    if len(names) != 1:
+    if not names:
         end_session(folder, hparams, status)
         return
     now = time.time()
-    path = folder / names[0]
-    length, _ = valid_length(path)
+    first = folder / names[0]
+    started = SESSION_START_INFO_TAG.encode() in first.read_bytes()[: valid_length(first)[0]]
+    path = folder / names[-1]
+    length = cut_back(path)
     with open(path, "r+b") as f:
-        started = SESSION_START_INFO_TAG.encode() in f.read(length)
-        f.truncate(length)
         f.seek(length)
         records = [] if started else [session_start_pb(hparams, now)]
         records.append(session_end_pb(status, now))
@@ -49,3 +49,12 @@ def end_killed_run(folder: Path, hparams: dict[str, Any], status: str) -> None:
                 frame(event_pb2.Event(summary=s, step=0, wall_time=now).SerializeToString()) for s in records
             )
         )
+
+
+def cut_back(path: Path) -> int:
+    """Cut an event file back to its last whole record (a writer killed mid-write leaves part of
+    one); its length now."""
+    length, _ = valid_length(path)
+    with open(path, "r+b") as f:
+        f.truncate(length)
+    return length

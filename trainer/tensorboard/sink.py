@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from tensorboard.compat.proto import summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorboard.plugins.text import metadata as text_metadata
 
 from trainer.core.status import Status
@@ -26,6 +26,8 @@ from trainer.tensorboard.events import EventFile, HistogramBlock, ScalarBlock, S
 from trainer.tensorboard.hparams import session_end_pb, session_start_pb
 from trainer.training.capture import HistogramBatch, ModelParameters, bucket_layout, capture_for
 from trainer.training.sink import Captured, Evaluation, split_parameters
+
+START = event_pb2.SessionLog.START
 
 # Tags. They are short on purpose: a step's event repeats every tag, so tag length is most of a
 # run's disk size. w/... are weights, g/... their gradients, one curve per element.
@@ -156,8 +158,13 @@ class TensorBoardSink:
         optimizer: torch.optim.Optimizer | None,
         eval_tags: list[str],
         capturing: bool = True,
+        resume: tuple[int, dict[str, Any]] | None = None,
     ) -> None:
-        """Start the event file; without `capturing`, the caller hands captured values to write_group."""
+        """Start the event file; without `capturing`, the caller hands captured values to write_group.
+        A run resumed after `resume[0]` steps gets an event file of its own, which begins by purging
+        every event of that step and later from the files before it (TensorBoard's restart
+        mechanism, a SessionLog START at that step, as SummaryWriter(purge_step=...) writes): what
+        the stopped run logged past its checkpoint is logged again, once."""
         self.events = EventFile(self.folder)
         self.optimizer = optimizer
         small, large = split_parameters(model, self.max_elements)
@@ -183,10 +190,21 @@ class TensorBoardSink:
         self.histogram_block = HistogramBlock(self.histogram_tags, bucket_layout(self.histogram_sizes)[0])
         self.info: list[tuple[int, float, float]] = []  # captured steps: (step, wall time, learning rate)
         start = time.time()
-        self.events.write_summary(session_start_pb(self.hparams, start), 0, start)
-        indented = "\n".join("    " + line for line in self.config_text.splitlines())
-        self.events.write_summary(text_summary("config", indented), 0, start)
+        if resume is not None:
+            step, state = resume
+            self.last_lr = state.get("last_lr")
+            self.events.write_event(
+                event_pb2.Event(step=step, wall_time=start, session_log=event_pb2.SessionLog(status=START))
+            )
+        else:
+            self.events.write_summary(session_start_pb(self.hparams, start), 0, start)
+            indented = "\n".join("    " + line for line in self.config_text.splitlines())
+            self.events.write_summary(text_summary("config", indented), 0, start)
         self.events.flush()
+
+    def state(self) -> dict[str, Any]:
+        """What a resumed run's sink needs: the learning rate last logged (it is logged on change)."""
+        return {"last_lr": self.last_lr}
 
     def capture(self, step: int) -> None:
         """Keep this step's weights and gradients (before the update)."""

@@ -12,19 +12,39 @@ CHUNK_ELEMENTS = 65_536
 
 
 def batches(
-    x: torch.Tensor, y: torch.Tensor, batch_size: int | None, steps: int, sampling: str, seed: int
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int | None,
+    steps: int,
+    sampling: str,
+    seed: int,
+    start: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (x, y) for each of `steps` steps; batch_size None means the whole table every step."""
+    """Yield (x, y) for each of `steps` steps from step `start` on (a resumed run: the rows of the
+    steps before it are drawn, not taken); batch_size None means the whole table every step."""
     rows = x.shape[0]
     if batch_size is None or batch_size >= rows and sampling != "with_replacement":
-        for _ in range(steps):
+        for _ in range(start, steps):
             yield x, y
         return
     # The sampler's generator lives on the CPU, so the same seed gives the same rows on any device.
     gen = torch.Generator().manual_seed(seed)
-    for index, sizes in _index_chunks(rows, batch_size, steps, sampling, gen):
+    for index, sizes in _skipped(_index_chunks(rows, batch_size, steps, sampling, gen), start):
         index = index.to(x.device)
         yield from zip(x[index].split(sizes), y[index].split(sizes))
+
+
+def _skipped(
+    chunks: Iterator[tuple[torch.Tensor, list[int]]], start: int
+) -> Iterator[tuple[torch.Tensor, list[int]]]:
+    """The chunks of row indices without their first `start` steps (drawn all the same)."""
+    for index, sizes in chunks:
+        if start >= len(sizes):
+            start -= len(sizes)
+            continue
+        if start:
+            index, sizes, start = index[sum(sizes[:start]) :], sizes[start:], 0
+        yield index, sizes
 
 
 def step_indices(
@@ -74,39 +94,53 @@ def loader_batches(
     device: torch.device,
     collate: Any = None,
     loader: Any = None,
+    start: int = 0,
 ) -> Iterator[tuple[Any, torch.Tensor]]:
-    """Yield (x, y) for each of `steps` steps from a map-style Dataset, through a DataLoader whose
-    sampler is seeded like the tensor path's (with replacement, a permutation per epoch, or in order),
-    with the spec's collate function and loader options (data.collate, data.loader)."""
-    from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+    """Yield (x, y) for each of `steps` steps from step `start` on, from a map-style Dataset,
+    through a DataLoader that loads the rows the tensor path would take (`batches`: with
+    replacement, a permutation per epoch, or in order, from the same seed), with the spec's
+    collate function and loader options (data.collate, data.loader). The loader draws its workers'
+    seeds from a generator of the run's seed, never from torch's global one, so that the model's
+    own random numbers are the same whatever the loader does; a resumed run skips the batches it
+    did without loading them."""
+    from torch.utils.data import DataLoader
 
     rows = len(dataset)
-    size = rows if batch_size is None else batch_size
-    gen = torch.Generator().manual_seed(seed)
-    if sampling == "with_replacement" and batch_size is not None:
-        sampler = RandomSampler(dataset, replacement=True, num_samples=steps * size, generator=gen)
-    elif sampling == "shuffle" and batch_size is not None:
-        sampler = RandomSampler(dataset, generator=gen)
-    else:
-        sampler = SequentialSampler(dataset)
     options = {}
     if loader is not None and loader.num_workers:
         options = {"num_workers": loader.num_workers, "persistent_workers": loader.persistent_workers}
     batches_ = DataLoader(
         dataset,
-        batch_size=size,
-        sampler=sampler,
+        batch_sampler=_Indices(rows, batch_size, steps, sampling, seed, start),
         collate_fn=collate,
         pin_memory=bool(loader is not None and loader.pin_memory and device.type == "cuda"),
+        generator=torch.Generator().manual_seed(seed),
         **options,
     )
-    done = 0
-    while done < steps:
-        for x, y in batches_:
-            yield to_device(x, device), y.to(device)
-            done += 1
-            if done == steps:
-                return
+    for x, y in batches_:
+        yield to_device(x, device), y.to(device)
+
+
+class _Indices:
+    """The rows of each step from `start` on, as lists of indices: a DataLoader's batch sampler."""
+
+    def __init__(self, rows: int, batch_size: int | None, steps: int, sampling: str, seed: int, start: int):
+        self.args = rows, batch_size, steps, sampling, seed, start
+
+    def __len__(self) -> int:
+        _, _, steps, _, _, start = self.args
+        return steps - start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rows, batch_size, steps, sampling, seed, start = self.args
+        if batch_size is None or batch_size >= rows and sampling != "with_replacement":
+            every = list(range(rows))
+            for _ in range(start, steps):
+                yield every
+            return
+        gen = torch.Generator().manual_seed(seed)
+        for index, sizes in _skipped(_index_chunks(rows, batch_size, steps, sampling, gen), start):
+            yield from (part.tolist() for part in index.split(sizes))
 
 
 def to_device(value: Any, device: torch.device) -> Any:

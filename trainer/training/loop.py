@@ -25,7 +25,10 @@ from trainer.spec.plan import RunPlan
 from trainer.training.batches import batches, loader_batches
 from trainer.training.capture import ModelParameters
 from trainer.training.evaluate import Evaluator, evaluating
+from trainer.training.resume import Checkpoints, Resumed, set_random_state
+from trainer.training.resume import state as resume_state
 from trainer.training.sink import Evaluation, NullSink, Sink
+from trainer.training.watch import Watch
 
 # Steps between host syncs (the divergence check, the logging flush and the stop check): as many
 # as keep a chunk's captured weights and gradients near CHUNK_BYTES, within these bounds. A tiny
@@ -49,7 +52,9 @@ class Outcome:
     model: torch.nn.Module | None = None
     eval_tags: list[str] = field(default_factory=list)  # the evaluator's tags, training loss first
     history: list[Evaluation] = field(default_factory=list)  # every evaluation, the final one last
-    stopped: dict[str, Any] | None = None  # {step, reason} where the user's code raised StopRun
+    stopped: dict[str, Any] | None = None  # {step, reason}: StopRun in user code, or early stopping
+    best: dict[str, Any] | None = None  # the watched metric's best evaluation: {metric, step, value}
+    best_state: dict[str, torch.Tensor] | None = None  # the weights there, where log.checkpoint keeps them
 
 
 def choose_device(run: RunPlan, model: torch.nn.Module, runs: int = 1) -> torch.device:
@@ -83,8 +88,11 @@ def train(
     sink: Sink | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     on_progress: Callable[[int], None] = lambda steps: None,
+    checkpoints: Checkpoints | None = None,
+    resume: Resumed | None = None,
 ) -> Outcome:
-    """Train one run to the end, to divergence, or until should_stop() says so between chunks."""
+    """Train one run to the end, to divergence, to early stopping, or until should_stop() says so
+    between chunks; taking `checkpoints` between chunks, and going on from `resume` where given."""
     sink = sink or NullSink()
     config = run.config
     model = build_model(config.model, run.shape, config.train.seed)
@@ -96,41 +104,36 @@ def train(
     optimizer = build_optimizer(config.optimizer, model.parameters())
     schedule = build_schedule(config.schedule, optimizer, run.steps)
     evaluate = Evaluator(run, model, dataset, device)
-    full = config.train.batch_size == "full"
-    batch_size = None if full else run.batch_size
-    train_rows = dataset.train
-    if train_rows.dataset is None:
-        steps = batches(
-            train_rows.x, train_rows.y, batch_size, run.steps, config.train.sampling, config.train.seed
-        )
-    else:
-        steps = loader_batches(
-            train_rows.dataset,
-            batch_size,
-            run.steps,
-            config.train.sampling,
-            config.train.seed,
-            device,
-            data.collate_of(config.data, Path(run.data_folder)),
-            config.data.loader,
-        )
+    watch = watch_of(run, evaluate, model)
+    history: list[Evaluation] = []
+    start = 0
+    if resume is not None:
+        start, history = resume.step, resume.history
+        model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        if schedule is not None:
+            schedule.load_state_dict(resume.schedule)
+        if watch is not None and resume.watch is not None:
+            watch.restore(resume.watch)
+    steps = _batches(run, dataset, device, start)
     eval_every = config.eval.every
     clip = config.train.clip_grad_norm
     current = ModelParameters(model)
     chunk = chunk_steps(current())
     hook = _hook(run, dataset, device)
-    sink.begin(model, optimizer, evaluate.tags)
+    sink.begin(model, optimizer, evaluate.tags, resume=None if resume is None else (start, resume.sink))
+    if resume is not None:  # last: whatever was drawn while the run was built is drawn no more
+        set_random_state(resume.rng)
 
-    history: list[Evaluation] = []
     losses_: list[torch.Tensor] = []
     evals: list[tuple[int, torch.Tensor]] = []
-    first = 0
+    first = start
     squeeze = None
     status, last = Status.COMPLETE, run.steps - 1
-    stopped: tuple[int, str] | None = None  # (step, reason) where the user's code raised StopRun
-    step = 0
+    stopped: tuple[int, str] | None = None  # (step, reason): StopRun from user code, or early stopping
+    step = start
     try:
-        for step, (x, y) in enumerate(steps):
+        for step, (x, y) in enumerate(steps, start):
             output = model(x)
             if squeeze is None:  # [N, 1] outputs meet [N] targets of a built-in regression or binary loss
                 squeeze = squeezes and losses.one_per_row(output, y)
@@ -146,7 +149,11 @@ def train(
             # logging (reads only): the loss, the evaluation and the sink's capture, all before the update
             losses_.append(loss.detach())
             if step % eval_every == 0:
-                evals.append((step, evaluate()))
+                values = evaluate()
+                evals.append((step, values))
+                if watch is not None:
+                    reason = watch.seen(step, values)
+                    stopped = (step, reason) if reason is not None else None
                 if hook is not None:
                     try:
                         hook(sink.writer(), step, model)
@@ -157,7 +164,8 @@ def train(
                 optimizer.step()
                 if schedule is not None:
                     schedule.step()
-                if (step + 1) % chunk and step + 1 != run.steps:
+                done = step + 1
+                if done % chunk and done != run.steps and not (checkpoints and checkpoints.ends_chunk(done)):
                     continue
             bad = _flush(sink, first, losses_, evals, history)
             losses_, evals, first = [], [], step + 1
@@ -168,7 +176,22 @@ def train(
             if stopped is not None:
                 last = step
                 break
-            if should_stop() and step + 1 < run.steps:
+            stopping = should_stop() and step + 1 < run.steps
+            if checkpoints is not None and checkpoints.on and step + 1 < run.steps:
+                if stopping or checkpoints.due(step + 1):
+                    checkpoints.take(
+                        resume_state(
+                            step + 1,
+                            model,
+                            optimizer,
+                            schedule,
+                            history,
+                            None if watch is None else watch.state(),
+                            sink.state(),
+                            checkpoints.identity,
+                        )
+                    )
+            if stopping:
                 status, last = Status.INTERRUPTED, step
                 break
     except BaseException as exc:  # TimedOut too (trainer.core.deadline)
@@ -177,10 +200,49 @@ def train(
         raise
 
     if stopped is not None and status == Status.COMPLETE:
-        return conclude(run, sink, model, str(device), evaluate, history, None, status, last, stopped=stopped)
-    final_values = evaluate().tolist() if status == Status.COMPLETE else None
-    on_final = None if hook is None else lambda: hook(sink.writer(), run.steps, model)
-    return conclude(run, sink, model, str(device), evaluate, history, final_values, status, last, on_final)
+        outcome = conclude(
+            run, sink, model, str(device), evaluate, history, None, status, last, stopped=stopped
+        )
+    else:
+        values = evaluate() if status == Status.COMPLETE else None
+        if values is not None and watch is not None:
+            watch.seen(run.steps, values)
+        final_values = values.tolist() if values is not None else None
+        on_final = None if hook is None else lambda: hook(sink.writer(), run.steps, model)
+        outcome = conclude(
+            run, sink, model, str(device), evaluate, history, final_values, status, last, on_final
+        )
+    if watch is not None:
+        outcome.best, outcome.best_state = watch.record(), watch.best_state
+    return outcome
+
+
+def watch_of(run: RunPlan, evaluate: Evaluator, model: torch.nn.Module) -> Watch | None:
+    """The run's watched metric, where early stopping or the best checkpoint needs one."""
+    keep_best = run.config.log.checkpoint in ("best", "both")
+    if run.config.train.early_stopping is None and not keep_best:
+        return None
+    return Watch(run, evaluate.tags, evaluate.better, evaluate.main, model, keep_best)
+
+
+def _batches(run: RunPlan, dataset: data.Dataset, device: torch.device, start: int) -> Any:
+    """Each step's (x, y) from step `start` on: rows of tensors, or batches a DataLoader makes."""
+    config = run.config
+    batch_size = None if config.train.batch_size == "full" else run.batch_size
+    rows = dataset.train
+    if rows.dataset is None:
+        return batches(rows.x, rows.y, batch_size, run.steps, config.train.sampling, config.train.seed, start)
+    return loader_batches(
+        rows.dataset,
+        batch_size,
+        run.steps,
+        config.train.sampling,
+        config.train.seed,
+        device,
+        data.collate_of(config.data, Path(run.data_folder)),
+        config.data.loader,
+        start,
+    )
 
 
 def conclude(

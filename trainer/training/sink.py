@@ -23,8 +23,18 @@ class Sink(Protocol):
     chunk to write_group, the sink class's way of writing many runs at once."""
 
     def begin(
-        self, model: torch.nn.Module, optimizer: Any, eval_tags: list[str], capturing: bool = True
-    ) -> None: ...
+        self,
+        model: torch.nn.Module,
+        optimizer: Any,
+        eval_tags: list[str],
+        capturing: bool = True,
+        resume: tuple[int, dict[str, Any]] | None = None,
+    ) -> None:
+        """Start logging; `resume`: (the steps done, the sink's state) of a run going on from a
+        checkpoint, whose events before that step are logged already."""
+
+    def state(self) -> dict[str, Any]:
+        """What the sink needs to go on from a checkpoint taken now (plain values)."""
 
     def writer(self) -> Any:
         """The SummaryWriter given to a user's hook, or None where nothing is written."""
@@ -84,9 +94,17 @@ class NullSink:
         """Nothing to write for a group of runs either."""
 
     def begin(
-        self, model: torch.nn.Module, optimizer: Any, eval_tags: list[str], capturing: bool = True
+        self,
+        model: torch.nn.Module,
+        optimizer: Any,
+        eval_tags: list[str],
+        capturing: bool = True,
+        resume: tuple[int, dict[str, Any]] | None = None,
     ) -> None:
         pass
+
+    def state(self) -> dict[str, Any]:
+        return {}
 
     def writer(self) -> None:
         """No SummaryWriter: with logging off, a user's hook is not called."""

@@ -1,0 +1,84 @@
+"""A run's checkpoints while it trains (resume.pt in its folder), and going on from the last one
+after the run stopped: Ctrl-C, SIGTERM, a killed process, a full disk.
+
+The checkpoint is written atomically and made durable, so a run killed while writing one finds the
+one before. A rerun goes on from it only where it is of this run: the same configuration and the
+same user code (their digests are in it), a step before the run's end, its event files there. It
+keeps the run's files; the event file the killed process was writing is cut back to its last whole
+record, and the resumed run logs into a new one that purges what was logged past the checkpoint
+(trainer.tensorboard.sink). Otherwise the run starts over, and its record says why.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from trainer.runs import rundir
+from trainer.runs.record import changed_code, code_digests
+from trainer.spec.plan import RunPlan
+from trainer.tensorboard.endings import cut_back
+from trainer.tensorboard.events import event_files
+from trainer.training.resume import Checkpoints, Resumed, read, resumed
+
+
+def identity(record: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint says it is of: the configuration's digest and each piece of code's."""
+    return {"config_digest": record["config_digest"], "code": code_digests(record.get("code"))}
+
+
+def checkpoints(run: RunPlan, folder: Path, record: dict[str, Any], clock: float) -> Checkpoints:
+    """The run's checkpoints, as log.checkpoint_every asks, into its folder; `clock`: when the run
+    began, by time.monotonic (its earlier attempts' time taken off)."""
+    path = folder / rundir.RESUME
+    return Checkpoints(
+        run.config.log.checkpoint_every,
+        lambda data: rundir.write_atomic(path, data, durable=True),
+        identity(record),
+        lambda: time.monotonic() - clock,
+    )
+
+
+def usable(run: RunPlan, folder: Path, record: dict[str, Any]) -> tuple[Resumed | None, str | None]:
+    """The state to go on from, where the run folder holds a checkpoint of this run; else None and,
+    where it holds one that cannot be used, why."""
+    path = folder / rundir.RESUME
+    if not path.is_file():
+        return None, None
+    try:
+        found = read(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        return None, f"its checkpoint {rundir.RESUME} could not be used: {exc}"
+    mine, theirs = identity(record), found.get("identity") or {}
+    if theirs.get("config_digest") != mine["config_digest"]:
+        return None, f"its checkpoint {rundir.RESUME} is of another configuration"
+    changed = changed_code(
+        {w: {"sha256": d} for w, d in (theirs.get("code") or {}).items()}, record.get("code")
+    )
+    if changed or set(theirs.get("code") or {}) != set(mine["code"]):
+        what = f" ({changed[0][0]}: sha256 {changed[0][1]} -> {changed[0][2]})" if changed else ""
+        return None, f"its checkpoint {rundir.RESUME} was taken by other code{what}"
+    if not isinstance(found.get("step"), int) or not 0 < found["step"] < run.steps:
+        return None, f"its checkpoint {rundir.RESUME} is of no step of this run's {run.steps:,}"
+    if not event_files(folder):
+        return None, f"its checkpoint {rundir.RESUME} has no event file beside it"
+    try:
+        return resumed(found), None
+    except (KeyError, TypeError, ValueError) as exc:
+        return None, f"its checkpoint {rundir.RESUME} could not be used: {type(exc).__name__}: {exc}"
+
+
+def reopen(folder: Path) -> None:
+    """A stopped run's folder, ready to go on: its old record and traceback gone, its last event file
+    cut back to whole records."""
+    for name in (rundir.RECORD, rundir.TRACEBACK):
+        (folder / name).unlink(missing_ok=True)
+    names = event_files(folder)
+    if names:
+        cut_back(folder / names[-1])
+
+
+def finished(folder: Path) -> None:
+    """A run that reached its end needs its checkpoint no more."""
+    (folder / rundir.RESUME).unlink(missing_ok=True)

@@ -225,8 +225,9 @@ def assert_clean_run(folder: Path, expected_files: int = 1) -> dict[str, list[in
     files = event_files(folder)
     assert len(files) == expected_files, [p.name for p in files]
     data = record(folder.parent, folder.name)
-    if data is not None and "pid" in data:
-        assert [writer_pid(f) for f in files] == [data["pid"]], f"{folder.name}: written by two processes"
+    if data is not None and "pid" in data:  # the last file (a resumed run's: its own) by the record's writer
+        assert writer_pid(files[-1]) == data["pid"], f"{folder.name}: written by another process"
+        assert len({writer_pid(f) for f in files}) == len(files), f"{folder.name}: a process wrote two files"
     steps, _ = read_events(folder)
     for tag, seen in steps.items():
         assert all(a < b for a, b in zip(seen, seen[1:])), f"{folder.name}: {tag} has repeated steps"
@@ -337,8 +338,11 @@ def test_sigkill_mid_sweep_then_rerun_gives_the_uninterrupted_results(tmp_path, 
 LONG_STEPS = 15000
 
 
-# Ctrl-C in a terminal, and the hangup a terminal that closes sends its processes.
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "hangup"])
+# Ctrl-C in a terminal, the hangup a terminal that closes sends its processes, and the SIGTERM a
+# container or batch system sends the job's process group.
+@pytest.mark.parametrize(
+    "signum", [signal.SIGINT, signal.SIGHUP, signal.SIGTERM], ids=["ctrl-c", "hangup", "sigterm"]
+)
 def test_ctrl_c_records_the_run_in_flight_as_interrupted_and_the_same_command_resumes(
     tmp_path, sweeps, signum
 ):
@@ -388,7 +392,9 @@ def test_ctrl_c_records_the_run_in_flight_as_interrupted_and_the_same_command_re
         assert run_fingerprints(logdir, f"toy/{name}") == kept[name], f"{name} was complete yet rerun"
     resumed = record(logdir, f"toy/{long}")
     assert resumed["status"] == "complete" and resumed["steps_done"] == LONG_STEPS
-    steps = assert_clean_run(logdir / "toy" / long)
+    # It went on from the checkpoint it took as it stopped, in an event file of its own.
+    assert resumed["resumed"] == {"from_step": stopped["steps_done"]}
+    steps = assert_clean_run(logdir / "toy" / long, expected_files=2)
     assert sorted(steps["loss"]) == list(range(0, LONG_STEPS, 50))
 
 
@@ -452,12 +458,12 @@ RAISING = """\
 
         real_train = trainer.training.loop.train
 
-        def train(run, sink=None, should_stop=lambda: False, on_progress=lambda steps: None):
+        def train(run, sink=None, should_stop=lambda: False, on_progress=lambda steps: None, *more):
             def progress(steps):
                 on_progress(steps)
                 if run.name == {name!r} and steps >= 1000:
                     raise RuntimeError(f"deliberate fault at step {{steps}}")
-            return real_train(run, sink, should_stop, progress)
+            return real_train(run, sink, should_stop, progress, *more)
 
         trainer.training.loop.train = train
 

@@ -47,12 +47,12 @@ HOLD_RUN = """\
 
     real_train = trainer.training.loop.train
 
-    def train(run, sink=None, should_stop=lambda: False, on_progress=lambda steps: None):
+    def train(run, sink=None, should_stop=lambda: False, on_progress=lambda steps: None, *more):
         def progress(steps):
             on_progress(steps)
             if run.name == NAME and steps >= 1000:
                 hold()
-        return real_train(run, sink, should_stop, progress)
+        return real_train(run, sink, should_stop, progress, *more)
 
     trainer.training.loop.train = train
 """

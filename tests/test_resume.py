@@ -163,6 +163,34 @@ def test_a_run_killed_at_random_moments_resumes_to_exactly_the_uninterrupted_run
     assert code == 0 and "1 run: 1 complete" in out, out + err
 
 
+def test_a_run_stopped_with_sigterm_goes_on_from_the_step_it_stopped_at(tmp_path, reference):
+    write_spec(tmp_path, every="auto")  # no checkpoint before the stop: the stop takes one
+    folder = tmp_path / "logs" / RUN
+    sweep = start(tmp_path, ["sweep", "long.yaml", "--logdir", "logs", "--workers", "1"])
+    wait_until(lambda: len(read_steps(folder)) > 300, "the run logged some steps", sweep)
+    os.killpg(sweep.process.pid, signal.SIGTERM)
+    code, out, err = sweep.finish()
+    assert code == 130, out + err
+    stopped = record(tmp_path / "logs")
+    assert stopped["status"] == "interrupted" and (folder / "resume.pt").exists()
+    code, out, err = trainer(tmp_path, "sweep", "long.yaml", "--logdir", "logs", "--workers", "1")
+    assert code == 0, out + err
+    done = record(tmp_path / "logs")
+    assert done["resumed"] == {"from_step": stopped["steps_done"]}
+    assert done["weights_sha256"] == reference[0]["weights_sha256"]
+    assert series(folder) == reference[1]
+
+
+def read_steps(folder: Path) -> list[int]:
+    """The steps of the minibatch loss logged so far (the file the run is writing)."""
+    from test_faults import read_events
+
+    try:
+        return read_events(folder)[0].get("loss", [])
+    except Exception:  # a record half-written as it is read
+        return []
+
+
 def test_a_checkpoint_of_another_configuration_or_a_damaged_one_is_not_resumed_from(tmp_path, reference):
     write_spec(tmp_path)
     kill_when(tmp_path, "between checkpoints", delay=0.2)

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainer.runs import rundir
 from trainer.runs.record import changed_code, code_digests
 from trainer.spec.plan import RunPlan
 from trainer.tensorboard.endings import cut_back
 from trainer.tensorboard.events import event_files
-from trainer.training.resume import Checkpoints, Resumed, read, resumed
+
+if TYPE_CHECKING:  # the sweep's own process never imports torch; the run's worker does
+    from trainer.training.resume import Checkpoints, Resumed
 
 
 def identity(record: dict[str, Any]) -> dict[str, Any]:
@@ -31,6 +33,8 @@ def identity(record: dict[str, Any]) -> dict[str, Any]:
 def checkpoints(run: RunPlan, folder: Path, record: dict[str, Any], clock: float) -> Checkpoints:
     """The run's checkpoints, as log.checkpoint_every asks, into its folder; `clock`: when the run
     began, by time.monotonic (its earlier attempts' time taken off)."""
+    from trainer.training.resume import Checkpoints
+
     path = folder / rundir.RESUME
     return Checkpoints(
         run.config.log.checkpoint_every,
@@ -43,6 +47,8 @@ def checkpoints(run: RunPlan, folder: Path, record: dict[str, Any], clock: float
 def usable(run: RunPlan, folder: Path, record: dict[str, Any]) -> tuple[Resumed | None, str | None]:
     """The state to go on from, where the run folder holds a checkpoint of this run; else None and,
     where it holds one that cannot be used, why."""
+    from trainer.training.resume import read, resumed
+
     path = folder / rundir.RESUME
     if not path.is_file():
         return None, None

@@ -285,6 +285,8 @@ def conclude(
         }
     )
     ended = stopped[0] if stopped is not None else run.steps if status == Status.COMPLETE else last
+    if status == Status.INTERRUPTED:  # after its last step: where a resumed run's events begin, purging these
+        ended = last + 1
     sink.finish(status, ended, metrics, None if stopped is not None else final)
     # JSON has no NaN: a diverged weight is recorded as null.
     weights = {

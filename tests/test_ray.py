@@ -312,3 +312,87 @@ def test_an_unreachable_head_is_one_sentence(project, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"error: cannot reach the Ray head at 127.0.0.1:{port}") and err.count("\n") == 1
     assert not list(Path("logs").glob("*/*/record.json"))
+
+
+LONG_MODULE = '''
+    """A model whose builder leaves a mark when it runs on the node the test kills, naming its seed."""
+    from pathlib import Path
+
+    import torch
+    from torch import nn
+
+    HERE = Path(__file__).resolve().parent
+
+
+    def net(in_features: int, width: int = 64):
+        marks = HERE / "doomed.txt"
+        if marks.exists():
+            import ray
+
+            node, folder = marks.read_text().split()
+            if ray.is_initialized() and ray.get_runtime_context().get_node_id() == node:
+                Path(folder, str(torch.initial_seed())).write_text("")
+        return nn.Sequential(nn.Linear(in_features, width), nn.Tanh(), nn.Linear(width, 1))
+'''
+
+LONG_SPEC = """
+    name: long
+    data: {kind: synthetic, rows: 256, features: 8, noise: 0.1, seed: 0}
+    model: {kind: "longmodel:net"}
+    loss: {kind: mse}
+    optimizer: {kind: adam, lr: 0.003}
+    train: {steps: 6000, batch_size: 16}
+    eval: {every: 100}
+    log: {every: 10, histograms_every: 100, checkpoint_every: 400}
+    sweep:
+      train.seed: [0, 1, 2]
+"""
+
+
+def test_a_task_whose_node_dies_goes_on_from_the_last_checkpoint_that_reached_the_sweep(
+    cluster, project, tmp_path
+):
+    (project / "longmodel.py").write_text(textwrap.dedent(LONG_MODULE))
+    (project / "long.yaml").write_text(textwrap.dedent(LONG_SPEC))
+    spec = "experiments/long.yaml"
+    assert main(["sweep", spec, "--logdir", "local", "--quiet", "--workers", "2"]) == 0
+    doomed = cluster.add_node(**LOCAL_NODE)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    (project / "doomed.txt").write_text(f"{doomed.node_id} {markers}")
+    logdir = tmp_path / "logs"
+    killed: list[str] = []
+
+    def kill_after_a_checkpoint_arrived() -> None:
+        for _ in range(3000):
+            found = list(markers.iterdir())
+            if found and (logdir / "long" / f"seed={found[0].name}" / "resume.pt").exists():
+                killed.append(found[0].name)
+                for pid in [p.process.pid for ps in doomed.all_processes.values() for p in ps]:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_after_a_checkpoint_arrived)
+    killer.start()
+    try:
+        status = main(
+            ["sweep", spec, "--logdir", "logs", "--quiet", "--executor", "ray", "--address", cluster.address]
+        )
+    finally:
+        killer.join()
+        cluster.remove_node(doomed, allow_graceful=False)
+    assert killed, "no run on the killed node had a checkpoint in the log folder"
+    assert status == 0
+    for seed in range(3):
+        ours, theirs = logdir / "long" / f"seed={seed}", tmp_path / "local" / "long" / f"seed={seed}"
+        done = record(ours)
+        assert done["status"] == "complete"
+        if str(seed) == killed[0]:
+            assert done["resumed"]["from_step"] > 0  # not from step 0
+        assert done["weights_sha256"] == record(theirs)["weights_sha256"]
+        assert scalars(ours) == scalars(theirs)
+        assert not (ours / "resume.pt").exists()

@@ -7,7 +7,13 @@ on whichever node Ray picks and returns every file it wrote through Ray's object
 writes them into the log folder, each run's record last, so a run folder is complete or absent
 whatever dies when. The spec's folder travels to the nodes as the task's working directory, so user code and
 CSV files beside the spec are there. Ray retries a task whose worker or node dies; a retry starts
-from scratch in a new folder, so nothing is lost or written twice.
+in a new folder, so nothing is lost or written twice.
+
+A run's checkpoints travel too: after each, the task sends its folder (event files, config.yaml,
+resume.pt) to a store on the sweep's machine (an actor pinned to this node, `Snapshots`), and this
+process writes the latest into the log folder while the run goes on. A retried task, and a later
+sweep, go on from the last checkpoint that arrived instead of from step 0; no shared filesystem is
+needed.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from trainer.executors.base import Sweep
 from trainer.executors.stopping import Grace
 from trainer.kinds import registry as kinds
 from trainer.kinds.registry import shown_path
-from trainer.runs import job, rundir
+from trainer.runs import job, resuming, rundir
 from trainer.runs.claims import Claim, owns
 from trainer.runs.job import LOST, Summary, commit, record_ended
 from trainer.runs.record import code_record
@@ -62,12 +68,16 @@ def _ray() -> Any:
 # --- the task ---------------------------------------------------------------------------------
 
 
-def execute_unit(payload: bytes, spec_folder: str, copy: str) -> list[tuple[Summary, dict[str, bytes]]]:
+def execute_unit(
+    payload: bytes, spec_folder: str, copy: str, snapshots: Any = None
+) -> list[tuple[Summary, dict[str, bytes]]]:
     """Ray's task: run a unit into a scratch folder on this node and return, for each of its runs,
-    its summary and what it wrote, by path.
+    its summary and what it wrote, by path. A run with a checkpoint in `snapshots` (the sweep's
+    store) goes on from it; each checkpoint the run takes is sent there.
 
     The spec folders travel as the sweep's working directory (Ray's runtime_env), `copy` naming this
     unit's; its user code and data are read from there, never from the sweep machine's paths."""
+    import ray
     import torch
 
     torch.set_num_threads(1)  # the same arithmetic as the local pool's workers
@@ -76,16 +86,60 @@ def execute_unit(payload: bytes, spec_folder: str, copy: str) -> list[tuple[Summ
     unit: Unit = pickle.loads(payload)
     unit = dataclasses.replace(unit, runs=tuple(dataclasses.replace(r, data_folder=here) for r in unit.runs))
     with tempfile.TemporaryDirectory(prefix="trainer-run-") as scratch:
-        summaries = job.execute_unit(unit, Path(scratch))
+        on_checkpoint = None
+        if snapshots is not None and unit.engine != "batched":
+            (run,) = unit.runs
+            _unpack(Path(scratch) / run.folder, ray.get(snapshots.latest.remote(run.folder)) or {})
+
+            def on_checkpoint(folder: Path) -> None:
+                ray.get(snapshots.put.remote(run.folder, _files(folder, hidden=False)))
+
+        summaries = job.execute_unit(unit, Path(scratch), on_checkpoint=on_checkpoint)
         return [(summary, _files(Path(scratch) / run.folder)) for run, summary in zip(unit.runs, summaries)]
 
 
-def _files(folder: Path) -> dict[str, bytes]:
-    """Every file under a folder, by its path in it."""
+class Snapshots:
+    """The latest checkpoint of each run, as its folder's files by name: a Ray actor on the sweep's
+    machine. Tasks put and get; the sweep takes what is new, to write into the log folder."""
+
+    def __init__(self) -> None:
+        self.by_run: dict[str, dict[str, bytes]] = {}
+        self.new: dict[str, dict[str, bytes]] = {}
+
+    def put(self, run: str, files: dict[str, bytes]) -> None:
+        self.by_run[run] = self.new[run] = files
+
+    def latest(self, run: str) -> dict[str, bytes] | None:
+        return self.by_run.get(run)
+
+    def take_new(self) -> dict[str, dict[str, bytes]]:
+        new, self.new = self.new, {}
+        return new
+
+    def forget(self, run: str) -> None:
+        self.by_run.pop(run, None)
+        self.new.pop(run, None)
+
+
+def _unpack(folder: Path, files: dict[str, bytes]) -> None:
+    """A run folder holding these files (and no others but hidden ones), each written atomically."""
+    if not files:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        rundir.write_atomic(folder / name, data, durable=False)
+    for path in folder.iterdir():
+        if path.is_file() and not path.name.startswith(".") and path.name not in files:
+            path.unlink()
+
+
+def _files(folder: Path, hidden: bool = True) -> dict[str, bytes]:
+    """Every file under a folder, by its path in it (without hidden ones, temporary files among
+    them, unless `hidden`)."""
     return {
         path.relative_to(folder).as_posix(): path.read_bytes()
         for path in sorted(folder.rglob("*"))
-        if path.is_file()
+        if path.is_file() and (hidden or not path.name.startswith("."))
     }
 
 
@@ -204,6 +258,7 @@ class Ray:
             ray = connect(sweep.address, sweep.workers, Path(staging))  # uploads the copies
         sweep.stop.listen()  # Ray took SIGTERM for itself while starting
         remote = ray.remote(execute_unit)
+        snapshots = _snapshots(ray, runs, sweep.logdir)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         pending = collections.deque(units_of(runs, cpus))  # big groups split over the cluster's CPUs
         running: dict[Any, Task] = {}
@@ -219,7 +274,7 @@ class Ray:
                     if unit is not None:
                         folder = str(Path(unit.runs[0].data_folder).resolve())
                         ref = remote.options(**resources(unit), max_retries=MAX_RETRIES).remote(
-                            pickle.dumps(unit), folder, copies[folder]
+                            pickle.dumps(unit), folder, copies[folder], snapshots
                         )
                         running[ref] = Task(unit, held)
                 if not running:
@@ -229,11 +284,15 @@ class Ray:
                         ray.cancel(ref, force=True)
                         sweep.finish(task.claims, _all_ended(sweep, task, Status.INTERRUPTED, "interrupted"))
                     return
+                arrived = ray.get(snapshots.take_new.remote())
                 done, _ = ray.wait(list(running), num_returns=1, timeout=POLL)
                 sweep.stop.clear_wakeups()
                 for ref in done:
                     task = running.pop(ref)
                     sweep.finish(task.claims, _outcome(ray, ref, task, sweep, grace.started))
+                    for run in task.unit.runs:
+                        snapshots.forget.remote(run.folder)
+                _keep(sweep.logdir, arrived, running.values())
         finally:
             for ref in running:
                 ray.cancel(ref, force=True)
@@ -241,6 +300,35 @@ class Ray:
 
 
 EXECUTOR = Ray()
+
+
+def _snapshots(ray: Any, runs: list[RunPlan], logdir: Path) -> Any:
+    """The store of the runs' checkpoints, on this node, holding those the log folder has already
+    (of runs a sweep before this one stopped), so that their tasks go on from them."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    store = ray.remote(Snapshots).options(num_cpus=0, scheduling_strategy=here).remote()
+    for run in runs:
+        folder = logdir / run.folder
+        if (folder / rundir.RESUME).is_file():
+            files = {n: d for n, d in _files(folder, hidden=False).items() if n not in resuming.LEFT_BEHIND}
+            store.put.remote(run.folder, files)
+    return store
+
+
+def _keep(logdir: Path, arrived: dict[str, dict[str, bytes]], running: Any) -> None:
+    """Write the checkpoints that arrived into the log folder, for runs still running and this
+    sweep's (a run that ended meanwhile has its final files written already)."""
+    claims = {folder: claim for task in running for folder, claim in task.claims.items()}
+    for folder, files in arrived.items():
+        claim = claims.get(folder)
+        if claim is None or not owns(claim):
+            continue
+        try:
+            _unpack(logdir / folder, files)
+        except OSError:
+            pass  # the next checkpoint, or the run's end, writes the folder again
 
 
 def _outcome(ray: Any, ref: Any, task: Task, sweep: Sweep, stopping: bool) -> list[Summary]:

@@ -49,8 +49,11 @@ def execute(
     on_progress: Callable[[int], None] = lambda steps: None,
     claim: Claim | None = None,
     engine: dict[str, Any] | None = None,
+    on_checkpoint: Callable[[Path], None] | None = None,
 ) -> Summary:
-    """Run one configuration into a clean folder and write its record; never raises for a run's fault.
+    """Run one configuration into a clean folder (or go on from the checkpoint in it) and write its
+    record; never raises for a run's fault. `on_checkpoint` is told the run's folder after each
+    checkpoint it writes there.
 
     With a claim, the record is written only while the claim is still this sweep's (see
     rundir.commit_record); a run claimed by another sweep meanwhile ends as 'lost', writing nothing."""
@@ -71,7 +74,7 @@ def execute(
             sink = open_run(run, folder, record)
             if why_not is not None:
                 record["started_over"] = why_not
-        checkpoints = resuming.checkpoints(run, folder, record, clock)
+        checkpoints = resuming.checkpoints(run, folder, record, clock, on_checkpoint)
         with time_limit(run.config.train.timeout), user_exits():
             outcome = train(run, sink, should_stop, on_progress, checkpoints, resume)
         record_outcome(run, folder, record, outcome)
@@ -89,13 +92,25 @@ def execute_unit(
     should_stop: Callable[[], bool] = lambda: False,
     on_progress: Callable[[int], None] = lambda steps: None,
     claims: dict[str, Claim] | None = None,
+    on_checkpoint: Callable[[Path], None] | None = None,
 ) -> list[Summary]:
     """Run a unit of work (trainer.spec.units.Unit: one run, or a group for the batched engine) into the
-    log folder, one summary per run; never raises for a run's fault. `claims` by run folder."""
+    log folder, one summary per run; never raises for a run's fault. `claims` by run folder; a run
+    of the loop engine tells `on_checkpoint` its folder after each checkpoint."""
     claims = claims or {}
     if unit.engine != "batched":
         (run,) = unit.runs
-        return [execute(run, logdir, should_stop, on_progress, claims.get(run.folder), engine_record(unit))]
+        return [
+            execute(
+                run,
+                logdir,
+                should_stop,
+                on_progress,
+                claims.get(run.folder),
+                engine_record(unit),
+                on_checkpoint,
+            )
+        ]
     return execute_group(list(unit.runs), logdir, should_stop, on_progress, claims, engine_record(unit))
 
 

@@ -12,6 +12,7 @@ record, and the resumed run logs into a new one that purges what was logged past
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,21 +25,37 @@ from trainer.tensorboard.events import event_files
 if TYPE_CHECKING:  # the sweep's own process never imports torch; the run's worker does
     from trainer.training.resume import Checkpoints, Resumed
 
+# What a stopped run's folder holds that its resumed run does not go on with.
+LEFT_BEHIND = (rundir.RECORD, rundir.TRACEBACK)
+
 
 def identity(record: dict[str, Any]) -> dict[str, Any]:
     """What a checkpoint says it is of: the configuration's digest and each piece of code's."""
     return {"config_digest": record["config_digest"], "code": code_digests(record.get("code"))}
 
 
-def checkpoints(run: RunPlan, folder: Path, record: dict[str, Any], clock: float) -> Checkpoints:
+def checkpoints(
+    run: RunPlan,
+    folder: Path,
+    record: dict[str, Any],
+    clock: float,
+    then: Callable[[Path], None] | None = None,
+) -> Checkpoints:
     """The run's checkpoints, as log.checkpoint_every asks, into its folder; `clock`: when the run
-    began, by time.monotonic (its earlier attempts' time taken off)."""
+    began, by time.monotonic (its earlier attempts' time taken off); `then` is told the folder after
+    each (the Ray executor sends the folder to the sweep's machine)."""
     from trainer.training.resume import Checkpoints
 
     path = folder / rundir.RESUME
+
+    def save(data: bytes) -> None:
+        rundir.write_atomic(path, data, durable=True)
+        if then is not None:
+            then(folder)
+
     return Checkpoints(
         run.config.log.checkpoint_every,
-        lambda data: rundir.write_atomic(path, data, durable=True),
+        save,
         identity(record),
         lambda: time.monotonic() - clock,
     )
@@ -78,7 +95,7 @@ def usable(run: RunPlan, folder: Path, record: dict[str, Any]) -> tuple[Resumed 
 def reopen(folder: Path) -> None:
     """A stopped run's folder, ready to go on: its old record and traceback gone, its last event file
     cut back to whole records."""
-    for name in (rundir.RECORD, rundir.TRACEBACK):
+    for name in LEFT_BEHIND:
         (folder / name).unlink(missing_ok=True)
     names = event_files(folder)
     if names:

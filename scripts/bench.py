@@ -26,9 +26,11 @@ import torch
 import yaml
 
 from trainer.report import index
+from trainer.runs import rundir
 from trainer.spec.sweep import plan
 from trainer.tensorboard.sink import TensorBoardSink
 from trainer.training.loop import train
+from trainer.training.resume import Checkpoints, read, resumed
 from trainer.training.sink import NullSink
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,6 +216,138 @@ def measure_digits(repeats: int, scratch: Path) -> dict[str, float]:
         "steps": run.steps,
         "full / off, paired": paired_ratio(times, "trainer, full logging", "trainer, logging off"),
     }
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+
+# A run long enough for the default (log.checkpoint_every: auto) to take checkpoints: the MLP
+# problem for 40,000 steps (about half a minute on one core).
+LONG_STEPS = 40_000
+
+
+def with_checkpoints(run, every):
+    """The run with log.checkpoint_every set to `every`."""
+    import dataclasses
+
+    log = dataclasses.replace(run.config.log, checkpoint_every=every)
+    return dataclasses.replace(run, config=dataclasses.replace(run.config, log=log))
+
+
+def checkpointed_run(run, folder: Path, resume=None) -> list[float]:
+    """Train the run with full logging and its checkpoints written (atomically, made durable) into
+    `folder`, as a sweep's worker does; the seconds each checkpoint took."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    taken: list[float] = []
+
+    def save(data: bytes) -> None:
+        began = time.perf_counter()
+        rundir.write_atomic(folder / rundir.RESUME, data, durable=True)
+        taken.append(time.perf_counter() - began)
+
+    sink = TensorBoardSink(folder, run.config.log, {"lr": 0.1}, "bench")
+    try:
+        train(run, sink, checkpoints=Checkpoints(run.config.log.checkpoint_every, save, {}), resume=resume)
+    finally:
+        sink.close()
+    return taken
+
+
+def measure_checkpoints(repeats: int, scratch: Path) -> dict[str, object]:
+    """What checkpoints cost: the default setting against none, on the notebook and digits runs (too
+    short for a checkpoint by wall time) and on a long run (which takes them); what one costs; and
+    how much of a killed long run a resume saves."""
+    digits = plan(
+        [str(ROOT / "experiments/digits.yaml")], ["optimizer.lr=0.003", "model.channels=16", "train.seed=0"]
+    )[0]
+    results: dict[str, object] = {}
+    for name, run, rounds in (
+        ("notebook", plan_one(NOTEBOOK), repeats),
+        ("digits", digits, max(5, repeats // 3)),
+        ("long MLP", plan_one({**MLP, "train": {**MLP["train"], "steps": LONG_STEPS}}), 5),
+    ):
+        counts: list[int] = []
+        every = run.steps // 10
+
+        spent: list[float] = []  # of the default's runs: the share of their time in checkpoints
+
+        def default(run=run, counts=counts, spent=spent) -> None:
+            began = time.perf_counter()
+            taken = checkpointed_run(with_checkpoints(run, "auto"), scratch / "ckpt")
+            counts.append(len(taken))
+            spent.append(sum(taken) / (time.perf_counter() - began))
+
+        costs: list[float] = []
+        times = interleaved(
+            {
+                "none": lambda run=run: checkpointed_run(with_checkpoints(run, 0), scratch / "ckpt"),
+                "default (auto)": default,
+                f"every {every} steps": lambda run=run, every=every, costs=costs: costs.extend(
+                    checkpointed_run(with_checkpoints(run, every), scratch / "ckpt")
+                ),
+            },
+            rounds,
+        )
+        checkpointed_run(with_checkpoints(run, every), scratch / "size")
+        results[name] = {
+            "steps": run.steps,
+            "rounds": rounds,
+            "seconds": {k: statistics.median(v) for k, v in times.items()},
+            "default / none, paired": paired_ratio(times, "default (auto)", "none"),
+            "checkpoints taken by default": statistics.median(counts),
+            "share of the default's time in checkpoints": statistics.median(spent),
+            "one checkpoint (ms, median)": 1000 * statistics.median(costs),
+            "checkpoint size (bytes)": (scratch / "size" / rundir.RESUME).stat().st_size,
+        }
+    # A long run killed at 55% of its steps (as 7,800 of 14,100): the rerun from its last checkpoint
+    # against a rerun from step 0.
+    long = with_checkpoints(
+        plan_one({**MLP, "train": {**MLP["train"], "steps": LONG_STEPS}}), LONG_STEPS * 55 // 100
+    )
+    checkpointed_run(long, scratch / "killed")
+    state = (scratch / "killed" / rundir.RESUME).read_bytes()
+    again = interleaved(
+        {
+            "from step 0": lambda: checkpointed_run(with_checkpoints(long, 0), scratch / "again"),
+            "from its checkpoint": lambda: checkpointed_run(
+                with_checkpoints(long, 0), scratch / "again", resumed(read(state))
+            ),
+        },
+        3,
+    )
+    medians = {k: statistics.median(v) for k, v in again.items()}
+    results["resume"] = {
+        "steps": LONG_STEPS,
+        "killed at": LONG_STEPS * 55 // 100,
+        "seconds": medians,
+        "saved": 1 - medians["from its checkpoint"] / medians["from step 0"],
+    }
+    return results
+
+
+def _checkpoint_lines(results: dict) -> list[str]:
+    found = results["checkpoints"]
+    lines = ["", "checkpoints (log.checkpoint_every), full logging, written and made durable as in a sweep"]
+    for name in ("notebook", "digits", "long MLP"):
+        c = found[name]
+        t = c["seconds"]
+        lines.append(f"  {name}: {c['steps']} steps, median of {c['rounds']} runs")
+        for label, seconds in t.items():
+            lines.append(f"    {label:28} {seconds:9.3f} s")
+        share = c["share of the default's time in checkpoints"]
+        lines.append(
+            f"    default: {c['checkpoints taken by default']:.0f} checkpoints, {100 * share:.2f}% of the run's "
+            f"time in them (target <= 3%: {_ok(share <= 0.03)}); one checkpoint "
+            f"{c['one checkpoint (ms, median)']:.1f} ms, {c['checkpoint size (bytes)'] / 1000:.0f} KB; "
+            f"default / none = {c['default / none, paired']:.3f} (paired wall times, within this machine's noise)"
+        )
+    r = found["resume"]
+    lines.append(
+        f"  a {r['steps']}-step run killed at step {r['killed at']}: rerun from step 0 "
+        f"{r['seconds']['from step 0']:.1f} s, from its checkpoint {r['seconds']['from its checkpoint']:.1f} s "
+        f"({100 * r['saved']:.0f}% of the run's time saved)"
+    )
+    return lines
 
 
 # --- sizes ------------------------------------------------------------------------------------
@@ -564,6 +698,8 @@ def report(results: dict) -> list[str]:
         lines += _digits_lines(results)
     if "scaling" in results:
         lines += _scaling_lines(results)
+    if "checkpoints" in results:
+        lines += _checkpoint_lines(results)
     if "sizes" in results:
         lines += _size_lines(results)
     if "large" in results:
@@ -675,7 +811,7 @@ def _ok(flag: bool) -> str:
 
 
 # The parts of `make bench`, each measured on its own with --only.
-SECTIONS = ("logging", "digits", "sizes", "scaling", "large", "report", "batched", "ray")
+SECTIONS = ("logging", "digits", "checkpoints", "sizes", "scaling", "large", "report", "batched", "ray")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -706,6 +842,8 @@ def main(argv: list[str] | None = None) -> int:
         if "digits" in wanted:
             results["digits_repeats"] = max(5, args.repeats // 3)
             results["digits"] = measure_digits(results["digits_repeats"], scratch)
+        if "checkpoints" in wanted:
+            results["checkpoints"] = measure_checkpoints(max(5, args.repeats // 3), scratch)
         if "sizes" in wanted:
             results["sizes"] = log_sizes(scratch)
         if "scaling" in wanted:

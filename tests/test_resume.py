@@ -236,7 +236,9 @@ def test_early_stopping_ends_a_run_as_complete_and_the_best_checkpoint_holds_the
     assert best["metric"] == "val/loss" and best["step"] <= stop["step"] - 3 * 50
     assert best["value"] == done["metrics"]["best/val/loss"]
     assert done["metrics"]["final/stopped_step"] == stop["step"]
-    curve = series(tmp_path / "logs" / RUN)["val/loss"]
+    logged = series(tmp_path / "logs" / RUN)
+    assert logged["final/stopped_step"] == [(stop["step"], float(stop["step"]))]  # an HParams metric
+    curve = logged["val/loss"]
     assert curve[-1][0] == stop["step"] and min(v for _, v in curve) == pytest.approx(best["value"], rel=1e-6)
     code, out, err = trainer(tmp_path, "status", "logs")
     assert f"{stop['step']}" in out.splitlines()[1], out  # the "stopped at" column

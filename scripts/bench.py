@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from trainer.report import index
-from trainer.runs import rundir
+from trainer.reporting import index
+from trainer.run import rundir
 from trainer.spec.sweep import plan
 from trainer.tensorboard.sink import TensorBoardSink
 from trainer.training.loop import train
@@ -566,7 +566,7 @@ def measure_large_sweep(scratch: Path, runs: int) -> dict[str, float]:
 def measure_report(scratch: Path, runs: int) -> dict[str, float]:
     """`report` of `runs` notebook runs of 200 steps (one group over their seeds), and `index`,
     which rebuilds the seed band of the group."""
-    from trainer.report.writeup import write
+    from trainer.reporting.writeup import write
 
     spec = seeds_spec(scratch, "report", runs)
     logdir = scratch / "report-logs"

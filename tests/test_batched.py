@@ -15,8 +15,8 @@ from conftest import read_events
 
 from trainer.executors.driver import Options, run_all
 from trainer.kinds.optim import build_schedule
-from trainer.runs.job import execute_unit
-from trainer.runs.rundir import data_digest
+from trainer.run.job import execute_unit
+from trainer.run.rundir import data_digest
 from trainer.spec.sweep import plan
 from trainer.spec.units import Unit, units_of
 from trainer.training.batched import train_group

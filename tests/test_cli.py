@@ -16,7 +16,7 @@ import pytest
 from trainer import __version__
 from trainer.cli.commands import EXIT_CLOSED_PIPE, main
 from trainer.core import hints
-from trainer.runs.rundir import RECORD_FORMAT, write_record
+from trainer.run.rundir import RECORD_FORMAT, write_record
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(os.path.abspath(sys.executable)).parent

@@ -175,7 +175,7 @@ def test_findings_page_is_the_reports_of_a_fresh_sweep(tmp_path):
     """The findings block of docs/findings.md is `report`'s summary of a fresh sweep of the
     comparison set (runs are bit-identical on CPU), word for word."""
     from trainer.cli.commands import main
-    from trainer.report.writeup import START, SUMMARY, with_findings
+    from trainer.reporting.writeup import START, SUMMARY, with_findings
 
     specs = sorted(str(p) for p in (ROOT / "experiments").glob("*.yaml"))
     logs, out = tmp_path / "logs", tmp_path / "report"

@@ -12,10 +12,10 @@ import pytest
 from conftest import read_events, scalars
 
 from trainer.cli.commands import main
-from trainer.report import bands, index
-from trainer.report.findings import stats, t_critical, welch
-from trainer.report.writeup import REPORT, SUMMARY, num
-from trainer.runs import rundir
+from trainer.reporting import bands, index
+from trainer.reporting.findings import stats, t_critical, welch
+from trainer.reporting.writeup import REPORT, SUMMARY, num
+from trainer.run import rundir
 from trainer.tensorboard import curves
 
 SEEDED = """

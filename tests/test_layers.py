@@ -37,12 +37,12 @@ def test_an_upward_import_breaks_the_contract(tmp_path):
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
     status = tmp_path / "trainer" / "core" / "status.py"
     status.write_text(
-        status.read_text() + "\n\ndef _upward():\n    from trainer.report import tables  # noqa\n"
+        status.read_text() + "\n\ndef _upward():\n    from trainer.reporting import tables  # noqa\n"
     )
     result = lint_imports(tmp_path)
     assert result.returncode != 0
-    assert "trainer.core is not allowed to import trainer.report" in result.stdout
-    assert "trainer.core.status -> trainer.report.tables" in result.stdout
+    assert "trainer.core is not allowed to import trainer.reporting" in result.stdout
+    assert "trainer.core.status -> trainer.reporting.tables" in result.stdout
 
 
 def test_no_module_imports_itself_back():

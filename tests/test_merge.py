@@ -13,7 +13,7 @@ from tensorboard.plugins.hparams import api_pb2, metadata
 
 from tests.conftest import read_events
 from trainer.cli.commands import main
-from trainer.report import index
+from trainer.reporting import index
 
 PROJECT = Path(__file__).resolve().parents[1]
 METRIC_TAGS = [

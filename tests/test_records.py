@@ -15,7 +15,7 @@ import pytest
 from tensorboard.backend.event_processing import plugin_event_multiplexer
 from test_faults import start, toy_spec, trainer, wait_until
 
-from trainer.report.index import INDEX_FILE
+from trainer.reporting.index import INDEX_FILE
 
 
 def strict_json(path: Path) -> dict:
@@ -288,7 +288,7 @@ def test_a_run_that_changes_its_map_style_dataset_changes_nothing_for_the_next_r
 
 
 HOLD_SECOND_CLAIM = """\
-import trainer.runs.claims as claims_module
+import trainer.run.claims as claims_module
 
 real_take = claims_module.Held.take
 taken = []

@@ -34,7 +34,7 @@ from test_faults import (
 )
 
 from trainer.cli.commands import main
-from trainer.runs import claims, rundir
+from trainer.run import claims, rundir
 
 pytestmark = [
     pytest.mark.slow,

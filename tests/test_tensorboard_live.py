@@ -321,7 +321,7 @@ SEEDED = """
 
 def test_seed_bands_show_as_margin_charts_and_not_as_sessions(tmp_path, tensorboard):
     from trainer.cli.commands import main
-    from trainer.report.bands import tags
+    from trainer.reporting.bands import tags
 
     spec = tmp_path / "seeded.yaml"
     spec.write_text(textwrap.dedent(SEEDED))

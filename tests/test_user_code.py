@@ -213,7 +213,7 @@ def test_no_checkpoint_when_asked(project):
     assert sweep(project("classify", CLASSIFY), "--set", "log.checkpoint=none") == 0
     (folder,) = Path("logs/classify").glob("width=4*")
     assert not (folder / "model.pt").exists() and "checkpoint" not in record_of(folder)
-    with pytest.raises(trainer.runs.checkpoint.CheckpointError, match="kept no final checkpoint"):
+    with pytest.raises(trainer.run.checkpoint.CheckpointError, match="kept no final checkpoint"):
         trainer.load_model(folder)
 
 

@@ -1,14 +1,20 @@
-"""Experiment tracking for PyTorch: YAML specs in, TensorBoard logs out."""
+"""Experiment tracking for PyTorch: YAML specs in, TensorBoard logs out.
 
-from trainer.core.errors import StopRun
+From Python: trainer.sweep() runs a sweep; trainer.runs(), trainer.curves(), trainer.report() and
+trainer.compare() read log folders as pandas DataFrames (trainer.api); trainer.load_model()
+rebuilds a run's model. Each raises trainer.UserError, a sentence, for anything to fix.
+"""
 
-__all__ = ["StopRun", "load_model"]
-__version__ = "0.1.0"
+from trainer.api import compare, curves, report, runs, sweep
+from trainer.core.errors import StopRun, UserError
+from trainer.core.version import __version__ as __version__
+
+__all__ = ["StopRun", "UserError", "compare", "curves", "load_model", "report", "runs", "sweep"]
 
 
 def load_model(run_folder, map_location="cpu", which="final"):
     """The trained model of a finished run (its config, and its final weights or, with
     which="best", those of its best evaluation), in eval mode."""
-    from trainer.runs.checkpoint import load_model as load
+    from trainer.run.checkpoint import load_model as load
 
     return load(run_folder, map_location, which)

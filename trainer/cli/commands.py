@@ -1,4 +1,4 @@
-"""The command line: sweep, run, check, status, index, merge, report.
+"""The command line: sweep, run, check, status, index, merge, report, compare.
 
 It imports little before it knows the command: a sweep starts its workers' fork server first, so
 that torch's import there (seconds) overlaps everything else the sweep does before its first run."""
@@ -16,7 +16,7 @@ from trainer.cli.parser import parser
 from trainer.core.errors import LogDirError, UserError
 from trainer.core.hints import trainer_command
 from trainer.core.status import Status
-from trainer.report import tables as report
+from trainer.reporting import tables as report
 
 if TYPE_CHECKING:
     from trainer.spec.plan import RunPlan
@@ -114,7 +114,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         _print_imported(runs)
         _print_plan(runs, Path(args.logdir))
         return 0
-    return _execute(runs, args, workers=args.workers)
+    return execute_planned(runs, args, workers=args.workers)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -125,13 +125,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{args.specs[0]}: sweeps {len(runs)} runs; 'run' runs one. Pin the swept keys "
             f"({keys}) with --set KEY=VALUE, or use 'sweep'"
         )
-    return _execute(runs, args, workers=0)
+    return execute_planned(runs, args, workers=0)
 
 
-def _execute(runs: list[RunPlan], args: argparse.Namespace, workers: int) -> int:
+def execute_planned(runs: list[RunPlan], args: argparse.Namespace, workers: int) -> int:
     from trainer.executors.driver import ChangedConfig, Options, run_all
     from trainer.executors.progress import Progress
-    from trainer.report import index
+    from trainer.reporting import index
 
     logdir = Path(args.logdir)
     progress = Progress(enabled=not args.quiet)
@@ -207,7 +207,7 @@ def _free_name(logdir: Path, experiment: str) -> str:
 
 
 def _print_plan(runs: list[RunPlan], logdir: Path) -> None:
-    from trainer.runs import rundir
+    from trainer.run import rundir
 
     by_experiment: dict[str, list[RunPlan]] = {}
     for run in runs:
@@ -236,15 +236,27 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def print_status(logdir: Path, args: argparse.Namespace) -> int:
-    """The status table, as --sort, --reverse, --filter and --verify ask; 1 when some run is damaged."""
-    lines, damaged = report.status_report(logdir, args.sort, args.filters, args.reverse, args.verify)
+    """The status table, as --sort, --reverse, --filter, --verify, --format and --columns ask; 1
+    when some run is damaged."""
+    fmt, columns = getattr(args, "fmt", "table"), getattr(args, "columns", None)
+    if fmt == "table" and columns is None:
+        lines, damaged = report.status_report(logdir, args.sort, args.filters, args.reverse, args.verify)
+    else:
+        from trainer.reporting.rows import status_output
+
+        wanted = None if columns is None else [c.strip() for c in columns.split(",") if c.strip()]
+        if wanted == []:
+            raise UserError("--columns: name at least one column, e.g. --columns run,state,final/val/loss")
+        lines, damaged = status_output(
+            logdir, fmt, wanted, args.sort, args.filters, args.reverse, args.verify
+        )
     for line in lines:
         print(line)
     return 1 if damaged else 0
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from trainer.report import index
+    from trainer.reporting import index
 
     logdir = Path(args.logdir)
     if not logdir.is_dir():
@@ -259,7 +271,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from trainer.report import writeup
+    from trainer.reporting import writeup
 
     logdir = Path(args.logdir)
     if not logdir.is_dir():
@@ -280,9 +292,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from trainer.reporting.compare import compare_lines
+
+    for name in (args.a, args.b):
+        if not Path(name).is_dir():
+            raise UserError(f"{name}: no such log folder")
+    for line in compare_lines(Path(args.a), Path(args.b), args.experiment, args.metric, args.fmt):
+        print(line)
+    return 0
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
-    from trainer.report import index
-    from trainer.runs.merge import merge
+    from trainer.reporting import index
+    from trainer.run.merge import merge
 
     def waiting() -> None:
         print(f"waiting for another merge into {args.into} to finish ...", file=sys.stderr, flush=True)
@@ -302,5 +325,6 @@ COMMANDS = {
     "status": cmd_status,
     "index": cmd_index,
     "merge": cmd_merge,
+    "compare": cmd_compare,
     "report": cmd_report,
 }

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from trainer import __version__
+from trainer.core.version import __version__
 from trainer.executors import EXECUTORS
-from trainer.report import tables as report
+from trainer.reporting import tables as report
 
 
 def parser() -> argparse.ArgumentParser:
@@ -163,17 +163,54 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also copy runs that have no final record (failed runs are always copied)",
     )
+    p = sub.add_parser(
+        "compare",
+        help="two log folders side by side",
+        description="The configurations of two log folders (yours and a teammate's, before and after a "
+        "code change), matched by their settings over their seeds: each side's runs, mean and standard "
+        "deviation of a metric, the difference, and whether other code made them.",
+    )
+    p.add_argument("a", type=folder, metavar="LOGDIR_A", help="a log folder")
+    p.add_argument("b", type=folder, metavar="LOGDIR_B", help="the log folder to compare it with")
+    p.add_argument("experiment", nargs="?", metavar="EXPERIMENT", help="compare this experiment only")
+    p.add_argument(
+        "--metric",
+        metavar="METRIC",
+        help="the final metric to compare (default: final/val/loss where rows are held out, else "
+        "final/train/loss)",
+    )
+    p.add_argument(
+        "--format",
+        dest="fmt",
+        choices=["table", "csv", "json"],
+        default="table",
+        help="a table (default), CSV, or JSON lines of every metric",
+    )
     return parser
 
 
 def status_options(p: argparse.ArgumentParser) -> None:
-    """The status command's table options: which runs, in what order."""
+    """The status command's table options: which runs, in what order, which columns, what format."""
     columns = ", ".join(report.COLUMNS)
     p.add_argument(
         "--sort",
         metavar="COLUMN",
-        help=f"sort by a column ({columns}) or a setting (optimizer.lr, or its last part: lr); "
-        f"runs without a value last (default: by run name, numbers by value)",
+        help=f"sort by a column ({columns}), a setting (optimizer.lr, or its last part: lr) or a "
+        f"metric (best/val/accuracy); runs without a value last (default: by run name, numbers by value)",
+    )
+    p.add_argument(
+        "--format",
+        dest="fmt",
+        choices=["table", "csv", "json"],
+        default="table",
+        help="a table for people (default), CSV with a header row, or JSON lines (one object per run, "
+        "for jq); CSV and JSON hold every column unless --columns names some",
+    )
+    p.add_argument(
+        "--columns",
+        metavar="A,B,...",
+        help="the columns to show, in order: run, state, steps, time_s, engine, device, code, a status "
+        "column, a setting (optimizer.lr) or a metric (final/val/loss, best/val/accuracy)",
     )
     p.add_argument("--reverse", action="store_true", help="reverse the order")
     p.add_argument(

@@ -19,10 +19,10 @@ from trainer.core.status import Status
 from trainer.executors import EXECUTORS
 from trainer.executors.progress import Progress
 from trainer.executors.stopping import StopRequest
-from trainer.runs import rundir
-from trainer.runs.claims import Claim, Held
-from trainer.runs.job import Summary, record_ended
-from trainer.runs.selection import Report
+from trainer.run import rundir
+from trainer.run.claims import Claim, Held
+from trainer.run.job import Summary, record_ended
+from trainer.run.selection import Report
 from trainer.spec.plan import RunPlan
 from trainer.spec.units import Unit
 

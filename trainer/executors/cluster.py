@@ -35,10 +35,10 @@ from trainer.executors.base import Sweep
 from trainer.executors.stopping import Grace
 from trainer.kinds import registry as kinds
 from trainer.kinds.registry import shown_path
-from trainer.runs import job, resuming, rundir
-from trainer.runs.claims import Claim, owns
-from trainer.runs.job import LOST, Summary, commit, record_ended
-from trainer.runs.record import code_record
+from trainer.run import job, resuming, rundir
+from trainer.run.claims import Claim, owns
+from trainer.run.job import LOST, Summary, commit, record_ended
+from trainer.run.record import code_record
 from trainer.spec.plan import RunPlan
 from trainer.spec.units import Unit, units_of
 

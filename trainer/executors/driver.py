@@ -1,4 +1,4 @@
-"""The sweep driver: which runs need running (trainer.runs.selection), then the chosen executor
+"""The sweep driver: which runs need running (trainer.run.selection), then the chosen executor
 runs them (trainer.executors.base), and the tally of what became of each comes back.
 
 The driver knows no executor: it picks one by name from the registry and hands it the units and a
@@ -13,8 +13,8 @@ from pathlib import Path
 from trainer.executors.base import Sweep, executor
 from trainer.executors.progress import Progress
 from trainer.executors.stopping import StopRequest
-from trainer.runs.claims import Held
-from trainer.runs.selection import (
+from trainer.run.claims import Held
+from trainer.run.selection import (
     ChangedConfig,
     Report,
     check_inside,

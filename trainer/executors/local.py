@@ -29,8 +29,8 @@ from trainer.core.status import Status
 from trainer.executors.base import Sweep
 from trainer.executors.stopping import Grace
 from trainer.executors.workers import STOP_SIGNALS, kill_with_parent, worker_context
-from trainer.runs.claims import HEARTBEAT_EVERY, Claim, pid_alive
-from trainer.runs.job import Summary, execute_unit
+from trainer.run.claims import HEARTBEAT_EVERY, Claim, pid_alive
+from trainer.run.job import Summary, execute_unit
 from trainer.spec.units import Unit
 
 # Workers that die while starting (killed, out of memory) are replaced this many times per worker

@@ -16,7 +16,7 @@ WORKER_MODULES = [
     "trainer.executors.forkserver",
     "torch",
     "trainer.executors.local",
-    "trainer.runs.job",
+    "trainer.run.job",
     "trainer.tensorboard.sink",
     "trainer.training.loop",
     "trainer.training.batched",

@@ -199,13 +199,26 @@ def put(tree: dict[str, Any], key: str, value: Any) -> str | None:
 # --- specs ------------------------------------------------------------------------------------
 
 
-def load_spec(path: str, overrides: Sequence[str | Override] = ()) -> Spec:
-    """Read one spec file and take in --set overrides.
+# How a spec given as a mapping (trainer.sweep from Python) is named in messages.
+MAPPING = "(the spec mapping)"
+
+
+def load_spec(path: str, overrides: Sequence[str | Override] = (), data: Any = None) -> Spec:
+    """Read one spec file (or take `data`, a spec given as a mapping, whose user code and files
+    are looked up from the current folder) and take in --set overrides.
 
     A file that cannot be read as a mapping raises SpecError; other problems are kept in
     Spec.problems, so that they are reported together with those found in its runs.
     """
-    data, lines = read_yaml(Path(path), path)
+    folder = Path(path).parent
+    if data is None:
+        data, lines = read_yaml(Path(path), path)
+    else:
+        if not isinstance(data, dict):
+            raise SpecError(f"{path}: must be a mapping of sections, got {type(data).__name__}")
+        if "name" not in data:
+            raise SpecError(f"{path}: name: missing; a spec given as a mapping names its experiment")
+        data, lines, folder = copy.deepcopy(dict(data)), {}, Path.cwd()
     base = {k: v for k, v in data.items() if k not in SPEC_LEVEL}
     base.setdefault("name", Path(path).stem)
     problems: list[str] = []
@@ -218,7 +231,7 @@ def load_spec(path: str, overrides: Sequence[str | Override] = ()) -> Spec:
     parsed += [o for o in overrides if isinstance(o, Override)]
     spec = Spec(
         path=path,
-        folder=Path(path).parent,
+        folder=folder,
         base=base,
         sweep=sweep,
         lines=lines,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from trainer.core.errors import SpecError
@@ -13,7 +14,7 @@ from trainer.kinds import data, losses, metrics, models
 from trainer.kinds import registry as kinds
 from trainer.kinds.models import LinearModel
 from trainer.spec.apart import Apart
-from trainer.spec.files import Spec, combine, load_spec, parent_key, parse_overrides
+from trainer.spec.files import MAPPING, Spec, combine, load_spec, parent_key, parse_overrides
 from trainer.spec.names import run_name
 from trainer.spec.plan import RunPlan
 from trainer.spec.probe import inspect_apart, probe_apart, width_problem
@@ -35,13 +36,17 @@ def total_steps(config: Config, rows: int, batch_size: int) -> int:
 # --- naming -----------------------------------------------------------------------------------
 
 
-def plan(paths: list[str], overrides: list[str] = (), allow_large: bool = False) -> list[RunPlan]:
-    """Load, expand and validate every spec; all problems of all specs raise one SpecError."""
+def plan(paths: list[Any], overrides: list[str] = (), allow_large: bool = False) -> list[RunPlan]:
+    """Load, expand and validate every spec (a file's path, or a spec as a mapping); all problems of
+    all specs raise one SpecError."""
     parsed, problems = parse_overrides(overrides)
     loaded: list[Spec] = []
     for path in paths:
         try:
-            loaded.append(load_spec(path, parsed))
+            if isinstance(path, Mapping):
+                loaded.append(load_spec(MAPPING, parsed, data=path))
+            else:
+                loaded.append(load_spec(path, parsed))
         except SpecError as exc:
             problems.extend(exc.problems)
     # A --set key under a section with kinds is known once the specs say which sections are user code.

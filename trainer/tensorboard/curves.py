@@ -83,13 +83,43 @@ def read_scalars(
 def run_scalars(
     folder: Path, tags: Iterable[str], keep_step: Callable[[int], bool] = lambda step: True
 ) -> dict[str, list[tuple[int, float]]]:
-    """read_scalars over every event file of a run folder, in step order."""
+    """read_scalars over every event file of a run folder, in step order, as TensorBoard reads
+    them: a file that begins with a restart (a resumed run's: a SessionLog START at step s) drops
+    what the files before it hold from step s on."""
     tags = list(tags)
     found: dict[str, list[tuple[int, float]]] = {tag: [] for tag in tags}
     for name in event_files(folder):
+        restart = restart_step(folder / name)
+        if restart is not None:
+            found = {tag: [p for p in points if p[0] < restart] for tag, points in found.items()}
         for tag, points in read_scalars(folder / name, tags, keep_step).items():
             found[tag] += points
     return {tag: sorted(points) for tag, points in found.items()}
+
+
+def restart_step(path: Path) -> int | None:
+    """The step of the restart an event file begins with (its first events), or None."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    for i, (start, end) in enumerate(Records(head)):
+        event = event_pb2.Event.FromString(head[start:end])
+        if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
+            return event.step
+        if i >= 3:
+            break
+    return None
+
+
+def scalar_tags(folder: Path) -> list[str]:
+    """Every scalar tag of a run folder's event files, in the order first logged."""
+    tags: dict[str, None] = {}
+    for name in event_files(folder):
+        data = (folder / name).read_bytes()
+        for start, end in Records(data):
+            for value in event_pb2.Event.FromString(data[start:end]).summary.value:
+                if value.HasField("simple_value") or (value.HasField("tensor") and value.tensor.float_val):
+                    tags.setdefault(value.tag, None)
+    return list(tags)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from trainer.core.errors import UserError
 from trainer.kinds import registry as kinds
 from trainer.kinds.models import Shape, build_model
-from trainer.runs import rundir
+from trainer.run import rundir
 from trainer.spec.schema import Config, Invalid, build
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from trainer.report.findings import ExperimentFindings  # noqa: E402
+from trainer.reporting.findings import ExperimentFindings  # noqa: E402
 from trainer.tensorboard.curves import Band  # noqa: E402
 from trainer.tensorboard.hparams import metric_text  # noqa: E402
 

@@ -64,8 +64,8 @@ def main_loss(metrics: dict[str, Any]) -> Any:
 
 
 def code_column(record: dict[str, Any]) -> str | None:
-    """The short digest of the user code that made a run (trainer.runs.record.code_id), or None."""
-    from trainer.runs.record import code_id
+    """The short digest of the user code that made a run (trainer.run.record.code_id), or None."""
+    from trainer.run.record import code_id
 
     return code_id(record.get("code")) or None
 
@@ -98,7 +98,17 @@ def run_table(records: list[dict[str, Any]]) -> list[str]:
     rows = []
     for record in records:
         rows.append([_SHOWN.get(n, str)(COLUMNS[n][1](record)) for n in names])
-    return table(rows, [COLUMNS[n][0] for n in names])
+    return table(rows, [loss_header(records) if n == "final_loss" else COLUMNS[n][0] for n in names])
+
+
+def loss_header(records: list[dict[str, Any]]) -> str:
+    """The final loss column's header, naming the split its values are of (main_loss)."""
+    held = {"final/val/loss" in (r.get("metrics") or {}) for r in records if r.get("metrics")}
+    if held == {True}:
+        return "final val/loss"
+    if held == {False}:
+        return "final train/loss"
+    return "final loss (val, else train)" if held else "final loss"
 
 
 def sweep_summary(
@@ -144,7 +154,7 @@ def sweep_summary(
         )
     failed = [s for s in report.ran if s.status == Status.FAILED]
     if failed:
-        from trainer.runs.rundir import TRACEBACK
+        from trainer.run.rundir import TRACEBACK
 
         lines.append("Failed:")
         for summary in failed[:MAX_ROWS]:
@@ -191,7 +201,7 @@ def status_records(logdir: Path, deep: bool = False) -> list[dict[str, Any]]:
     """Every run under a log folder: its record (if any) with its folder and its state as status,
     'damaged' (with the reason as damage) where its files no longer match its record (see
     trainer.verify; `deep` reads every file)."""
-    from trainer.runs import rundir, verify
+    from trainer.run import rundir, verify
 
     found = []
     for experiment, name in rundir.run_folders(logdir):
@@ -209,12 +219,15 @@ def status_records(logdir: Path, deep: bool = False) -> list[dict[str, Any]]:
     return found
 
 
-def _setting(records: list[dict[str, Any]], key: str, option: str) -> str:
+def setting_of(records: list[dict[str, Any]], key: str, option: str) -> str:
     """The hparam a --sort or --filter key names: a column, a whole key, or a key's last part."""
     if key.replace(" ", "_") in COLUMNS or key == "experiment":
         return key.replace(" ", "_")
     known = sorted({k for r in records for k in r.get("hparams") or {}})
     if key in known:
+        return key
+    measured = sorted({k for r in records for k in r.get("metrics") or {} if "/" in k})
+    if key in measured:
         return key
     # A key's label in run names (lr, seed, optimizer for optimizer.kind); a swept key first.
     ends = [k for k in known if k.rpartition(".")[2] == key or k == f"{key}.kind"]
@@ -228,20 +241,22 @@ def _setting(records: list[dict[str, Any]], key: str, option: str) -> str:
     short = {k.rpartition(".")[2] for k in known} | {
         k.removesuffix(".kind") for k in known if k.endswith(".kind")
     }
-    names = [*COLUMNS, "experiment", *known, *sorted(short)]
+    names = [*COLUMNS, "experiment", *known, *sorted(short), *measured]
     close = difflib.get_close_matches(key, names, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise UserError(
-        f"{option} {key}: no column or setting of that name{hint}; columns: {', '.join(COLUMNS)}, "
-        f"or a setting such as optimizer.lr"
+        f"{option} {key}: no column, setting or metric of that name{hint}; columns: {', '.join(COLUMNS)}, "
+        f"a setting such as optimizer.lr, or a metric the runs record such as {(measured or ['final/train/loss'])[0]}"
     )
 
 
-def _value(record: dict[str, Any], key: str) -> Any:
+def value_of(record: dict[str, Any], key: str) -> Any:
     if key in COLUMNS:
         return COLUMNS[key][1](record)
     if key == "experiment":
         return record["experiment"]
+    if "/" in key:  # a metric: final/val/loss, best/val/accuracy
+        return (record.get("metrics") or {}).get(key)
     return (record.get("hparams") or {}).get(key)
 
 
@@ -267,9 +282,11 @@ def filter_records(records: list[dict[str, Any]], filters: Iterable[str]) -> lis
                 f"--filter {text}: expected KEY=VALUE, e.g. --filter status=diverged or "
                 f"--filter optimizer.lr=0.1"
             )
-        key = _setting(records, key.strip(), "--filter")
+        key = setting_of(records, key.strip(), "--filter")
         swept_as = {r["folder"]: _swept_text(r, key) for r in records}
-        records = [r for r in records if _matches(_value(r, key), wanted) or swept_as[r["folder"]] == wanted]
+        records = [
+            r for r in records if _matches(value_of(r, key), wanted) or swept_as[r["folder"]] == wanted
+        ]
     return records
 
 
@@ -286,18 +303,18 @@ def sort_records(
     records = sorted(records, key=lambda r: natural_key(r["folder"]))
     if column is None:
         return records[::-1] if reverse else records
-    key = _setting(records, column, "--sort")
+    key = setting_of(records, column, "--sort")
 
     def order(record: dict[str, Any]) -> tuple:
-        value = _value(record, key)
+        value = value_of(record, key)
         if isinstance(value, bool):
             value = float(value)
         if isinstance(value, (int, float)):
             return (0, value, ())
         return (0, 0.0, natural_key(value)) if isinstance(value, str) else (1, 0.0, ())
 
-    present = [r for r in records if _value(r, key) is not None]
-    missing = [r for r in records if _value(r, key) is None]
+    present = [r for r in records if value_of(r, key) is not None]
+    missing = [r for r in records if value_of(r, key) is None]
     return sorted(present, key=order, reverse=reverse) + missing
 
 

@@ -19,7 +19,7 @@ import yaml
 from tensorboard.compat.proto import event_pb2
 
 from trainer.core.status import FINISHED, Status
-from trainer.runs import rundir
+from trainer.run import rundir
 from trainer.tensorboard.events import EVENTS_PREFIX, Records, event_files
 from trainer.tensorboard.hparams import SESSION_START_INFO_TAG, session_hparams
 

@@ -11,9 +11,9 @@ from pathlib import Path
 from trainer.core.errors import UserError
 from trainer.core.status import Status
 from trainer.core.strict import suggest
-from trainer.report import index
-from trainer.report.bands import eval_tag, group_bands
-from trainer.report.findings import CONVERGED, DISTANCE, Effect, ExperimentFindings, Group, Stats, findings
+from trainer.reporting import index
+from trainer.reporting.bands import eval_tag, group_bands
+from trainer.reporting.findings import CONVERGED, DISTANCE, Effect, ExperimentFindings, Group, Stats, findings
 
 REPORT = "report.md"
 PAGE = "report.html"  # the same, one self-contained page with the pictures inside
@@ -249,7 +249,7 @@ def _truth(f: ExperimentFindings) -> list[float] | None:
 
 def draw(logdir: Path, f: ExperimentFindings, out: Path) -> dict[str, str]:
     """The experiment's pictures in `out`: kind -> file name."""
-    from trainer.report import plots
+    from trainer.reporting import plots
 
     tag = eval_tag(f)
     truth = _truth(f)

@@ -13,9 +13,9 @@ from typing import Any
 from trainer.core import guards
 from trainer.core.errors import LogDirError
 from trainer.core.status import FINISHED, Status
-from trainer.runs import claims, rundir, verify
-from trainer.runs.job import Summary
-from trainer.runs.record import code_changes, code_record, setting_changes
+from trainer.run import claims, rundir, verify
+from trainer.run.job import Summary
+from trainer.run.record import code_changes, code_record, setting_changes
 from trainer.spec.plan import RunPlan
 
 

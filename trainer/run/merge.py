@@ -27,8 +27,8 @@ from typing import Any
 from trainer.core import guards
 from trainer.core.errors import LogDirError
 from trainer.core.status import Status
-from trainer.runs import claims, rundir, verify
-from trainer.runs.record import changed_code, code_digests, setting_changes
+from trainer.run import claims, rundir, verify
+from trainer.run.record import changed_code, code_digests, setting_changes
 from trainer.spec.schema import experiment_name
 
 MAX_NAME = 128

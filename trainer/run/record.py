@@ -1,6 +1,6 @@
 """A run's record (record.json): every key it holds, and how the record of a run is begun.
 
-The record is written in one place (rundir.commit_record, through trainer.runs.job) and read in
+The record is written in one place (rundir.commit_record, through trainer.run.job) and read in
 one place (rundir.load_record, which checks it); it stays a mapping on disk and in memory, so that a
 record written by an earlier version reads as it is and its key order is unchanged.
 """
@@ -22,12 +22,11 @@ from typing import Any, TypedDict
 
 import yaml
 
-import trainer
-from trainer import __version__
 from trainer.core.status import Status
+from trainer.core.version import PACKAGE, __version__
 from trainer.kinds import registry as kinds
 from trainer.kinds.models import context_values
-from trainer.runs import rundir
+from trainer.run import rundir
 from trainer.spec.plan import RunPlan
 from trainer.spec.schema import as_data, beside_identity
 from trainer.tensorboard.hparams import hparams_of
@@ -128,7 +127,7 @@ def _yaml_entry(key: str, value: Any) -> str:
 @functools.lru_cache(maxsize=1)
 def project_commit() -> str | None:
     """The git commit of the project's own code, where it is a git checkout."""
-    here = Path(trainer.__file__).resolve().parent
+    here = PACKAGE
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
@@ -155,7 +154,7 @@ def _prefixes() -> list[tuple[str, str]]:
     places = {
         sysconfig.get_paths()["purelib"]: "",
         sysconfig.get_paths()["platlib"]: "",
-        str(Path(trainer.__file__).resolve().parents[1]): "",  # the project's own folder
+        str(PACKAGE.parent): "",  # the project's own folder
         os.getcwd(): "",
         sys.prefix: "",
         str(Path.home()): "~",

@@ -16,9 +16,9 @@ from typing import Any
 
 from trainer.core.deadline import TimedOut, limit_of, time_limit
 from trainer.core.status import Status
-from trainer.runs import resuming, rundir
-from trainer.runs.claims import Claim, ClaimLost, owns
-from trainer.runs.record import RunRecord, base_record, config_text, now, portable, start_record
+from trainer.run import resuming, rundir
+from trainer.run.claims import Claim, ClaimLost, owns
+from trainer.run.record import RunRecord, base_record, config_text, now, portable, start_record
 from trainer.spec.plan import RunPlan
 from trainer.spec.units import engine_record
 from trainer.tensorboard import curves
@@ -289,7 +289,7 @@ def _close(sink: Any) -> None:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """A model's state_dict, on the CPU, written atomically (see trainer.runs.checkpoint)."""
+    """A model's state_dict, on the CPU, written atomically (see trainer.run.checkpoint)."""
     import io
 
     import torch

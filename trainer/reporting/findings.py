@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainer.core.status import Status
-from trainer.runs.record import code_id
+from trainer.run.record import code_id
 from trainer.spec.names import BASE_RUN, format_value, labels
 from trainer.tensorboard.hparams import NOT_METRICS, metric_tags
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from trainer.core.errors import UserError
 from trainer.core.strict import suggest
-from trainer.report import bands
-from trainer.runs import rundir
+from trainer.reporting import bands
+from trainer.run import rundir
 from trainer.tensorboard.events import event_file_bytes
 from trainer.tensorboard.hparams import declared_keys, experiment_pb
 

@@ -20,8 +20,8 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.custom_scalar import metadata as layout_metadata
 
 from trainer.core.status import Status
-from trainer.report.findings import ExperimentFindings, Group, findings
-from trainer.runs import rundir
+from trainer.reporting.findings import ExperimentFindings, Group, findings
+from trainer.run import rundir
 from trainer.tensorboard import curves
 from trainer.tensorboard.curves import Band
 from trainer.tensorboard.events import event_file_bytes

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainer.runs import rundir
-from trainer.runs.record import changed_code, code_digests
+from trainer.run import rundir
+from trainer.run.record import changed_code, code_digests
 from trainer.spec.plan import RunPlan
 from trainer.tensorboard.endings import cut_back
 from trainer.tensorboard.events import event_files

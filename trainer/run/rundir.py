@@ -1,4 +1,4 @@
-"""Run folders on disk: atomic records, run states, and damaged runs set aside (claims: trainer.runs.claims).
+"""Run folders on disk: atomic records, run states, and damaged runs set aside (claims: trainer.run.claims).
 
 A run folder `<logdir>/<experiment>/<run>/` holds config.yaml, one event file, traceback.txt when
 the run raised, and record.json. A run counts as finished only once record.json exists; it is
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.core.status import Status
-from trainer.runs import claims
+from trainer.run import claims
 from trainer.spec import schema
 from trainer.tensorboard.events import EVENTS_PREFIX
 from trainer.tensorboard.hparams import is_hparam_value
@@ -31,7 +31,7 @@ CONFIG = "config.yaml"
 TRACEBACK = "traceback.txt"
 CHECKPOINT = "model.pt"
 BEST = "best.pt"  # the weights of the watched metric's best evaluation (log.checkpoint: best, both)
-RESUME = "resume.pt"  # the state a stopped run goes on from (trainer.runs.resuming)
+RESUME = "resume.pt"  # the state a stopped run goes on from (trainer.run.resuming)
 # The folder of the seed-band runs that `index` derives from the runs (trainer.bands): never an
 # experiment, whose names start with a letter or a digit, so never a run either.
 BANDS = "_seeds"

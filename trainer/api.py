@@ -1,0 +1,216 @@
+"""The Python API: run a sweep from a notebook or a script, and read any log folder's results as
+pandas DataFrames. Every function raises trainer.UserError, with the same sentences as the command
+line, for anything a user has to fix; pandas is imported only here.
+
+    import trainer
+
+    runs = trainer.sweep("experiments/batch-size.yaml", logdir="logs")   # a DataFrame, a row per run
+    curves = trainer.curves("logs", tags=["w/0", "val/loss"])            # run, tag, step, value
+    found = trainer.report("logs")                                       # the groups over their seeds
+    both = trainer.compare("logs", "logs-alice")                          # runs matched across folders
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainer.core.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def _folder(logdir: Any, what: str = "logdir") -> Path:
+    if not isinstance(logdir, (str, Path)) or not str(logdir).strip():
+        raise UserError(f"{what}: expected the path of a log folder, got {logdir!r}")
+    folder = Path(logdir)
+    if not folder.is_dir():
+        raise UserError(
+            f"{what}: {folder} is no folder" + ("" if folder.exists() else " (it does not exist)")
+        )
+    return folder
+
+
+def sweep(
+    spec: str | Path | Mapping[str, Any],
+    logdir: str | Path = "logs",
+    workers: int = 0,
+    executor: str = "local",
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+    force: bool = False,
+    rerun_failed: bool = False,
+    quiet: bool = False,
+) -> pd.DataFrame:
+    """Run a sweep, as `python -m trainer sweep` does, and return its runs (trainer.run of its
+    experiments). `spec` is a spec file's path or the spec itself as a mapping (user code and CSV
+    paths are then looked up from the current folder); `overrides` are --set's KEY=VALUE texts, or a
+    mapping of them. `workers=0` (the default) trains in this process, one run after another, as
+    `python -m trainer run` does; more start that many worker processes (from a script, under
+    `if __name__ == "__main__":`). Progress is a tqdm bar; `quiet` shows only the summary."""
+    from trainer.cli.commands import execute_planned
+    from trainer.spec.sweep import plan
+
+    if isinstance(overrides, Mapping):
+        overrides = [f"{key}={_override_text(value)}" for key, value in overrides.items()]
+    overrides = list(overrides)
+    if isinstance(spec, Mapping):
+        source: str | Mapping[str, Any] = spec
+    elif isinstance(spec, (str, Path)):
+        source = str(spec)
+    else:
+        raise UserError(f"spec: expected a spec file's path or a mapping, got {type(spec).__name__}")
+    if executor not in ("local", "ray"):
+        raise UserError(f"executor: {executor!r} is none; use 'local' or 'ray'")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+        raise UserError(f"workers: must be a whole number of at least 0, got {workers!r}")
+    if executor == "ray" and workers == 0:
+        workers = 1
+    runs = plan([source], overrides)
+    args = argparse.Namespace(
+        command="sweep",
+        specs=[source if isinstance(source, str) else "(a spec given as a mapping)"],
+        overrides=overrides,
+        logdir=str(logdir),
+        workers=workers,
+        executor=executor,
+        address=None,
+        force=force,
+        rerun_failed=rerun_failed,
+        quiet=quiet,
+    )
+    if executor == "local" and workers >= 1:
+        from trainer.executors.workers import prepare_workers
+
+        prepare_workers()
+    if execute_planned(runs, args, workers=workers) == 2:
+        raise UserError(f"the sweep into {logdir} stopped before its runs were done; it said why above")
+    experiments = list(dict.fromkeys(r.experiment for r in runs))
+    found = runs_frame(Path(logdir), experiments)
+    return found[found["run"].isin({r.name for r in runs})].reset_index(drop=True)
+
+
+def _override_text(value: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def runs(logdir: str | Path = "logs", experiment: str | None = None) -> pd.DataFrame:
+    """One row per run of a log folder (of one experiment): experiment, run, state, steps, time_s,
+    engine, device, code (the digest of its user code), then every setting (typed: numbers as
+    numbers) and every final and best metric (NaN where a run has none)."""
+    folder = _folder(logdir)
+    if experiment is not None:
+        known = sorted({p.name for p in folder.iterdir() if p.is_dir() and p.name[0] not in "._"})
+        if experiment not in known:
+            from trainer.core.strict import suggest
+
+            raise UserError(
+                f"experiment: no experiment {experiment!r} in {folder}{suggest(experiment, known)}; "
+                f"it holds {', '.join(known) or 'no runs'}"
+            )
+    return runs_frame(folder, None if experiment is None else [experiment])
+
+
+def runs_frame(logdir: Path, experiments: Sequence[str] | None) -> pd.DataFrame:
+    import pandas as pd
+
+    from trainer.reporting.rows import all_columns, rows
+
+    found = [r for r in rows(logdir) if experiments is None or r["experiment"] in experiments]
+    frame = pd.DataFrame(found, columns=all_columns(found))
+    for name in frame.columns:
+        if "/" in name:  # a metric: a number, NaN where missing
+            frame[name] = pd.to_numeric(frame[name], errors="coerce").astype(float)
+    return frame
+
+
+def curves(
+    logdir: str | Path = "logs", tags: Iterable[str] | None = None, runs: Iterable[str] | None = None
+) -> pd.DataFrame:
+    """The logged scalars, long-form: experiment, run, tag, step, value, one row per point, read from
+    the event files as TensorBoard reads them (what a resumed run logged twice, once). `tags` and
+    `runs` ("experiment/run", or a run's name) narrow it down; all tags and all runs by default."""
+    import pandas as pd
+
+    from trainer.tensorboard.curves import run_scalars, scalar_tags
+
+    folder = _folder(logdir)
+    wanted = None if runs is None else set(runs)
+    out: list[tuple[str, str, str, int, float]] = []
+    from trainer.run import rundir
+
+    for experiment, name in rundir.run_folders(folder):
+        if wanted is not None and f"{experiment}/{name}" not in wanted and name not in wanted:
+            continue
+        path = folder / experiment / name
+        chosen = list(tags) if tags is not None else scalar_tags(path)
+        for tag, points in run_scalars(path, chosen).items():
+            out += [(experiment, name, tag, step, value) for step, value in points]
+    return pd.DataFrame(out, columns=["experiment", "run", "tag", "step", "value"])
+
+
+def report(logdir: str | Path = "logs", out: str | Path | None = None) -> pd.DataFrame:
+    """The findings as data: one row per group of runs (a configuration over its seeds), best first
+    within each experiment: its label, runs (complete and not), the ranking metric with its mean,
+    standard deviation and 95% t-interval over the complete runs, its code digest and its swept
+    settings. With `out`, report.md and its pictures are written there, as `python -m trainer
+    report` writes them."""
+    import pandas as pd
+
+    from trainer.reporting.findings import findings
+    from trainer.reporting.index import records
+    from trainer.reporting.tables import code_column
+
+    folder = _folder(logdir)
+    if out is not None:
+        from trainer.cli.commands import main
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            if main(["report", str(folder), "--out", str(out)]) != 0:
+                raise UserError(f"the report of {folder} could not be written to {out}")
+    rows = []
+    for found in findings(records(folder)):
+        for rank, group in enumerate(found.groups, 1):
+            numbers = group.metrics.get(found.metric)
+            half = numbers.half_width if numbers is not None else None
+            rows.append(
+                {
+                    "experiment": found.name,
+                    "rank": rank if numbers is not None else None,
+                    "group": group.label,
+                    "runs": len(group.runs),
+                    "complete": group.complete,
+                    "metric": found.metric,
+                    "higher is better": found.higher_is_better,
+                    "mean": numbers.mean if numbers is not None else math.nan,
+                    "std": _nan(numbers.std) if numbers is not None else math.nan,
+                    "ci95 low": numbers.mean - half if half is not None else math.nan,
+                    "ci95 high": numbers.mean + half if half is not None else math.nan,
+                    "code": code_column(group.runs[0]),
+                    **group.settings,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def compare(a: str | Path, b: str | Path, experiment: str | None = None) -> pd.DataFrame:
+    """Two log folders side by side: one row per configuration (over its seeds) either folder has,
+    matched by its settings, and per final metric: each side's complete runs, mean and standard
+    deviation over them, the difference of the means (b - a), and the code digests of each side's
+    runs (`same code` False after a code change)."""
+    import pandas as pd
+
+    from trainer.reporting.compare import COLUMNS, compared
+
+    return pd.DataFrame(compared(_folder(a, "a"), _folder(b, "b"), experiment), columns=list(COLUMNS))
+
+
+def _nan(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan

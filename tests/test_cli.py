@@ -215,7 +215,7 @@ def test_status_sorts_numbers_by_value_and_shows_where_a_run_stopped(grid, capsy
     assert re.split(r"\s{2,}", header) == [
         "run",
         "status",
-        "final loss",
+        "final train/loss",
         "distance",
         "converged at",
         "stopped at",
@@ -296,7 +296,7 @@ def test_status_sorts_and_filters(grid, capsys, args, expected):
     [
         pytest.param(
             ["--sort", "final_los"],
-            "--sort final_los: no column or setting of that name (did you mean 'final_loss'?)",
+            "--sort final_los: no column, setting or metric of that name (did you mean 'final_loss'?)",
             id="typo",
         ),
         pytest.param(

@@ -162,7 +162,13 @@ def test_architecture_page_names_only_modules_that_exist():
     text = (DOCS / "architecture.md").read_text()
     named = set(re.findall(r"`(?:[\w/]+/)?(\w+\.py)`", text))
     present = {
-        p.name for p in [*ROOT.glob("trainer/*/*.py"), *ROOT.glob("scripts/*.py"), *ROOT.glob("tests/*.py")]
+        p.name
+        for p in [
+            *ROOT.glob("trainer/*.py"),
+            *ROOT.glob("trainer/*/*.py"),
+            *ROOT.glob("scripts/*.py"),
+            *ROOT.glob("tests/*.py"),
+        ]
     }
     assert sorted(named - present) == []
 

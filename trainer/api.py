@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import io
 import math
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,7 +53,8 @@ def sweep(
     paths are then looked up from the current folder); `overrides` are --set's KEY=VALUE texts, or a
     mapping of them. `workers=0` (the default) trains in this process, one run after another, as
     `python -m trainer run` does; more start that many worker processes (from a script, under
-    `if __name__ == "__main__":`). Progress is a tqdm bar; `quiet` shows only the summary."""
+    `if __name__ == "__main__":`). Progress is a tqdm bar (tqdm.auto's in a notebook); `quiet`
+    shows only the summary."""
     from trainer.cli.commands import execute_planned
     from trainer.spec.sweep import plan
 
@@ -88,7 +90,14 @@ def sweep(
         from trainer.executors.workers import prepare_workers
 
         prepare_workers()
-    if execute_planned(runs, args, workers=workers) == 2:
+    progress = None
+    if "ipykernel" in sys.modules:  # a notebook: its own bar widget (tqdm.auto), on the cell's output
+        from tqdm.auto import tqdm
+
+        from trainer.executors.progress import Progress
+
+        progress = Progress(enabled=not quiet, terminal=True, bars=tqdm)
+    if execute_planned(runs, args, workers=workers, progress=progress) == 2:
         raise UserError(f"the sweep into {logdir} stopped before its runs were done; it said why above")
     experiments = list(dict.fromkeys(r.experiment for r in runs))
     found = runs_frame(Path(logdir), experiments)

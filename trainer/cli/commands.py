@@ -128,13 +128,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return execute_planned(runs, args, workers=0)
 
 
-def execute_planned(runs: list[RunPlan], args: argparse.Namespace, workers: int) -> int:
+def execute_planned(runs: list[RunPlan], args: argparse.Namespace, workers: int, progress: Any = None) -> int:
     from trainer.executors.driver import ChangedConfig, Options, run_all
     from trainer.executors.progress import Progress
     from trainer.reporting import index
 
     logdir = Path(args.logdir)
-    progress = Progress(enabled=not args.quiet)
+    progress = progress or Progress(enabled=not args.quiet)
     try:
         options = Options(logdir, workers, args.force, args.rerun_failed, progress)
         options.executor = getattr(args, "executor", "local")

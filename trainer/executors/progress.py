@@ -1,4 +1,5 @@
-"""Progress output: tqdm bars on a terminal, one plain line per finished run everywhere else."""
+"""Progress output: tqdm bars on a terminal (and in a notebook), one plain line per finished run
+everywhere else."""
 
 from __future__ import annotations
 
@@ -15,10 +16,17 @@ from trainer.core.status import Status
 class Progress:
     """Runs done, failures and time left for a sweep; steps for a run trained in this process."""
 
-    def __init__(self, enabled: bool = True, stream: IO[str] | None = None, terminal: bool | None = None):
+    def __init__(
+        self,
+        enabled: bool = True,
+        stream: IO[str] | None = None,
+        terminal: bool | None = None,
+        bars: Any = tqdm,
+    ):
         self.enabled = enabled
         self.stream = stream or sys.stderr
         self.terminal = self.stream.isatty() if terminal is None else terminal
+        self.bars = bars  # the bar class: tqdm's, or tqdm.auto's in a notebook
         self.bar: tqdm | None = None
         self.step_bar: tqdm | None = None
         self.total = self.done = self.failures = 0
@@ -46,7 +54,7 @@ class Progress:
             if already:
                 self._print(f"{already} of {total} runs already done; running the other {total - already}")
             if self.terminal:
-                self.bar = tqdm(
+                self.bar = self.bars(
                     total=total,
                     initial=already,
                     unit="run",
@@ -91,7 +99,7 @@ class Progress:
         self._steps_shown = 0
         if self.enabled and self.terminal:
             with self._output():
-                self.step_bar = tqdm(
+                self.step_bar = self.bars(
                     total=run.steps,
                     unit="step",
                     desc=run.name[:40],

@@ -158,6 +158,16 @@ def test_errors_are_sentences_not_tracebacks(swept, tmp_path):
         api.runs(folder / "logs", experiment="apy")
     with pytest.raises(api.UserError, match=r"\(the spec mapping\): train.steps: must be a whole number"):
         api.sweep({**SPEC, "train": {"steps": "many"}}, logdir=tmp_path / "logs")
+    with pytest.raises(api.UserError, match=r"^overrides: 5 is no KEY=VALUE text; give texts such as"):
+        api.sweep(SPEC, logdir=tmp_path / "logs", overrides=[5])
+    with pytest.raises(api.UserError, match=r"^tags: no run logs 'val/mea' \(did you mean 'val/mae'\?\)"):
+        api.curves(folder / "logs", tags=["val/mea"])
+    with pytest.raises(api.UserError, match=r"^runs: no run 'lr=0.5,seed=0' in "):
+        api.curves(folder / "logs", runs="lr=0.5,seed=0")
+    with pytest.raises(
+        api.UserError, match=r"^experiment: neither .* has an experiment 'apy' \(did you mean 'api'\?\)"
+    ):
+        api.compare(folder / "logs", folder / "logs", experiment="apy")
     assert not (tmp_path / "logs").exists()
 
 

@@ -13,15 +13,15 @@ line, for anything a user has to fix; pandas is imported only here.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import math
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainer.core.errors import UserError
+from trainer.core.errors import LogDirError, UserError
+from trainer.core.strict import suggest
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -58,9 +58,7 @@ def sweep(
     from trainer.cli.commands import execute_planned
     from trainer.spec.sweep import plan
 
-    if isinstance(overrides, Mapping):
-        overrides = [f"{key}={_override_text(value)}" for key, value in overrides.items()]
-    overrides = list(overrides)
+    overrides = _override_texts(overrides)
     if isinstance(spec, Mapping):
         source: str | Mapping[str, Any] = spec
     elif isinstance(spec, (str, Path)):
@@ -97,11 +95,50 @@ def sweep(
         from trainer.executors.progress import Progress
 
         progress = Progress(enabled=not quiet, terminal=True, bars=tqdm)
-    if execute_planned(runs, args, workers=workers, progress=progress) == 2:
+    try:
+        code = execute_planned(runs, args, workers=workers, progress=progress)
+    except LogDirError as changed:
+        raise LogDirError([_for_python(p) for p in changed.problems]) from None
+    if code == 2:
         raise UserError(f"the sweep into {logdir} stopped before its runs were done; it said why above")
     experiments = list(dict.fromkeys(r.experiment for r in runs))
     found = runs_frame(Path(logdir), experiments)
     return found[found["run"].isin({r.name for r in runs})].reset_index(drop=True)
+
+
+def _override_texts(overrides: Any) -> list[str]:
+    """--set texts of sweep()'s overrides: KEY=VALUE texts (or one), or a mapping of key to value."""
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    if isinstance(overrides, Mapping):
+        texts = []
+        for key, value in overrides.items():
+            if not isinstance(key, str):
+                raise UserError(f"overrides: {key!r} is no dotted key such as 'optimizer.lr'")
+            texts.append(f"{key}={_override_text(value)}")
+        return texts
+    if not isinstance(overrides, Iterable):
+        raise UserError(
+            f"overrides: expected KEY=VALUE texts or a mapping of keys to values, got {type(overrides).__name__}"
+        )
+    texts = list(overrides)
+    wrong = [t for t in texts if not isinstance(t, str)]
+    if wrong:
+        raise UserError(
+            f"overrides: {wrong[0]!r} is no KEY=VALUE text; give texts such as 'optimizer.lr=0.1', or a "
+            f"mapping such as {{'optimizer.lr': 0.1}}"
+        )
+    return texts
+
+
+def _for_python(paragraph: str) -> str:
+    """A changed-spec paragraph with the arguments of sweep() that continue, not command lines."""
+    paragraph = re.sub(r"(replace (?:it|them):  ).*", r"\1sweep(..., force=True)", paragraph)
+    return re.sub(
+        r"(or keep both:  ).*--set name=(\S+).*",
+        lambda m: f"{m[1]}sweep(..., overrides={{'name': '{m[2]}'}})",
+        paragraph,
+    )
 
 
 def _override_text(value: Any) -> str:
@@ -118,8 +155,6 @@ def runs(logdir: str | Path = "logs", experiment: str | None = None) -> pd.DataF
     if experiment is not None:
         known = sorted({p.name for p in folder.iterdir() if p.is_dir() and p.name[0] not in "._"})
         if experiment not in known:
-            from trainer.core.strict import suggest
-
             raise UserError(
                 f"experiment: no experiment {experiment!r} in {folder}{suggest(experiment, known)}; "
                 f"it holds {', '.join(known) or 'no runs'}"
@@ -148,20 +183,39 @@ def curves(
     `runs` ("experiment/run", or a run's name) narrow it down; all tags and all runs by default."""
     import pandas as pd
 
+    from trainer.run import rundir
     from trainer.tensorboard.curves import run_scalars, scalar_tags
 
     folder = _folder(logdir)
-    wanted = None if runs is None else set(runs)
+    tags = [tags] if isinstance(tags, str) else None if tags is None else list(tags)
+    wanted = [runs] if isinstance(runs, str) else None if runs is None else list(runs)
+    every = rundir.run_folders(folder)
+    chosen = [(e, n) for e, n in every if wanted is None or f"{e}/{n}" in wanted or n in wanted]
+    if wanted is not None:
+        found = {f"{e}/{n}" for e, n in chosen} | {n for _, n in chosen}
+        missing = [w for w in wanted if w not in found]
+        if missing:
+            raise UserError(
+                f"runs: no run {missing[0]!r} in {folder}; name runs as experiment/run or by their names, "
+                f"such as {(f'{every[0][0]}/{every[0][1]}' if every else 'toy/seed=0')!r}"
+            )
     out: list[tuple[str, str, str, int, float]] = []
-    from trainer.run import rundir
-
-    for experiment, name in rundir.run_folders(folder):
-        if wanted is not None and f"{experiment}/{name}" not in wanted and name not in wanted:
-            continue
+    logged: set[str] = set()
+    for experiment, name in chosen:
         path = folder / experiment / name
-        chosen = list(tags) if tags is not None else scalar_tags(path)
-        for tag, points in run_scalars(path, chosen).items():
+        for tag, points in run_scalars(path, tags if tags is not None else scalar_tags(path)).items():
+            if points:
+                logged.add(tag)
             out += [(experiment, name, tag, step, value) for step, value in points]
+    if tags is not None and chosen:
+        unknown = [t for t in tags if t not in logged]
+        if unknown:
+            known = sorted({t for e, n in chosen[:20] for t in scalar_tags(folder / e / n)})
+            raise UserError(
+                f"tags: no run logs {unknown[0]!r}"
+                + suggest(unknown[0], known)
+                + f"; they log {', '.join(known[:30])}"
+            )
     return pd.DataFrame(out, columns=["experiment", "run", "tag", "step", "value"])
 
 
@@ -179,11 +233,9 @@ def report(logdir: str | Path = "logs", out: str | Path | None = None) -> pd.Dat
 
     folder = _folder(logdir)
     if out is not None:
-        from trainer.cli.commands import main
+        from trainer.reporting import writeup
 
-        with contextlib.redirect_stdout(io.StringIO()):
-            if main(["report", str(folder), "--out", str(out)]) != 0:
-                raise UserError(f"the report of {folder} could not be written to {out}")
+        writeup.write(folder, Path(out), [])  # raises UserError, saying why, where it cannot
     rows = []
     for found in findings(records(folder)):
         for rank, group in enumerate(found.groups, 1):

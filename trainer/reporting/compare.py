@@ -16,24 +16,38 @@ from trainer.spec.names import BASE_RUN, labels
 
 # The columns of compared(), in order.
 COLUMNS = (
-    "experiment", "group", "metric", "runs a", "mean a", "std a", "runs b", "mean b", "std b",
+    "experiment", "group", "in a", "in b", "metric", "runs a", "mean a", "std a", "runs b", "mean b", "std b",
     "difference", "code a", "code b", "same code",
 )  # fmt: skip
 
 
 def compared(a: Path, b: Path, experiment: str | None = None) -> list[dict[str, Any]]:
-    """One row per configuration and final metric, of every configuration either folder has (of one
-    experiment): its complete runs, mean and standard deviation over them on each side, the
-    difference of the means (b - a; NaN where a side has none), and each side's code digests."""
+    """One row per configuration and final or best metric, of every configuration either folder has
+    (of one experiment): its runs in each folder, the complete ones with the metric, their mean and
+    standard deviation on each side, the difference of the means (b - a; NaN where a side has none),
+    and each side's code digests."""
+    from trainer.core.errors import UserError
+    from trainer.core.strict import suggest
     from trainer.reporting.index import records
 
-    sides = [_groups(records(folder), experiment) for folder in (a, b)]
+    both = [records(folder) for folder in (a, b)]
+    if experiment is not None:
+        known = sorted({r.get("experiment") or r["folder"].partition("/")[0] for side in both for r in side})
+        if experiment not in known:
+            raise UserError(
+                f"experiment: neither {a} nor {b} has an experiment {experiment!r}{suggest(experiment, known)}; "
+                f"they hold {', '.join(known) or 'no finished runs'}"
+            )
+    sides = [_groups(found, experiment) for found in both]
+    # Every configuration gets a row for every metric either folder records (NaN where it has none).
+    metrics = list(
+        dict.fromkeys(m for side in sides for g in side.values() for r in g["runs"] for m in _numbers(r))
+    )
     found = []
     for key in dict.fromkeys([*sides[0], *sides[1]]):
         mine, theirs = sides[0].get(key), sides[1].get(key)
         label = (mine or theirs)["label"]
         runs = [(mine or {}).get("runs", []), (theirs or {}).get("runs", [])]
-        metrics = dict.fromkeys(m for side in runs for r in side for m in _numbers(r))
         codes = [sorted({code_column(r) or "" for r in side}) for side in runs]
         for metric in metrics:
             numbers = [[_numbers(r)[metric] for r in side if metric in _numbers(r)] for side in runs]
@@ -43,6 +57,8 @@ def compared(a: Path, b: Path, experiment: str | None = None) -> list[dict[str, 
                 {
                     "experiment": key[0],
                     "group": label,
+                    "in a": len(runs[0]),
+                    "in b": len(runs[1]),
                     "metric": metric,
                     "runs a": len(numbers[0]),
                     "mean a": mean[0],
@@ -70,7 +86,7 @@ def _numbers(record: dict[str, Any]) -> dict[str, float]:
     return {
         k: float(v)
         for k, v in (record.get("metrics") or {}).items()
-        if k.startswith("final/")
+        if k.startswith(("final/", "best/"))
         and k not in SKIPPED
         and isinstance(v, (int, float))
         and not isinstance(v, bool)
@@ -156,7 +172,7 @@ def compare_lines(
     ]
     lines += table(shown, ["experiment", "group", "runs a", "a", "runs b", "b", "b - a", "code"])
     only = {
-        side: [f"{r['experiment']}/{r['group']}" for r in rows if r[f"runs {other}"] == 0]
+        side: [f"{r['experiment']}/{r['group']}" for r in rows if r[f"in {other}"] == 0]
         for side, other in (("a", "b"), ("b", "a"))
     }
     for side, folder in (("a", a), ("b", b)):

@@ -101,9 +101,18 @@ class Spec:
             if probe in self.lines:
                 return f"{self.path}:{self.lines[probe]}"
             probe = parent_key(probe)
-        if key == "name":
+        if key == "name" and self.path != MAPPING:
             return f"{self.path} (it has no 'name:', so the file name is used)"
         return self.path
+
+
+def _at(path: str, lines: dict[str, int], *keys: str) -> str:
+    """'file:line' of the first of the keys the file has a line for; a spec given as a mapping has
+    no lines, and is named alone."""
+    for key in keys:
+        if key in lines:
+            return f"{path}:{lines[key]}"
+    return path if path == MAPPING else f"{path}:?"
 
 
 def parent_key(key: str) -> str:
@@ -249,7 +258,7 @@ def load_spec(path: str, overrides: Sequence[str | Override] = (), data: Any = N
 def _read_sweep(
     sweep: Any, lines: dict[str, int], path: str, problems: list[str], open_sections: set[str]
 ) -> dict[str, list[Any]]:
-    where = f"{path}:{lines.get('sweep', '?')}"
+    where = _at(path, lines, "sweep")
     if not isinstance(sweep, dict):
         problems.append(
             f"{where}: sweep: must be a mapping of dotted keys to lists of values, "
@@ -258,7 +267,7 @@ def _read_sweep(
         return {}
     grid: dict[str, list[Any]] = {}
     for key, values in sweep.items():
-        at = f"{path}:{lines.get(f'sweep.{key}', lines.get('sweep', '?'))}: sweep.{key}"
+        at = f"{_at(path, lines, f'sweep.{key}', 'sweep')}: sweep.{key}"
         if not DOTTED_KEY.fullmatch(key):
             problems.append(f"{at}: {key!r} is not a dotted key such as optimizer.lr")
             continue
@@ -302,7 +311,7 @@ def _read_report(
     """The spec's `report:` section: replicate keys (each a setting of a run) and the ranking metric."""
 
     def at(key: str) -> str:
-        return f"{path}:{lines.get(key, lines.get('report', '?'))}: {key}"
+        return f"{_at(path, lines, key, 'report')}: {key}"
 
     try:
         report = build(ReportSettings, raw, "report")

@@ -167,6 +167,15 @@ def record(folder: Path) -> dict:
     return json.loads((folder / "record.json").read_text())
 
 
+def kill_node(node, *pids: int) -> None:
+    """SIGKILL every process of a Ray node (and these pids besides), as a machine that dies."""
+    for pid in [*pids, *(p.process.pid for ps in node.all_processes.values() for p in ps)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def test_a_ray_sweep_leaves_the_folder_a_local_sweep_leaves(cluster, project, tmp_path):
     assert sweep_on(cluster, "on-ray") == 0
     assert main(["sweep", SPEC_PATH, "--logdir", "local", "--quiet", "--workers", "2"]) == 0
@@ -213,14 +222,7 @@ def test_a_node_killed_mid_sweep_costs_no_run_and_runs_none_twice(cluster, proje
         for _ in range(1200):  # a task of the sweep is stuck on the doomed node
             found = list(markers.iterdir())
             if found:
-                pids = [int(found[0].name)] + [
-                    p.process.pid for ps in doomed.all_processes.values() for p in ps
-                ]
-                for pid in pids:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+                kill_node(doomed, int(found[0].name))
                 return
             time.sleep(0.1)
 
@@ -368,11 +370,7 @@ def test_a_task_whose_node_dies_goes_on_from_the_last_checkpoint_that_reached_th
             found = list(markers.iterdir())
             if found and (logdir / "long" / f"seed={found[0].name}" / "resume.pt").exists():
                 killed.append(found[0].name)
-                for pid in [p.process.pid for ps in doomed.all_processes.values() for p in ps]:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+                kill_node(doomed)
                 return
             time.sleep(0.05)
 

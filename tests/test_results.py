@@ -158,6 +158,16 @@ def test_errors_are_sentences_not_tracebacks(swept, tmp_path):
         api.runs(folder / "logs", experiment="apy")
     with pytest.raises(api.UserError, match=r"\(the spec mapping\): train.steps: must be a whole number"):
         api.sweep({**SPEC, "train": {"steps": "many"}}, logdir=tmp_path / "logs")
+    with pytest.raises(
+        api.UserError,
+        match=r"replace them:  sweep\(\.\.\., force=True\)\n  or keep both:  sweep\(\.\.\., overrides=\{'name': 'api-2'\}\)",
+    ):
+        here = os.getcwd()
+        os.chdir(folder)  # the spec's user metric is looked up from here
+        try:
+            api.sweep({**SPEC, "train": {"steps": 150, "batch_size": 8}}, logdir="logs", quiet=True)
+        finally:
+            os.chdir(here)
     with pytest.raises(api.UserError, match=r"^overrides: 5 is no KEY=VALUE text; give texts such as"):
         api.sweep(SPEC, logdir=tmp_path / "logs", overrides=[5])
     with pytest.raises(api.UserError, match=r"^tags: no run logs 'val/mea' \(did you mean 'val/mae'\?\)"):

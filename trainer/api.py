@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainer.core.errors import LogDirError, UserError
+from trainer.core.errors import UserError
 from trainer.core.strict import suggest
 
 if TYPE_CHECKING:
@@ -48,7 +47,7 @@ def sweep(
     rerun_failed: bool = False,
     quiet: bool = False,
 ) -> pd.DataFrame:
-    """Run a sweep, as `python -m trainer sweep` does, and return its runs (trainer.run of its
+    """Run a sweep, as `python -m trainer sweep` does, and return its runs (trainer.runs of its
     experiments). `spec` is a spec file's path or the spec itself as a mapping (user code and CSV
     paths are then looked up from the current folder); `overrides` are --set's KEY=VALUE texts, or a
     mapping of them. `workers=0` (the default) trains in this process, one run after another, as
@@ -56,6 +55,7 @@ def sweep(
     `if __name__ == "__main__":`). Progress is a tqdm bar (tqdm.auto's in a notebook); `quiet`
     shows only the summary."""
     from trainer.cli.commands import execute_planned
+    from trainer.spec.files import MAPPING
     from trainer.spec.sweep import plan
 
     overrides = _override_texts(overrides)
@@ -74,7 +74,7 @@ def sweep(
     runs = plan([source], overrides)
     args = argparse.Namespace(
         command="sweep",
-        specs=[source if isinstance(source, str) else "(a spec given as a mapping)"],
+        specs=[source if isinstance(source, str) else MAPPING],
         overrides=overrides,
         logdir=str(logdir),
         workers=workers,
@@ -83,6 +83,10 @@ def sweep(
         force=force,
         rerun_failed=rerun_failed,
         quiet=quiet,
+        continue_with=lambda new_name: (
+            "sweep(..., force=True)",
+            f"sweep(..., overrides={{'name': '{new_name}'}})",
+        ),
     )
     if executor == "local" and workers >= 1:
         from trainer.executors.workers import prepare_workers
@@ -95,11 +99,7 @@ def sweep(
         from trainer.executors.progress import Progress
 
         progress = Progress(enabled=not quiet, terminal=True, bars=tqdm)
-    try:
-        code = execute_planned(runs, args, workers=workers, progress=progress)
-    except LogDirError as changed:
-        raise LogDirError([_for_python(p) for p in changed.problems]) from None
-    if code == 2:
+    if execute_planned(runs, args, workers=workers, progress=progress) == 2:
         raise UserError(f"the sweep into {logdir} stopped before its runs were done; it said why above")
     experiments = list(dict.fromkeys(r.experiment for r in runs))
     found = runs_frame(Path(logdir), experiments)
@@ -129,16 +129,6 @@ def _override_texts(overrides: Any) -> list[str]:
             f"mapping such as {{'optimizer.lr': 0.1}}"
         )
     return texts
-
-
-def _for_python(paragraph: str) -> str:
-    """A changed-spec paragraph with the arguments of sweep() that continue, not command lines."""
-    paragraph = re.sub(r"(replace (?:it|them):  ).*", r"\1sweep(..., force=True)", paragraph)
-    return re.sub(
-        r"(or keep both:  ).*--set name=(\S+).*",
-        lambda m: f"{m[1]}sweep(..., overrides={{'name': '{m[2]}'}})",
-        paragraph,
-    )
 
 
 def _override_text(value: Any) -> str:

@@ -169,8 +169,10 @@ def execute_planned(runs: list[RunPlan], args: argparse.Namespace, workers: int,
 
 def _changed_spec(changed: Any, args: argparse.Namespace, meanwhile: bool = False) -> list[str]:
     """A paragraph per experiment whose finished runs a changed spec would replace, with the commands
-    that replace them or keep both."""
+    that replace them or keep both (or, where args.continue_with says them another way, such as the
+    Python API's arguments, that)."""
     paragraphs = []
+    continue_with = getattr(args, "continue_with", None)
     for (experiment, spec_path), group in changed.by_experiment().items():
         options = [o for text in args.overrides for o in ("--set", text)]
         if args.logdir != "logs":
@@ -182,6 +184,11 @@ def _changed_spec(changed: Any, args: argparse.Namespace, meanwhile: bool = Fals
         command = [args.command, spec_path, *options]
         new_name = _free_name(Path(args.logdir), experiment)
         what, first, others = changed.first_difference(group)
+        if continue_with is not None:
+            replace, keep = continue_with(new_name)
+        else:
+            replace = f"{trainer_command()} {shlex.join([*command, '--force'])}"
+            keep = f"{trainer_command()} {shlex.join([*command, '--set', f'name={new_name}'])}"
         paragraphs.append(
             report.changed_spec(
                 experiment,
@@ -190,8 +197,8 @@ def _changed_spec(changed: Any, args: argparse.Namespace, meanwhile: bool = Fals
                 what,
                 first,
                 others,
-                replace=f"{trainer_command()} {shlex.join([*command, '--force'])}",
-                keep=f"{trainer_command()} {shlex.join([*command, '--set', f'name={new_name}'])}",
+                replace=replace,
+                keep=keep,
                 meanwhile=meanwhile,
             )
         )

@@ -264,7 +264,7 @@ def record_fault(
         steps_done=getattr(exc, "steps_done", record.get("steps_done", 0)),
     )
     try:
-        if claim is not None and not owns(claim):
+        if not claim_allows(claim):
             raise ClaimLost(claim.path)  # the folder is another sweep's now: write nothing there
         if sink is not None and sink.events is not None:
             sink.finish(record["status"], 0, {}, None)
@@ -273,7 +273,7 @@ def record_fault(
     except Exception:
         pass
     try:
-        if claim is None or owns(claim):
+        if claim_allows(claim):
             (folder / rundir.TRACEBACK).write_text(portable(traceback.format_exc()), encoding="utf-8")
     except OSError:
         pass
@@ -393,7 +393,7 @@ def record_ended(logdir: Path, run: RunPlan, status: str, error: str, claim: Cla
     died, or the sweep stopped it before its results came back."""
     folder = logdir / run.folder
     record = base_record(run, status, error)
-    if claim is not None and not owns(claim):
+    if not claim_allows(claim):
         return Summary(run.folder, LOST, {}, 0.0, "taken over by another sweep")
     try:  # the session end, so TensorBoard agrees
         folder.mkdir(parents=True, exist_ok=True)

@@ -73,11 +73,54 @@ def _plan(args: argparse.Namespace) -> list[RunPlan]:
 
 def cmd_check(args: argparse.Namespace) -> int:
     runs = _plan(args)
+    searches = {s.spec.path: s for s in getattr(runs, "searches", {}).values()}
     for spec in args.specs:
-        count = sum(r.spec_path == spec for r in runs)
-        print(f"{spec}: ok, {count} run{'s' if count != 1 else ''}")
+        search = searches.get(spec)
+        if search is not None and search.draws_later:
+            print(
+                f"{spec}: ok, {search.space.trials} trials x {search.replicas} replicates, drawn as the "
+                f"study goes"
+            )
+        else:
+            count = sum(r.spec_path == spec for r in runs)
+            print(f"{spec}: ok, {count} run{'s' if count != 1 else ''}")
+        if search is not None:
+            _print_search(search, runs)
     _print_imported(runs)
     return 0
+
+
+def _print_search(search: Any, runs: list[RunPlan]) -> None:
+    """The search space and, for methods that draw them up front, the trials drawn."""
+    for line in search.space.lines():
+        print(f"  {line}")
+    print(f"  optimizes {search.metric or 'the main evaluation loss'} ({search.direction or 'minimize'})")
+    if search.draws_later:
+        return
+    trials: dict[int, Any] = {}
+    for run in runs:
+        if run.experiment == search.experiment and run.trial is not None:
+            trials.setdefault(run.trial.number, run.trial)
+    if search.settings.method == "grid":
+        return
+    print(f"  drawn trials ({len(trials)}):")
+    for number, trial in trials.items():
+        values = ", ".join(f"{k}={_shown(v)}" for k, v in trial.params)
+        print(f"    trial {number:0{search.width}d}: {values}")
+
+
+def _shown(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def studies_summary(searches: dict[str, Any], logdir: Path, records: list[dict[str, Any]]) -> list[str]:
+    """A line per search: its trials by state, the best trial's mean, the steps pruning saved."""
+    from trainer.reporting.search import summary_lines
+
+    lines = []
+    for name, search in searches.items():
+        lines += summary_lines(search, [r for r in records if r["experiment"] == name])
+    return lines
 
 
 def _print_imported(runs: list[RunPlan]) -> None:
@@ -112,6 +155,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise UserError(f"--workers: must be at least 1, got {args.workers}")
     if args.dry_run:
         _print_imported(runs)
+        for search in getattr(runs, "searches", {}).values():
+            print(f"{search.spec.path}:")
+            _print_search(search, runs)
         _print_plan(runs, Path(args.logdir))
         return 0
     return execute_planned(runs, args, workers=args.workers)
@@ -139,6 +185,7 @@ def execute_planned(runs: list[RunPlan], args: argparse.Namespace, workers: int,
         options = Options(logdir, workers, args.force, args.rerun_failed, progress)
         options.executor = getattr(args, "executor", "local")
         options.address = getattr(args, "address", None)
+        options.searches = getattr(runs, "searches", {})
         result = run_all(runs, options)
     except ChangedConfig as changed:
         raise LogDirError(_changed_spec(changed, args)) from None
@@ -150,11 +197,13 @@ def execute_planned(runs: list[RunPlan], args: argparse.Namespace, workers: int,
             f"warning: the HParams record of {logdir} could not be rebuilt: {exc.strerror}", file=sys.stderr
         )
     planned = {r.folder for r in runs} - {run.folder for run, _ in result.changed}
-    ours = [r for r in records if r["folder"] in planned]
+    searched = {name for name, s in getattr(runs, "searches", {}).items() if s.draws_later}
+    ours = [r for r in records if r["folder"] in planned or r["experiment"] in searched]
     command = f"{trainer_command()} {shlex.join(sys.argv[1:])}" if sys.argv[1:] else ""
-    for line in report.sweep_summary(
-        ours, result, logdir, command or "the same command", len(runs), args.quiet
-    ):
+    total = len(runs) + sum(s.total_runs for s in getattr(runs, "searches", {}).values() if s.draws_later)
+    for line in report.sweep_summary(ours, result, logdir, command or "the same command", total, args.quiet):
+        print(line)
+    for line in studies_summary(getattr(runs, "searches", {}), logdir, ours):
         print(line)
     if result.interrupted:
         return EXIT_INTERRUPTED

@@ -10,6 +10,7 @@ class Status(str, Enum):
 
     COMPLETE = "complete"  # trained to the end
     DIVERGED = "diverged"  # the loss became NaN or infinite
+    PRUNED = "pruned"  # stopped by its search's pruner: its trial was behind the others at that step
     FAILED = "failed"  # raised, or its worker died
     INTERRUPTED = "interrupted"  # stopped by Ctrl-C or a fault of the machine; runs again
     UNFINISHED = "unfinished"  # a folder without a record (killed mid-run)
@@ -22,4 +23,4 @@ class Status(str, Enum):
     __format__ = str.__format__
 
 
-FINISHED = (Status.COMPLETE, Status.DIVERGED)  # results worth keeping
+FINISHED = (Status.COMPLETE, Status.DIVERGED, Status.PRUNED)  # results worth keeping

@@ -23,8 +23,9 @@ from trainer.run import rundir
 from trainer.run.claims import Claim, Held
 from trainer.run.job import Summary, record_ended
 from trainer.run.selection import Report
+from trainer.run.study import Studies
 from trainer.spec.plan import RunPlan
-from trainer.spec.units import Unit
+from trainer.spec.units import Unit, units_of
 
 
 class Executor(Protocol):
@@ -51,6 +52,24 @@ class Sweep:
     progress: Progress
     stop: StopRequest
     claims: Held
+    search: Studies | None = None  # the sweep's searches: pruning verdicts and TPE's next trials
+
+    def judge(self, folder: str, step: int, value: float) -> bool:
+        """Whether a search's run that reported `value` at `step` is to be pruned now."""
+        return self.search is not None and self.search.report(folder, step, value)
+
+    @property
+    def judging(self) -> bool:
+        return self.search is not None and self.search.pruning
+
+    def more(self) -> list[Unit]:
+        """The units of a newly drawn trial (a TPE search, while it has trials to draw), else none."""
+        if self.search is None or self.stop.is_set() or self.faulted:
+            return []
+        runs = self.search.more()
+        for run in runs:
+            self.seen[run.folder] = rundir.record_stamp(self.logdir / run.folder)
+        return units_of(runs, max(1, self.workers))
 
     @property
     def faulted(self) -> bool:
@@ -126,6 +145,8 @@ class Sweep:
             return
         report.ran.append(summary)
         progress.finished(summary)
+        if self.search is not None:
+            self.search.ended(summary.folder, summary.status, summary.metrics)
         if summary.logdir_fault and report.logdir_fault is None:
             report.logdir_fault = summary.error
 

@@ -69,7 +69,7 @@ def _ray() -> Any:
 
 
 def execute_unit(
-    payload: bytes, spec_folder: str, copy: str, snapshots: Any = None
+    payload: bytes, spec_folder: str, copy: str, snapshots: Any = None, judge: Any = None
 ) -> list[tuple[Summary, dict[str, bytes]]]:
     """Ray's task: run a unit into a scratch folder on this node and return, for each of its runs,
     its summary and what it wrote, by path. A run with a checkpoint in `snapshots` (the sweep's
@@ -94,7 +94,13 @@ def execute_unit(
             def on_checkpoint(folder: Path) -> None:
                 ray.get(snapshots.put.remote(run.folder, _files(folder, hidden=False)))
 
-        summaries = job.execute_unit(unit, Path(scratch), on_checkpoint=on_checkpoint)
+        verdict = None
+        if judge is not None:  # the sweep's studies (a Judge actor) say whether to prune a run
+
+            def verdict(folder: str, step: int, value: float) -> bool:
+                return ray.get(judge.report.remote(folder, step, value))
+
+        summaries = job.execute_unit(unit, Path(scratch), on_checkpoint=on_checkpoint, judge=verdict)
         return [(summary, _files(Path(scratch) / run.folder)) for run, summary in zip(unit.runs, summaries)]
 
 
@@ -119,6 +125,50 @@ class Snapshots:
     def forget(self, run: str) -> None:
         self.by_run.pop(run, None)
         self.new.pop(run, None)
+
+
+class Judge:
+    """A sweep's searches (trainer.run.study.Studies) as a Ray actor on the sweep's machine, where
+    their journals are: tasks ask it whether to prune their runs, the sweep tells it each run's end
+    and asks it for a TPE search's next trial."""
+
+    def __init__(self, searches: dict[str, Any], logdir: str, todo: list[RunPlan]):
+        from trainer.run.study import Studies
+
+        self.studies = Studies(searches, Path(logdir))
+        self.studies.so_far()
+        self.studies.start(todo)
+
+    def report(self, folder: str, step: int, value: float) -> bool:
+        return self.studies.report(folder, step, value)
+
+    def ended(self, folder: str, status: str, metrics: dict[str, Any]) -> None:
+        self.studies.ended(folder, status, metrics)
+
+    def more(self) -> list[RunPlan]:
+        return self.studies.more()
+
+    def left_to_draw(self) -> int:
+        return self.studies.left_to_draw()
+
+
+class RemoteStudies:
+    """The sweep's side of a Judge actor: what the sweep asks of its studies, asked of the actor."""
+
+    def __init__(self, ray: Any, actor: Any, pruning: bool):
+        self.ray, self.actor, self.pruning = ray, actor, pruning
+
+    def report(self, folder: str, step: int, value: float) -> bool:
+        return self.ray.get(self.actor.report.remote(folder, step, value))
+
+    def ended(self, folder: str, status: str, metrics: dict[str, Any]) -> None:
+        self.ray.get(self.actor.ended.remote(folder, status, metrics))
+
+    def more(self) -> list[RunPlan]:
+        return self.ray.get(self.actor.more.remote())
+
+    def left_to_draw(self) -> int:
+        return self.ray.get(self.actor.left_to_draw.remote())
 
 
 def _unpack(folder: Path, files: dict[str, bytes]) -> None:
@@ -253,12 +303,23 @@ class Ray:
 
     def launch(self, todo: list[Unit], sweep: Sweep) -> None:
         runs = [run for unit in todo for run in unit.runs]
+        drawn_later = [  # a TPE search's trials run from its spec's folder too
+            run for study in getattr(sweep.search, "by_experiment", {}).values() for run in study.search.probes[:1]
+        ]
         with tempfile.TemporaryDirectory(prefix="trainer-specs-") as staging:
-            copies = stage(runs, sweep.logdir, Path(staging))
+            copies = stage(runs + drawn_later, sweep.logdir, Path(staging))
             ray = connect(sweep.address, sweep.workers, Path(staging))  # uploads the copies
         sweep.stop.listen()  # Ray took SIGTERM for itself while starting
         remote = ray.remote(execute_unit)
         snapshots = _snapshots(ray, runs, sweep.logdir)
+        judge = None
+        if sweep.search is not None:
+            studies = sweep.search
+            judge = _on_this_node(ray, Judge).remote(
+                {n: s.search for n, s in studies.by_experiment.items()}, str(sweep.logdir), runs
+            )
+            sweep.search = RemoteStudies(ray, judge, studies.pruning)
+            judge = judge if studies.pruning else None
         cpus = int(ray.cluster_resources().get("CPU", 1))
         pending = collections.deque(units_of(runs, cpus))  # big groups split over the cluster's CPUs
         running: dict[Any, Task] = {}
@@ -268,13 +329,17 @@ class Ray:
             window = cpus + 1
             while True:
                 while not grace.stopping() and not sweep.faulted:
+                    if not pending and len(running) < window:
+                        pending.extend(sweep.more())  # a TPE search's next trial
                     if len(running) >= window or not pending:
                         break
                     unit, held = sweep.claim(pending.popleft())
                     if unit is not None:
                         folder = str(Path(unit.runs[0].data_folder).resolve())
+                        if folder not in copies:  # a TPE trial's spec folder: staged like the others
+                            raise UserError(f"{folder} was not staged for the Ray cluster")
                         ref = remote.options(**resources(unit), max_retries=MAX_RETRIES).remote(
-                            pickle.dumps(unit), folder, copies[folder], snapshots
+                            pickle.dumps(unit), folder, copies[folder], snapshots, judge
                         )
                         running[ref] = Task(unit, held)
                 if not running:
@@ -305,16 +370,21 @@ EXECUTOR = Ray()
 def _snapshots(ray: Any, runs: list[RunPlan], logdir: Path) -> Any:
     """The store of the runs' checkpoints, on this node, holding those the log folder has already
     (of runs a sweep before this one stopped), so that their tasks go on from them."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    store = ray.remote(Snapshots).options(num_cpus=0, scheduling_strategy=here).remote()
+    store = _on_this_node(ray, Snapshots).remote()
     for run in runs:
         folder = logdir / run.folder
         if (folder / rundir.RESUME).is_file():
             files = {n: d for n, d in _files(folder, hidden=False).items() if n not in resuming.LEFT_BEHIND}
             store.put.remote(run.folder, files)
     return store
+
+
+def _on_this_node(ray: Any, cls: type) -> Any:
+    """An actor class whose actor lives on the sweep's machine, beside the log folder."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return ray.remote(cls).options(num_cpus=0, scheduling_strategy=here)
 
 
 def _keep(logdir: Path, arrived: dict[str, dict[str, bytes]], running: Any) -> None:

@@ -7,7 +7,7 @@ Sweep. Ctrl-C, SIGTERM and SIGHUP are a flag for the whole sweep, wherever its r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer.executors.base import Sweep, executor
@@ -22,7 +22,9 @@ from trainer.run.selection import (
     recorded_otherwise,
     select,
 )
+from trainer.run.study import Studies
 from trainer.spec.plan import RunPlan
+from trainer.spec.sweep import Search
 from trainer.spec.units import units_of
 
 __all__ = ["ChangedConfig", "Options", "Report", "run_all"]
@@ -37,6 +39,7 @@ class Options:
     progress: Progress | None = None
     executor: str = "local"  # where runs run: a name in trainer.executors.base.EXECUTORS
     address: str | None = None  # the Ray cluster's head, for the ray executor
+    searches: dict[str, Search] = field(default_factory=dict)  # the specs' searches, by experiment
 
 
 def run_all(runs: list[RunPlan], opts: Options) -> Report:
@@ -44,16 +47,28 @@ def run_all(runs: list[RunPlan], opts: Options) -> Report:
     report = Report()
     with StopRequest() as stop:
         todo, seen = select(runs, opts.logdir, opts.force, opts.rerun_failed, report)
+        studies, total = None, len(runs)
+        if opts.searches:
+            check_inside(runs, opts.logdir)
+            check_writable(opts.logdir)  # after select: a refused sweep leaves the folder untouched
+            studies = Studies(opts.searches, opts.logdir)  # each in its experiment's folder
+            earlier = studies.so_far()  # a TPE search's trials drawn by sweeps before this one
+            if earlier:
+                more, more_seen = select(earlier, opts.logdir, opts.force, opts.rerun_failed, report)
+                todo, runs = todo + more, runs + earlier
+                seen.update(more_seen)
+            total = len(runs) + studies.left_to_draw()
+            studies.start(todo)
         progress = opts.progress or Progress(enabled=False)
-        progress.start(len(runs), len(runs) - len(todo))
-        if todo:
+        progress.start(total, len(runs) - len(todo))
+        if todo or (studies is not None and studies.left_to_draw()):
             check_inside(todo, opts.logdir)
             check_writable(opts.logdir)  # after select: a refused sweep leaves the folder untouched
             units = units_of(todo, opts.workers)
             # With no workers, runs run in this process, whatever the executor.
             where = executor("local" if opts.workers == 0 else opts.executor)
             claims = Held(opts.logdir)
-            sweep = Sweep(opts.logdir, opts.workers, opts.address, seen, report, progress, stop, claims)
+            sweep = Sweep(opts.logdir, opts.workers, opts.address, seen, report, progress, stop, claims, studies)
             try:
                 where.launch(units, sweep)
             finally:

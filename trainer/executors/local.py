@@ -37,6 +37,7 @@ from trainer.spec.units import Unit
 # before the sweep stops; one that exits by itself before any worker was ready stops it at once.
 START_RETRIES = 2
 READY = "ready"
+JUDGE = "judge"  # a worker asks whether to prune a run: (JUDGE, run folder, step, value)
 # What a worker killed by SIGKILL most often means.
 OUT_OF_MEMORY = (
     "the signal the kernel's out-of-memory killer sends: if memory ran out, "
@@ -67,14 +68,20 @@ def _run_here(todo: list[Unit], sweep: Sweep) -> None:
     import torch
 
     torch.set_num_threads(1)  # the same arithmetic as in a sweep's workers
-    for unit in todo:
-        if sweep.stop.is_set() or sweep.report.logdir_fault:
+    pending = collections.deque(todo)
+    judge = sweep.judge if sweep.judging else None
+    while True:
+        if not pending:
+            pending.extend(sweep.more())  # a TPE search's next trial, drawn from the results so far
+        if not pending or sweep.stop.is_set() or sweep.report.logdir_fault:
             break
-        claimed, held = sweep.claim(unit)
+        claimed, held = sweep.claim(pending.popleft())
         if claimed is None:
             continue
         sweep.progress.begin_steps(claimed.runs[0])
-        summaries = execute_unit(claimed, sweep.logdir, sweep.stop.is_set, sweep.progress.steps, held)
+        summaries = execute_unit(
+            claimed, sweep.logdir, sweep.stop.is_set, sweep.progress.steps, held, judge=judge
+        )
         sweep.finish(held, summaries)
 
 
@@ -107,17 +114,24 @@ def _worker_main(conn: multiprocessing.connection.Connection, stop: Any, parent:
         if task is None:
             # Every file is closed: skip tearing down torch, which takes longer than the exit itself.
             os._exit(0)
-        unit, logdir, held = task
+        unit, logdir, held, judging = task
         if unit.engine == "loop":
             _make_an_optimizer()
+        judge = functools.partial(_ask, conn) if judging else None
         try:
-            summaries = execute_unit(unit, Path(logdir), stop.is_set, claims=held)
+            summaries = execute_unit(unit, Path(logdir), stop.is_set, claims=held, judge=judge)
         except Exception as exc:  # execute_unit records a run's own faults; this is a last resort
             summaries = [
                 Summary(run.folder, Status.FAILED, {}, 0.0, f"{type(exc).__name__}: {exc}")
                 for run in unit.runs
             ]
         conn.send(summaries)
+
+
+def _ask(conn: multiprocessing.connection.Connection, folder: str, step: int, value: float) -> bool:
+    """A search's verdict on a run's evaluation, from the sweep's process: prune the run or not."""
+    conn.send((JUDGE, folder, step, value))
+    return bool(conn.recv())
 
 
 @functools.cache
@@ -176,10 +190,10 @@ class Worker:
         self.claims: dict[str, Claim] = {}
         self.given_at = 0.0
 
-    def give(self, unit: Unit, claims: dict[str, Claim], logdir: Path) -> None:
+    def give(self, unit: Unit, claims: dict[str, Claim], logdir: Path, judging: bool = False) -> None:
         self.unit, self.claims, self.given_at = unit, claims, time.monotonic()
         try:
-            self.conn.send((unit, str(logdir), claims))
+            self.conn.send((unit, str(logdir), claims, judging))
         except OSError:
             pass  # the process is gone; its sentinel is ready and the run is recorded as failed
 
@@ -217,7 +231,8 @@ class Pool:
         self.sweep = sweep
         self.ctx = worker_context()
         self.stopping = self.ctx.Event()  # the workers' should_stop
-        self.queue = Ahead(todo, min(sweep.workers, len(todo)), sweep)
+        drawing = sweep.search is not None and sweep.search.left_to_draw() > 0
+        self.queue = Ahead(todo, sweep.workers if drawing else min(sweep.workers, len(todo)), sweep)
         self.workers: list[Worker] = []
         self.grace = Grace(sweep.stop, sweep.progress, self.stopping.set)
         self.start_deaths = 0
@@ -257,7 +272,7 @@ class Pool:
         # Looked at before collecting: a worker seen dead here has sent all it ever will.
         alive = worker.process.is_alive()
         try:
-            summaries = _collect(worker, any(w.ready for w in self.workers), alive)
+            summaries = _collect(worker, any(w.ready for w in self.workers), alive, sweep.judge)
         except WorkerDiedStarting as died:
             self._replace_starting(worker, died)
             return
@@ -268,6 +283,9 @@ class Pool:
             self._replace(worker, self._died(worker, Status.INTERRUPTED if stopping else Status.FAILED))
             return
         held = worker.take_back()
+        if sweep.search is not None:  # told first: a TPE search draws its next trial knowing this one
+            for summary in summaries:
+                sweep.search.ended(summary.folder, summary.status, summary.metrics)
         if (
             not self.grace.started
             and not sweep.stop.is_set()
@@ -311,7 +329,7 @@ class Pool:
         self.workers[self.workers.index(worker)] = replacement
         worker.stop()
         if not self.grace.started:
-            replacement.give(worker.unit, worker.claims, sweep.logdir)
+            replacement.give(worker.unit, worker.claims, sweep.logdir, sweep.judging)
         else:
             for claim in worker.claims.values():
                 sweep.claims.release(claim)
@@ -396,11 +414,13 @@ class Ahead:
 
     def give_next(self, worker: Worker) -> None:
         """Give the worker the next claimed unit (claiming it now if none is ready); nothing when no
-        unit is left, or the log folder cannot be written."""
+        unit is left, or the log folder cannot be written. A TPE search draws its next trial here."""
+        if not self.ready and not self.pending:
+            self.pending.extend(self.sweep.more())
         while not self.ready and self.pending and self.sweep.report.logdir_fault is None:
             self._claim_one()
         if self.ready and self.sweep.report.logdir_fault is None:
-            worker.give(*self.ready.popleft(), self.sweep.logdir)
+            worker.give(*self.ready.popleft(), self.sweep.logdir, self.sweep.judging)
 
 
 def _how(code: int | None) -> str:
@@ -411,11 +431,17 @@ def _how(code: int | None) -> str:
     )
 
 
-def _collect(worker: Worker, others_ready: bool = False, alive: bool = True) -> list[Summary] | None:
-    """The worker's summaries of its unit's runs; None if it has none to give (it died)."""
+def _collect(
+    worker: Worker, others_ready: bool = False, alive: bool = True, judge: Any = None
+) -> list[Summary] | None:
+    """The worker's summaries of its unit's runs; None if it has none to give yet (or it died).
+    A run's question to its search (whether to prune it) is answered at once."""
     try:
         while worker.conn.poll():
             message = worker.conn.recv()
+            if isinstance(message, tuple) and message and message[0] == JUDGE:
+                worker.conn.send(judge(*message[1:]) if judge is not None else False)
+                continue
             if message != READY:
                 return message
             worker.ready, worker.ready_at = True, time.monotonic()

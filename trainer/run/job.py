@@ -30,6 +30,17 @@ LOGDIR_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EP
 LOST = Status.LOST
 
 
+# A search's pruner, as a run reaches it: (run folder, evaluation step, reported value) -> prune it?
+Judge = Callable[[str, int, float], bool]
+
+
+def judge_of(run: RunPlan, judge: Judge | None) -> Callable[[int, float], bool] | None:
+    """The pruner's verdict on this run's evaluations; None where the run reports nothing."""
+    if judge is None or run.trial is None or run.trial.reports is None:
+        return None
+    return lambda step, value: judge(run.folder, step, value)
+
+
 @dataclass
 class Summary:
     """The one line a sweep keeps per run."""
@@ -50,6 +61,7 @@ def execute(
     claim: Claim | None = None,
     engine: dict[str, Any] | None = None,
     on_checkpoint: Callable[[Path], None] | None = None,
+    judge: Judge | None = None,
 ) -> Summary:
     """Run one configuration into a clean folder (or go on from the checkpoint in it) and write its
     record; never raises for a run's fault. `on_checkpoint` is told the run's folder after each
@@ -76,7 +88,7 @@ def execute(
                 record["started_over"] = why_not
         checkpoints = resuming.checkpoints(run, folder, record, clock, on_checkpoint)
         with time_limit(run.config.train.timeout), user_exits():
-            outcome = train(run, sink, should_stop, on_progress, checkpoints, resume)
+            outcome = train(run, sink, should_stop, on_progress, checkpoints, resume, judge_of(run, judge))
         record_outcome(run, folder, record, outcome)
     except (Exception, TimedOut) as exc:  # the run's fault is recorded; the sweep goes on
         if record_fault(folder, record, sink, claim, exc):
@@ -93,6 +105,7 @@ def execute_unit(
     on_progress: Callable[[int], None] = lambda steps: None,
     claims: dict[str, Claim] | None = None,
     on_checkpoint: Callable[[Path], None] | None = None,
+    judge: Judge | None = None,
 ) -> list[Summary]:
     """Run a unit of work (trainer.spec.units.Unit: one run, or a group for the batched engine) into the
     log folder, one summary per run; never raises for a run's fault. `claims` by run folder; a run
@@ -109,9 +122,10 @@ def execute_unit(
                 claims.get(run.folder),
                 engine_record(unit),
                 on_checkpoint,
+                judge,
             )
         ]
-    return execute_group(list(unit.runs), logdir, should_stop, on_progress, claims, engine_record(unit))
+    return execute_group(list(unit.runs), logdir, should_stop, on_progress, claims, engine_record(unit), judge)
 
 
 def execute_group(
@@ -121,6 +135,7 @@ def execute_group(
     on_progress: Callable[[int], None],
     claims: dict[str, Claim],
     engine: dict[str, Any],
+    judge: Judge | None = None,
 ) -> list[Summary]:
     """Train a group as one program (trainer.batched), each run into its own folder with its own
     record. Should the program itself fail, each run is trained by the loop engine instead, with
@@ -141,7 +156,7 @@ def execute_group(
         for run, folder, record in zip(runs, folders, records):
             sinks.append(open_run(run, folder, record))
         with time_limit(limit_of(runs)):
-            outcomes = train_group(runs, sinks, should_stop, progress)
+            outcomes = train_group(runs, sinks, should_stop, progress, [judge_of(r, judge) for r in runs])
     except TimedOut as exc:  # the group's time is up for each of its runs: no loop engine retries them
         exc.steps_done = done[0]
         ended = []
@@ -157,7 +172,9 @@ def execute_group(
         fallen: list[Summary] = []
         for run in runs:
             engine = {"name": "loop", "reason": reason}
-            fallen.append(execute(run, logdir, should_stop, on_progress, claims.get(run.folder), engine))
+            fallen.append(
+                execute(run, logdir, should_stop, on_progress, claims.get(run.folder), engine, judge=judge)
+            )
             if fallen[-1].logdir_fault:  # a full or read-only disk: the rest stay unfinished
                 break
         return fallen

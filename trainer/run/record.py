@@ -187,7 +187,10 @@ def base_record(run: RunPlan, status: str, error: str | None) -> RunRecord:
         "status": status,
         "config_digest": rundir.data_digest(config),
         "swept": dict(run.swept),
-        "hparams": hparams_of(run.config, run.experiment, resolved_values(run)),
+        "hparams": {
+            **hparams_of(run.config, run.experiment, resolved_values(run)),
+            **({"trial": run.trial.number} if run.trial is not None else {}),
+        },
         "metrics": {},
         "steps": run.steps,
         "seed": run.config.train.seed,
@@ -197,7 +200,14 @@ def base_record(run: RunPlan, status: str, error: str | None) -> RunRecord:
         "code": code_record(run),
         "report": as_data(run.report),
         "true_weights": list(run.true_weights) if run.true_weights is not None else None,
+        **({"trial": trial_record(run)} if run.trial is not None else {}),
     }
+
+
+def trial_record(run: RunPlan) -> dict[str, Any]:
+    """A search's run: its trial's number and drawn values, and the searched ranges."""
+    trial = run.trial
+    return {"number": trial.number, "params": dict(trial.params), "space": dict(trial.space)}
 
 
 def code_record(run: RunPlan) -> dict[str, Any]:

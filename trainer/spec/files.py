@@ -25,6 +25,7 @@ from trainer.spec.schema import (
     show,
     type_name,
 )
+from trainer.spec.search import Distribution, SearchSettings, distribution, is_distribution, read_search
 from trainer.spec.yaml_lines import parse_yaml, read_yaml
 
 __all__ = [
@@ -41,7 +42,7 @@ __all__ = [
 
 DOTTED_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 # Anchors and aliases can make a short file stand for an enormous one; specs never need that many values.
-SPEC_LEVEL = ("sweep", "report")  # top-level keys that are no setting of a run
+SPEC_LEVEL = ("sweep", "report", "search")  # top-level keys that are no setting of a run
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,9 @@ class Spec:
     overrides: list[Override] = field(default_factory=list)  # --set, applied on top of the sweep
     open_sections: set[str] = field(default_factory=set)  # sections whose kind is user code
     report: ReportSettings = ReportSettings()  # how `report` groups and ranks the runs
+    space: dict[str, Distribution] = field(default_factory=dict)  # swept keys drawn from a distribution
+    search: SearchSettings | None = None  # the `search:` section, where there is one
+    order: list[str] = field(default_factory=list)  # the swept keys, lists and distributions, as written
     problems: list[str] = field(default_factory=list)  # found while reading; reported with the runs'
 
     @property
@@ -232,8 +236,12 @@ def load_spec(path: str, overrides: Sequence[str | Override] = (), data: Any = N
     base.setdefault("name", Path(path).stem)
     problems: list[str] = []
     open_sections = user_sections(data)
-    sweep = _read_sweep(data.get("sweep"), lines, path, problems, open_sections) if "sweep" in data else {}
+    space: dict[str, Distribution] = {}
+    sweep = (
+        _read_sweep(data.get("sweep"), lines, path, problems, open_sections, space) if "sweep" in data else {}
+    )
     report = _read_report(data.get("report", {}), lines, path, problems, open_sections)
+    search = _read_search(data["search"], lines, path, problems) if "search" in data else None
     texts = [o for o in overrides if isinstance(o, str)]
     parsed, override_problems = parse_overrides(texts, open_sections)
     problems.extend(override_problems)
@@ -247,17 +255,46 @@ def load_spec(path: str, overrides: Sequence[str | Override] = (), data: Any = N
         problems=problems,
         open_sections=open_sections,
         report=report,
+        space=space,
+        search=search,
+        order=[k for k in (data.get("sweep") or {}) if k in sweep or k in space]
+        if isinstance(data.get("sweep"), dict)
+        else [],
     )
     for override in parsed:
-        if override.key in spec.sweep:
+        if override.key in spec.space:  # a searched key pinned: one choice, in its place in run names
+            spec.space.pop(override.key)
+            spec.sweep[override.key] = [override.value]
+            spec.sweep = {k: spec.sweep[k] for k in _swept_order(data.get("sweep"), spec.sweep)}
+        elif override.key in spec.sweep:
             spec.sweep[override.key] = [override.value]  # pinning a swept key keeps its place in run names
         spec.overrides.append(override)
     return spec
 
 
+def _swept_order(written: Any, sweep: dict[str, list[Any]]) -> list[str]:
+    order = list(written) if isinstance(written, dict) else []
+    return [k for k in order if k in sweep] + [k for k in sweep if k not in order]
+
+
+def _read_search(raw: Any, lines: dict[str, int], path: str, problems: list[str]) -> SearchSettings | None:
+    """The spec's `search:` section: how configurations are drawn and runs pruned."""
+    try:
+        return read_search(raw)
+    except Invalid as invalid:
+        problems.extend(f"{_at(path, lines, key, 'search')}: {key}: {message}" for key, message in invalid.problems)
+        return None
+
+
 def _read_sweep(
-    sweep: Any, lines: dict[str, int], path: str, problems: list[str], open_sections: set[str]
+    sweep: Any,
+    lines: dict[str, int],
+    path: str,
+    problems: list[str],
+    open_sections: set[str],
+    space: dict[str, Distribution],
 ) -> dict[str, list[Any]]:
+    """The sweep's lists by key; its distributions go into `space`."""
     where = _at(path, lines, "sweep")
     if not isinstance(sweep, dict):
         problems.append(
@@ -278,9 +315,20 @@ def _read_sweep(
         if problem:
             problems.append(f"{at}: {problem}")
             continue
+        if is_distribution(values):
+            try:
+                space[key] = distribution(values)
+            except Invalid as invalid:
+                problems.extend(
+                    f"{_at(path, lines, f'sweep.{key}.{k}', f'sweep.{key}', 'sweep')}: sweep.{key}.{k}: {m}"
+                    for k, m in invalid.problems
+                )
+            continue
         if isinstance(values, dict):
             problems.append(
-                f"{at}: must be a list of values, got a mapping; to sweep a whole section, list "
+                f"{at}: must be a list of values or a distribution ({{uniform: [a, b]}}, {{loguniform: "
+                f"[a, b]}}, {{int: [a, b]}}, {{choice: [...]}}), got a mapping of "
+                f"{', '.join(map(str, values)) or 'nothing'}; to sweep a whole section, list "
                 f"its versions, such as optimizer: [{{kind: sgd}}, {{kind: adam}}]"
             )
             continue

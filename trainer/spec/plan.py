@@ -11,6 +11,17 @@ from trainer.spec.schema import Config, ReportSettings, as_data
 
 
 @dataclass(frozen=True)
+class Trial:
+    """A run's place in a search: its trial's number and drawn values, and what it reports at each
+    evaluation for pruning (None: nothing)."""
+
+    number: int
+    params: tuple[tuple[str, Any], ...]  # (dotted key, value) of every searched setting
+    space: tuple[tuple[str, Any], ...] = ()  # (dotted key, [low, high]) of the numeric distributions
+    reports: str | None = None  # the evaluation tag pruning compares (val/loss), where runs are pruned
+
+
+@dataclass(frozen=True)
 class RunPlan:
     """One run, fully validated: where it goes and what it trains."""
 
@@ -35,6 +46,7 @@ class RunPlan:
     code: tuple[tuple[str, str], ...] = ()  # (where, import path) of every piece of user code the run calls
     report: ReportSettings = ReportSettings()  # the spec's report section: replicates, ranking metric
     true_weights: tuple[float, ...] | None = None  # of a linear model where the data knows them
+    trial: Trial | None = None  # of a search: its trial, whose replicates are its other runs
 
     @property
     def folder(self) -> str:

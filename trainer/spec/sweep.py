@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from trainer.core.errors import SpecError
@@ -16,9 +18,10 @@ from trainer.kinds.models import LinearModel
 from trainer.spec.apart import Apart
 from trainer.spec.files import MAPPING, Spec, combine, load_spec, parent_key, parse_overrides
 from trainer.spec.names import run_name
-from trainer.spec.plan import RunPlan
+from trainer.spec.plan import RunPlan, Trial
 from trainer.spec.probe import inspect_apart, probe_apart, width_problem
 from trainer.spec.schema import Config, Invalid, build, check_key, experiment_name
+from trainer.spec.search import Distribution, Space, draw, eval_tag
 
 MAX_RUNS = 10_000
 DEFAULT_STEPS = 1000
@@ -36,9 +39,20 @@ def total_steps(config: Config, rows: int, batch_size: int) -> int:
 # --- naming -----------------------------------------------------------------------------------
 
 
-def plan(paths: list[Any], overrides: list[str] = (), allow_large: bool = False) -> list[RunPlan]:
+class Planned(list):
+    """The planned runs, and the searches among their specs by experiment (trainer.spec.sweep.Search)."""
+
+    searches: dict[str, Search]
+
+    def __init__(self, runs: list[RunPlan], searches: dict[str, Search] | None = None):
+        super().__init__(runs)
+        self.searches = searches or {}
+
+
+def plan(paths: list[Any], overrides: list[str] = (), allow_large: bool = False) -> Planned:
     """Load, expand and validate every spec (a file's path, or a spec as a mapping); all problems of
-    all specs raise one SpecError."""
+    all specs raise one SpecError. The runs of a TPE search are drawn as it goes: its Search (in
+    `.searches`) makes them."""
     parsed, problems = parse_overrides(overrides)
     loaded: list[Spec] = []
     for path in paths:
@@ -58,8 +72,9 @@ def plan(paths: list[Any], overrides: list[str] = (), allow_large: bool = False)
         return _planned(loaded, problems, allow_large, apart)
 
 
-def _planned(loaded: list[Spec], problems: list[str], allow_large: bool, apart: Apart) -> list[RunPlan]:
+def _planned(loaded: list[Spec], problems: list[str], allow_large: bool, apart: Apart) -> Planned:
     runs: list[RunPlan] = []
+    searches: dict[str, Search] = {}
     specs: dict[str, Spec] = {}
     names: dict[str, Spec] = {}
     for spec in loaded:
@@ -72,11 +87,18 @@ def _planned(loaded: list[Spec], problems: list[str], allow_large: bool, apart: 
                 problems.append(_same_name(spec, other))
                 continue
         try:
-            runs.extend(expand(spec, allow_large, apart))
+            if spec.search is not None or spec.space:
+                search = searched(spec, apart)
+                searches[search.experiment] = search
+                runs.extend(search.runs)
+            else:
+                runs.extend(expand(spec, allow_large, apart))
         except SpecError as exc:
             problems.extend(exc.problems)
-    if not problems and any(run.code for run in runs):
+    probes = [r for s in searches.values() if s.draws_later for r in s.probes]
+    if not problems and any(run.code for run in runs + probes):
         runs, found = probe_apart(runs, apart)
+        found += probe_apart(probes, apart)[1] if probes else []
         problems.extend(
             f"{_locate(specs[run.spec_path], key)}: {key}: {message} (run {run.folder})"
             for run, key, message in found
@@ -85,7 +107,7 @@ def _planned(loaded: list[Spec], problems: list[str], allow_large: bool, apart: 
         problems.extend(_device_problems(runs, specs))
     if problems:
         raise SpecError(list(dict.fromkeys(problems)))
-    return runs
+    return Planned(runs, searches)
 
 
 def _same_name(spec: Spec, other: Spec) -> str:
@@ -398,3 +420,212 @@ def refuse_long_listing(paths: list[str], overrides: list[str]) -> None:
             f"narrow the sweep or split it over several specs (nothing was planned or written)"
         ]
     )
+
+
+# --- searches ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Search:
+    """One spec's search: its space, the metric it optimizes, and the runs of its trials (drawn up
+    front for grid, random and sobol; for tpe made by trial_runs as the study draws each trial)."""
+
+    experiment: str
+    space: Space
+    spec: Spec
+    metric: str  # the ranking metric the study optimizes: final/val/loss
+    direction: str  # minimize or maximize
+    runs: list[RunPlan] = field(default_factory=list)
+    probes: list[RunPlan] = field(default_factory=list)  # tpe: runs at the space's corners, checked now
+    width: int = 3  # digits of a trial's number in its runs' names
+
+    @property
+    def settings(self) -> Any:
+        return self.space.settings
+
+    @property
+    def draws_later(self) -> bool:
+        return self.settings.method == "tpe"
+
+    @property
+    def pruning(self) -> bool:
+        return self.settings.prune.kind != "none"
+
+    @property
+    def replicas(self) -> int:
+        return math.prod(len(v) for v in self.space.replicates.values())
+
+    @property
+    def total_runs(self) -> int:
+        return len(self.runs) if not self.draws_later else self.space.trials * self.replicas
+
+    def trial_runs(self, number: int, params: dict[str, Any]) -> list[RunPlan]:
+        """The runs of one trial (one per replicate), validated; problems raise SpecError."""
+        return _trial_runs(self, number, params, None)
+
+
+def searched(spec: Spec, apart: Apart | None, allow_large: bool = False) -> Search:
+    """A spec with a search section or distributions: its search and the runs planned now."""
+    from trainer.spec.search import SearchSettings
+
+    settings = spec.search or SearchSettings()
+    method = settings.method
+    where = spec.where("search")
+    problems = []
+    if method == "grid":
+        problems += [
+            f"{spec.where(f'sweep.{key}')}: sweep.{key}: a distribution is drawn from by a search, but "
+            f"search.method is grid{'' if spec.search else ' (no search: section)'}; set search.method "
+            f"to random, sobol or tpe (with search.trials), or give a list of values"
+            for key in spec.space
+        ]
+    elif settings.trials is None:
+        problems.append(f"{where}: search.trials: missing; give how many configurations {method} draws")
+    keys = settings.replicates if settings.replicates is not None else spec.report.replicates
+    replicates = {k: spec.sweep[k] for k in keys if k in spec.sweep}
+    problems += [
+        f"{spec.where(f'sweep.{k}')}: sweep.{k}: is a replicate (search.replicates), whose values every "
+        f"trial runs with; give it a list, not a distribution"
+        for k in keys
+        if k in spec.space
+    ]
+    if problems:
+        raise SpecError(problems)
+    if method == "grid":
+        dimensions = {k: Distribution("choice", choices=tuple(v)) for k, v in spec.sweep.items() if k not in replicates}
+    else:
+        dimensions = {
+            k: spec.space[k] if k in spec.space else Distribution("choice", choices=tuple(spec.sweep[k]))
+            for k in spec.order
+            if k not in replicates
+        }
+    if not dimensions and method != "grid":
+        raise SpecError(
+            f"{spec.where('sweep')}: sweep: {method} has nothing to draw; give a distribution such as "
+            f"optimizer.lr: {{loguniform: [0.001, 0.1]}}, or a list that is no replicate"
+        )
+    if method == "grid":
+        settings = dataclasses.replace(settings, trials=math.prod(len(d.choices) for d in dimensions.values()))
+    space = Space(settings, dimensions, replicates)
+    count = space.trials * math.prod(len(v) for v in replicates.values())
+    if count > MAX_RUNS and not allow_large:
+        raise SpecError(
+            f"{where}: search.trials: {count:,} runs ({space.trials:,} trials x "
+            f"{count // space.trials} replicates) is more than {MAX_RUNS:,}, which is likely a mistake; "
+            f"pass --allow-large to run them all"
+        )
+    search = Search(spec.name, space, spec, "", "minimize", width=max(3, len(str(space.trials - 1))))
+    if method == "grid":
+        search.runs = _grid_trials(search, expand(spec, allow_large, apart))
+    elif method == "tpe":
+        search.probes = [
+            run for corner in _corners(space) for run in _trial_runs(search, -1, corner, apart)
+        ]
+    else:
+        draws = draw(space)
+        found: list[str] = []
+        for number, params in enumerate(draws):
+            try:
+                search.runs += _trial_runs(search, number, params, apart)
+            except SpecError as exc:
+                found += exc.problems
+        if found:
+            raise SpecError(list(dict.fromkeys(found)))
+    return search
+
+
+def _metric_of(search: Search, run: RunPlan) -> tuple[str, str]:
+    """The metric a search optimizes and its direction, as the run's evaluations have it."""
+    from trainer.spec.search import direction
+
+    spec = search.spec
+    metric = search.settings.metric or spec.report.metric
+    if metric is None:
+        metric = "final/val/loss" if run.validation_rows else "final/train/loss"
+    higher = spec.report.higher_is_better
+    if higher is None:
+        higher = metric.rpartition("/")[2] in ("accuracy", "macro_f1")
+    return metric, direction(search.settings, higher)
+
+
+def _trial(search: Search, run: RunPlan, number: int, params: dict[str, Any]) -> RunPlan:
+    metric, way = _metric_of(search, run)
+    search.metric, search.direction = metric, way
+    tag = eval_tag(metric)
+    if tag.startswith("val/") and not run.validation_rows:
+        raise Invalid(
+            [("search.metric", f"{metric} is measured on held-out rows, and none are; set data.validation")]
+        )
+    space = tuple(
+        (k, [d.low, d.high]) for k, d in search.space.dimensions.items() if d.numeric
+    )
+    reports = tag if search.pruning else None
+    return dataclasses.replace(
+        run, trial=Trial(number, tuple(params.items()), space, reports)
+    )
+
+
+def _grid_trials(search: Search, runs: list[RunPlan]) -> list[RunPlan]:
+    """A grid's runs as trials, numbered by their configuration (the replicates apart)."""
+    numbers: dict[str, int] = {}
+    out = []
+    for run in runs:
+        params = {k: v for k, v in run.swept if k in search.space.dimensions}
+        number = numbers.setdefault(json.dumps(params, sort_keys=True, default=str), len(numbers))
+        try:
+            out.append(_trial(search, run, number, params))
+        except Invalid as invalid:
+            raise SpecError([f"{_locate(search.spec, k)}: {k}: {m}" for k, m in invalid.problems])
+    return out
+
+
+def _corners(space: Space) -> list[dict[str, Any]]:
+    """Values at each end of every numeric distribution, with each choice: where a drawn trial
+    could fail to validate, it fails here, before any run starts."""
+    choice_keys = [k for k, d in space.dimensions.items() if not d.numeric]
+    combos = list(itertools.islice(
+        itertools.product(*(space.dimensions[k].choices for k in choice_keys)), 64
+    ))
+    corners = []
+    for end in ("low", "high"):
+        for combo in combos:
+            values = dict(zip(choice_keys, combo))
+            for k, d in space.dimensions.items():
+                if d.numeric:
+                    values[k] = getattr(d, end)
+            corners.append({k: values[k] for k in space.dimensions})
+    return corners
+
+
+def _short(value: Any) -> Any:
+    """A drawn number as a run's name shows it: three significant digits."""
+    if isinstance(value, float):
+        return float(f"{value:.3g}")
+    return value
+
+
+def _trial_runs(search: Search, number: int, params: dict[str, Any], apart: Apart | None) -> list[RunPlan]:
+    spec = search.spec
+    replicates = search.space.replicates
+    runs = []
+    problems: dict[str, None] = {}
+    for picks in itertools.product(*replicates.values()):
+        values = {**params, **dict(zip(replicates, picks))}
+        indices = {k: spec.sweep[k].index(v) for k, v in zip(replicates, picks)}
+        try:
+            raw = combine(spec, values)
+            named = [(k, values[k]) for k in spec.order if k in values] + [
+                (k, _lookup(raw, k)) for k in spec.overridden
+            ]
+            shown = [(k, _short(v)) if k in search.space.dimensions else (k, v) for k, v in named]
+            prefix = "probe" if number < 0 else f"trial={number:0{search.width}d}"
+            name = f"{prefix},{run_name(shown, spec.sweep)}".removesuffix(",base")
+            run = _validate(spec, raw, name, tuple(named), apart)
+            runs.append(_trial(search, run, number, params))
+        except Invalid as invalid:
+            for key, message in invalid.problems:
+                where = _locate(spec, key, indices)
+                problems[f"{where}: {key}: {message} (trial {format_values(tuple(params.items()))})"] = None
+    if problems:
+        raise SpecError(list(problems))
+    return runs

@@ -95,6 +95,7 @@ def _metric_rank(tag: str) -> tuple[int, int, bool]:
 STATUS = {
     Status.COMPLETE: api_pb2.STATUS_SUCCESS,
     Status.DIVERGED: api_pb2.STATUS_FAILURE,
+    Status.PRUNED: api_pb2.STATUS_SUCCESS,  # ended as its search asked; the final/pruned column tells
     Status.FAILED: api_pb2.STATUS_FAILURE,
     Status.INTERRUPTED: api_pb2.STATUS_FAILURE,
 }

@@ -33,7 +33,15 @@ from trainer.training.batched_optim import Optimizer, clip, rates
 from trainer.training.batches import step_indices
 from trainer.training.capture import Layout
 from trainer.training.evaluate import Evaluator
-from trainer.training.loop import NO_STEP, Outcome, choose_device, chunk_steps, conclude, first_diverged
+from trainer.training.loop import (
+    NO_STEP,
+    Outcome,
+    choose_device,
+    chunk_steps,
+    conclude,
+    first_diverged,
+    reported_tag,
+)
 from trainer.training.sink import Captured, Evaluation, NullSink, Sink, split_parameters
 
 # Steps whose rows are gathered at once: one gather instead of one a step, in bounded memory.
@@ -142,9 +150,12 @@ def train_group(
     sinks: list[Sink] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     on_progress: Callable[[int], None] = lambda steps: None,
+    judges: list[Callable[[int, float], bool] | None] | None = None,
 ) -> list[Outcome]:
-    """Train every run of a group to its end, its divergence, or until should_stop() says so between
-    chunks; the outcomes in the runs' order, each as the loop engine would give it."""
+    """Train every run of a group to its end, its divergence, until should_stop() says so between
+    chunks, or until its judge (a search's pruner, told each evaluation's reported value at the end
+    of the chunk it fell in) prunes it; the outcomes in the runs' order, each as the loop engine
+    would give it. A pruned run leaves the program, as a diverged one does."""
     sinks = sinks or [NullSink() for _ in runs]
     first = runs[0]
     config = first.config
@@ -185,6 +196,12 @@ def train_group(
     every, histograms_every = config.log.every, config.log.histograms_every
     eval_every, max_norm = config.eval.every, config.train.clip_grad_norm
     chunk = chunk_steps(list(modules[0].parameters()))
+    judges = judges or [None] * len(runs)
+    reported = [reported_tag(r, evaluator.tags) if j is not None else None for r, j in zip(runs, judges)]
+    if any(i is not None for i in reported):
+        chunk = min(chunk, eval_every)  # a pruned run stops within one evaluation of its verdict
+    told = [0] * len(runs)  # evaluations of each run told to its judge
+    pruned: dict[int, int] = {}  # run -> the evaluation step its trial was pruned at
 
     alive = list(range(len(runs)))  # which run each row of the program's tensors is
     ended: dict[int, Ended] = {}
@@ -223,11 +240,20 @@ def train_group(
         losses_, evals, captured, first_step = [], [], [], step + 1
         on_progress(step + 1)
         stopping = should_stop() and step + 1 < steps
-        gone = [i for i, run in enumerate(alive) if bad[run] is not None or stopping]
+        if step + 1 < steps:
+            for run in alive:
+                if reported[run] is not None and bad[run] is None:
+                    verdict = _judge(judges[run], histories[run][told[run] :], reported[run])
+                    told[run] = len(histories[run])
+                    if verdict is not None:
+                        pruned[run] = verdict
+        gone = [i for i, run in enumerate(alive) if bad[run] is not None or stopping or run in pruned]
         for i in gone:
             run = alive[i]
             if bad[run] is not None:
                 ended[run] = Ended(Status.DIVERGED, bad[run], [p[i] for p in params])
+            elif run in pruned:
+                ended[run] = Ended(Status.PRUNED, step, [p[i] for p in params])
             else:
                 ended[run] = Ended(Status.INTERRUPTED, step, [p[i] for p in params])
         if gone:
@@ -254,10 +280,22 @@ def train_group(
         with torch.no_grad():
             for p, value in zip(model.parameters(), weights):
                 p.copy_(value)
+        stopped = (pruned[r], "pruned") if status == Status.PRUNED else None
         outcomes.append(
-            conclude(run, sink, model, str(device), evaluator, histories[r], finals.get(r), status, last)
+            conclude(
+                run, sink, model, str(device), evaluator, histories[r], finals.get(r), status, last,
+                stopped=stopped,
+            )
         )
     return outcomes
+
+
+def _judge(judge: Callable[[int, float], bool], evaluations: list[Evaluation], tag: int) -> int | None:
+    """Tell a run's judge its new evaluations in order; the step of the first it prunes the run at."""
+    for ev in evaluations:
+        if judge(ev.step, float(ev.values[tag])):
+            return ev.step
+    return None
 
 
 def _hand_over(

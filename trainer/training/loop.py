@@ -90,9 +90,12 @@ def train(
     on_progress: Callable[[int], None] = lambda steps: None,
     checkpoints: Checkpoints | None = None,
     resume: Resumed | None = None,
+    judge: Callable[[int, float], bool] | None = None,
 ) -> Outcome:
-    """Train one run to the end, to divergence, to early stopping, or until should_stop() says so
-    between chunks; taking `checkpoints` between chunks, and going on from `resume` where given."""
+    """Train one run to the end, to divergence, to early stopping, until should_stop() says so
+    between chunks, or until `judge` (a search's pruner, told the reported evaluation value at each
+    evaluation) says to prune it; taking `checkpoints` between chunks, and going on from `resume`
+    where given."""
     sink = sink or NullSink()
     config = run.config
     model = build_model(config.model, run.shape, config.train.seed)
@@ -105,6 +108,7 @@ def train(
     schedule = build_schedule(config.schedule, optimizer, run.steps)
     evaluate = Evaluator(run, model, dataset, device)
     watch = watch_of(run, evaluate, model)
+    reported = reported_tag(run, evaluate.tags) if judge is not None else None
     history: list[Evaluation] = []
     start = 0
     if resume is not None:
@@ -154,6 +158,8 @@ def train(
                 if watch is not None:
                     reason = watch.seen(step, values)
                     stopped = (step, reason) if reason is not None else None
+                if reported is not None and stopped is None and judge(step, float(values[reported])):
+                    stopped, status = (step, "pruned"), Status.PRUNED
                 if hook is not None:
                     try:
                         hook(sink.writer(), step, model)
@@ -174,7 +180,7 @@ def train(
                 status, last = Status.DIVERGED, bad
                 break
             if stopped is not None:
-                last = step
+                last = step if status != Status.PRUNED else step - 1  # pruned before this step's update
                 break
             stopping = should_stop() and step + 1 < run.steps
             if checkpoints is not None and checkpoints.on and step + 1 < run.steps:
@@ -199,7 +205,7 @@ def train(
             exc.steps_done = step
         raise
 
-    if stopped is not None and status == Status.COMPLETE:
+    if stopped is not None and status in (Status.COMPLETE, Status.PRUNED):
         outcome = conclude(
             run, sink, model, str(device), evaluate, history, None, status, last, stopped=stopped
         )
@@ -215,6 +221,13 @@ def train(
     if watch is not None:
         outcome.best, outcome.best_state = watch.record(), watch.best_state
     return outcome
+
+
+def reported_tag(run: RunPlan, tags: list[str]) -> int | None:
+    """Which of the evaluation's values a search's run reports for pruning (None: it reports none)."""
+    if run.trial is None or run.trial.reports is None:
+        return None
+    return tags.index(run.trial.reports)
 
 
 def watch_of(run: RunPlan, evaluate: Evaluator, model: torch.nn.Module) -> Watch | None:
@@ -264,7 +277,9 @@ def conclude(
     final one, logged once."""
     config = run.config
     final = None
-    if stopped is not None:
+    if status == Status.PRUNED:
+        pass  # no final evaluation: never counted as complete
+    elif stopped is not None:
         final = history[-1]  # the evaluation at the step it stopped, already logged
     elif status == Status.COMPLETE:
         final = Evaluation(run.steps, final_values)
@@ -281,11 +296,14 @@ def conclude(
         {
             "final/diverged": status == Status.DIVERGED,
             "diverged_step": last if status == Status.DIVERGED else None,
-            "final/stopped_step": stopped[0] if stopped is not None else None,
+            "final/stopped_step": stopped[0] if stopped is not None and status != Status.PRUNED else None,
         }
     )
+    if run.trial is not None and run.trial.reports is not None:  # HParams columns of a pruned search
+        metrics["final/pruned"] = status == Status.PRUNED
+        metrics["final/steps_trained"] = last + 1 if status != Status.COMPLETE else run.steps
     ended = stopped[0] if stopped is not None else run.steps if status == Status.COMPLETE else last
-    if status == Status.INTERRUPTED:  # after its last step: where a resumed run's events begin, purging these
+    if status in (Status.INTERRUPTED, Status.PRUNED):  # after its last step (a resumed run's events begin there)
         ended = last + 1
     sink.finish(status, ended, metrics, None if stopped is not None else final)
     # JSON has no NaN: a diverged weight is recorded as null.
@@ -299,7 +317,10 @@ def conclude(
     ).hexdigest()
     return Outcome(
         status,
-        stopped[0] if stopped is not None else last + 1 if status != Status.COMPLETE else run.steps,
+        last + 1 if status == Status.PRUNED
+        else stopped[0] if stopped is not None
+        else last + 1 if status != Status.COMPLETE
+        else run.steps,
         device,
         metrics,
         weights,

@@ -1,0 +1,327 @@
+"""A search's study: Optuna's record of its trials, kept in the experiment's folder
+(`<logdir>/<experiment>/study.journal`, Optuna's journal storage), which a rerun and a concurrent
+sweep on the same folder share.
+
+The sweep driver holds one Study per search and tells it what happens: each evaluation a run
+reports (`report`, which answers whether to prune the run), each run's end (`ended`), and, for a
+TPE search, asks it for the next trial's runs whenever a worker is free (`more`). A trial is a
+configuration, run once per replicate (seed): Optuna sees the trial's mean over its replicates,
+at each evaluation step once every replicate of the trial this sweep runs has reported it, and at
+the end once all of them have ended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import math
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from trainer.core.status import FINISHED, Status
+from trainer.run import rundir
+from trainer.spec.plan import RunPlan
+from trainer.spec.search import sampler
+from trainer.spec.sweep import Search
+
+JOURNAL = "study.journal"
+LOCK = ".study.lock"  # held while a trial is looked up or made, so that two sweeps make each once
+TRIAL = "trial"  # the user attribute holding a trial's number in the spec's order of trials
+
+
+def _optuna() -> Any:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return optuna
+
+
+def pruner(search: Search) -> Any:
+    optuna = _optuna()
+    prune = search.settings.prune
+    if prune.kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=prune.startup_trials, n_warmup_steps=prune.min_steps)
+    if prune.kind == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=prune.min_steps, reduction_factor=prune.reduction_factor
+        )
+    return optuna.pruners.NopPruner()
+
+
+def open_study(logdir: Path, experiment: str, search: Search | None = None, create: bool = True) -> Any:
+    """The experiment's Optuna study in its log folder (None if it has none and `create` is false)."""
+    optuna = _optuna()
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    path = logdir / experiment / JOURNAL
+    if not create and not path.is_file():
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        storage = JournalStorage(JournalFileBackend(str(path)))
+        if search is None:
+            return optuna.load_study(study_name=experiment, storage=storage)
+        return optuna.create_study(
+            study_name=experiment,
+            storage=storage,
+            load_if_exists=True,
+            direction=search.direction,
+            sampler=sampler(search.settings),
+            pruner=pruner(search),
+        )
+
+
+class Study:
+    """One search's trials, as this sweep runs them."""
+
+    def __init__(self, search: Search, logdir: Path):
+        self.search = search
+        self.logdir = logdir
+        self.study = open_study(logdir, search.experiment, search)
+        self.dists = {key: d.optuna() for key, d in search.space.dimensions.items()}
+        self.ids: dict[int, int] = {}  # trial number -> Optuna's trial id
+        self.runs: dict[str, RunPlan] = {}  # run folder -> run
+        self.replicas: dict[int, list[str]] = {}  # trial number -> its runs' folders
+        self.todo: set[str] = set()  # the runs this sweep runs
+        self.values: dict[int, dict[int, dict[str, float]]] = {}  # trial -> step -> folder -> value
+        self.told: dict[int, set[int]] = {}  # trial -> steps reported to Optuna
+        self.ended_runs: dict[str, tuple[str, dict[str, Any]]] = {}  # folder -> (status, metrics)
+        self.pruned: set[int] = set()
+        self.finished: set[int] = set()
+        self._refresh()
+        for run in search.runs:
+            self._know(run)
+
+    # --- the trials -------------------------------------------------------------------------
+
+    def _know(self, run: RunPlan) -> None:
+        if run.folder not in self.runs:
+            self.runs[run.folder] = run
+            self.replicas.setdefault(run.trial.number, []).append(run.folder)
+
+    def _refresh(self) -> None:
+        for trial in self.study.get_trials(deepcopy=False):
+            number = trial.user_attrs.get(TRIAL)
+            if isinstance(number, int):
+                self.ids.setdefault(number, trial._trial_id)
+                if trial.state.is_finished():
+                    self.finished.add(number)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.logdir / self.search.experiment / LOCK, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                self._refresh()
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _optuna_params(self, number: int) -> dict[str, Any]:
+        run = self.runs[self.replicas[number][0]]
+        params = dict(run.trial.params)
+        out = {}
+        for key, d in self.search.space.dimensions.items():
+            value = params[key]
+            out[key] = d.choices.index(value) if d.options() != list(d.choices) else value
+        return out
+
+    def _trial(self, number: int) -> Any:
+        """Optuna's trial of this number, made (as the spec drew it) where the study has none yet."""
+        optuna = _optuna()
+        if number not in self.ids:
+            with self._locked(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                while number not in self.ids:
+                    self.study.enqueue_trial(self._optuna_params(number), user_attrs={TRIAL: number})
+                    made = self.study.ask(self.dists)
+                    self.ids.setdefault(made.user_attrs.get(TRIAL, number), made._trial_id)
+        return optuna.trial.Trial(self.study, self.ids[number])
+
+    def trials_so_far(self) -> list[RunPlan]:
+        """A TPE search's runs of the trials its study holds already (a sweep before this one drew
+        them): those that did not finish run again, with the values drawn then."""
+        runs = []
+        for trial in self.study.get_trials(deepcopy=False):
+            number = trial.user_attrs.get(TRIAL)
+            if not isinstance(number, int) or trial.state.name == "FAIL" and not trial.params:
+                continue
+            params = {
+                k: d.value(trial.params[k]) for k, d in self.search.space.dimensions.items() if k in trial.params
+            }
+            if len(params) != len(self.search.space.dimensions):
+                continue
+            for run in self.search.trial_runs(number, params):
+                self._know(run)
+                runs.append(run)
+        return runs
+
+    def start(self, todo: list[RunPlan]) -> None:
+        """The runs this sweep runs; trials whose runs all finished before (a sweep killed before it
+        told the study) are told now."""
+        self.todo.update(run.folder for run in todo if run.folder in self.runs)
+        for number, folders in self.replicas.items():
+            if number in self.finished or any(f in self.todo for f in folders):
+                continue
+            if all(self._recorded(f)[0] in FINISHED for f in folders):
+                self._tell(number)
+
+    def left_to_draw(self) -> int:
+        if not self.search.draws_later:
+            return 0
+        drawn = len(self.study.get_trials(deepcopy=False))
+        return max(0, self.search.space.trials - drawn) * self.search.replicas
+
+    def more(self) -> list[RunPlan]:
+        """The runs of a newly drawn trial (TPE), or none once the study has all its trials."""
+        if not self.search.draws_later:
+            return []
+        from trainer.core.errors import SpecError
+
+        with self._locked(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if len(self.study.get_trials(deepcopy=False)) >= self.search.space.trials:
+                return []
+            trial = self.study.ask(self.dists)
+            number = trial.number
+            trial.set_user_attr(TRIAL, number)
+            self.ids[number] = trial._trial_id
+        params = {k: d.value(trial.params[k]) for k, d in self.search.space.dimensions.items()}
+        try:
+            runs = self.search.trial_runs(number, params)
+        except SpecError:  # a drawn value no run can take: the trial fails, the next is drawn
+            self.study.tell(trial, state=_optuna().trial.TrialState.FAIL)
+            self.finished.add(number)
+            return self.more()
+        for run in runs:
+            self._know(run)
+        self.todo.update(run.folder for run in runs)
+        return runs
+
+    # --- what the runs say ------------------------------------------------------------------
+
+    def report(self, folder: str, step: int, value: float) -> bool:
+        """A run's evaluation value at a step; whether to prune the run now."""
+        run = self.runs.get(folder)
+        if run is None:
+            return False
+        number = run.trial.number
+        if number in self.pruned:
+            return True
+        at = self.values.setdefault(number, {}).setdefault(step, {})
+        at[folder] = value
+        if step in self.told.setdefault(number, set()):
+            return False
+        waiting = [
+            f for f in self.replicas[number] if f in self.todo and f not in at and f not in self.ended_runs
+        ]
+        if waiting:
+            return False
+        mean = math.fsum(at.values()) / len(at)
+        if not math.isfinite(mean):
+            return False  # the run diverged: it ends by itself
+        self.told[number].add(step)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                trial = self._trial(number)
+                trial.report(mean, step)
+                prune = trial.should_prune()
+            except RuntimeError:  # a trial the study holds as finished (told by a sweep beside this one)
+                return False
+        if prune:
+            self.pruned.add(number)
+        return prune
+
+    def ended(self, folder: str, status: str, metrics: dict[str, Any]) -> None:
+        """A run ended; once every replicate of its trial has, the study is told the trial's result."""
+        run = self.runs.get(folder)
+        if run is None:
+            return
+        self.ended_runs[folder] = (status, metrics)
+        number = run.trial.number
+        if number in self.finished:
+            return
+        if any(f in self.todo and f not in self.ended_runs for f in self.replicas[number]):
+            return
+        if status == Status.INTERRUPTED or any(
+            self._recorded(f)[0] in (Status.INTERRUPTED, Status.UNFINISHED) for f in self.replicas[number]
+        ):
+            return  # run again by the next sweep, which tells the study
+        self._tell(number)
+
+    def _recorded(self, folder: str) -> tuple[str, dict[str, Any]]:
+        if folder in self.ended_runs:
+            return self.ended_runs[folder]
+        run = self.runs[folder]
+        state = rundir.state_of(self.logdir, run.experiment, run.name)
+        record = state.record or {}
+        return state.state, record.get("metrics") or {}
+
+    def _tell(self, number: int) -> None:
+        optuna = _optuna()
+        ended = [self._recorded(f) for f in self.replicas[number]]
+        states = [s for s, _ in ended]
+        values = [m.get(self.search.metric) for _, m in ended]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                trial = self._trial(number)
+                if Status.PRUNED in states:
+                    self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                elif all(s == Status.COMPLETE for s in states) and all(
+                    isinstance(v, (int, float)) and math.isfinite(v) for v in values
+                ):
+                    self.study.tell(trial, math.fsum(values) / len(values))
+                else:
+                    self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            except RuntimeError:
+                pass  # told already (by a sweep beside this one)
+        self.finished.add(number)
+
+
+class Studies:
+    """The studies of a sweep's searches, by experiment: what the executors talk to."""
+
+    def __init__(self, searches: dict[str, Search], logdir: Path):
+        self.by_experiment = {name: Study(search, logdir) for name, search in searches.items()}
+
+    def __bool__(self) -> bool:
+        return bool(self.by_experiment)
+
+    def _of(self, folder: str) -> Study | None:
+        return self.by_experiment.get(folder.partition("/")[0])
+
+    def so_far(self) -> list[RunPlan]:
+        return [run for study in self.by_experiment.values() for run in study.trials_so_far()]
+
+    def start(self, todo: list[RunPlan]) -> None:
+        for study in self.by_experiment.values():
+            study.start(todo)
+
+    def more(self) -> list[RunPlan]:
+        for study in self.by_experiment.values():
+            runs = study.more()
+            if runs:
+                return runs
+        return []
+
+    def report(self, folder: str, step: int, value: float) -> bool:
+        study = self._of(folder)
+        return study is not None and study.report(folder, step, value)
+
+    def ended(self, folder: str, status: str, metrics: dict[str, Any]) -> None:
+        study = self._of(folder)
+        if study is not None:
+            study.ended(folder, status, metrics)
+
+    @property
+    def pruning(self) -> bool:
+        return any(s.search.pruning for s in self.by_experiment.values())
+
+    def left_to_draw(self) -> int:
+        """Runs of the trials a TPE search has yet to draw."""
+        return sum(study.left_to_draw() for study in self.by_experiment.values())

@@ -365,8 +365,9 @@ CASES = [
     case(
         spec("name: x\nsweep:\n  optimizer.lr: {a: 0.1}\n"),
         [
-            f"{SPEC}:3: sweep.optimizer.lr: must be a list of values, got a mapping; to sweep a whole section, "
-            f"list its versions, such as optimizer: [{{kind: sgd}}, {{kind: adam}}]"
+            f"{SPEC}:3: sweep.optimizer.lr: must be a list of values or a distribution ({{uniform: [a, b]}}, "
+            f"{{loguniform: [a, b]}}, {{int: [a, b]}}, {{choice: [...]}}), got a mapping with the key a; to "
+            f"sweep a whole section, list its versions, such as optimizer: [{{kind: sgd}}, {{kind: adam}}]"
         ],
         id="sweep-mapping-not-list",
     ),

@@ -101,9 +101,12 @@ def sweep(
         progress = Progress(enabled=not quiet, terminal=True, bars=tqdm)
     if execute_planned(runs, args, workers=workers, progress=progress) == 2:
         raise UserError(f"the sweep into {logdir} stopped before its runs were done; it said why above")
-    experiments = list(dict.fromkeys(r.experiment for r in runs))
+    searches = getattr(runs, "searches", {})
+    experiments = list(dict.fromkeys([r.experiment for r in runs] + list(searches)))
     found = runs_frame(Path(logdir), experiments)
-    return found[found["run"].isin({r.name for r in runs})].reset_index(drop=True)
+    drawn = {name for name, search in searches.items() if search.draws_later}  # a TPE search's runs
+    ours = found["run"].isin({r.name for r in runs}) | found["experiment"].isin(drawn)
+    return found[ours].reset_index(drop=True)
 
 
 def _override_texts(overrides: Any) -> list[str]:

@@ -203,8 +203,9 @@ def execute_planned(runs: list[RunPlan], args: argparse.Namespace, workers: int,
     total = len(runs) + sum(s.total_runs for s in getattr(runs, "searches", {}).values() if s.draws_later)
     for line in report.sweep_summary(ours, result, logdir, command or "the same command", total, args.quiet):
         print(line)
-    for line in studies_summary(getattr(runs, "searches", {}), logdir, ours):
-        print(line)
+    if not args.quiet:
+        for line in studies_summary(getattr(runs, "searches", {}), logdir, ours):
+            print(line)
     if result.interrupted:
         return EXIT_INTERRUPTED
     if result.changed:

@@ -43,7 +43,7 @@ def stopped_at(record: dict[str, Any]) -> int | None:
     where its user code stopped a complete run (StopRun); None for a run that went to its end."""
     status = record.get("status")
     stopped = record.get("stopped")
-    if status == Status.COMPLETE and isinstance(stopped, dict):
+    if status in (Status.COMPLETE, Status.PRUNED) and isinstance(stopped, dict):
         return stopped.get("step")
     if status == Status.DIVERGED:
         step = (record.get("metrics") or {}).get("diverged_step")

@@ -91,6 +91,7 @@ class Study:
         self.ended_runs: dict[str, tuple[str, dict[str, Any]]] = {}  # folder -> (status, metrics)
         self.pruned: set[int] = set()
         self.finished: set[int] = set()
+        self.started: set[str] = set()  # runs that reported an evaluation in this sweep
         self._refresh()
         for run in search.runs:
             self._know(run)
@@ -213,10 +214,15 @@ class Study:
             return True
         at = self.values.setdefault(number, {}).setdefault(step, {})
         at[folder] = value
+        self.started.add(folder)
         if step in self.told.setdefault(number, set()):
             return False
+        # The replicates running beside this one: the trial's value at a step is their mean. One
+        # not started yet (they run one after another) takes the verdict of those before it.
         waiting = [
-            f for f in self.replicas[number] if f in self.todo and f not in at and f not in self.ended_runs
+            f
+            for f in self.replicas[number]
+            if f in self.todo and f in self.started and f not in at and f not in self.ended_runs
         ]
         if waiting:
             return False

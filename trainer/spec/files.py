@@ -23,9 +23,10 @@ from trainer.spec.schema import (
     build,
     check_key,
     show,
+    suggest,
     type_name,
 )
-from trainer.spec.search import Distribution, SearchSettings, distribution, is_distribution, read_search
+from trainer.spec.search import DISTRIBUTIONS, Distribution, SearchSettings, distribution, is_distribution, read_search
 from trainer.spec.yaml_lines import parse_yaml, read_yaml
 
 __all__ = [
@@ -325,11 +326,13 @@ def _read_sweep(
                 )
             continue
         if isinstance(values, dict):
+            keys = [str(k) for k in values]
+            hint = suggest(keys[0], list(DISTRIBUTIONS)) if len(keys) == 1 else ""
             problems.append(
                 f"{at}: must be a list of values or a distribution ({{uniform: [a, b]}}, {{loguniform: "
-                f"[a, b]}}, {{int: [a, b]}}, {{choice: [...]}}), got a mapping of "
-                f"{', '.join(map(str, values)) or 'nothing'}; to sweep a whole section, list "
-                f"its versions, such as optimizer: [{{kind: sgd}}, {{kind: adam}}]"
+                f"[a, b]}}, {{int: [a, b]}}, {{choice: [...]}}), got a mapping with "
+                f"{'the key ' + ', '.join(keys) if keys else 'no keys'}{hint}; to sweep a whole section, "
+                f"list its versions, such as optimizer: [{{kind: sgd}}, {{kind: adam}}]"
             )
             continue
         if not isinstance(values, list):

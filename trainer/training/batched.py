@@ -247,6 +247,11 @@ def train_group(
                     told[run] = len(histories[run])
                     if verdict is not None:
                         pruned[run] = verdict
+            for run in alive:  # a replicate pruned after this one reported: its trial is pruned
+                if reported[run] is not None and bad[run] is None and run not in pruned and histories[run]:
+                    last_ev = histories[run][-1]
+                    if judges[run](last_ev.step, float(last_ev.values[reported[run]])):
+                        pruned[run] = last_ev.step
         gone = [i for i, run in enumerate(alive) if bad[run] is not None or stopping or run in pruned]
         for i in gone:
             run = alive[i]

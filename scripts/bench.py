@@ -662,6 +662,245 @@ def _batched_lines(results: dict) -> list[str]:
     return lines
 
 
+# --- searches ---------------------------------------------------------------------------------
+
+# The notebook's problem as its search examples write it: mean reduction, an evaluation every 50
+# steps (what a pruner compares), 1000 steps.
+SEARCH_PROBLEM = {
+    "name": "bench-search",
+    "data": {"kind": "seed_toy"},
+    "model": {"kind": "linear", "bias": False},
+    "loss": {"kind": "l1", "reduction": "mean"},
+    "optimizer": {"kind": "sgd", "lr": 0.1},
+    "train": {"steps": 1000, "batch_size": 1, "seed": 0, "device": "cpu"},
+    "eval": {"every": 50},
+}
+SEARCH_METRIC = "final/train/loss"
+SEARCH_TRIALS = 200
+DRIVER_TRIALS = 100
+
+
+def search_spec(scratch: Path, name: str, trials: int, prune: dict, sweep: dict) -> Path:
+    """The search problem as a random search (seed 0) of `trials` trials over `sweep`, minimizing
+    the final training loss, pruned by `prune`."""
+    spec = scratch / f"{name}.yaml"
+    search = {
+        "method": "random",
+        "trials": trials,
+        "seed": 0,
+        "metric": SEARCH_METRIC,
+        "direction": "minimize",
+        "prune": prune,
+    }
+    spec.write_text(yaml.safe_dump({**SEARCH_PROBLEM, "name": name, "search": search, "sweep": sweep}))
+    return spec
+
+
+def search_outcome(logdir: Path) -> dict[str, object]:
+    """What a search's runs did, from their records: the steps they trained and planned, and its
+    best trial (the lowest mean over its seeds of the metric, among trials whose runs all
+    completed) with the spread (standard deviation) of its seeds."""
+    records = index.records(logdir)
+    trials: dict[int, list[dict]] = {}
+    for record in records:
+        trials.setdefault(record["trial"]["number"], []).append(record)
+    complete = {
+        number: [r["metrics"][SEARCH_METRIC] for r in runs]
+        for number, runs in trials.items()
+        if all(r["status"] == "complete" for r in runs)
+    }
+    best = min(complete, key=lambda n: statistics.mean(complete[n]))
+    values = complete[best]
+    return {
+        "runs": len(records),
+        "runs complete": sum(r["status"] == "complete" for r in records),
+        "runs pruned": sum(r["status"] == "pruned" for r in records),
+        "trials complete": len(complete),
+        "steps trained": sum(int(r["steps_done"]) for r in records),
+        "steps planned": sum(int(r["steps"]) for r in records),
+        "best trial": best,
+        "best params": trials[best][0]["trial"]["params"],
+        "best mean": statistics.mean(values),
+        "best spread": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "runs phase (s)": run_phase(logdir),
+    }
+
+
+def trial_steps(logdir: Path, number: int) -> list[int]:
+    """The steps each run of trial `number` trained, by seed."""
+    runs = [r for r in index.records(logdir) if r["trial"]["number"] == number]
+    return [int(r["steps_done"]) for r in sorted(runs, key=lambda r: r["seed"])]
+
+
+def fresh_sweeps(
+    spec: Path, scratch: Path, name: str, workers: int, folders: list[Path]
+) -> Callable[[], object]:
+    """A function that sweeps `spec` into a new log folder each call, kept in `folders` to be read
+    after the timing."""
+
+    def sweep() -> None:
+        logdir = scratch / f"{name}-{len(folders)}"
+        folders.append(logdir)
+        timed_sweep([str(spec)], logdir, workers)
+
+    return sweep
+
+
+def measure_search(repeats: int, scratch: Path) -> dict[str, object]:
+    """Pruning: a random search of 200 trials x 2 seeds over the learning rate, weight decay and
+    batch size, with ASHA and without pruning (the same seed, so the same trials): the steps each
+    trains, its wall time and the best trial it finds. The driver: a 100-trial random search over
+    the learning rate against a plain grid of the very rates it drew. Whole sweeps with a worker a
+    core, each into a fresh log folder."""
+    workers = os.cpu_count() or 1
+    space = {
+        "optimizer.lr": {"loguniform": [0.001, 0.3]},
+        "optimizer.weight_decay": {"uniform": [0.0, 0.1]},
+        "train.batch_size": [1, 5, "full"],
+        "train.seed": [0, 1],
+    }
+    prunes = {"asha": {"kind": "asha", "min_steps": 100, "reduction_factor": 3}, "none": {"kind": "none"}}
+    folders: dict[str, list[Path]] = {k: [] for k in prunes}
+    times = interleaved(
+        {
+            k: fresh_sweeps(
+                search_spec(scratch, f"search-{k}", SEARCH_TRIALS, prune, space),
+                scratch,
+                f"search-{k}",
+                workers,
+                folders[k],
+            )
+            for k, prune in prunes.items()
+        },
+        repeats,
+    )
+    pruning: dict[str, object] = {"trials": SEARCH_TRIALS, "workers": workers, "repeats": repeats}
+    for k in ("none", "asha"):
+        outcomes = [search_outcome(f) for f in folders[k][1:]]  # the timed sweeps', not the warm-up's
+        middle = sorted(outcomes, key=lambda o: o["best mean"])[len(outcomes) // 2]
+        pruning[k] = {
+            **middle,  # the sweep whose best trial is the median of the sweeps' best
+            "seconds": statistics.median(times[k]),
+            "seconds, each sweep": times[k],
+            "runs phase (s)": statistics.median(o["runs phase (s)"] for o in outcomes),
+            "steps trained": statistics.median(o["steps trained"] for o in outcomes),
+            "runs pruned": statistics.median(o["runs pruned"] for o in outcomes),
+            "each sweep": [
+                {
+                    key: o[key]
+                    for key in ("steps trained", "runs pruned", "best trial", "best mean", "best spread")
+                }
+                for o in outcomes
+            ],
+        }
+    # Asynchronous halving depends on the order the workers' trials report in: where the unpruned
+    # study's best trial stopped in each ASHA sweep.
+    pruning["asha"]["unpruned best's steps, each sweep"] = [
+        trial_steps(f, pruning["none"]["best trial"]) for f in folders["asha"][1:]
+    ]
+    for f in (*folders["none"], *folders["asha"]):
+        shutil.rmtree(f, ignore_errors=True)
+    pruning["asha / none, steps"] = pruning["asha"]["steps trained"] / pruning["none"]["steps trained"]
+    pruning["asha / none, seconds, paired"] = paired_ratio(times, "asha", "none")
+
+    # The driver: the rates a search draws, then a grid of exactly those rates.
+    lr_only = {"optimizer.lr": {"loguniform": [0.001, 0.3]}}
+    searched = search_spec(scratch, "driver-search", DRIVER_TRIALS, {"kind": "none"}, lr_only)
+    drawn = scratch / "driver-drawn"
+    timed_sweep([str(searched)], drawn, workers)
+    records = sorted(index.records(drawn), key=lambda r: r["trial"]["number"])
+    rates = [r["trial"]["params"]["optimizer.lr"] for r in records]
+    grid = scratch / "driver-grid.yaml"
+    grid.write_text(
+        yaml.safe_dump({**SEARCH_PROBLEM, "name": "driver-grid", "sweep": {"optimizer.lr": rates}})
+    )
+    gridded: list[Path] = []
+    plain: list[Path] = []
+    times = interleaved(
+        {
+            "search": fresh_sweeps(searched, scratch, "driver-search", workers, plain),
+            "grid": fresh_sweeps(grid, scratch, "driver-grid", workers, gridded),
+        },
+        repeats,
+    )
+    grid_rates = sorted(r["hparams"]["optimizer.lr"] for r in index.records(gridded[-1]))
+    for f in (drawn, *plain, *gridded):
+        shutil.rmtree(f, ignore_errors=True)
+    search_s, grid_s = statistics.median(times["search"]), statistics.median(times["grid"])
+    driver = {
+        "trials": DRIVER_TRIALS,
+        "workers": workers,
+        "repeats": repeats,
+        "grid holds the drawn rates": grid_rates == sorted(rates),
+        "search (s)": search_s,
+        "grid (s)": grid_s,
+        "seconds, each sweep": times,
+        "search / grid, paired": paired_ratio(times, "search", "grid"),
+        "search / grid": search_s / grid_s,
+        "overhead per trial (ms)": 1000 * (search_s - grid_s) / DRIVER_TRIALS,
+    }
+    return {"pruning": pruning, "driver": driver}
+
+
+def _search_lines(results: dict) -> list[str]:
+    pruning, driver = results["search"]["pruning"], results["search"]["driver"]
+    asha, none = pruning["asha"], pruning["none"]
+    lines = [
+        "",
+        f"random search, {pruning['trials']} trials x 2 seeds ({none['runs']} runs of the notebook's problem, "
+        f"1000 steps, evaluated every 50), {pruning['workers']} workers, median of {pruning['repeats']} sweeps",
+        f"  {'prune':6} {'seconds':>8} {'runs phase s':>13} {'steps trained':>14} {'of planned':>11} "
+        f"{'runs pruned':>12} {'best trial':>11} {SEARCH_METRIC + ' (± seeds std)':>34}",
+    ]
+    for name, s in (("asha", asha), ("none", none)):
+        lines.append(
+            f"  {name:6} {s['seconds']:8.2f} {s['runs phase (s)']:13.2f} {s['steps trained']:14,.0f} "
+            f"{s['steps trained'] / s['steps planned']:11.1%} {s['runs pruned']:12.0f} {s['best trial']:11} "
+            f"{s['best mean']:>21.5f} ± {s['best spread']:.5f}"
+        )
+    lines.append(
+        "  (steps and runs pruned: medians over the sweeps; best trial: the sweep with the median best)"
+    )
+    share = pruning["asha / none, steps"]
+    lines.append(
+        f"  ASHA trained {share:.1%} of the unpruned study's steps (target <= 50%: {_ok(share <= 0.5)})"
+    )
+    for name, s in (("asha", asha), ("none", none)):
+        each = s["each sweep"]
+        lines.append(
+            f"  {name}, each sweep: steps trained "
+            + ", ".join(f"{e['steps trained']:,}" for e in each)
+            + "; best trial "
+            + ", ".join(f"{e['best trial']} ({e['best mean']:.5f})" for e in each)
+        )
+    gap, spread = abs(asha["best mean"] - none["best mean"]), none["best spread"]
+    lines.append(
+        f"  ASHA's best trial {asha['best mean']:.5f} against the unpruned best {none['best mean']:.5f} ± "
+        f"{spread:.5f}: a gap of {gap / spread:.2f} times that seed spread (target <= 1: {_ok(gap <= spread)})"
+    )
+    stopped = asha["unpruned best's steps, each sweep"]
+    lines.append(
+        f"  the unpruned best trial ({none['best trial']}) under ASHA trained "
+        + ", ".join("/".join(str(n) for n in steps) for steps in stopped)
+        + " steps (per seed, each sweep)"
+    )
+    lines.append(
+        f"  wall time asha / none = {pruning['asha / none, seconds, paired']:.3f} (median of the rounds' ratios)"
+    )
+    paired = driver["search / grid, paired"]
+    lines += [
+        "",
+        f"search driver: random search of {driver['trials']} trials over the learning rate against a grid of the "
+        f"same {driver['trials']} rates (grid holds them: {driver['grid holds the drawn rates']}), "
+        f"{driver['workers']} workers, median of {driver['repeats']} sweeps",
+        f"  search {driver['search (s)']:.2f} s, grid {driver['grid (s)']:.2f} s, "
+        f"{driver['overhead per trial (ms)']:.1f} ms a trial",
+        f"  search / grid = {paired:.3f} (median of the rounds' ratios; {driver['search / grid']:.3f} from the "
+        f"medians)   (target <= 1.1: {_ok(paired <= 1.1)})",
+    ]
+    return lines
+
+
 # --- the table --------------------------------------------------------------------------------
 
 
@@ -710,6 +949,8 @@ def report(results: dict) -> list[str]:
         lines += _batched_lines(results)
     if "ray" in results:
         lines += _ray_lines(results)
+    if "search" in results:
+        lines += _search_lines(results)
     return lines
 
 
@@ -811,7 +1052,18 @@ def _ok(flag: bool) -> str:
 
 
 # The parts of `make bench`, each measured on its own with --only.
-SECTIONS = ("logging", "digits", "checkpoints", "sizes", "scaling", "large", "report", "batched", "ray")
+SECTIONS = (
+    "logging",
+    "digits",
+    "checkpoints",
+    "sizes",
+    "scaling",
+    "large",
+    "report",
+    "batched",
+    "ray",
+    "search",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -863,6 +1115,8 @@ def main(argv: list[str] | None = None) -> int:
         if "ray" in wanted:
             results["ray_repeats"] = args.sweep_repeats
             results["ray"] = measure_ray(args.sweep_repeats, scratch)
+        if "search" in wanted:
+            results["search"] = measure_search(args.sweep_repeats, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     lines = report(results)

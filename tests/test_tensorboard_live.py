@@ -29,10 +29,17 @@ METRIC_TAGS = {
     "final/converged",
     "final/converged_step",
     "final/diverged",
+    "final/pruned",
+    "final/steps_trained",
 }
 # TensorBoard's HParams table shows this many hparam columns at first.
 SHOWN_COLUMNS = 5
-EXPECTED_STATUS = {"complete": "STATUS_SUCCESS", "diverged": "STATUS_FAILURE", "failed": "STATUS_FAILURE"}
+EXPECTED_STATUS = {
+    "complete": "STATUS_SUCCESS",
+    "diverged": "STATUS_FAILURE",
+    "failed": "STATUS_FAILURE",
+    "pruned": "STATUS_SUCCESS",
+}
 CRASHING_RUN = "batch_size=1,bias=true"
 
 GRID = """

@@ -304,7 +304,9 @@ class Ray:
     def launch(self, todo: list[Unit], sweep: Sweep) -> None:
         runs = [run for unit in todo for run in unit.runs]
         drawn_later = [  # a TPE search's trials run from its spec's folder too
-            run for study in getattr(sweep.search, "by_experiment", {}).values() for run in study.search.probes[:1]
+            run
+            for study in getattr(sweep.search, "by_experiment", {}).values()
+            for run in study.search.probes[:1]
         ]
         with tempfile.TemporaryDirectory(prefix="trainer-specs-") as staging:
             copies = stage(runs + drawn_later, sweep.logdir, Path(staging))

@@ -146,6 +146,7 @@ class ExperimentFindings:
     separation: Separation | None  # of the best two groups; None for fewer than two
     effects: dict[str, list[Effect]] = field(default_factory=dict)  # metric -> effects, largest first
     apart: list[str] = field(default_factory=list)  # why groups of one label were kept apart
+    search: SearchFindings | None = None  # where the experiment is a search: its trials' story
 
     @property
     def runs(self) -> int:
@@ -246,10 +247,61 @@ def experiment_findings(name: str, records: list[dict[str, Any]]) -> ExperimentF
     ranked = found.ranked()
     if len(ranked) >= 2:
         found.separation = welch(ranked[0].metrics[metric], ranked[1].metrics[metric])
+    # A setting drawn from a distribution has a value per trial: its effect is the search's scatter.
+    drawn = {k for r in records for k in ((r.get("trial") or {}).get("space") or {})}
     for tag in dict.fromkeys([metric, DISTANCE, CONVERGED]):
         if tag in metrics:
-            found.effects[tag] = effects(groups, swept, short, tag)
+            found.effects[tag] = effects(groups, [k for k in swept if k not in drawn], short, tag)
+    if any(isinstance(r.get("trial"), dict) for r in records):
+        found.search = search_findings(records, groups)
     return found
+
+
+@dataclass
+class SearchFindings:
+    """What a search's records say besides the groups: its trials by state, the ranges it drew
+    from, and the steps it trained against those of every trial trained to its end."""
+
+    method: str
+    pruner: str
+    trials: int
+    states: dict[str, int]  # trial state -> trials (a trial with a pruned run is pruned)
+    space: dict[str, dict[str, Any]]  # numeric setting -> {low, high, log}
+    searched: list[str]  # every searched setting: the numeric ones and the choices
+    steps_trained: int
+    steps_planned: int
+    importances: dict[str, float] = field(default_factory=dict)  # Optuna's, from the study's journal
+
+
+def search_findings(records: list[dict[str, Any]], groups: list[Group]) -> SearchFindings:
+    space: dict[str, dict[str, Any]] = {}
+    searched: list[str] = []
+    for record in records:
+        trial = record.get("trial") or {}
+        for key, bounds in (trial.get("space") or {}).items():
+            if isinstance(bounds, dict):
+                space.setdefault(key, bounds)
+        searched += [k for k in trial.get("params") or {} if k not in searched]
+    states: dict[str, int] = {}
+    for group in groups:
+        if group.counts.get(Status.PRUNED):
+            state = Status.PRUNED
+        elif group.complete == len(group.runs):
+            state = Status.COMPLETE
+        else:
+            state = next(s for s in group.counts if s != Status.COMPLETE)
+        states[state] = states.get(state, 0) + 1
+    first = next(r["trial"] for r in records if isinstance(r.get("trial"), dict))
+    return SearchFindings(
+        str(first.get("method", "grid")),
+        str(first.get("pruner", "none")),
+        len(groups),
+        states,
+        space,
+        searched,
+        sum(int(r.get("steps_done") or 0) for r in records),
+        sum(int(r.get("steps") or 0) for r in records),
+    )
 
 
 def shown(value: Any) -> str:
@@ -283,12 +335,21 @@ def _group(
         and not isinstance((first.get("hparams") or {}).get(k), bool)
     }
     label = ",".join(f"{short[k]}={v}" for k, v in settings.items()) or BASE_RUN
+    trial = first.get("trial")
+    if isinstance(trial, dict) and isinstance(
+        trial.get("number"), int
+    ):  # a search's trial: as its runs are named
+        label = str(first.get("run", "")).rpartition(",seed=")[0] or label
+        if not label.startswith("trial="):
+            label = f"trial={trial['number']}," + label
     counts: dict[str, int] = {}
     for run in runs:
         counts[run.get("status", "?")] = counts.get(run.get("status", "?"), 0) + 1
+    # A trial its pruner stopped is not ranked by the seeds that happened to finish first.
+    pruned = counts.get(Status.PRUNED, 0) > 0
     values: dict[str, list[float]] = {}
     for run in runs:
-        if run.get("status") != Status.COMPLETE:
+        if run.get("status") != Status.COMPLETE or pruned:
             continue
         for tag, value in (run.get("metrics") or {}).items():
             if tag not in SKIPPED and (number := _value(value)) is not None:

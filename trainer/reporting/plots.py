@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -151,4 +152,78 @@ def weights(
         axes.set_visible(False)
     panels.flat[0].legend(fontsize="x-small")
     figure.suptitle(f"{found.name}: weights, seed mean and lowest-to-highest band; dotted: true values")
+    return _save(figure, path)
+
+
+def search(found: ExperimentFindings, path: Path) -> Path | None:
+    """A search's trials against each searched setting: a complete trial's seed mean as a dot (its
+    seeds' spread as a bar), a pruned trial's best value before it stopped as a hollow mark; a log
+    axis for a setting drawn on a log scale."""
+    s = found.search
+    if s is None or not s.searched:
+        return None
+    metric = found.metric
+    best_tag = "best/" + metric.partition("/")[2]
+    keys = s.searched
+    figure, panels = plt.subplots(
+        1,
+        len(keys),
+        figsize=(max(WIDTH / 2, PANEL_WIDTH * len(keys)), HEIGHT),
+        layout="constrained",
+        squeeze=False,
+    )
+    for axes, key in zip(panels[0], keys):
+        complete: list[tuple[Any, float, float]] = []
+        pruned: list[tuple[Any, float]] = []
+        for group in found.groups:
+            value = ((group.runs[0].get("trial") or {}).get("params") or {}).get(key)
+            if value is None:
+                continue
+            stats = group.metrics.get(metric)
+            if stats is not None:
+                complete.append((value, stats.mean, stats.std or 0.0))
+            elif group.counts.get("pruned"):
+                bests = [(r.get("metrics") or {}).get(best_tag) for r in group.runs]
+                bests = [float(b) for b in bests if isinstance(b, (int, float)) and math.isfinite(b)]
+                if bests:
+                    pruned.append((value, min(bests) if not found.higher_is_better else max(bests)))
+        numeric = key in s.space
+        order = sorted({str(v) for v, *_ in complete + pruned}) if not numeric else []
+
+        def x(value: Any, numeric: bool = numeric, order: list[str] = order) -> float:
+            return float(value) if numeric else float(order.index(str(value)))
+
+        if pruned:
+            axes.scatter(
+                [x(v) for v, _ in pruned],
+                [y for _, y in pruned],
+                s=18,
+                facecolors="none",
+                edgecolors="0.55",
+                label="pruned: best before it stopped",
+            )
+        if complete:
+            axes.errorbar(
+                [x(v) for v, _, _ in complete],
+                [m for _, m, _ in complete],
+                yerr=[e for _, _, e in complete],
+                fmt="o",
+                color="C0",
+                markersize=4,
+                elinewidth=0.8,
+                label="complete: mean, seeds' std",
+            )
+        if numeric and s.space[key].get("log"):
+            axes.set_xscale("log")
+        if not numeric:
+            axes.set_xticks(range(len(order)), order)
+        ys = [m for _, m, _ in complete] + [y for _, y in pruned]
+        if ys and _log_scale(ys):
+            axes.set_yscale("log")
+        axes.set_xlabel(key)
+        axes.set_ylabel(metric_label(metric))
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="x-small")
+    better = "higher" if found.higher_is_better else "lower"
+    figure.suptitle(f"{found.name}: {s.method} search, {s.trials} trials\n{metric}, {better} is better")
     return _save(figure, path)

@@ -67,7 +67,9 @@ def trials_of(records: list[dict[str, Any]]) -> list[TrialResult]:
         trial = record.get("trial")
         if not isinstance(trial, dict) or not isinstance(trial.get("number"), int):
             continue
-        found = trials.setdefault(trial["number"], TrialResult(trial["number"], dict(trial.get("params") or {})))
+        found = trials.setdefault(
+            trial["number"], TrialResult(trial["number"], dict(trial.get("params") or {}))
+        )
         found.runs.append(record)
     return [trials[n] for n in sorted(trials)]
 

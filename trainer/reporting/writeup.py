@@ -186,6 +186,8 @@ def experiment_lines(f: ExperimentFindings, images: dict[str, str]) -> list[str]
             )
     lines += _table(["rank", "group", "runs", f"{f.metric}, mean ± std", "min–max", "95% interval"], rows)
     lines += ["", separation_text(f), ""]
+    if f.search is not None:
+        lines += search_lines(f, images)
     effects = f.effects.get(f.metric, [])
     if effects:
         lines += [f"### Effect of each setting on {f.metric}", ""]
@@ -213,6 +215,45 @@ def experiment_lines(f: ExperimentFindings, images: dict[str, str]) -> list[str]
                 )
     lines += _table(["group", "metric", "runs", "mean ± std", "min–max", "95% interval"], rows)
     return lines + [""]
+
+
+def search_lines(f: ExperimentFindings, images: dict[str, str]) -> list[str]:
+    """A search's own section: its trials by state, the best of them over their seeds, what each
+    searched setting did, Optuna's importances and the steps pruning saved."""
+    s = f.search
+    states = ", ".join(f"{n} {state}" for state, n in sorted(s.states.items(), key=lambda kv: -kv[1]))
+    lines = [
+        "### The search",
+        "",
+        f"A {s.method} search of {s.trials} trials ({states}), each run once per replicate; a trial's "
+        f"value is its mean over them. A trial with a pruned run is not ranked.",
+        "",
+    ]
+    ranked = f.ranked()[:5]
+    if ranked:
+        rows = [
+            [str(i), f"`{g.label}`", runs_text(g), spread(g.metrics[f.metric])]
+            for i, g in enumerate(ranked, 1)
+        ]
+        lines += _table(["rank", "trial", "runs", f"{f.metric}, mean ± std over its seeds"], rows) + [""]
+    if "search" in images:
+        lines += [f"![{f.name}: each searched setting]({images['search']})", ""]
+    if s.importances:
+        lines += [
+            "Parameter importances (Optuna's fANOVA over the complete trials: the share of the "
+            "metric's variance each setting explains):",
+            "",
+        ]
+        lines += _table(["setting", "importance"], [[f"`{k}`", num(v)] for k, v in s.importances.items()]) + [
+            ""
+        ]
+    if s.pruner != "none" and s.steps_planned:
+        lines += [
+            f"Pruning ({s.pruner}) trained {s.steps_trained:,} steps of the {s.steps_planned:,} that every "
+            f"trial trained to its end would have taken ({s.steps_trained / s.steps_planned:.0%}).",
+            "",
+        ]
+    return lines
 
 
 def report_lines(
@@ -264,6 +305,10 @@ def draw(logdir: Path, f: ExperimentFindings, out: Path) -> dict[str, str]:
     drawn = plots.settings(f, out / f"{f.name}-settings.png")
     if drawn is not None:
         images["settings"] = drawn.name
+    if f.search is not None:
+        searched = plots.search(f, out / f"{f.name}-search.png")
+        if searched is not None:
+            images["search"] = searched.name
     trajectories = {label: {t: b[t] for t in weight_tags if t in b} for label, b in bands.items()}
     trajectories = {label: t for label, t in trajectories.items() if t}
     if truth and trajectories:
@@ -298,6 +343,11 @@ def write(logdir: Path, out: Path, experiments: list[str] = ()) -> list[str]:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"{out}: cannot create the report folder: {exc.strerror or exc}")
+    for f in found:
+        if f.search is not None:
+            from trainer.reporting.search import importances
+
+            f.search.importances = importances(logdir, f.name)
     images = {f.name: draw(logdir, f, out) for f in found}
     lines = report_lines(logdir, found, images)
     summary = summary_lines(found)

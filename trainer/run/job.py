@@ -125,7 +125,9 @@ def execute_unit(
                 judge,
             )
         ]
-    return execute_group(list(unit.runs), logdir, should_stop, on_progress, claims, engine_record(unit), judge)
+    return execute_group(
+        list(unit.runs), logdir, should_stop, on_progress, claims, engine_record(unit), judge
+    )
 
 
 def execute_group(

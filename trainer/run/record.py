@@ -207,7 +207,13 @@ def base_record(run: RunPlan, status: str, error: str | None) -> RunRecord:
 def trial_record(run: RunPlan) -> dict[str, Any]:
     """A search's run: its trial's number and drawn values, and the searched ranges."""
     trial = run.trial
-    return {"number": trial.number, "params": dict(trial.params), "space": dict(trial.space)}
+    return {
+        "number": trial.number,
+        "params": dict(trial.params),
+        "space": {k: {"low": low, "high": high, "log": log} for k, (low, high, log) in trial.space},
+        "method": trial.method,
+        "pruner": trial.pruner,
+    }
 
 
 def code_record(run: RunPlan) -> dict[str, Any]:

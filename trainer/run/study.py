@@ -42,7 +42,9 @@ def pruner(search: Search) -> Any:
     optuna = _optuna()
     prune = search.settings.prune
     if prune.kind == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=prune.startup_trials, n_warmup_steps=prune.min_steps)
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=prune.startup_trials, n_warmup_steps=prune.min_steps
+        )
     if prune.kind == "asha":
         return optuna.pruners.SuccessiveHalvingPruner(
             min_resource=prune.min_steps, reduction_factor=prune.reduction_factor
@@ -151,7 +153,9 @@ class Study:
             if not isinstance(number, int) or trial.state.name == "FAIL" and not trial.params:
                 continue
             params = {
-                k: d.value(trial.params[k]) for k, d in self.search.space.dimensions.items() if k in trial.params
+                k: d.value(trial.params[k])
+                for k, d in self.search.space.dimensions.items()
+                if k in trial.params
             }
             if len(params) != len(self.search.space.dimensions):
                 continue

@@ -26,7 +26,14 @@ from trainer.spec.schema import (
     suggest,
     type_name,
 )
-from trainer.spec.search import DISTRIBUTIONS, Distribution, SearchSettings, distribution, is_distribution, read_search
+from trainer.spec.search import (
+    DISTRIBUTIONS,
+    Distribution,
+    SearchSettings,
+    distribution,
+    is_distribution,
+    read_search,
+)
 from trainer.spec.yaml_lines import parse_yaml, read_yaml
 
 __all__ = [
@@ -283,7 +290,9 @@ def _read_search(raw: Any, lines: dict[str, int], path: str, problems: list[str]
     try:
         return read_search(raw)
     except Invalid as invalid:
-        problems.extend(f"{_at(path, lines, key, 'search')}: {key}: {message}" for key, message in invalid.problems)
+        problems.extend(
+            f"{_at(path, lines, key, 'search')}: {key}: {message}" for key, message in invalid.problems
+        )
         return None
 
 

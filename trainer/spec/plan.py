@@ -17,8 +17,12 @@ class Trial:
 
     number: int
     params: tuple[tuple[str, Any], ...]  # (dotted key, value) of every searched setting
-    space: tuple[tuple[str, Any], ...] = ()  # (dotted key, [low, high]) of the numeric distributions
+    space: tuple[
+        tuple[str, tuple[float, float, bool]], ...
+    ] = ()  # (key, (low, high, log)) of each numeric one
     reports: str | None = None  # the evaluation tag pruning compares (val/loss), where runs are pruned
+    method: str = "grid"  # how the search drew it
+    pruner: str = "none"
 
 
 @dataclass(frozen=True)

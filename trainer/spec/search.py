@@ -35,12 +35,8 @@ class Prune:
     min_steps: int = setting(
         100, at_least(1), doc="steps every trial trains before it may be pruned (asha: the first rung)"
     )
-    reduction_factor: int = setting(
-        3, at_least(2), doc="asha: one trial in this many goes on at each rung"
-    )
-    startup_trials: int = setting(
-        5, at_least(0), doc="median: trials that complete before any is pruned"
-    )
+    reduction_factor: int = setting(3, at_least(2), doc="asha: one trial in this many goes on at each rung")
+    startup_trials: int = setting(5, at_least(0), doc="median: trials that complete before any is pruned")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,8 +121,11 @@ def distribution(value: dict[str, Any]) -> Distribution:
     kinds = [k for k in DISTRIBUTIONS if k in value]
     unknown = [k for k in value if k not in DISTRIBUTIONS and k != "log"]
     problems: list[tuple[str, str]] = [
-        (str(k), f"unknown key{suggest(str(k), [*DISTRIBUTIONS, 'log'])}; a distribution is one of "
-         + ", ".join(f"{{{d}: ...}}" for d in DISTRIBUTIONS))
+        (
+            str(k),
+            f"unknown key{suggest(str(k), [*DISTRIBUTIONS, 'log'])}; a distribution is one of "
+            + ", ".join(f"{{{d}: ...}}" for d in DISTRIBUTIONS),
+        )
         for k in unknown
     ]
     if len(kinds) > 1:
@@ -190,7 +189,9 @@ class Space:
         prune = s.prune.kind if s.prune.kind != "none" else "no pruning"
         out = [f"search: {s.method}, {s.trials} trials, seed {s.seed}, {prune}"]
         out += [f"  {key}: {d.text()}" for key, d in self.dimensions.items()]
-        out += [f"  {key}: replicates {', '.join(show(v) for v in vs)}" for key, vs in self.replicates.items()]
+        out += [
+            f"  {key}: replicates {', '.join(show(v) for v in vs)}" for key, vs in self.replicates.items()
+        ]
         return out
 
 

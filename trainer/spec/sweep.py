@@ -492,7 +492,9 @@ def searched(spec: Spec, apart: Apart | None, allow_large: bool = False) -> Sear
     if problems:
         raise SpecError(problems)
     if method == "grid":
-        dimensions = {k: Distribution("choice", choices=tuple(v)) for k, v in spec.sweep.items() if k not in replicates}
+        dimensions = {
+            k: Distribution("choice", choices=tuple(v)) for k, v in spec.sweep.items() if k not in replicates
+        }
     else:
         dimensions = {
             k: spec.space[k] if k in spec.space else Distribution("choice", choices=tuple(spec.sweep[k]))
@@ -505,7 +507,9 @@ def searched(spec: Spec, apart: Apart | None, allow_large: bool = False) -> Sear
             f"optimizer.lr: {{loguniform: [0.001, 0.1]}}, or a list that is no replicate"
         )
     if method == "grid":
-        settings = dataclasses.replace(settings, trials=math.prod(len(d.choices) for d in dimensions.values()))
+        settings = dataclasses.replace(
+            settings, trials=math.prod(len(d.choices) for d in dimensions.values())
+        )
     space = Space(settings, dimensions, replicates)
     count = space.trials * math.prod(len(v) for v in replicates.values())
     if count > MAX_RUNS and not allow_large:
@@ -518,9 +522,7 @@ def searched(spec: Spec, apart: Apart | None, allow_large: bool = False) -> Sear
     if method == "grid":
         search.runs = _grid_trials(search, expand(spec, allow_large, apart))
     elif method == "tpe":
-        search.probes = [
-            run for corner in _corners(space) for run in _trial_runs(search, -1, corner, apart)
-        ]
+        search.probes = [run for corner in _corners(space) for run in _trial_runs(search, -1, corner, apart)]
     else:
         draws = draw(space)
         found: list[str] = []
@@ -556,13 +558,11 @@ def _trial(search: Search, run: RunPlan, number: int, params: dict[str, Any]) ->
         raise Invalid(
             [("search.metric", f"{metric} is measured on held-out rows, and none are; set data.validation")]
         )
-    space = tuple(
-        (k, [d.low, d.high]) for k, d in search.space.dimensions.items() if d.numeric
-    )
+    space = tuple((k, (d.low, d.high, d.log)) for k, d in search.space.dimensions.items() if d.numeric)
     reports = tag if search.pruning else None
-    return dataclasses.replace(
-        run, trial=Trial(number, tuple(params.items()), space, reports)
-    )
+    settings = search.settings
+    trial = Trial(number, tuple(params.items()), space, reports, settings.method, settings.prune.kind)
+    return dataclasses.replace(run, trial=trial)
 
 
 def _grid_trials(search: Search, runs: list[RunPlan]) -> list[RunPlan]:
@@ -583,9 +583,9 @@ def _corners(space: Space) -> list[dict[str, Any]]:
     """Values at each end of every numeric distribution, with each choice: where a drawn trial
     could fail to validate, it fails here, before any run starts."""
     choice_keys = [k for k, d in space.dimensions.items() if not d.numeric]
-    combos = list(itertools.islice(
-        itertools.product(*(space.dimensions[k].choices for k in choice_keys)), 64
-    ))
+    combos = list(
+        itertools.islice(itertools.product(*(space.dimensions[k].choices for k in choice_keys)), 64)
+    )
     corners = []
     for end in ("low", "high"):
         for combo in combos:

@@ -50,6 +50,8 @@ METRICS = (
         "first evaluation step from which the loss stayed within tolerance",
     ),
     ("final/diverged", "diverged", "1 if the loss became NaN or infinite"),
+    ("final/pruned", "pruned", "1 if its search's pruner stopped the run (its trial was behind)"),
+    ("final/steps_trained", "steps trained", "steps the run trained: fewer than planned if it was pruned"),
 )
 SPLITS = {"train": "training rows", "val": "validation rows"}
 
@@ -343,9 +345,13 @@ def declared_metrics(runs: Iterable[dict[str, Any]]) -> list[str]:
     return [tag for tag in metric_tags(runs) if tag in (tags or ())]
 
 
-def hparam_info_pb(key: str, values: Iterable[Any], differs: bool | None = None) -> api_pb2.HParamInfo:
-    """A column: its type and the discrete domain of the runs' values. `differs` (by default,
-    whether the values differ) is what TensorBoard sorts columns by and shows the first five of."""
+def hparam_info_pb(
+    key: str, values: Iterable[Any], differs: bool | None = None, interval: list[float] | None = None
+) -> api_pb2.HParamInfo:
+    """A column: its type and the discrete domain of the runs' values, or for a setting a search
+    draws from a distribution, the `interval` [low, high] it is drawn from (TensorBoard then filters
+    it by a range, not value by value). `differs` (by default, whether the values differ) is what
+    TensorBoard sorts columns by and shows the first five of."""
     # One version of the project writes one type per key; should teammates' versions disagree,
     # the column becomes text, so TensorBoard never gets a domain of mixed types.
     distinct = {_identity(v): v for v in values if is_hparam_value(v)}
@@ -354,9 +360,31 @@ def hparam_info_pb(key: str, values: Iterable[Any], differs: bool | None = None)
         distinct = {text: as_text(v) for text, v in distinct.items()}
         kinds = {api_pb2.DATA_TYPE_STRING}
     ordered = sorted(distinct.values())
-    domain = struct_pb2.ListValue(values=[_value_pb(v) for v in ordered])
     differs = len(ordered) > 1 if differs is None else differs
-    return api_pb2.HParamInfo(name=key, type=kinds.pop(), domain_discrete=domain, differs=differs)
+    kind = kinds.pop()
+    if interval is not None and kind == api_pb2.DATA_TYPE_FLOAT64:
+        low = min([float(interval[0]), *ordered])
+        high = max([float(interval[1]), *ordered])
+        return api_pb2.HParamInfo(
+            name=key,
+            type=kind,
+            domain_interval=api_pb2.Interval(min_value=low, max_value=high),
+            differs=differs,
+        )
+    domain = struct_pb2.ListValue(values=[_value_pb(v) for v in ordered])
+    return api_pb2.HParamInfo(name=key, type=kind, domain_discrete=domain, differs=differs)
+
+
+def searched_intervals(runs: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """The ranges of the settings searches drew from distributions, by hparam key."""
+    found: dict[str, list[float]] = {}
+    for run in runs:
+        space = (run.get("trial") or {}).get("space") or {}
+        for key, bounds in space.items():
+            if isinstance(bounds, dict) and {"low", "high"} <= set(bounds):
+                low, high = found.get(key, [bounds["low"], bounds["high"]])
+                found[key] = [min(low, bounds["low"]), max(high, bounds["high"])]
+    return found
 
 
 def experiment_pb(
@@ -370,8 +398,11 @@ def experiment_pb(
     runs = list(runs)
     keys = declared_keys(runs) if keys is None else keys
     first = shown_first(runs, keys)
+    intervals = searched_intervals(runs)
     infos = [
-        hparam_info_pb(key, [r["hparams"][key] for r in runs if key in r["hparams"]], key in first)
+        hparam_info_pb(
+            key, [r["hparams"][key] for r in runs if key in r["hparams"]], key in first, intervals.get(key)
+        )
         for key in keys
     ]
     metrics = [

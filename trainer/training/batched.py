@@ -288,7 +288,15 @@ def train_group(
         stopped = (pruned[r], "pruned") if status == Status.PRUNED else None
         outcomes.append(
             conclude(
-                run, sink, model, str(device), evaluator, histories[r], finals.get(r), status, last,
+                run,
+                sink,
+                model,
+                str(device),
+                evaluator,
+                histories[r],
+                finals.get(r),
+                status,
+                last,
                 stopped=stopped,
             )
         )

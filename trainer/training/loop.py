@@ -303,7 +303,10 @@ def conclude(
         metrics["final/pruned"] = status == Status.PRUNED
         metrics["final/steps_trained"] = last + 1 if status != Status.COMPLETE else run.steps
     ended = stopped[0] if stopped is not None else run.steps if status == Status.COMPLETE else last
-    if status in (Status.INTERRUPTED, Status.PRUNED):  # after its last step (a resumed run's events begin there)
+    if status in (
+        Status.INTERRUPTED,
+        Status.PRUNED,
+    ):  # after its last step (a resumed run's events begin there)
         ended = last + 1
     sink.finish(status, ended, metrics, None if stopped is not None else final)
     # JSON has no NaN: a diverged weight is recorded as null.
@@ -317,9 +320,12 @@ def conclude(
     ).hexdigest()
     return Outcome(
         status,
-        last + 1 if status == Status.PRUNED
-        else stopped[0] if stopped is not None
-        else last + 1 if status != Status.COMPLETE
+        last + 1
+        if status == Status.PRUNED
+        else stopped[0]
+        if stopped is not None
+        else last + 1
+        if status != Status.COMPLETE
         else run.steps,
         device,
         metrics,

@@ -68,7 +68,9 @@ def run_all(runs: list[RunPlan], opts: Options) -> Report:
             # With no workers, runs run in this process, whatever the executor.
             where = executor("local" if opts.workers == 0 else opts.executor)
             claims = Held(opts.logdir)
-            sweep = Sweep(opts.logdir, opts.workers, opts.address, seen, report, progress, stop, claims, studies)
+            sweep = Sweep(
+                opts.logdir, opts.workers, opts.address, seen, report, progress, stop, claims, studies
+            )
             try:
                 where.launch(units, sweep)
             finally:

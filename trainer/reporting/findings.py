@@ -226,6 +226,16 @@ def experiment_findings(name: str, records: list[dict[str, Any]]) -> ExperimentF
     """The groups of one experiment's runs, their statistics, ranking, separation and effects."""
     settings = settings_of(records)
     replicates = tuple(settings.get("replicates") or DEFAULT_REPLICATES)
+    trial = next((r["trial"] for r in records if isinstance(r.get("trial"), dict)), None)
+    if trial is not None and trial.get("metric"):  # a search: ranked as it searched
+        settings = {
+            **settings,
+            "metric": settings.get("metric") or trial["metric"],
+            "higher_is_better": settings.get("higher_is_better")
+            if settings.get("metric")
+            else trial.get("direction") == "maximize",
+        }
+        replicates = tuple(trial.get("replicates") or replicates)
     swept = list(dict.fromkeys(k for r in records for k in r.get("swept") or {} if k not in replicates))
     short = labels(swept)
     by_key: dict[str, list[dict[str, Any]]] = {}

@@ -185,8 +185,8 @@ def search(found: ExperimentFindings, path: Path) -> Path | None:
             elif group.counts.get("pruned"):
                 bests = [(r.get("metrics") or {}).get(best_tag) for r in group.runs]
                 bests = [float(b) for b in bests if isinstance(b, (int, float)) and math.isfinite(b)]
-                if bests:
-                    pruned.append((value, min(bests) if not found.higher_is_better else max(bests)))
+                if len(bests) == len(group.runs):
+                    pruned.append((value, math.fsum(bests) / len(bests)))
         numeric = key in s.space
         order = sorted({str(v) for v, *_ in complete + pruned}) if not numeric else []
 
@@ -200,7 +200,7 @@ def search(found: ExperimentFindings, path: Path) -> Path | None:
                 s=18,
                 facecolors="none",
                 edgecolors="0.55",
-                label="pruned: best before it stopped",
+                label="pruned: its seeds' best before it stopped, mean",
             )
         if complete:
             axes.errorbar(

@@ -12,6 +12,9 @@ from typing import Any
 
 from trainer.core.status import Status
 
+# Complete trials Optuna's importances need before they say more than noise.
+MIN_IMPORTANCE_TRIALS = 8
+
 
 @dataclass
 class TrialResult:
@@ -135,7 +138,7 @@ def importances(logdir: Path, experiment: str) -> dict[str, float]:
     import optuna
 
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
-    if len(complete) < 2:
+    if len(complete) < MIN_IMPORTANCE_TRIALS:
         return {}
     try:
         import warnings

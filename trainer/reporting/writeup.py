@@ -238,15 +238,18 @@ def search_lines(f: ExperimentFindings, images: dict[str, str]) -> list[str]:
         lines += _table(["rank", "trial", "runs", f"{f.metric}, mean ± std over its seeds"], rows) + [""]
     if "search" in images:
         lines += [f"![{f.name}: each searched setting]({images['search']})", ""]
+    complete = s.states.get(Status.COMPLETE, 0)
     if s.importances:
         lines += [
-            "Parameter importances (Optuna's fANOVA over the complete trials: the share of the "
-            "metric's variance each setting explains):",
+            f"Parameter importances (Optuna's fANOVA over the {complete} complete trials: the share of "
+            "the metric's variance each setting explains):",
             "",
         ]
         lines += _table(["setting", "importance"], [[f"`{k}`", num(v)] for k, v in s.importances.items()]) + [
             ""
         ]
+    elif complete:
+        lines += [f"Too few complete trials ({complete}) for Optuna's parameter importances.", ""]
     if s.pruner != "none" and s.steps_planned:
         lines += [
             f"Pruning ({s.pruner}) trained {s.steps_trained:,} steps of the {s.steps_planned:,} that every "

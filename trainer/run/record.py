@@ -213,6 +213,9 @@ def trial_record(run: RunPlan) -> dict[str, Any]:
         "space": {k: {"low": low, "high": high, "log": log} for k, (low, high, log) in trial.space},
         "method": trial.method,
         "pruner": trial.pruner,
+        "metric": trial.metric,
+        "direction": trial.direction,
+        "replicates": list(trial.replicates),
     }
 
 

@@ -219,8 +219,8 @@ class Study:
         at = self.values.setdefault(number, {}).setdefault(step, {})
         at[folder] = value
         self.started.add(folder)
-        if step in self.told.setdefault(number, set()):
-            return False
+        if step not in run.trial.verdicts or step in self.told.setdefault(number, set()):
+            return False  # no pruner decides here: Optuna is told only where it may
         # The replicates running beside this one: the trial's value at a step is their mean. One
         # not started yet (they run one after another) takes the verdict of those before it.
         waiting = [

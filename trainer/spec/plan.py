@@ -9,6 +9,9 @@ from typing import Any
 from trainer.kinds import models
 from trainer.spec.schema import Config, ReportSettings, as_data
 
+# The evaluation's tag of the distance from the weights to the true weights, where the data knows them.
+DISTANCE = "eval/distance"
+
 
 @dataclass(frozen=True)
 class Trial:
@@ -23,6 +26,10 @@ class Trial:
     reports: str | None = None  # the evaluation tag pruning compares (val/loss), where runs are pruned
     method: str = "grid"  # how the search drew it
     pruner: str = "none"
+    metric: str = ""  # what the search optimizes (final/val/loss), and which way
+    direction: str = "minimize"
+    replicates: tuple[str, ...] = ()  # the settings its trials repeat over
+    verdicts: tuple[int, ...] = ()  # the evaluation steps at which its pruner may stop it
 
 
 @dataclass(frozen=True)

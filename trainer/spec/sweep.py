@@ -18,7 +18,7 @@ from trainer.kinds.models import LinearModel
 from trainer.spec.apart import Apart
 from trainer.spec.files import MAPPING, Spec, combine, load_spec, parent_key, parse_overrides
 from trainer.spec.names import run_name
-from trainer.spec.plan import RunPlan, Trial
+from trainer.spec.plan import DISTANCE, RunPlan, Trial
 from trainer.spec.probe import inspect_apart, probe_apart, width_problem
 from trainer.spec.schema import Config, Invalid, build, check_key, experiment_name
 from trainer.spec.search import Distribution, Space, draw, eval_tag
@@ -553,16 +553,69 @@ def _metric_of(search: Search, run: RunPlan) -> tuple[str, str]:
 def _trial(search: Search, run: RunPlan, number: int, params: dict[str, Any]) -> RunPlan:
     metric, way = _metric_of(search, run)
     search.metric, search.direction = metric, way
-    tag = eval_tag(metric)
-    if tag.startswith("val/") and not run.validation_rows:
+    tag = DISTANCE if metric == "final/weight_distance" else eval_tag(metric)
+    key = "search.metric" if search.settings.metric else "report.metric"
+    if tag == DISTANCE and not run.has_truth:
         raise Invalid(
-            [("search.metric", f"{metric} is measured on held-out rows, and none are; set data.validation")]
+            [
+                (
+                    key,
+                    f"{metric} is known only for a linear model of data that knows its true weights (seed_toy)",
+                )
+            ]
+        )
+    split, _, name = tag.partition("/")
+    if split == "val" and not run.validation_rows:
+        raise Invalid([(key, f"{metric} is measured on held-out rows, and none are; set data.validation")])
+    known = ["loss", *(m for m in run.config.eval.metrics if m in metrics.BUILTIN)]
+    if tag != DISTANCE and name not in known and all(m in metrics.BUILTIN for m in run.config.eval.metrics):
+        raise Invalid(
+            [
+                (
+                    key,
+                    f"{metric} is no value of this run's evaluations; they have "
+                    + ", ".join(
+                        f"{when}/{s}/{n}"
+                        for when in ("final", "best")
+                        for s in (["train", "val"] if run.validation_rows else ["train"])
+                        for n in known
+                    ),
+                )
+            ]
         )
     space = tuple((k, (d.low, d.high, d.log)) for k, d in search.space.dimensions.items() if d.numeric)
     reports = tag if search.pruning else None
     settings = search.settings
-    trial = Trial(number, tuple(params.items()), space, reports, settings.method, settings.prune.kind)
+    verdicts = verdict_steps(settings.prune, run.steps, run.config.eval.every) if search.pruning else ()
+    trial = Trial(
+        number,
+        tuple(params.items()),
+        space,
+        reports,
+        settings.method,
+        settings.prune.kind,
+        metric,
+        way,
+        tuple(search.space.replicates),
+        verdicts,
+    )
     return dataclasses.replace(run, trial=trial)
+
+
+def verdict_steps(prune: Any, steps: int, every: int) -> tuple[int, ...]:
+    """The evaluation steps at which a pruner may stop a run: for median every one from min_steps
+    on; for asha the first at or past each rung (min_steps, times reduction_factor, times it again,
+    ... below the run's end)."""
+    evaluations = range(0, steps, every)
+    if prune.kind == "median":
+        return tuple(s for s in evaluations if s >= prune.min_steps)
+    rungs, rung = [], prune.min_steps
+    while rung < steps:
+        rungs.append(rung)
+        rung *= prune.reduction_factor
+    return tuple(
+        sorted({s for r in rungs if (s := next((e for e in evaluations if e >= r), None)) is not None})
+    )
 
 
 def _grid_trials(search: Search, runs: list[RunPlan]) -> list[RunPlan]:

@@ -142,7 +142,11 @@ def units_of(runs: list[RunPlan], workers: int = 1) -> list[Unit]:
     # every worker a part.
     share = math.ceil(max(1, workers) / len(batched)) if batched else 1
     for group in batched:
-        parts = max(math.ceil(len(group) / MAX_GROUP), min(share, len(group) // MIN_GROUP), 1)
+        # A pruned search's group is one program: its pruner then hears every run's evaluations in
+        # one order, so that what it prunes depends on no timing between workers.
+        pruned = group[0].trial is not None and group[0].trial.reports is not None
+        split = 1 if pruned else min(share, len(group) // MIN_GROUP)
+        parts = max(math.ceil(len(group) / MAX_GROUP), split, 1)
         size = math.ceil(len(group) / parts)
         units += [Unit(tuple(group[i : i + size]), "batched") for i in range(0, len(group), size)]
     return sorted(units, key=lambda u: -u.cost())

@@ -198,8 +198,8 @@ def train_group(
     chunk = chunk_steps(list(modules[0].parameters()))
     judges = judges or [None] * len(runs)
     reported = [reported_tag(r, evaluator.tags) if j is not None else None for r, j in zip(runs, judges)]
-    if any(i is not None for i in reported):
-        chunk = min(chunk, eval_every)  # a pruned run stops within one evaluation of its verdict
+    # A chunk ends at each step a pruner may decide at, so that a pruned run stops there.
+    verdicts = {s for r, i in zip(runs, reported) if i is not None for s in r.trial.verdicts}
     told = [0] * len(runs)  # evaluations of each run told to its judge
     pruned: dict[int, int] = {}  # run -> the evaluation step its trial was pruned at
 
@@ -234,7 +234,7 @@ def train_group(
                 (step, time.time(), histogram, [params[i] for i in order] + [grads[i] for i in order])
             )
         params = optimizer.step(params, grads, lr_steps_32[step], lr_steps[step])
-        if (step + 1) % chunk and step + 1 != steps:
+        if (step + 1) % chunk and step + 1 != steps and step not in verdicts:
             continue
         bad = _hand_over(sinks, alive, first_step, losses_, evals, captured, lr_table, layout, histories)
         losses_, evals, captured, first_step = [], [], [], step + 1
@@ -243,7 +243,8 @@ def train_group(
         if step + 1 < steps:
             for run in alive:
                 if reported[run] is not None and bad[run] is None:
-                    verdict = _judge(judges[run], histories[run][told[run] :], reported[run])
+                    new = [ev for ev in histories[run][told[run] :] if ev.step in verdicts]
+                    verdict = _judge(judges[run], new, reported[run])
                     told[run] = len(histories[run])
                     if verdict is not None:
                         pruned[run] = verdict

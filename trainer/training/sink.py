@@ -12,9 +12,8 @@ import numpy as np
 import torch
 
 from trainer.core.status import Status
+from trainer.spec.plan import DISTANCE  # noqa: F401  (the evaluation's tag of the distance to the truth)
 from trainer.training.capture import HistogramBatch
-
-DISTANCE = "eval/distance"  # distance from the weights to the true weights
 
 
 class Sink(Protocol):

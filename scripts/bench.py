@@ -678,6 +678,8 @@ SEARCH_PROBLEM = {
 SEARCH_METRIC = "final/train/loss"
 SEARCH_TRIALS = 200
 DRIVER_TRIALS = 100
+# ASHA's (min_steps, reduction_factor) besides the measured one: how late its first rung must lie.
+ASHA_SETTINGS = ((250, 2), (300, 3), (400, 2))
 
 
 def search_spec(scratch: Path, name: str, trials: int, prune: dict, sweep: dict) -> Path:
@@ -802,6 +804,22 @@ def measure_search(repeats: int, scratch: Path) -> dict[str, object]:
         shutil.rmtree(f, ignore_errors=True)
     pruning["asha / none, steps"] = pruning["asha"]["steps trained"] / pruning["none"]["steps trained"]
     pruning["asha / none, seconds, paired"] = paired_ratio(times, "asha", "none")
+    # Where the first rung lies decides what ASHA keeps: one sweep of each setting, the same trials.
+    pruning["rungs"] = []
+    for min_steps, factor in ASHA_SETTINGS:
+        name = f"rungs-{min_steps}-{factor}"
+        spec = search_spec(
+            scratch,
+            name,
+            SEARCH_TRIALS,
+            {"kind": "asha", "min_steps": min_steps, "reduction_factor": factor},
+            space,
+        )
+        logdir = scratch / name
+        timed_sweep([str(spec)], logdir, workers)
+        outcome = search_outcome(logdir)
+        pruning["rungs"].append({"min_steps": min_steps, "reduction_factor": factor, **outcome})
+        shutil.rmtree(logdir, ignore_errors=True)
 
     # The driver: the rates a search draws, then a grid of exactly those rates.
     lr_only = {"optimizer.lr": {"loguniform": [0.001, 0.3]}}
@@ -887,6 +905,13 @@ def _search_lines(results: dict) -> list[str]:
     lines.append(
         f"  wall time asha / none = {pruning['asha / none, seconds, paired']:.3f} (median of the rounds' ratios)"
     )
+    for r in pruning.get("rungs", []):
+        gap = abs(r["best mean"] - none["best mean"])
+        lines.append(
+            f"  asha min_steps {r['min_steps']}, reduction_factor {r['reduction_factor']} (one sweep): "
+            f"{r['steps trained'] / r['steps planned']:.1%} of the steps, best trial {r['best trial']} "
+            f"{r['best mean']:.5f} ({gap / spread:.2f} times the unpruned best's seed spread away)"
+        )
     paired = driver["search / grid, paired"]
     lines += [
         "",

@@ -78,7 +78,33 @@ def reference_markdown() -> str:
             f"\n`{f.name}.kind: module:attribute` — your own: {family.what}. Its other keys are its "
             f"keyword arguments, checked against its signature."
         )
+    sections += _spec_level()
     return "\n".join(out + sections) + "\n"
+
+
+def _spec_level() -> list[str]:
+    """The sections of a spec that are no setting of a run: how it searches, how it is reported."""
+    from trainer.spec.schema import ReportSettings
+    from trainer.spec.search import Prune, SearchSettings
+
+    kind = next(f for f in fields(Prune) if f.name == "kind")
+    prune_kind = (
+        f"| `search.prune.kind` | {_default(kind)} | {describe(get_type_hints(Prune)['kind'])} | "
+        f"{kind.metadata.get('doc', '')} |"
+    )
+    return [
+        "\nThe sections below belong to the spec, not to a run: changing them changes no run.",
+        f"\n**search** — {' '.join(SearchSettings.__doc__.split())} ([Searching](search.md))",
+        "",
+        *HEADER,
+        *_rows(SearchSettings, "search.", {"prune"}),
+        prune_kind,
+        *_rows(Prune, "search.prune."),
+        f"\n**report** — {' '.join(ReportSettings.__doc__.split())}",
+        "",
+        *HEADER,
+        *_rows(ReportSettings, "report."),
+    ]
 
 
 START, END = "<!-- spec-reference:start -->", "<!-- spec-reference:end -->"

@@ -43,7 +43,7 @@ def test_readme_example_spec_is_valid(tmp_path):
 
 def test_comparison_set_is_valid():
     specs = sorted(str(p) for p in (ROOT / "experiments").glob("*.yaml"))
-    assert len(plan(specs)) == 126
+    assert len(plan(specs)) == 216
 
 
 # --- Every command shown works as written -------------------------------------------------------

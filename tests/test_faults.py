@@ -604,14 +604,14 @@ HOLD_FIRST_GROUP = """\
     real_train_group = trainer.training.batched.train_group
     groups = []
 
-    def train_group(runs, sinks=None, should_stop=lambda: False, on_progress=lambda steps: None):
+    def train_group(runs, sinks=None, should_stop=lambda: False, on_progress=lambda steps: None, *more):
         groups.append(runs)
 
         def progress(steps):
             on_progress(steps)
             if len(groups) == 1:
                 hold()
-        return real_train_group(runs, sinks, should_stop, progress)
+        return real_train_group(runs, sinks, should_stop, progress, *more)
 
     trainer.training.batched.train_group = train_group
 """

@@ -100,7 +100,7 @@ def test_a_long_name_is_cut_with_a_hash_that_keeps_it_unique():
 def test_comparison_set_names_are_unambiguous_and_shorter_than_before():
     runs = plan(sorted(str(p) for p in EXPERIMENTS.glob("*.yaml")))
     folders = [r.folder for r in runs]
-    assert len(set(folders)) == len(folders) == 126
+    assert len(set(folders)) == len(folders) == 216
     assert max(map(len, folders)) <= 64
     assert "synthetic-mlp/optimizer=sgd,lr=0.01,momentum=0.9,batch_size=256" in folders
     assert "synthetic-mlp/optimizer=adam,lr=0.003,batch_size=32" in folders

@@ -394,3 +394,75 @@ def test_a_task_whose_node_dies_goes_on_from_the_last_checkpoint_that_reached_th
         assert done["weights_sha256"] == record(theirs)["weights_sha256"]
         assert scalars(ours) == scalars(theirs)
         assert not (ours / "resume.pt").exists()
+
+
+SEARCH = """
+    name: search
+    data: {kind: seed_toy}
+    model: {kind: linear, bias: false}
+    loss: {kind: l1, reduction: mean}
+    optimizer: {kind: sgd, lr: 0.1}
+    train: {steps: 600, batch_size: 1}
+    eval: {every: 50}
+    search: {method: %s, trials: %d, seed: 1, prune: {kind: asha, min_steps: 100, reduction_factor: 2}}
+    sweep:
+      optimizer.lr: {loguniform: [0.0001, 0.3]}
+      optimizer.weight_decay: {uniform: [0.0, 0.1]}
+      train.seed: [0, 1]
+"""
+
+
+def search_records(logdir: Path) -> dict[str, dict]:
+    return {p.parent.name: record(p.parent) for p in sorted((logdir / "search").glob("*/record.json"))}
+
+
+def test_a_pruned_search_on_ray_prunes_what_a_local_sweep_prunes(cluster, project, tmp_path):
+    spec = project / "search.yaml"
+    spec.write_text(textwrap.dedent(SEARCH % ("random", 10)))
+    ray_args = ["--quiet", "--executor", "ray", "--address", cluster.address]
+    assert main(["sweep", str(spec), "--logdir", "on-ray", *ray_args]) == 0
+    assert main(["sweep", str(spec), "--logdir", "local", "--quiet", "--workers", "2"]) == 0
+    ours, theirs = search_records(tmp_path / "on-ray"), search_records(tmp_path / "local")
+    assert sorted(ours) == sorted(theirs) and len(ours) == 20
+    states = {name: r["status"] for name, r in ours.items()}
+    assert set(states.values()) == {"complete", "pruned"}, states
+    for name, r in ours.items():  # one program each way, its runs judged in one order: the same verdicts
+        assert (r["status"], r["steps_done"], r.get("stopped")) == (
+            theirs[name]["status"],
+            theirs[name]["steps_done"],
+            theirs[name].get("stopped"),
+        ), name
+        assert r["weights_sha256"] == theirs[name]["weights_sha256"], name
+        assert r["pid"] != os.getpid()
+    assert (tmp_path / "on-ray" / "search" / "study.journal").is_file()
+
+
+def test_tpe_on_ray_draws_each_trial_when_a_worker_is_free(cluster, project, tmp_path):
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    spec = project / "search.yaml"
+    spec.write_text(textwrap.dedent(SEARCH % ("tpe", 5)))
+    assert (
+        main(
+            [
+                "sweep",
+                str(spec),
+                "--logdir",
+                "on-ray",
+                "--quiet",
+                "--executor",
+                "ray",
+                "--address",
+                cluster.address,
+            ]
+        )
+        == 0
+    )
+    recorded = search_records(tmp_path / "on-ray")
+    assert len(recorded) == 10 and {r["status"] for r in recorded.values()} <= {"complete", "pruned"}
+    assert sorted({r["trial"]["number"] for r in recorded.values()}) == list(range(5))
+    journal = JournalStorage(JournalFileBackend(str(tmp_path / "on-ray" / "search" / "study.journal")))
+    trials = optuna.load_study(study_name="search", storage=journal).get_trials()
+    assert sorted(t.user_attrs["trial"] for t in trials) == list(range(5))
+    assert {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}

@@ -403,6 +403,31 @@ RANDOM = "search: {method: random, trials: 3}\n"
             "{choice: [0, 1]}",
             "bad.yaml:6: sweep.train.seed: is a replicate",
         ),
+        (
+            "search: {method: random, trials: 3, replicates: [train.sed]}\n",
+            "{loguniform: [0.001, 0.1]}",
+            "[0]",
+            "bad.yaml:3: search.replicates[0]: unknown key 'train.sed' (did you mean 'seed'?)",
+        ),
+        (
+            "search: {trials: 3}\n",
+            "[0.1, 0.2]",
+            "[0]",
+            "bad.yaml:3: search.trials: a grid runs every combination of its lists; leave search.trials out",
+        ),
+        (
+            "search: {method: random, trials: 3, metric: final/val/accuracy}\n",
+            "{loguniform: [0.001, 0.1]}",
+            "[0]",
+            "search.metric: final/val/accuracy is measured on held-out rows",
+        ),
+        (
+            "search: {method: random, trials: 3, metric: final/train/accuracy}\n",
+            "{loguniform: [0.001, 0.1]}",
+            "[0]",
+            "search.metric: final/train/accuracy is no value of this run's evaluations; they have "
+            "final/train/loss, best/train/loss",
+        ),
     ],
 )
 def test_a_bad_search_spec_is_one_sentence_naming_the_line(tmp_path, search, lr, seed, expected):

@@ -155,15 +155,22 @@ def weights(
     return _save(figure, path)
 
 
+def _judged(run: dict[str, Any]) -> float | None:
+    """The value a pruned run was judged by where it stopped (its evaluation of the search's metric)."""
+    stopped = run.get("stopped") if run.get("status") == "pruned" else None
+    values = [v for k, v in (stopped or {}).items() if k not in ("step", "reason")]
+    value = values[0] if values else None
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
 def search(found: ExperimentFindings, path: Path) -> Path | None:
     """A search's trials against each searched setting: a complete trial's seed mean as a dot (its
-    seeds' spread as a bar), a pruned trial's best value before it stopped as a hollow mark; a log
-    axis for a setting drawn on a log scale."""
+    seeds' spread as a bar), a pruned trial's seed mean where it stopped (the value it was judged
+    by) as a hollow mark; a log axis for a setting drawn on a log scale."""
     s = found.search
     if s is None or not s.searched:
         return None
     metric = found.metric
-    best_tag = "best/" + metric.partition("/")[2]
     keys = s.searched
     figure, panels = plt.subplots(
         1,
@@ -183,10 +190,10 @@ def search(found: ExperimentFindings, path: Path) -> Path | None:
             if stats is not None:
                 complete.append((value, stats.mean, stats.std or 0.0))
             elif group.counts.get("pruned"):
-                bests = [(r.get("metrics") or {}).get(best_tag) for r in group.runs]
-                bests = [float(b) for b in bests if isinstance(b, (int, float)) and math.isfinite(b)]
-                if len(bests) == len(group.runs):
-                    pruned.append((value, math.fsum(bests) / len(bests)))
+                judged = [_judged(r) for r in group.runs]
+                judged = [v for v in judged if v is not None]
+                if judged:
+                    pruned.append((value, math.fsum(judged) / len(judged)))
         numeric = key in s.space
         order = sorted({str(v) for v, *_ in complete + pruned}) if not numeric else []
 
@@ -200,7 +207,7 @@ def search(found: ExperimentFindings, path: Path) -> Path | None:
                 s=18,
                 facecolors="none",
                 edgecolors="0.55",
-                label="pruned: its seeds' best before it stopped, mean",
+                label="pruned: its seeds' mean where it stopped",
             )
         if complete:
             axes.errorbar(

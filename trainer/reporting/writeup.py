@@ -119,7 +119,8 @@ def _seeds_text(f: ExperimentFindings) -> str:
     sizes = sorted({len(g.runs) for g in f.groups})
     runs = "/".join(map(str, sizes))
     what = " and ".join(f"`{k}`" for k in f.replicates)
-    return f"{len(f.groups)} groups of {runs} run{'s' if sizes != [1] else ''} over {what}"
+    kind = f"{f.search.method} search of {len(f.groups)} trials" if f.search else f"{len(f.groups)} groups"
+    return f"{kind} of {runs} run{'s' if sizes != [1] else ''} over {what}"
 
 
 def best_line(f: ExperimentFindings) -> str:
@@ -128,8 +129,10 @@ def best_line(f: ExperimentFindings) -> str:
     if not ranked:
         return f"- **{f.name}**: no group has a complete run."
     s = ranked[0].metrics[f.metric]
-    failed = sum(g.failed for g in f.groups)
-    failures = f"; {failed} of {f.runs} runs did not complete" if failed else ""
+    pruned = f.search.states.get(Status.PRUNED, 0) if f.search else 0
+    failed = sum(g.failed for g in f.groups) - sum(g.counts.get(Status.PRUNED, 0) for g in f.groups)
+    failures = f"; {pruned} of {len(f.groups)} trials pruned by {f.search.pruner}" if pruned else ""
+    failures += f"; {failed} of {f.runs} runs did not complete" if failed > 0 else ""
     return (
         f"- **{f.name}** ({_seeds_text(f)}{failures}), ranked by {f.metric} ({_better(f)}): "
         f"best `{ranked[0].label}` {spread(s)}, range {num(s.low)}–{num(s.high)}. " + separation_text(f)

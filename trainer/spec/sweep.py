@@ -482,6 +482,16 @@ def searched(spec: Spec, apart: Apart | None, allow_large: bool = False) -> Sear
     elif settings.trials is None:
         problems.append(f"{where}: search.trials: missing; give how many configurations {method} draws")
     keys = settings.replicates if settings.replicates is not None else spec.report.replicates
+    if settings.replicates is not None:
+        for i, key in enumerate(settings.replicates):
+            problem = check_key(Config, key, spec.open_sections)
+            if problem is not None:
+                problems.append(f"{spec.where('search.replicates')}: search.replicates[{i}]: {problem}")
+    if method == "grid" and settings.trials is not None:
+        problems.append(
+            f"{spec.where('search.trials')}: search.trials: a grid runs every combination of its lists; "
+            f"leave search.trials out, or draw them with search.method random, sobol or tpe"
+        )
     replicates = {k: spec.sweep[k] for k in keys if k in spec.sweep}
     problems += [
         f"{spec.where(f'sweep.{k}')}: sweep.{k}: is a replicate (search.replicates), whose values every "

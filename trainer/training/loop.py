@@ -334,8 +334,26 @@ def conclude(
         model,
         evaluate.tags,
         history,
-        {"step": stopped[0], "reason": stopped[1]} if stopped is not None else None,
+        _stopped(run, evaluate, history, stopped, status),
     )
+
+
+def _stopped(
+    run: RunPlan,
+    evaluate: Evaluator,
+    history: list[Evaluation],
+    stopped: tuple[int, str] | None,
+    status: Status,
+) -> dict[str, Any] | None:
+    """Where a run stopped before its end, and why; a pruned run also says the value it was judged by."""
+    if stopped is None:
+        return None
+    found: dict[str, Any] = {"step": stopped[0], "reason": stopped[1]}
+    if status == Status.PRUNED and run.trial is not None and run.trial.reports in evaluate.tags:
+        judged = [ev for ev in history if ev.step <= stopped[0]]
+        if judged:
+            found[run.trial.reports] = judged[-1].values[evaluate.tags.index(run.trial.reports)]
+    return found
 
 
 def _hook(run: RunPlan, dataset: data.Dataset, device: torch.device) -> Callable[..., None] | None:

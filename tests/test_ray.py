@@ -434,13 +434,27 @@ def test_a_pruned_search_on_ray_prunes_what_a_local_sweep_prunes(cluster, projec
         ), name
         assert r["weights_sha256"] == theirs[name]["weights_sha256"], name
         assert r["pid"] != os.getpid()
-    assert (tmp_path / "on-ray" / "search" / "study.journal").is_file()
+    for logdir, recorded in (("on-ray", ours), ("local", theirs)):
+        expected: dict[int, str] = {}
+        for r in recorded.values():  # a trial with a pruned run is pruned
+            state = "PRUNED" if r["status"] == "pruned" else "COMPLETE"
+            expected[r["trial"]["number"]] = max(
+                expected.get(r["trial"]["number"], state), state, key="COMPLETE PRUNED".split().index
+            )
+        assert {t.user_attrs["trial"]: t.state.name for t in study_trials(tmp_path / logdir)} == expected
+    # Nothing was written outside the folders named: the study is in the log folder, not a node's copy.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["experiments", "local", "on-ray"]
 
 
-def test_tpe_on_ray_draws_each_trial_when_a_worker_is_free(cluster, project, tmp_path):
+def study_trials(logdir: Path) -> list:
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
+    journal = JournalStorage(JournalFileBackend(str(logdir / "search" / "study.journal")))
+    return optuna.load_study(study_name="search", storage=journal).get_trials()
+
+
+def test_tpe_on_ray_draws_each_trial_when_a_worker_is_free(cluster, project, tmp_path):
     spec = project / "search.yaml"
     spec.write_text(textwrap.dedent(SEARCH % ("tpe", 5)))
     assert (
@@ -462,7 +476,6 @@ def test_tpe_on_ray_draws_each_trial_when_a_worker_is_free(cluster, project, tmp
     recorded = search_records(tmp_path / "on-ray")
     assert len(recorded) == 10 and {r["status"] for r in recorded.values()} <= {"complete", "pruned"}
     assert sorted({r["trial"]["number"] for r in recorded.values()}) == list(range(5))
-    journal = JournalStorage(JournalFileBackend(str(tmp_path / "on-ray" / "search" / "study.journal")))
-    trials = optuna.load_study(study_name="search", storage=journal).get_trials()
+    trials = study_trials(tmp_path / "on-ray")
     assert sorted(t.user_attrs["trial"] for t in trials) == list(range(5))
     assert {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}

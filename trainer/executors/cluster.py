@@ -317,8 +317,9 @@ class Ray:
         judge = None
         if sweep.search is not None:
             studies = sweep.search
+            # The actor's working folder is Ray's copy of the specs: the log folder is named absolutely.
             judge = _on_this_node(ray, Judge).remote(
-                {n: s.search for n, s in studies.by_experiment.items()}, str(sweep.logdir), runs
+                {n: s.search for n, s in studies.by_experiment.items()}, str(sweep.logdir.resolve()), runs
             )
             sweep.search = RemoteStudies(ray, judge, studies.pruning)
             judge = judge if studies.pruning else None

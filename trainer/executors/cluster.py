@@ -155,8 +155,8 @@ class Judge:
 class RemoteStudies:
     """The sweep's side of a Judge actor: what the sweep asks of its studies, asked of the actor."""
 
-    def __init__(self, ray: Any, actor: Any, pruning: bool):
-        self.ray, self.actor, self.pruning = ray, actor, pruning
+    def __init__(self, ray: Any, actor: Any, pruning: bool, draws_later: bool):
+        self.ray, self.actor, self.pruning, self.draws_later = ray, actor, pruning, draws_later
 
     def report(self, folder: str, step: int, value: float) -> bool:
         return self.ray.get(self.actor.report.remote(folder, step, value))
@@ -321,7 +321,7 @@ class Ray:
             judge = _on_this_node(ray, Judge).remote(
                 {n: s.search for n, s in studies.by_experiment.items()}, str(sweep.logdir.resolve()), runs
             )
-            sweep.search = RemoteStudies(ray, judge, studies.pruning)
+            sweep.search = RemoteStudies(ray, judge, studies.pruning, studies.draws_later)
             judge = judge if studies.pruning else None
         cpus = int(ray.cluster_resources().get("CPU", 1))
         pending = collections.deque(units_of(runs, cpus))  # big groups split over the cluster's CPUs

@@ -283,7 +283,7 @@ class Pool:
             self._replace(worker, self._died(worker, Status.INTERRUPTED if stopping else Status.FAILED))
             return
         held = worker.take_back()
-        if sweep.search is not None:  # told first: a TPE search draws its next trial knowing this one
+        if sweep.search is not None and sweep.search.draws_later:  # TPE draws its next trial knowing this one
             for summary in summaries:
                 sweep.search.ended(summary.folder, summary.status, summary.metrics)
         if (

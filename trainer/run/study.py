@@ -133,16 +133,31 @@ class Study:
         return out
 
     def _trial(self, number: int) -> Any:
-        """Optuna's trial of this number, made (as the spec drew it) where the study has none yet."""
+        """Optuna's trial of this number, made (running, as the spec drew it) where the study has
+        none yet: one record in the journal."""
         optuna = _optuna()
         if number not in self.ids:
-            with self._locked(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                while number not in self.ids:
-                    self.study.enqueue_trial(self._optuna_params(number), user_attrs={TRIAL: number})
-                    made = self.study.ask(self.dists)
-                    self.ids.setdefault(made.user_attrs.get(TRIAL, number), made._trial_id)
+            self._add(number, optuna.trial.TrialState.RUNNING)
         return optuna.trial.Trial(self.study, self.ids[number])
+
+    def _add(self, number: int, state: Any, value: float | None = None) -> bool:
+        """Put a trial drawn up front into the study, in the given state, unless a sweep beside
+        this one did first (then False)."""
+        optuna = _optuna()
+        with self._locked(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if number in self.ids:
+                return False
+            made = optuna.trial.create_trial(
+                state=state,
+                value=value,
+                params=self._optuna_params(number),
+                distributions=self.dists,
+                user_attrs={TRIAL: number},
+            )
+            self.study.add_trial(made)
+            self._refresh()
+        return True
 
     def trials_so_far(self) -> list[RunPlan]:
         """A TPE search's runs of the trials its study holds already (a sweep before this one drew
@@ -276,21 +291,27 @@ class Study:
         ended = [self._recorded(f) for f in self.replicas[number]]
         states = [s for s, _ in ended]
         values = [m.get(self.search.metric) for _, m in ended]
+        state, value = optuna.trial.TrialState.FAIL, None
+        if Status.PRUNED in states:
+            state = optuna.trial.TrialState.PRUNED
+        elif all(s == Status.COMPLETE for s in states) and all(
+            isinstance(v, (int, float)) and math.isfinite(v) for v in values
+        ):
+            state, value = optuna.trial.TrialState.COMPLETE, math.fsum(values) / len(values)
+        self.finished.add(number)
+        # A trial drawn up front that no pruner asked about goes into the study as it ended.
+        if number not in self.ids and not self.search.draws_later and self._add(number, state, value):
+            return
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
                 trial = self._trial(number)
-                if Status.PRUNED in states:
-                    self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                elif all(s == Status.COMPLETE for s in states) and all(
-                    isinstance(v, (int, float)) and math.isfinite(v) for v in values
-                ):
-                    self.study.tell(trial, math.fsum(values) / len(values))
+                if value is not None:
+                    self.study.tell(trial, value)
                 else:
-                    self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    self.study.tell(trial, state=state)
             except RuntimeError:
                 pass  # told already (by a sweep beside this one)
-        self.finished.add(number)
 
 
 class Studies:
@@ -331,6 +352,11 @@ class Studies:
     @property
     def pruning(self) -> bool:
         return any(s.search.pruning for s in self.by_experiment.values())
+
+    @property
+    def draws_later(self) -> bool:
+        """Whether a search draws trials from the results so far (TPE): it is told each end first."""
+        return any(s.search.draws_later for s in self.by_experiment.values())
 
     def left_to_draw(self) -> int:
         """Runs of the trials a TPE search has yet to draw."""

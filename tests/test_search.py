@@ -158,10 +158,11 @@ def test_the_example_searches_prunes_and_every_trial_is_a_run(tmp_path):
         stopped = record["stopped"]["step"]
         assert 100 <= stopped < 1000 and record["steps_done"] < 1000
         curve = scalars(logdir / "lr-search" / name)["loss"]
-        assert max(curve) == record["steps_done"] - 1
+        # Trained up to the step it was judged at, whose minibatch loss a batched group logs.
+        assert record["steps_done"] == stopped and max(curve) == stopped
         assert record["metrics"].get("final/train/loss") is None
         assert record["metrics"]["final/pruned"] is True
-    assert "pruning (asha) trained" in out and "best: trial" in out
+    assert "pruning (asha) stopped" in out and "best: trial" in out
     trained = sum(r["steps_done"] for r in recorded.values())
     assert trained < 0.8 * 80 * 1000
 
@@ -309,7 +310,8 @@ def test_asha_prunes_inside_a_batched_group_at_no_cost_to_the_others(tmp_path):
             assert record["steps_done"] < 800
             assert record["stopped"]["step"] >= 100
             curve = scalars(tmp_path / "asha-logs" / "small" / name)["loss"]
-            assert max(curve) == record["steps_done"] - 1
+            # Stopped at the step it was judged at, before that step's update, as the loop engine stops.
+            assert record["steps_done"] == record["stopped"]["step"] == max(curve)
             assert curve == {
                 s: v
                 for s, v in scalars(tmp_path / "none-logs" / "small" / name)["loss"].items()
@@ -430,6 +432,51 @@ RANDOM = "search: {method: random, trials: 3}\n"
             "search.metric: final/train/accuracy is no value of this run's evaluations; they have "
             "final/train/loss, best/train/loss",
         ),
+        (
+            "search: {method: random, trials: 3, seed: -1}\n",
+            "{loguniform: [0.001, 0.1]}",
+            "[0]",
+            "bad.yaml:3: search.seed: must be >= 0, got -1",
+        ),
+        (
+            "search: {method: random, trials: 3, prune: {min_steps: 5}}\n",
+            "{loguniform: [0.001, 0.1]}",
+            "[0]",
+            "bad.yaml:3: search.prune.kind: missing; give none, median or asha",
+        ),
+        (
+            "search: {method: random, trials: 3, prune: {kind: asha, startup_trials: 2}}\n",
+            "{loguniform: [0.001, 0.1]}",
+            "[0]",
+            "bad.yaml:3: search.prune.startup_trials: is a setting of median, and search.prune.kind is asha",
+        ),
+        (
+            "search: {method: random, trials: 3, prune: {kind: asha, min_steps: 50}}\n",
+            "{loguniform: [0.001, 0.1]}",
+            "[0]",
+            "search.prune.min_steps: 50 is at or past the runs' last evaluation before their end (10 steps, "
+            "evaluated every 10): no run would be pruned",
+        ),
+        (
+            "search: {method: random, trials: 3, replicates: [model.bias]}\n",
+            "{loguniform: [0.001, 0.1]}",
+            "[0]",
+            "bad.yaml:3: search.replicates[0]: model.bias is not swept; list its values under sweep:",
+        ),
+        (
+            "search: {method: random, trials: 3, direction: maximize}\n",
+            "{loguniform: [0.001, 0.1]}",
+            "[0]",
+            "search.direction: maximize, but final/train/loss is better lower",
+        ),
+        (RANDOM, "{choice: [0.1, 0.1]}", "[0]", "bad.yaml:5: sweep.optimizer.lr.choice: 0.1 is listed twice"),
+        (
+            # A range is checked at its ends, whatever a handful of draws would have tried.
+            "search: {method: random, trials: 2}\n",
+            "{uniform: [-1, 1]}",
+            "[0]",
+            "bad.yaml:5: optimizer.lr: must be > 0, got -1.0 (at an end of the searched ranges: optimizer.lr: -1.0)",
+        ),
     ],
 )
 def test_a_bad_search_spec_is_one_sentence_naming_the_line(tmp_path, search, lr, seed, expected):
@@ -439,6 +486,7 @@ def test_a_bad_search_spec_is_one_sentence_naming_the_line(tmp_path, search, lr,
     assert code == 2, out + err
     assert expected in err, err
     assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err  # one mistake, one sentence
     code, out, err = trainer(tmp_path, "sweep", "bad.yaml", "--logdir", "logs")
     assert code == 2 and expected in err and not (tmp_path / "logs").exists()
 
@@ -504,6 +552,8 @@ def test_a_study_killed_mid_run_goes_on_where_it_stopped(tmp_path, started):
     assert len(trials) == 6 and all(t.state.name == "COMPLETE" for t in trials)
     for number, params in drawn.items():  # the interrupted trial was redone with its own values
         assert next(t for t in trials if t.user_attrs["trial"] == number).params == params
+    # The sweep that went on drew on from the study, not its first draws again.
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 6
     by_trial = {r["trial"]["number"]: r for r in recorded.values()}
     assert sorted(by_trial) == list(range(6))
 
@@ -529,6 +579,7 @@ def test_two_sweeps_at_once_share_the_study_and_run_each_trial_once(tmp_path, st
     trials = study(logdir, "small").get_trials()
     assert sorted(t.user_attrs["trial"] for t in trials) == list(range(8))
     assert all(t.state.name == "COMPLETE" for t in trials)
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 8  # no configuration twice
 
 
 # --- what TensorBoard shows -------------------------------------------------------------------
@@ -559,3 +610,93 @@ def test_a_search_in_the_hparams_view_has_interval_columns_and_a_pruned_column(t
         assert metrics["final/steps_trained"] == record["steps_done"]
         assert metrics["final/pruned"] == (1.0 if record["status"] == "pruned" else 0.0)
         assert groups[f"small/{name}"]["hparams"]["optimizer.lr"] == record["trial"]["params"]["optimizer.lr"]
+
+
+def test_a_kind_is_not_drawn_from_a_range(tmp_path):
+    path = _write(
+        tmp_path / "kind.yaml",
+        "name: k\nsearch: {method: random, trials: 2}\nsweep:\n  model.kind: {uniform: [0, 1]}\n",
+    )
+    code, out, err = trainer(tmp_path, "check", path)
+    assert code == 2 and err.strip() == (
+        f"error: {path}:4: sweep.model.kind: a kind is chosen, not drawn from a range; list the kinds, "
+        f"or give {{choice: [...]}}"
+    ), err
+
+
+def test_set_overrides_the_search_section_and_refuses_a_searched_key(tmp_path):
+    spec = small(tmp_path, "random", trials=6, seeds="[0, 1]")
+    code, out, err = trainer(
+        tmp_path, "check", spec, "--set", "search.trials=2", "--set", "search.method=sobol"
+    )
+    assert code == 0, err
+    assert "ok, 4 runs" in out and "search: sobol, 2 trials" in out
+    code, out, err = trainer(tmp_path, "check", spec, "--set", "search.trails=2")
+    assert (
+        code == 2
+        and "--set search.trails=2: search.trails: unknown key 'trails' (did you mean 'trials'?)" in err
+    )
+    for pinned in ("optimizer.lr=0.01", "train.seed=0"):
+        code, out, err = trainer(tmp_path, "sweep", spec, "--set", pinned, "--logdir", "logs")
+        key = pinned.partition("=")[0]
+        assert code == 2 and f"--set {pinned}: {key} is swept by the spec's random search" in err, err
+    assert not (tmp_path / "logs").exists()
+
+
+def test_allow_large_lets_a_large_search_through(tmp_path):
+    spec = small(tmp_path, "random", trials=12_000)
+    code, out, err = trainer(tmp_path, "check", spec)
+    assert code == 2 and "pass --allow-large to run them all" in err
+    from trainer.spec.sweep import plan
+
+    assert len(plan([str(spec)], allow_large=True)) == 12_000
+
+
+def test_a_study_drawn_otherwise_is_refused_and_force_starts_it_over(tmp_path):
+    spec = small(tmp_path, "random", trials=6, steps=600, prune="{kind: asha, min_steps: 100}")
+    logdir = tmp_path / "logs"
+    api.sweep(spec, logdir, workers=0, quiet=True)
+    first = records(logdir, "small")
+    pruned = {n for n, r in first.items() if r["status"] == "pruned"}
+    assert pruned
+
+    # Another seed draws other trials: they cannot join the study, and nothing is run or written.
+    other = _write(tmp_path / "other.yaml", spec.read_text().replace("seed: 3", "seed: 4"))
+    before = sorted(p.name for p in (logdir / "small").iterdir())
+    code, out, err = trainer(tmp_path, "sweep", other, "--logdir", logdir)
+    assert code == 2 and "Traceback" not in err
+    assert err.strip() == (
+        f"error: {logdir}/small/study.journal: the experiment small was searched with other settings than "
+        f"its spec's (seed 3 -> 4); its trials cannot join that study. Give the spec a new name "
+        f"(--set name=small-2), or move {logdir}/small away"
+    )
+    assert sorted(p.name for p in (logdir / "small").iterdir()) == before
+
+    # --force runs the search again with its pruner, in a new study; the old journal is kept.
+    code, out, err = trainer(tmp_path, "sweep", spec, "--logdir", logdir, "--force")
+    assert code == 0, out + err
+    again = records(logdir, "small")
+    assert {n for n, r in again.items() if r["status"] == "pruned"} == pruned
+    assert all(again[n]["started"] != first[n]["started"] for n in first)
+    assert len(list((logdir / "small").glob("study.journal.replaced-*"))) == 1
+    assert {t.state.name for t in study(logdir, "small").get_trials()} == {"COMPLETE", "PRUNED"}
+
+
+def test_a_merged_search_rebuilds_its_study_from_the_runs(tmp_path):
+    spec = small(tmp_path, "tpe", trials=4)
+    api.sweep(spec, tmp_path / "mine", workers=0, quiet=True)
+    code, out, err = trainer(tmp_path, "merge", tmp_path / "mine", "--into", tmp_path / "team")
+    assert code == 0, err
+    team = tmp_path / "team"
+    assert not (team / "small" / "study.journal").exists()  # a study is not merged: its runs are
+    before = {n: r["started"] for n, r in records(team, "small").items()}
+    more = _write(tmp_path / "more.yaml", spec.read_text().replace("trials: 4", "trials: 6"))
+    code, out, err = trainer(tmp_path, "sweep", more, "--logdir", team)
+    assert code == 0, out + err
+    recorded = records(team, "small")
+    assert len(recorded) == 6 and sorted(r["trial"]["number"] for r in recorded.values()) == list(range(6))
+    assert {n: recorded[n]["started"] for n in before} == before  # none of the merged runs ran again
+    trials = study(team, "small").get_trials()
+    assert sorted(t.user_attrs["trial"] for t in trials) == list(range(6))
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 6
+    assert "(2 run now, 4 already done)" in out

@@ -77,10 +77,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     for spec in args.specs:
         search = searches.get(spec)
         if search is not None and search.draws_later:
-            print(
-                f"{spec}: ok, {search.space.trials} trials x {search.replicas} replicates, drawn as the "
-                f"study goes"
-            )
+            replicas = f"{search.replicas} replicate{'s' if search.replicas != 1 else ''}"
+            print(f"{spec}: ok, {search.space.trials} trials x {replicas}, drawn as the study goes")
         else:
             count = sum(r.spec_path == spec for r in runs)
             print(f"{spec}: ok, {count} run{'s' if count != 1 else ''}")
@@ -158,7 +156,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         for search in getattr(runs, "searches", {}).values():
             print(f"{search.spec.path}:")
             _print_search(search, runs)
-        _print_plan(runs, Path(args.logdir))
+        later = sum(s.total_runs for s in getattr(runs, "searches", {}).values() if s.draws_later)
+        _print_plan(runs, Path(args.logdir), later)
         return 0
     return execute_planned(runs, args, workers=args.workers)
 
@@ -263,7 +262,7 @@ def _free_name(logdir: Path, experiment: str) -> str:
     return f"{experiment}-{number}"
 
 
-def _print_plan(runs: list[RunPlan], logdir: Path) -> None:
+def _print_plan(runs: list[RunPlan], logdir: Path, later: int = 0) -> None:
     from trainer.run import rundir
 
     by_experiment: dict[str, list[RunPlan]] = {}
@@ -282,7 +281,8 @@ def _print_plan(runs: list[RunPlan], logdir: Path) -> None:
             state = rundir.state_of(logdir, run.experiment, run.name).state
             note = "" if state == Status.MISSING else f"  [{state}]"
             print(f"  {run.name}  ({run.steps} steps){note}")
-    print(f"{len(runs)} runs planned into {logdir}/ (dry run: nothing was written)")
+    drawn = f", and {later} a TPE search draws as it goes" if later else ""
+    print(f"{len(runs)} runs planned into {logdir}/{drawn} (dry run: nothing was written)")
 
 
 def cmd_status(args: argparse.Namespace) -> int:

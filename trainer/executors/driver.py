@@ -51,7 +51,7 @@ def run_all(runs: list[RunPlan], opts: Options) -> Report:
         if opts.searches:
             check_inside(runs, opts.logdir)
             check_writable(opts.logdir)  # after select: a refused sweep leaves the folder untouched
-            studies = Studies(opts.searches, opts.logdir)  # each in its experiment's folder
+            studies = Studies(opts.searches, opts.logdir, fresh=opts.force)  # in each experiment's folder
             earlier = studies.so_far()  # a TPE search's trials drawn by sweeps before this one
             if earlier:
                 more, more_seen = select(earlier, opts.logdir, opts.force, opts.rerun_failed, report)

@@ -278,7 +278,7 @@ class SearchFindings:
     states: dict[str, int]  # trial state -> trials (a trial with a pruned run is pruned)
     space: dict[str, dict[str, Any]]  # numeric setting -> {low, high, log}
     searched: list[str]  # every searched setting: the numeric ones and the choices
-    steps_trained: int
+    steps_trained: int  # by the runs of the trials that ended (complete or pruned)
     steps_planned: int
     importances: dict[str, float] = field(default_factory=dict)  # Optuna's, from the study's journal
 
@@ -293,6 +293,7 @@ def search_findings(records: list[dict[str, Any]], groups: list[Group]) -> Searc
                 space.setdefault(key, bounds)
         searched += [k for k in trial.get("params") or {} if k not in searched]
     states: dict[str, int] = {}
+    ended: list[dict[str, Any]] = []  # the runs of the trials that ended, complete or pruned
     for group in groups:
         if group.counts.get(Status.PRUNED):
             state = Status.PRUNED
@@ -301,6 +302,8 @@ def search_findings(records: list[dict[str, Any]], groups: list[Group]) -> Searc
         else:
             state = next(s for s in group.counts if s != Status.COMPLETE)
         states[state] = states.get(state, 0) + 1
+        if state in (Status.COMPLETE, Status.PRUNED):
+            ended += group.runs
     first = next(r["trial"] for r in records if isinstance(r.get("trial"), dict))
     return SearchFindings(
         str(first.get("method", "grid")),
@@ -309,8 +312,8 @@ def search_findings(records: list[dict[str, Any]], groups: list[Group]) -> Searc
         states,
         space,
         searched,
-        sum(int(r.get("steps_done") or 0) for r in records),
-        sum(int(r.get("steps") or 0) for r in records),
+        sum(int(r.get("steps_done") or 0) for r in ended),
+        sum(int(r.get("steps") or 0) for r in ended),
     )
 
 

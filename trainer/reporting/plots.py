@@ -11,7 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 from trainer.reporting.findings import ExperimentFindings  # noqa: E402
 from trainer.tensorboard.curves import Band  # noqa: E402
@@ -220,8 +220,15 @@ def search(found: ExperimentFindings, path: Path) -> Path | None:
                 elinewidth=0.8,
                 label="complete: mean, seeds' std",
             )
+        values = [v for v, *_ in complete + pruned]
         if numeric and s.space[key].get("log"):
+            # Plain labels at 1, 2 and 5 of each decade: a range narrower than a decade has some too.
             axes.set_xscale("log")
+            axes.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            axes.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            axes.xaxis.set_minor_formatter(NullFormatter())
+        elif numeric and values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         if not numeric:
             axes.set_xticks(range(len(order)), order)
         ys = [m for _, m, _ in complete] + [y for _, y in pruned]

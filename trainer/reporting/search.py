@@ -114,12 +114,14 @@ def summary_lines(search: Any, records: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"  best: trial {top.number}, {metric} {top.mean(metric):.4g}{seeds} ({params_text(top.params)})"
         )
-    trained = sum(t.steps_trained for t in trials)
-    planned = sum(t.steps_planned for t in trials)
+    ended = [t for t in trials if t.state in (Status.COMPLETE, Status.PRUNED)]
+    trained = sum(t.steps_trained for t in ended)
+    planned = sum(t.steps_planned for t in ended)
+    pruned = counts.get(Status.PRUNED, 0)
     if settings.prune.kind != "none" and planned:
         lines.append(
-            f"  pruning ({settings.prune.kind}) trained {trained:,} of {planned:,} steps "
-            f"({trained / planned:.0%}); {counts.get(Status.PRUNED, 0)} trials pruned"
+            f"  pruning ({settings.prune.kind}) stopped {pruned} trial{'s' if pruned != 1 else ''}: the "
+            f"{len(ended)} that ended trained {trained:,} of their {planned:,} steps ({trained / planned:.0%})"
         )
     return lines
 

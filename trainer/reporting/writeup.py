@@ -255,8 +255,9 @@ def search_lines(f: ExperimentFindings, images: dict[str, str]) -> list[str]:
         lines += [f"Too few complete trials ({complete}) for Optuna's parameter importances.", ""]
     if s.pruner != "none" and s.steps_planned:
         lines += [
-            f"Pruning ({s.pruner}) trained {s.steps_trained:,} steps of the {s.steps_planned:,} that every "
-            f"trial trained to its end would have taken ({s.steps_trained / s.steps_planned:.0%}).",
+            f"Pruning ({s.pruner}) stopped {s.states.get(Status.PRUNED, 0)} trials: the trials that ended "
+            f"trained {s.steps_trained:,} steps of the {s.steps_planned:,} they would have taken, each "
+            f"trained to its end ({s.steps_trained / s.steps_planned:.0%}).",
             "",
         ]
     return lines

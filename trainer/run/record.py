@@ -216,6 +216,7 @@ def trial_record(run: RunPlan) -> dict[str, Any]:
         "metric": trial.metric,
         "direction": trial.direction,
         "replicates": list(trial.replicates),
+        **({"search": json.loads(trial.search)} if trial.search else {}),
     }
 
 

@@ -15,20 +15,27 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import math
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from trainer.core.errors import UserError
 from trainer.core.status import FINISHED, Status
 from trainer.run import rundir
 from trainer.spec.plan import RunPlan
 from trainer.spec.search import sampler
-from trainer.spec.sweep import Search
+from trainer.spec.sweep import Search, identity
 
 JOURNAL = "study.journal"
 LOCK = ".study.lock"  # held while a trial is looked up or made, so that two sweeps make each once
 TRIAL = "trial"  # the user attribute holding a trial's number in the spec's order of trials
+SEARCH = "search"  # the study's user attribute holding what drew it (trainer.spec.sweep.identity)
+
+
+class StudyChanged(UserError):
+    """The experiment's study (or its runs) were drawn by another search than the spec's."""
 
 
 def _optuna() -> Any:
@@ -76,13 +83,41 @@ def open_study(logdir: Path, experiment: str, search: Search | None = None, crea
         )
 
 
-class Study:
-    """One search's trials, as this sweep runs them."""
+def _differences(before: dict[str, Any], now: dict[str, Any]) -> str:
+    return "; ".join(
+        f"{key} {_shown(before.get(key))} -> {_shown(now.get(key))}"
+        for key in dict.fromkeys([*before, *now])
+        if before.get(key) != now.get(key)
+    )
 
-    def __init__(self, search: Search, logdir: Path):
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+class Study:
+    """One search's trials, as this sweep runs them. `fresh` (a sweep with --force) starts the study
+    over, the old journal kept beside it."""
+
+    def __init__(self, search: Search, logdir: Path, fresh: bool = False):
         self.search = search
         self.logdir = logdir
+        self.identity = identity(search)
+        path = logdir / search.experiment / JOURNAL
+        existed = path.is_file()
+        if existed and fresh:  # --force: the search runs again from its start, its old journal kept
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+            path.rename(path.with_name(f"{JOURNAL}.replaced-{stamp}"))
+        if existed and not fresh:
+            drawn_by = (open_study(logdir, search.experiment).user_attrs or {}).get(SEARCH)
+            if drawn_by is not None and drawn_by != self.identity:
+                raise StudyChanged(self._changed(path, drawn_by))
+        self._check_records()
         self.study = open_study(logdir, search.experiment, search)
+        if not existed or fresh:
+            self.study.set_user_attr(SEARCH, self.identity)
         self.dists = {key: d.optuna() for key, d in search.space.dimensions.items()}
         self.ids: dict[int, int] = {}  # trial number -> Optuna's trial id
         self.runs: dict[str, RunPlan] = {}  # run folder -> run
@@ -97,6 +132,61 @@ class Study:
         self._refresh()
         for run in search.runs:
             self._know(run)
+        if not existed and not fresh:
+            self._rebuild()
+
+    def _changed(self, where: Path, before: dict[str, Any]) -> str:
+        name = self.search.experiment
+        return (
+            f"{where}: the experiment {name} was searched with other settings than its spec's "
+            f"({_differences(before, self.identity)}); its trials cannot join that study. Give the "
+            f"spec a new name (--set name={name}-2), or move {where.parent} away"
+        )
+
+    def _records(self) -> list[dict[str, Any]]:
+        """The experiment's run records that belong to a search."""
+        folder = self.logdir / self.search.experiment
+        found = []
+        for path in sorted(folder.glob(f"*/{rundir.RECORD}")) if folder.is_dir() else []:
+            record = rundir.read_record(path.parent)
+            if record is not None and isinstance(record.get("trial"), dict):
+                found.append(record)
+        return found
+
+    def _check_records(self) -> None:
+        """Runs drawn by another search than this one (merged in, or left from before an edit of
+        the spec) cannot join its study."""
+        for record in self._records():
+            drawn_by = record["trial"].get("search")
+            if drawn_by is not None and drawn_by != self.identity:
+                where = self.logdir / self.search.experiment / record.get("run", "")
+                raise StudyChanged(self._changed(where, drawn_by))
+
+    def _rebuild(self) -> None:
+        """A study begun where runs of its trials are already (a merged folder, a journal that was
+        lost): each trial goes into it from its runs' records, so no trial is drawn or run twice."""
+        by_trial: dict[int, list[dict[str, Any]]] = {}
+        for record in self._records():
+            by_trial.setdefault(record["trial"]["number"], []).append(record)
+        for number, records in sorted(by_trial.items()):
+            if number in self.ids:
+                continue
+            params = record_params(records[0], self.search)
+            if params is None:
+                continue
+            for run in self.search.trial_runs(number, params) if self.search.draws_later else []:
+                self._know(run)
+            if number not in self.replicas:
+                continue
+            self._add_from(number, params)
+
+    def _add_from(self, number: int, params: dict[str, Any]) -> None:
+        optuna = _optuna()
+        states = [self._recorded(f)[0] for f in self.replicas[number]]
+        if all(s in FINISHED for s in states):
+            self._tell(number)
+        else:  # run again by this sweep, which tells the study
+            self._add(number, optuna.trial.TrialState.RUNNING, params=params)
 
     # --- the trials -------------------------------------------------------------------------
 
@@ -124,8 +214,9 @@ class Study:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _optuna_params(self, number: int) -> dict[str, Any]:
-        run = self.runs[self.replicas[number][0]]
-        params = dict(run.trial.params)
+        return self._as_optuna(dict(self.runs[self.replicas[number][0]].trial.params))
+
+    def _as_optuna(self, params: dict[str, Any]) -> dict[str, Any]:
         out = {}
         for key, d in self.search.space.dimensions.items():
             value = params[key]
@@ -140,7 +231,7 @@ class Study:
             self._add(number, optuna.trial.TrialState.RUNNING)
         return optuna.trial.Trial(self.study, self.ids[number])
 
-    def _add(self, number: int, state: Any, value: float | None = None) -> bool:
+    def _add(self, number: int, state: Any, value: float | None = None, params: dict | None = None) -> bool:
         """Put a trial drawn up front into the study, in the given state, unless a sweep beside
         this one did first (then False)."""
         optuna = _optuna()
@@ -151,7 +242,7 @@ class Study:
             made = optuna.trial.create_trial(
                 state=state,
                 value=value,
-                params=self._optuna_params(number),
+                params=self._optuna_params(number) if params is None else self._as_optuna(params),
                 distributions=self.dists,
                 user_attrs={TRIAL: number},
             )
@@ -162,6 +253,8 @@ class Study:
     def trials_so_far(self) -> list[RunPlan]:
         """A TPE search's runs of the trials its study holds already (a sweep before this one drew
         them): those that did not finish run again, with the values drawn then."""
+        if not self.search.draws_later:
+            return []  # drawn up front: the plan has them all
         runs = []
         for trial in self.study.get_trials(deepcopy=False):
             number = trial.user_attrs.get(TRIAL)
@@ -203,8 +296,12 @@ class Study:
 
         with self._locked(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if len(self.study.get_trials(deepcopy=False)) >= self.search.space.trials:
+            drawn = len(self.study.get_trials(deepcopy=False))
+            if drawn >= self.search.space.trials:
                 return []
+            # A sampler seeded by the search's seed and the trial's number: a sweep that starts
+            # again (or one beside this one) draws on from the study, not its first draws again.
+            self.study.sampler = sampler(self.search.settings, (self.search.settings.seed, drawn))
             trial = self.study.ask(self.dists)
             number = trial.number
             trial.set_user_attr(TRIAL, number)
@@ -317,8 +414,8 @@ class Study:
 class Studies:
     """The studies of a sweep's searches, by experiment: what the executors talk to."""
 
-    def __init__(self, searches: dict[str, Search], logdir: Path):
-        self.by_experiment = {name: Study(search, logdir) for name, search in searches.items()}
+    def __init__(self, searches: dict[str, Search], logdir: Path, fresh: bool = False):
+        self.by_experiment = {name: Study(search, logdir, fresh) for name, search in searches.items()}
 
     def __bool__(self) -> bool:
         return bool(self.by_experiment)
@@ -361,3 +458,12 @@ class Studies:
     def left_to_draw(self) -> int:
         """Runs of the trials a TPE search has yet to draw."""
         return sum(study.left_to_draw() for study in self.by_experiment.values())
+
+
+def record_params(record: dict[str, Any], search: Search) -> dict[str, Any] | None:
+    """A trial's drawn values as its run's record keeps them; None where they are not this
+    search's (another space)."""
+    params = (record.get("trial") or {}).get("params") or {}
+    if set(params) != set(search.space.dimensions):
+        return None
+    return dict(params)

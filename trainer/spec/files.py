@@ -79,7 +79,8 @@ class Spec:
     open_sections: set[str] = field(default_factory=set)  # sections whose kind is user code
     report: ReportSettings = ReportSettings()  # how `report` groups and ranks the runs
     space: dict[str, Distribution] = field(default_factory=dict)  # swept keys drawn from a distribution
-    search: SearchSettings | None = None  # the `search:` section, where there is one
+    search: SearchSettings | None = None  # the `search:` section, where there is one (and it is valid)
+    search_given: bool = False  # the spec has a `search:` section
     order: list[str] = field(default_factory=list)  # the swept keys, lists and distributions, as written
     problems: list[str] = field(default_factory=list)  # found while reading; reported with the runs'
 
@@ -194,12 +195,17 @@ def parse_overrides(
         except SpecError as exc:
             problems.extend(exc.problems)
             continue
-        problem = check_key(Config, key, open_sections)
+        problem = None if spec_level(key) else check_key(Config, key, open_sections)
         if problem:
             problems.append(f"--set {text}: {problem}")
             continue
         overrides.append(Override(text, key, value))
     return overrides, problems
+
+
+def spec_level(key: str) -> bool:
+    """Whether a --set key is under the search: section (checked when that section is read)."""
+    return key == "search" or key.startswith("search.")
 
 
 def put(tree: dict[str, Any], key: str, value: Any) -> str | None:
@@ -249,11 +255,15 @@ def load_spec(path: str, overrides: Sequence[str | Override] = (), data: Any = N
         _read_sweep(data.get("sweep"), lines, path, problems, open_sections, space) if "sweep" in data else {}
     )
     report = _read_report(data.get("report", {}), lines, path, problems, open_sections)
-    search = _read_search(data["search"], lines, path, problems) if "search" in data else None
     texts = [o for o in overrides if isinstance(o, str)]
     parsed, override_problems = parse_overrides(texts, open_sections)
     problems.extend(override_problems)
     parsed += [o for o in overrides if isinstance(o, Override)]
+    searching = [o for o in parsed if spec_level(o.key)]  # --set search.trials=100
+    parsed = [o for o in parsed if not spec_level(o.key)]
+    search = None
+    if "search" in data or searching:
+        search = _read_search(data.get("search", {}), lines, path, problems, searching)
     spec = Spec(
         path=path,
         folder=folder,
@@ -265,6 +275,7 @@ def load_spec(path: str, overrides: Sequence[str | Override] = (), data: Any = N
         report=report,
         space=space,
         search=search,
+        search_given="search" in data,
         order=[k for k in (data.get("sweep") or {}) if k in sweep or k in space]
         if isinstance(data.get("sweep"), dict)
         else [],
@@ -285,14 +296,32 @@ def _swept_order(written: Any, sweep: dict[str, list[Any]]) -> list[str]:
     return [k for k in order if k in sweep] + [k for k in sweep if k not in order]
 
 
-def _read_search(raw: Any, lines: dict[str, int], path: str, problems: list[str]) -> SearchSettings | None:
-    """The spec's `search:` section: how configurations are drawn and runs pruned."""
+def _read_search(
+    raw: Any, lines: dict[str, int], path: str, problems: list[str], overrides: Sequence[Override] = ()
+) -> SearchSettings | None:
+    """The spec's `search:` section, with --set search.KEY=VALUE put in: how configurations are
+    drawn and runs pruned."""
+    raw = copy.deepcopy(raw) if isinstance(raw, dict) else raw
+    origins = {}
+    for o in overrides:
+        if o.key == "search":
+            raw = copy.deepcopy(o.value)
+            origins["search"] = o.origin
+            continue
+        if not isinstance(raw, dict):
+            break
+        if isinstance(raw.get("prune"), str) and o.key.startswith("search.prune."):
+            raw["prune"] = {"kind": raw["prune"]}
+        problem = put(raw, o.key.partition(".")[2], copy.deepcopy(o.value))
+        if problem:
+            problems.append(f"{o.origin}: {problem}")
+        origins[o.key] = o.origin
     try:
         return read_search(raw)
     except Invalid as invalid:
-        problems.extend(
-            f"{_at(path, lines, key, 'search')}: {key}: {message}" for key, message in invalid.problems
-        )
+        for key, message in invalid.problems:
+            where = next((origins[k] for k in (key, parent_key(key), "search") if k in origins), None)
+            problems.append(f"{where or _at(path, lines, key, 'search')}: {key}: {message}")
         return None
 
 
@@ -324,6 +353,11 @@ def _read_sweep(
         problem = check_key(Config, key, open_sections)
         if problem:
             problems.append(f"{at}: {problem}")
+            continue
+        if is_distribution(values) and (key.endswith(".kind") or key in FAMILIES) and "choice" not in values:
+            problems.append(
+                f"{at}: a kind is chosen, not drawn from a range; list the kinds, or give {{choice: [...]}}"
+            )
             continue
         if is_distribution(values):
             try:

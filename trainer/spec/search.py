@@ -11,13 +11,14 @@ run starts, and run like a grid's runs; TPE draws each trial from the results so
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from trainer.core.strict import Invalid, at_least, build, setting, show, suggest
-from trainer.spec.schema import RANK_METRIC, SEED, rank_metric
+from trainer.core.strict import Invalid, at_least, below, build, setting, show, suggest
+from trainer.spec.schema import RANK_METRIC, rank_metric
 
 METHODS = ("grid", "random", "sobol", "tpe")
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
@@ -50,7 +51,12 @@ class SearchSettings:
     trials: int | None = setting(
         None, at_least(1), doc="configurations to draw (grid: all of them); each runs once per replicate"
     )
-    seed: int = setting(0, SEED, doc="the sampler's seed: the same spec draws the same trials")
+    seed: int = setting(
+        0,
+        at_least(0),
+        below(2**32),
+        doc="the sampler's seed (0 to 2**32 - 1): the same spec draws the same trials",
+    )
     metric: str | None = setting(
         None,
         rank_metric,
@@ -142,6 +148,12 @@ def distribution(value: dict[str, Any]) -> Distribution:
     if kind == "choice":
         if not isinstance(bounds, list) or not bounds:
             raise Invalid([(kind, f"must be a non-empty list of values, got {show(bounds)}")])
+        seen: set[str] = set()
+        for value in bounds:
+            text = json.dumps(value, sort_keys=True, default=str)
+            if text in seen:
+                raise Invalid([(kind, f"{show(value)} is listed twice; each value is one choice")])
+            seen.add(text)
         return Distribution(kind, choices=tuple(bounds))
     if (
         not isinstance(bounds, list)
@@ -163,11 +175,39 @@ def distribution(value: dict[str, Any]) -> Distribution:
     return Distribution(kind, float(low), float(high), kind == "loguniform")
 
 
+# The settings of each pruner beside its kind and min_steps.
+PRUNER_SETTINGS = {"median": ("startup_trials",), "asha": ("reduction_factor",), "none": ()}
+
+
 def read_search(raw: Any) -> SearchSettings:
-    """The `search:` section; `prune` may be written as its kind alone (prune: asha)."""
+    """The `search:` section; `prune` may be written as its kind alone (prune: asha). A pruner's
+    settings are its own: median takes startup_trials, asha reduction_factor."""
     if isinstance(raw, dict) and isinstance(raw.get("prune"), str):
         raw = {**raw, "prune": {"kind": raw["prune"]}}
-    return build(SearchSettings, raw, "search")
+    settings = build(SearchSettings, raw, "search")
+    given = raw.get("prune") if isinstance(raw, dict) else None
+    if isinstance(given, dict) and given:
+        if "kind" not in given:
+            raise Invalid([("search.prune.kind", "missing; give none, median or asha")])
+        kind = settings.prune.kind
+        problems = [
+            (
+                f"search.prune.{key}",
+                f"is a setting of {other}, and search.prune.kind is {kind}",
+            )
+            for key in given
+            for other, keys in PRUNER_SETTINGS.items()
+            if key in keys and other != kind
+        ]
+        if kind == "none":
+            problems += [
+                (f"search.prune.{k}", "is a setting of a pruner, and search.prune.kind is none")
+                for k in given
+                if k == "min_steps"
+            ]
+        if problems:
+            raise Invalid(problems)
+    return settings
 
 
 @dataclass(frozen=True)
@@ -195,8 +235,9 @@ class Space:
         return out
 
 
-def sampler(settings: SearchSettings) -> Any:
-    """Optuna's sampler for a method (grid draws nothing: it enumerates)."""
+def sampler(settings: SearchSettings, draw: tuple[int, int] | None = None) -> Any:
+    """Optuna's sampler for a method (grid draws nothing: it enumerates). `draw` (the seed and the
+    trial's number) seeds a TPE sampler for that one draw."""
     import optuna
 
     with warnings.catch_warnings():
@@ -206,7 +247,8 @@ def sampler(settings: SearchSettings) -> Any:
         if settings.method == "tpe":
             # Trials still running count as if they had the worst value seen: parallel workers
             # then spread out instead of drawing the same point.
-            return optuna.samplers.TPESampler(seed=settings.seed, constant_liar=True)
+            seed = settings.seed if draw is None else (draw[0] * 1_000_003 + draw[1]) % 2**32
+            return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
         return optuna.samplers.RandomSampler(seed=settings.seed)
 
 

@@ -16,7 +16,7 @@ from trainer.kinds import data, losses, metrics, models
 from trainer.kinds import registry as kinds
 from trainer.kinds.models import LinearModel
 from trainer.spec.apart import Apart
-from trainer.spec.files import MAPPING, Spec, combine, load_spec, parent_key, parse_overrides
+from trainer.spec.files import MAPPING, Spec, combine, load_spec, parent_key, parse_overrides, spec_level
 from trainer.spec.names import run_name
 from trainer.spec.plan import DISTANCE, RunPlan, Trial
 from trainer.spec.probe import inspect_apart, probe_apart, width_problem
@@ -65,7 +65,11 @@ def plan(paths: list[Any], overrides: list[str] = (), allow_large: bool = False)
             problems.extend(exc.problems)
     # A --set key under a section with kinds is known once the specs say which sections are user code.
     opened = set().union(*(spec.open_sections for spec in loaded))
-    bad = [(o, problem) for o in parsed if (problem := check_key(Config, o.key, opened)) is not None]
+    bad = [
+        (o, problem)
+        for o in parsed
+        if not spec_level(o.key) and (problem := check_key(Config, o.key, opened)) is not None
+    ]
     if bad:
         raise SpecError([f"--set {o.text}: {problem}" for o, problem in bad])
     with Apart() as apart:  # the user code that planning calls runs there
@@ -87,8 +91,10 @@ def _planned(loaded: list[Spec], problems: list[str], allow_large: bool, apart: 
                 problems.append(_same_name(spec, other))
                 continue
         try:
-            if spec.search is not None or spec.space:
-                search = searched(spec, apart)
+            if spec.search is not None or spec.space or spec.search_given:
+                if spec.problems:
+                    continue  # a search's own settings are wrong: what follows from them would be noise
+                search = searched(spec, apart, allow_large)
                 searches[search.experiment] = search
                 runs.extend(search.runs)
             else:
@@ -204,6 +210,8 @@ def _locate(spec: Spec, key: str, indices: dict[str, int] | None = None) -> str:
     while probe:
         if probe in origins:
             return origins[probe]
+        if probe in spec.space:
+            return spec.where(f"sweep.{probe}")
         if probe in spec.sweep:
             if indices is None or probe not in indices:
                 return spec.where(f"sweep.{probe}")
@@ -493,6 +501,22 @@ def searched(spec: Spec, apart: Apart | None, allow_large: bool = False) -> Sear
             f"leave search.trials out, or draw them with search.method random, sobol or tpe"
         )
     replicates = {k: spec.sweep[k] for k in keys if k in spec.sweep}
+    if settings.replicates is not None:
+        problems += [
+            f"{spec.where('search.replicates')}: search.replicates[{i}]: {key} is not swept; list its "
+            f"values under sweep: to repeat every trial over them"
+            for i, key in enumerate(settings.replicates)
+            if key not in spec.sweep
+            and key not in spec.space
+            and check_key(Config, key, spec.open_sections) is None
+        ]
+    # A swept key pinned would draw (or number, or average) the trials otherwise than the study did.
+    problems += [
+        f"{o.origin}: {o.key} is swept by the spec's {method} search; a search with it fixed is "
+        f"another search: write the value into the spec, out of sweep:, under a new name"
+        for o in spec.overrides
+        if o.key in spec.order
+    ]
     problems += [
         f"{spec.where(f'sweep.{k}')}: sweep.{k}: is a replicate (search.replicates), whose values every "
         f"trial runs with; give it a list, not a distribution"
@@ -534,6 +558,9 @@ def searched(spec: Spec, apart: Apart | None, allow_large: bool = False) -> Sear
     elif method == "tpe":
         search.probes = [run for corner in _corners(space) for run in _trial_runs(search, -1, corner, apart)]
     else:
+        # Every value a range holds must make a valid run, whatever the draws: its ends are tried.
+        for corner in _corners(space):
+            _trial_runs(search, -1, corner, apart)
         draws = draw(space)
         found: list[str] = []
         for number, params in enumerate(draws):
@@ -565,6 +592,18 @@ def _trial(search: Search, run: RunPlan, number: int, params: dict[str, Any]) ->
     search.metric, search.direction = metric, way
     tag = DISTANCE if metric == "final/weight_distance" else eval_tag(metric)
     key = "search.metric" if search.settings.metric else "report.metric"
+    name = metric.rpartition("/")[2]
+    natural = {"loss": "minimize", "mae": "minimize", "rmse": "minimize", "weight_distance": "minimize"}
+    natural["accuracy"] = "maximize"
+    if search.settings.direction is not None and natural.get(name, way) != way:
+        raise Invalid(
+            [
+                (
+                    "search.direction",
+                    f"{way}, but {metric} is better {'higher' if natural[name] == 'maximize' else 'lower'}",
+                )
+            ]
+        )
     if tag == DISTANCE and not run.has_truth:
         raise Invalid(
             [
@@ -597,6 +636,16 @@ def _trial(search: Search, run: RunPlan, number: int, params: dict[str, Any]) ->
     reports = tag if search.pruning else None
     settings = search.settings
     verdicts = verdict_steps(settings.prune, run.steps, run.config.eval.every) if search.pruning else ()
+    if search.pruning and not verdicts:
+        raise Invalid(
+            [
+                (
+                    "search.prune.min_steps",
+                    f"{settings.prune.min_steps} is at or past the runs' last evaluation before their end "
+                    f"({run.steps} steps, evaluated every {run.config.eval.every}): no run would be pruned",
+                )
+            ]
+        )
     trial = Trial(
         number,
         tuple(params.items()),
@@ -608,8 +657,30 @@ def _trial(search: Search, run: RunPlan, number: int, params: dict[str, Any]) ->
         way,
         tuple(search.space.replicates),
         verdicts,
+        json.dumps(identity(search), sort_keys=True),
     )
     return dataclasses.replace(run, trial=trial)
+
+
+def identity(search: Search) -> dict[str, Any]:
+    """What decides a search's trials and verdicts: a study drawn otherwise is another study. Its
+    number of trials is not part of it: more trials go on drawing where the study stopped."""
+    settings = search.settings
+    prune = settings.prune
+    pruner = {"kind": "none"}
+    if prune.kind == "median":
+        pruner = {"kind": "median", "min_steps": prune.min_steps, "startup_trials": prune.startup_trials}
+    elif prune.kind == "asha":
+        pruner = {"kind": "asha", "min_steps": prune.min_steps, "reduction_factor": prune.reduction_factor}
+    return {
+        "method": settings.method,
+        "seed": settings.seed,
+        "metric": search.metric,
+        "direction": search.direction,
+        "prune": pruner,
+        "space": {key: d.text() for key, d in search.space.dimensions.items()},
+        "replicates": list(search.space.replicates),
+    }
 
 
 def verdict_steps(prune: Any, steps: int, every: int) -> tuple[int, ...]:
@@ -660,6 +731,10 @@ def _corners(space: Space) -> list[dict[str, Any]]:
     return corners
 
 
+def _numeric(search: Search) -> set[str]:
+    return {k for k, d in search.space.dimensions.items() if d.numeric}
+
+
 def _short(value: Any) -> Any:
     """A drawn number as a run's name shows it: three significant digits."""
     if isinstance(value, float):
@@ -688,7 +763,17 @@ def _trial_runs(search: Search, number: int, params: dict[str, Any], apart: Apar
         except Invalid as invalid:
             for key, message in invalid.problems:
                 where = _locate(spec, key, indices)
-                problems[f"{where}: {key}: {message} (trial {format_values(tuple(params.items()))})"] = None
+                if key.startswith(("search.", "report.")):  # the same for every trial
+                    problems[f"{spec.where(key)}: {key}: {message}"] = None
+                elif number < 0:
+                    ends = ", ".join(
+                        f"{k}: {json.dumps(v)}" for k, v in params.items() if k in _numeric(search)
+                    )
+                    problems[f"{where}: {key}: {message} (at an end of the searched ranges: {ends})"] = None
+                else:
+                    problems[f"{where}: {key}: {message} (trial {format_values(tuple(params.items()))})"] = (
+                        None
+                    )
     if problems:
         raise SpecError(list(problems))
     return runs

@@ -233,6 +233,8 @@ def train_group(
             captured.append(
                 (step, time.time(), histogram, [params[i] for i in order] + [grads[i] for i in order])
             )
+        # A run pruned at this step ends with the weights it was judged by, as under the loop engine.
+        before = params if step in verdicts else None
         params = optimizer.step(params, grads, lr_steps_32[step], lr_steps[step])
         if (step + 1) % chunk and step + 1 != steps and step not in verdicts:
             continue
@@ -258,6 +260,8 @@ def train_group(
             run = alive[i]
             if bad[run] is not None:
                 ended[run] = Ended(Status.DIVERGED, bad[run], [p[i] for p in params])
+            elif run in pruned and before is not None and pruned[run] == step:
+                ended[run] = Ended(Status.PRUNED, step - 1, [p[i] for p in before])
             elif run in pruned:
                 ended[run] = Ended(Status.PRUNED, step, [p[i] for p in params])
             else:

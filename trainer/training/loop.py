@@ -296,7 +296,7 @@ def conclude(
         {
             "final/diverged": status == Status.DIVERGED,
             "diverged_step": last if status == Status.DIVERGED else None,
-            "final/stopped_step": stopped[0] if stopped is not None and status != Status.PRUNED else None,
+            "final/stopped_step": stopped[0] if stopped is not None else None,
         }
     )
     if run.trial is not None and run.trial.reports is not None:  # HParams columns of a pruned search

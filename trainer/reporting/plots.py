@@ -222,9 +222,11 @@ def search(found: ExperimentFindings, path: Path) -> Path | None:
             )
         values = [v for v, *_ in complete + pruned]
         if numeric and s.space[key].get("log"):
-            # Plain labels at 1, 2 and 5 of each decade: a range narrower than a decade has some too.
+            # Plain labels at each decade; at 1, 2 and 5 of each where the range spans little more than one.
             axes.set_xscale("log")
-            axes.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            low, high = s.space[key].get("low"), s.space[key].get("high")
+            wide = bool(low and high and low > 0 and math.log10(high / low) > 1.5)
+            axes.xaxis.set_major_locator(LogLocator(subs=(1.0,) if wide else (1.0, 2.0, 5.0)))
             axes.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             axes.xaxis.set_minor_formatter(NullFormatter())
         elif numeric and values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):

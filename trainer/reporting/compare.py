@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.core.status import Status
-from trainer.reporting.findings import DEFAULT_REPLICATES, SKIPPED, settings_of, shown, stats
+from trainer.reporting.findings import DEFAULT_REPLICATES, SKIPPED, settings_of, shown, stats, trial_label
 from trainer.reporting.tables import code_column
 from trainer.spec.names import BASE_RUN, labels
 
@@ -104,13 +104,18 @@ def _groups(found: list[dict[str, Any]], experiment: str | None) -> dict[tuple[s
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for name, runs in by_experiment.items():
         replicates = tuple(settings_of(runs).get("replicates") or DEFAULT_REPLICATES)
+        trial = next((r["trial"] for r in runs if isinstance(r.get("trial"), dict)), None)
+        if trial is not None:  # a search: repeated over its own replicates
+            replicates = tuple(trial.get("replicates") or replicates)
         swept = list(dict.fromkeys(k for r in runs for k in r.get("swept") or {} if k not in replicates))
         short = labels(swept)
         for record in runs:
             hparams = {k: v for k, v in (record.get("hparams") or {}).items() if k not in replicates}
             key = (name, json.dumps(hparams, sort_keys=True))
             settings = {k: shown(v) for k, v in (record.get("swept") or {}).items() if k in swept}
-            label = ",".join(f"{short[k]}={v}" for k, v in settings.items()) or BASE_RUN
+            label = (
+                trial_label(record) or ",".join(f"{short[k]}={v}" for k, v in settings.items()) or BASE_RUN
+            )
             out.setdefault(key, {"label": label, "runs": []})["runs"].append(record)
     return out
 
@@ -143,7 +148,8 @@ def compare_lines(
         writer.writerows(found)
         return out.getvalue().splitlines()
     metrics = list(dict.fromkeys(r["metric"] for r in found))
-    chosen = metric or ("final/val/loss" if "final/val/loss" in metrics else "final/train/loss")
+    searched = _search_metric(a, b, experiment)
+    chosen = metric or searched or ("final/val/loss" if "final/val/loss" in metrics else "final/train/loss")
     if chosen not in metrics:
         raise UserError(
             f"--metric {chosen}: no run of either folder records it; they record {', '.join(metrics)}"
@@ -179,6 +185,19 @@ def compare_lines(
         if only[side]:
             lines.append(f"only in {folder}: " + ", ".join(only[side]))
     return lines
+
+
+def _search_metric(a: Path, b: Path, experiment: str | None) -> str | None:
+    """The metric a compared experiment's search optimized, where it is one search's."""
+    from trainer.reporting.index import records
+
+    found = {
+        (r.get("trial") or {}).get("metric")
+        for folder in (a, b)
+        for r in records(folder)
+        if experiment is None or r.get("experiment") == experiment
+    }
+    return found.pop() if len(found) == 1 and None not in found else None
 
 
 def _mean(mean: float, std: float) -> str:

@@ -336,6 +336,18 @@ def floors(complete: list[dict[str, Any]]) -> dict[str, float]:
     return {tag: RESOLUTION * size for tag, size in largest.items()}
 
 
+def trial_label(record: dict[str, Any]) -> str | None:
+    """A search's trial as its runs are named, without their replicates: 'trial=007,lr=0.0123';
+    None for a run of no search."""
+    trial = record.get("trial")
+    if not isinstance(trial, dict) or not isinstance(trial.get("number"), int):
+        return None
+    replicates = {key.rpartition(".")[2] for key in trial.get("replicates") or ()}
+    parts = [p for p in str(record.get("run", "")).split(",") if p.partition("=")[0] not in replicates]
+    label = ",".join(parts)
+    return label if label.startswith("trial=") else f"trial={trial['number']:03d}," + label
+
+
 def _group(
     runs: list[dict[str, Any]], swept: list[str], short: dict[str, str], floor: dict[str, float]
 ) -> Group:
@@ -347,14 +359,7 @@ def _group(
         if (number := _value((first.get("hparams") or {}).get(k))) is not None
         and not isinstance((first.get("hparams") or {}).get(k), bool)
     }
-    label = ",".join(f"{short[k]}={v}" for k, v in settings.items()) or BASE_RUN
-    trial = first.get("trial")
-    if isinstance(trial, dict) and isinstance(
-        trial.get("number"), int
-    ):  # a search's trial: as its runs are named
-        label = str(first.get("run", "")).rpartition(",seed=")[0] or label
-        if not label.startswith("trial="):
-            label = f"trial={trial['number']}," + label
+    label = trial_label(first) or ",".join(f"{short[k]}={v}" for k, v in settings.items()) or BASE_RUN
     counts: dict[str, int] = {}
     for run in runs:
         counts[run.get("status", "?")] = counts.get(run.get("status", "?"), 0) + 1

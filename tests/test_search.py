@@ -700,3 +700,10 @@ def test_a_merged_search_rebuilds_its_study_from_the_runs(tmp_path):
     assert sorted(t.user_attrs["trial"] for t in trials) == list(range(6))
     assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 6
     assert "(2 run now, 4 already done)" in out
+
+
+def test_run_of_a_search_spec_says_to_sweep(tmp_path):
+    spec = small(tmp_path, "random", trials=3)
+    code, out, err = trainer(tmp_path, "run", spec, "--logdir", "logs")
+    assert code == 2 and "searches (random, 3 trials); 'run' runs one configuration: use 'sweep'" in err
+    assert not (tmp_path / "logs").exists()

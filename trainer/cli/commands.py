@@ -164,6 +164,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     runs = _plan(args)
+    for search in getattr(runs, "searches", {}).values():
+        raise UserError(
+            f"{search.spec.path}: searches ({search.settings.method}, {search.space.trials} trials); 'run' "
+            f"runs one configuration: use 'sweep', or write the configuration out under another name"
+        )
     if len(runs) != 1:
         keys = ", ".join(dict.fromkeys(k for r in runs for k in r.swept_keys))
         raise UserError(

@@ -678,8 +678,15 @@ SEARCH_PROBLEM = {
 SEARCH_METRIC = "final/train/loss"
 SEARCH_TRIALS = 200
 DRIVER_TRIALS = 100
-# ASHA's (min_steps, reduction_factor) besides the measured one: how late its first rung must lie.
-ASHA_SETTINGS = ((250, 2), (300, 3), (400, 2))
+# Pruners besides the measured ASHA, (kind, min_steps, reduction_factor): how late ASHA's first rung
+# must lie, and Hyperband, which runs halvings from several first rungs at once.
+PRUNE_SETTINGS = (
+    ("asha", 250, 2),
+    ("asha", 300, 3),
+    ("asha", 400, 2),
+    ("hyperband", 100, 3),
+    ("hyperband", 100, 2),
+)
 
 
 def search_spec(scratch: Path, name: str, trials: int, prune: dict, sweep: dict) -> Path:
@@ -804,21 +811,17 @@ def measure_search(repeats: int, scratch: Path) -> dict[str, object]:
         shutil.rmtree(f, ignore_errors=True)
     pruning["asha / none, steps"] = pruning["asha"]["steps trained"] / pruning["none"]["steps trained"]
     pruning["asha / none, seconds, paired"] = paired_ratio(times, "asha", "none")
-    # Where the first rung lies decides what ASHA keeps: one sweep of each setting, the same trials.
+    # Where the first rung lies decides what ASHA keeps; Hyperband hedges over several: one sweep of
+    # each setting, the same trials.
     pruning["rungs"] = []
-    for min_steps, factor in ASHA_SETTINGS:
-        name = f"rungs-{min_steps}-{factor}"
-        spec = search_spec(
-            scratch,
-            name,
-            SEARCH_TRIALS,
-            {"kind": "asha", "min_steps": min_steps, "reduction_factor": factor},
-            space,
-        )
+    for kind, min_steps, factor in PRUNE_SETTINGS:
+        name = f"rungs-{kind}-{min_steps}-{factor}"
+        prune = {"kind": kind, "min_steps": min_steps, "reduction_factor": factor}
+        spec = search_spec(scratch, name, SEARCH_TRIALS, prune, space)
         logdir = scratch / name
         timed_sweep([str(spec)], logdir, workers)
         outcome = search_outcome(logdir)
-        pruning["rungs"].append({"min_steps": min_steps, "reduction_factor": factor, **outcome})
+        pruning["rungs"].append({**prune, **outcome})
         shutil.rmtree(logdir, ignore_errors=True)
 
     # The driver: the rates a search draws, then a grid of exactly those rates.

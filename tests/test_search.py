@@ -383,7 +383,7 @@ RANDOM = "search: {method: random, trials: 3}\n"
         ),
         ("search: {method: rnadom, trials: 3}\n", "[0.1]", "[0]", "'random'"),
         (
-            "search: {method: random, trials: 3, prune: hyperband}\n",
+            "search: {method: random, trials: 3, prune: hyperbnad}\n",
             "[0.1]",
             "[0]",
             "bad.yaml:3: search.prune.kind: ",
@@ -707,3 +707,26 @@ def test_run_of_a_search_spec_says_to_sweep(tmp_path):
     code, out, err = trainer(tmp_path, "run", spec, "--logdir", "logs")
     assert code == 2 and "searches (random, 3 trials); 'run' runs one configuration: use 'sweep'" in err
     assert not (tmp_path / "logs").exists()
+
+
+def test_hyperband_prunes_from_several_first_rungs(tmp_path):
+    spec = small(
+        tmp_path,
+        "random",
+        trials=16,
+        steps=800,
+        prune="{kind: hyperband, min_steps: 100, reduction_factor: 2}",
+    )
+    api.sweep(spec, tmp_path / "logs", workers=0, quiet=True)
+    recorded = records(tmp_path / "logs", "small")
+    pruned = [r for r in recorded.values() if r["status"] == "pruned"]
+    assert pruned and any(r["status"] == "complete" for r in recorded.values())
+    # One program: its chunks end at every evaluation a verdict may come at, the last one at none.
+    assert {json.dumps(r["engine"]) for r in recorded.values()} == {
+        json.dumps({"name": "batched", "runs": 16})
+    }
+    for record in pruned:  # judged at an evaluation from min_steps on, before that step's update
+        step = record["stopped"]["step"]
+        assert step >= 100 and step % 50 == 0 and record["steps_done"] == step
+    states = {t.user_attrs["trial"]: t.state.name for t in study(tmp_path / "logs", "small").get_trials()}
+    assert states == {r["trial"]["number"]: r["status"].upper() for r in recorded.values()}

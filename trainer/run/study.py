@@ -56,6 +56,13 @@ def pruner(search: Search) -> Any:
         return optuna.pruners.SuccessiveHalvingPruner(
             min_resource=prune.min_steps, reduction_factor=prune.reduction_factor
         )
+    if prune.kind == "hyperband":
+        steps = max((r.steps for r in [*search.runs, *search.probes]), default=None)
+        return optuna.pruners.HyperbandPruner(
+            min_resource=prune.min_steps,
+            max_resource=steps if steps is not None else "auto",
+            reduction_factor=prune.reduction_factor,
+        )
     return optuna.pruners.NopPruner()
 
 

@@ -30,8 +30,10 @@ MAX_TRIALS = 10_000
 class Prune:
     """Stop runs whose evaluations are behind the other trials' at the same step."""
 
-    kind: Literal["none", "median", "asha"] = setting(
-        "none", doc="none; median (Optuna's MedianPruner); asha (asynchronous successive halving)"
+    kind: Literal["none", "median", "asha", "hyperband"] = setting(
+        "none",
+        doc="none; median (Optuna's MedianPruner); asha (asynchronous successive halving); hyperband "
+        "(several halvings at once, from later first rungs too)",
     )
     min_steps: int = setting(
         100, at_least(1), doc="steps every trial trains before it may be pruned (asha: the first rung)"
@@ -176,7 +178,12 @@ def distribution(value: dict[str, Any]) -> Distribution:
 
 
 # The settings of each pruner beside its kind and min_steps.
-PRUNER_SETTINGS = {"median": ("startup_trials",), "asha": ("reduction_factor",), "none": ()}
+PRUNER_SETTINGS = {
+    "median": ("startup_trials",),
+    "asha": ("reduction_factor",),
+    "hyperband": ("reduction_factor",),
+    "none": (),
+}
 
 
 def read_search(raw: Any) -> SearchSettings:
@@ -197,7 +204,7 @@ def read_search(raw: Any) -> SearchSettings:
             )
             for key in given
             for other, keys in PRUNER_SETTINGS.items()
-            if key in keys and other != kind
+            if key in keys and key not in PRUNER_SETTINGS[kind] and other != kind
         ]
         if kind == "none":
             problems += [

@@ -670,8 +670,12 @@ def identity(search: Search) -> dict[str, Any]:
     pruner = {"kind": "none"}
     if prune.kind == "median":
         pruner = {"kind": "median", "min_steps": prune.min_steps, "startup_trials": prune.startup_trials}
-    elif prune.kind == "asha":
-        pruner = {"kind": "asha", "min_steps": prune.min_steps, "reduction_factor": prune.reduction_factor}
+    elif prune.kind in ("asha", "hyperband"):
+        pruner = {
+            "kind": prune.kind,
+            "min_steps": prune.min_steps,
+            "reduction_factor": prune.reduction_factor,
+        }
     return {
         "method": settings.method,
         "seed": settings.seed,
@@ -688,7 +692,7 @@ def verdict_steps(prune: Any, steps: int, every: int) -> tuple[int, ...]:
     on; for asha the first at or past each rung (min_steps, times reduction_factor, times it again,
     ... below the run's end)."""
     evaluations = range(0, steps, every)
-    if prune.kind == "median":
+    if prune.kind in ("median", "hyperband"):  # hyperband's brackets have rungs of their own
         return tuple(s for s in evaluations if s >= prune.min_steps)
     rungs, rung = [], prune.min_steps
     while rung < steps:

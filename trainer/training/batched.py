@@ -355,7 +355,9 @@ def _hand_over(
         marked = int(flags.sum())
         if marked:
             histograms = layout.histograms(values[:, flags].reshape(runs * marked, 2 * total))
-    bad = first_diverged(host_losses, first, eval_steps, eval_values[:, :, 0])
+    # A chunk may hold no evaluation (the last one, after a chunk that ended at a pruner's verdict).
+    eval_losses = eval_values[:, :, 0] if eval_values.shape[2] else np.zeros((runs, 0))
+    bad = first_diverged(host_losses, first, eval_steps, eval_losses)
     last = np.where(bad == NO_STEP, first + host_losses.shape[1] - 1, bad)
     for i, run in enumerate(alive):
         kept = int(np.searchsorted(eval_steps, last[i], side="right"))

@@ -36,9 +36,13 @@ class Prune:
         "(several halvings at once, from later first rungs too)",
     )
     min_steps: int = setting(
-        100, at_least(1), doc="steps every trial trains before it may be pruned (asha: the first rung)"
+        100,
+        at_least(1),
+        doc="steps every trial trains before it may be pruned (asha: the first rung; hyperband: the earliest)",
     )
-    reduction_factor: int = setting(3, at_least(2), doc="asha: one trial in this many goes on at each rung")
+    reduction_factor: int = setting(
+        3, at_least(2), doc="asha and hyperband: one trial in this many goes on at each rung"
+    )
     startup_trials: int = setting(5, at_least(0), doc="median: trials that complete before any is pruned")
 
 

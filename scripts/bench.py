@@ -684,7 +684,6 @@ PRUNE_SETTINGS = (
     ("asha", 250, 2),
     ("asha", 300, 3),
     ("asha", 400, 2),
-    ("hyperband", 100, 3),
     ("hyperband", 100, 2),
 )
 
@@ -768,7 +767,11 @@ def measure_search(repeats: int, scratch: Path) -> dict[str, object]:
         "train.batch_size": [1, 5, "full"],
         "train.seed": [0, 1],
     }
-    prunes = {"asha": {"kind": "asha", "min_steps": 100, "reduction_factor": 3}, "none": {"kind": "none"}}
+    prunes = {
+        "asha": {"kind": "asha", "min_steps": 100, "reduction_factor": 3},
+        "hyperband": {"kind": "hyperband", "min_steps": 100, "reduction_factor": 3},
+        "none": {"kind": "none"},
+    }
     folders: dict[str, list[Path]] = {k: [] for k in prunes}
     times = interleaved(
         {
@@ -784,7 +787,7 @@ def measure_search(repeats: int, scratch: Path) -> dict[str, object]:
         repeats,
     )
     pruning: dict[str, object] = {"trials": SEARCH_TRIALS, "workers": workers, "repeats": repeats}
-    for k in ("none", "asha"):
+    for k in ("none", "asha", "hyperband"):
         outcomes = [search_outcome(f) for f in folders[k][1:]]  # the timed sweeps', not the warm-up's
         middle = sorted(outcomes, key=lambda o: o["best mean"])[len(outcomes) // 2]
         pruning[k] = {
@@ -809,8 +812,9 @@ def measure_search(repeats: int, scratch: Path) -> dict[str, object]:
     ]
     for f in (*folders["none"], *folders["asha"]):
         shutil.rmtree(f, ignore_errors=True)
-    pruning["asha / none, steps"] = pruning["asha"]["steps trained"] / pruning["none"]["steps trained"]
-    pruning["asha / none, seconds, paired"] = paired_ratio(times, "asha", "none")
+    for k in ("asha", "hyperband"):
+        pruning[f"{k} / none, steps"] = pruning[k]["steps trained"] / pruning["none"]["steps trained"]
+        pruning[f"{k} / none, seconds, paired"] = paired_ratio(times, k, "none")
     # Where the first rung lies decides what ASHA keeps; Hyperband hedges over several: one sweep of
     # each setting, the same trials.
     pruning["rungs"] = []
@@ -866,27 +870,29 @@ def measure_search(repeats: int, scratch: Path) -> dict[str, object]:
 def _search_lines(results: dict) -> list[str]:
     pruning, driver = results["search"]["pruning"], results["search"]["driver"]
     asha, none = pruning["asha"], pruning["none"]
+    pruners = (("asha", asha), ("hyperband", pruning["hyperband"]), ("none", none))
     lines = [
         "",
         f"random search, {pruning['trials']} trials x 2 seeds ({none['runs']} runs of the notebook's problem, "
         f"1000 steps, evaluated every 50), {pruning['workers']} workers, median of {pruning['repeats']} sweeps",
-        f"  {'prune':6} {'seconds':>8} {'runs phase s':>13} {'steps trained':>14} {'of planned':>11} "
+        f"  {'prune':9} {'seconds':>8} {'runs phase s':>13} {'steps trained':>14} {'of planned':>11} "
         f"{'runs pruned':>12} {'best trial':>11} {SEARCH_METRIC + ' (± seeds std)':>34}",
     ]
-    for name, s in (("asha", asha), ("none", none)):
+    for name, s in pruners:
         lines.append(
-            f"  {name:6} {s['seconds']:8.2f} {s['runs phase (s)']:13.2f} {s['steps trained']:14,.0f} "
+            f"  {name:9} {s['seconds']:8.2f} {s['runs phase (s)']:13.2f} {s['steps trained']:14,.0f} "
             f"{s['steps trained'] / s['steps planned']:11.1%} {s['runs pruned']:12.0f} {s['best trial']:11} "
             f"{s['best mean']:>21.5f} ± {s['best spread']:.5f}"
         )
     lines.append(
         "  (steps and runs pruned: medians over the sweeps; best trial: the sweep with the median best)"
     )
-    share = pruning["asha / none, steps"]
-    lines.append(
-        f"  ASHA trained {share:.1%} of the unpruned study's steps (target <= 50%: {_ok(share <= 0.5)})"
-    )
-    for name, s in (("asha", asha), ("none", none)):
+    for name in ("asha", "hyperband"):
+        share = pruning[f"{name} / none, steps"]
+        lines.append(
+            f"  {name} trained {share:.1%} of the unpruned study's steps (target <= 50%: {_ok(share <= 0.5)})"
+        )
+    for name, s in pruners:
         each = s["each sweep"]
         lines.append(
             f"  {name}, each sweep: steps trained "
@@ -894,24 +900,28 @@ def _search_lines(results: dict) -> list[str]:
             + "; best trial "
             + ", ".join(f"{e['best trial']} ({e['best mean']:.5f})" for e in each)
         )
-    gap, spread = abs(asha["best mean"] - none["best mean"]), none["best spread"]
-    lines.append(
-        f"  ASHA's best trial {asha['best mean']:.5f} against the unpruned best {none['best mean']:.5f} ± "
-        f"{spread:.5f}: a gap of {gap / spread:.2f} times that seed spread (target <= 1: {_ok(gap <= spread)})"
-    )
+    spread = none["best spread"]
+    for name, s in pruners[:2]:
+        gap = abs(s["best mean"] - none["best mean"])
+        lines.append(
+            f"  {name}'s best trial {s['best mean']:.5f} against the unpruned best {none['best mean']:.5f} ± "
+            f"{spread:.5f}: a gap of {gap / spread:.2f} times that seed spread (target <= 1: {_ok(gap <= spread)})"
+        )
     stopped = asha["unpruned best's steps, each sweep"]
     lines.append(
         f"  the unpruned best trial ({none['best trial']}) under ASHA trained "
         + ", ".join("/".join(str(n) for n in steps) for steps in stopped)
         + " steps (per seed, each sweep)"
     )
-    lines.append(
-        f"  wall time asha / none = {pruning['asha / none, seconds, paired']:.3f} (median of the rounds' ratios)"
-    )
+    for name in ("asha", "hyperband"):
+        lines.append(
+            f"  wall time {name} / none = {pruning[f'{name} / none, seconds, paired']:.3f} "
+            f"(median of the rounds' ratios)"
+        )
     for r in pruning.get("rungs", []):
         gap = abs(r["best mean"] - none["best mean"])
         lines.append(
-            f"  asha min_steps {r['min_steps']}, reduction_factor {r['reduction_factor']} (one sweep): "
+            f"  {r['kind']} min_steps {r['min_steps']}, reduction_factor {r['reduction_factor']} (one sweep): "
             f"{r['steps trained'] / r['steps planned']:.1%} of the steps, best trial {r['best trial']} "
             f"{r['best mean']:.5f} ({gap / spread:.2f} times the unpruned best's seed spread away)"
         )

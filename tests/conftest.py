@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import textwrap
 from pathlib import Path
 
@@ -34,3 +36,16 @@ def scalars(run_folder: Path) -> dict[str, dict[int, float]]:
     """tag -> {step: value} for every scalar tag of a run."""
     acc = read_events(run_folder)
     return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
+
+
+@pytest.fixture
+def sweeps():
+    """Sweeps (processes in groups of their own) a test starts; any still running at its end, paused
+    or not, are killed with their process group."""
+    started: list = []
+    yield started
+    for sweep in started:
+        if sweep.process.poll() is None:
+            os.killpg(sweep.process.pid, signal.SIGCONT)
+            os.killpg(sweep.process.pid, signal.SIGKILL)
+            sweep.process.wait()

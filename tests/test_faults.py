@@ -112,17 +112,6 @@ def trainer(
     return start(tmp_path, list(args), script, name).finish()
 
 
-@pytest.fixture
-def sweeps():
-    """Sweeps started by a test; any still running at its end are killed with their process group."""
-    started: list[Sweep] = []
-    yield started
-    for sweep in started:
-        if sweep.process.poll() is None:
-            os.killpg(sweep.process.pid, signal.SIGKILL)
-            sweep.process.wait()
-
-
 def wait_until(
     condition: Callable[[], object], what: str, sweep: Sweep | None = None, timeout: float = TIMEOUT
 ) -> object:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 from test_faults import (
-    Sweep,
     assert_clean_run,
     descendants,
     event_files,
@@ -66,17 +65,6 @@ def held_run(tmp_path: Path, name: str) -> tuple[Path, Path, Path]:
 def no_traceback(*texts: str) -> None:
     for text in texts:
         assert "Traceback" not in text, text
-
-
-@pytest.fixture
-def sweeps():
-    started: list[Sweep] = []
-    yield started
-    for sweep in started:
-        if sweep.process.poll() is None:
-            os.killpg(sweep.process.pid, signal.SIGCONT)
-            os.killpg(sweep.process.pid, signal.SIGKILL)
-            sweep.process.wait()
 
 
 # --- claims -----------------------------------------------------------------------------------

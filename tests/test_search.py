@@ -58,17 +58,6 @@ sweep:
 NAME = re.compile(r"^trial=\d{3},lr=[0-9.e-]+,weight_decay=[0-9.e-]+,batch_size=(1|5|full),seed=[01]$")
 
 
-@pytest.fixture
-def started():
-    """Sweeps a test starts; any still running at its end are killed with their process group."""
-    sweeps: list = []
-    yield sweeps
-    for sweep in sweeps:
-        if sweep.process.poll() is None:
-            os.killpg(sweep.process.pid, signal.SIGKILL)
-            sweep.process.wait()
-
-
 def small(
     folder: Path,
     method: str = "random",
@@ -521,12 +510,12 @@ def test_a_distribution_on_a_user_kinds_argument_is_searched(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_study_killed_mid_run_goes_on_where_it_stopped(tmp_path, started):
+def test_a_study_killed_mid_run_goes_on_where_it_stopped(tmp_path, sweeps):
     spec = small(tmp_path, "tpe", trials=6, steps=6000, engine="loop", checkpoint_every="500")
     logdir = tmp_path / "logs"
     args = ["sweep", spec, "--logdir", logdir, "--workers", "1"]
     first = start(tmp_path, args, name="first")
-    started.append(first)
+    sweeps.append(first)
 
     def two_done_and_a_checkpoint() -> list[str] | None:
         done = [n for n, r in records(logdir, "small").items() if r["status"] == "complete"]
@@ -560,14 +549,14 @@ def test_a_study_killed_mid_run_goes_on_where_it_stopped(tmp_path, started):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["tpe", "random"])
-def test_two_sweeps_at_once_share_the_study_and_run_each_trial_once(tmp_path, started, method):
+def test_two_sweeps_at_once_share_the_study_and_run_each_trial_once(tmp_path, sweeps, method):
     spec = small(tmp_path, method, trials=8, steps=1500, engine="loop")
     logdir = tmp_path / "logs"
     pair = [
         start(tmp_path, ["sweep", spec, "--logdir", logdir, "--workers", "1"], name=f"sweep{i}")
         for i in (1, 2)
     ]
-    started.extend(pair)
+    sweeps.extend(pair)
     results = [sweep.finish() for sweep in pair]
     for code, out, err in results:
         assert code == 0, out + err

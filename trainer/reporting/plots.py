@@ -63,6 +63,13 @@ def curves(found: ExperimentFindings, tag: str, bands: dict[str, Band], path: Pa
     return _save(figure, path)
 
 
+def _panels(count: int) -> tuple[plt.Figure, Any]:
+    """A figure of `count` panels side by side, one per setting."""
+    return plt.subplots(
+        1, count, figsize=(max(WIDTH / 2, PANEL_WIDTH * count), HEIGHT), layout="constrained", squeeze=False
+    )
+
+
 def settings(found: ExperimentFindings, path: Path) -> Path | None:
     """The ranking metric against each swept numeric setting: every run as a dot, the setting's
     marginal mean (over the other settings) as a line; one panel per setting."""
@@ -72,13 +79,7 @@ def settings(found: ExperimentFindings, path: Path) -> Path | None:
     keys = [k for k in found.swept if k in effects]
     if not keys:
         return None
-    figure, panels = plt.subplots(
-        1,
-        len(keys),
-        figsize=(max(WIDTH / 2, PANEL_WIDTH * len(keys)), HEIGHT),
-        layout="constrained",
-        squeeze=False,
-    )
+    figure, panels = _panels(len(keys))
     for axes, key in zip(panels[0], keys):
         xs, ys = [], []
         for group in found.groups:
@@ -172,13 +173,7 @@ def search(found: ExperimentFindings, path: Path) -> Path | None:
         return None
     metric = found.metric
     keys = s.searched
-    figure, panels = plt.subplots(
-        1,
-        len(keys),
-        figsize=(max(WIDTH / 2, PANEL_WIDTH * len(keys)), HEIGHT),
-        layout="constrained",
-        squeeze=False,
-    )
+    figure, panels = _panels(len(keys))
     for axes, key in zip(panels[0], keys):
         complete: list[tuple[Any, float, float]] = []
         pruned: list[tuple[Any, float]] = []

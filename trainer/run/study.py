@@ -72,7 +72,8 @@ def open_study(logdir: Path, experiment: str, search: Search | None = None, crea
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     path = logdir / experiment / JOURNAL
-    if not create and not path.is_file():
+    existed = path.is_file()
+    if not create and not existed:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
@@ -80,10 +81,17 @@ def open_study(logdir: Path, experiment: str, search: Search | None = None, crea
         storage = JournalStorage(JournalFileBackend(str(path)))
         if search is None:
             return optuna.load_study(study_name=experiment, storage=storage)
+        if existed:  # read, writing nothing: a study drawn otherwise is refused with its journal as it was
+            return optuna.load_study(
+                study_name=experiment,
+                storage=storage,
+                sampler=sampler(search.settings),
+                pruner=pruner(search),
+            )
         return optuna.create_study(
             study_name=experiment,
             storage=storage,
-            load_if_exists=True,
+            load_if_exists=True,  # a sweep beside this one may have just made it
             direction=search.direction,
             sampler=sampler(search.settings),
             pruner=pruner(search),
@@ -117,12 +125,13 @@ class Study:
         if existed and fresh:  # --force: the search runs again from its start, its old journal kept
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
             path.rename(path.with_name(f"{JOURNAL}.replaced-{stamp}"))
+        records = self._records()
+        self.study = open_study(logdir, search.experiment, search)
         if existed and not fresh:
-            drawn_by = (open_study(logdir, search.experiment).user_attrs or {}).get(SEARCH)
+            drawn_by = (self.study.user_attrs or {}).get(SEARCH)
             if drawn_by is not None and drawn_by != self.identity:
                 raise StudyChanged(self._changed(path, drawn_by))
-        self._check_records()
-        self.study = open_study(logdir, search.experiment, search)
+        self._check_records(records)
         if not existed or fresh:
             self.study.set_user_attr(SEARCH, self.identity)
         self.dists = {key: d.optuna() for key, d in search.space.dimensions.items()}
@@ -140,7 +149,7 @@ class Study:
         for run in search.runs:
             self._know(run)
         if not existed and not fresh:
-            self._rebuild()
+            self._rebuild(records)
 
     def _changed(self, where: Path, before: dict[str, Any]) -> str:
         name = self.search.experiment
@@ -160,20 +169,20 @@ class Study:
                 found.append(record)
         return found
 
-    def _check_records(self) -> None:
+    def _check_records(self, records: list[dict[str, Any]]) -> None:
         """Runs drawn by another search than this one (merged in, or left from before an edit of
         the spec) cannot join its study."""
-        for record in self._records():
+        for record in records:
             drawn_by = record["trial"].get("search")
             if drawn_by is not None and drawn_by != self.identity:
                 where = self.logdir / self.search.experiment / record.get("run", "")
                 raise StudyChanged(self._changed(where, drawn_by))
 
-    def _rebuild(self) -> None:
+    def _rebuild(self, records: list[dict[str, Any]]) -> None:
         """A study begun where runs of its trials are already (a merged folder, a journal that was
         lost): each trial goes into it from its runs' records, so no trial is drawn or run twice."""
         by_trial: dict[int, list[dict[str, Any]]] = {}
-        for record in self._records():
+        for record in records:
             by_trial.setdefault(record["trial"]["number"], []).append(record)
         for number, records in sorted(by_trial.items()):
             if number in self.ids:
@@ -224,11 +233,11 @@ class Study:
         return self._as_optuna(dict(self.runs[self.replicas[number][0]].trial.params))
 
     def _as_optuna(self, params: dict[str, Any]) -> dict[str, Any]:
-        out = {}
-        for key, d in self.search.space.dimensions.items():
-            value = params[key]
-            out[key] = d.choices.index(value) if d.options() != list(d.choices) else value
-        return out
+        return {key: d.drawn(params[key]) for key, d in self.search.space.dimensions.items()}
+
+    def _values(self, drawn: dict[str, Any]) -> dict[str, Any]:
+        """The settings' values of what Optuna drew (of those it drew)."""
+        return {k: d.value(drawn[k]) for k, d in self.search.space.dimensions.items() if k in drawn}
 
     def _trial(self, number: int) -> Any:
         """Optuna's trial of this number, made (running, as the spec drew it) where the study has
@@ -267,11 +276,7 @@ class Study:
             number = trial.user_attrs.get(TRIAL)
             if not isinstance(number, int) or trial.state.name == "FAIL" and not trial.params:
                 continue
-            params = {
-                k: d.value(trial.params[k])
-                for k, d in self.search.space.dimensions.items()
-                if k in trial.params
-            }
+            params = self._values(trial.params)
             if len(params) != len(self.search.space.dimensions):
                 continue
             for run in self.search.trial_runs(number, params):
@@ -313,7 +318,7 @@ class Study:
             number = trial.number
             trial.set_user_attr(TRIAL, number)
             self.ids[number] = trial._trial_id
-        params = {k: d.value(trial.params[k]) for k, d in self.search.space.dimensions.items()}
+        params = self._values(trial.params)
         try:
             runs = self.search.trial_runs(number, params)
         except SpecError:  # a drawn value no run can take: the trial fails, the next is drawn

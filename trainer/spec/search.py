@@ -112,6 +112,12 @@ class Distribution:
             return self.choices[drawn]
         return drawn
 
+    def drawn(self, value: Any) -> Any:
+        """What Optuna draws for the setting's value (value's inverse)."""
+        if self.kind == "choice" and self.options() != list(self.choices):
+            return self.choices.index(value)
+        return value
+
     def text(self) -> str:
         if self.kind == "choice":
             return "one of " + ", ".join(show(c) for c in self.choices)

@@ -719,3 +719,19 @@ def test_hyperband_prunes_from_several_first_rungs(tmp_path):
         assert step >= 100 and step % 50 == 0 and record["steps_done"] == step
     states = {t.user_attrs["trial"]: t.state.name for t in study(tmp_path / "logs", "small").get_trials()}
     assert states == {r["trial"]["number"]: r["status"].upper() for r in recorded.values()}
+
+
+def test_a_study_journal_that_cannot_be_read_is_one_sentence(tmp_path):
+    spec = small(tmp_path, "random", trials=2)
+    journal = tmp_path / "logs" / "small" / "study.journal"
+    journal.parent.mkdir(parents=True)
+    journal.write_text("not a journal\n")
+    code, out, err = trainer(tmp_path, "sweep", spec, "--logdir", tmp_path / "logs")
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith(
+        f"error: {journal}: the study cannot be opened (ValueError: it holds no study of the experiment small); "
+    )
+    assert err.rstrip().endswith("move it away, and the next sweep makes it again from the runs' records")
+    assert journal.read_text() == "not a journal\n" and sorted(p.name for p in journal.parent.iterdir()) == [
+        "study.journal"
+    ]

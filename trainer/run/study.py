@@ -81,7 +81,12 @@ def open_study(logdir: Path, experiment: str, search: Search | None = None, crea
         storage = JournalStorage(JournalFileBackend(str(path)))
         if search is None:
             return optuna.load_study(study_name=experiment, storage=storage)
-        if existed:  # read, writing nothing: a study drawn otherwise is refused with its journal as it was
+        held = [s.study_name for s in storage.get_all_studies()] if existed else []
+        if existed and experiment not in held and path.stat().st_size:
+            # Optuna skips a broken last line (a write cut short): what it could read holds no study.
+            raise ValueError(f"it holds no study of the experiment {experiment}")
+        if experiment in held:
+            # Read, writing nothing: a study drawn otherwise is refused with its journal as it was.
             return optuna.load_study(
                 study_name=experiment,
                 storage=storage,
@@ -126,7 +131,13 @@ class Study:
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
             path.rename(path.with_name(f"{JOURNAL}.replaced-{stamp}"))
         records = self._records()
-        self.study = open_study(logdir, search.experiment, search)
+        try:
+            self.study = open_study(logdir, search.experiment, search)
+        except (OSError, ValueError) as exc:  # a journal that cannot be read or written
+            raise UserError(
+                f"{path}: the study cannot be opened ({type(exc).__name__}: {exc}); move it away, and "
+                f"the next sweep makes it again from the runs' records"
+            ) from None
         if existed and not fresh:
             drawn_by = (self.study.user_attrs or {}).get(SEARCH)
             if drawn_by is not None and drawn_by != self.identity:

@@ -367,6 +367,9 @@ def test_a_runs_numbers_do_not_depend_on_the_runs_that_share_its_program(tmp_pat
     for run in whole:
         record = json.loads((tmp_path / "whole" / run.folder / "record.json").read_text())
         assert record["engine"]["name"] == "batched"
+        paired = json.loads((tmp_path / "pairs" / run.folder / "record.json").read_text())
+        assert (paired["weights_sha256"], paired["metrics"]) == (record["weights_sha256"], record["metrics"])
+        assert _series(tmp_path / "pairs" / run.folder) == _series(tmp_path / "whole" / run.folder)
         pins = [f"{key}={value}" for key, value in run.swept if key != "optimizer"]
         alone = plan([str(spec)], [f"optimizer={json.dumps(dict(run.swept)['optimizer'])}", *pins])
         (single,) = alone  # the same configuration, its engine aside
@@ -379,6 +382,52 @@ def test_a_runs_numbers_do_not_depend_on_the_runs_that_share_its_program(tmp_pat
         assert _series(tmp_path / "alone" / single.folder) == _series(tmp_path / "whole" / run.folder), (
             run.folder
         )
+
+
+MATRIX_PRODUCTS = {"mm", "bmm", "addmm", "baddbmm", "mv", "dot", "addmv", "matmul"}
+
+
+def _matrix_products(step) -> list[tuple[str, tuple[tuple[int, ...], ...]]]:
+    """The matrix products a training step dispatches, each with the shapes of one run's operands:
+    (op, per-run shapes), the leading run dimension of a batched product left out."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if name in MATRIX_PRODUCTS:
+                shapes = tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))
+                seen.append((name, tuple(s[1:] for s in shapes) if name in ("bmm", "baddbmm") else shapes))
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        step()
+    return seen
+
+
+@pytest.mark.parametrize("model", ["{kind: linear, bias: false}", "{kind: mlp, hidden: [6, 5], bias: true}"])
+@pytest.mark.parametrize("batch", [1, "full"])
+def test_both_engines_compute_a_run_with_the_same_kernels(tmp_path: Path, model: str, batch):
+    """Why a run's numbers cannot depend on its neighbours, on any processor: one run alone (the
+    loop engine) and a run among six (the batched engine) go through the same matrix products, of
+    the same per-run shapes, forward and backward. BLAS's gemm and bmm's own loop sum a small
+    product in orders that agree on some processors only; neither engine may reach for gemm."""
+    spec = tmp_path / "kernels.yaml"
+    spec.write_text(
+        NEIGHBOURS.replace("train: {steps: 200, batch_size: 1}", f"train: {{steps: 1, batch_size: {batch}}}")
+        .replace("model: {kind: linear, bias: false}", f"model: {model}")
+        .replace("data: {kind: seed_toy}", "data: {kind: synthetic, rows: 12, features: 4}")
+    )
+    runs = plan([str(spec)], ["train.engine=batched"])
+    group = [r for r in runs if r.config.train.seed == 0][:6]
+    train(group[0])  # the synthetic rows are drawn once (a product of their own) and kept
+    alone = _matrix_products(lambda: train(group[0]))
+    together = _matrix_products(lambda: train_group(group))
+    assert ("bmm", ((1 if batch == 1 else 12, 4), (4, 6 if "mlp" in model else 1))) in alone
+    assert not {name for name, _ in alone + together} & {"mm", "addmm"}, alone  # no gemm, in either
+    assert sorted(set(alone)) == sorted(set(together))
 
 
 def test_auto_trains_adam_alone_so_that_it_is_the_run_reproduced_alone(tmp_path: Path):

@@ -68,9 +68,10 @@ CONTEXT: dict[str, tuple[Any, str]] = {
 
 def _linear(kind: kinds.Kind, spec: LinearModel, shape: Shape) -> nn.Module:
     import torch
-    from torch import nn
 
-    model = nn.Linear(shape.features, shape.outputs, bias=spec.bias)
+    from trainer.kinds.layers import Dense
+
+    model = Dense(shape.features, shape.outputs, bias=spec.bias)
     if isinstance(spec.init, tuple):
         with torch.no_grad():
             model.weight.copy_(
@@ -84,16 +85,18 @@ def _linear(kind: kinds.Kind, spec: LinearModel, shape: Shape) -> nn.Module:
 def _mlp(kind: kinds.Kind, spec: MlpModel, shape: Shape) -> nn.Module:
     from torch import nn
 
+    from trainer.kinds.layers import Dense
+
     activations = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}
     layers: list[tuple[str, nn.Module]] = []
     width = shape.features
     for i, hidden in enumerate(spec.hidden, start=1):
         layers += [
-            (f"hidden{i}", nn.Linear(width, hidden, bias=spec.bias)),
+            (f"hidden{i}", Dense(width, hidden, bias=spec.bias)),
             (f"act{i}", activations[spec.activation]()),
         ]
         width = hidden
-    layers.append(("output", nn.Linear(width, shape.outputs, bias=spec.bias)))
+    layers.append(("output", Dense(width, shape.outputs, bias=spec.bias)))
     return _zeroed(nn.Sequential(OrderedDict(layers)), spec.init)
 
 

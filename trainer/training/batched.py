@@ -26,6 +26,7 @@ from torch.nn import functional as F
 
 from trainer.core.status import Status
 from trainer.kinds import data, losses
+from trainer.kinds.layers import dense
 from trainer.kinds.losses import build_loss
 from trainer.kinds.models import build_model
 from trainer.spec.plan import RunPlan
@@ -63,9 +64,7 @@ def forward(spec: Any, params: list[torch.Tensor], x: torch.Tensor) -> torch.Ten
     layers = [params[i : i + per_layer] for i in range(0, len(params), per_layer)]
     h = x
     for depth, layer in enumerate(layers):
-        h = torch.matmul(h, layer[0].mT)
-        if spec.bias:
-            h = h + layer[1].unsqueeze(-2)
+        h = dense(h, layer[0], layer[1] if spec.bias else None)
         if depth < len(layers) - 1:
             h = ACTIVATIONS[spec.activation](h)
     return h

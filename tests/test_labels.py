@@ -124,7 +124,7 @@ def test_a_user_model_is_given_the_class_count_and_the_input_by_its_parameters_n
     assert record["hparams"]["model.num_classes"] == 3.0 and record["hparams"]["model.in_features"] == 4.0
     config = (tmp_path / "logs/labels/base/config.yaml").read_text()
     assert "model.num_classes=3, model.in_features=4, model.input_shape=[4]" in config.splitlines()[2]
-    model = load_model(tmp_path / "logs/labels/base")
+    model = load_model(tmp_path / "logs/labels/base", trust_code=True, code_dir=tmp_path)
     assert model.net[2].out_features == 3
 
 

@@ -253,7 +253,7 @@ def test_early_stopping_ends_a_run_as_complete_and_the_best_checkpoint_holds_the
     with kinds.searching(tmp_path):
         rows = data.load(api_config(config).data, tmp_path)
     for which, key in (("best", "best/val/loss"), ("final", "final/val/loss")):
-        model = api.load_model(tmp_path / "logs" / RUN, which=which)
+        model = api.load_model(tmp_path / "logs" / RUN, which=which, trust_code=True, code_dir=tmp_path)
         with torch.no_grad():
             loss = torch.nn.functional.mse_loss(model(rows.validation.x).squeeze(-1), rows.validation.y)
         assert float(loss) == pytest.approx(done["metrics"][key], rel=1e-5), which

@@ -200,7 +200,11 @@ def test_a_checkpoint_reloads_and_reproduces_the_recorded_validation_accuracy(pr
     folder = Path("logs/classify/width=8")
     record = record_of(folder)
     assert record["checkpoint"] == "model.pt"
-    model = trainer.load_model(folder)
+    with pytest.raises(
+        trainer.UserError, match=r"its model is user code \('mymodel:Net'\); rebuilding it would import"
+    ):
+        trainer.load_model(folder)
+    model = trainer.load_model(folder, trust_code=True, code_dir="experiments")
     (run,) = [r for r in plan([spec]) if r.name == "width=8"]
     split = data.load(run.config.data, Path(run.data_folder)).validation
     with torch.no_grad():

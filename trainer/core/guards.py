@@ -11,24 +11,14 @@ import os
 import stat
 from pathlib import Path
 
+from trainer.core.untrusted import file_kind
+
 # Far more than any hand-written or generated spec (the comparison set's are under 1 KB; a list of
 # 10,000 seeds is 60 KB); parsing a larger one would take seconds only to refuse its sweep.
 MAX_SPEC_BYTES = 256 << 10
 # The CSV reader holds every cell as a Python float: 64 MiB of text is already gigabytes in memory.
 MAX_CSV_BYTES = 64 << 20
 LIMITS = {"spec": (MAX_SPEC_BYTES, "a spec file"), "csv": (MAX_CSV_BYTES, "a CSV file")}
-
-_KINDS = (
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISFIFO, "a named pipe"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
-
-def file_kind(mode: int) -> str:
-    """'a named pipe', 'a socket', ... for a file mode that is not a regular file or a folder."""
-    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
 def input_problem(path: str | os.PathLike, kind: str) -> str | None:
@@ -81,6 +71,27 @@ def escape_problem(root: Path, path: Path) -> str | None:
                 f"{here}: is {file_kind(info.st_mode) if not stat.S_ISREG(info.st_mode) else 'a file'}, "
                 f"where a folder belongs; move it away"
             )
+    return None
+
+
+def file_problem(root: Path, path: Path) -> str | None:
+    """Why opening the file at `path` (below `root`) to read or append could leave the real
+    `root`, or None: a folder on the way is a symlink (see escape_problem), or the file is a
+    symlink, dangling or not, or is not a plain file. A missing file is no problem."""
+    problem = escape_problem(root, path.parent)
+    if problem is not None:
+        return problem
+    try:
+        info = path.lstat()
+    except OSError:
+        return None
+    if stat.S_ISLNK(info.st_mode):
+        return (
+            f"{path}: is a symlink to {_target(path)}; nothing is read or written through a symlink, "
+            f"which could lead outside {root}; remove it"
+        )
+    if not stat.S_ISREG(info.st_mode):
+        return f"{path}: is {file_kind(info.st_mode)}, where a plain file belongs; move it away"
     return None
 
 

@@ -19,6 +19,8 @@ from tensorboard.compat.proto import summary_pb2, tensor_pb2, types_pb2
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.custom_scalar import metadata as layout_metadata
 
+from trainer.core import guards
+from trainer.core.errors import LogDirError
 from trainer.core.status import Status
 from trainer.reporting.findings import ExperimentFindings, Group, findings
 from trainer.run import rundir
@@ -86,12 +88,12 @@ def layout_pb(charts: list[tuple[str, str]]) -> summary_pb2.Summary:
     )
 
 
-def _write(path: Path, content: bytes) -> None:
-    try:
-        unchanged = path.read_bytes() == content
-    except OSError:
-        unchanged = False
-    if not unchanged:
+def _write(logdir: Path, path: Path, content: bytes) -> None:
+    """Write a file of the band runs unless it holds that already; never through a symlink."""
+    problem = guards.escape_problem(logdir, path.parent)
+    if problem is not None:
+        raise LogDirError(f"{problem} (where the seed bands are written)")
+    if not rundir.holds(path, content):
         path.parent.mkdir(parents=True, exist_ok=True)
         rundir.write_atomic(path, content)
 
@@ -142,11 +144,13 @@ def rebuild(logdir: Path, runs: list[dict[str, Any]], when: float) -> list[str]:
             if band is None:
                 continue
             folder = root / found.name / re.sub(r"[^A-Za-z0-9._,=+-]", "_", group.label)
-            _write(folder / BAND_FILE, event_file_bytes(band_summaries(found.name, curve, band), when))
+            _write(
+                logdir, folder / BAND_FILE, event_file_bytes(band_summaries(found.name, curve, band), when)
+            )
             written.add(folder)
         charts.append((found.name, curve))
     if charts:
-        _write(root / LAYOUT_FILE, event_file_bytes([(layout_pb(charts), 0)], when))
+        _write(logdir, root / LAYOUT_FILE, event_file_bytes([(layout_pb(charts), 0)], when))
     _remove_stale(root, written, bool(charts))
     return sorted(str(p.relative_to(logdir)) for p in written)
 

@@ -88,10 +88,6 @@ def rebuild(
     keys = declared_keys(runs)
     summary = experiment_pb(runs, description=f"{len(runs)} runs", time_created=when, keys=keys)
     content = event_file_bytes([(summary, 0)], when)
-    try:
-        unchanged = path.read_bytes() == content
-    except OSError:
-        unchanged = False
-    if not unchanged:
+    if not rundir.holds(path, content):
         rundir.write_atomic(path, content)
     return len(runs), keys

@@ -3,6 +3,7 @@ their seed band, the ranking metric against each swept numeric setting, and weig
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 from trainer.reporting.findings import ExperimentFindings  # noqa: E402
+from trainer.run import rundir  # noqa: E402
 from trainer.tensorboard.curves import Band  # noqa: E402
 from trainer.tensorboard.hparams import metric_text  # noqa: E402
 
@@ -23,8 +25,11 @@ MAX_LEGEND = 12  # groups named in a legend; more are drawn but not named
 
 
 def _save(figure: plt.Figure, path: Path) -> Path:
-    figure.savefig(path, dpi=DPI)
+    """The figure as a PNG at path, put in place whole (a symlink there is replaced, not followed)."""
+    png = io.BytesIO()
+    figure.savefig(png, dpi=DPI, format="png")
     plt.close(figure)
+    rundir.write_atomic(path, png.getvalue(), durable=False)
     return path
 
 

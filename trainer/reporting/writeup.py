@@ -14,6 +14,7 @@ from trainer.core.strict import suggest
 from trainer.reporting import index
 from trainer.reporting.bands import eval_tag, group_bands
 from trainer.reporting.findings import CONVERGED, DISTANCE, Effect, ExperimentFindings, Group, Stats, findings
+from trainer.run import rundir
 
 REPORT = "report.md"
 PAGE = "report.html"  # the same, one self-contained page with the pictures inside
@@ -358,9 +359,10 @@ def write(logdir: Path, out: Path, experiments: list[str] = ()) -> list[str]:
     images = {f.name: draw(logdir, f, out) for f in found}
     lines = report_lines(logdir, found, images)
     summary = summary_lines(found)
-    (out / REPORT).write_text("\n".join(lines) + "\n")
-    (out / SUMMARY).write_text("\n".join(summary) + "\n")
-    (out / PAGE).write_text(page(lines, out))
+    # Put in place whole: a symlink already there is replaced, never written through.
+    rundir.write_atomic(out / REPORT, "\n".join(lines) + "\n", durable=False)
+    rundir.write_atomic(out / SUMMARY, "\n".join(summary) + "\n", durable=False)
+    rundir.write_atomic(out / PAGE, page(lines, out), durable=False)
     return summary
 
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainer.core import untrusted
+
 CLAIMS = ".claims"
 # A claim whose owner has not touched it for this long is taken over, wherever the owner runs.
 CLAIM_STALE_AFTER = 60.0
@@ -46,14 +48,19 @@ def claim_path(logdir: Path, experiment: str, name: str) -> Path:
     return logdir / experiment / CLAIMS / name
 
 
+# A claim is a line of JSON (who, where, since when); more is not one.
+MAX_CLAIM_BYTES = 64 << 10
+
+
 def read_claim(path: Path) -> dict[str, Any] | None:
+    """A run's claim, or None where there is none or it is not one (only a plain file is read)."""
     try:
-        claim = json.loads(path.read_text(encoding="utf-8"))
+        claim = json.loads(untrusted.read_plain(path, MAX_CLAIM_BYTES).decode("utf-8"))
         if not isinstance(claim, dict):
             return None
-        claim["age"] = time.time() - path.stat().st_mtime
+        claim["age"] = time.time() - path.lstat().st_mtime
         return claim
-    except (OSError, ValueError, TypeError, UnicodeDecodeError):
+    except (untrusted.Refused, OSError, ValueError, TypeError, UnicodeDecodeError, RecursionError):
         return None
 
 

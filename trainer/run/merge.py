@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import stat
 import time
@@ -27,12 +26,12 @@ from typing import Any
 from trainer.core import guards
 from trainer.core.errors import LogDirError
 from trainer.core.status import Status
+from trainer.core.untrusted import RUN_NAME
 from trainer.run import claims, rundir, verify
 from trainer.run.record import changed_code, code_digests, setting_changes
 from trainer.spec.schema import experiment_name
 
 MAX_NAME = 128
-RUN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._,=+~-]{0,127}$")
 UNFINISHED = (Status.INTERRUPTED, Status.UNFINISHED, Status.RUNNING, Status.MISSING)
 
 

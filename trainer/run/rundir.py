@@ -13,13 +13,13 @@ import json
 import math
 import os
 import re
-import stat
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainer.core import untrusted
 from trainer.core.status import Status
 from trainer.run import claims
 from trainer.spec import schema
@@ -51,6 +51,15 @@ def write_atomic(path: Path, content: str | bytes, durable: bool = True) -> None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def holds(path: Path, content: bytes) -> bool:
+    """Whether path is a plain file holding exactly `content` (read no further than its length:
+    a symlink, a pipe or a bigger file holds something else)."""
+    try:
+        return untrusted.read_plain(path, len(content)) == content
+    except untrusted.Refused:
+        return False
 
 
 def _beside(path: Path) -> Path:
@@ -160,6 +169,16 @@ def record_problem(record: Any) -> str | None:
             return f"metrics[{key!r}] = {value!r} is not a finite number"
     if not isinstance(record.get("config_digest", ""), str):
         return "config_digest is not a string"
+    # Names a reader joins to paths: only those this tool writes (a record may have been edited).
+    for key, kind in (("experiment", "experiment"), ("run", "run")):
+        problem = untrusted.name_problem(kind, record.get(key))
+        if problem is not None:
+            return problem
+    for key in ("checkpoint", "best_checkpoint"):
+        if record.get(key) is not None:
+            problem = untrusted.name_problem("checkpoint", record[key])
+            if problem is not None:
+                return problem.replace("its checkpoint", f"its {key}", 1)
     return None
 
 
@@ -169,26 +188,10 @@ def _no_constant(name: str) -> Any:
 
 def load_record(run: Path) -> tuple[dict[str, Any] | None, str | None]:
     """A run's record as untrusted data: (record, None), (None, None) if it has none, or (None, why not)."""
-    # Only a plain file is read: a symlink could point anywhere, a FIFO would block.
-    path = run / RECORD
     try:
-        info = path.lstat()
-    except FileNotFoundError:
-        return None, None
-    except OSError as exc:
-        return None, f"record.json cannot be read: {exc.strerror}"
-    if stat.S_ISLNK(info.st_mode):
-        return None, "record.json is a symlink (not followed)"
-    if not stat.S_ISREG(info.st_mode):
-        return None, "record.json is not a plain file"
-    if info.st_size > MAX_RECORD_BYTES:
-        return None, f"record.json is {info.st_size:,} bytes, too large for a run record"
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-        with os.fdopen(fd, "rb") as f:
-            data = f.read(MAX_RECORD_BYTES + 1)
-    except OSError as exc:
-        return None, f"record.json cannot be read: {exc.strerror}"
+        data = untrusted.read_plain(run / RECORD, MAX_RECORD_BYTES)
+    except untrusted.Refused as refused:
+        return (None, None) if str(refused) == "is missing" else (None, f"record.json {refused}")
     try:
         record = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -281,14 +284,15 @@ def state_of(logdir: Path, experiment: str, name: str) -> RunState:
 
 
 def run_folders(logdir: Path) -> list[tuple[str, str]]:
-    """(experiment, run) for every run folder under a log folder, sorted."""
-    found = []
-    if not logdir.is_dir():
-        return found
-    for experiment in sorted(p for p in logdir.iterdir() if p.is_dir() and p.name[0] not in "._"):
-        for run in sorted(p for p in experiment.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            found.append((experiment.name, run.name))
-    return found
+    """(experiment, run) for every run folder under a log folder, sorted; a symlink to a folder is
+    no run folder (it could lead anywhere)."""
+    return [
+        (experiment, run)
+        for experiment in untrusted.real_folders(logdir)
+        if experiment[0] not in "._"
+        for run in untrusted.real_folders(logdir / experiment)
+        if not run.startswith(".")
+    ]
 
 
 # --- claims -----------------------------------------------------------------------------------

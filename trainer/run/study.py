@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from trainer.core.errors import UserError
+from trainer.core import guards, untrusted
+from trainer.core.errors import LogDirError, UserError
 from trainer.core.status import FINISHED, Status
 from trainer.run import rundir
 from trainer.spec.plan import RunPlan
@@ -29,6 +30,9 @@ from trainer.spec.search import sampler
 from trainer.spec.sweep import Search, identity
 
 JOURNAL = "study.journal"
+# A journal a reader (the report) opens at the most: a study of 10,000 trials each told 100
+# evaluations is about 200 MB.
+MAX_READ_JOURNAL = 512 << 20
 LOCK = ".study.lock"  # held while a trial is looked up or made, so that two sweeps make each once
 TRIAL = "trial"  # the user attribute holding a trial's number in the spec's order of trials
 SEARCH = "search"  # the study's user attribute holding what drew it (trainer.spec.sweep.identity)
@@ -72,8 +76,13 @@ def open_study(logdir: Path, experiment: str, search: Search | None = None, crea
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     path = logdir / experiment / JOURNAL
+    problem = journal_problem(logdir, experiment)
+    if problem is not None:
+        if not create:
+            return None  # a reader leaves it be
+        raise LogDirError(problem)
     existed = path.is_file()
-    if not create and not existed:
+    if not create and (not existed or path.stat().st_size > MAX_READ_JOURNAL):
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
@@ -103,6 +112,13 @@ def open_study(logdir: Path, experiment: str, search: Search | None = None, crea
         )
 
 
+def journal_problem(logdir: Path, experiment: str) -> str | None:
+    """Why the experiment's journal or its lock may not be opened (a symlink, dangling or not: the
+    journal would be appended wherever it leads; a named pipe would block), or None."""
+    folder = logdir / experiment
+    return guards.file_problem(logdir, folder / JOURNAL) or guards.file_problem(logdir, folder / LOCK)
+
+
 def _differences(before: dict[str, Any], now: dict[str, Any]) -> str:
     return "; ".join(
         f"{key} {_shown(before.get(key))} -> {_shown(now.get(key))}"
@@ -126,6 +142,9 @@ class Study:
         self.logdir = logdir
         self.identity = identity(search)
         path = logdir / search.experiment / JOURNAL
+        problem = journal_problem(logdir, search.experiment)
+        if problem is not None:
+            raise LogDirError(problem)
         existed = path.is_file()
         if existed and fresh:  # --force: the search runs again from its start, its old journal kept
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
@@ -174,8 +193,8 @@ class Study:
         """The experiment's run records that belong to a search."""
         folder = self.logdir / self.search.experiment
         found = []
-        for path in sorted(folder.glob(f"*/{rundir.RECORD}")) if folder.is_dir() else []:
-            record = rundir.read_record(path.parent)
+        for name in untrusted.real_folders(folder):
+            record = rundir.read_record(folder / name)
             if record is not None and isinstance(record.get("trial"), dict):
                 found.append(record)
         return found

@@ -18,9 +18,10 @@ from typing import Any
 import yaml
 from tensorboard.compat.proto import event_pb2
 
+from trainer.core import guards, untrusted
 from trainer.core.status import FINISHED, Status
 from trainer.run import rundir
-from trainer.tensorboard.events import EVENTS_PREFIX, Records, event_files
+from trainer.tensorboard.events import EVENTS_PREFIX, FileRecords, event_files
 from trainer.tensorboard.hparams import SESSION_START_INFO_TAG, session_hparams
 
 DAMAGED = Status.DAMAGED
@@ -94,23 +95,36 @@ def full(folder: Path, record: dict[str, Any]) -> str | None:
         problem = event_file_problem(folder / name, record.get("hparams"))
         if problem is not None:
             return f"{name}: {problem}"
-    return config_problem(folder / rundir.CONFIG, record.get("config_digest"))
+    return record_config_problem(record) or config_problem(
+        folder / rundir.CONFIG, record.get("config_digest")
+    )
+
+
+def record_config_problem(record: dict[str, Any]) -> str | None:
+    """Whether the configuration a record holds is still the one its digest was made from (both
+    are written together; an edit of one alone is not the run's)."""
+    config, digest = record.get("config"), record.get("config_digest")
+    if not isinstance(digest, str):
+        return None  # nothing to compare against
+    if not isinstance(config, dict):
+        return "its record holds no configuration"
+    if rundir.data_digest(config) != digest:
+        return "its record's configuration does not match its digest: the record was edited after the run"
+    return None
 
 
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser where PyYAML has it
+# A run's config.yaml holds what its spec resolved to: a spec is at most guards.MAX_SPEC_BYTES.
+MAX_CONFIG_BYTES = 4 * guards.MAX_SPEC_BYTES
 
 
 def event_file_problem(path: Path, hparams: Any = None) -> str | None:
     """Why an event file is not whole (a record cut short, a bad checksum), or, given the run's
     hparams, not the run's own (its session names other hparams: another run's file); or None."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return f"cannot be read: {exc.strerror}"
-    records = Records(data, verify=True)
+    records = FileRecords(path, verify=True)
     session = None
     tag = SESSION_START_INFO_TAG.encode()
-    for start, end in records:
+    for data, start, end in records:
         if session is None and isinstance(hparams, dict) and data.find(tag, start, end) >= 0:
             session = session_hparams(event_pb2.Event.FromString(data[start:end]).summary)
     if records.problem is not None:
@@ -142,8 +156,10 @@ def _same(a: Any, b: Any) -> bool:
 def config_problem(path: Path, digest: Any) -> str | None:
     """Whether config.yaml still holds the configuration the record's digest was made from."""
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_LOADER)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        data = yaml.load(untrusted.read_plain(path, MAX_CONFIG_BYTES).decode("utf-8"), Loader=_LOADER)
+    except untrusted.Refused as refused:
+        return f"{rundir.CONFIG} {refused}"
+    except (UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
         return f"{rundir.CONFIG} cannot be read ({type(exc).__name__})"
     if not isinstance(data, dict):
         return f"{rundir.CONFIG} does not hold a configuration"

@@ -26,6 +26,7 @@ from trainer.core.strict import (  # noqa: F401
     type_name,
     variants,
 )
+from trainer.core.untrusted import EXPERIMENT_NAME
 from trainer.kinds import (
     data,
     losses,
@@ -35,7 +36,6 @@ from trainer.kinds import (
 from trainer.kinds import registry as kinds
 
 # An experiment name is a folder under the log folder: one plain path component, never '.' or '..'.
-EXPERIMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def experiment_name(name: Any) -> str | None:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from tensorboard.compat.proto import event_pb2
 
-from trainer.tensorboard.events import Records, event_files
+from trainer.tensorboard.events import FileRecords, event_files
 
 _STEP_TAG = 0x10  # Event.step, a varint
 _WALL_TIME_TAG = 0x09  # Event.wall_time, a double, written first by every writer
@@ -36,35 +36,19 @@ def _step_of(data: bytes, start: int, end: int) -> int | None:
     return None
 
 
-def _places(data: bytes, names: Iterable[bytes]) -> list[int]:
-    """Where in data each name occurs, in order."""
-    found = []
-    for name in names:
-        at = data.find(name)
-        while at >= 0:
-            found.append(at)
-            at = data.find(name, at + 1)
-    return sorted(found)
-
-
 def read_scalars(
     path: Path, tags: Iterable[str], keep_step: Callable[[int], bool] = lambda step: True
 ) -> dict[str, list[tuple[int, float]]]:
     """tag -> [(step, value)] of one event file, for the tags asked and the steps kept. Only events
-    whose bytes hold one of the tags (found by a search of the whole file) and whose step is kept
-    are parsed; the rest are stepped over by their length."""
+    whose bytes hold one of the tags and whose step is kept are parsed; the rest are stepped over.
+    The file is read a block at a time (events.FileRecords): a file that is not a plain file gives
+    nothing, a file cut short by a crash what came before the cut."""
     wanted = {tag: tag.encode() for tag in tags}
     found: dict[str, list[tuple[int, float]]] = {tag: [] for tag in wanted}
-    data = path.read_bytes()
-    places = _places(data, wanted.values())
-    next_place = 0
-    for start, end in Records(data):  # a file cut short by a crash: what came before is kept
-        if next_place >= len(places):
-            break
-        if places[next_place] >= end:
+    names = list(wanted.values())
+    for data, start, end in FileRecords(path):
+        if not any(data.find(name, start, end) >= 0 for name in names):
             continue
-        while next_place < len(places) and places[next_place] < end:
-            next_place += 1
         step = _step_of(data, start, end)
         if step is not None and not keep_step(step):
             continue
@@ -99,10 +83,8 @@ def run_scalars(
 
 def restart_step(path: Path) -> int | None:
     """The step of the restart an event file begins with (its first events), or None."""
-    with open(path, "rb") as f:
-        head = f.read(4096)
-    for i, (start, end) in enumerate(Records(head)):
-        event = event_pb2.Event.FromString(head[start:end])
+    for i, (data, start, end) in enumerate(FileRecords(path, block=4096)):
+        event = event_pb2.Event.FromString(data[start:end])
         if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
             return event.step
         if i >= 3:
@@ -114,8 +96,7 @@ def scalar_tags(folder: Path) -> list[str]:
     """Every scalar tag of a run folder's event files, in the order first logged."""
     tags: dict[str, None] = {}
     for name in event_files(folder):
-        data = (folder / name).read_bytes()
-        for start, end in Records(data):
+        for data, start, end in FileRecords(folder / name):
             for value in event_pb2.Event.FromString(data[start:end]).summary.value:
                 if value.HasField("simple_value") or (value.HasField("tensor") and value.tensor.float_val):
                     tags.setdefault(value.tag, None)

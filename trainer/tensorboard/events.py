@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2
 
+from trainer.core import untrusted
+
 try:  # a maintained C implementation; tensorboard's pure-Python one is the fallback
     from google_crc32c import value as _crc32c
 except ImportError:  # pragma: no cover - exercised only where the wheel is missing
@@ -400,10 +402,74 @@ class Records:
             yield start, end
 
 
+# Bytes read from an event file at a time: a reader holds a block and the event it is in, whatever
+# the file's size. No event this tool or TensorBoard writes comes near MAX_EVENT (a histogram is a
+# few kilobytes, an image a hook logs a few megabytes); a length past it is a damaged header.
+BLOCK = 1 << 20
+MAX_EVENT = 256 << 20
+
+
+class FileRecords:
+    """The whole records of an event file, read a block at a time, as (block, start, end): each
+    event's bytes are block[start:end]. Like Records: iteration stops at a record cut short and,
+    with `verify`, at a bad checksum; then `done` and `problem` say where and why.
+
+    The file is opened as untrusted data (trainer.core.untrusted: a plain file, never through a
+    symlink); a record whose header claims more bytes than the file holds is cut short, and nothing
+    is read for it: memory stays within a block and one event, whatever a header claims."""
+
+    def __init__(self, path: Path, verify: bool = False, block: int = BLOCK):
+        self.path, self.verify, self.block = path, verify, block
+        self.done, self.problem = 0, None
+
+    def __iter__(self) -> Iterator[tuple[bytes, int, int]]:
+        try:
+            f = untrusted.open_plain(self.path)
+        except untrusted.Refused as refused:
+            self.problem = str(refused)
+            return
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            buffer, base, at = b"", 0, 0  # base: the file offset of buffer[0]; at: the next record in buffer
+            while True:
+                if len(buffer) - at < 12:
+                    buffer, base, at = buffer[at:] + f.read(self.block), base + at, 0
+                    if len(buffer) == 0:
+                        return
+                    if len(buffer) < 12:
+                        self.problem = f"ends inside a record header at byte {base:,}"
+                        return
+                length, length_crc = _RECORD_HEADER.unpack_from(buffer, at)
+                if self.verify and masked_crc32c(buffer[at : at + 8]) != length_crc:
+                    self.problem = f"the record at byte {base + at:,} has a bad length checksum"
+                    return
+                if length > MAX_EVENT or base + at + 16 + length > size:
+                    self.problem = f"is cut short inside the record at byte {base + at:,}"
+                    return
+                need = at + 16 + length
+                if len(buffer) < need:
+                    more = f.read(max(self.block, need - len(buffer)))
+                    buffer, base, at = buffer[at:] + more, base + at, 0
+                    need = 16 + length
+                    if len(buffer) < need:  # the file shrank while it was read
+                        self.problem = f"is cut short inside the record at byte {base:,}"
+                        return
+                start, end = at + 12, at + 12 + length
+                if (
+                    self.verify
+                    and masked_crc32c(buffer[start:end]) != _RECORD_CRC.unpack_from(buffer, end)[0]
+                ):
+                    self.problem = f"the record at byte {base + at:,} has a bad checksum"
+                    return
+                at = end + 4
+                self.done = base + at
+                yield buffer, start, end
+
+
 def valid_length(path: Path) -> tuple[int, str | None]:
     """How many leading bytes of an event file are whole records with valid CRCs, and why the
     rest is not (None when the whole file is)."""
-    records = Records(memoryview(path.read_bytes()), verify=True)
+    records = FileRecords(path, verify=True)
     for _ in records:
         pass
     return records.done, records.problem

@@ -189,6 +189,16 @@ def craft(place: Path) -> dict[str, Path]:
     (toy / "linked").symlink_to(outside / "planted-run")
     (toy / "record-link").mkdir()
     (toy / "record-link" / "record.json").symlink_to(outside / "planted-run" / "record.json")
+    # A config.yaml of nested aliases, which hashing would expand to 9**9 values (its size in the
+    # record made to agree, so that only reading it tells).
+    laughs = sorted((logs / "found").glob("trial=000*"))[0]
+    rows = ['a: &a ["x","x","x","x","x","x","x","x","x"]']
+    rows += [f"{b}: &{b} [{','.join(['*' + a] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi")]
+    (laughs / "config.yaml").write_text("\n".join(rows) + "\n")
+    rewrite_record(
+        laughs, lambda r: r["files"].update({"config.yaml": (laughs / "config.yaml").stat().st_size})
+    )
+    runs["laughs"] = laughs
     # Records too large (a sparse file claiming 4 GB) and too deep for a parser.
     (toy / "huge").mkdir()
     with open(toy / "huge" / "record.json", "wb") as f:
@@ -269,6 +279,7 @@ def test_reading_a_crafted_folder_runs_nothing_reads_nothing_outside_and_ends(pl
         "toy/lr=0.2,seed=0: events.out.tfevents.",
         "toy/lr=0.2,seed=1: config.yaml is not a plain file",
         "toy/record-link: record.json is a symlink (not followed)",
+        "found/trial=000,lr=0.0647: config.yaml holds YAML aliases, which no run's configuration does",
     ):
         assert line in status, (line, status)
     assert "toy/linked" not in status  # a symlinked run folder is no run folder
@@ -276,7 +287,7 @@ def test_reading_a_crafted_folder_runs_nothing_reads_nothing_outside_and_ends(pl
     assert index.returncode == 2 and "logs/_seeds: is a symlink to " in index.stderr, index.stderr
     merged = outputs[("merge", "logs", "--into", "D")].stdout
     assert (
-        "copied 3 runs" in merged and "refused: logs/found/study.journal: a symlink (not followed)" in merged
+        "copied 2 runs" in merged and "refused: logs/found/study.journal: a symlink (not followed)" in merged
     )
     assert sorted(p.name for p in (place / "D" / "toy").iterdir() if not p.name.startswith(".")) == [
         "lr=0.05,seed=0"

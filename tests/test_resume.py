@@ -218,6 +218,35 @@ def test_a_checkpoint_of_another_configuration_or_a_damaged_one_is_not_resumed_f
     assert record(other / "logs")["steps_done"] == 4200
 
 
+def test_a_rerun_never_writes_or_reads_through_a_run_folders_symlinks(tmp_path, reference):
+    """A teammate's stopped run whose event file leads to a file of yours, and whose checkpoint
+    leads to /dev/zero: going on would cut that file back and append to it, or read without end;
+    the run starts over instead, saying why, and your file is as it was."""
+    write_spec(tmp_path)
+    kill_when(tmp_path, "between checkpoints", delay=0.2)
+    folder = tmp_path / "logs" / RUN
+    (events,) = folder.glob("events.out.tfevents.*")
+    mine = tmp_path / "mine.txt"
+    mine.write_text("a file of the user's, beside the log folder\n")
+    events.unlink()
+    events.symlink_to(mine)
+    code, out, err = trainer(tmp_path, "sweep", "long.yaml", "--logdir", "logs", "--workers", "1")
+    assert code == 0, out + err
+    assert f"  {RUN}: its event file {events.name} is not a plain file" in out, out
+    assert mine.read_text() == "a file of the user's, beside the log folder\n"
+    assert record(tmp_path / "logs")["weights_sha256"] == reference[0]["weights_sha256"]
+
+    second = tmp_path / "second"
+    write_spec(second)
+    kill_when(second, "between checkpoints", delay=0.2)
+    checkpoint = second / "logs" / RUN / "resume.pt"
+    checkpoint.unlink()
+    checkpoint.symlink_to("/dev/zero")
+    code, out, err = trainer(second, "sweep", "long.yaml", "--logdir", "logs", "--workers", "1")
+    assert code == 0, out + err
+    assert f"  {RUN}: its checkpoint resume.pt is a symlink (not followed)" in out, out
+
+
 def test_early_stopping_ends_a_run_as_complete_and_the_best_checkpoint_holds_the_best_evaluation(tmp_path):
     write_spec(
         tmp_path,

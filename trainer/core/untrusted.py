@@ -75,10 +75,11 @@ def real_folders(folder: Path) -> list[str]:
         return []
 
 
-def open_plain(path: Path, limit: int | None = None) -> BinaryIO:
-    """A plain file opened for reading, never through a symlink, at most `limit` bytes long where
-    given; Refused otherwise. Its type is looked at before it is opened (a device or a pipe is never
-    opened: opening some devices acts), and again on what was opened."""
+def open_plain(path: Path, limit: int | None = None, update: bool = False) -> BinaryIO:
+    """A plain file opened for reading (or, with `update`, for reading and writing in place), never
+    through a symlink, at most `limit` bytes long where given; Refused otherwise. Its type is looked
+    at before it is opened (a device or a pipe is never opened: opening some devices acts), and
+    again on what was opened."""
     try:
         info = os.lstat(path)
     except FileNotFoundError:
@@ -87,7 +88,7 @@ def open_plain(path: Path, limit: int | None = None) -> BinaryIO:
         raise Refused(f"cannot be looked at: {exc.strerror}") from None
     _check(info, limit)
     flags = (
-        os.O_RDONLY
+        (os.O_RDWR if update else os.O_RDONLY)
         | getattr(os, "O_NOFOLLOW", 0)
         | getattr(os, "O_NONBLOCK", 0)
         | getattr(os, "O_CLOEXEC", 0)
@@ -103,7 +104,9 @@ def open_plain(path: Path, limit: int | None = None) -> BinaryIO:
         if (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino):
             raise Refused("was replaced while being opened")
         _check(opened, limit)
-        return os.fdopen(fd, "rb")
+        # O_NONBLOCK only kept a pipe from blocking the open; on a plain file some calls refuse it.
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "r+b" if update else "rb")
     except BaseException:
         os.close(fd)
         raise

@@ -11,11 +11,14 @@ record, and the resumed run logs into a new one that purges what was logged past
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainer.core import untrusted
 from trainer.run import rundir
 from trainer.run.record import changed_code, code_digests
 from trainer.spec.plan import RunPlan
@@ -67,10 +70,13 @@ def usable(run: RunPlan, folder: Path, record: dict[str, Any]) -> tuple[Resumed 
     from trainer.training.resume import read, resumed
 
     path = folder / rundir.RESUME
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None, None
     try:
-        found = read(path.read_bytes())
+        with untrusted.open_plain(path) as f:
+            found = read(f.read())
+    except untrusted.Refused as refused:
+        return None, f"its checkpoint {rundir.RESUME} {refused}"
     except (OSError, ValueError) as exc:
         return None, f"its checkpoint {rundir.RESUME} could not be used: {exc}"
     mine, theirs = identity(record), found.get("identity") or {}
@@ -84,8 +90,12 @@ def usable(run: RunPlan, folder: Path, record: dict[str, Any]) -> tuple[Resumed 
         return None, f"its checkpoint {rundir.RESUME} was taken by other code{what}"
     if not isinstance(found.get("step"), int) or not 0 < found["step"] < run.steps:
         return None, f"its checkpoint {rundir.RESUME} is of no step of this run's {run.steps:,}"
-    if not event_files(folder):
+    names = event_files(folder)
+    if not names:
         return None, f"its checkpoint {rundir.RESUME} has no event file beside it"
+    for name in names:  # going on appends to the last one and cuts it back: each must be the run's own
+        if not stat.S_ISREG((folder / name).lstat().st_mode):
+            return None, f"its event file {name} is not a plain file"
     try:
         return resumed(found), None
     except (KeyError, TypeError, ValueError) as exc:

@@ -156,7 +156,12 @@ def _same(a: Any, b: Any) -> bool:
 def config_problem(path: Path, digest: Any) -> str | None:
     """Whether config.yaml still holds the configuration the record's digest was made from."""
     try:
-        data = yaml.load(untrusted.read_plain(path, MAX_CONFIG_BYTES).decode("utf-8"), Loader=_LOADER)
+        text = untrusted.read_plain(path, MAX_CONFIG_BYTES).decode("utf-8")
+        # A run's config.yaml never holds an alias; one in a folder from elsewhere could expand to
+        # more than memory holds once the configuration is hashed (a "billion laughs").
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=_LOADER)):
+            return f"{rundir.CONFIG} holds YAML aliases, which no run's configuration does"
+        data = yaml.load(text, Loader=_LOADER)
     except untrusted.Refused as refused:
         return f"{rundir.CONFIG} {refused}"
     except (UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:

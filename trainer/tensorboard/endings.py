@@ -9,7 +9,8 @@ from typing import Any
 
 from tensorboard.compat.proto import event_pb2
 
-from trainer.tensorboard.events import EventFile, event_files, frame, valid_length
+from trainer.core import untrusted
+from trainer.tensorboard.events import EventFile, FileRecords, event_files, frame, valid_length
 from trainer.tensorboard.hparams import SESSION_START_INFO_TAG, session_end_pb, session_start_pb
 
 
@@ -36,11 +37,11 @@ def end_killed_run(folder: Path, hparams: dict[str, Any], status: str) -> None:
         end_session(folder, hparams, status)
         return
     now = time.time()
-    first = folder / names[0]
-    started = SESSION_START_INFO_TAG.encode() in first.read_bytes()[: valid_length(first)[0]]
+    tag = SESSION_START_INFO_TAG.encode()
+    started = any(data.find(tag, start, end) >= 0 for data, start, end in FileRecords(folder / names[0]))
     path = folder / names[-1]
     length = cut_back(path)
-    with open(path, "r+b") as f:
+    with untrusted.open_plain(path, update=True) as f:
         f.seek(length)
         records = [] if started else [session_start_pb(hparams, now)]
         records.append(session_end_pb(status, now))
@@ -55,6 +56,6 @@ def cut_back(path: Path) -> int:
     """Cut an event file back to its last whole record (a writer killed mid-write leaves part of
     one); its length now."""
     length, _ = valid_length(path)
-    with open(path, "r+b") as f:
+    with untrusted.open_plain(path, update=True) as f:  # never a file a symlink leads to
         f.truncate(length)
     return length

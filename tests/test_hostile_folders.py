@@ -199,6 +199,19 @@ def craft(place: Path) -> dict[str, Path]:
         laughs, lambda r: r["files"].update({"config.yaml": (laughs / "config.yaml").stat().st_size})
     )
     runs["laughs"] = laughs
+    # A record whose curve claims a trillion steps and whose true weights are a hundred thousand.
+    claims = sorted((logs / "found").glob("trial=001*"))[0]
+    rewrite_record(
+        claims,
+        lambda r: r.update(
+            curve={**r["curve"], "first": 0, "every": 1, "last": 10**12}, true_weights=[1.0] * 100_000
+        ),
+    )
+    # The claims folder of the search leads out, to a claim-shaped file of the user's.
+    (outside / "claims").mkdir()
+    (outside / "claims" / claims.name).write_text('{"host": "the user\'s own file", "pid": 1}')
+    shutil.rmtree(logs / "found" / ".claims", ignore_errors=True)
+    (logs / "found" / ".claims").symlink_to(outside / "claims")
     # Records too large (a sparse file claiming 4 GB) and too deep for a parser.
     (toy / "huge").mkdir()
     with open(toy / "huge" / "record.json", "wb") as f:

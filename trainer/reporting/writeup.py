@@ -7,6 +7,7 @@ with computed effects, so they stay true when a spec or the trainer changes.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from trainer.core.errors import UserError
 from trainer.core.status import Status
@@ -288,12 +289,20 @@ def report_lines(
 # --- pictures -----------------------------------------------------------------------------------
 
 
+MAX_WEIGHT_LINES = 64  # weights drawn against their true values, the first ones
+
+
 def _truth(f: ExperimentFindings) -> list[float] | None:
     for group in f.groups:
         for run in group.runs:
-            if run.get("true_weights"):
-                return [float(w) for w in run["true_weights"]]
+            truth = run.get("true_weights")
+            if isinstance(truth, list) and truth and all(_number(w) for w in truth[:MAX_WEIGHT_LINES]):
+                return [float(w) for w in truth[:MAX_WEIGHT_LINES]]
     return None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def draw(logdir: Path, f: ExperimentFindings, out: Path) -> dict[str, str]:
@@ -302,7 +311,8 @@ def draw(logdir: Path, f: ExperimentFindings, out: Path) -> dict[str, str]:
 
     tag = eval_tag(f)
     truth = _truth(f)
-    weight_tags = [f"w/{i}" for i in range(len(truth))] if truth else []
+    # One line a weight: past a few dozen a picture shows nothing more, and a record may claim millions.
+    weight_tags = [f"w/{i}" for i in range(min(len(truth), MAX_WEIGHT_LINES))] if truth else []
     # Per-step weight curves cost a parse per kept step; a large experiment keeps fewer steps of each.
     points = max(MIN_POINTS, min(200, POINT_BUDGET // max(1, f.runs)))
     bands = {g.label: group_bands(logdir, g, [tag, *weight_tags], points) for g in f.groups}

@@ -54,6 +54,8 @@ MAX_CLAIM_BYTES = 64 << 10
 
 def read_claim(path: Path) -> dict[str, Any] | None:
     """A run's claim, or None where there is none or it is not one (only a plain file is read)."""
+    if path.parent.is_symlink():  # a claims folder leading elsewhere holds no claim of this folder's runs
+        return None
     try:
         claim = json.loads(untrusted.read_plain(path, MAX_CLAIM_BYTES).decode("utf-8"))
         if not isinstance(claim, dict):

@@ -190,9 +190,29 @@ def recorded(record: dict[str, Any], tags: Iterable[str], points: int) -> dict[s
     curve = record.get("curve")
     if points != POINTS or not isinstance(curve, dict) or curve.get("tag") not in tags:
         return {}
+    if not _well_formed(curve):  # a record from elsewhere: its curve is read from the event files
+        return {}
     values = np.array(curve["values"], dtype=np.float64)  # null becomes NaN
     values = values.astype(np.float32).astype(np.float64).tolist()
     return {curve["tag"]: list(zip(_steps_of(curve), values))}
+
+
+def _well_formed(curve: dict[str, Any]) -> bool:
+    """Whether a record's curve is as record_curve writes it: a number (or null) per step, the
+    steps listed or evenly spaced, as many as the values (counted before any list is made of them,
+    so that a curve claiming a trillion steps is refused, not expanded)."""
+    values = curve.get("values")
+    if not isinstance(values, list) or not all(
+        v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values
+    ):
+        return False
+    if "steps" in curve:
+        steps = curve["steps"]
+        return isinstance(steps, list) and len(steps) == len(values) and all(type(s) is int for s in steps)
+    first, every, last = (curve.get(k) for k in ("first", "every", "last"))
+    if not all(type(n) is int for n in (first, every, last)) or every <= 0 or last < first:
+        return False
+    return len(range(first, last, every)) + 1 == len(values)
 
 
 def stride_for(steps: int, points: int = POINTS) -> Callable[[int], bool]:

@@ -735,3 +735,62 @@ def test_a_study_journal_that_cannot_be_read_is_one_sentence(tmp_path):
     assert journal.read_text() == "not a journal\n" and sorted(p.name for p in journal.parent.iterdir()) == [
         "study.journal"
     ]
+
+
+# --- a user metric's names, the report of a search --------------------------------------------
+
+DICT_METRIC = """\
+def lm(output, target):
+    error = (output.squeeze(-1) - target).abs().mean()
+    return {"ppl": error.exp(), "char_acc": 1 - error}
+
+
+lm.greater_is_better = {"char_acc": True}
+"""
+
+DICT_SPEC = """\
+name: dm
+data: {kind: seed_toy, validation: 0.25}
+model: {kind: linear}
+loss: {kind: mse}
+optimizer: {kind: sgd, lr: 0.1}
+train: {steps: 60, batch_size: 4}
+eval: {every: 20, metrics: ['lm:lm']}
+search: {method: random, trials: 2, seed: 1, metric: final/val/perplexity, prune: {kind: median, min_steps: 20}}
+sweep:
+  optimizer.lr: {loguniform: [0.001, 0.1]}
+"""
+
+
+def test_a_metric_no_dict_metric_gives_is_refused_before_any_run(tmp_path):
+    (tmp_path / "lm.py").write_text(DICT_METRIC)
+    spec = _write(tmp_path / "dm.yaml", DICT_SPEC)
+    code, out, err = trainer(tmp_path, "check", spec)
+    assert code == 2 and "Traceback" not in err
+    assert err.strip() == (
+        f"error: {spec}:8: search.metric: final/val/perplexity is no value of this run's evaluations "
+        f"(did you mean 'final/val/ppl'?); they have final/train/loss, final/train/ppl, final/train/char_acc, "
+        f"final/val/loss, final/val/ppl, final/val/char_acc, best/val/loss, best/val/ppl, best/val/char_acc, "
+        f"final/weight_distance"
+    )
+
+    # Early stopping's metric, in a sweep's pre-flight: refused, and nothing is written.
+    stopping = _write(
+        tmp_path / "es.yaml",
+        DICT_SPEC.replace("metric: final/val/perplexity", "metric: final/val/ppl").replace(
+            "batch_size: 4}", "batch_size: 4, early_stopping: {metric: val/char_accuracy}}"
+        ),
+    )
+    code, out, err = trainer(tmp_path, "sweep", stopping, "--logdir", tmp_path / "logs")
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().startswith(
+        f"error: {stopping}:6: train.early_stopping.metric: val/char_accuracy is no value of this run's "
+        f"evaluations (did you mean 'val/char_acc'?); they have train/loss, train/ppl, train/char_acc, "
+        f"val/loss, val/ppl, val/char_acc (run dm/trial=000,"
+    ), err
+    assert not (tmp_path / "logs").exists()
+
+    # The names it gives are searched for and watched: every run trains to its end.
+    good = _write(tmp_path / "good.yaml", stopping.read_text().replace("val/char_accuracy", "val/char_acc"))
+    frame = api.sweep(good, tmp_path / "logs", workers=0, quiet=True)
+    assert set(frame["state"]) == {"complete"} and frame["final/val/ppl"].notna().all()

@@ -106,7 +106,8 @@ def _planned(loaded: list[Spec], problems: list[str], allow_large: bool, apart: 
         runs, found = probe_apart(runs, apart)
         found += probe_apart(probes, apart)[1] if probes else []
         problems.extend(
-            f"{_locate(specs[run.spec_path], key)}: {key}: {message} (run {run.folder})"
+            f"{_locate(specs[run.spec_path], key)}: {key}: {message}"
+            + ("" if key.startswith(("search.", "report.")) else f" (run {run.folder})")  # the spec's own
             for run, key, message in found
         )
     if not problems:

@@ -794,3 +794,43 @@ def test_a_metric_no_dict_metric_gives_is_refused_before_any_run(tmp_path):
     good = _write(tmp_path / "good.yaml", stopping.read_text().replace("val/char_accuracy", "val/char_acc"))
     frame = api.sweep(good, tmp_path / "logs", workers=0, quiet=True)
     assert set(frame["state"]) == {"complete"} and frame["final/val/ppl"].notna().all()
+
+
+def test_a_pruned_trial_is_never_ranked_and_says_where_it_was_stopped(tmp_path):
+    spec = small(tmp_path, "random", trials=12, steps=600, prune="{kind: asha, min_steps: 100}")
+    logdir = tmp_path / "logs"
+    api.sweep(spec, logdir, workers=0, quiet=True)
+    by_trial: dict[int, list[dict]] = {}
+    for record in records(logdir, "small").values():
+        by_trial.setdefault(record["trial"]["number"], []).append(record)
+    pruned = {n: rs[0]["stopped"] for n, rs in by_trial.items() if rs[0]["status"] == "pruned"}
+    complete = sorted(
+        (rs[0]["metrics"]["final/train/loss"], n)
+        for n, rs in by_trial.items()
+        if rs[0]["status"] == "complete"
+    )
+    assert pruned and len(complete) >= 2 and len(pruned) + len(complete) == 12
+
+    found = api.report(logdir, out=tmp_path / "report")
+    numbers = [int(g[6:9]) for g in found["group"]]
+    assert numbers == [n for _, n in complete] + sorted(pruned)  # the ranked, best first; then the pruned
+    # report.md: the ranked trials numbered; a pruned one has no rank, and its step and value there.
+    text = (tmp_path / "report" / "report.md").read_text()
+    table = text[text.index("## small") :].split("\n\n")[2].splitlines()[2:]
+    assert len(table) == 12
+    for line, number in zip(table, numbers):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[1].startswith(f"`trial={number:03d},")
+        if number in pruned:
+            stopped = pruned[number]
+            assert cells[0] == "" and cells[2] == "0 of 1 (1 pruned)"
+            assert cells[3] == f"pruned at step {stopped['step']} (train/loss {stopped['train/loss']:.3g})"
+        else:
+            assert cells[0] == str(1 + [n for _, n in complete].index(number))
+    # The DataFrame: the same, by columns.
+    assert list(found["rank"][: len(complete)]) == list(range(1, len(complete) + 1))
+    rest = found[len(complete) :]
+    assert rest["rank"].isna().all() and rest["mean"].isna().all()
+    assert list(rest["pruned at step"]) == [pruned[n]["step"] for n in sorted(pruned)]
+    assert list(rest["value at pruning"]) == [pruned[n]["train/loss"] for n in sorted(pruned)]
+    assert found["pruned at step"][: len(complete)].isna().all()

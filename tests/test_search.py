@@ -796,6 +796,30 @@ def test_a_metric_no_dict_metric_gives_is_refused_before_any_run(tmp_path):
     assert set(frame["state"]) == {"complete"} and frame["final/val/ppl"].notna().all()
 
 
+def test_report_gives_swept_settings_typed_as_runs_does(tmp_path):
+    spec = _write(
+        tmp_path / "typed.yaml",
+        SMALL.format(
+            steps=100,
+            engine="auto",
+            checkpoint_every="auto",
+            method="random",
+            trials=3,
+            prune="none",
+            seeds="[0, 1]",
+        ).replace("  train.seed:", "  train.batch_size: [1, 5]\n  model.bias: [true, false]\n  train.seed:"),
+    )
+    api.sweep(spec, tmp_path / "logs", workers=0, quiet=True)
+    runs, found = api.runs(tmp_path / "logs"), api.report(tmp_path / "logs")
+    for key in ("optimizer.lr", "train.batch_size", "model.bias"):
+        assert found[key].dtype == runs[key].dtype, key
+    assert found["optimizer.lr"].dtype == "float64" and found["model.bias"].dtype == "bool"
+    for _, group in found.iterrows():
+        mine = runs[runs["trial"] == int(group["group"][6:9])]
+        assert len(mine) == 2 and (mine["optimizer.lr"] == group["optimizer.lr"]).all()
+        assert (mine["train.batch_size"] == group["train.batch_size"]).all()
+
+
 def test_a_pruned_trial_is_never_ranked_and_says_where_it_was_stopped(tmp_path):
     spec = small(tmp_path, "random", trials=12, steps=600, prune="{kind: asha, min_steps: 100}")
     logdir = tmp_path / "logs"

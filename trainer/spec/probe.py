@@ -297,5 +297,5 @@ def try_run(run: RunPlan) -> Tried:
             raise Invalid(
                 [(key, f"{name} returns a value named 'loss', the loss's own name; call it otherwise")]
             )
-        names += values
+        names += list(values)
     return Tried(sum(p.numel() for p in model.parameters()), tuple(names))

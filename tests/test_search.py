@@ -735,3 +735,126 @@ def test_a_study_journal_that_cannot_be_read_is_one_sentence(tmp_path):
     assert journal.read_text() == "not a journal\n" and sorted(p.name for p in journal.parent.iterdir()) == [
         "study.journal"
     ]
+
+
+# --- a user metric's names, the report of a search --------------------------------------------
+
+DICT_METRIC = """\
+def lm(output, target):
+    error = (output.squeeze(-1) - target).abs().mean()
+    return {"ppl": error.exp(), "char_acc": 1 - error}
+
+
+lm.greater_is_better = {"char_acc": True}
+"""
+
+DICT_SPEC = """\
+name: dm
+data: {kind: seed_toy, validation: 0.25}
+model: {kind: linear}
+loss: {kind: mse}
+optimizer: {kind: sgd, lr: 0.1}
+train: {steps: 60, batch_size: 4}
+eval: {every: 20, metrics: ['lm:lm']}
+search: {method: random, trials: 2, seed: 1, metric: final/val/perplexity, prune: {kind: median, min_steps: 20}}
+sweep:
+  optimizer.lr: {loguniform: [0.001, 0.1]}
+"""
+
+
+def test_a_metric_no_dict_metric_gives_is_refused_before_any_run(tmp_path):
+    (tmp_path / "lm.py").write_text(DICT_METRIC)
+    spec = _write(tmp_path / "dm.yaml", DICT_SPEC)
+    code, out, err = trainer(tmp_path, "check", spec)
+    assert code == 2 and "Traceback" not in err
+    assert err.strip() == (
+        f"error: {spec}:8: search.metric: final/val/perplexity is no value of this run's evaluations "
+        f"(did you mean 'final/val/ppl'?); they have final/train/loss, final/train/ppl, final/train/char_acc, "
+        f"final/val/loss, final/val/ppl, final/val/char_acc, best/val/loss, best/val/ppl, best/val/char_acc, "
+        f"final/weight_distance"
+    )
+
+    # Early stopping's metric, in a sweep's pre-flight: refused, and nothing is written.
+    stopping = _write(
+        tmp_path / "es.yaml",
+        DICT_SPEC.replace("metric: final/val/perplexity", "metric: final/val/ppl").replace(
+            "batch_size: 4}", "batch_size: 4, early_stopping: {metric: val/char_accuracy}}"
+        ),
+    )
+    code, out, err = trainer(tmp_path, "sweep", stopping, "--logdir", tmp_path / "logs")
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().startswith(
+        f"error: {stopping}:6: train.early_stopping.metric: val/char_accuracy is no value of this run's "
+        f"evaluations (did you mean 'val/char_acc'?); they have train/loss, train/ppl, train/char_acc, "
+        f"val/loss, val/ppl, val/char_acc (run dm/trial=000,"
+    ), err
+    assert not (tmp_path / "logs").exists()
+
+    # The names it gives are searched for and watched: every run trains to its end.
+    good = _write(tmp_path / "good.yaml", stopping.read_text().replace("val/char_accuracy", "val/char_acc"))
+    frame = api.sweep(good, tmp_path / "logs", workers=0, quiet=True)
+    assert set(frame["state"]) == {"complete"} and frame["final/val/ppl"].notna().all()
+
+
+def test_report_gives_swept_settings_typed_as_runs_does(tmp_path):
+    spec = _write(
+        tmp_path / "typed.yaml",
+        SMALL.format(
+            steps=100,
+            engine="auto",
+            checkpoint_every="auto",
+            method="random",
+            trials=3,
+            prune="none",
+            seeds="[0, 1]",
+        ).replace("  train.seed:", "  train.batch_size: [1, 5]\n  model.bias: [true, false]\n  train.seed:"),
+    )
+    api.sweep(spec, tmp_path / "logs", workers=0, quiet=True)
+    runs, found = api.runs(tmp_path / "logs"), api.report(tmp_path / "logs")
+    for key in ("optimizer.lr", "train.batch_size", "model.bias"):
+        assert found[key].dtype == runs[key].dtype, key
+    assert found["optimizer.lr"].dtype == "float64" and found["model.bias"].dtype == "bool"
+    for _, group in found.iterrows():
+        mine = runs[runs["trial"] == int(group["group"][6:9])]
+        assert len(mine) == 2 and (mine["optimizer.lr"] == group["optimizer.lr"]).all()
+        assert (mine["train.batch_size"] == group["train.batch_size"]).all()
+
+
+def test_a_pruned_trial_is_never_ranked_and_says_where_it_was_stopped(tmp_path):
+    spec = small(tmp_path, "random", trials=12, steps=600, prune="{kind: asha, min_steps: 100}")
+    logdir = tmp_path / "logs"
+    api.sweep(spec, logdir, workers=0, quiet=True)
+    by_trial: dict[int, list[dict]] = {}
+    for record in records(logdir, "small").values():
+        by_trial.setdefault(record["trial"]["number"], []).append(record)
+    pruned = {n: rs[0]["stopped"] for n, rs in by_trial.items() if rs[0]["status"] == "pruned"}
+    complete = sorted(
+        (rs[0]["metrics"]["final/train/loss"], n)
+        for n, rs in by_trial.items()
+        if rs[0]["status"] == "complete"
+    )
+    assert pruned and len(complete) >= 2 and len(pruned) + len(complete) == 12
+
+    found = api.report(logdir, out=tmp_path / "report")
+    numbers = [int(g[6:9]) for g in found["group"]]
+    assert numbers == [n for _, n in complete] + sorted(pruned)  # the ranked, best first; then the pruned
+    # report.md: the ranked trials numbered; a pruned one has no rank, and its step and value there.
+    text = (tmp_path / "report" / "report.md").read_text()
+    table = text[text.index("## small") :].split("\n\n")[2].splitlines()[2:]
+    assert len(table) == 12
+    for line, number in zip(table, numbers):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[1].startswith(f"`trial={number:03d},")
+        if number in pruned:
+            stopped = pruned[number]
+            assert cells[0] == "" and cells[2] == "0 of 1 (1 pruned)"
+            assert cells[3] == f"pruned at step {stopped['step']} (train/loss {stopped['train/loss']:.3g})"
+        else:
+            assert cells[0] == str(1 + [n for _, n in complete].index(number))
+    # The DataFrame: the same, by columns.
+    assert list(found["rank"][: len(complete)]) == list(range(1, len(complete) + 1))
+    rest = found[len(complete) :]
+    assert rest["rank"].isna().all() and rest["mean"].isna().all()
+    assert list(rest["pruned at step"]) == [pruned[n]["step"] for n in sorted(pruned)]
+    assert list(rest["value at pruning"]) == [pruned[n]["train/loss"] for n in sorted(pruned)]
+    assert found["pruned at step"][: len(complete)].isna().all()

@@ -216,12 +216,16 @@ def report(logdir: str | Path = "logs", out: str | Path | None = None) -> pd.Dat
     """The findings as data: one row per group of runs (a configuration over its seeds), best first
     within each experiment: its label, runs (complete and not), the ranking metric with its mean,
     standard deviation and 95% t-interval over the complete runs, its code digest and its swept
-    settings. With `out`, report.md and its pictures are written there, as `python -m trainer
-    report` writes them."""
+    settings (typed as trainer.runs() types them). A group without a value of the metric has no
+    rank and comes after the ranked ones; a search's pruned trial has the step its pruner stopped
+    it at and the value it judged there (`pruned at step`, `value at pruning`, NaN for the others).
+    With `out`, report.md and its pictures are written there, as `python -m trainer report`
+    writes them."""
     import pandas as pd
 
     from trainer.reporting.findings import findings
     from trainer.reporting.index import records
+    from trainer.reporting.search import pruned_at
     from trainer.reporting.tables import code_column
 
     folder = _folder(logdir)
@@ -234,6 +238,8 @@ def report(logdir: str | Path = "logs", out: str | Path | None = None) -> pd.Dat
         for rank, group in enumerate(found.groups, 1):
             numbers = group.metrics.get(found.metric)
             half = numbers.half_width if numbers is not None else None
+            pruning = pruned_at(group.runs)
+            hparams = group.runs[0].get("hparams") or {}
             rows.append(
                 {
                     "experiment": found.name,
@@ -247,8 +253,11 @@ def report(logdir: str | Path = "logs", out: str | Path | None = None) -> pd.Dat
                     "std": _nan(numbers.std) if numbers is not None else math.nan,
                     "ci95 low": numbers.mean - half if half is not None else math.nan,
                     "ci95 high": numbers.mean + half if half is not None else math.nan,
+                    "pruned at step": pruning.step if pruning is not None else math.nan,
+                    "value at pruning": _nan(pruning.value) if pruning is not None else math.nan,
                     "code": code_column(group.runs[0]),
-                    **group.settings,
+                    # As trainer.runs() has them: numbers as numbers (a section swept whole as its text).
+                    **{k: hparams.get(k, text) for k, text in group.settings.items()},
                 }
             )
     return pd.DataFrame(rows)

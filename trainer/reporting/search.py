@@ -63,6 +63,46 @@ class TrialResult:
         return sum(int(r.get("steps") or 0) for r in self.runs)
 
 
+@dataclass(frozen=True)
+class Pruning:
+    """Where a pruner stopped a trial: the step it judged at, and the value it judged there (the
+    evaluation tag it compares, as the trial's mean over its runs stopped at that step)."""
+
+    step: int
+    tag: str | None
+    value: float | None
+
+    def text(self, shown: Any = None) -> str:
+        """'pruned at step 100 (train/loss 3.2)'; `shown` formats the value."""
+        if self.tag is None or self.value is None:
+            return f"pruned at step {self.step}"
+        value = shown(self.value) if shown is not None else f"{self.value:.4g}"
+        return f"pruned at step {self.step} ({self.tag} {value})"
+
+
+def pruned_at(runs: list[dict[str, Any]]) -> Pruning | None:
+    """Where the pruner stopped a trial of these runs (its replicates); None where none was pruned.
+    A replicate started after the others takes their verdict at its own first chance, earlier: the
+    trial's step is the latest."""
+    stopped = [
+        r["stopped"]
+        for r in runs
+        if r.get("status") == Status.PRUNED
+        and isinstance(r.get("stopped"), dict)
+        and isinstance(r["stopped"].get("step"), int)
+    ]
+    if not stopped:
+        return None
+    step = max(s["step"] for s in stopped)
+    at = [s for s in stopped if s["step"] == step]
+    tags = [k for k in at[0] if k not in ("step", "reason")]
+    tag = tags[0] if len(tags) == 1 else None
+    values = [s.get(tag) for s in at] if tag is not None else []
+    if not values or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+        return Pruning(step, tag, None)
+    return Pruning(step, tag, math.fsum(values) / len(values))
+
+
 def trials_of(records: list[dict[str, Any]]) -> list[TrialResult]:
     """The trials among an experiment's records, by number."""
     trials: dict[int, TrialResult] = {}

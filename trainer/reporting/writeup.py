@@ -15,6 +15,7 @@ from trainer.core.strict import suggest
 from trainer.reporting import index
 from trainer.reporting.bands import eval_tag, group_bands
 from trainer.reporting.findings import CONVERGED, DISTANCE, Effect, ExperimentFindings, Group, Stats, findings
+from trainer.reporting.search import pruned_at
 from trainer.run import rundir
 
 REPORT = "report.md"
@@ -176,8 +177,10 @@ def experiment_lines(f: ExperimentFindings, images: dict[str, str]) -> list[str]
     rows = []
     for rank, group in enumerate(f.groups, 1):
         s = group.metrics.get(f.metric)
-        if s is None:
-            rows.append([str(rank), f"`{group.label}`", runs_text(group), "no complete run", "-", "-"])
+        if s is None:  # unranked, after the ranked groups: a pruned trial says where it was stopped
+            pruning = pruned_at(group.runs)
+            said = pruning.text(num) if pruning is not None else "no complete run"
+            rows.append(["", f"`{group.label}`", runs_text(group), said, "-", "-"])
         else:
             rows.append(
                 [

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import math
 import time
 import warnings
@@ -26,8 +27,8 @@ from trainer.core.errors import LogDirError, UserError
 from trainer.core.status import FINISHED, Status
 from trainer.run import rundir
 from trainer.spec.plan import RunPlan
-from trainer.spec.search import sampler
-from trainer.spec.sweep import Search, identity
+from trainer.spec.search import sampler, study_configuration
+from trainer.spec.sweep import Search
 
 JOURNAL = "study.journal"
 # A journal a reader (the report) opens at the most: a study of 10,000 trials each told 100
@@ -36,6 +37,7 @@ MAX_READ_JOURNAL = 512 << 20
 LOCK = ".study.lock"  # held while a trial is looked up or made, so that two sweeps make each once
 TRIAL = "trial"  # the user attribute holding a trial's number in the spec's order of trials
 SEARCH = "search"  # the study's user attribute holding what drew it (trainer.spec.sweep.identity)
+CONFIG = "config"  # the part of that identity that is its trials' configuration, searched settings apart
 
 
 class StudyChanged(UserError):
@@ -120,16 +122,37 @@ def journal_problem(logdir: Path, experiment: str) -> str | None:
 
 
 def _differences(before: dict[str, Any], now: dict[str, Any]) -> str:
-    return "; ".join(
-        f"{key} {_shown(before.get(key))} -> {_shown(now.get(key))}"
+    changes = []
+    for key in dict.fromkeys([*before, *now]):
+        if key == CONFIG:  # the trials' configuration, by setting
+            changes += _changes(before.get(key) or {}, now.get(key) or {})
+        elif before.get(key) != now.get(key):
+            changes.append(f"{key} {_shown(before.get(key))} -> {_shown(now.get(key))}")
+    return "; ".join(changes)
+
+
+def _changes(before: dict[str, Any], now: dict[str, Any], shown: int = 6) -> list[str]:
+    def value(settings: dict[str, Any], key: str) -> str:
+        return _shown(settings[key]) if key in settings else "unset"
+
+    changes = [
+        f"{key} {value(before, key)} -> {value(now, key)}"
         for key in dict.fromkeys([*before, *now])
-        if before.get(key) != now.get(key)
-    )
+        if (key in before, before.get(key)) != (key in now, now.get(key))
+    ]
+    if len(changes) > shown:
+        return [*changes[:shown], f"and {len(changes) - shown} more"]
+    return changes
 
 
 def _shown(value: Any) -> str:
+    """A setting's value as a spec writes it (true, null, {kind: median, ...})."""
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{k}: {_shown(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_shown(v) for v in value) + "]"
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
     return str(value)
 
 
@@ -140,7 +163,7 @@ class Study:
     def __init__(self, search: Search, logdir: Path, fresh: bool = False):
         self.search = search
         self.logdir = logdir
-        self.identity = identity(search)
+        self.identity = search.identity
         path = logdir / search.experiment / JOURNAL
         problem = journal_problem(logdir, search.experiment)
         if problem is not None:
@@ -150,19 +173,15 @@ class Study:
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
             path.rename(path.with_name(f"{JOURNAL}.replaced-{stamp}"))
         records = self._records()
-        try:
-            self.study = open_study(logdir, search.experiment, search)
-        except (OSError, ValueError) as exc:  # a journal that cannot be read or written
-            raise UserError(
-                f"{path}: the study cannot be opened ({type(exc).__name__}: {exc}); move it away, and "
-                f"the next sweep makes it again from the runs' records"
-            ) from None
         if existed and not fresh:
+            self.study = self._open(path)
             drawn_by = (self.study.user_attrs or {}).get(SEARCH)
-            if drawn_by is not None and drawn_by != self.identity:
+            if drawn_by is not None and self._other(drawn_by):
                 raise StudyChanged(self._changed(path, drawn_by))
-        self._check_records(records)
-        if not existed or fresh:
+        if not fresh:  # with --force the runs of another search stay as they are, out of the new study
+            self._check_records(records)
+        if not existed or fresh:  # made once nothing refuses it
+            self.study = self._open(path)
             self.study.set_user_attr(SEARCH, self.identity)
         self.dists = {key: d.optuna() for key, d in search.space.dimensions.items()}
         self.ids: dict[int, int] = {}  # trial number -> Optuna's trial id
@@ -181,12 +200,32 @@ class Study:
         if not existed and not fresh:
             self._rebuild(records)
 
+    def _open(self, path: Path) -> Any:
+        try:
+            return open_study(self.logdir, self.search.experiment, self.search)
+        except (OSError, ValueError) as exc:  # a journal that cannot be read or written
+            raise UserError(
+                f"{path}: the study cannot be opened ({type(exc).__name__}: {exc}); move it away, and "
+                f"the next sweep makes it again from the runs' records"
+            ) from None
+
+    def _other(self, drawn_by: Any) -> bool:
+        """Whether what drew a study (or a run) is another search than this one."""
+        return drawn_by != self._as_recorded(drawn_by)
+
+    def _as_recorded(self, drawn_by: Any) -> dict[str, Any]:
+        """This search's identity as `drawn_by` was recorded: without the trials' configuration
+        where it has none (recorded before it was part of it; the runs' records have it)."""
+        if isinstance(drawn_by, dict) and CONFIG not in drawn_by:
+            return {k: v for k, v in self.identity.items() if k != CONFIG}
+        return self.identity
+
     def _changed(self, where: Path, before: dict[str, Any]) -> str:
         name = self.search.experiment
         return (
             f"{where}: the experiment {name} was searched with other settings than its spec's "
-            f"({_differences(before, self.identity)}); its trials cannot join that study. Give the "
-            f"spec a new name (--set name={name}-2), or move {where.parent} away"
+            f"({_differences(before, self._as_recorded(before))}); its trials cannot join that study. "
+            f"Give the spec a new name (--set name={name}-2), or move {where.parent} away"
         )
 
     def _records(self) -> list[dict[str, Any]]:
@@ -204,7 +243,15 @@ class Study:
         the spec) cannot join its study."""
         for record in records:
             drawn_by = record["trial"].get("search")
-            if drawn_by is not None and drawn_by != self.identity:
+            if (
+                isinstance(drawn_by, dict)
+                and CONFIG not in drawn_by
+                and isinstance(record.get("config"), dict)
+            ):
+                space = self.search.space  # recorded before the identity held it: the record's own
+                config = study_configuration(record["config"], space.dimensions, space.replicates)
+                drawn_by = {**drawn_by, CONFIG: config}
+            if drawn_by is not None and self._other(drawn_by):
                 where = self.logdir / self.search.experiment / record.get("run", "")
                 raise StudyChanged(self._changed(where, drawn_by))
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from trainer.core.deadline import TimedOut, time_limit
-from trainer.core.strict import Invalid, as_data
+from trainer.core.strict import Invalid, as_data, suggest
 from trainer.kinds import data, losses, metrics, models
 from trainer.kinds import registry as kinds
 from trainer.kinds.models import build_model
@@ -68,11 +68,21 @@ def _named_code(run: RunPlan) -> str:
     return ", ".join(f"{where.removesuffix('.kind')} {path!r}" for where, path in run.code)
 
 
+@dataclass(frozen=True)
+class Tried:
+    """What one batch through a run's user code showed: its model's parameter elements, and the
+    names of its evaluations' values (loss, then each metric's, a dict metric's keys among them)."""
+
+    parameters: int
+    names: tuple[str, ...]
+
+
 def probe(runs: list[RunPlan], trying: Callable[[RunPlan], None] = lambda run: None) -> Found:
     """The runs with their models' sizes filled in, and the problems found as (run, key, message);
     `trying` is told each run before its user code is tried."""
-    tried: dict[str, int | tuple[str, str]] = {}
-    out, problems = [], []
+    tried: dict[str, Tried | tuple[str, str]] = {}
+    out: list[RunPlan] = []
+    problems: list[tuple[RunPlan, str, str]] = []
     for run in runs:
         if not run.code:
             out.append(run)
@@ -93,8 +103,40 @@ def probe(runs: list[RunPlan], trying: Callable[[RunPlan], None] = lambda run: N
                 tried[key] = invalid.problems[0]
                 problems.append((run, *invalid.problems[0]))
         result = tried[key]
-        out.append(replace(run, parameters=result) if isinstance(result, int) else run)
+        if isinstance(result, Tried):
+            out.append(replace(run, parameters=result.parameters))
+            said = {(k, m) for _, k, m in problems}
+            problems += [(run, *p) for p in metric_problems(run, result.names) if p not in said]
+        else:
+            out.append(run)
     return out, problems
+
+
+def metric_problems(run: RunPlan, names: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(key, message) for each metric the run's spec names that its evaluations, whose values are
+    `names` on each split, do not have: train.early_stopping's, the search's and the report's."""
+    splits = ["train", "val"] if run.validation_rows else ["train"]
+    tags = [f"{split}/{name}" for split in splits for name in names]
+    reported = [f"final/{tag}" for tag in tags] + [f"best/{splits[-1]}/{name}" for name in names]
+    if run.has_truth:
+        reported.append("final/weight_distance")
+    wanted = []
+    stopping = run.config.train.early_stopping
+    if stopping is not None and stopping.metric is not None:
+        wanted.append(("train.early_stopping.metric", stopping.metric, tags))
+    if run.trial is not None and run.trial.metric != run.report.metric:
+        wanted.append(("search.metric", run.trial.metric, reported))
+    if run.report.metric is not None:
+        wanted.append(("report.metric", run.report.metric, reported))
+    return [
+        (
+            key,
+            f"{value} is no value of this run's evaluations{suggest(value, known)}; they have "
+            + ", ".join(known),
+        )
+        for key, value, known in wanted
+        if value not in known
+    ]
 
 
 def _key(run: RunPlan) -> str:
@@ -160,8 +202,8 @@ def width_problem(model: Any, width: int, labels: tuple[int, int] | None) -> tup
     return ("model.kind", f"outputs {width} {value} per row, {seen}; give the model {classes} outputs{offer}")
 
 
-def try_run(run: RunPlan) -> int:
-    """One forward pass, loss and metrics on one batch; the model's parameter elements."""
+def try_run(run: RunPlan) -> Tried:
+    """One forward pass, loss and metrics on one batch."""
     import torch
     from torch.utils.data import default_collate
 
@@ -233,6 +275,7 @@ def try_run(run: RunPlan) -> int:
     if not isinstance(value, torch.Tensor) or value.numel() != 1:
         shape = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
         raise Invalid([("loss.kind", f"{config.loss.kind} returned {shape}, not a single number")])
+    names = ["loss"]
     for i, name in enumerate(config.eval.metrics):
         key = f"eval.metrics[{i}]"
         metric = metrics.resolve(name, Path(run.data_folder), key)
@@ -254,4 +297,5 @@ def try_run(run: RunPlan) -> int:
             raise Invalid(
                 [(key, f"{name} returns a value named 'loss', the loss's own name; call it otherwise")]
             )
-    return sum(p.numel() for p in model.parameters())
+        names += list(values)
+    return Tried(sum(p.numel() for p in model.parameters()), tuple(names))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from trainer.core.strict import Invalid, at_least, below, build, setting, show, suggest
-from trainer.spec.schema import RANK_METRIC, rank_metric
+from trainer.spec.schema import RANK_METRIC, UNSET_NOT_IDENTITY, beside_identity, rank_metric
 
 METHODS = ("grid", "random", "sobol", "tpe")
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
@@ -297,3 +297,31 @@ def eval_tag(metric: str) -> str:
     """The evaluation value a metric is the final or best of (final/val/loss -> val/loss)."""
     assert RANK_METRIC.match(metric)
     return metric.partition("/")[2]
+
+
+def study_configuration(config: dict[str, Any], drawn: Any, repeated: Any) -> dict[str, Any]:
+    """A trial's configuration (as config.yaml holds it) as its study's identity has it: each
+    setting by its dotted key, less those the search draws (a drawn kind: its whole section, whose
+    other settings follow from the kind) and repeats over, and those no part of a run's identity
+    (its description, trainer.spec.schema.NOT_IDENTITY, a setting added later while unset), and
+    its name, which is its experiment's folder."""
+    gone = [*drawn, *repeated, "description", "name"]
+    gone += [key.removesuffix(".kind") for key in drawn if key.endswith(".kind")]
+    flat = _flat(config)
+    return {
+        key: value
+        for key, value in flat.items()
+        if not any(key == g or key.startswith(g + ".") for g in gone)
+        and not beside_identity(key)
+        and not (key in UNSET_NOT_IDENTITY and value is None)
+    }
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -21,7 +21,7 @@ from trainer.spec.names import run_name
 from trainer.spec.plan import DISTANCE, RunPlan, Trial
 from trainer.spec.probe import inspect_apart, probe_apart, width_problem
 from trainer.spec.schema import Config, Invalid, build, check_key, experiment_name
-from trainer.spec.search import Distribution, Space, draw, eval_tag
+from trainer.spec.search import Distribution, Space, draw, eval_tag, study_configuration
 
 MAX_RUNS = 10_000
 DEFAULT_STEPS = 1000
@@ -106,7 +106,8 @@ def _planned(loaded: list[Spec], problems: list[str], allow_large: bool, apart: 
         runs, found = probe_apart(runs, apart)
         found += probe_apart(probes, apart)[1] if probes else []
         problems.extend(
-            f"{_locate(specs[run.spec_path], key)}: {key}: {message} (run {run.folder})"
+            f"{_locate(specs[run.spec_path], key)}: {key}: {message}"
+            + ("" if key.startswith(("search.", "report.")) else f" (run {run.folder})")  # the spec's own
             for run, key, message in found
         )
     if not problems:
@@ -467,6 +468,12 @@ class Search:
     def total_runs(self) -> int:
         return len(self.runs) if not self.draws_later else self.space.trials * self.replicas
 
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What drew its study and what its trials train (identity), as its runs' trials carry it."""
+        first = next(iter([*self.runs, *self.probes]))
+        return json.loads(first.trial.search)
+
     def trial_runs(self, number: int, params: dict[str, Any]) -> list[RunPlan]:
         """The runs of one trial (one per replicate), validated; problems raise SpecError."""
         return _trial_runs(self, number, params, None)
@@ -657,14 +664,15 @@ def _trial(search: Search, run: RunPlan, number: int, params: dict[str, Any]) ->
         way,
         tuple(search.space.replicates),
         verdicts,
-        json.dumps(identity(search), sort_keys=True),
+        json.dumps(identity(search, run), sort_keys=True),
     )
     return dataclasses.replace(run, trial=trial)
 
 
-def identity(search: Search) -> dict[str, Any]:
-    """What decides a search's trials and verdicts: a study drawn otherwise is another study. Its
-    number of trials is not part of it: more trials go on drawing where the study stopped."""
+def identity(search: Search, run: RunPlan) -> dict[str, Any]:
+    """What decides a search's trials and verdicts, and what they train (`run` is any of its runs):
+    a study drawn otherwise, or of trials configured otherwise, is another study. Its number of
+    trials is not part of it: more trials go on drawing where the study stopped."""
     settings = search.settings
     prune = settings.prune
     pruner = {"kind": "none"}
@@ -684,6 +692,7 @@ def identity(search: Search) -> dict[str, Any]:
         "prune": pruner,
         "space": {key: d.text() for key, d in search.space.dimensions.items()},
         "replicates": list(search.space.replicates),
+        "config": study_configuration(run.config_data, search.space.dimensions, search.space.replicates),
     }
 
 

@@ -1,7 +1,7 @@
 """A teammate's log folder is data: what status, compare, merge, index and report print or export
 from it drives no terminal (escape sequences and newlines in names are shown escaped) and runs no
-spreadsheet formula (CSV text cells that would begin one get a quote). Each folder here is a real
-run's, copied and edited on disk."""
+spreadsheet formula (CSV text cells that would begin one get a quote); and `status` of large
+records holds one at a time. Each folder here is a real run's, copied and edited on disk."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.run.rundir import RECORD, write_record
+from trainer.run.rundir import MAX_RECORD_BYTES, RECORD, write_record
 
 REPO = Path(__file__).resolve().parents[1]
 ESC, BEL, RLO = "\x1b", "\x07", "\u202e"
@@ -204,3 +205,49 @@ def test_errors_and_merge_lines_quote_names_escaped(real_run, tmp_path):
         "  refused: alice/toy/seed=0\\x1b]0;owned\\x07\\nfake: "
         "'seed=0\\x1b]0;owned\\x07\\nfake' is not a run folder name"
     ]
+
+
+def vm_peak(logdir: Path, cwd: Path) -> int:
+    """The most address space `status` of a log folder took, in bytes (Linux's VmPeak)."""
+    script = (
+        "import sys; from trainer.cli.commands import main; main(['status', sys.argv[1]]); "
+        "print([l for l in open('/proc/self/status') if l.startswith('VmPeak')][0].split()[1])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(logdir)],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return int(done.stdout.splitlines()[-1]) * 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's VmPeak")
+def test_status_of_large_records_takes_the_memory_of_one(real_run, tmp_path):
+    small, large = tmp_path / "small", tmp_path / "large"
+    runs = 8
+    for number in range(runs):
+        copy_run(real_run, small, f"seed={number}")
+        # Just under the cap, in the shape that takes the most memory per byte read: empty mappings.
+        folder = copy_run(real_run, large, f"seed={number}")
+        record = json.loads((folder / RECORD).read_text())
+        room = MAX_RECORD_BYTES - (folder / RECORD).stat().st_size - 1024
+        record["report"] = {"padding": [{}] * (room // 3)}
+        (folder / RECORD).write_text(json.dumps(record, separators=(",", ":")))
+        assert MAX_RECORD_BYTES - 2048 < (folder / RECORD).stat().st_size <= MAX_RECORD_BYTES
+    over = copy_run(real_run, large, "seed=over")
+    (over / RECORD).write_text((over / RECORD).read_text() + " " * MAX_RECORD_BYTES)
+    # Reading one such record takes about 25 times its size; all of them at once would take 8 times that.
+    limit = vm_peak(small, tmp_path) + 48 * MAX_RECORD_BYTES
+
+    def capped() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    done = trainer(tmp_path, "status", "large", preexec_fn=capped)
+    assert done.returncode == 1, done.stderr  # 1: a run is damaged
+    rows = [line.split()[:2] for line in done.stdout.splitlines() if line.startswith("toy/")]
+    assert rows == [[f"toy/seed={n}", "complete"] for n in range(runs)] + [["toy/seed=over", "damaged"]]
+    size = (over / RECORD).stat().st_size
+    assert f"  toy/seed=over: record.json is {size:,} bytes, too large for a run record" in done.stdout

@@ -206,10 +206,30 @@ def _step_count(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else visible(value)
 
 
+# What status, its CSV and JSON rows (trainer.reporting.rows) and trainer.runs() read of a record:
+# all that status_records keeps of it, so that a log folder's records, final weights, curves and
+# configurations are not all held at once (a folder's status then needs the memory of one record
+# and of what it shows, not of all its records).
+SHOWN_KEYS = ("status", "hparams", "swept", "metrics", "stopped", "steps_done", "duration_s", "code")
+
+
+def shown_part(record: dict[str, Any]) -> dict[str, Any]:
+    """The part of a record that status shows, sorts and filters by (SHOWN_KEYS, the engine's name
+    and the device)."""
+    kept = {key: record[key] for key in SHOWN_KEYS if key in record}
+    engine, resolved = record.get("engine"), record.get("resolved")
+    if isinstance(engine, dict):
+        kept["engine"] = {"name": engine.get("name")}
+    if isinstance(resolved, dict):
+        kept["resolved"] = {"device": resolved.get("device")}
+    return kept
+
+
 def status_records(logdir: Path, deep: bool = False) -> list[dict[str, Any]]:
-    """Every run under a log folder: its record (if any) with its folder and its state as status,
-    'damaged' (with the reason as damage) where its files no longer match its record (see
-    trainer.verify; `deep` reads every file)."""
+    """Every run under a log folder: what status shows of its record (if any; shown_part) with its
+    folder and its state as status, 'damaged' (with the reason as damage) where its files no
+    longer match its record (see trainer.verify; `deep` reads every file). Each record is read,
+    checked and cut down before the next one is read."""
     from trainer.run import rundir, verify
 
     found = []
@@ -218,13 +238,14 @@ def status_records(logdir: Path, deep: bool = False) -> list[dict[str, Any]]:
         damage = state.problem or verify.check(logdir / experiment / name, state.record, deep)
         found.append(
             dict(
-                state.record or {},
+                shown_part(state.record or {}),
                 folder=f"{experiment}/{name}",
                 experiment=experiment,
                 status=verify.DAMAGED if damage is not None else state.state,
                 damage=damage,
             )
         )
+        del state  # the whole record goes before the next is read
     return found
 
 

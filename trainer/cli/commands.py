@@ -16,6 +16,7 @@ from trainer.cli.parser import parser
 from trainer.core.errors import LogDirError, UserError
 from trainer.core.hints import trainer_command
 from trainer.core.status import Status
+from trainer.core.visible import visible, visible_lines
 from trainer.reporting import tables as report
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def _main(argv: list[str] | None) -> int:
         return COMMANDS[args.command](args)
     except UserError as exc:
         for line in exc.problems:
-            print(f"error: {line}", file=sys.stderr)
+            print(f"error: {visible_lines(line)}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:  # before runs start or after they end: nothing to record
         print("interrupted", file=sys.stderr)
@@ -50,7 +51,9 @@ def _main(argv: list[str] | None) -> int:
         raise  # the reader went away: main() ends quietly
     except OSError as exc:  # a file system fault no command foresaw: still one sentence
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"error: {where}{exc.strerror or exc}; nothing more was done", file=sys.stderr)
+        print(
+            f"error: {visible(where)}{visible(exc.strerror or exc)}; nothing more was done", file=sys.stderr
+        )
         return 2
 
 
@@ -198,7 +201,8 @@ def execute_planned(runs: list[RunPlan], args: argparse.Namespace, workers: int,
         index.rebuild(logdir, records)
     except OSError as exc:
         print(
-            f"warning: the HParams record of {logdir} could not be rebuilt: {exc.strerror}", file=sys.stderr
+            f"warning: the HParams record of {visible(logdir)} could not be rebuilt: {exc.strerror}",
+            file=sys.stderr,
         )
     planned = {r.folder for r in runs} - {run.folder for run, _ in result.changed}
     searched = {name for name, s in getattr(runs, "searches", {}).items() if s.draws_later}
@@ -206,15 +210,15 @@ def execute_planned(runs: list[RunPlan], args: argparse.Namespace, workers: int,
     command = f"{trainer_command()} {shlex.join(sys.argv[1:])}" if sys.argv[1:] else ""
     total = len(runs) + sum(s.total_runs for s in getattr(runs, "searches", {}).values() if s.draws_later)
     for line in report.sweep_summary(ours, result, logdir, command or "the same command", total, args.quiet):
-        print(line)
+        print(visible_lines(line))
     if not args.quiet:
         for line in studies_summary(getattr(runs, "searches", {}), logdir, ours):
-            print(line)
+            print(visible(line))
     if result.interrupted:
         return EXIT_INTERRUPTED
     if result.changed:
         for paragraph in _changed_spec(ChangedConfig(logdir, result.changed), args, meanwhile=True):
-            print(f"error: {paragraph}", file=sys.stderr)
+            print(f"error: {visible_lines(paragraph)}", file=sys.stderr)
         return 2
     if result.logdir_fault or result.startup_fault:
         return 2
@@ -312,7 +316,7 @@ def print_status(logdir: Path, args: argparse.Namespace) -> int:
         lines, damaged = status_output(
             logdir, fmt, wanted, args.sort, args.filters, args.reverse, args.verify
         )
-    for line in lines:
+    for line in lines:  # names are escaped in the table (tables.table), CSV (csv_cell) and JSON
         print(line)
     return 1 if damaged else 0
 
@@ -326,8 +330,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     count, columns = index.rebuild(logdir, focus=args.focus)
     focused = f" of {', '.join(args.focus)}" if args.focus else ""
     print(
-        f"{logdir}: HParams record rebuilt for {count} runs{focused}; hparam columns: "
-        f"{', '.join(columns) or 'none'}"
+        f"{visible(logdir)}: HParams record rebuilt for {count} runs{visible(focused)}; hparam columns: "
+        f"{visible(', '.join(columns)) or 'none'}"
     )
     return 0
 
@@ -350,7 +354,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if readme is not None:
         readme.write_text(writeup.with_findings(text, summary, str(readme)))
     for line in writeup.terminal_lines(summary, out):
-        print(line)
+        print(visible(line))
     return 0
 
 
@@ -373,10 +377,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
         print(f"waiting for another merge into {args.into} to finish ...", file=sys.stderr, flush=True)
 
     result = merge([Path(s) for s in args.sources], Path(args.into), args.include_unfinished, waiting)
-    for line in result.lines():
-        print(line)
+    for line in result.lines():  # each names runs of the teammates' folders
+        print(visible(line))
     count, _ = index.rebuild(Path(args.into))
-    print(f"{args.into}: HParams record rebuilt for {count} runs")
+    print(f"{visible(args.into)}: HParams record rebuilt for {count} runs")
     return 1 if result.refused or result.damaged else 0
 
 

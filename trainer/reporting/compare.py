@@ -28,6 +28,7 @@ def compared(a: Path, b: Path, experiment: str | None = None) -> list[dict[str, 
     and each side's code digests."""
     from trainer.core.errors import UserError
     from trainer.core.strict import suggest
+    from trainer.core.visible import visible
     from trainer.reporting.index import records
 
     both = [records(folder) for folder in (a, b)]
@@ -35,8 +36,8 @@ def compared(a: Path, b: Path, experiment: str | None = None) -> list[dict[str, 
         known = sorted({r.get("experiment") or r["folder"].partition("/")[0] for side in both for r in side})
         if experiment not in known:
             raise UserError(
-                f"experiment: neither {a} nor {b} has an experiment {experiment!r}{suggest(experiment, known)}; "
-                f"they hold {', '.join(known) or 'no finished runs'}"
+                f"experiment: neither {visible(a)} nor {visible(b)} has an experiment {experiment!r}"
+                f"{suggest(experiment, known)}; they hold {visible(', '.join(known)) or 'no finished runs'}"
             )
     sides = [_groups(found, experiment) for found in both]
     # Every configuration gets a row for every metric either folder records (NaN where it has none).
@@ -130,12 +131,13 @@ def compare_lines(
     import json
 
     from trainer.core.errors import UserError
+    from trainer.core.visible import csv_cell, visible
     from trainer.reporting.tables import table
 
     found = compared(a, b, experiment)
     if not found:
         where = f" of experiment {experiment}" if experiment else ""
-        return [f"no finished runs{where} in {a} or {b}"]
+        return [visible(f"no finished runs{where} in {a} or {b}")]
     if fmt == "json":
         return [
             json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
@@ -145,14 +147,14 @@ def compare_lines(
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=list(COLUMNS), lineterminator="\n")
         writer.writeheader()
-        writer.writerows(found)
+        writer.writerows({k: csv_cell(v) for k, v in r.items()} for r in found)
         return out.getvalue().splitlines()
     metrics = list(dict.fromkeys(r["metric"] for r in found))
     searched = _search_metric(a, b, experiment)
     chosen = metric or searched or ("final/val/loss" if "final/val/loss" in metrics else "final/train/loss")
     if chosen not in metrics:
         raise UserError(
-            f"--metric {chosen}: no run of either folder records it; they record {', '.join(metrics)}"
+            f"--metric {chosen}: no run of either folder records it; they record {visible(', '.join(metrics))}"
         )
     rows = [r for r in found if r["metric"] == chosen]
     shown = [
@@ -173,7 +175,8 @@ def compare_lines(
         for r in rows
     ]
     lines = [
-        f"{chosen}: {a} (a) against {b} (b), mean ± standard deviation over each side's complete runs",
+        f"{visible(chosen)}: {visible(a)} (a) against {visible(b)} (b), mean ± standard deviation over each "
+        f"side's complete runs",
         "",
     ]
     lines += table(shown, ["experiment", "group", "runs a", "a", "runs b", "b", "b - a", "code"])
@@ -183,7 +186,7 @@ def compare_lines(
     }
     for side, folder in (("a", a), ("b", b)):
         if only[side]:
-            lines.append(f"only in {folder}: " + ", ".join(only[side]))
+            lines.append(f"only in {visible(folder)}: " + visible(", ".join(only[side])))
     return lines
 
 

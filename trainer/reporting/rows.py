@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from trainer.core.visible import csv_cell
 from trainer.reporting.tables import (
     COLUMNS,
     code_column,
@@ -91,8 +92,8 @@ def status_output(
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(names)
-        writer.writerows([["" if x is None else x for x in v] for v in values])
+        writer.writerow([csv_cell(name) for name in names])
+        writer.writerows([[csv_cell(x) for x in v] for v in values])
         return out.getvalue().splitlines(), damaged
     return table([[_shown(x) for x in v] for v in values], names), damaged
 

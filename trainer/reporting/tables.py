@@ -12,6 +12,7 @@ from typing import Any
 from trainer.core.errors import UserError
 from trainer.core.hints import tensorboard_command, trainer_command
 from trainer.core.status import Status
+from trainer.core.visible import visible
 
 MAX_ROWS = 40
 # A number inside a name, so that names sort as people read them: batch_size=32 before 128.
@@ -27,9 +28,12 @@ def _number(value: Any) -> str:
 
 
 def table(rows: list[list[str]], header: list[str]) -> list[str]:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    """Aligned columns, each cell shown (trainer.core.visible): a name with a newline or an escape
+    sequence in it neither forges a row nor reaches the terminal as a command."""
+    cells = [[visible(cell) for cell in row] for row in [header, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return [fmt.format(*header).rstrip(), *(fmt.format(*r).rstrip() for r in rows)]
+    return [fmt.format(*r).rstrip() for r in cells]
 
 
 def natural_key(text: str) -> tuple:
@@ -160,7 +164,7 @@ def sweep_summary(
         for summary in failed[:MAX_ROWS]:
             trace = logdir / summary.folder / TRACEBACK
             where = f" (traceback: {trace})" if trace.exists() else ""
-            lines.append(f"  {summary.folder}: {summary.error}{where}")
+            lines.append(f"  {visible(summary.folder)}: {visible(summary.error)}{visible(where)}")
     lines += _resumed_lines(records, {s.folder for s in report.ran})
     if report.logdir_fault:
         lines.append(
@@ -186,21 +190,46 @@ def _resumed_lines(records: list[dict[str, Any]], ran: set[str]) -> list[str]:
     lines = []
     if resumed:
         shown = ", ".join(
-            f"{r['folder']} (from step {r['resumed'].get('from_step', 0):,})" for r in resumed[:5]
+            f"{visible(r['folder'])} (from step {_step_count(r['resumed'].get('from_step', 0))})"
+            for r in resumed[:5]
         )
         more = f" and {len(resumed) - 5} more" if len(resumed) > 5 else ""
         lines.append(f"{_runs(len(resumed))} went on from a checkpoint: {shown}{more}")
     over = [r for r in mine if r.get("started_over")]
     if over:
         lines.append(f"{_runs(len(over))} started over:")
-        lines += [f"  {r['folder']}: {r['started_over']}" for r in over[:MAX_ROWS]]
+        lines += [f"  {visible(r['folder'])}: {visible(r['started_over'])}" for r in over[:MAX_ROWS]]
     return lines
 
 
+def _step_count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else visible(value)
+
+
+# What status, its CSV and JSON rows (trainer.reporting.rows) and trainer.runs() read of a record:
+# all that status_records keeps of it, so that a log folder's records, final weights, curves and
+# configurations are not all held at once (a folder's status then needs the memory of one record
+# and of what it shows, not of all its records).
+SHOWN_KEYS = ("status", "hparams", "swept", "metrics", "stopped", "steps_done", "duration_s", "code")
+
+
+def shown_part(record: dict[str, Any]) -> dict[str, Any]:
+    """The part of a record that status shows, sorts and filters by (SHOWN_KEYS, the engine's name
+    and the device)."""
+    kept = {key: record[key] for key in SHOWN_KEYS if key in record}
+    engine, resolved = record.get("engine"), record.get("resolved")
+    if isinstance(engine, dict):
+        kept["engine"] = {"name": engine.get("name")}
+    if isinstance(resolved, dict):
+        kept["resolved"] = {"device": resolved.get("device")}
+    return kept
+
+
 def status_records(logdir: Path, deep: bool = False) -> list[dict[str, Any]]:
-    """Every run under a log folder: its record (if any) with its folder and its state as status,
-    'damaged' (with the reason as damage) where its files no longer match its record (see
-    trainer.verify; `deep` reads every file)."""
+    """Every run under a log folder: what status shows of its record (if any; shown_part) with its
+    folder and its state as status, 'damaged' (with the reason as damage) where its files no
+    longer match its record (see trainer.verify; `deep` reads every file). Each record is read,
+    checked and cut down before the next one is read."""
     from trainer.run import rundir, verify
 
     found = []
@@ -209,13 +238,14 @@ def status_records(logdir: Path, deep: bool = False) -> list[dict[str, Any]]:
         damage = state.problem or verify.check(logdir / experiment / name, state.record, deep)
         found.append(
             dict(
-                state.record or {},
+                shown_part(state.record or {}),
                 folder=f"{experiment}/{name}",
                 experiment=experiment,
                 status=verify.DAMAGED if damage is not None else state.state,
                 damage=damage,
             )
         )
+        del state  # the whole record goes before the next is read
     return found
 
 
@@ -236,7 +266,7 @@ def setting_of(records: list[dict[str, Any]], key: str, option: str) -> str:
         return (swept or ends)[0]
     if ends:
         raise UserError(
-            f"{option} {key}: several settings end in {key!r} ({', '.join(ends)}); give the whole key"
+            f"{option} {key}: several settings end in {key!r} ({visible(', '.join(ends))}); give the whole key"
         )
     short = {k.rpartition(".")[2] for k in known} | {
         k.removesuffix(".kind") for k in known if k.endswith(".kind")
@@ -246,7 +276,8 @@ def setting_of(records: list[dict[str, Any]], key: str, option: str) -> str:
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise UserError(
         f"{option} {key}: no column, setting or metric of that name{hint}; columns: {', '.join(COLUMNS)}, "
-        f"a setting such as optimizer.lr, or a metric the runs record such as {(measured or ['final/train/loss'])[0]}"
+        f"a setting such as optimizer.lr, or a metric the runs record such as "
+        f"{visible((measured or ['final/train/loss'])[0])}"
     )
 
 
@@ -340,8 +371,10 @@ def status_report(
     """status_lines, and how many runs are damaged; `deep` reads every file (status --verify)."""
     everything = status_records(logdir, deep)
     if not everything:
-        return [f"no runs under {logdir}"], 0
-    damaged = [f"  {r['folder']}: {r['damage']}" for r in everything if r["damage"] is not None]
+        return [f"no runs under {visible(logdir)}"], 0
+    damaged = [
+        f"  {visible(r['folder'])}: {visible(r['damage'])}" for r in everything if r["damage"] is not None
+    ]
     shown = sort_records(filter_records(everything, filters), sort, reverse)
     counts: dict[str, int] = {}
     for record in shown:
@@ -349,7 +382,7 @@ def status_report(
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     total = f"{len(shown)} of {len(everything)} runs" if len(shown) != len(everything) else _runs(len(shown))
     lines = (
-        [f"{total} match {' and '.join(filters)}"]
+        [f"{total} match {visible(' and '.join(filters))}"]
         if not shown
         else [*run_table(shown), "", f"{total}: {summary}"]
     )
@@ -372,9 +405,10 @@ def code_versions(records: list[dict[str, Any]]) -> list[str]:
             counts = versions.setdefault(record.get("experiment", "?"), {})
             counts[code] = counts.get(code, 0) + 1
     return [
-        f"{experiment}: its runs were made by {len(counts)} versions of its user code ("
+        f"{visible(experiment)}: its runs were made by {len(counts)} versions of its user code ("
         + ", ".join(
-            f"code {code}: {_runs(n)}" for code, n in sorted(counts.items(), key=lambda c: (-c[1], c[0]))
+            f"code {visible(code)}: {_runs(n)}"
+            for code, n in sorted(counts.items(), key=lambda c: (-c[1], c[0]))
         )
         + "); the report keeps them apart"
         for experiment, counts in sorted(versions.items())

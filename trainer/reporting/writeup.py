@@ -12,6 +12,7 @@ from typing import Any
 from trainer.core.errors import UserError
 from trainer.core.status import Status
 from trainer.core.strict import suggest
+from trainer.core.visible import visible
 from trainer.reporting import index
 from trainer.reporting.bands import eval_tag, group_bands
 from trainer.reporting.findings import CONVERGED, DISTANCE, Effect, ExperimentFindings, Group, Stats, findings
@@ -160,7 +161,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
-        *("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows),
+        *("| " + " | ".join(visible(cell).replace("|", "\\|") for cell in row) + " |" for row in rows),
     ]
 
 
@@ -370,8 +371,9 @@ def write(logdir: Path, out: Path, experiments: list[str] = ()) -> list[str]:
 
             f.search.importances = importances(logdir, f.name)
     images = {f.name: draw(logdir, f, out) for f in found}
-    lines = report_lines(logdir, found, images)
-    summary = summary_lines(found)
+    # A line a name from the folder made two, or an escape sequence in it, is shown escaped.
+    lines = [visible(line) for line in report_lines(logdir, found, images)]
+    summary = [visible(line) for line in summary_lines(found)]
     # Put in place whole: a symlink already there is replaced, never written through.
     rundir.write_atomic(out / REPORT, "\n".join(lines) + "\n", durable=False)
     rundir.write_atomic(out / SUMMARY, "\n".join(summary) + "\n", durable=False)

@@ -143,8 +143,12 @@ def data_digest(data: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-# Far more than any run's record; a bigger file is not one.
-MAX_RECORD_BYTES = 16 * 1024 * 1024
+# A bigger file is not a run's record. What makes a record big is its final weights, those of the
+# parameters of at most log.max_elements elements, about 22 bytes each in JSON: 4 MiB holds some
+# 190,000 of them. The comparison set's biggest record is 4.8 KB; a model whose 80,000 weights
+# were all logged one curve each (max_elements: 100000) had not done 10 steps after an hour. Reading
+# a record takes about ten times its size in memory, so the cap also bounds what a crafted one costs.
+MAX_RECORD_BYTES = 4 * 1024 * 1024
 
 
 def record_problem(record: Any) -> str | None:

@@ -5,6 +5,7 @@ records holds one at a time. Each folder here is a real run's, copied and edited
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -84,8 +85,13 @@ def test_status_table_escapes_control_characters_and_a_newline_forges_no_row(rea
     for name in names:
         copy_run(real_run, logs, name)
     done = trainer(tmp_path, "status", "logs")
-    assert done.returncode == 0, done.stderr
+    # No run of this tool has such a name: each is damaged, its name shown escaped wherever it is.
+    assert done.returncode == 1, done.stderr
     assert not any(c in done.stdout for c in RAW) and "\t" not in done.stdout
+    assert (
+        "  toy/seed=4\\tx: record.json is not a run record: its run 'seed=4\\tx' is not a name this tool writes"
+        in done.stdout
+    )
     rows = [line for line in done.stdout.splitlines() if line.startswith("toy/")]
     assert [row.split("  ")[0] for row in rows] == [
         "toy/seed=0\\x1b]0;owned\\x07",
@@ -93,22 +99,23 @@ def test_status_table_escapes_control_characters_and_a_newline_forges_no_row(rea
         "toy/seed=2\\u202egpj.exe",
         "toy/seed=4\\tx",
     ]
-    assert "4 runs: 4 complete" in done.stdout
+    assert "4 runs: 4 damaged" in done.stdout
     # The table's columns line up on the escaped names.
     column = done.stdout.splitlines()[0].index("status")
-    assert [row[column:].split()[0] for row in rows] == ["complete"] * 4
+    assert [row[column:].split()[0] for row in rows] == ["damaged"] * 4
     # JSON keeps the names exactly, escaped as JSON escapes them.
     done = trainer(tmp_path, "status", "logs", "--format", "json", "--columns", "run")
-    assert done.returncode == 0 and not any(c in done.stdout for c in RAW)
+    assert done.returncode == 1 and not any(c in done.stdout for c in RAW)
     assert sorted(json.loads(line)["run"] for line in done.stdout.splitlines()) == sorted(names)
 
 
 def test_status_csv_quotes_what_a_spreadsheet_would_evaluate(real_run, tmp_path):
     logs = tmp_path / "logs"
+    copy_run(real_run, logs, "=2+5")  # no name of this tool's: a damaged run, its name a cell still
     copy_run(
         real_run,
         logs,
-        "=2+5",
+        "base",
         hparams={
             "model.note": "=cmd|' /C calc'!A0",
             "model.minus": "-x",
@@ -120,10 +127,10 @@ def test_status_csv_quotes_what_a_spreadsheet_would_evaluate(real_run, tmp_path)
         },
     )
     done = trainer(tmp_path, "status", "logs", "--format", "csv")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr
     assert ESC not in done.stdout
-    (row,) = list(csv.DictReader(io.StringIO(done.stdout)))
-    assert row["run"] == "'=2+5"
+    damaged, row = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert (damaged["run"], damaged["state"], row["run"]) == ("'=2+5", "damaged", "base")
     assert row["model.note"] == "'=cmd|' /C calc'!A0"
     assert (row["model.minus"], row["model.at"], row["model.plus"]) == ("'-x", "'@SUM(A1)", "'+1")
     assert row["model.color"] == "\\x1b[31mred"
@@ -250,4 +257,34 @@ def test_status_of_large_records_takes_the_memory_of_one(real_run, tmp_path):
     rows = [line.split()[:2] for line in done.stdout.splitlines() if line.startswith("toy/")]
     assert rows == [[f"toy/seed={n}", "complete"] for n in range(runs)] + [["toy/seed=over", "damaged"]]
     size = (over / RECORD).stat().st_size
-    assert f"  toy/seed=over: record.json is {size:,} bytes, too large for a run record" in done.stdout
+    assert (
+        f"  toy/seed=over: record.json is {size:,} bytes, more than such a file may hold (4,194,304)"
+        in done.stdout
+    )
+
+
+def test_report_page_makes_no_html_link_or_picture_of_a_name(real_run, tmp_path):
+    """report.html is a page a teammate may open in a browser: a setting that is HTML, a link to a
+    script or a picture of a file beside the folder is shown as text; only the report's own
+    pictures are embedded."""
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"\x89PNG the user's own picture")
+    hostile = "<script>alert(1)</script>[click](javascript:alert(2))![s](../secret.png)"
+    for number, value in enumerate((hostile, "blue")):
+        for seed in (0, 1):
+            copy_run(
+                real_run,
+                tmp_path / "logs",
+                f"c={number},seed={seed}",
+                hparams={"model.c": value, "train.seed": float(seed)},
+                swept={"model.c": value, "train.seed": seed},
+            )
+    done = trainer(tmp_path, "report", "logs", "--out", "report")
+    assert done.returncode == 0, done.stderr
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "javascript:" not in page.replace("[click](javascript:alert(2))", "")  # only as text
+    assert 'href="javascript' not in page and "<a " not in page
+    assert 'src="../secret.png"' not in page
+    assert base64.b64encode(secret.read_bytes()).decode() not in page
+    assert page.count('<img alt="') == page.count("data:image/png;base64,") >= 1  # the report's own

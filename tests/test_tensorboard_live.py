@@ -101,6 +101,9 @@ trainer.training.loop.train = train
 
 if __name__ == "__main__":
     from trainer.cli.commands import main
+    from trainer.executors import workers
+
+    workers.WORKER_MODULES.append("crashing_cli")  # the workers' fork server imports this file too
     sys.exit(main(sys.argv[1:]))
 """
 

@@ -51,9 +51,9 @@ def sweep(
     experiments). `spec` is a spec file's path or the spec itself as a mapping (user code and CSV
     paths are then looked up from the current folder); `overrides` are --set's KEY=VALUE texts, or a
     mapping of them. `workers=0` (the default) trains in this process, one run after another, as
-    `python -m trainer run` does; more start that many worker processes (from a script, under
-    `if __name__ == "__main__":`). Progress is a tqdm bar (tqdm.auto's in a notebook); `quiet`
-    shows only the summary."""
+    `python -m trainer run` does; more start that many worker processes, which run user code by its
+    import path and never the calling script. Progress is a tqdm bar (tqdm.auto's in a notebook);
+    `quiet` shows only the summary."""
     from trainer.cli.commands import execute_planned
     from trainer.spec.files import MAPPING
     from trainer.spec.sweep import plan

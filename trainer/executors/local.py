@@ -2,10 +2,11 @@
 process itself).
 
 The parent process never imports torch: it hands units to workers one at a time (longest first, so
-both cores stay busy to the end) and keeps the claims fresh. A worker that dies is replaced and its
-runs recorded as failed; a worker whose parent dies is killed by the kernel (Linux) or exits within
-half a second. Ctrl-C, SIGTERM and SIGHUP only set a flag: the workers stop at their next chunk of steps and
-record their runs as interrupted.
+both cores stay busy to the end) and keeps the claims fresh. A worker runs trainer code and user
+code by its import path, never the caller's main script (trainer.core.children). A worker that dies
+is replaced and its runs recorded as failed; a worker whose parent dies is killed by the kernel
+(Linux) or exits within half a second. Ctrl-C, SIGTERM and SIGHUP only set a flag: the workers stop
+at their next chunk of steps and record their runs as interrupted.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from trainer.core.children import start_without_main
 from trainer.core.deadline import limit_of
 from trainer.core.output import unbroken_output
 from trainer.core.status import Status
@@ -180,7 +182,7 @@ class Worker:
         # the worker is still importing cannot kill it with a KeyboardInterrupt traceback.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
-            self.process.start()
+            start_without_main(self.process)  # it runs trainer code, never the caller's script again
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         child.close()
@@ -454,7 +456,6 @@ def _collect(
             raise WorkerDiedStarting(_how(code))
         raise WorkerStartError(
             f"a worker process exited with status {worker.process.exitcode} before it was ready, so no run was "
-            f"started. Check that `{Path(sys.executable).name} -c 'import torch'` works, and that a script "
-            f'starting a sweep does so under `if __name__ == "__main__":`'
+            f"started. Check that `{Path(sys.executable).name} -c 'import torch'` works"
         )
     return None

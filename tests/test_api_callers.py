@@ -1,0 +1,165 @@
+"""trainer.sweep and the sweep's processes as real callers start them: a script read from standard
+input, a script without a `__main__` guard, a process that goes on after the sweep, Ctrl-C inside
+the call, and a sweep killed by SIGKILL. Real processes and signals; what is on disk is read back."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from test_faults import (
+    REPO,
+    Sweep,
+    records,
+    toy_spec,
+    trainer,
+)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc"),
+]
+
+# A model of the user's own, named by its import path: planning tries it in a child process.
+USER_MODEL = """\
+import torch
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 1, bias=False)
+
+    def forward(self, x):
+        return self.linear(x)
+"""
+
+
+def user_spec(folder: Path, *sweep: str, steps: int = 200) -> Path:
+    """toy_spec's spec with the model of mymodel.py beside it."""
+    (folder / "mymodel.py").write_text(USER_MODEL)
+    path = toy_spec(folder, *sweep, steps=steps)
+    path.write_text(path.read_text().replace("{kind: linear, bias: false}", "{kind: mymodel:Net}"))
+    return path
+
+
+def python(tmp_path: Path, source: str, via: str, name: str = "caller") -> Sweep:
+    """A Python program started as a user starts one: `python - <<EOF` (via 'stdin'), or `python
+    caller.py` (via 'file'), in tmp_path and a session of its own."""
+    source = textwrap.dedent(source)
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    )
+    if via == "file":
+        (tmp_path / f"{name}.py").write_text(source)
+        command, stdin = [sys.executable, f"{name}.py"], subprocess.DEVNULL
+    else:
+        (tmp_path / f"{name}.stdin").write_text(source)
+        command, stdin = [sys.executable, "-"], open(tmp_path / f"{name}.stdin")
+    stdout, stderr = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
+    with open(stdout, "w") as out, open(stderr, "w") as err:
+        process = subprocess.Popen(
+            command, cwd=tmp_path, env=env, stdin=stdin, stdout=out, stderr=err, start_new_session=True
+        )
+    if via != "file":
+        stdin.close()
+    return Sweep(process, stdout, stderr)
+
+
+# --- the caller's main module is never run again --------------------------------------------
+
+# No `if __name__ == "__main__":` guard: a child that ran this again would start the sweep again.
+CALLER = """\
+    import trainer
+
+    print("the caller runs", flush=True)
+    frame = trainer.sweep("toy.yaml", logdir="logs", workers={workers}, quiet=True)
+    print("states:", dict(zip(frame["run"], frame["state"])))
+"""
+
+
+@pytest.mark.parametrize(
+    "via, workers, user_code",
+    [
+        ("stdin", 2, False),  # every worker used to die re-running '<stdin>', and no run started
+        ("stdin", 0, True),  # planning's child, trying the user's model, died the same way
+        ("file", 0, True),  # planning's child ran the script again, which failed to start its own
+        ("file", 2, True),
+    ],
+    ids=["stdin-workers", "stdin-user-code", "unguarded-user-code", "unguarded-workers"],
+)
+def test_a_sweep_starts_from_stdin_and_from_an_unguarded_script(tmp_path, sweeps, via, workers, user_code):
+    (user_spec if user_code else toy_spec)(tmp_path, "train.seed: [0, 1]")
+    caller = python(tmp_path, CALLER.format(workers=workers), via)
+    sweeps.append(caller)
+    code, out, err = caller.finish()
+    assert code == 0, out + err
+    assert out.count("the caller runs") == 1, out
+    assert "states: {'seed=0': 'complete', 'seed=1': 'complete'}" in out, out
+    assert {name: r["status"] for name, r in records(tmp_path / "logs").items()} == {
+        "seed=0": "complete",
+        "seed=1": "complete",
+    }
+    assert "Traceback" not in err, err
+
+
+def test_a_wrapper_of_the_command_line_without_a_guard_runs_its_sweep(tmp_path):
+    spec = toy_spec(tmp_path, "train.seed: [0, 1, 2]")
+    script = tmp_path / "unguarded.py"
+    script.write_text("import sys\nfrom trainer.cli import main\nsys.exit(main())\n")
+    code, out, err = trainer(tmp_path, "sweep", spec, "--logdir", "logs", "--workers", 2, script=script)
+    assert code == 0, out + err
+    assert "3 runs: 3 complete (3 run now, 0 already done)" in out
+    assert "Traceback" not in err, err
+
+
+# trainer.core.children leans on multiprocessing's preparation data: this pins what it relies on.
+CHILDREN = """\
+    import json
+    import multiprocessing
+    import sys
+    from multiprocessing import spawn
+
+    from trainer.core.children import MAIN_KEYS, start_without_main
+
+    if __name__ == "__mp_main__":
+        print("the main module ran again", flush=True)
+
+    if __name__ == "__main__":
+        ctx = multiprocessing.get_context("forkserver")
+        found = {"seen": {}}
+        for how, start in (("ours", start_without_main), ("multiprocessing", lambda p: p.start())):
+            here, there = ctx.Pipe()
+            child = ctx.Process(target=__import__("probe").main_seen, args=(there,))
+            start(child)
+            found["seen"][how] = here.recv()
+            child.join()
+            found.setdefault("start method", multiprocessing.get_start_method(allow_none=True))
+        described = spawn.get_preparation_data("probe")
+        found["keys"] = [key for key in MAIN_KEYS if key in described]
+        print(json.dumps(found))
+"""
+
+
+def test_children_run_no_main_module_where_multiprocessing_would(tmp_path):
+    (tmp_path / "probe.py").write_text(
+        "import sys\n\n\ndef main_seen(conn):  # the file of the child's main module, if any\n"
+        "    conn.send(getattr(sys.modules['__main__'], '__file__', None))\n"
+    )
+    caller = python(tmp_path, CHILDREN, "file", name="children")
+    code, out, err = caller.finish()
+    assert code == 0, out + err
+    lines = out.splitlines()
+    # multiprocessing's own start runs the script again in its child (the detail children.py undoes)...
+    assert lines.count("the main module ran again") == 1, out
+    assert json.loads(lines[-1]) == {
+        "seen": {"ours": None, "multiprocessing": str(tmp_path / "children.py")},
+        # ... and starting ours leaves multiprocessing's start method for the caller to choose.
+        "start method": None,
+        "keys": ["init_main_from_path"],
+    }

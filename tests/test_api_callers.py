@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -14,16 +15,24 @@ from pathlib import Path
 import pytest
 from test_faults import (
     REPO,
+    TIMEOUT,
     Sweep,
+    alive,
+    descendants,
+    event_files,
     records,
+    start,
     toy_spec,
     trainer,
+    wait_until,
 )
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc"),
 ]
+
+LONG_STEPS = 2_000_000  # a run that goes on until it is stopped
 
 # A model of the user's own, named by its import path: planning tries it in a child process.
 USER_MODEL = """\
@@ -163,3 +172,23 @@ def test_children_run_no_main_module_where_multiprocessing_would(tmp_path):
         "start method": None,
         "keys": ["init_main_from_path"],
     }
+
+
+# --- a sweep killed by SIGKILL ----------------------------------------------------------------
+
+
+def test_a_sweep_killed_by_sigkill_leaves_no_leaked_semaphores(tmp_path, sweeps):
+    spec = toy_spec(tmp_path, "train.seed: [0, 1]", steps=LONG_STEPS, every=1000)
+    logdir = tmp_path / "logs"
+    sweep = start(tmp_path, ["sweep", spec, "--logdir", logdir, "--workers", 2], name="killed")
+    sweeps.append(sweep)
+    wait_until(
+        lambda: all(event_files(logdir / "toy" / f"seed={s}") for s in (0, 1)), "both runs train", sweep
+    )
+    family = descendants(sweep.process.pid)  # the workers, their fork server, the resource tracker
+    os.kill(sweep.process.pid, signal.SIGKILL)
+    assert sweep.process.wait(TIMEOUT) == -signal.SIGKILL
+    # The resource tracker warns of what is left as the last process holding it exits.
+    wait_until(lambda: not any(alive(pid) for pid in family), "every process of the sweep is gone")
+    err = sweep.stderr.read_text()
+    assert "leaked" not in err and "resource_tracker" not in err, err

@@ -29,7 +29,7 @@ from trainer.core.deadline import limit_of
 from trainer.core.output import unbroken_output
 from trainer.core.status import Status
 from trainer.executors.base import Sweep
-from trainer.executors.stopping import Grace
+from trainer.executors.stopping import Grace, StopFlag
 from trainer.executors.workers import STOP_SIGNALS, kill_with_parent, worker_context
 from trainer.run.claims import HEARTBEAT_EVERY, Claim, pid_alive
 from trainer.run.job import Summary, execute_unit
@@ -90,7 +90,9 @@ def _run_here(todo: list[Unit], sweep: Sweep) -> None:
 # --- worker processes -------------------------------------------------------------------------
 
 
-def _worker_main(conn: multiprocessing.connection.Connection, stop: Any, parent: int) -> None:
+def _worker_main(
+    conn: multiprocessing.connection.Connection, stop: multiprocessing.connection.Connection, parent: int
+) -> None:
     """A worker: one torch thread, deaf to the stop signals (the parent decides), gone when the parent is."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
@@ -121,7 +123,7 @@ def _worker_main(conn: multiprocessing.connection.Connection, stop: Any, parent:
             _make_an_optimizer()
         judge = functools.partial(_ask, conn) if judging else None
         try:
-            summaries = execute_unit(unit, Path(logdir), stop.is_set, claims=held, judge=judge)
+            summaries = execute_unit(unit, Path(logdir), stop.poll, claims=held, judge=judge)
         except Exception as exc:  # execute_unit records a run's own faults; this is a last resort
             summaries = [
                 Summary(run.folder, Status.FAILED, {}, 0.0, f"{type(exc).__name__}: {exc}")
@@ -172,12 +174,12 @@ class WorkerDiedStarting(Exception):
 
 
 class Worker:
-    def __init__(self, ctx: Any, stop: Any):
+    def __init__(self, ctx: Any, stop: StopFlag):
         self.conn, child = ctx.Pipe()
         # Not a daemon, so that user code may start processes of its own (a DataLoader's workers).
         # It still never outlives the sweep: the pool stops every worker at its end, and a worker
         # dies with its parent (_die_with_parent).
-        self.process = ctx.Process(target=_worker_main, args=(child, stop, os.getpid()), daemon=False)
+        self.process = ctx.Process(target=_worker_main, args=(child, stop.reader, os.getpid()), daemon=False)
         # Started with the stop signals blocked (the mask is inherited), so a Ctrl-C that comes while
         # the worker is still importing cannot kill it with a KeyboardInterrupt traceback.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -232,7 +234,7 @@ class Pool:
     def __init__(self, todo: list[Unit], sweep: Sweep):
         self.sweep = sweep
         self.ctx = worker_context()
-        self.stopping = self.ctx.Event()  # the workers' should_stop
+        self.stopping = StopFlag(self.ctx)
         drawing = sweep.search is not None and sweep.search.left_to_draw() > 0
         self.queue = Ahead(todo, sweep.workers if drawing else min(sweep.workers, len(todo)), sweep)
         self.workers: list[Worker] = []
@@ -373,6 +375,7 @@ class Pool:
             worker.ask_to_stop()
         for worker in self.workers:
             worker.stop()
+        self.stopping.close()
 
 
 def _run_pool(todo: list[Unit], sweep: Sweep) -> None:

@@ -174,6 +174,98 @@ def test_children_run_no_main_module_where_multiprocessing_would(tmp_path):
     }
 
 
+# --- the caller's process, as the sweep found it ----------------------------------------------
+
+SEARCH = """\
+name: search
+data: {kind: seed_toy}
+model: {kind: linear, bias: false}
+loss: {kind: l1, reduction: mean}
+optimizer: {kind: sgd, lr: 0.1}
+train: {steps: 200, batch_size: full}
+eval: {every: 50}
+search: {method: random, trials: 2, seed: 0, metric: final/weight_distance}
+sweep:
+  optimizer.lr: {loguniform: [0.001, 1.0]}
+"""
+
+KEPT = """\
+    import json
+    import logging
+    import os
+    import random
+    import sys
+
+    import numpy as np
+    import torch
+
+    import trainer
+
+
+    def state():
+        return {
+            "sys.path": list(sys.path),
+            "os.environ": dict(os.environ),
+            "cwd": os.getcwd(),
+            "torch threads": torch.get_num_threads(),
+            "optuna level": logging.getLogger("optuna").getEffectiveLevel(),
+            "random": random.getstate(),
+            "numpy random": np.random.get_state()[1].tolist(),
+            "torch random": torch.get_rng_state().tolist(),
+        }
+
+
+    def changed(before):
+        after = state()
+        return sorted(key for key in before if after[key] != before[key])
+
+
+    # Guarded, so that this test holds on its own whether or not children run this script again.
+    if __name__ == "__main__":
+        torch.set_num_threads(2)
+        random.seed(7), np.random.seed(7), torch.manual_seed(7)
+        before = state()
+        trainer.sweep("search.yaml", logdir="logs", quiet=True)  # Optuna's first import is the sweep's
+        import optuna
+
+        # The level of Optuna's logger is its import's own (INFO), not the sweep's (ERROR).
+        found = {
+            "first": [key for key in changed(before) if key != "optuna level"],
+            "optuna's own level": optuna.logging.get_verbosity(),
+        }
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        before = state()
+        trainer.sweep("toy.yaml", logdir="logs", quiet=True)  # user code, trained here
+        found["user code"] = changed(before)
+        trainer.sweep("search.yaml", logdir="logs", quiet=True, force=True)
+        found["search"] = changed(before)
+        try:
+            trainer.sweep("toy.yaml", logdir="logs", quiet=True, overrides={"model.depth": 2})
+        except trainer.UserError as exc:
+            found["error"] = str(exc)
+        found["after the error"] = changed(before)
+        print(json.dumps(found))
+"""
+
+
+def test_a_sweep_in_this_process_leaves_the_caller_s_process_as_it_found_it(tmp_path):
+    user_spec(tmp_path, "train.seed: [0, 1]")
+    (tmp_path / "search.yaml").write_text(SEARCH)
+    caller = python(tmp_path, KEPT, "file", name="kept")
+    code, out, err = caller.finish()
+    assert code == 0, out + err
+    found = json.loads(out.splitlines()[-1])
+    assert found == {
+        "error": "--set model.depth=2: model.depth: unknown key 'depth' for kind 'mymodel:Net'; its "
+        "settings: none",
+        "first": [],
+        "optuna's own level": 20,  # INFO
+        "user code": [],
+        "search": [],
+        "after the error": [],
+    }
+
+
 # --- a sweep killed by SIGKILL ----------------------------------------------------------------
 
 

@@ -13,9 +13,12 @@ line, for anything a user has to fix; pandas is imported only here.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import math
+import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,7 +56,45 @@ def sweep(
     mapping of them. `workers=0` (the default) trains in this process, one run after another, as
     `python -m trainer run` does; more start that many worker processes, which run user code by its
     import path and never the calling script. Progress is a tqdm bar (tqdm.auto's in a notebook);
-    `quiet` shows only the summary."""
+    `quiet` shows only the summary. What the sweep changes of this process (sys.path, os.environ,
+    Optuna's log level; torch's threads and the random states with workers=0) is set back as it was
+    when it returns or raises."""
+    with _as_found():
+        return _sweep(spec, logdir, workers, executor, overrides, force, rerun_failed, quiet)
+
+
+@contextlib.contextmanager
+def _as_found() -> Iterator[None]:
+    """The caller's process, as a sweep found it, when the sweep returns or raises: the folders of
+    user code it put on sys.path, what it (Ray) or a library it imported (torch's compiler) set in
+    os.environ, and Optuna's log level, which planning and the searches turn down to errors (to
+    INFO, as Optuna's import sets it, where the sweep imported Optuna). torch's threads and the
+    random states are set back where the runs change them (trainer.executors.here)."""
+    path, environ = list(sys.path), dict(os.environ)
+    optuna_level = logging.getLogger("optuna").level if "optuna" in sys.modules else logging.INFO
+    try:
+        yield
+    finally:
+        sys.path[:] = path
+        for key in set(os.environ) - set(environ):
+            del os.environ[key]
+        for key, value in environ.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+        if "optuna" in sys.modules:
+            logging.getLogger("optuna").setLevel(optuna_level)
+
+
+def _sweep(
+    spec: str | Path | Mapping[str, Any],
+    logdir: str | Path,
+    workers: int,
+    executor: str,
+    overrides: Iterable[str] | Mapping[str, Any],
+    force: bool,
+    rerun_failed: bool,
+    quiet: bool,
+) -> pd.DataFrame:
     from trainer.cli.commands import execute_planned
     from trainer.spec.files import MAPPING
     from trainer.spec.sweep import plan

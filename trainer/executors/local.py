@@ -1,5 +1,5 @@
 """The local executor: a pool of reused worker processes on this machine (or, with no workers, this
-process itself).
+process itself: trainer.executors.here).
 
 The parent process never imports torch: it hands units to workers one at a time (longest first, so
 both cores stay busy to the end) and keeps the claims fresh. A worker runs trainer code and user
@@ -29,6 +29,7 @@ from trainer.core.deadline import limit_of
 from trainer.core.output import unbroken_output
 from trainer.core.status import Status
 from trainer.executors.base import Sweep
+from trainer.executors.here import run_here
 from trainer.executors.stopping import Grace, StopFlag
 from trainer.executors.workers import STOP_SIGNALS, kill_with_parent, worker_context
 from trainer.run.claims import HEARTBEAT_EVERY, Claim, pid_alive
@@ -55,36 +56,12 @@ class Local:
 
     def launch(self, units: list[Unit], sweep: Sweep) -> None:
         if sweep.workers == 0:
-            _run_here(units, sweep)
+            run_here(units, sweep)
         else:
             _run_pool(units, sweep)
 
 
 EXECUTOR = Local()
-
-
-# --- in this process --------------------------------------------------------------------------
-
-
-def _run_here(todo: list[Unit], sweep: Sweep) -> None:
-    import torch
-
-    torch.set_num_threads(1)  # the same arithmetic as in a sweep's workers
-    pending = collections.deque(todo)
-    judge = sweep.judge if sweep.judging else None
-    while True:
-        if not pending:
-            pending.extend(sweep.more())  # a TPE search's next trial, drawn from the results so far
-        if not pending or sweep.stop.is_set() or sweep.report.logdir_fault:
-            break
-        claimed, held = sweep.claim(pending.popleft())
-        if claimed is None:
-            continue
-        sweep.progress.begin_steps(claimed.runs[0])
-        summaries = execute_unit(
-            claimed, sweep.logdir, sweep.stop.is_set, sweep.progress.steps, held, judge=judge
-        )
-        sweep.finish(held, summaries)
 
 
 # --- worker processes -------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from test_faults import (
     alive,
     descendants,
     event_files,
+    record,
     records,
     start,
     toy_spec,
@@ -264,6 +265,46 @@ def test_a_sweep_in_this_process_leaves_the_caller_s_process_as_it_found_it(tmp_
         "search": [],
         "after the error": [],
     }
+
+
+# --- Ctrl-C inside trainer.sweep --------------------------------------------------------------
+
+INTERRUPTED = """\
+    import trainer
+
+    if __name__ == "__main__":
+        try:
+            trainer.sweep("toy.yaml", logdir="logs", workers={workers}, quiet=True)
+        except KeyboardInterrupt as exc:
+            print(f"KeyboardInterrupt: {{exc}}", flush=True)
+            raise
+        print("the script went on", flush=True)
+"""
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-this-process", "workers"])
+def test_ctrl_c_in_a_sweep_records_the_run_interrupted_and_raises_keyboard_interrupt(
+    tmp_path, sweeps, workers
+):
+    toy_spec(tmp_path, f"train.steps: [{LONG_STEPS}]", every=1000)
+    logdir = tmp_path / "logs"
+    caller = python(tmp_path, INTERRUPTED.format(workers=workers), "file", name="interrupted")
+    sweeps.append(caller)
+    run = logdir / "toy" / f"steps={LONG_STEPS}"
+    wait_until(lambda: event_files(run), "the run has started", caller)
+    os.killpg(caller.process.pid, signal.SIGINT)
+    code, out, err = caller.finish()
+    assert code == -signal.SIGINT, out + err  # Python's own end on an uncaught KeyboardInterrupt
+    assert (
+        "KeyboardInterrupt: the sweep into logs was interrupted; its stopped runs are recorded as "
+        "interrupted, and the same sweep again goes on from their checkpoints\n"
+    ) in out
+    assert "the script went on" not in out
+    assert err.rstrip().splitlines()[-1].startswith("KeyboardInterrupt: the sweep into logs"), err
+    stopped = record(logdir, f"toy/steps={LONG_STEPS}")
+    assert stopped["status"] == "interrupted"
+    assert 0 < stopped["steps_done"] < LONG_STEPS
+    assert (run / "resume.pt").is_file()
 
 
 # --- a sweep killed by SIGKILL ----------------------------------------------------------------

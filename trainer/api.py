@@ -56,9 +56,11 @@ def sweep(
     mapping of them. `workers=0` (the default) trains in this process, one run after another, as
     `python -m trainer run` does; more start that many worker processes, which run user code by its
     import path and never the calling script. Progress is a tqdm bar (tqdm.auto's in a notebook);
-    `quiet` shows only the summary. What the sweep changes of this process (sys.path, os.environ,
-    Optuna's log level; torch's threads and the random states with workers=0) is set back as it was
-    when it returns or raises."""
+    `quiet` shows only the summary. Ctrl-C (SIGINT, SIGTERM, SIGHUP) stops the runs in progress as
+    the command line does, each recorded as interrupted with a checkpoint to go on from, and then
+    raises KeyboardInterrupt. What the sweep changes of this process (sys.path, os.environ, Optuna's
+    log level; torch's threads and the random states with workers=0) is set back as it was when it
+    returns or raises."""
     with _as_found():
         return _sweep(spec, logdir, workers, executor, overrides, force, rerun_failed, quiet)
 
@@ -95,7 +97,7 @@ def _sweep(
     rerun_failed: bool,
     quiet: bool,
 ) -> pd.DataFrame:
-    from trainer.cli.commands import execute_planned
+    from trainer.cli.commands import EXIT_INTERRUPTED, execute_planned
     from trainer.spec.files import MAPPING
     from trainer.spec.sweep import plan
 
@@ -124,6 +126,7 @@ def _sweep(
         force=force,
         rerun_failed=rerun_failed,
         quiet=quiet,
+        again="trainer.sweep(...) with the same arguments",
         continue_with=lambda new_name: (
             "sweep(..., force=True)",
             f"sweep(..., overrides={{'name': '{new_name}'}})",
@@ -140,7 +143,13 @@ def _sweep(
         from trainer.executors.progress import Progress
 
         progress = Progress(enabled=not quiet, terminal=True, bars=tqdm)
-    if execute_planned(runs, args, workers=workers, progress=progress) == 2:
+    code = execute_planned(runs, args, workers=workers, progress=progress)
+    if code == EXIT_INTERRUPTED:  # as Ctrl-C anywhere else in a script: it goes no further
+        raise KeyboardInterrupt(
+            f"the sweep into {logdir} was interrupted; its stopped runs are recorded as interrupted, "
+            "and the same sweep again goes on from their checkpoints"
+        )
+    if code == 2:
         raise UserError(f"the sweep into {logdir} stopped before its runs were done; it said why above")
     searches = getattr(runs, "searches", {})
     experiments = list(dict.fromkeys([r.experiment for r in runs] + list(searches)))

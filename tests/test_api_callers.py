@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from test_faults import (
     alive,
     descendants,
     event_files,
+    gated_script,
     record,
     records,
     start,
@@ -305,6 +307,67 @@ def test_ctrl_c_in_a_sweep_records_the_run_interrupted_and_raises_keyboard_inter
     assert stopped["status"] == "interrupted"
     assert 0 < stopped["steps_done"] < LONG_STEPS
     assert (run / "resume.pt").is_file()
+
+
+# --- a run killed before it could record itself -----------------------------------------------
+
+# The run waits at the gate once its progress reaches step 2000, before the checkpoint at 2000: the
+# last one it took is at step 1000.
+HOLD_AT_2000 = """\
+    import trainer.training.loop
+
+    real_train = trainer.training.loop.train
+
+    def train(run, sink=None, should_stop=lambda: False, on_progress=lambda steps: None, *more):
+        def progress(steps):
+            on_progress(steps)
+            if steps >= 2000:
+                hold()
+        return real_train(run, sink, should_stop, progress, *more)
+
+    trainer.training.loop.train = train
+"""
+
+
+def test_a_run_killed_after_ctrl_c_is_recorded_at_its_last_checkpoint_with_its_time(tmp_path, sweeps):
+    spec = toy_spec(tmp_path, "train.seed: [0]", steps=5000)
+    logdir = tmp_path / "logs"
+    script, waiting, _ = gated_script(tmp_path, HOLD_AT_2000)
+    args = ["sweep", spec, "--logdir", logdir, "--workers", 1]
+    args += ["--set", "train.engine=loop", "--set", "log.checkpoint_every=1000"]
+
+    def killed(name: str) -> tuple[dict, str, str]:
+        """The sweep, stopped by two Ctrl-Cs while its run waits: the second kills the run."""
+        waiting.unlink(missing_ok=True)
+        sweep = start(tmp_path, args, script=script, name=name)
+        sweeps.append(sweep)
+        wait_until(waiting.exists, "the run waits past its checkpoint at step 1000", sweep)
+        os.killpg(sweep.process.pid, signal.SIGINT)
+        wait_until(lambda: "Interrupted: stopping" in sweep.output(), "the sweep asks its run to stop", sweep)
+        os.killpg(sweep.process.pid, signal.SIGINT)
+        code, out, err = sweep.finish()
+        assert code == 130, out + err
+        status_code, status, _ = trainer(tmp_path, "status", logdir, name=f"{name}-status")
+        assert status_code == 0
+        return record(logdir, "toy/seed=0"), err, status
+
+    first, err, status = killed("first")
+    assert first["status"] == "interrupted" and first["steps_done"] == 1000
+    assert first["duration_s"] > 0
+    line = re.search(r"\] interrupted\s+toy/seed=0\s+at step 1,000 \((\d+\.\d) s\)", err)
+    assert line and float(line[1]) == round(first["duration_s"], 1), err
+    assert re.search(rf"^toy/seed=0\s+interrupted\s.*\s1000\s+{first['duration_s']:.1f} s$", status, re.M), (
+        status
+    )
+
+    # Again: it goes on from step 1000, and is killed before its next checkpoint.
+    again, err, status = killed("again")
+    assert again["status"] == "interrupted" and again["steps_done"] == 1000
+    assert again["duration_s"] > first["duration_s"]  # its time, the first attempt's included
+    assert re.search(r"\] interrupted\s+toy/seed=0\s+at step 1,000 \(", err), err
+    assert re.search(rf"^toy/seed=0\s+interrupted\s.*\s1000\s+{again['duration_s']:.1f} s$", status, re.M), (
+        status
+    )
 
 
 # --- a sweep killed by SIGKILL ----------------------------------------------------------------

@@ -6,7 +6,8 @@ both cores stay busy to the end) and keeps the claims fresh. A worker runs train
 code by its import path, never the caller's main script (trainer.core.children). A worker that dies
 is replaced and its runs recorded as failed; a worker whose parent dies is killed by the kernel
 (Linux) or exits within half a second. Ctrl-C, SIGTERM and SIGHUP only set a flag: the workers stop
-at their next chunk of steps and record their runs as interrupted.
+at their next chunk of steps and record their runs as interrupted; a run killed once the grace
+period is over is recorded at the step of its last checkpoint (trainer.executors.reached).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from trainer.core.output import unbroken_output
 from trainer.core.status import Status
 from trainer.executors.base import Sweep
 from trainer.executors.here import run_here
+from trainer.executors.reached import CHECKPOINT, Checkpointed, earlier
 from trainer.executors.stopping import Grace, StopFlag
 from trainer.executors.workers import STOP_SIGNALS, kill_with_parent, worker_context
 from trainer.run.claims import HEARTBEAT_EVERY, Claim, pid_alive
@@ -99,8 +101,11 @@ def _worker_main(
         if unit.engine == "loop":
             _make_an_optimizer()
         judge = functools.partial(_ask, conn) if judging else None
+        told = Checkpointed(conn)
         try:
-            summaries = execute_unit(unit, Path(logdir), stop.poll, claims=held, judge=judge)
+            summaries = execute_unit(
+                unit, Path(logdir), stop.poll, told.progress, held, told.checkpoint, judge=judge
+            )
         except Exception as exc:  # execute_unit records a run's own faults; this is a last resort
             summaries = [
                 Summary(run.folder, Status.FAILED, {}, 0.0, f"{type(exc).__name__}: {exc}")
@@ -170,9 +175,12 @@ class Worker:
         self.unit: Unit | None = None
         self.claims: dict[str, Claim] = {}
         self.given_at = 0.0
+        self.earlier = (0, 0.0)  # the steps and seconds its unit's run had before this attempt
+        self.checkpoint_step: int | None = None  # the step of the last checkpoint its run took
 
     def give(self, unit: Unit, claims: dict[str, Claim], logdir: Path, judging: bool = False) -> None:
         self.unit, self.claims, self.given_at = unit, claims, time.monotonic()
+        self.earlier, self.checkpoint_step = earlier(unit, logdir), None  # read before the run begins
         try:
             self.conn.send((unit, str(logdir), claims, judging))
         except OSError:
@@ -185,6 +193,14 @@ class Worker:
         if limit is None or not self.ready:
             return None
         return max(self.given_at, self.ready_at) + limit + KILL_AFTER - time.monotonic()
+
+    def reached(self) -> tuple[int, float]:
+        """The steps and seconds to record for its unit's runs should they end without a word from
+        it (killed, or the worker died): the step of the last checkpoint, the one a rerun goes on
+        from, and the run's time, its earlier attempts' included."""
+        steps = self.checkpoint_step if self.checkpoint_step is not None else self.earlier[0]
+        began = max(self.given_at, self.ready_at)
+        return steps, self.earlier[1] + (time.monotonic() - began if self.ready else 0.0)
 
     def take_back(self) -> dict[str, Claim]:
         """The claims of the unit it ran, which it no longer holds."""
@@ -329,14 +345,17 @@ class Pool:
         """Record the runs of a unit whose worker is gone; their event files get a session end so
         TensorBoard agrees."""
         worker.process.join(timeout=1)
+        _collect_checkpoints(worker)
         if error is None:
             code = worker.process.exitcode
             how = _how(code).replace("was killed", "killed")
             if code == -signal.SIGKILL:
                 how += f" ({OUT_OF_MEMORY})"
             error = f"the worker process running it {how}" if status == Status.FAILED else "interrupted"
+        steps, seconds = worker.reached()
         return [
-            self.sweep.ended(run, status, error, worker.claims.get(run.folder)) for run in worker.unit.runs
+            self.sweep.ended(run, status, error, worker.claims.get(run.folder), steps, seconds)
+            for run in worker.unit.runs
         ]
 
     def give_up(self, startup_fault: str) -> None:
@@ -424,6 +443,9 @@ def _collect(
             if isinstance(message, tuple) and message and message[0] == JUDGE:
                 worker.conn.send(judge(*message[1:]) if judge is not None else False)
                 continue
+            if isinstance(message, tuple) and message and message[0] == CHECKPOINT:
+                worker.checkpoint_step = message[1]
+                continue
             if message != READY:
                 return message
             worker.ready, worker.ready_at = True, time.monotonic()
@@ -439,3 +461,14 @@ def _collect(
             f"started. Check that `{Path(sys.executable).name} -c 'import torch'` works"
         )
     return None
+
+
+def _collect_checkpoints(worker: Worker) -> None:
+    """The checkpoints a dead worker's run took that were not read yet."""
+    try:
+        while worker.conn.poll():
+            message = worker.conn.recv()
+            if isinstance(message, tuple) and message and message[0] == CHECKPOINT:
+                worker.checkpoint_step = message[1]
+    except (EOFError, OSError):
+        pass

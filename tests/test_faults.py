@@ -66,7 +66,8 @@ def toy_spec(folder: Path, *sweep: str, steps: int = 300, lr: float = 0.01, ever
 # Patching the workers: they run trainer code, never the sweep's main script, so a script that patches
 # them appends its own module name to trainer.executors.workers.WORKER_MODULES before the sweep
 # starts. The workers' fork server imports it (as a module, not as __main__) before it forks any
-# worker, and every worker has the patch.
+# worker, and every worker has the patch. It finds the script in its working folder, which is the
+# sweep's (multiprocessing hands it no sys.path), or on PYTHONPATH.
 
 
 @dataclass

@@ -103,7 +103,10 @@ if __name__ == "__main__":
     from trainer.cli.commands import main
     from trainer.executors import workers
 
-    workers.WORKER_MODULES.append("crashing_cli")  # the workers' fork server imports this file too
+    # The workers' fork server imports this file too; it finds it on PYTHONPATH, not in sys.path.
+    here, path = os.path.dirname(__file__), os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [here, path]))
+    workers.WORKER_MODULES.append("crashing_cli")
     sys.exit(main(sys.argv[1:]))
 """
 

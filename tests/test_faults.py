@@ -63,6 +63,12 @@ def toy_spec(folder: Path, *sweep: str, steps: int = 300, lr: float = 0.01, ever
 
 # --- processes --------------------------------------------------------------------------------
 
+# Patching the workers: they run trainer code, never the sweep's main script, so a script that patches
+# them appends its own module name to trainer.executors.workers.WORKER_MODULES before the sweep
+# starts. The workers' fork server imports it (as a module, not as __main__) before it forks any
+# worker, and every worker has the patch. It finds the script in its working folder, which is the
+# sweep's (multiprocessing hands it no sys.path), or on PYTHONPATH.
+
 
 @dataclass
 class Sweep:
@@ -438,11 +444,12 @@ def test_two_sweeps_at_once_run_every_run_once_and_take_over_dead_claims(tmp_pat
 # --- a run that raises, and what the flags do afterwards --------------------------------------
 
 RAISING = """\
-    # The sweep, with one run made to raise. The workers import this file as __mp_main__ and patch
-    # the training loop as they do; the sweep's own process never imports torch.
+    # The sweep, with one run made to raise. The workers' fork server imports this file as a module
+    # (see 'Patching the workers') and patches the training loop for every worker; the sweep's own process
+    # never imports torch.
     import sys
 
-    if __name__ == "__mp_main__":
+    if __name__ != "__main__":
         import trainer.training.loop
 
         real_train = trainer.training.loop.train
@@ -458,6 +465,9 @@ RAISING = """\
 
     if __name__ == "__main__":
         from trainer.cli.commands import main
+        from trainer.executors import workers
+
+        workers.WORKER_MODULES.append("raising")
         sys.exit(main())
 """
 
@@ -554,9 +564,10 @@ def test_a_diverging_run_is_a_result_not_a_failure(tmp_path):
     assert status_of(tmp_path, logdir)["toy/lr=1e+30"] == "diverged"
 
 
-# A sweep's main script that holds a run mid-flight. The workers import it as __mp_main__ and apply
-# `patch`, which calls hold() where a run should wait: hold() writes the file 'waiting', then waits
-# until the file 'gate' exists. The sweep's own process is untouched.
+# A sweep's main script that holds a run mid-flight. The workers' fork server imports it as a module
+# (see 'Patching the workers') and applies `patch` for every worker; it calls hold() where a run should wait:
+# hold() writes the file 'waiting', then waits until the file 'gate' exists. The sweep's own process
+# is untouched.
 GATED_SCRIPT = """\
 import sys
 import time
@@ -569,11 +580,14 @@ def hold():
         time.sleep(0.01)
 
 
-if __name__ == "__mp_main__":
+if __name__ != "__main__":
 {patch}
 
 if __name__ == "__main__":
     from trainer.cli.commands import main
+    from trainer.executors import workers
+
+    workers.WORKER_MODULES.append("gated")
     sys.exit(main())
 """
 
@@ -678,11 +692,31 @@ def test_a_worker_killed_mid_run_fails_that_run_and_is_replaced(tmp_path, sweeps
 # --- a log folder that cannot be written ------------------------------------------------------
 
 
+# Every worker fails as it starts, as with a broken torch install (see 'Patching the workers').
+BROKEN_WORKERS = """\
+import sys
+
+if __name__ != "__main__":
+    import trainer.executors.local as local
+
+    def _worker_main(*args):
+        raise ImportError("a broken torch install")
+
+    local._worker_main = _worker_main
+
+if __name__ == "__main__":
+    from trainer.cli import main
+    from trainer.executors import workers
+
+    workers.WORKER_MODULES.append("broken_workers")
+    sys.exit(main())
+"""
+
+
 def test_workers_that_cannot_start_stop_the_sweep_and_fail_no_run(tmp_path):
-    """A wrapper script without a __main__ guard makes every spawned worker die while starting."""
     spec = toy_spec(tmp_path, "train.seed: [0, 1, 2]")
-    script = tmp_path / "unguarded.py"
-    script.write_text("import sys\nfrom trainer.cli import main\nsys.exit(main())\n")
+    script = tmp_path / "broken_workers.py"
+    script.write_text(BROKEN_WORKERS)
     logdir = tmp_path / "logs"
     code, out, err = trainer(
         tmp_path, "sweep", spec, "--logdir", logdir, "--workers", 2, "--quiet", script=script

@@ -157,18 +157,30 @@ def test_a_claim_that_cannot_be_written_stops_the_sweep_with_a_sentence_and_leav
 
 # --- workers that die while starting ----------------------------------------------------------
 
+# The first worker dies while starting (see test_faults' 'Patching the workers').
 KILLED_ONCE = """\
     import os, signal, sys
     from pathlib import Path
 
-    if __name__ == "__mp_main__":
-        marker = Path({marker!r})
-        if not marker.exists():
-            marker.write_text("")
-            os.kill(os.getpid(), signal.SIGKILL)      # the first worker dies while starting
+    if __name__ != "__main__":
+        import trainer.executors.local as local
+
+        real_worker_main = local._worker_main
+
+        def _worker_main(*args):
+            marker = Path({marker!r})
+            if not marker.exists():
+                marker.write_text("")
+                os.kill(os.getpid(), signal.SIGKILL)
+            real_worker_main(*args)
+
+        local._worker_main = _worker_main
 
     if __name__ == "__main__":
         from trainer.cli.commands import main
+        from trainer.executors import workers
+
+        workers.WORKER_MODULES.append("killed_once")
         sys.exit(main())
 """
 

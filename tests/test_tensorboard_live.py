@@ -101,6 +101,12 @@ trainer.training.loop.train = train
 
 if __name__ == "__main__":
     from trainer.cli.commands import main
+    from trainer.executors import workers
+
+    # The workers' fork server imports this file too; it finds it on PYTHONPATH, not in sys.path.
+    here, path = os.path.dirname(__file__), os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [here, path]))
+    workers.WORKER_MODULES.append("crashing_cli")
     sys.exit(main(sys.argv[1:]))
 """
 

@@ -13,9 +13,12 @@ line, for anything a user has to fix; pandas is imported only here.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import math
+import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,10 +54,50 @@ def sweep(
     experiments). `spec` is a spec file's path or the spec itself as a mapping (user code and CSV
     paths are then looked up from the current folder); `overrides` are --set's KEY=VALUE texts, or a
     mapping of them. `workers=0` (the default) trains in this process, one run after another, as
-    `python -m trainer run` does; more start that many worker processes (from a script, under
-    `if __name__ == "__main__":`). Progress is a tqdm bar (tqdm.auto's in a notebook); `quiet`
-    shows only the summary."""
-    from trainer.cli.commands import execute_planned
+    `python -m trainer run` does; more start that many worker processes, which run user code by its
+    import path and never the calling script. Progress is a tqdm bar (tqdm.auto's in a notebook);
+    `quiet` shows only the summary. Ctrl-C (SIGINT, SIGTERM, SIGHUP) stops the runs in progress as
+    the command line does, each recorded as interrupted with a checkpoint to go on from, and then
+    raises KeyboardInterrupt. What the sweep changes of this process (sys.path, os.environ, Optuna's
+    log level; torch's threads and the random states with workers=0) is set back as it was when it
+    returns or raises."""
+    with _as_found():
+        return _sweep(spec, logdir, workers, executor, overrides, force, rerun_failed, quiet)
+
+
+@contextlib.contextmanager
+def _as_found() -> Iterator[None]:
+    """The caller's process, as a sweep found it, when the sweep returns or raises: the folders of
+    user code it put on sys.path, what it (Ray) or a library it imported (torch's compiler) set in
+    os.environ, and Optuna's log level, which planning and the searches turn down to errors (to
+    INFO, as Optuna's import sets it, where the sweep imported Optuna). torch's threads and the
+    random states are set back where the runs change them (trainer.executors.here)."""
+    path, environ = list(sys.path), dict(os.environ)
+    optuna_level = logging.getLogger("optuna").level if "optuna" in sys.modules else logging.INFO
+    try:
+        yield
+    finally:
+        sys.path[:] = path
+        for key in set(os.environ) - set(environ):
+            del os.environ[key]
+        for key, value in environ.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+        if "optuna" in sys.modules:
+            logging.getLogger("optuna").setLevel(optuna_level)
+
+
+def _sweep(
+    spec: str | Path | Mapping[str, Any],
+    logdir: str | Path,
+    workers: int,
+    executor: str,
+    overrides: Iterable[str] | Mapping[str, Any],
+    force: bool,
+    rerun_failed: bool,
+    quiet: bool,
+) -> pd.DataFrame:
+    from trainer.cli.commands import EXIT_INTERRUPTED, execute_planned
     from trainer.spec.files import MAPPING
     from trainer.spec.sweep import plan
 
@@ -83,6 +126,7 @@ def sweep(
         force=force,
         rerun_failed=rerun_failed,
         quiet=quiet,
+        again="trainer.sweep(...) with the same arguments",
         continue_with=lambda new_name: (
             "sweep(..., force=True)",
             f"sweep(..., overrides={{'name': '{new_name}'}})",
@@ -99,7 +143,13 @@ def sweep(
         from trainer.executors.progress import Progress
 
         progress = Progress(enabled=not quiet, terminal=True, bars=tqdm)
-    if execute_planned(runs, args, workers=workers, progress=progress) == 2:
+    code = execute_planned(runs, args, workers=workers, progress=progress)
+    if code == EXIT_INTERRUPTED:  # as Ctrl-C anywhere else in a script: it goes no further
+        raise KeyboardInterrupt(
+            f"the sweep into {logdir} was interrupted; its stopped runs are recorded as interrupted, "
+            "and the same sweep again goes on from their checkpoints"
+        )
+    if code == 2:
         raise UserError(f"the sweep into {logdir} stopped before its runs were done; it said why above")
     searches = getattr(runs, "searches", {})
     experiments = list(dict.fromkeys([r.experiment for r in runs] + list(searches)))

@@ -207,7 +207,10 @@ def execute_planned(runs: list[RunPlan], args: argparse.Namespace, workers: int,
     planned = {r.folder for r in runs} - {run.folder for run, _ in result.changed}
     searched = {name for name, s in getattr(runs, "searches", {}).items() if s.draws_later}
     ours = [r for r in records if r["folder"] in planned or r["experiment"] in searched]
-    command = f"{trainer_command()} {shlex.join(sys.argv[1:])}" if sys.argv[1:] else ""
+    # The Python API's sweep() says its own call; the command line, the command that ran.
+    command = getattr(args, "again", None) or (
+        f"{trainer_command()} {shlex.join(sys.argv[1:])}" if sys.argv[1:] else ""
+    )
     total = len(runs) + sum(s.total_runs for s in getattr(runs, "searches", {}).values() if s.draws_later)
     for line in report.sweep_summary(ours, result, logdir, command or "the same command", total, args.quiet):
         print(visible_lines(line))

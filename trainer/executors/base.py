@@ -150,6 +150,15 @@ class Sweep:
         if summary.logdir_fault and report.logdir_fault is None:
             report.logdir_fault = summary.error
 
-    def ended(self, run: RunPlan, status: Status, error: str, claim: Claim | None) -> Summary:
-        """Record a run that could not record itself (its worker died, or the sweep stopped it)."""
-        return record_ended(self.logdir, run, status, error, claim)
+    def ended(
+        self,
+        run: RunPlan,
+        status: Status,
+        error: str,
+        claim: Claim | None,
+        steps_done: int | None = None,
+        seconds: float | None = None,
+    ) -> Summary:
+        """Record a run that could not record itself (its worker died, or the sweep stopped it), with
+        the steps and seconds it reached where the executor knows them."""
+        return record_ended(self.logdir, run, status, error, claim, steps_done, seconds)

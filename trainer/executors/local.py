@@ -1,11 +1,13 @@
 """The local executor: a pool of reused worker processes on this machine (or, with no workers, this
-process itself).
+process itself: trainer.executors.here).
 
 The parent process never imports torch: it hands units to workers one at a time (longest first, so
-both cores stay busy to the end) and keeps the claims fresh. A worker that dies is replaced and its
-runs recorded as failed; a worker whose parent dies is killed by the kernel (Linux) or exits within
-half a second. Ctrl-C, SIGTERM and SIGHUP only set a flag: the workers stop at their next chunk of steps and
-record their runs as interrupted.
+both cores stay busy to the end) and keeps the claims fresh. A worker runs trainer code and user
+code by its import path, never the caller's main script (trainer.core.children). A worker that dies
+is replaced and its runs recorded as failed; a worker whose parent dies is killed by the kernel
+(Linux) or exits within half a second. Ctrl-C, SIGTERM and SIGHUP only set a flag: the workers stop
+at their next chunk of steps and record their runs as interrupted; a run killed once the grace
+period is over is recorded at the step of its last checkpoint (trainer.executors.reached).
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from trainer.core.children import start_without_main
 from trainer.core.deadline import limit_of
 from trainer.core.output import unbroken_output
 from trainer.core.status import Status
 from trainer.executors.base import Sweep
-from trainer.executors.stopping import Grace
+from trainer.executors.here import run_here
+from trainer.executors.reached import CHECKPOINT, Checkpointed, earlier
+from trainer.executors.stopping import Grace, StopFlag
 from trainer.executors.workers import STOP_SIGNALS, kill_with_parent, worker_context
 from trainer.run.claims import HEARTBEAT_EVERY, Claim, pid_alive
 from trainer.run.job import Summary, execute_unit
@@ -53,7 +58,7 @@ class Local:
 
     def launch(self, units: list[Unit], sweep: Sweep) -> None:
         if sweep.workers == 0:
-            _run_here(units, sweep)
+            run_here(units, sweep)
         else:
             _run_pool(units, sweep)
 
@@ -61,34 +66,12 @@ class Local:
 EXECUTOR = Local()
 
 
-# --- in this process --------------------------------------------------------------------------
-
-
-def _run_here(todo: list[Unit], sweep: Sweep) -> None:
-    import torch
-
-    torch.set_num_threads(1)  # the same arithmetic as in a sweep's workers
-    pending = collections.deque(todo)
-    judge = sweep.judge if sweep.judging else None
-    while True:
-        if not pending:
-            pending.extend(sweep.more())  # a TPE search's next trial, drawn from the results so far
-        if not pending or sweep.stop.is_set() or sweep.report.logdir_fault:
-            break
-        claimed, held = sweep.claim(pending.popleft())
-        if claimed is None:
-            continue
-        sweep.progress.begin_steps(claimed.runs[0])
-        summaries = execute_unit(
-            claimed, sweep.logdir, sweep.stop.is_set, sweep.progress.steps, held, judge=judge
-        )
-        sweep.finish(held, summaries)
-
-
 # --- worker processes -------------------------------------------------------------------------
 
 
-def _worker_main(conn: multiprocessing.connection.Connection, stop: Any, parent: int) -> None:
+def _worker_main(
+    conn: multiprocessing.connection.Connection, stop: multiprocessing.connection.Connection, parent: int
+) -> None:
     """A worker: one torch thread, deaf to the stop signals (the parent decides), gone when the parent is."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
@@ -118,8 +101,11 @@ def _worker_main(conn: multiprocessing.connection.Connection, stop: Any, parent:
         if unit.engine == "loop":
             _make_an_optimizer()
         judge = functools.partial(_ask, conn) if judging else None
+        told = Checkpointed(conn)
         try:
-            summaries = execute_unit(unit, Path(logdir), stop.is_set, claims=held, judge=judge)
+            summaries = execute_unit(
+                unit, Path(logdir), stop.poll, told.progress, held, told.checkpoint, judge=judge
+            )
         except Exception as exc:  # execute_unit records a run's own faults; this is a last resort
             summaries = [
                 Summary(run.folder, Status.FAILED, {}, 0.0, f"{type(exc).__name__}: {exc}")
@@ -170,17 +156,17 @@ class WorkerDiedStarting(Exception):
 
 
 class Worker:
-    def __init__(self, ctx: Any, stop: Any):
+    def __init__(self, ctx: Any, stop: StopFlag):
         self.conn, child = ctx.Pipe()
         # Not a daemon, so that user code may start processes of its own (a DataLoader's workers).
         # It still never outlives the sweep: the pool stops every worker at its end, and a worker
         # dies with its parent (_die_with_parent).
-        self.process = ctx.Process(target=_worker_main, args=(child, stop, os.getpid()), daemon=False)
+        self.process = ctx.Process(target=_worker_main, args=(child, stop.reader, os.getpid()), daemon=False)
         # Started with the stop signals blocked (the mask is inherited), so a Ctrl-C that comes while
         # the worker is still importing cannot kill it with a KeyboardInterrupt traceback.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
-            self.process.start()
+            start_without_main(self.process)  # it runs trainer code, never the caller's script again
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         child.close()
@@ -189,9 +175,12 @@ class Worker:
         self.unit: Unit | None = None
         self.claims: dict[str, Claim] = {}
         self.given_at = 0.0
+        self.earlier = (0, 0.0)  # the steps and seconds its unit's run had before this attempt
+        self.checkpoint_step: int | None = None  # the step of the last checkpoint its run took
 
     def give(self, unit: Unit, claims: dict[str, Claim], logdir: Path, judging: bool = False) -> None:
         self.unit, self.claims, self.given_at = unit, claims, time.monotonic()
+        self.earlier, self.checkpoint_step = earlier(unit, logdir), None  # read before the run begins
         try:
             self.conn.send((unit, str(logdir), claims, judging))
         except OSError:
@@ -204,6 +193,14 @@ class Worker:
         if limit is None or not self.ready:
             return None
         return max(self.given_at, self.ready_at) + limit + KILL_AFTER - time.monotonic()
+
+    def reached(self) -> tuple[int, float]:
+        """The steps and seconds to record for its unit's runs should they end without a word from
+        it (killed, or the worker died): the step of the last checkpoint, the one a rerun goes on
+        from, and the run's time, its earlier attempts' included."""
+        steps = self.checkpoint_step if self.checkpoint_step is not None else self.earlier[0]
+        began = max(self.given_at, self.ready_at)
+        return steps, self.earlier[1] + (time.monotonic() - began if self.ready else 0.0)
 
     def take_back(self) -> dict[str, Claim]:
         """The claims of the unit it ran, which it no longer holds."""
@@ -230,7 +227,7 @@ class Pool:
     def __init__(self, todo: list[Unit], sweep: Sweep):
         self.sweep = sweep
         self.ctx = worker_context()
-        self.stopping = self.ctx.Event()  # the workers' should_stop
+        self.stopping = StopFlag(self.ctx)
         drawing = sweep.search is not None and sweep.search.left_to_draw() > 0
         self.queue = Ahead(todo, sweep.workers if drawing else min(sweep.workers, len(todo)), sweep)
         self.workers: list[Worker] = []
@@ -348,14 +345,17 @@ class Pool:
         """Record the runs of a unit whose worker is gone; their event files get a session end so
         TensorBoard agrees."""
         worker.process.join(timeout=1)
+        _collect_checkpoints(worker)
         if error is None:
             code = worker.process.exitcode
             how = _how(code).replace("was killed", "killed")
             if code == -signal.SIGKILL:
                 how += f" ({OUT_OF_MEMORY})"
             error = f"the worker process running it {how}" if status == Status.FAILED else "interrupted"
+        steps, seconds = worker.reached()
         return [
-            self.sweep.ended(run, status, error, worker.claims.get(run.folder)) for run in worker.unit.runs
+            self.sweep.ended(run, status, error, worker.claims.get(run.folder), steps, seconds)
+            for run in worker.unit.runs
         ]
 
     def give_up(self, startup_fault: str) -> None:
@@ -371,6 +371,7 @@ class Pool:
             worker.ask_to_stop()
         for worker in self.workers:
             worker.stop()
+        self.stopping.close()
 
 
 def _run_pool(todo: list[Unit], sweep: Sweep) -> None:
@@ -442,6 +443,9 @@ def _collect(
             if isinstance(message, tuple) and message and message[0] == JUDGE:
                 worker.conn.send(judge(*message[1:]) if judge is not None else False)
                 continue
+            if isinstance(message, tuple) and message and message[0] == CHECKPOINT:
+                worker.checkpoint_step = message[1]
+                continue
             if message != READY:
                 return message
             worker.ready, worker.ready_at = True, time.monotonic()
@@ -454,7 +458,17 @@ def _collect(
             raise WorkerDiedStarting(_how(code))
         raise WorkerStartError(
             f"a worker process exited with status {worker.process.exitcode} before it was ready, so no run was "
-            f"started. Check that `{Path(sys.executable).name} -c 'import torch'` works, and that a script "
-            f'starting a sweep does so under `if __name__ == "__main__":`'
+            f"started. Check that `{Path(sys.executable).name} -c 'import torch'` works"
         )
     return None
+
+
+def _collect_checkpoints(worker: Worker) -> None:
+    """The checkpoints a dead worker's run took that were not read yet."""
+    try:
+        while worker.conn.poll():
+            message = worker.conn.recv()
+            if isinstance(message, tuple) and message and message[0] == CHECKPOINT:
+                worker.checkpoint_step = message[1]
+    except (EOFError, OSError):
+        pass

@@ -69,9 +69,7 @@ class Progress:
         self._close_steps()
         if not self.enabled:
             return
-        loss = summary.metrics.get("eval_loss") if summary.metrics else None
-        detail = f"final loss {loss:.4g}" if loss is not None else (summary.error or "")
-        line = f"[{self.done}/{self.total}] {summary.status:<11} {summary.folder}  {detail} ({summary.duration:.1f} s)"
+        line = f"[{self.done}/{self.total}] {summary.status:<11} {summary.folder}  {_detail(summary)} ({summary.duration:.1f} s)"
         with self._output():
             if self.bar is not None:
                 if summary.status != Status.COMPLETE:
@@ -126,3 +124,15 @@ class Progress:
             with self._output():
                 self.bar.close()
             self.bar = None
+
+
+def _detail(summary: Any) -> str:
+    """What a run's progress line says besides its state and time: its final loss, where it
+    stopped, or its error."""
+    loss = summary.metrics.get("eval_loss") if summary.metrics else None
+    if loss is not None:
+        return f"final loss {loss:.4g}"
+    if summary.status == Status.INTERRUPTED and summary.error in (None, "interrupted"):
+        steps = getattr(summary, "steps_done", None)
+        return f"at step {steps:,}" if steps is not None else ""
+    return summary.error or ""

@@ -3,6 +3,7 @@ every executor follows."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -100,3 +101,20 @@ class Grace:
     def wait(self, idle: float) -> float:
         """How long to wait for the runs before looking again."""
         return idle if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+
+class StopFlag:
+    """The workers' should_stop: the read end of a pipe, readable once the flag is set. (A
+    multiprocessing Event would hold five named semaphores, which a sweep killed by SIGKILL leaves
+    behind: the resource tracker then warns of them as leaked.)"""
+
+    def __init__(self, ctx: Any):
+        self.reader, self._writer = ctx.Pipe(duplex=False)
+
+    def set(self) -> None:
+        with contextlib.suppress(OSError):
+            self._writer.send_bytes(b"stop")
+
+    def close(self) -> None:
+        self.reader.close()
+        self._writer.close()

@@ -27,8 +27,9 @@ def worker_context() -> Any:
     """Where workers come from: a fork server that imported torch once (seconds) and forks each
     worker ready to run, where the platform has one; otherwise fresh interpreters ('spawn').
 
-    Either way a worker starts from a clean process that never ran a sweep, and imports the
-    parent's main script anew. The fork server keeps the environment of the moment it started."""
+    Either way a worker starts from a clean process that never ran a sweep, and does not run the
+    parent's main script (trainer.core.children starts it). The fork server keeps the environment
+    of the moment it started."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")

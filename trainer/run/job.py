@@ -51,6 +51,7 @@ class Summary:
     duration: float
     error: str | None = None
     logdir_fault: bool = False  # the log folder itself is unusable: stop the sweep
+    steps_done: int | None = None  # as its record says
 
 
 def execute(
@@ -404,14 +405,29 @@ def _commit(run: Unrecorded, staged: Path | OSError) -> Summary:
         duration,
         record["error"],
         logdir_fault,
+        record.get("steps_done"),
     )
 
 
-def record_ended(logdir: Path, run: RunPlan, status: str, error: str, claim: Claim | None = None) -> Summary:
+def record_ended(
+    logdir: Path,
+    run: RunPlan,
+    status: str,
+    error: str,
+    claim: Claim | None = None,
+    steps_done: int | None = None,
+    seconds: float | None = None,
+) -> Summary:
     """Write the record (and a session end) of a run that could not write its own: its worker
-    died, or the sweep stopped it before its results came back."""
+    died, or the sweep stopped it before its results came back. `steps_done` and `seconds`, where
+    the sweep knows them, are what the run reached: the step of its last checkpoint (where a rerun
+    goes on), and its time, its earlier attempts' included."""
     folder = logdir / run.folder
     record = base_record(run, status, error)
+    if steps_done is not None:
+        record["steps_done"] = steps_done
+    if seconds is not None:
+        record.update(ended=now(), duration_s=round(seconds, 3))
     if not claim_allows(claim):
         return Summary(run.folder, LOST, {}, 0.0, "taken over by another sweep")
     try:  # the session end, so TensorBoard agrees
@@ -425,4 +441,4 @@ def record_ended(logdir: Path, run: RunPlan, status: str, error: str, claim: Cla
         return Summary(run.folder, LOST, {}, 0.0, "taken over by another sweep")
     except OSError as exc:
         error = f"{error}; and its record could not be written: {exc.strerror}"
-    return Summary(run.folder, status, {}, 0.0, error)
+    return Summary(run.folder, status, {}, record.get("duration_s") or 0.0, error, steps_done=steps_done)

@@ -1,5 +1,6 @@
 """User code that planning must call (a data function, a model's first forward), run in a child
-process of its own, forked from the workers' fork server where there is one.
+process of its own, forked from the workers' fork server where there is one. It runs the user code by
+the import path its spec names, never the caller's main script (trainer.core.children).
 
 User code that crashes or exits (a segfault, os._exit, the out-of-memory killer) ends that child, not
 the sweep: the sweep says so in one sentence naming the spec and the code, and writes nothing. One
@@ -12,6 +13,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
+from trainer.core.children import start_without_main
 from trainer.core.errors import SpecError
 from trainer.core.output import unbroken_output
 from trainer.core.strict import Invalid
@@ -76,7 +78,7 @@ class Apart:
             ctx.set_forkserver_preload(["torch", __name__])  # kept as it is where the server runs already
         self._conn, there = ctx.Pipe()
         self._child = ctx.Process(target=_serve, args=(there,), daemon=True)
-        self._child.start()
+        start_without_main(self._child)  # the caller's script is not run again there
         there.close()
 
     def _died(self, trying: Trying) -> SpecError:

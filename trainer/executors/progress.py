@@ -11,6 +11,7 @@ from typing import IO, Any
 from tqdm import tqdm
 
 from trainer.core.status import Status
+from trainer.core.visible import visible
 
 
 class Progress:
@@ -41,6 +42,7 @@ class Progress:
             self.bar = self.step_bar = None
 
     def _print(self, text: str) -> None:
+        text = visible(text)  # names and errors come from specs, folders and user code
         if self.bar is not None:
             self.bar.write(text, file=self.stream)
         else:
@@ -73,7 +75,7 @@ class Progress:
         with self._output():
             if self.bar is not None:
                 if summary.status != Status.COMPLETE:
-                    self.bar.write(line, file=self.stream)
+                    self.bar.write(visible(line), file=self.stream)
                 self.bar.set_postfix(failed=self.failures, refresh=False)
                 self.bar.update(1)
             else:

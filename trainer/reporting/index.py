@@ -25,13 +25,20 @@ from trainer.tensorboard.hparams import declared_keys, experiment_pb
 INDEX_FILE = "events.out.tfevents.0000000000.hparams-index"
 
 
+# What a record holds that no reader of many records uses, and that can be most of its size: the
+# final weights (up to log.max_elements of each parameter) and the sizes of its files.
+UNREAD = ("final_weights", "files")
+
+
 def records(logdir: Path) -> list[dict[str, Any]]:
-    """The record of every run under a log folder that has a valid one, with its folder as 'folder'."""
+    """The record of every run under a log folder that has a valid one, with its folder as 'folder'
+    (and without what UNREAD names: each is read, cut down and let go before the next)."""
     found = []
     for experiment, name in rundir.run_folders(logdir):
         record, _ = rundir.load_record(logdir / experiment / name)
         if record is not None:
-            found.append({**record, "folder": f"{experiment}/{name}"})
+            kept = {k: v for k, v in record.items() if k not in UNREAD}
+            found.append({**kept, "folder": f"{experiment}/{name}"})
     return found
 
 

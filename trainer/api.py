@@ -12,7 +12,6 @@ line, for anything a user has to fix; pandas is imported only here.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import math
@@ -49,6 +48,7 @@ def sweep(
     force: bool = False,
     rerun_failed: bool = False,
     quiet: bool = False,
+    executor_options: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Run a sweep, as `python -m trainer sweep` does, and return its runs (trainer.runs of its
     experiments). `spec` is a spec file's path or the spec itself as a mapping (user code and CSV
@@ -60,9 +60,12 @@ def sweep(
     the command line does, each recorded as interrupted with a checkpoint to go on from, and then
     raises KeyboardInterrupt. What the sweep changes of this process (sys.path, os.environ, Optuna's
     log level; torch's threads and the random states with workers=0) is set back as it was when it
-    returns or raises."""
+    returns or raises. `executor` is where the runs run ('local', 'ray', 'slurm'), and
+    `executor_options` its options, as --executor-opt gives them (e.g. {"partition": "gpu"})."""
     with _as_found():
-        return _sweep(spec, logdir, workers, executor, overrides, force, rerun_failed, quiet)
+        return _sweep(
+            spec, logdir, workers, executor, overrides, force, rerun_failed, quiet, executor_options
+        )
 
 
 @contextlib.contextmanager
@@ -96,8 +99,9 @@ def _sweep(
     force: bool,
     rerun_failed: bool,
     quiet: bool,
+    executor_options: Mapping[str, Any] | None,
 ) -> pd.DataFrame:
-    from trainer.cli.commands import EXIT_INTERRUPTED, execute_planned
+    from trainer.service import EXIT_INTERRUPTED, SweepRequest, check_executor, run_sweep
     from trainer.spec.files import MAPPING
     from trainer.spec.sweep import plan
 
@@ -108,30 +112,34 @@ def _sweep(
         source = str(spec)
     else:
         raise UserError(f"spec: expected a spec file's path or a mapping, got {type(spec).__name__}")
-    if executor not in ("local", "ray"):
-        raise UserError(f"executor: {executor!r} is none; use 'local' or 'ray'")
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
         raise UserError(f"workers: must be a whole number of at least 0, got {workers!r}")
-    if executor == "ray" and workers == 0:
+    if not isinstance(executor, str):
+        raise UserError(f"executor: expected an executor's name, got {executor!r}")
+    if executor != "local" and workers == 0:
         workers = 1
-    runs = plan([source], overrides)
-    args = argparse.Namespace(
-        command="sweep",
-        specs=[source if isinstance(source, str) else MAPPING],
-        overrides=overrides,
-        logdir=str(logdir),
-        workers=workers,
-        executor=executor,
-        address=None,
-        force=force,
-        rerun_failed=rerun_failed,
-        quiet=quiet,
+    if executor_options is not None and not isinstance(executor_options, Mapping):
+        raise UserError(
+            f"executor_options: expected a mapping of the executor's options, got {type(executor_options).__name__}"
+        )
+    request = SweepRequest(
+        "sweep",
+        [source if isinstance(source, str) else MAPPING],
+        overrides,
+        str(logdir),
+        workers,
+        force,
+        rerun_failed,
+        quiet,
+        executor,
         again="trainer.sweep(...) with the same arguments",
         continue_with=lambda new_name: (
             "sweep(..., force=True)",
             f"sweep(..., overrides={{'name': '{new_name}'}})",
         ),
     )
+    check_executor(request, dict(executor_options) if executor_options is not None else None)
+    runs = plan([source], overrides)
     if executor == "local" and workers >= 1:
         from trainer.executors.workers import prepare_workers
 
@@ -143,7 +151,7 @@ def _sweep(
         from trainer.executors.progress import Progress
 
         progress = Progress(enabled=not quiet, terminal=True, bars=tqdm)
-    code = execute_planned(runs, args, workers=workers, progress=progress)
+    code = run_sweep(runs, request, progress=progress)
     if code == EXIT_INTERRUPTED:  # as Ctrl-C anywhere else in a script: it goes no further
         raise KeyboardInterrupt(
             f"the sweep into {logdir} was interrupted; its stopped runs are recorded as interrupted, "

@@ -7,23 +7,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainer.cli.parser import parser
-from trainer.core.errors import LogDirError, UserError
-from trainer.core.hints import trainer_command
+from trainer.core.errors import UserError
 from trainer.core.status import Status
 from trainer.core.visible import visible, visible_lines
 from trainer.reporting import tables as report
+from trainer.service import EXIT_INTERRUPTED, SweepRequest, check_executor, run_sweep
 
 if TYPE_CHECKING:
     from trainer.spec.plan import RunPlan
 
-EXIT_FAILED_RUNS = 1
-EXIT_INTERRUPTED = 130
 EXIT_CLOSED_PIPE = 141  # what a shell reports for a process ended by SIGPIPE, as `yes | head` is
 
 
@@ -114,16 +111,6 @@ def _shown(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def studies_summary(searches: dict[str, Any], logdir: Path, records: list[dict[str, Any]]) -> list[str]:
-    """A line per search: its trials by state, the best trial's mean, the steps pruning saved."""
-    from trainer.reporting.search import summary_lines
-
-    lines = []
-    for name, search in searches.items():
-        lines += summary_lines(search, [r for r in records if r["experiment"] == name])
-    return lines
-
-
 def _print_imported(runs: list[RunPlan]) -> None:
     """Say which user code checking imported and ran (a spec that names code runs it)."""
     from trainer.kinds.registry import code_of
@@ -136,18 +123,34 @@ def _print_imported(runs: list[RunPlan]) -> None:
         )
 
 
+def _request(args: argparse.Namespace, workers: int) -> SweepRequest:
+    request = SweepRequest(
+        args.command,
+        list(args.specs),
+        list(args.overrides),
+        args.logdir,
+        workers,
+        args.force,
+        args.rerun_failed,
+        args.quiet,
+        getattr(args, "executor", "local"),
+        list(getattr(args, "executor_opt", None) or []),
+    )
+    if getattr(args, "address", None) is not None:  # --address: Ray's own option, said the short way
+        if request.executor != "ray":
+            raise UserError("--address: names a Ray cluster, so it needs --executor ray")
+        request.option_texts.append(f"address={args.address}")
+    return request
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run and args.allow_large:
         from trainer.spec.sweep import refuse_long_listing
 
         refuse_long_listing(args.specs, args.overrides)
-    if args.address is not None and args.executor != "ray":
-        raise UserError("--address: names a Ray cluster, so it needs --executor ray")
-    if args.executor == "ray" and not args.dry_run:
-        from trainer.executors.cluster import require_ray
-
-        require_ray()
-    if args.executor != "ray" and not args.dry_run and args.workers >= 1:
+    request = _request(args, args.workers)
+    check_executor(request, running=not args.dry_run)
+    if args.executor == "local" and not args.dry_run and args.workers >= 1:
         from trainer.executors.workers import prepare_workers
 
         prepare_workers()  # torch's import in the workers' fork server overlaps the planning
@@ -162,7 +165,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         later = sum(s.total_runs for s in getattr(runs, "searches", {}).values() if s.draws_later)
         _print_plan(runs, Path(args.logdir), later)
         return 0
-    return execute_planned(runs, args, workers=args.workers)
+    return run_sweep(runs, request)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -178,100 +181,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{args.specs[0]}: sweeps {len(runs)} runs; 'run' runs one. Pin the swept keys "
             f"({keys}) with --set KEY=VALUE, or use 'sweep'"
         )
-    return execute_planned(runs, args, workers=0)
-
-
-def execute_planned(runs: list[RunPlan], args: argparse.Namespace, workers: int, progress: Any = None) -> int:
-    from trainer.executors.driver import ChangedConfig, Options, run_all
-    from trainer.executors.progress import Progress
-    from trainer.reporting import index
-
-    logdir = Path(args.logdir)
-    progress = progress or Progress(enabled=not args.quiet)
-    try:
-        options = Options(logdir, workers, args.force, args.rerun_failed, progress)
-        options.executor = getattr(args, "executor", "local")
-        options.address = getattr(args, "address", None)
-        options.searches = getattr(runs, "searches", {})
-        result = run_all(runs, options)
-    except ChangedConfig as changed:
-        raise LogDirError(_changed_spec(changed, args)) from None
-    records = index.records(logdir)
-    try:
-        index.rebuild(logdir, records)
-    except OSError as exc:
-        print(
-            f"warning: the HParams record of {visible(logdir)} could not be rebuilt: {exc.strerror}",
-            file=sys.stderr,
-        )
-    planned = {r.folder for r in runs} - {run.folder for run, _ in result.changed}
-    searched = {name for name, s in getattr(runs, "searches", {}).items() if s.draws_later}
-    ours = [r for r in records if r["folder"] in planned or r["experiment"] in searched]
-    # The Python API's sweep() says its own call; the command line, the command that ran.
-    command = getattr(args, "again", None) or (
-        f"{trainer_command()} {shlex.join(sys.argv[1:])}" if sys.argv[1:] else ""
-    )
-    total = len(runs) + sum(s.total_runs for s in getattr(runs, "searches", {}).values() if s.draws_later)
-    for line in report.sweep_summary(ours, result, logdir, command or "the same command", total, args.quiet):
-        print(visible_lines(line))
-    if not args.quiet:
-        for line in studies_summary(getattr(runs, "searches", {}), logdir, ours):
-            print(visible(line))
-    if result.interrupted:
-        return EXIT_INTERRUPTED
-    if result.changed:
-        for paragraph in _changed_spec(ChangedConfig(logdir, result.changed), args, meanwhile=True):
-            print(f"error: {visible_lines(paragraph)}", file=sys.stderr)
-        return 2
-    if result.logdir_fault or result.startup_fault:
-        return 2
-    return EXIT_FAILED_RUNS if result.failed else 0
-
-
-def _changed_spec(changed: Any, args: argparse.Namespace, meanwhile: bool = False) -> list[str]:
-    """A paragraph per experiment whose finished runs a changed spec would replace, with the commands
-    that replace them or keep both (or, where args.continue_with says them another way, such as the
-    Python API's arguments, that)."""
-    paragraphs = []
-    continue_with = getattr(args, "continue_with", None)
-    for (experiment, spec_path), group in changed.by_experiment().items():
-        options = [o for text in args.overrides for o in ("--set", text)]
-        if args.logdir != "logs":
-            options += ["--logdir", args.logdir]
-        if args.command == "sweep" and args.workers != (os.cpu_count() or 1):
-            options += ["--workers", str(args.workers)]
-        if args.command == "sweep" and args.executor != "local":
-            options += ["--executor", args.executor] + (["--address", args.address] if args.address else [])
-        command = [args.command, spec_path, *options]
-        new_name = _free_name(Path(args.logdir), experiment)
-        what, first, others = changed.first_difference(group)
-        if continue_with is not None:
-            replace, keep = continue_with(new_name)
-        else:
-            replace = f"{trainer_command()} {shlex.join([*command, '--force'])}"
-            keep = f"{trainer_command()} {shlex.join([*command, '--set', f'name={new_name}'])}"
-        paragraphs.append(
-            report.changed_spec(
-                experiment,
-                Path(args.logdir) / experiment,
-                len(group),
-                what,
-                first,
-                others,
-                replace=replace,
-                keep=keep,
-                meanwhile=meanwhile,
-            )
-        )
-    return paragraphs
-
-
-def _free_name(logdir: Path, experiment: str) -> str:
-    """The experiment's name with the first suffix -2, -3, ... that no folder has yet."""
-    number = 2
-    while (logdir / f"{experiment}-{number}").exists():
-        number += 1
-    return f"{experiment}-{number}"
+    request = _request(args, 0)
+    check_executor(request)
+    return run_sweep(runs, request)
 
 
 def _print_plan(runs: list[RunPlan], logdir: Path, later: int = 0) -> None:

@@ -74,13 +74,21 @@ def parser() -> argparse.ArgumentParser:
         "--executor",
         choices=tuple(EXECUTORS),
         default="local",
-        help="where runs run: local worker processes (default), or Ray tasks on this machine or a "
-        "cluster (needs the ray extra)",
+        help="where runs run: local worker processes (default), Ray tasks on this machine or a "
+        "cluster (needs the ray extra), or Slurm jobs (needs the slurm extra)",
+    )
+    p.add_argument(
+        "--executor-opt",
+        action="append",
+        metavar="KEY=VALUE",
+        help="an option of the chosen executor, e.g. partition=gpu or time=60 for slurm, address=HOST:PORT "
+        "for ray (repeatable; the options are listed in docs/cluster.md)",
     )
     p.add_argument(
         "--address",
         metavar="HOST:PORT",
-        help="with --executor ray: the head of a running Ray cluster, or 'auto' (default: RAY_ADDRESS, "
+        help="with --executor ray: the head of a running Ray cluster, or 'auto', as --executor-opt "
+        "address=HOST:PORT (default: RAY_ADDRESS, "
         "else a Ray instance started on this machine with --workers CPUs)",
     )
     p.add_argument("--dry-run", action="store_true", help="list the planned runs; write nothing")

@@ -1,164 +1,145 @@
-"""The seam between the sweep driver and its executors: what an executor is handed (a Sweep), the
-one method it has (launch), and the registry the driver picks it from by name.
+"""The seam between the sweep driver and its executors.
 
-The driver decides what runs and keeps the tally; an executor decides where the units run. It
-claims each unit through the Sweep just before starting it, and hands back each unit's summaries
-through Sweep.finish. A new executor is one module with an EXECUTOR and one line in
-trainer.executors.EXECUTORS.
+The driver owns the sweep: what runs next, the claims, a search's next trials and its pruning
+verdicts, stop -> grace -> kill, and the tally (trainer.executors.schedule). An executor only
+says where a unit of work runs. It is a registry entry (a name in trainer.executors.EXECUTORS)
+whose module holds an EXECUTOR with
+
+- `Options`, a frozen dataclass of the options only this executor knows (Ray's address, Slurm's
+  partition), which the command line (`--executor-opt KEY=VALUE`) and the API build strictly;
+- `start(sweep, options)`, a context manager that gives a Backend for the sweep's life;
+- optionally `require()`, which refuses in one sentence where the executor cannot run at all, and
+  `places(logdir)`, where the log folder's runs are queued or running (trainer.executors.base.places).
+
+A Backend runs the units it is given and says when each has ended:
+
+- `parallel`: how many units it runs at once (the driver splits the batched engine's groups so as
+  to keep that many busy), and `slots`: how many it takes before one has ended;
+- `submit(unit, claims) -> handle`; `wait(timeout) -> [Ended]`, which returns early when the sweep
+  is asked to stop (`sweep.stop.wake_fd`); `stop()`, which asks the units in progress to stop and
+  record themselves as interrupted; `kill() -> [Ended]` once the grace period is over;
+- optionally `adopted() -> {run folder: claim token}`: units still running from an earlier driver of
+  the same sweep (a Slurm job outlives its driver), which the driver claims with their own token and
+  does not submit again; such a unit's ended comes from `wait` with the handle `adopt(unit)` gave.
+
+A backend never reads the tally and never claims: the summaries it returns are the runs' own (a run
+records itself), or `sweep.ended(...)` for runs that could not (killed, or their worker died).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from trainer.core.status import Status
+from trainer.core import strict
+from trainer.core.errors import UserError
 from trainer.executors import EXECUTORS
-from trainer.executors.progress import Progress
-from trainer.executors.stopping import StopRequest
-from trainer.run import rundir
-from trainer.run.claims import Claim, Held
-from trainer.run.job import Summary, record_ended
-from trainer.run.selection import Report
-from trainer.run.study import Studies
-from trainer.spec.plan import RunPlan
-from trainer.spec.units import Unit, units_of
-
-
-class Executor(Protocol):
-    def launch(self, units: list[Unit], sweep: Sweep) -> None:
-        """Run the units, claiming each through sweep.claim and reporting it through sweep.finish;
-        return once every unit has ended, or the sweep was stopped and its runs recorded."""
-
-
-def executor(name: str) -> Executor:
-    """The executor registered under `name`."""
-    return importlib.import_module(EXECUTORS[name]).EXECUTOR
+from trainer.run.claims import Claim
+from trainer.run.job import Summary
+from trainer.spec.units import Unit
 
 
 @dataclass
-class Sweep:
-    """What every executor is handed besides its units: where the runs go, what the driver saw of
-    them when it chose them, the tally, the progress output, the stop flag and the claims held."""
+class Ended:
+    """A unit that ended in a backend: the handle submit gave, and its runs' summaries."""
 
-    logdir: Path
-    workers: int
-    address: str | None
-    seen: dict[str, Any]  # run folder -> its record's stamp when the driver looked
-    report: Report
-    progress: Progress
-    stop: StopRequest
-    claims: Held
-    search: Studies | None = None  # the sweep's searches: pruning verdicts and TPE's next trials
+    handle: Any
+    summaries: list[Summary]
 
-    def judge(self, folder: str, step: int, value: float) -> bool:
-        """Whether a search's run that reported `value` at `step` is to be pruned now."""
-        return self.search is not None and self.search.report(folder, step, value)
 
-    @property
-    def judging(self) -> bool:
-        return self.search is not None and self.search.pruning
+class BackendFailed(Exception):
+    """Nothing can run where the backend runs (no worker process can start, a node lacks packages):
+    the sweep stops, and the units in progress are left as they were, to run once that is fixed."""
 
-    def more(self) -> list[Unit]:
-        """The units of a newly drawn trial (a TPE search, while it has trials to draw), else none."""
-        if self.search is None or self.stop.is_set() or self.faulted:
-            return []
-        runs = self.search.more()
-        for run in runs:
-            self.seen[run.folder] = rundir.record_stamp(self.logdir / run.folder)
-        return units_of(runs, max(1, self.workers))
 
-    @property
-    def faulted(self) -> bool:
-        """Whether nothing more may start: the log folder cannot be written, or no worker can start."""
-        return self.report.logdir_fault is not None or self.report.startup_fault is not None
+class Backend(Protocol):
+    parallel: int
+    slots: int
 
-    def claim(self, unit: Unit) -> tuple[Unit | None, dict[str, Claim]]:
-        """Claim every run of a unit; the unit of the runs claimed (None if none was), and their claims."""
-        held: dict[str, Claim] = {}
-        for run in unit.runs:
-            if self.report.logdir_fault is not None:
-                break
-            claim = self._claim_run(run)
-            if claim is not None:
-                held[run.folder] = claim
-        runs = tuple(run for run in unit.runs if run.folder in held)
-        return (dataclasses.replace(unit, runs=runs) if runs else None), held
+    def submit(self, unit: Unit, claims: dict[str, Claim]) -> Any: ...
 
-    def _claim_run(self, run: RunPlan) -> Claim | None:
-        """Claim a run just before it starts, and look again: another sweep may have run it meanwhile.
-        A damaged run's folder is moved aside, under the claim, before the run starts again."""
-        report = self.report
+    def wait(self, timeout: float) -> list[Ended]: ...
+
+    def stop(self) -> None: ...
+
+    def kill(self) -> list[Ended]: ...
+
+
+class Executor(Protocol):
+    Options: type
+
+    def start(self, sweep: Any, options: Any) -> contextlib.AbstractContextManager[Backend]: ...
+
+
+def executor(name: str) -> Executor:
+    """The executor registered under `name`; a name that is none is refused with the names there are."""
+    if name not in EXECUTORS:
+        names = [repr(n) for n in EXECUTORS]
+        raise UserError(
+            f"executor: {name!r} is none; use {', '.join(names[:-1])} or {names[-1]}"
+            f"{strict.suggest(name, list(EXECUTORS))}"
+        )
+    return importlib.import_module(EXECUTORS[name]).EXECUTOR
+
+
+def options_of(name: str, given: dict[str, Any] | list[str] | None) -> Any:
+    """The executor's Options, built strictly from a mapping, or from KEY=VALUE texts whose values
+    are read as YAML (`--executor-opt time=60`); an unknown key or a wrong value is one sentence
+    naming the executor and the key."""
+    cls = executor(name).Options
+    raw = _key_values(name, given)
+    try:
+        return strict.build(cls, raw, "")
+    except strict.Invalid as invalid:
+        where, problem = invalid.problems[0]
+        known = ", ".join(f.name for f in _fields(cls)) or "none"
+        raise UserError(
+            f"--executor-opt {where}: {problem} (the {name} executor's options: {known})"
+        ) from None
+
+
+def _key_values(name: str, given: dict[str, Any] | list[str] | None) -> dict[str, Any]:
+    import yaml
+
+    if given is None:
+        return {}
+    if isinstance(given, dict):
+        return dict(given)
+    raw: dict[str, Any] = {}
+    for text in given:
+        key, sep, value = str(text).partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--executor-opt: {text!r} is no KEY=VALUE (an option of the {name} executor)")
         try:
-            claim = self.claims.take(run.experiment, run.name)
-        except OSError as exc:
-            report.logdir_fault = (
-                report.logdir_fault or f"cannot claim {run.folder} in {self.logdir}: {exc.strerror or exc}"
-            )
-            return None
-        if claim is None:
-            report.elsewhere.append(run.folder)
-            self.progress.left_alone(run.folder, "running elsewhere")
-            return None
-        if rundir.record_stamp(self.logdir / run.folder) != self.seen.get(run.folder):
-            # Recorded by another sweep since this one looked: its result stands (two sweeps started
-            # with --force or --rerun-failed would otherwise each run it), unless it was interrupted.
-            state = rundir.state_of(self.logdir, run.experiment, run.name)
-            if state.record is not None and state.state != Status.INTERRUPTED:
-                self.claims.release(claim)
-                report.elsewhere.append(run.folder)
-                self.progress.left_alone(run.folder, f"{state.state} in another sweep")
-                return None
-        if run.folder in report.damaged:
-            try:
-                report.set_aside[run.folder] = rundir.set_aside(
-                    self.logdir, run.experiment, run.name, report.damaged[run.folder]
-                )
-            except OSError as exc:
-                self.claims.release(claim)
-                report.logdir_fault = (
-                    report.logdir_fault
-                    or f"cannot move the damaged run {run.folder} aside: {exc.strerror or exc}"
-                )
-                return None
-        return claim
+            raw[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            raw[key.strip()] = value
+    return raw
 
-    def finish(self, held: dict[str, Claim], summaries: list[Summary]) -> None:
-        """A unit has ended, wherever it ran: release its runs' claims and report what became of them."""
-        for claim in held.values():
-            self.claims.release(claim)
-        for summary in summaries:
-            self._tally(summary)
 
-    def _tally(self, summary: Summary) -> None:
-        report, progress = self.report, self.progress
-        if summary.status == Status.LOST:
-            report.lost.append(summary.folder)
-            report.elsewhere.append(summary.folder)
-            progress.left_alone(
-                summary.folder,
-                "taken over by another sweep while this one was paused; its result here was discarded",
-            )
-            return
-        report.ran.append(summary)
-        progress.finished(summary)
-        if self.search is not None:
-            self.search.ended(summary.folder, summary.status, summary.metrics)
-        if summary.logdir_fault and report.logdir_fault is None:
-            report.logdir_fault = summary.error
+def _fields(cls: type) -> list[Any]:
+    import dataclasses
 
-    def ended(
-        self,
-        run: RunPlan,
-        status: Status,
-        error: str,
-        claim: Claim | None,
-        steps_done: int | None = None,
-        seconds: float | None = None,
-    ) -> Summary:
-        """Record a run that could not record itself (its worker died, or the sweep stopped it), with
-        the steps and seconds it reached where the executor knows them."""
-        return record_ended(self.logdir, run, status, error, claim, steps_done, seconds)
+    return list(dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else []
+
+
+def require(name: str) -> None:
+    """Refuse, in one sentence, an executor that cannot run here (its library is not installed)."""
+    check = getattr(executor(name), "require", None)
+    if check is not None:
+        check()
+
+
+def places(logdir: Path) -> dict[str, str]:
+    """Run folder -> where an executor has it queued or running (a Slurm job), for `status`: asked of
+    every executor that keeps such a ledger in the log folder; empty where none does."""
+    found: dict[str, str] = {}
+    for name in EXECUTORS:
+        look = getattr(executor(name), "places", None)
+        if look is not None:
+            with contextlib.suppress(OSError):
+                found.update(look(logdir))
+    return found

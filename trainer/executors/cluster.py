@@ -18,7 +18,7 @@ needed.
 
 from __future__ import annotations
 
-import collections
+import contextlib
 import dataclasses
 import json
 import os
@@ -26,13 +26,15 @@ import pickle
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from trainer.core import strict
 from trainer.core.errors import UserError
 from trainer.core.status import Status
-from trainer.executors.base import Sweep
-from trainer.executors.stopping import Grace
+from trainer.executors.base import Ended
+from trainer.executors.schedule import Sweep
 from trainer.kinds import registry as kinds
 from trainer.kinds.registry import shown_path
 from trainer.run import job, resuming, rundir
@@ -40,7 +42,7 @@ from trainer.run.claims import Claim, owns
 from trainer.run.job import LOST, Summary, commit, record_ended
 from trainer.run.record import code_record
 from trainer.spec.plan import RunPlan
-from trainer.spec.units import Unit, units_of
+from trainer.spec.units import Unit
 
 INSTALL = "pip install -e '.[ray]' (or make setup EXTRAS=ray)"
 # A task whose worker process or node dies is run again elsewhere at most this many times.
@@ -94,12 +96,7 @@ def execute_unit(
             def on_checkpoint(folder: Path) -> None:
                 ray.get(snapshots.put.remote(run.folder, _files(folder, hidden=False)))
 
-        verdict = None
-        if judge is not None:  # the sweep's studies (a Judge actor) say whether to prune a run
-
-            def verdict(folder: str, step: int, value: float) -> bool:
-                return ray.get(judge.report.remote(folder, step, value))
-
+        verdict = _verdict(ray, judge) if judge is not None else None  # the sweep's studies say
         summaries = job.execute_unit(unit, Path(scratch), on_checkpoint=on_checkpoint, judge=verdict)
         return [(summary, _files(Path(scratch) / run.folder)) for run, summary in zip(unit.runs, summaries)]
 
@@ -127,48 +124,43 @@ class Snapshots:
         self.new.pop(run, None)
 
 
-class Judge:
-    """A sweep's searches (trainer.run.study.Studies) as a Ray actor on the sweep's machine, where
-    their journals are: tasks ask it whether to prune their runs, the sweep tells it each run's end
-    and asks it for a TPE search's next trial."""
+class Verdicts:
+    """Questions of pruning, from tasks to the sweep's studies: a Ray actor on the sweep's machine
+    that tasks post their evaluations to and read the verdicts from, and that the driver answers
+    each time it waits. The studies stay in the driver, as with every executor."""
 
-    def __init__(self, searches: dict[str, Any], logdir: str, todo: list[RunPlan]):
-        from trainer.run.study import Studies
+    def __init__(self) -> None:
+        self.asked: dict[int, tuple[str, int, float]] = {}
+        self.answered: dict[int, bool] = {}
+        self.count = 0
 
-        self.studies = Studies(searches, Path(logdir))
-        self.studies.so_far()
-        self.studies.start(todo)
+    def ask(self, folder: str, step: int, value: float) -> int:
+        self.count += 1
+        self.asked[self.count] = (folder, step, value)
+        return self.count
 
-    def report(self, folder: str, step: int, value: float) -> bool:
-        return self.studies.report(folder, step, value)
+    def answer(self, number: int) -> bool | None:
+        return self.answered.pop(number, None)
 
-    def ended(self, folder: str, status: str, metrics: dict[str, Any]) -> None:
-        self.studies.ended(folder, status, metrics)
+    def questions(self) -> dict[int, tuple[str, int, float]]:
+        asked, self.asked = self.asked, {}
+        return asked
 
-    def more(self) -> list[RunPlan]:
-        return self.studies.more()
-
-    def left_to_draw(self) -> int:
-        return self.studies.left_to_draw()
+    def tell(self, verdicts: dict[int, bool]) -> None:
+        self.answered.update(verdicts)
 
 
-class RemoteStudies:
-    """The sweep's side of a Judge actor: what the sweep asks of its studies, asked of the actor."""
+def _verdict(ray: Any, verdicts: Any) -> Any:
+    """A task's judge: ask the sweep through the Verdicts actor, and wait for its answer."""
+    import time
 
-    def __init__(self, ray: Any, actor: Any, pruning: bool, draws_later: bool):
-        self.ray, self.actor, self.pruning, self.draws_later = ray, actor, pruning, draws_later
+    def verdict(folder: str, step: int, value: float) -> bool:
+        number = ray.get(verdicts.ask.remote(folder, step, value))
+        while (answer := ray.get(verdicts.answer.remote(number))) is None:
+            time.sleep(0.02)
+        return answer
 
-    def report(self, folder: str, step: int, value: float) -> bool:
-        return self.ray.get(self.actor.report.remote(folder, step, value))
-
-    def ended(self, folder: str, status: str, metrics: dict[str, Any]) -> None:
-        self.ray.get(self.actor.ended.remote(folder, status, metrics))
-
-    def more(self) -> list[RunPlan]:
-        return self.ray.get(self.actor.more.remote())
-
-    def left_to_draw(self) -> int:
-        return self.ray.get(self.actor.left_to_draw.remote())
+    return verdict
 
 
 def _unpack(folder: Path, files: dict[str, bytes]) -> None:
@@ -242,8 +234,8 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def stage(runs: list[RunPlan], logdir: Path, into: Path) -> dict[str, str]:
-    """Copy the runs' spec folders into `into`, one subfolder each, less the log folder and hidden
+def stage(folders: list[str], logdir: Path, into: Path) -> dict[str, str]:
+    """Copy the sweep's spec folders into `into`, one subfolder each, less the log folder and hidden
     or cached files; returns spec folder -> its subfolder's name. `into` becomes the working
     directory of every task, uploaded once to the cluster."""
     copies: dict[str, str] = {}
@@ -254,8 +246,7 @@ def stage(runs: list[RunPlan], logdir: Path, into: Path) -> dict[str, str]:
             n for n in names if n.startswith(".") or n == "__pycache__" or Path(where, n).resolve() == skip
         ]
 
-    for run in runs:
-        folder = str(Path(run.data_folder).resolve())
+    for folder in folders:
         if folder not in copies:
             copies[folder] = str(len(copies))
             shutil.copytree(folder, into / copies[folder], ignore=ignore)
@@ -291,6 +282,16 @@ def deliver(logdir: Path, run: RunPlan, summary: Summary, files: dict[str, bytes
     return commit(folder, record, claim=claim)
 
 
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Where the Ray cluster is; without an address, RAY_ADDRESS, else a Ray instance started on this
+    machine with --workers CPUs."""
+
+    address: str | None = strict.setting(
+        None, doc="the head of a running Ray cluster (HOST:PORT, as `ray start --head` prints), or 'auto'"
+    )
+
+
 @dataclasses.dataclass
 class Task:
     unit: Unit
@@ -298,88 +299,97 @@ class Task:
 
 
 class Ray:
-    """Hands the units to Ray, a few more than its CPUs at a time so that none waits for this
-    process; on a stop request, cancels the tasks and records their runs as interrupted."""
+    """Runs the units as Ray tasks, on this machine or a cluster."""
 
-    def launch(self, todo: list[Unit], sweep: Sweep) -> None:
-        runs = [run for unit in todo for run in unit.runs]
-        drawn_later = [  # a TPE search's trials run from its spec's folder too
-            run
-            for study in getattr(sweep.search, "by_experiment", {}).values()
-            for run in study.search.probes[:1]
-        ]
+    Options = Options
+
+    def require(self) -> None:
+        require_ray()
+
+    @contextlib.contextmanager
+    def start(self, sweep: Sweep, options: Options) -> Iterator[RayBackend]:
         with tempfile.TemporaryDirectory(prefix="trainer-specs-") as staging:
-            copies = stage(runs + drawn_later, sweep.logdir, Path(staging))
-            ray = connect(sweep.address, sweep.workers, Path(staging))  # uploads the copies
+            copies = stage(sorted(sweep.folders), sweep.logdir, Path(staging))
+            ray = connect(options.address, sweep.workers, Path(staging))  # uploads the copies
         sweep.stop.listen()  # Ray took SIGTERM for itself while starting
-        remote = ray.remote(execute_unit)
-        snapshots = _snapshots(ray, runs, sweep.logdir)
-        judge = None
-        if sweep.search is not None:
-            studies = sweep.search
-            # The actor's working folder is Ray's copy of the specs: the log folder is named absolutely.
-            judge = _on_this_node(ray, Judge).remote(
-                {n: s.search for n, s in studies.by_experiment.items()}, str(sweep.logdir.resolve()), runs
-            )
-            sweep.search = RemoteStudies(ray, judge, studies.pruning, studies.draws_later)
-            judge = judge if studies.pruning else None
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        pending = collections.deque(units_of(runs, cpus))  # big groups split over the cluster's CPUs
-        running: dict[Any, Task] = {}
-        # the task stops and removes its scratch folder
-        grace = Grace(sweep.stop, sweep.progress, lambda: [ray.cancel(ref, force=False) for ref in running])
+        backend = RayBackend(ray, sweep, copies)
         try:
-            window = cpus + 1
-            while True:
-                while not grace.stopping() and not sweep.faulted:
-                    if not pending and len(running) < window:
-                        pending.extend(sweep.more())  # a TPE search's next trial
-                    if len(running) >= window or not pending:
-                        break
-                    unit, held = sweep.claim(pending.popleft())
-                    if unit is not None:
-                        folder = str(Path(unit.runs[0].data_folder).resolve())
-                        if folder not in copies:  # a TPE trial's spec folder: staged like the others
-                            raise UserError(f"{folder} was not staged for the Ray cluster")
-                        ref = remote.options(**resources(unit), max_retries=MAX_RETRIES).remote(
-                            pickle.dumps(unit), folder, copies[folder], snapshots, judge
-                        )
-                        running[ref] = Task(unit, held)
-                if not running:
-                    return
-                if grace.over():
-                    for ref, task in running.items():
-                        ray.cancel(ref, force=True)
-                        sweep.finish(task.claims, _all_ended(sweep, task, Status.INTERRUPTED, "interrupted"))
-                    return
-                arrived = ray.get(snapshots.take_new.remote())
-                done, _ = ray.wait(list(running), num_returns=1, timeout=POLL)
-                sweep.stop.clear_wakeups()
-                for ref in done:
-                    task = running.pop(ref)
-                    sweep.finish(task.claims, _outcome(ray, ref, task, sweep, grace.started))
-                    for run in task.unit.runs:
-                        snapshots.forget.remote(run.folder)
-                _keep(sweep.logdir, arrived, running.values())
+            yield backend
         finally:
-            for ref in running:
-                ray.cancel(ref, force=True)
-            ray.shutdown()  # a local instance stops with it
+            backend.close()
 
 
 EXECUTOR = Ray()
 
 
-def _snapshots(ray: Any, runs: list[RunPlan], logdir: Path) -> Any:
-    """The store of the runs' checkpoints, on this node, holding those the log folder has already
-    (of runs a sweep before this one stopped), so that their tasks go on from them."""
-    store = _on_this_node(ray, Snapshots).remote()
-    for run in runs:
-        folder = logdir / run.folder
-        if (folder / rundir.RESUME).is_file():
-            files = {n: d for n, d in _files(folder, hidden=False).items() if n not in resuming.LEFT_BEHIND}
-            store.put.remote(run.folder, files)
-    return store
+class RayBackend:
+    """Hands units to Ray, a few more than its CPUs at a time so that none waits for this process;
+    on a stop request, cancels the tasks (which record their runs as interrupted)."""
+
+    def __init__(self, ray: Any, sweep: Sweep, copies: dict[str, str]):
+        self.ray, self.sweep, self.copies = ray, sweep, copies
+        self.remote = ray.remote(execute_unit)
+        self.snapshots = _on_this_node(ray, Snapshots).remote()
+        self.verdicts = _on_this_node(ray, Verdicts).remote() if sweep.judging else None
+        self.running: dict[Any, Task] = {}
+        self.stopping = False
+        self.parallel = int(ray.cluster_resources().get("CPU", 1))
+        self.slots = self.parallel + 1
+
+    def submit(self, unit: Unit, claims: dict[str, Claim]) -> Any:
+        folder = str(Path(unit.runs[0].data_folder).resolve())
+        if folder not in self.copies:  # every spec folder of the sweep was staged
+            raise UserError(f"{folder} was not staged for the Ray cluster")
+        for run in unit.runs:
+            _put_checkpoint(self.snapshots, self.sweep.logdir, run)
+        ref = self.remote.options(**resources(unit), max_retries=MAX_RETRIES).remote(
+            pickle.dumps(unit), folder, self.copies[folder], self.snapshots, self.verdicts
+        )
+        self.running[ref] = Task(unit, claims)
+        return ref
+
+    def wait(self, timeout: float) -> list[Ended]:
+        ray, sweep = self.ray, self.sweep
+        if self.verdicts is not None:
+            asked = ray.get(self.verdicts.questions.remote())
+            if asked:
+                ray.get(self.verdicts.tell.remote({n: sweep.judge(*q) for n, q in asked.items()}))
+        arrived = ray.get(self.snapshots.take_new.remote())
+        done, _ = ray.wait(list(self.running), num_returns=1, timeout=min(timeout, POLL))
+        ended = []
+        for ref in done:
+            task = self.running.pop(ref)
+            ended.append(Ended(ref, _outcome(ray, ref, task, sweep, self.stopping)))
+            for run in task.unit.runs:
+                self.snapshots.forget.remote(run.folder)
+        _keep(sweep.logdir, arrived, self.running.values())
+        return ended
+
+    def stop(self) -> None:
+        self.stopping = True
+        for ref in self.running:  # the task stops and removes its scratch folder
+            self.ray.cancel(ref, force=False)
+
+    def kill(self) -> list[Ended]:
+        ended = []
+        for ref, task in self.running.items():
+            self.ray.cancel(ref, force=True)
+            ended.append(Ended(ref, _all_ended(self.sweep, task, Status.INTERRUPTED, "interrupted")))
+        self.running.clear()
+        return ended
+
+    def close(self) -> None:
+        for ref in self.running:
+            self.ray.cancel(ref, force=True)
+        self.ray.shutdown()  # a local instance stops with it
+
+
+def _put_checkpoint(store: Any, logdir: Path, run: RunPlan) -> None:
+    """A run that a sweep before this one stopped goes on from the checkpoint in its folder."""
+    folder = logdir / run.folder
+    if (folder / rundir.RESUME).is_file():
+        files = {n: d for n, d in _files(folder, hidden=False).items() if n not in resuming.LEFT_BEHIND}
+        store.put.remote(run.folder, files)
 
 
 def _on_this_node(ray: Any, cls: type) -> Any:

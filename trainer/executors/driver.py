@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from trainer.executors.base import Sweep, executor
+from trainer.executors.base import executor, options_of
 from trainer.executors.progress import Progress
+from trainer.executors.schedule import Sweep, drive
 from trainer.executors.stopping import StopRequest
 from trainer.run.claims import Held
 from trainer.run.selection import (
@@ -37,8 +39,8 @@ class Options:
     force: bool = False  # rerun complete runs too
     rerun_failed: bool = False  # rerun runs that failed before
     progress: Progress | None = None
-    executor: str = "local"  # where runs run: a name in trainer.executors.base.EXECUTORS
-    address: str | None = None  # the Ray cluster's head, for the ray executor
+    executor: str = "local"  # where runs run: a name in trainer.executors.EXECUTORS
+    executor_options: Any = None  # its Options (trainer.executors.base.options_of), or a mapping of them
     searches: dict[str, Search] = field(default_factory=dict)  # the specs' searches, by experiment
 
 
@@ -66,13 +68,18 @@ def run_all(runs: list[RunPlan], opts: Options) -> Report:
             check_writable(opts.logdir)  # after select: a refused sweep leaves the folder untouched
             units = units_of(todo, opts.workers)
             # With no workers, runs run in this process, whatever the executor.
-            where = executor("local" if opts.workers == 0 else opts.executor)
+            name = "local" if opts.workers == 0 else opts.executor
+            options = opts.executor_options if name == opts.executor else None
+            if not isinstance(options, executor(name).Options):
+                options = options_of(name, options)
             claims = Held(opts.logdir)
-            sweep = Sweep(
-                opts.logdir, opts.workers, opts.address, seen, report, progress, stop, claims, studies
-            )
+            folders = {str(Path(r.data_folder).resolve()) for r in todo}
+            if studies is not None:
+                folders |= studies.data_folders()
+            sweep = Sweep(opts.logdir, opts.workers, seen, report, progress, stop, claims, studies, folders)
             try:
-                where.launch(units, sweep)
+                with executor(name).start(sweep, options) as backend:
+                    drive(backend, units, sweep)
             finally:
                 claims.close()
             recorded_otherwise(todo, opts.logdir, report)

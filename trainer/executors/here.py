@@ -3,23 +3,19 @@ process is left as they found it (the caller may be a notebook's kernel, which g
 
 from __future__ import annotations
 
-import collections
 import contextlib
+import itertools
 from collections.abc import Iterator
 
-from trainer.executors.base import Sweep
+from trainer.executors.base import Ended
+from trainer.executors.schedule import Sweep
+from trainer.run.claims import Claim
 from trainer.run.job import execute_unit
 from trainer.spec.units import Unit
 
 
-def run_here(todo: list[Unit], sweep: Sweep) -> None:
-    """Train the units here, claiming each as it starts, until none is left or the sweep stops."""
-    with _as_found():
-        _run_each(todo, sweep)
-
-
 @contextlib.contextmanager
-def _as_found() -> Iterator[None]:
+def as_found() -> Iterator[None]:
     """What the runs change of this process, set back as it was when they end or raise: torch's
     threads (one, as in a sweep's workers, while they train) and the random states each run seeds
     (Python's, NumPy's, torch's, and CUDA's where CUDA had started)."""
@@ -41,19 +37,34 @@ def _as_found() -> Iterator[None]:
         np.random.set_state(numpy)
 
 
-def _run_each(todo: list[Unit], sweep: Sweep) -> None:
-    pending = collections.deque(todo)
-    judge = sweep.judge if sweep.judging else None
-    while True:
-        if not pending:
-            pending.extend(sweep.more())  # a TPE search's next trial, drawn from the results so far
-        if not pending or sweep.stop.is_set() or sweep.report.logdir_fault:
-            break
-        claimed, held = sweep.claim(pending.popleft())
-        if claimed is None:
-            continue
-        sweep.progress.begin_steps(claimed.runs[0])
+class Here:
+    """The backend of a sweep with no workers: a unit submitted trains here when the driver waits."""
+
+    parallel = slots = 1
+
+    def __init__(self, sweep: Sweep):
+        self.sweep = sweep
+        self.next: tuple[int, Unit, dict[str, Claim]] | None = None
+        self.handles = itertools.count()
+
+    def submit(self, unit: Unit, claims: dict[str, Claim]) -> int:
+        self.next = (next(self.handles), unit, claims)
+        return self.next[0]
+
+    def wait(self, timeout: float) -> list[Ended]:
+        if self.next is None:
+            return []
+        (handle, unit, claims), self.next = self.next, None
+        sweep = self.sweep
+        sweep.progress.begin_steps(unit.runs[0])
+        judge = sweep.judge if sweep.judging else None
         summaries = execute_unit(
-            claimed, sweep.logdir, sweep.stop.is_set, sweep.progress.steps, held, judge=judge
+            unit, sweep.logdir, sweep.stop.is_set, sweep.progress.steps, claims, judge=judge
         )
-        sweep.finish(held, summaries)
+        return [Ended(handle, summaries)]
+
+    def stop(self) -> None:
+        """The run in progress reads the stop flag itself."""
+
+    def kill(self) -> list[Ended]:
+        return []  # nothing runs between waits

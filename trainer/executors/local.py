@@ -12,9 +12,10 @@ period is over is recorded at the step of its last checkpoint (trainer.executors
 
 from __future__ import annotations
 
-import collections
+import contextlib
 import functools
 import gc
+import itertools
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -22,6 +23,8 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +32,13 @@ from trainer.core.children import start_without_main
 from trainer.core.deadline import limit_of
 from trainer.core.output import unbroken_output
 from trainer.core.status import Status
-from trainer.executors.base import Sweep
-from trainer.executors.here import run_here
+from trainer.executors.base import BackendFailed, Ended
+from trainer.executors.here import Here, as_found
 from trainer.executors.reached import CHECKPOINT, Checkpointed, earlier
-from trainer.executors.stopping import Grace, StopFlag
+from trainer.executors.schedule import Sweep
+from trainer.executors.stopping import StopFlag
 from trainer.executors.workers import STOP_SIGNALS, kill_with_parent, worker_context
-from trainer.run.claims import HEARTBEAT_EVERY, Claim, pid_alive
+from trainer.run.claims import Claim, pid_alive
 from trainer.run.job import Summary, execute_unit
 from trainer.spec.units import Unit
 
@@ -53,14 +57,27 @@ OUT_OF_MEMORY = (
 KILL_AFTER = 30.0
 
 
+@dataclass(frozen=True)
+class Options:
+    """The local pool has no options of its own: --workers says how many processes it starts."""
+
+
 class Local:
     """Runs units in worker processes of this machine, or in this process with no workers."""
 
-    def launch(self, units: list[Unit], sweep: Sweep) -> None:
+    Options = Options
+
+    @contextlib.contextmanager
+    def start(self, sweep: Sweep, options: Options) -> Iterator[Any]:
         if sweep.workers == 0:
-            run_here(units, sweep)
-        else:
-            _run_pool(units, sweep)
+            with as_found():
+                yield Here(sweep)
+            return
+        pool = Pool(sweep)
+        try:
+            yield pool
+        finally:
+            pool.close()
 
 
 EXECUTOR = Local()
@@ -171,6 +188,7 @@ class Worker:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         child.close()
         self.ready = False
+        self.handle = -1
         self.ready_at = 0.0
         self.unit: Unit | None = None
         self.claims: dict[str, Claim] = {}
@@ -222,77 +240,76 @@ class Worker:
 
 
 class Pool:
-    """The workers of a sweep and the units still to run, until none is left."""
+    """The sweep's worker processes, as a backend: one unit per worker, a dead worker replaced."""
 
-    def __init__(self, todo: list[Unit], sweep: Sweep):
+    def __init__(self, sweep: Sweep):
         self.sweep = sweep
         self.ctx = worker_context()
         self.stopping = StopFlag(self.ctx)
-        drawing = sweep.search is not None and sweep.search.left_to_draw() > 0
-        self.queue = Ahead(todo, sweep.workers if drawing else min(sweep.workers, len(todo)), sweep)
+        self.parallel = self.slots = sweep.workers
         self.workers: list[Worker] = []
-        self.grace = Grace(sweep.stop, sweep.progress, self.stopping.set)
         self.start_deaths = 0
+        self.stopped = False
+        self.handles = itertools.count()
 
-    def run(self) -> None:
-        """Hand units to workers until none is left; on a stop request, give the runs in progress a
-        grace period to record themselves as interrupted, then kill what is left."""
-        sweep = self.sweep
-        self.queue.fill()  # while the fork server is still importing torch
-        self.workers += [Worker(self.ctx, self.stopping) for _ in range(self.queue.ahead)]
-        while True:
-            if not self.grace.stopping() and sweep.report.logdir_fault is None:
-                self._hand_out()
-            busy = [w for w in self.workers if w.unit is not None]
-            if not busy:
-                return
-            if self.grace.over():
-                for worker in busy:
-                    worker.process.kill()
-                    sweep.finish(worker.claims, self._died(worker, Status.INTERRUPTED))
-                    worker.take_back()
-                return
-            overdue = [t for t in (w.overdue_in() for w in busy) if t is not None]
-            ready = multiprocessing.connection.wait(
-                [w.conn for w in busy] + [w.process.sentinel for w in busy] + [sweep.stop.wake_fd],
-                timeout=max(0.0, min([self.grace.wait(HEARTBEAT_EVERY), *overdue])),
-            )
-            sweep.stop.clear_wakeups()
+    def submit(self, unit: Unit, claims: dict[str, Claim]) -> int:
+        worker = next((w for w in self.workers if w.unit is None), None)
+        if worker is not None and not worker.process.is_alive():  # died while idle
+            worker.stop()
+            self.workers.remove(worker)
+            worker = None
+        if worker is None:
+            worker = Worker(self.ctx, self.stopping)
+            self.workers.append(worker)
+        worker.handle = next(self.handles)
+        worker.give(unit, claims, self.sweep.logdir, self.sweep.judging)
+        return worker.handle
+
+    def wait(self, timeout: float) -> list[Ended]:
+        busy = [w for w in self.workers if w.unit is not None]
+        overdue = [t for t in (w.overdue_in() for w in busy) if t is not None]
+        ready = multiprocessing.connection.wait(
+            [w.conn for w in busy] + [w.process.sentinel for w in busy] + [self.sweep.stop.wake_fd],
+            timeout=max(0.0, min([timeout, *overdue])),
+        )
+        ended: list[Ended] = []
+        try:
             for worker in busy:
                 if worker.conn in ready or worker.process.sentinel in ready:
-                    self._heard_from(worker)
+                    ended += self._heard_from(worker)
                 elif (worker.overdue_in() or 0.0) < 0:
-                    self._timed_out(worker)
+                    ended.append(self._timed_out(worker))
+        except WorkerStartError as exc:
+            raise BackendFailed(str(exc)) from None
+        return ended
 
-    def _heard_from(self, worker: Worker) -> None:
-        sweep = self.sweep
+    def stop(self) -> None:
+        self.stopped = True
+        self.stopping.set()
+
+    def kill(self) -> list[Ended]:
+        ended = []
+        for worker in [w for w in self.workers if w.unit is not None]:
+            worker.process.kill()
+            ended.append(self._gone(worker, Status.INTERRUPTED))
+        return ended
+
+    def _heard_from(self, worker: Worker) -> list[Ended]:
         # Looked at before collecting: a worker seen dead here has sent all it ever will.
         alive = worker.process.is_alive()
         try:
-            summaries = _collect(worker, any(w.ready for w in self.workers), alive, sweep.judge)
+            summaries = _collect(worker, any(w.ready for w in self.workers), alive, self.sweep.judge)
         except WorkerDiedStarting as died:
-            self._replace_starting(worker, died)
-            return
+            return self._replace_starting(worker, died)
         if summaries is None and alive:
-            return  # it only said it is ready
-        if summaries is None:  # the process died: record it, start another
-            stopping = self.grace.started
-            self._replace(worker, self._died(worker, Status.INTERRUPTED if stopping else Status.FAILED))
-            return
-        held = worker.take_back()
-        if sweep.search is not None and sweep.search.draws_later:  # TPE draws its next trial knowing this one
-            for summary in summaries:
-                sweep.search.ended(summary.folder, summary.status, summary.metrics)
-        if (
-            not self.grace.started
-            and not sweep.stop.is_set()
-            and sweep.report.logdir_fault is None
-            and not any(s.logdir_fault for s in summaries)
-        ):
-            self.queue.give_next(worker)  # its next unit first: releasing this one's claims takes a while
-        sweep.finish(held, summaries)
+            return []  # it only said it is ready
+        if summaries is None:  # the process died: its runs are recorded; another takes its place
+            return [self._gone(worker, Status.INTERRUPTED if self.stopped else Status.FAILED)]
+        handle = worker.handle
+        worker.take_back()
+        return [Ended(handle, summaries)]
 
-    def _timed_out(self, worker: Worker) -> None:
+    def _timed_out(self, worker: Worker) -> Ended:
         """A worker that did not end its runs by their time limit: killed, its runs recorded as timed
         out, another worker started in its place."""
         limit = limit_of(list(worker.unit.runs))
@@ -301,22 +318,22 @@ class Pool:
             f"timed out: ran longer than train.timeout ({limit:g} s), and its worker process, which "
             f"did not stop it within {KILL_AFTER:g} s more, was killed"
         )
-        self._replace(worker, self._died(worker, Status.FAILED, error))
+        return self._gone(worker, Status.FAILED, error)
 
-    def _replace(self, worker: Worker, summaries: list[Summary]) -> None:
-        """A worker gone with its unit, whose runs are recorded: another takes its place while units
-        are left to run."""
+    def _gone(self, worker: Worker, status: Status, error: str | None = None) -> Ended:
+        """A worker gone with its unit: its runs recorded, the worker left out of the pool."""
+        summaries = self._died(worker, status, error)
         self.workers.remove(worker)
-        if self.queue and not self.grace.started and self.sweep.report.logdir_fault is None:
-            self.workers.append(Worker(self.ctx, self.stopping))
-        self.sweep.finish(worker.take_back(), summaries)
+        handle = worker.handle
+        worker.take_back()
+        return Ended(handle, summaries)
 
-    def _replace_starting(self, worker: Worker, died: WorkerDiedStarting) -> None:
+    def _replace_starting(self, worker: Worker, died: WorkerDiedStarting) -> list[Ended]:
         """A worker died before its run began: the run and its claim go to a new worker."""
         sweep = self.sweep
         self.start_deaths += 1
         if self.start_deaths > START_RETRIES * max(1, sweep.workers):
-            raise WorkerStartError(
+            raise BackendFailed(
                 f"worker processes died {self.start_deaths} times while starting, the "
                 f"last one {died}; no run was lost (free memory, or use fewer --workers)"
             )
@@ -325,21 +342,11 @@ class Pool:
         replacement = Worker(self.ctx, self.stopping)
         self.workers[self.workers.index(worker)] = replacement
         worker.stop()
-        if not self.grace.started:
-            replacement.give(worker.unit, worker.claims, sweep.logdir, sweep.judging)
-        else:
-            for claim in worker.claims.values():
-                sweep.claims.release(claim)
-
-    def _hand_out(self) -> None:
-        """Give each idle worker the next unit claimed for it, then claim the units that come next."""
-        for i, worker in enumerate(self.workers):
-            if worker.unit is None and self.queue and not worker.process.is_alive():
-                worker.stop()
-                self.workers[i] = worker = Worker(self.ctx, self.stopping)  # died while idle
-            if worker.unit is None:
-                self.queue.give_next(worker)
-        self.queue.fill()
+        if self.stopped:  # not begun, so nothing to record: its claims are released
+            return [Ended(worker.handle, [])]
+        replacement.handle = worker.handle
+        replacement.give(worker.unit, worker.claims, sweep.logdir, sweep.judging)
+        return []
 
     def _died(self, worker: Worker, status: Status, error: str | None = None) -> list[Summary]:
         """Record the runs of a unit whose worker is gone; their event files get a session end so
@@ -358,70 +365,12 @@ class Pool:
             for run in worker.unit.runs
         ]
 
-    def give_up(self, startup_fault: str) -> None:
-        """No worker can start: the runs are not at fault, and are left as they were, to run once
-        workers can start."""
-        self.sweep.report.startup_fault = startup_fault
-        for worker in self.workers:
-            for claim in worker.take_back().values():
-                self.sweep.claims.release(claim)
-
     def close(self) -> None:
         for worker in self.workers:  # all at once: each takes a moment to exit
             worker.ask_to_stop()
         for worker in self.workers:
             worker.stop()
         self.stopping.close()
-
-
-def _run_pool(todo: list[Unit], sweep: Sweep) -> None:
-    pool = Pool(todo, sweep)
-    try:
-        pool.run()
-    except WorkerStartError as exc:
-        pool.give_up(str(exc))
-    finally:
-        pool.close()
-
-
-class Ahead:
-    """The units still to run, the next groups among them claimed ahead of their turn: claiming a
-    group writes a file per run (tenths of a second for hundreds of runs), which the parent does
-    while the workers train, so that a worker that finishes starts its next group at once. At most
-    as many units are claimed ahead as there are workers; a single run is claimed when it starts."""
-
-    def __init__(self, todo: list[Unit], ahead: int, sweep: Sweep):
-        self.pending = collections.deque(todo)
-        self.ready: collections.deque[tuple[Unit, dict[str, Claim]]] = collections.deque()
-        self.ahead = ahead
-        self.sweep = sweep
-
-    def __bool__(self) -> bool:
-        return bool(self.ready or self.pending)
-
-    def _claim_one(self) -> None:
-        claimed, held = self.sweep.claim(self.pending.popleft())
-        if claimed is not None:
-            self.ready.append((claimed, held))
-
-    def fill(self) -> None:
-        while (
-            len(self.ready) < self.ahead
-            and self.pending
-            and len(self.pending[0].runs) > 1
-            and self.sweep.report.logdir_fault is None
-        ):
-            self._claim_one()
-
-    def give_next(self, worker: Worker) -> None:
-        """Give the worker the next claimed unit (claiming it now if none is ready); nothing when no
-        unit is left, or the log folder cannot be written. A TPE search draws its next trial here."""
-        if not self.ready and not self.pending:
-            self.pending.extend(self.sweep.more())
-        while not self.ready and self.pending and self.sweep.report.logdir_fault is None:
-            self._claim_one()
-        if self.ready and self.sweep.report.logdir_fault is None:
-            worker.give(*self.ready.popleft(), self.sweep.logdir, self.sweep.judging)
 
 
 def _how(code: int | None) -> str:

@@ -556,3 +556,11 @@ def record_params(record: dict[str, Any], search: Search) -> dict[str, Any] | No
     if set(params) != set(search.space.dimensions):
         return None
     return dict(params)
+
+    def data_folders(self) -> set[str]:
+        """The spec folders the trials drawn later come from (their user code and data)."""
+        return {
+            str(Path(run.data_folder).resolve())
+            for s in self.by_experiment.values()
+            for run in s.search.probes[:1]
+        }

@@ -20,7 +20,7 @@ A Backend runs the units it is given and says when each has ended:
   record themselves as interrupted; `kill() -> [Ended]` once the grace period is over;
 - optionally `adopted() -> {run folder: claim token}`: units still running from an earlier driver of
   the same sweep (a Slurm job outlives its driver), which the driver claims with their own token and
-  does not submit again; such a unit's ended comes from `wait` with the handle `adopt(unit)` gave.
+  does not submit again; such a unit's ended comes from `wait` with the handle `adopt(unit, claims)` gave.
 
 A backend never reads the tally and never claims: the summaries it returns are the runs' own (a run
 records itself), or `sweep.ended(...)` for runs that could not (killed, or their worker died).

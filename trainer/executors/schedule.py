@@ -274,7 +274,7 @@ def _adopt(backend: Backend, queue: Ahead, running: dict[Any, dict[str, Claim]],
             continue
         claimed, held = sweep.claim(unit)
         if claimed is not None:
-            running[backend.adopt(claimed)] = held
+            running[backend.adopt(claimed, held)] = held
     queue.pending = collections.deque(keep)
 
 

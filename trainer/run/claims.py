@@ -108,13 +108,15 @@ def claim_alive(claim: dict[str, Any]) -> bool:
     return started is None or process_start(pid) in (None, started)
 
 
-def try_claim(path: Path) -> Claim | None:
-    """Claim a run for this process; a claim left by a dead process is taken over.
+def try_claim(path: Path, token: str | None = None) -> Claim | None:
+    """Claim a run for this process; a claim left by a dead process is taken over. With a token, the
+    claim keeps it: a sweep started again takes back the claims its runs still hold elsewhere (a
+    Slurm job outlives its driver), so that they go on writing.
 
     Raises OSError when the claim cannot be written (a full disk): no partial claim is left.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    claim = _create_claim(path)
+    claim = _create_claim(path, token)
     if claim is not None:
         return claim
     found = read_claim(path)
@@ -130,7 +132,7 @@ def try_claim(path: Path) -> Claim | None:
         if found is not None and claim_alive(found):
             return None
         path.unlink(missing_ok=True)
-        return _create_claim(path)
+        return _create_claim(path, token)
     finally:
         lock.unlink(missing_ok=True)
 
@@ -175,10 +177,10 @@ def _holder_gone(lock: Path) -> bool:
     return holder is not None and holder.get("host") == socket.gethostname() and not claim_alive(holder)
 
 
-def _create_claim(path: Path) -> Claim | None:
+def _create_claim(path: Path, token: str | None = None) -> Claim | None:
     """Create the claim file, or find it taken (None). One exclusive create, then its content: a
     claim still being written reads as none, which try_claim treats as held while it is young."""
-    token = uuid.uuid4().hex
+    token = token or uuid.uuid4().hex
     content = json.dumps({**_holder(), "since": time.time(), "token": token}).encode()
     return Claim(str(path), token) if _create_exclusive(path, content) else None
 
@@ -223,13 +225,14 @@ class Held:
         self.thread = threading.Thread(target=self._beat, daemon=True)
         self.thread.start()
 
-    def take(self, experiment: str, name: str) -> Claim | None:
-        """The run's claim, or None if another sweep holds it; OSError if it cannot be written."""
-        return self.take_path(claim_path(self.logdir, experiment, name))
+    def take(self, experiment: str, name: str, token: str | None = None) -> Claim | None:
+        """The run's claim (keeping `token`, where given), or None if another sweep holds it; OSError
+        if it cannot be written."""
+        return self.take_path(claim_path(self.logdir, experiment, name), token)
 
-    def take_path(self, path: Path) -> Claim | None:
+    def take_path(self, path: Path, token: str | None = None) -> Claim | None:
         """The claim (or lock) file at path, as take."""
-        claim = try_claim(path)
+        claim = try_claim(path, token)
         if claim is not None:
             with self.lock:
                 self.held.add(claim)

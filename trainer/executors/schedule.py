@@ -221,7 +221,8 @@ def drive(backend: Backend, todo: list[Unit], sweep: Sweep) -> None:
     _adopt(backend, queue, running, sweep)
 
     def start() -> None:
-        while len(running) < backend.slots and not grace.stopping() and not sweep.faulted:
+        # Asked first, whether or not a slot is free: the first time, it tells the backend to stop.
+        while not grace.stopping() and len(running) < backend.slots and not sweep.faulted:
             nxt = queue.take()
             if nxt is None:
                 break

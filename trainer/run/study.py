@@ -548,6 +548,14 @@ class Studies:
         """Runs of the trials a TPE search has yet to draw."""
         return sum(study.left_to_draw() for study in self.by_experiment.values())
 
+    def data_folders(self) -> set[str]:
+        """The spec folders the trials drawn later come from (their user code and data)."""
+        return {
+            str(Path(run.data_folder).resolve())
+            for s in self.by_experiment.values()
+            for run in s.search.probes[:1]
+        }
+
 
 def record_params(record: dict[str, Any], search: Search) -> dict[str, Any] | None:
     """A trial's drawn values as its run's record keeps them; None where they are not this
@@ -556,11 +564,3 @@ def record_params(record: dict[str, Any], search: Search) -> dict[str, Any] | No
     if set(params) != set(search.space.dimensions):
         return None
     return dict(params)
-
-    def data_folders(self) -> set[str]:
-        """The spec folders the trials drawn later come from (their user code and data)."""
-        return {
-            str(Path(run.data_folder).resolve())
-            for s in self.by_experiment.values()
-            for run in s.search.probes[:1]
-        }

@@ -7,10 +7,12 @@ TORCH ?= torch==2.13.0
 LOGDIR ?= logs
 EXPERIMENTS ?= $(sort $(wildcard experiments/*.yaml))
 WORKERS ?=
-# Where sweeps run: local worker processes, or ray (a Ray instance on this machine, or ADDRESS's cluster)
+# Where sweeps run: local worker processes, ray (a Ray instance on this machine, or ADDRESS's cluster) or
+# slurm; EXECUTOR_OPTS="partition=gpu time=120" are the executor's options (docs/cluster.md)
 EXECUTOR ?=
 ADDRESS ?=
-# Optional dependencies to install besides the test tools, e.g. EXTRAS=ray
+EXECUTOR_OPTS ?=
+# Optional dependencies to install besides the test tools, e.g. EXTRAS=ray or EXTRAS=slurm
 EXTRAS ?=
 SRC ?=
 PORT ?= 6006
@@ -31,9 +33,9 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 	$(if $(EXTRAS),$(BIN)/pip install --quiet -e ".[$(EXTRAS)]")
 
-# Run the full comparison set (every spec in experiments/) into $(LOGDIR)/; EXECUTOR=ray runs it on Ray
+# Run the full comparison set (every spec in experiments/) into $(LOGDIR)/; EXECUTOR=ray or slurm runs it there
 sweep: setup
-	$(BIN)/python -m trainer sweep $(EXPERIMENTS) --logdir $(LOGDIR) $(if $(WORKERS),--workers $(WORKERS)) $(if $(EXECUTOR),--executor $(EXECUTOR)) $(if $(ADDRESS),--address $(ADDRESS))
+	$(BIN)/python -m trainer sweep $(EXPERIMENTS) --logdir $(LOGDIR) $(if $(WORKERS),--workers $(WORKERS)) $(if $(EXECUTOR),--executor $(EXECUTOR)) $(if $(ADDRESS),--address $(ADDRESS)) $(foreach o,$(EXECUTOR_OPTS),--executor-opt $(o))
 
 # List the runs `make sweep` would run, writing nothing
 dry-run: setup

@@ -78,7 +78,8 @@ def code_column(record: dict[str, Any]) -> str | None:
 # the header, and the value from a run's record.
 COLUMNS: dict[str, tuple[str, Any]] = {
     "run": ("run", lambda r: r["folder"]),
-    "status": ("status", lambda r: r.get("status", "?")),
+    # A run an executor has queued or running elsewhere says where ("running on Slurm (job 12)").
+    "status": ("status", lambda r: r.get("where") or r.get("status", "?")),
     "final_loss": ("final loss", lambda r: main_loss(r.get("metrics") or {})),
     "distance": ("distance", lambda r: (r.get("metrics") or {}).get("final/weight_distance")),
     "converged_at": ("converged at", lambda r: (r.get("metrics") or {}).get("final/converged_step")),
@@ -225,27 +226,57 @@ def shown_part(record: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
+# The states in which a run may be queued or running in an executor's hands (a requeued Slurm job's
+# run has recorded itself as interrupted and goes on).
+UNENDED = (Status.RUNNING, Status.UNFINISHED, Status.INTERRUPTED, Status.MISSING)
+
+
 def status_records(logdir: Path, deep: bool = False) -> list[dict[str, Any]]:
     """Every run under a log folder: what status shows of its record (if any; shown_part) with its
     folder and its state as status, 'damaged' (with the reason as damage) where its files no
     longer match its record (see trainer.verify; `deep` reads every file). Each record is read,
     checked and cut down before the next one is read."""
+    from trainer.executors.base import places
     from trainer.run import rundir, verify
 
+    where = places(logdir)
     found = []
     for experiment, name in rundir.run_folders(logdir):
         state = rundir.state_of(logdir, experiment, name)
         damage = state.problem or verify.check(logdir / experiment / name, state.record, deep)
+        status = verify.DAMAGED if damage is not None else state.state
         found.append(
             dict(
                 shown_part(state.record or {}),
                 folder=f"{experiment}/{name}",
                 experiment=experiment,
-                status=verify.DAMAGED if damage is not None else state.state,
+                status=status,
                 damage=damage,
+                where=where.pop(f"{experiment}/{name}", None) if status in UNENDED else None,
             )
         )
         del state  # the whole record goes before the next is read
+    return found + _not_begun(where)
+
+
+def _not_begun(where: dict[str, str]) -> list[dict[str, Any]]:
+    """Runs an executor has queued that have no folder yet (a Slurm job still pending)."""
+    from trainer.core import untrusted
+
+    found = []
+    for folder, place in sorted(where.items()):
+        experiment, _, name = folder.partition("/")
+        if untrusted.name_problem("experiment", experiment) or untrusted.name_problem("run", name):
+            continue  # not a run folder's name: a ledger from elsewhere names no run of this folder
+        found.append(
+            {
+                "folder": folder,
+                "experiment": experiment,
+                "status": Status.MISSING,
+                "damage": None,
+                "where": place,
+            }
+        )
     return found
 
 

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from trainer.core.errors import LogDirError
 from trainer.core.hints import trainer_command
 from trainer.core.visible import visible, visible_lines
-from trainer.executors.base import executor, options_of, require
 from trainer.reporting import tables as report
 
 if TYPE_CHECKING:
@@ -50,6 +49,8 @@ def check_executor(
     """Refuse, before anything is planned, an executor that is none, options it does not have, or
     (where the sweep is to run) one that cannot run here; the options are built into
     request.executor_options, from `options` (a mapping) or request.option_texts."""
+    from trainer.executors.base import executor, options_of, require
+
     executor(request.executor)
     request.executor_options = options_of(
         request.executor, options if options is not None else request.option_texts

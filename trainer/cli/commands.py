@@ -149,11 +149,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         refuse_long_listing(args.specs, args.overrides)
     request = _request(args, args.workers)
-    check_executor(request, running=not args.dry_run)
     if args.executor == "local" and not args.dry_run and args.workers >= 1:
         from trainer.executors.workers import prepare_workers
 
         prepare_workers()  # torch's import in the workers' fork server overlaps the planning
+    check_executor(request, running=not args.dry_run)
     runs = _plan(args)
     if args.workers < 1:
         raise UserError(f"--workers: must be at least 1, got {args.workers}")

@@ -32,14 +32,16 @@ import contextlib
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from trainer.core import strict
 from trainer.core.errors import UserError
 from trainer.executors import EXECUTORS
-from trainer.run.claims import Claim
-from trainer.run.job import Summary
-from trainer.spec.units import Unit
+
+if TYPE_CHECKING:
+    from trainer.run.claims import Claim
+    from trainer.run.job import Summary
+    from trainer.spec.units import Unit
 
 
 @dataclass

@@ -25,7 +25,7 @@ from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
 from trainer.executors.driver import Options, run_all
 from trainer.executors.progress import Progress
-from trainer.reporting import tables as report_module
+from trainer.reporting import summary as report_module
 from trainer.spec.sweep import plan
 
 pytestmark = [

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from trainer.core.errors import LogDirError
 from trainer.core.hints import trainer_command
 from trainer.core.visible import visible, visible_lines
-from trainer.reporting import tables as report
+from trainer.reporting import summary as report
 
 if TYPE_CHECKING:
     from trainer.spec.plan import RunPlan

@@ -21,7 +21,6 @@ import multiprocessing.connection
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,8 +36,14 @@ from trainer.executors.here import Here, as_found
 from trainer.executors.reached import CHECKPOINT, Checkpointed, earlier
 from trainer.executors.schedule import Sweep
 from trainer.executors.stopping import StopFlag
-from trainer.executors.workers import STOP_SIGNALS, kill_with_parent, worker_context
-from trainer.run.claims import Claim, pid_alive
+from trainer.executors.workers import (
+    STOP_SIGNALS,
+    die_with_parent,
+    how_it_ended,
+    make_an_optimizer,
+    worker_context,
+)
+from trainer.run.claims import Claim
 from trainer.run.job import Summary, execute_unit
 from trainer.spec.units import Unit
 
@@ -93,7 +98,7 @@ def _worker_main(
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the parent until now
-    _die_with_parent(parent)
+    die_with_parent(parent)
     # What user code prints into a pipe its reader closed (`sweep ... | head`) fails no run.
     unbroken_output()
     import torch
@@ -116,7 +121,7 @@ def _worker_main(
             os._exit(0)
         unit, logdir, held, judging = task
         if unit.engine == "loop":
-            _make_an_optimizer()
+            make_an_optimizer()
         judge = functools.partial(_ask, conn) if judging else None
         told = Checkpointed(conn)
         try:
@@ -137,32 +142,6 @@ def _ask(conn: multiprocessing.connection.Connection, folder: str, step: int, va
     return bool(conn.recv())
 
 
-@functools.cache
-def _make_an_optimizer() -> None:
-    """torch imports its compiler (seconds) when the first optimizer is made: paid before a loop
-    run starts, so that its duration is its own. The batched engine makes none."""
-    import torch
-
-    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-
-
-def _die_with_parent(parent: int) -> None:
-    """A worker whose sweep was killed must not go on writing into a run that a rerun may take over.
-
-    The kernel kills the worker when its parent process dies: the sweep itself, or the fork server,
-    which the kernel kills the moment the sweep is gone (trainer.executors.forkserver)."""
-    if not kill_with_parent():
-        threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
-    if not pid_alive(parent):  # the sweep died before this worker could ask
-        os._exit(1)
-
-
-def _exit_with_parent(parent: int) -> None:
-    while pid_alive(parent):
-        time.sleep(0.5)
-    os._exit(1)
-
-
 class WorkerStartError(Exception):
     """A worker process died before it could take a run: nothing will run until that is fixed."""
 
@@ -177,7 +156,7 @@ class Worker:
         self.conn, child = ctx.Pipe()
         # Not a daemon, so that user code may start processes of its own (a DataLoader's workers).
         # It still never outlives the sweep: the pool stops every worker at its end, and a worker
-        # dies with its parent (_die_with_parent).
+        # dies with its parent (die_with_parent).
         self.process = ctx.Process(target=_worker_main, args=(child, stop.reader, os.getpid()), daemon=False)
         # Started with the stop signals blocked (the mask is inherited), so a Ctrl-C that comes while
         # the worker is still importing cannot kill it with a KeyboardInterrupt traceback.
@@ -355,7 +334,7 @@ class Pool:
         _collect_checkpoints(worker)
         if error is None:
             code = worker.process.exitcode
-            how = _how(code).replace("was killed", "killed")
+            how = how_it_ended(code).replace("was killed", "killed")
             if code == -signal.SIGKILL:
                 how += f" ({OUT_OF_MEMORY})"
             error = f"the worker process running it {how}" if status == Status.FAILED else "interrupted"
@@ -371,14 +350,6 @@ class Pool:
         for worker in self.workers:
             worker.stop()
         self.stopping.close()
-
-
-def _how(code: int | None) -> str:
-    return (
-        f"was killed by signal {signal.Signals(-code).name}"
-        if code is not None and code < 0
-        else f"exited with status {code}"
-    )
 
 
 def _collect(
@@ -404,7 +375,7 @@ def _collect(
         worker.process.join(timeout=1)
         code = worker.process.exitcode
         if code is None or code < 0 or others_ready:
-            raise WorkerDiedStarting(_how(code))
+            raise WorkerDiedStarting(how_it_ended(code))
         raise WorkerStartError(
             f"a worker process exited with status {worker.process.exitcode} before it was ready, so no run was "
             f"started. Check that `{Path(sys.executable).name} -c 'import torch'` works"

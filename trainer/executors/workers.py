@@ -1,11 +1,15 @@
-"""Where a sweep's worker processes come from, kept free of heavy imports: the command line starts
-the workers' fork server before it imports anything else, so that torch's import there (seconds)
-overlaps all of the sweep's own start-up."""
+"""Where a sweep's worker processes come from, and how a worker lives and dies with its sweep; kept
+free of heavy imports: the command line starts the workers' fork server before it imports anything
+else, so that torch's import there (seconds) overlaps all of the sweep's own start-up."""
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
+import os
 import signal
+import threading
+import time
 from typing import Any
 
 # Ctrl-C reaches every process of the terminal's group, SIGTERM often too; only the parent acts on them.
@@ -61,3 +65,41 @@ def kill_with_parent() -> bool:
         return ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL) == 0
     except (OSError, AttributeError):
         return False
+
+
+def die_with_parent(parent: int) -> None:
+    """A worker whose sweep was killed must not go on writing into a run that a rerun may take over.
+
+    The kernel kills the worker when its parent process dies: the sweep itself, or the fork server,
+    which the kernel kills the moment the sweep is gone (trainer.executors.forkserver)."""
+    if not kill_with_parent():
+        threading.Thread(target=exit_with_parent, args=(parent,), daemon=True).start()
+    from trainer.run.claims import pid_alive
+
+    if not pid_alive(parent):  # the sweep died before this worker could ask
+        os._exit(1)
+
+
+def exit_with_parent(parent: int) -> None:
+    from trainer.run.claims import pid_alive
+
+    while pid_alive(parent):
+        time.sleep(0.5)
+    os._exit(1)
+
+
+@functools.cache
+def make_an_optimizer() -> None:
+    """torch imports its compiler (seconds) when the first optimizer is made: paid before a loop
+    run starts, so that its duration is its own. The batched engine makes none."""
+    import torch
+
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+
+def how_it_ended(code: int | None) -> str:
+    return (
+        f"was killed by signal {signal.Signals(-code).name}"
+        if code is not None and code < 0
+        else f"exited with status {code}"
+    )

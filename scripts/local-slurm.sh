@@ -88,7 +88,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$MUNGE_SOCKET
+# cred_expire is also how long a requeued job waits before it may start again (120 s by default).
+AuthInfo=socket=$MUNGE_SOCKET,cred_expire=5
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool
 SlurmctldPidFile=$DIR/run/slurmctld.pid
@@ -98,6 +99,7 @@ SlurmdLogFile=$DIR/log/slurmd.log
 SlurmctldDebug=info
 SlurmdDebug=info
 MpiDefault=none
+MailProg=/bin/true
 SwitchType=switch/none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -111,6 +113,8 @@ DefMemPerCPU=$((memory / cpus))
 # Requeue (scontrol requeue, a preempted job) is allowed; finished jobs leave squeue after 5 s.
 JobRequeue=1
 MinJobAge=5
+# Look for startable jobs every 2 s (a requeued job becomes eligible without an event that wakes the scheduler).
+SchedulerParameters=sched_interval=2,bf_interval=2
 KillWait=10
 ReturnToService=2
 SlurmdTimeout=60

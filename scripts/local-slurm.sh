@@ -154,10 +154,18 @@ start_daemon() { # name, command...
 }
 
 wait_idle() {
-	local deadline=$((SECONDS + WAIT_S)) state=""
-	while ((SECONDS < deadline)); do
+	local start=$SECONDS state="" name
+	while ((SECONDS < start + WAIT_S)); do
 		state="$(SLURM_CONF=$CONF sinfo -h -N -n "$NODE" -o '%T' 2>/dev/null || true)"
 		[[ $state == idle || $state == mixed || $state == allocated ]] && return 0
+		if ((SECONDS > start + 3)); then # a daemon has written its pid file by now, or has died
+			for name in "${DAEMONS[@]}"; do
+				[[ -n $(pid_of "$name") ]] || {
+					log_tails
+					die "$name exited while starting; the logs above are from $DIR/log"
+				}
+			done
+		fi
 		sleep 1
 	done
 	log_tails
@@ -171,6 +179,7 @@ up() {
 	install_packages
 	if [[ -n $(pid_of munged) && -n $(pid_of slurmctld) && -n $(pid_of slurmd) ]]; then
 		say "already running (pids $(pid_of munged), $(pid_of slurmctld), $(pid_of slurmd))"
+		wait_idle
 	else
 		local start=$SECONDS
 		[[ -n $(pid_of slurmctld) ]] || write_config

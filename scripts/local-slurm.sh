@@ -5,12 +5,14 @@
 #   scripts/local-slurm.sh down
 #
 # `up` installs Debian's slurmctld, slurmd, slurm-client and munge on first use (as root, through
-# apt-get), writes its configuration, keys, state and logs into .slurm/ at the repository's root,
-# and starts munged, slurmctld and slurmd from there, listening on 127.0.0.1 only and on ports of
-# their own (SLURM_LOCAL_CTLD_PORT, SLURM_LOCAL_SLURMD_PORT), so a system Slurm or munge, if any,
-# is left alone. Running it again while the daemons run only prints the export line. `down` stops
-# the daemons `up` started, by the process ids it recorded. There is no accounting (no slurmdbd):
-# `sacct` answers with an error. Progress goes to stderr; stdout carries only the export line.
+# apt-get), writes its configuration, keys, state and logs into .slurm/ at the repository's root
+# (SLURM_LOCAL_DIR), and starts munged, slurmctld and slurmd from there, listening on 127.0.0.1
+# only, on ports of their own (SLURM_LOCAL_CTLD_PORT, SLURM_LOCAL_SLURMD_PORT; 16817 and 16818 by
+# default), so a system Slurm or munge, if any, is left alone. Running it again while the daemons
+# run only waits for the node and prints the export line. `down` cancels the cluster's jobs and
+# stops the daemons `up` started, by the process ids it recorded. There is no accounting (no
+# slurmdbd): `sacct` answers with an error. Progress goes to stderr; stdout has only the export line.
+# Job ids go on across down and up while .slurm/state/ is kept.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,6 +23,7 @@ NODE=localnode
 CONF="$DIR/slurm.conf"
 MUNGE_SOCKET="$DIR/munge/munge.socket"
 WAIT_S="${SLURM_LOCAL_WAIT_S:-60}"
+MIN_JOB_AGE="${SLURM_LOCAL_MIN_JOB_AGE:-5}"
 PACKAGES=(slurmctld slurmd slurm-client munge)
 DAEMONS=(munged slurmctld slurmd)
 
@@ -110,9 +113,9 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 # A job that asks for no memory gets a share per CPU, not the whole node.
 DefMemPerCPU=$((memory / cpus))
-# Requeue (scontrol requeue, a preempted job) is allowed; finished jobs leave squeue after 5 s.
+# Requeue (scontrol requeue, a preempted job) is allowed; finished jobs leave squeue after MinJobAge s.
 JobRequeue=1
-MinJobAge=5
+MinJobAge=$MIN_JOB_AGE
 # Look for startable jobs every 2 s (a requeued job becomes eligible without an event that wakes the scheduler).
 SchedulerParameters=sched_interval=2,bf_interval=2
 KillWait=10

@@ -113,7 +113,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 # A job that asks for no memory gets a share per CPU, not the whole node.
 DefMemPerCPU=$((memory / cpus))
-# Requeue (scontrol requeue, a preempted job) is allowed; finished jobs leave squeue after MinJobAge s.
+# Requeue (scontrol requeue, a preempted job) is allowed; finished jobs leave squeue MinJobAge seconds after they end.
 JobRequeue=1
 MinJobAge=$MIN_JOB_AGE
 # Look for startable jobs every 2 s (a requeued job becomes eligible without an event that wakes the scheduler).

@@ -21,7 +21,7 @@ ONLY ?=
 OUT ?= $(LOGDIR)/hparams.png
 REPORT ?= reports
 
-.PHONY: setup sweep dry-run check test lint docs tensorboard status index merge report bench screenshot clean
+.PHONY: setup sweep dry-run check test lint docs tensorboard status index merge report bench screenshot slurm-up slurm-down clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -87,6 +87,14 @@ bench: setup
 # Screenshot of the HParams view of $(LOGDIR)/ in headless Chromium, into $(OUT) (default: $(LOGDIR)/hparams.png)
 screenshot: setup
 	$(BIN)/python scripts/screenshot.py --logdir $(LOGDIR) --out $(OUT)
+
+# Start a one-node Slurm on 127.0.0.1 for the Slurm tests (installs it on first use); its last line is `export SLURM_CONF=...`
+slurm-up:
+	scripts/local-slurm.sh up
+
+# Stop the Slurm that `make slurm-up` started
+slurm-down:
+	scripts/local-slurm.sh down
 
 # Remove the virtual environment and the built site (logs are kept)
 clean:

@@ -248,9 +248,10 @@ class RayBackend:
         return ended
 
     def stop(self) -> None:
+        """The tasks stop their runs at their next chunk of steps, which record themselves as
+        interrupted with their checkpoints, as a local sweep's do."""
         self.stopping = True
-        for ref in self.running:  # the task stops and removes its scratch folder
-            self.ray.cancel(ref, force=False)
+        self.snapshots.stop.remote()
 
     def kill(self) -> list[Ended]:
         ended = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import pickle
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,23 @@ def execute_unit(
                 ray.get(snapshots.put.remote(run.folder, files_of(folder, hidden=False)))
 
         verdict = _verdict(ray, judge) if judge is not None else None  # the sweep's studies say
-        summaries = job.execute_unit(unit, Path(scratch), on_checkpoint=on_checkpoint, judge=verdict)
+        stop = Stopping(ray, snapshots) if snapshots is not None else (lambda: False)
+        summaries = job.execute_unit(unit, Path(scratch), stop, on_checkpoint=on_checkpoint, judge=verdict)
         return [(summary, files_of(Path(scratch) / run.folder)) for run, summary in zip(unit.runs, summaries)]
+
+
+class Stopping:
+    """A task's should_stop: whether the sweep asked its tasks to stop, asked of the store at most
+    every half second (a chunk of steps may take far less)."""
+
+    def __init__(self, ray: Any, store: Any):
+        self.ray, self.store, self.asked, self.stopped = ray, store, 0.0, False
+
+    def __call__(self) -> bool:
+        if not self.stopped and time.monotonic() - self.asked >= 0.5:
+            self.asked = time.monotonic()
+            self.stopped = bool(self.ray.get(self.store.stopping.remote()))
+        return self.stopped
 
 
 class Snapshots:
@@ -54,6 +70,14 @@ class Snapshots:
     def __init__(self) -> None:
         self.by_run: dict[str, dict[str, bytes]] = {}
         self.new: dict[str, dict[str, bytes]] = {}
+        self.stopped = False
+
+    def stop(self) -> None:
+        """The sweep is stopping: every task stops its runs at their next chunk of steps."""
+        self.stopped = True
+
+    def stopping(self) -> bool:
+        return self.stopped
 
     def put(self, run: str, files: dict[str, bytes]) -> None:
         self.by_run[run] = self.new[run] = files

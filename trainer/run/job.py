@@ -193,11 +193,11 @@ def open_run(run: RunPlan, folder: Path, record: RunRecord) -> Any:
 
 
 def new_sink(run: RunPlan, folder: Path, record: RunRecord, text: str | None = None) -> Any:
-    """The sink writing the run's events into its folder."""
-    from trainer.tensorboard.sink import TensorBoardSink
+    """The sink writing the run's values into its folder, as log.sinks asks (trainer.sinks)."""
+    from trainer.sinks import build_sink
 
     text = config_text(run, record["config"]) if text is None else text
-    return TensorBoardSink(folder, run.config.log, record["hparams"], text)
+    return build_sink(run.config.log, folder, record["hparams"], text)
 
 
 def claim_allows(claim: Claim | None) -> bool:
@@ -246,9 +246,9 @@ def record_fault(
     try:
         if not claim_allows(claim):
             raise ClaimLost(claim.path)  # the folder is another sweep's now: write nothing there
-        if sink is not None and sink.events is not None:
-            sink.finish(record["status"], 0, {}, None)
-        elif folder.is_dir():  # it failed before its event file began
+        if sink is not None:
+            sink.fail(record["status"])
+        elif folder.is_dir():  # it failed before its sink was made
             end_session(folder, record["hparams"], record["status"])
     except Exception:
         pass

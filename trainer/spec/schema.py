@@ -232,7 +232,9 @@ class Config:
     eval: EvalSettings = setting(
         EvalSettings(), doc="evaluations: loss and metrics on training and validation rows"
     )
-    log: LogSettings = setting(LogSettings(), doc="what is written for TensorBoard")
+    log: LogSettings = setting(
+        LogSettings(), doc="what is written for TensorBoard, and beside it (log.sinks)"
+    )
 
 
 # --- how a report reads the runs ----------------------------------------------------------------

@@ -14,12 +14,10 @@ leaves the program (the others go on, a smaller batch), and a stop request ends 
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -32,11 +30,12 @@ from trainer.spec.plan import RunPlan
 from trainer.training.batched_optim import Optimizer, clip, rates
 from trainer.training.batches import step_indices
 from trainer.training.callbacks import Callbacks, ChunkEnd, Stop, end_chunk, pruning_of
-from trainer.training.capture import Layout
 from trainer.training.context import RunContext
+from trainer.training.ending import Outcome, conclude
 from trainer.training.evaluate import Evaluator
-from trainer.training.loop import NO_STEP, Outcome, choose_device, chunk_steps, conclude, first_diverged
-from trainer.training.sink import Captured, Evaluation, NullSink, Sink, split_parameters
+from trainer.training.handover import GroupPending, Shown, hand_over_group
+from trainer.training.loop import choose_device, chunk_steps
+from trainer.training.sink import Evaluation, NullSink, Sink
 
 # Steps whose rows are gathered at once: one gather instead of one a step, in bounded memory.
 GATHER_STEPS = 100
@@ -199,17 +198,6 @@ class Program:
             self.index_all, self.xs, self.ys = self.index_all[kept], self.xs[:, kept], self.ys[:, kept]
 
 
-@dataclass
-class GroupPending:
-    """A chunk's values still on the device, for every run in the program: the losses from step
-    `first` on, the evaluations, and the captured steps (step, wall time, histogram, weights+grads)."""
-
-    first: int
-    losses: list[torch.Tensor] = field(default_factory=list)
-    evals: list[tuple[int, torch.Tensor]] = field(default_factory=list)
-    captured: list[tuple[int, float, bool, list[torch.Tensor]]] = field(default_factory=list)
-
-
 def train_group(
     runs: list[RunPlan], sinks: list[Sink] | None = None, context: RunContext | None = None
 ) -> list[Outcome]:
@@ -218,29 +206,20 @@ def train_group(
     reported value at the end of the chunk it fell in); the outcomes in the runs' order, each as the
     loop engine would give it. A pruned run leaves the program, as a diverged one does."""
     sinks, context = sinks or [NullSink() for _ in runs], context or RunContext()
-    first, steps = runs[0], runs[0].steps
-    config = first.config
-    modules = [build_model(r.config.model, r.shape, r.config.train.seed) for r in runs]
-    device = choose_device(first, modules[0], len(runs))
-    dataset = data.load(config.data, Path(first.data_folder), device)
-    if dataset.train.dataset is None and dataset.train.x.dim() != 2:
-        raise NotBatchable("the rows are not flat feature vectors")
+    first, steps, config = runs[0], runs[0].steps, runs[0].config
+    modules, device, dataset = _load(runs)
     program = Program(runs, modules, dataset.train.x, dataset.train.y)
     evaluator = Evaluator(first, modules[0].to(device), dataset, device)
     evaluate = Evaluate(first, dataset, program.loss_fn, evaluator.truth)
-    small, large = split_parameters(modules[0], config.log.max_elements)
-    names = [n for n, _ in modules[0].named_parameters()]
-    order = [names.index(n) for n, _ in small + large]  # the sink's order: small parameters first
-    layout = Layout([p.numel() for _, p in small], [p.numel() for _, p in large])
+    shown = Shown(modules[0], config.log)
     for sink, module in zip(sinks, modules):
         sink.begin(module, None, evaluator.tags, capturing=False)
-    every, histograms_every = config.log.every, config.log.histograms_every
     eval_every, chunk = config.eval.every, chunk_steps(list(modules[0].parameters()))
     callbacks = [Callbacks([pruning_of(r, evaluator.tags, context, as_made=False)], steps) for r in runs]
     # A chunk ends where a run's callbacks act (a pruner's verdict), so that the run stops there.
     ends = set().union(*(found for c in callbacks for found in c.ends))
     alive = list(range(len(runs)))  # which run each row of the program's tensors is
-    ended: dict[int, Ended] = {}
+    ended: dict[int, Ended] = {}  # the runs that left the program, and the callbacks' stops
     stops: dict[int, Stop] = {}
     histories: list[list[Evaluation]] = [[] for _ in runs]
     pending = GroupPending(0)
@@ -251,14 +230,11 @@ def train_group(
         pending.losses.append(loss.detach())
         if step % eval_every == 0:
             pending.evals.append((step, evaluate(params)))
-        histogram = bool(histograms_every) and step % histograms_every == 0
-        if step % every == 0 or histogram:
-            shown = [params[i] for i in order] + [grads[i] for i in order]
-            pending.captured.append((step, time.time(), histogram, shown))
+        shown.capture(step, params, grads, pending)
         program.update(step, grads)
         if (step + 1) % chunk and step + 1 != steps and step + 1 not in ends:
             continue
-        bad = _hand_over(sinks, alive, pending, program.lr_table, layout, histories)
+        bad = hand_over_group(sinks, alive, pending, program.lr_table, shown.layout, histories)
         pending = GroupPending(step + 1)
         context.on_progress(step + 1)
         stopping = context.should_stop() and step + 1 < steps
@@ -274,6 +250,9 @@ def train_group(
             break
     final_values = evaluate(program.params).tolist() if alive and len(ended) < len(runs) else []
     finals = dict(zip(alive, final_values))
+    ended.update(
+        (r, Ended(Status.COMPLETE, steps - 1, [p[i] for p in program.params])) for i, r in enumerate(alive)
+    )
     return [
         _outcome(
             run,
@@ -284,10 +263,20 @@ def train_group(
             histories[r],
             finals.get(r),
             stops.get(r),
-            ended.get(r) or Ended(Status.COMPLETE, steps - 1, [p[alive.index(r)] for p in program.params]),
+            ended[r],
         )
         for r, run in enumerate(runs)
     ]
+
+
+def _load(runs: list[RunPlan]) -> tuple[list[torch.nn.Module], torch.device, data.Dataset]:
+    """Each run's model (as the loop engine builds it), the group's device and its data."""
+    modules = [build_model(r.config.model, r.shape, r.config.train.seed) for r in runs]
+    device = choose_device(runs[0], modules[0], len(runs))
+    dataset = data.load(runs[0].config.data, Path(runs[0].data_folder), device)
+    if dataset.train.dataset is None and dataset.train.x.dim() != 2:
+        raise NotBatchable("the rows are not flat feature vectors")
+    return modules, device, dataset
 
 
 def _leave(
@@ -343,61 +332,3 @@ def _outcome(
     return conclude(
         run, sink, model, device, evaluator, history, final_values, ended.status, ended.last, stopped
     )
-
-
-def _hand_over(
-    sinks: list[Sink],
-    alive: list[int],
-    pending: GroupPending,
-    lr_table: np.ndarray,
-    layout: Layout,
-    histories: list[list[Evaluation]],
-) -> dict[int, int | None]:
-    """Bring a chunk's values to the host and write every run's at once (trainer.tensorboard.sink.write_group),
-    each up to its first diverged step, which is returned (None where all is finite), as
-    trainer.training.loop.hand_over does for one run."""
-    runs, first, evals, captured = len(alive), pending.first, pending.evals, pending.captured
-    host_losses = torch.stack(pending.losses, dim=1).cpu().numpy().astype(np.float64)  # [runs, steps]
-    eval_steps = np.array([step for step, _ in evals], dtype=np.int64)
-    tags = evals[0][1].shape[1] if evals else 0
-    eval_values = (
-        torch.stack([v for _, v in evals], dim=1).cpu().numpy().astype(np.float64)
-        if evals
-        else np.zeros((runs, 0, tags))
-    )  # [runs, evaluations, tags]
-    count = len(captured)
-    steps = np.array([c[0] for c in captured], dtype=np.int64)
-    walls = np.array([c[1] for c in captured])
-    flags = np.array([c[2] for c in captured], dtype=bool)
-    rows, histograms = np.zeros((runs, count, 0)), None
-    if count:
-        tensors = zip(*(c[3] for c in captured))  # each parameter's, then each gradient's, over the steps
-        values = torch.cat([torch.stack(t, dim=1).reshape(runs, count, -1) for t in tensors], dim=2)
-        values = values.cpu().numpy()  # [runs, captured, 2 * total]
-        total = layout.total
-        weights, grads = values[:, :, :total], values[:, :, total:]
-        rows = layout.rows(weights.reshape(runs * count, total), grads.reshape(runs * count, total))
-        rows = rows.reshape(runs, count, -1)
-        marked = int(flags.sum())
-        if marked:
-            histograms = layout.histograms(values[:, flags].reshape(runs * marked, 2 * total))
-    # A chunk may hold no evaluation (the last one, after a chunk that ended at a pruner's verdict).
-    eval_losses = eval_values[:, :, 0] if eval_values.shape[2] else np.zeros((runs, 0))
-    bad = first_diverged(host_losses, first, eval_steps, eval_losses)
-    last = np.where(bad == NO_STEP, first + host_losses.shape[1] - 1, bad)
-    for i, run in enumerate(alive):
-        kept = int(np.searchsorted(eval_steps, last[i], side="right"))
-        histories[run] += [
-            Evaluation(s, v) for s, v in zip(eval_steps[:kept].tolist(), eval_values[i, :kept].tolist())
-        ]
-    # The sinks of a group are of one class, whose write_group writes all of them at once.
-    type(sinks[alive[0]]).write_group(
-        [sinks[run] for run in alive],
-        first,
-        host_losses,
-        eval_steps,
-        eval_values,
-        last,
-        Captured(steps, walls, lr_table[alive][:, steps], rows, histograms),
-    )
-    return {run: (int(b) if b != NO_STEP else None) for run, b in zip(alive, bad.tolist())}

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from trainer.core.status import Status
@@ -33,7 +30,9 @@ from trainer.training.callbacks import (
 )
 from trainer.training.capture import ModelParameters
 from trainer.training.context import RunContext
+from trainer.training.ending import Outcome, conclude
 from trainer.training.evaluate import Evaluator
+from trainer.training.handover import Pending
 from trainer.training.resume import Checkpoints, Resumed, set_random_state
 from trainer.training.resume import state as resume_state
 from trainer.training.sink import Evaluation, NullSink, Sink
@@ -46,24 +45,6 @@ MIN_CHUNK, MAX_CHUNK, CHUNK_BYTES = 100, 1000, 64 * 1024
 # Below this many multiply-adds per step a GPU only adds kernel-launch latency (measured: the
 # notebook's model runs about six times slower on an H100 than on one CPU core).
 GPU_MIN_WORK = 1_000_000
-
-
-@dataclass
-class Outcome:
-    """How a run ended, what it reached, and the trained model."""
-
-    status: Status
-    steps_done: int
-    device: str
-    metrics: dict[str, Any]
-    final_weights: dict[str, list[float]] = field(default_factory=dict)
-    weights_sha256: str = ""  # of all final parameters' bytes: equal digests, identical weights
-    model: torch.nn.Module | None = None
-    eval_tags: list[str] = field(default_factory=list)  # the evaluator's tags, training loss first
-    history: list[Evaluation] = field(default_factory=list)  # every evaluation, the final one last
-    stopped: dict[str, Any] | None = None  # {step, reason}: StopRun in user code, or early stopping
-    best: dict[str, Any] | None = None  # the watched metric's best evaluation: {metric, step, value}
-    best_state: dict[str, torch.Tensor] | None = None  # the weights there, where log.checkpoint keeps them
 
 
 def choose_device(run: RunPlan, model: torch.nn.Module, runs: int = 1) -> torch.device:
@@ -80,16 +61,6 @@ def chunk_steps(params: list[torch.nn.Parameter]) -> int:
     """Steps per chunk for a model with these parameters (each step keeps 8 bytes an element)."""
     elements = max(1, sum(p.numel() for p in params))
     return max(MIN_CHUNK, min(MAX_CHUNK, CHUNK_BYTES // (8 * elements)))
-
-
-def converged_step(evaluations: list[Evaluation], tolerance: float) -> int | None:
-    """The first evaluation step from which the training loss stayed within tolerance to the end."""
-    found = None
-    for ev in reversed(evaluations):
-        if not ev.loss <= tolerance:
-            break
-        found = ev.step
-    return found
 
 
 @dataclass
@@ -135,21 +106,6 @@ class TrainStep:
         if self.clip is not None:
             torch.nn.utils.clip_grad_norm_(params, self.clip)
         return loss.detach()
-
-
-@dataclass
-class Pending:
-    """A chunk's values still on the device: the losses from step `first` on, the evaluations."""
-
-    first: int
-    losses: list[torch.Tensor] = field(default_factory=list)
-    evals: list[tuple[int, torch.Tensor]] = field(default_factory=list)
-
-    def flush(self, sink: Sink, history: list[Evaluation], next_step: int) -> int | None:
-        """Hand the values to the sink (see _flush) and start the next chunk at `next_step`."""
-        bad = _flush(sink, self.first, self.losses, self.evals, history)
-        self.first, self.losses, self.evals = next_step, [], []
-        return bad
 
 
 @dataclass(frozen=True)
@@ -210,9 +166,8 @@ def train(
             if stop is None:
                 sink.capture(step)
                 parts.update()
-                done = step + 1
-                if done % chunk and done != run.steps and not callbacks.ends_chunk(done):
-                    continue
+            if stop is None and _mid_chunk(step + 1, chunk, run.steps, callbacks):
+                continue
             found = _end_chunk(run, sink, context, callbacks, pending, history, stop, step)
             if found is not None:
                 ending = found
@@ -248,6 +203,12 @@ def build(run: RunPlan, resume: Resumed | None) -> Parts:
         if watch is not None and resume.watch is not None:
             watch.restore(resume.watch)
     return Parts(model, device, dataset, loss_fn, optimizer, schedule, evaluate, watch)
+
+
+def _mid_chunk(steps_done: int, chunk: int, steps: int, callbacks: Callbacks) -> bool:
+    """Whether the steps go on within a chunk here: a chunk ends every `chunk` steps, at the run's
+    end, and where a callback acts (a checkpoint every N steps)."""
+    return bool(steps_done % chunk) and steps_done != steps and not callbacks.ends_chunk(steps_done)
 
 
 def _end_chunk(
@@ -307,153 +268,3 @@ def _batches(run: RunPlan, dataset: data.Dataset, device: torch.device, start: i
         config.data.loader,
         start,
     )
-
-
-def conclude(
-    run: RunPlan,
-    sink: Sink,
-    model: torch.nn.Module,
-    device: str,
-    evaluate: Evaluator,
-    history: list[Evaluation],
-    final_values: list[float] | None,
-    status: Status,
-    last: int,
-    stopped: tuple[int, str] | None = None,
-) -> Outcome:
-    """End a run whose steps are done (or stopped at `last`): its final evaluation (given as
-    final_values where it completed), metrics, the sink's last events, and its outcome. A run its
-    user code stopped (`stopped`: step, reason) is complete at that step, its evaluation there the
-    final one, logged once."""
-    config = run.config
-    final = None
-    if status == Status.PRUNED:
-        pass  # no final evaluation: never counted as complete
-    elif stopped is not None:
-        final = history[-1]  # the evaluation at the step it stopped, already logged
-    elif status == Status.COMPLETE:
-        final = Evaluation(run.steps, final_values)
-        if not math.isfinite(final.loss):  # its callbacks' on_final saw the same (see LogHook)
-            status, last = Status.DIVERGED, run.steps
-        history.append(final)
-    metrics = evaluate.summary(history, final if status == Status.COMPLETE else None)
-    if run.regression:
-        reached = converged_step(history, config.eval.tolerance) if status == Status.COMPLETE else None
-        metrics.update({"final/converged": reached is not None, "final/converged_step": reached})
-    metrics.update(
-        {
-            "final/diverged": status == Status.DIVERGED,
-            "diverged_step": last if status == Status.DIVERGED else None,
-            "final/stopped_step": stopped[0] if stopped is not None else None,
-        }
-    )
-    if run.trial is not None and run.trial.reports is not None:  # HParams columns of a pruned search
-        metrics["final/pruned"] = status == Status.PRUNED
-        metrics["final/steps_trained"] = last + 1 if status != Status.COMPLETE else run.steps
-    ended = stopped[0] if stopped is not None else run.steps if status == Status.COMPLETE else last
-    if status in (
-        Status.INTERRUPTED,
-        Status.PRUNED,
-    ):  # after its last step (a resumed run's events begin there)
-        ended = last + 1
-    sink.finish(status, ended, metrics, None if stopped is not None else final)
-    # JSON has no NaN: a diverged weight is recorded as null.
-    weights = {
-        name: [v if math.isfinite(v) else None for v in p.detach().view(-1).tolist()]
-        for name, p in model.named_parameters()
-        if p.numel() <= config.log.max_elements
-    }
-    digest = hashlib.sha256(
-        b"".join(p.detach().cpu().numpy().tobytes() for p in model.parameters())
-    ).hexdigest()
-    return Outcome(
-        status,
-        last + 1
-        if status == Status.PRUNED
-        else stopped[0]
-        if stopped is not None
-        else last + 1
-        if status != Status.COMPLETE
-        else run.steps,
-        device,
-        metrics,
-        weights,
-        digest,
-        model,
-        evaluate.tags,
-        history,
-        _stopped(run, evaluate, history, stopped, status),
-    )
-
-
-def _stopped(
-    run: RunPlan,
-    evaluate: Evaluator,
-    history: list[Evaluation],
-    stopped: tuple[int, str] | None,
-    status: Status,
-) -> dict[str, Any] | None:
-    """Where a run stopped before its end, and why; a pruned run also says the value it was judged by."""
-    if stopped is None:
-        return None
-    found: dict[str, Any] = {"step": stopped[0], "reason": stopped[1]}
-    if status == Status.PRUNED and run.trial is not None and run.trial.reports in evaluate.tags:
-        judged = [ev for ev in history if ev.step <= stopped[0]]
-        if judged:
-            found[run.trial.reports] = judged[-1].values[evaluate.tags.index(run.trial.reports)]
-    return found
-
-
-def _flush(
-    sink: Sink,
-    first: int,
-    losses: list[torch.Tensor],
-    evals: list[tuple[int, torch.Tensor]],
-    history: list[Evaluation],
-) -> int | None:
-    """Bring a chunk's values to the host, hand them to the sink; the first diverged step or None."""
-    host_losses = torch.stack(losses).tolist()
-    host_evals = torch.stack([v for _, v in evals]).tolist() if evals else []
-    evaluations = [Evaluation(step, values) for (step, _), values in zip(evals, host_evals)]
-    return hand_over(sink.write, first, host_losses, evaluations, history)
-
-
-NO_STEP = np.iinfo(np.int64).max  # no step diverged
-
-
-def first_diverged(
-    losses: np.ndarray, first: int, eval_steps: np.ndarray, eval_losses: np.ndarray
-) -> np.ndarray:
-    """Each run's first step whose minibatch loss (losses [runs, steps], from step `first` on) or
-    whose evaluation's loss (eval_losses [runs, evaluations], at eval_steps) is not finite; NO_STEP
-    where every one is."""
-    return np.minimum(
-        _first_bad(losses, first + np.arange(losses.shape[1])), _first_bad(eval_losses, eval_steps)
-    )
-
-
-def _first_bad(values: np.ndarray, steps: np.ndarray) -> np.ndarray:
-    """Each row's step of its first value that is not finite (NO_STEP where all are)."""
-    bad = ~np.isfinite(values)
-    if not bad.shape[1]:
-        return np.full(values.shape[0], NO_STEP)
-    return np.where(bad.any(axis=1), steps[bad.argmax(axis=1)], NO_STEP)
-
-
-def hand_over(
-    write: Callable[[int, list[float], list[Evaluation], int], None],
-    first: int,
-    host_losses: list[float],
-    evaluations: list[Evaluation],
-    history: list[Evaluation],
-) -> int | None:
-    """Hand a chunk's values (on the host) to the sink's write, up to the first diverged step,
-    which is returned (None if every value is finite)."""
-    eval_steps = np.array([ev.step for ev in evaluations], dtype=np.int64)
-    eval_losses = np.array([ev.loss for ev in evaluations], dtype=np.float64).reshape(1, -1)
-    found = int(first_diverged(np.array([host_losses], dtype=np.float64), first, eval_steps, eval_losses)[0])
-    bad = None if found == NO_STEP else found
-    last = bad if bad is not None else first + len(host_losses) - 1
-    history.extend(ev for ev in evaluations if ev.step <= last)
-    write(first, host_losses, evaluations, last)
-    return bad

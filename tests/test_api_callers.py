@@ -314,16 +314,18 @@ def test_ctrl_c_in_a_sweep_records_the_run_interrupted_and_raises_keyboard_inter
 # The run waits at the gate once its progress reaches step 2000, before the checkpoint at 2000: the
 # last one it took is at step 1000.
 HOLD_AT_2000 = """\
+    import dataclasses
+
     import trainer.training.loop
 
     real_train = trainer.training.loop.train
 
-    def train(run, sink=None, should_stop=lambda: False, on_progress=lambda steps: None, *more):
+    def train(run, sink, context, *more):
         def progress(steps):
-            on_progress(steps)
+            context.on_progress(steps)
             if steps >= 2000:
                 hold()
-        return real_train(run, sink, should_stop, progress, *more)
+        return real_train(run, sink, dataclasses.replace(context, on_progress=progress), *more)
 
     trainer.training.loop.train = train
 """

@@ -450,16 +450,18 @@ RAISING = """\
     import sys
 
     if __name__ != "__main__":
+        import dataclasses
+
         import trainer.training.loop
 
         real_train = trainer.training.loop.train
 
-        def train(run, sink=None, should_stop=lambda: False, on_progress=lambda steps: None, *more):
+        def train(run, sink, context, *more):
             def progress(steps):
-                on_progress(steps)
+                context.on_progress(steps)
                 if run.name == {name!r} and steps >= 1000:
                     raise RuntimeError(f"deliberate fault at step {{steps}}")
-            return real_train(run, sink, should_stop, progress, *more)
+            return real_train(run, sink, dataclasses.replace(context, on_progress=progress), *more)
 
         trainer.training.loop.train = train
 
@@ -602,19 +604,21 @@ def gated_script(tmp_path: Path, patch: str) -> tuple[Path, Path, Path]:
 
 # The first batched group a worker trains waits, once past its first chunk of steps.
 HOLD_FIRST_GROUP = """\
+    import dataclasses
+
     import trainer.training.batched
 
     real_train_group = trainer.training.batched.train_group
     groups = []
 
-    def train_group(runs, sinks=None, should_stop=lambda: False, on_progress=lambda steps: None, *more):
+    def train_group(runs, sinks, context):
         groups.append(runs)
 
         def progress(steps):
-            on_progress(steps)
+            context.on_progress(steps)
             if len(groups) == 1:
                 hold()
-        return real_train_group(runs, sinks, should_stop, progress, *more)
+        return real_train_group(runs, sinks, dataclasses.replace(context, on_progress=progress))
 
     trainer.training.batched.train_group = train_group
 """

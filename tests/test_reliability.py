@@ -42,16 +42,18 @@ pytestmark = [
 
 # The loop engine's run named NAME waits, once past its first chunk of steps (see gated_script).
 HOLD_RUN = """\
+    import dataclasses
+
     import trainer.training.loop
 
     real_train = trainer.training.loop.train
 
-    def train(run, sink=None, should_stop=lambda: False, on_progress=lambda steps: None, *more):
+    def train(run, sink, context, *more):
         def progress(steps):
-            on_progress(steps)
+            context.on_progress(steps)
             if run.name == NAME and steps >= 1000:
                 hold()
-        return real_train(run, sink, should_stop, progress, *more)
+        return real_train(run, sink, dataclasses.replace(context, on_progress=progress), *more)
 
     trainer.training.loop.train = train
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import itertools
 import shutil
@@ -23,22 +24,12 @@ from trainer.spec.plan import RunPlan
 from trainer.spec.units import engine_record
 from trainer.tensorboard import curves
 from trainer.tensorboard.endings import end_killed_run, end_session
+from trainer.training.context import Judge, RunContext
 
 # Errors of the file system itself: no run can succeed until someone frees space or fixes rights.
 LOGDIR_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 # A run whose claim another sweep took over: its result was discarded, the other sweep's stands.
 LOST = Status.LOST
-
-
-# A search's pruner, as a run reaches it: (run folder, evaluation step, reported value) -> prune it?
-Judge = Callable[[str, int, float], bool]
-
-
-def judge_of(run: RunPlan, judge: Judge | None) -> Callable[[int, float], bool] | None:
-    """The pruner's verdict on this run's evaluations; None where the run reports nothing."""
-    if judge is None or run.trial is None or run.trial.reports is None:
-        return None
-    return lambda step, value: judge(run.folder, step, value)
 
 
 @dataclass
@@ -54,27 +45,18 @@ class Summary:
     steps_done: int | None = None  # as its record says
 
 
-def execute(
-    run: RunPlan,
-    logdir: Path,
-    should_stop: Callable[[], bool] = lambda: False,
-    on_progress: Callable[[int], None] = lambda steps: None,
-    claim: Claim | None = None,
-    engine: dict[str, Any] | None = None,
-    on_checkpoint: Callable[[Path], None] | None = None,
-    judge: Judge | None = None,
-) -> Summary:
+def execute(run: RunPlan, logdir: Path, context: RunContext) -> Summary:
     """Run one configuration into a clean folder (or go on from the checkpoint in it) and write its
-    record; never raises for a run's fault. `on_checkpoint` is told the run's folder after each
-    checkpoint it writes there.
+    record; never raises for a run's fault. context.on_checkpoint is told the run's folder after
+    each checkpoint it writes there.
 
     With a claim, the record is written only while the claim is still this sweep's (see
     rundir.commit_record); a run claimed by another sweep meanwhile ends as 'lost', writing nothing."""
     from trainer.training.loop import train
 
-    folder = logdir / run.folder
+    folder, claim = logdir / run.folder, context.claim(run)
     clock = time.monotonic()
-    record = start_record(run, engine or {"name": "loop", "reason": None})
+    record = start_record(run, context.engine or {"name": "loop", "reason": None})
     sink = None
     try:
         resume, why_not = resuming.usable(run, folder, record) if claim_allows(claim) else (None, None)
@@ -87,9 +69,9 @@ def execute(
             sink = open_run(run, folder, record)
             if why_not is not None:
                 record["started_over"] = why_not
-        checkpoints = resuming.checkpoints(run, folder, record, clock, on_checkpoint)
+        checkpoints = resuming.checkpoints(run, folder, record, clock, context.on_checkpoint)
         with time_limit(run.config.train.timeout), user_exits():
-            outcome = train(run, sink, should_stop, on_progress, checkpoints, resume, judge_of(run, judge))
+            outcome = train(run, sink, context, checkpoints, resume)
         record_outcome(run, folder, record, outcome)
     except (Exception, TimedOut) as exc:  # the run's fault is recorded; the sweep goes on
         if record_fault(folder, record, sink, claim, exc):
@@ -111,60 +93,39 @@ def execute_unit(
     """Run a unit of work (trainer.spec.units.Unit: one run, or a group for the batched engine) into the
     log folder, one summary per run; never raises for a run's fault. `claims` by run folder; a run
     of the loop engine tells `on_checkpoint` its folder after each checkpoint."""
-    claims = claims or {}
+    context = RunContext(should_stop, on_progress, judge, on_checkpoint, claims or {}, engine_record(unit))
     if unit.engine != "batched":
         (run,) = unit.runs
-        return [
-            execute(
-                run,
-                logdir,
-                should_stop,
-                on_progress,
-                claims.get(run.folder),
-                engine_record(unit),
-                on_checkpoint,
-                judge,
-            )
-        ]
-    return execute_group(
-        list(unit.runs), logdir, should_stop, on_progress, claims, engine_record(unit), judge
-    )
+        return [execute(run, logdir, context)]
+    return execute_group(list(unit.runs), logdir, context)
 
 
-def execute_group(
-    runs: list[RunPlan],
-    logdir: Path,
-    should_stop: Callable[[], bool],
-    on_progress: Callable[[int], None],
-    claims: dict[str, Claim],
-    engine: dict[str, Any],
-    judge: Judge | None = None,
-) -> list[Summary]:
+def execute_group(runs: list[RunPlan], logdir: Path, context: RunContext) -> list[Summary]:
     """Train a group as one program (trainer.batched), each run into its own folder with its own
     record. Should the program itself fail, each run is trained by the loop engine instead, with
     the reason in its record, so that no run pays for another's fault."""
     from trainer.training.batched import train_group
 
     clock = time.monotonic()
-    records = [start_record(run, engine) for run in runs]
+    records = [start_record(run, context.engine) for run in runs]
     folders = [logdir / run.folder for run in runs]
     sinks: list[Any] = []
     done = [0]  # the steps the group has done, for runs that time out
 
     def progress(steps: int) -> None:
         done[0] = steps
-        on_progress(steps)
+        context.on_progress(steps)
 
     try:
         for run, folder, record in zip(runs, folders, records):
             sinks.append(open_run(run, folder, record))
         with time_limit(limit_of(runs)):
-            outcomes = train_group(runs, sinks, should_stop, progress, [judge_of(r, judge) for r in runs])
+            outcomes = train_group(runs, sinks, dataclasses.replace(context, on_progress=progress))
     except TimedOut as exc:  # the group's time is up for each of its runs: no loop engine retries them
         exc.steps_done = done[0]
         ended = []
         for run, folder, record, sink in itertools.zip_longest(runs, folders, records, sinks):
-            claim = claims.get(run.folder)
+            claim = context.claim(run)
             ended.append(Unrecorded(folder, record, claim, record_fault(folder, record, sink, claim, exc)))
             _close(sink)
         return _finish_all(ended, clock)
@@ -172,18 +133,17 @@ def execute_group(
         for sink in sinks:
             _close(sink)
         reason = f"the batched program failed: {portable(f'{type(exc).__name__}: {exc}')}"
+        # The sweep follows a unit's checkpoints by one step count: a group's runs tell it none.
+        alone = dataclasses.replace(context, engine={"name": "loop", "reason": reason}, on_checkpoint=None)
         fallen: list[Summary] = []
         for run in runs:
-            engine = {"name": "loop", "reason": reason}
-            fallen.append(
-                execute(run, logdir, should_stop, on_progress, claims.get(run.folder), engine, judge=judge)
-            )
+            fallen.append(execute(run, logdir, alone))
             if fallen[-1].logdir_fault:  # a full or read-only disk: the rest stay unfinished
                 break
         return fallen
     ended = []
     for run, folder, record, sink, outcome in zip(runs, folders, records, sinks, outcomes):
-        claim = claims.get(run.folder)
+        claim = context.claim(run)
         logdir_fault = False
         try:
             record_outcome(run, folder, record, outcome)
@@ -233,11 +193,11 @@ def open_run(run: RunPlan, folder: Path, record: RunRecord) -> Any:
 
 
 def new_sink(run: RunPlan, folder: Path, record: RunRecord, text: str | None = None) -> Any:
-    """The sink writing the run's events into its folder."""
-    from trainer.tensorboard.sink import TensorBoardSink
+    """The sink writing the run's values into its folder, as log.sinks asks (trainer.sinks)."""
+    from trainer.sinks import build_sink
 
     text = config_text(run, record["config"]) if text is None else text
-    return TensorBoardSink(folder, run.config.log, record["hparams"], text)
+    return build_sink(run.config.log, folder, record["hparams"], text)
 
 
 def claim_allows(claim: Claim | None) -> bool:
@@ -286,9 +246,9 @@ def record_fault(
     try:
         if not claim_allows(claim):
             raise ClaimLost(claim.path)  # the folder is another sweep's now: write nothing there
-        if sink is not None and sink.events is not None:
-            sink.finish(record["status"], 0, {}, None)
-        elif folder.is_dir():  # it failed before its event file began
+        if sink is not None:
+            sink.fail(record["status"])
+        elif folder.is_dir():  # it failed before its sink was made
             end_session(folder, record["hparams"], record["status"])
     except Exception:
         pass

@@ -57,7 +57,7 @@ MAX_TIMEOUT = 365 * 24 * 3600
 # Settings that leave what a run computes as it is: no part of its name or its configuration's digest.
 NOT_IDENTITY = ("train.engine", "train.timeout", "data.loader", "log.checkpoint_every")
 # Settings added later: part of a run's identity only once set, so older runs keep theirs.
-UNSET_NOT_IDENTITY = ("data.collate", "data.classes", "train.early_stopping")
+UNSET_NOT_IDENTITY = ("data.collate", "data.classes", "train.early_stopping", "log.sinks")
 
 # A metric of an evaluation: <split>/<name>, as the curves are tagged.
 EVAL_TAG = re.compile(r"^(train|val)/[^/\s]+$")
@@ -155,6 +155,22 @@ class EvalSettings:
     )
 
 
+# The sinks a run can write through, by name: trainer.sinks.SINKS builds each (a test pins the two).
+SINK_KINDS = ("tensorboard", "jsonl")
+
+
+def sink_names(names: tuple[str, ...]) -> str | None:
+    """Why a list of sinks is not one a run can write through, or None."""
+    for name in names:
+        if name not in SINK_KINDS:
+            return f"unknown sink {show(name)}{suggest(name, list(SINK_KINDS))}; the sinks: {', '.join(SINK_KINDS)}"
+    if "tensorboard" not in names:
+        return f"must include 'tensorboard', whose event file status, resume and reports read; got {show(list(names))}"
+    if len(set(names)) != len(names):
+        return f"names a sink twice: {show(list(names))}"
+    return None
+
+
 @dataclass(frozen=True, kw_only=True)
 class LogSettings:
     """What reaches TensorBoard and how often."""
@@ -181,6 +197,13 @@ class LogSettings:
         at_least(0),
         doc="steps between checkpoints a stopped run resumes from (resume.pt); 'auto' takes one "
         "every 10 s or more, at most 2% of the run's time; 0 for none. Not part of the run's identity",
+    )
+    sinks: tuple[str, ...] | None = setting(
+        None,
+        sink_names,
+        doc="where a run's values are written, side by side: tensorboard (its event file) and "
+        "jsonl (metrics.jsonl: the loss, learning rate, evaluations and final metrics, a JSON object "
+        "a line); unset: [tensorboard] alone. tensorboard is always among them",
     )
 
 
@@ -209,7 +232,9 @@ class Config:
     eval: EvalSettings = setting(
         EvalSettings(), doc="evaluations: loss and metrics on training and validation rows"
     )
-    log: LogSettings = setting(LogSettings(), doc="what is written for TensorBoard")
+    log: LogSettings = setting(
+        LogSettings(), doc="what is written for TensorBoard, and beside it (log.sinks)"
+    )
 
 
 # --- how a report reads the runs ----------------------------------------------------------------

@@ -22,6 +22,7 @@ from tensorboard.plugins.text import metadata as text_metadata
 from trainer.core.status import Status
 from trainer.spec.schema import LogSettings
 from trainer.tensorboard import events
+from trainer.tensorboard.endings import end_session
 from trainer.tensorboard.events import EventFile, HistogramBlock, ScalarBlock, ScalarTags, summary_event
 from trainer.tensorboard.hparams import session_end_pb, session_start_pb
 from trainer.training.capture import HistogramBatch, ModelParameters, bucket_layout, capture_for
@@ -259,6 +260,13 @@ class TensorBoardSink:
         self.events.write_raw(summary_event(steps, now, b"".join(body)))
         self.events.write_summary(session_end_pb(status, now), steps, now)
         self.events.flush()
+
+    def fail(self, status: Status) -> None:
+        """The session's end after a fault: in the event file, or in one of its own where none began."""
+        if self.events is not None:
+            self.finish(status, 0, {}, None)
+        elif self.folder.is_dir():  # it failed before its event file began
+            end_session(self.folder, self.hparams, status)
 
     def close(self) -> None:
         if self.events is not None:

@@ -18,8 +18,9 @@ from trainer.training.capture import HistogramBatch
 
 class Sink(Protocol):
     """Where a run's values go. The loop calls begin, then capture each step and write each chunk
-    of steps, then finish and close; the batched engine captures for its whole group and hands each
-    chunk to write_group, the sink class's way of writing many runs at once."""
+        of steps, then finish and close; the batched engine captures for its whole group and hands each
+        chunk to write_group, the sink class's way of writing many runs at once. After a fault in its run,
+    the run's caller calls fail instead of finish. trainer.sinks builds the sinks log.sinks names."""
 
     def begin(
         self,
@@ -47,6 +48,9 @@ class Sink(Protocol):
     def finish(
         self, status: Status, steps: int, metrics: dict[str, Any], final: Evaluation | None
     ) -> None: ...
+
+    def fail(self, status: Status) -> None:
+        """End what the sink wrote after a fault in its run, whether or not begin() came first."""
 
     def close(self) -> None: ...
 
@@ -118,6 +122,9 @@ class NullSink:
         pass
 
     def finish(self, status: Status, steps: int, metrics: dict[str, Any], final: Evaluation | None) -> None:
+        pass
+
+    def fail(self, status: Status) -> None:
         pass
 
     def close(self) -> None:

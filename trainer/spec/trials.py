@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from trainer.kinds import metrics
 from trainer.kinds.metrics import direction_of
@@ -14,8 +14,20 @@ from trainer.spec.pruners import pruner_kind
 from trainer.spec.schema import Invalid
 from trainer.spec.search import direction, eval_tag, study_configuration
 
-if TYPE_CHECKING:
-    from trainer.spec.searches import Search
+
+class Search(Protocol):
+    """What of a search (trainer.spec.searches.Search) its trials are made from."""
+
+    space: Any  # trainer.spec.search.Space
+    spec: Any  # trainer.spec.files.Spec
+    metric: str
+    direction: str
+
+    @property
+    def settings(self) -> Any: ...
+
+    @property
+    def pruning(self) -> bool: ...
 
 
 def metric_of(search: Search, run: RunPlan) -> tuple[str, str]:

@@ -35,7 +35,7 @@ JOURNAL = "study.journal"
 # A journal a reader (the report) opens at the most: a study of 10,000 trials each told 100
 # evaluations is about 200 MB.
 MAX_READ_JOURNAL = 512 << 20
-LOCK = ".study.lock"  # held while a trial is looked up or made, so that two sweeps make each once
+LOCK = ".study.lock"  # held while a trial is made, drawn, told or ended: two sweeps make each once
 TRIAL = "trial"  # the user attribute holding a trial's number in the spec's order of trials
 SEARCH = "search"  # the study's user attribute holding what drew it (trainer.spec.trials.identity)
 CONFIG = "config"  # the part of that identity that is its trials' configuration, searched settings apart

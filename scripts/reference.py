@@ -84,8 +84,9 @@ def reference_markdown() -> str:
 
 def _spec_level() -> list[str]:
     """The sections of a spec that are no setting of a run: how it searches, how it is reported."""
+    from trainer.spec.pruners import Prune
     from trainer.spec.schema import ReportSettings
-    from trainer.spec.search import Prune, SearchSettings
+    from trainer.spec.search import SearchSettings
 
     kind = next(f for f in fields(Prune) if f.name == "kind")
     prune_kind = (

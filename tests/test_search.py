@@ -431,7 +431,7 @@ RANDOM = "search: {method: random, trials: 3}\n"
             "search: {method: random, trials: 3, prune: {min_steps: 5}}\n",
             "{loguniform: [0.001, 0.1]}",
             "[0]",
-            "bad.yaml:3: search.prune.kind: missing; give none, median or asha",
+            "bad.yaml:3: search.prune.kind: missing; give none, median, asha or hyperband",
         ),
         (
             "search: {method: random, trials: 3, prune: {kind: asha, startup_trials: 2}}\n",

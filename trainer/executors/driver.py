@@ -26,7 +26,7 @@ from trainer.run.selection import (
 )
 from trainer.run.study import Studies
 from trainer.spec.plan import RunPlan
-from trainer.spec.sweep import Search
+from trainer.spec.searches import Search
 from trainer.spec.units import units_of
 
 __all__ = ["ChangedConfig", "Options", "Report", "run_all"]

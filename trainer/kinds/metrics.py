@@ -56,6 +56,30 @@ BUILTIN = {
 }
 
 
+# Values a run records beside its metrics, and a user's metric common enough to be known by name:
+# whether higher is better. The built-in metrics say it themselves (BUILTIN).
+KNOWN_DIRECTIONS = {
+    "loss": False,
+    "weight_distance": False,
+    "converged_step": False,
+    "converged": True,
+    "macro_f1": True,
+}
+
+
+def direction_of(metric: str) -> str | None:
+    """Which way a recorded value is better as its name tells ('maximize' for final/val/accuracy,
+    'minimize' for best/train/loss), or None where the name does not tell (a user's metric)."""
+    name = metric.rpartition("/")[2]
+    if name in BUILTIN:
+        higher = BUILTIN[name].greater_is_better
+    elif name in KNOWN_DIRECTIONS:
+        higher = KNOWN_DIRECTIONS[name]
+    else:
+        return None
+    return "maximize" if higher else "minimize"
+
+
 def resolve(name: str, folder: Any, key: str) -> Metric:
     """A built-in metric by name, or the user's by import path; Invalid names what is wrong."""
     if name in BUILTIN:

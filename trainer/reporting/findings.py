@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainer.core.status import Status
+from trainer.kinds.metrics import direction_of
 from trainer.run.record import code_id
 from trainer.spec.names import BASE_RUN, format_value, labels
 from trainer.tensorboard.hparams import NOT_METRICS, metric_tags
@@ -24,9 +25,6 @@ from trainer.tensorboard.hparams import NOT_METRICS, metric_tags
 DEFAULT_REPLICATES = ("train.seed",)
 DISTANCE = "final/weight_distance"
 CONVERGED = "final/converged"
-# Metrics whose direction is known by name; others are judged from their best against their final.
-LOWER_IS_BETTER = {"loss", "mae", "rmse", "weight_distance", "converged_step"}
-HIGHER_IS_BETTER = {"accuracy", "converged"}
 # Runs train in float32, which keeps about 7 significant digits: a value a million times smaller
 # than the largest value of its metric in the experiment is rounding noise, and counts as zero (its
 # digits would differ between engines and machines, and so would any test of one such value
@@ -161,9 +159,9 @@ def direction(metric: str, runs: list[dict[str, Any]], given: bool | None = None
     runs (a best above the final means higher is better)."""
     if given is not None:
         return given
-    name = metric.rpartition("/")[2]
-    if name in HIGHER_IS_BETTER or name in LOWER_IS_BETTER:
-        return name in HIGHER_IS_BETTER
+    known = direction_of(metric)  # by its name (trainer.kinds.metrics); else judged from its runs
+    if known is not None:
+        return known == "maximize"
     split_name = metric.partition("/")[2]
     for run in runs:
         values = run.get("metrics") or {}

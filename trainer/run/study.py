@@ -25,18 +25,19 @@ from typing import Any
 from trainer.core import guards, untrusted
 from trainer.core.errors import LogDirError, UserError
 from trainer.core.status import FINISHED, Status
-from trainer.run import rundir
+from trainer.run import optuna_private, rundir
 from trainer.spec.plan import RunPlan
+from trainer.spec.pruners import pruner_kind
 from trainer.spec.search import sampler, study_configuration
-from trainer.spec.sweep import Search
+from trainer.spec.searches import Search
 
 JOURNAL = "study.journal"
 # A journal a reader (the report) opens at the most: a study of 10,000 trials each told 100
 # evaluations is about 200 MB.
 MAX_READ_JOURNAL = 512 << 20
-LOCK = ".study.lock"  # held while a trial is looked up or made, so that two sweeps make each once
+LOCK = ".study.lock"  # held while a trial is made, drawn, told or ended: two sweeps make each once
 TRIAL = "trial"  # the user attribute holding a trial's number in the spec's order of trials
-SEARCH = "search"  # the study's user attribute holding what drew it (trainer.spec.sweep.identity)
+SEARCH = "search"  # the study's user attribute holding what drew it (trainer.spec.trials.identity)
 CONFIG = "config"  # the part of that identity that is its trials' configuration, searched settings apart
 
 
@@ -52,28 +53,20 @@ def _optuna() -> Any:
 
 
 def pruner(search: Search) -> Any:
-    optuna = _optuna()
+    """The search's Optuna pruner, as its kind builds it (trainer.spec.pruners)."""
     prune = search.settings.prune
-    if prune.kind == "median":
-        return optuna.pruners.MedianPruner(
-            n_startup_trials=prune.startup_trials, n_warmup_steps=prune.min_steps
-        )
-    if prune.kind == "asha":
-        return optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=prune.min_steps, reduction_factor=prune.reduction_factor
-        )
-    if prune.kind == "hyperband":
-        steps = max((r.steps for r in [*search.runs, *search.probes]), default=None)
-        return optuna.pruners.HyperbandPruner(
-            min_resource=prune.min_steps,
-            max_resource=steps if steps is not None else "auto",
-            reduction_factor=prune.reduction_factor,
-        )
-    return optuna.pruners.NopPruner()
+    steps = max((r.steps for r in [*search.runs, *search.probes]), default=None)
+    return pruner_kind(prune.kind).build(prune, steps)
 
 
 def open_study(logdir: Path, experiment: str, search: Search | None = None, create: bool = True) -> Any:
     """The experiment's Optuna study in its log folder (None if it has none and `create` is false)."""
+    opened = _opened(logdir, experiment, search, create)
+    return opened[0] if opened is not None else None
+
+
+def _opened(logdir: Path, experiment: str, search: Search | None, create: bool) -> tuple[Any, Any] | None:
+    """The study and the journal storage it is kept in."""
     optuna = _optuna()
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
@@ -91,20 +84,21 @@ def open_study(logdir: Path, experiment: str, search: Search | None = None, crea
         warnings.simplefilter("ignore")
         storage = JournalStorage(JournalFileBackend(str(path)))
         if search is None:
-            return optuna.load_study(study_name=experiment, storage=storage)
+            return optuna.load_study(study_name=experiment, storage=storage), storage
         held = [s.study_name for s in storage.get_all_studies()] if existed else []
         if existed and experiment not in held and path.stat().st_size:
             # Optuna skips a broken last line (a write cut short): what it could read holds no study.
             raise ValueError(f"it holds no study of the experiment {experiment}")
         if experiment in held:
             # Read, writing nothing: a study drawn otherwise is refused with its journal as it was.
-            return optuna.load_study(
+            study = optuna.load_study(
                 study_name=experiment,
                 storage=storage,
                 sampler=sampler(search.settings),
                 pruner=pruner(search),
             )
-        return optuna.create_study(
+            return study, storage
+        study = optuna.create_study(
             study_name=experiment,
             storage=storage,
             load_if_exists=True,  # a sweep beside this one may have just made it
@@ -112,6 +106,7 @@ def open_study(logdir: Path, experiment: str, search: Search | None = None, crea
             sampler=sampler(search.settings),
             pruner=pruner(search),
         )
+        return study, storage
 
 
 def journal_problem(logdir: Path, experiment: str) -> str | None:
@@ -174,17 +169,17 @@ class Study:
             path.rename(path.with_name(f"{JOURNAL}.replaced-{stamp}"))
         records = self._records()
         if existed and not fresh:
-            self.study = self._open(path)
+            self.study, self.storage = self._open(path)
             drawn_by = (self.study.user_attrs or {}).get(SEARCH)
             if drawn_by is not None and self._other(drawn_by):
                 raise StudyChanged(self._changed(path, drawn_by))
         if not fresh:  # with --force the runs of another search stay as they are, out of the new study
             self._check_records(records)
         if not existed or fresh:  # made once nothing refuses it
-            self.study = self._open(path)
+            self.study, self.storage = self._open(path)
             self.study.set_user_attr(SEARCH, self.identity)
         self.dists = {key: d.optuna() for key, d in search.space.dimensions.items()}
-        self.ids: dict[int, int] = {}  # trial number -> Optuna's trial id
+        self.ids: dict[int, int] = {}  # trial number -> Optuna's number of the trial
         self.runs: dict[str, RunPlan] = {}  # run folder -> run
         self.replicas: dict[int, list[str]] = {}  # trial number -> its runs' folders
         self.todo: set[str] = set()  # the runs this sweep runs
@@ -200,9 +195,9 @@ class Study:
         if not existed and not fresh:
             self._rebuild(records)
 
-    def _open(self, path: Path) -> Any:
+    def _open(self, path: Path) -> tuple[Any, Any]:
         try:
-            return open_study(self.logdir, self.search.experiment, self.search)
+            return _opened(self.logdir, self.search.experiment, self.search, True)
         except (OSError, ValueError) as exc:  # a journal that cannot be read or written
             raise UserError(
                 f"{path}: the study cannot be opened ({type(exc).__name__}: {exc}); move it away, and "
@@ -292,16 +287,19 @@ class Study:
         for trial in self.study.get_trials(deepcopy=False):
             number = trial.user_attrs.get(TRIAL)
             if isinstance(number, int):
-                self.ids.setdefault(number, trial._trial_id)
+                self.ids.setdefault(number, trial.number)
                 if trial.state.is_finished():
                     self.finished.add(number)
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self, refresh: bool = True) -> Iterator[None]:
+        """Held while a trial is made, drawn, told a value or ended: a sweep beside this one waits
+        (so no trial is made twice, nor told after it ended); not reentrant."""
         with open(self.logdir / self.search.experiment / LOCK, "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                self._refresh()
+                if refresh:
+                    self._refresh()
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
@@ -316,13 +314,12 @@ class Study:
         """The settings' values of what Optuna drew (of those it drew)."""
         return {k: d.value(drawn[k]) for k, d in self.search.space.dimensions.items() if k in drawn}
 
-    def _trial(self, number: int) -> Any:
-        """Optuna's trial of this number, made (running, as the spec drew it) where the study has
-        none yet: one record in the journal."""
-        optuna = _optuna()
+    def _in_study(self, number: int) -> int:
+        """Optuna's number of the trial of this number, made (running, as the spec drew it) where
+        the study has none yet: one record in the journal."""
         if number not in self.ids:
-            self._add(number, optuna.trial.TrialState.RUNNING)
-        return optuna.trial.Trial(self.study, self.ids[number])
+            self._add(number, _optuna().trial.TrialState.RUNNING)
+        return self.ids[number]
 
     def _add(self, number: int, state: Any, value: float | None = None, params: dict | None = None) -> bool:
         """Put a trial drawn up front into the study, in the given state, unless a sweep beside
@@ -390,16 +387,22 @@ class Study:
                 return []
             # A sampler seeded by the search's seed and the trial's number: a sweep that starts
             # again (or one beside this one) draws on from the study, not its first draws again.
-            self.study.sampler = sampler(self.search.settings, (self.search.settings.seed, drawn))
-            trial = self.study.ask(self.dists)
+            # A study's sampler is given when it is opened: the study is opened again with it.
+            drawing = _optuna().load_study(
+                study_name=self.study.study_name,
+                storage=self.storage,
+                sampler=sampler(self.search.settings, (self.search.settings.seed, drawn)),
+                pruner=self.study.pruner,
+            )
+            trial = drawing.ask(self.dists)
             number = trial.number
             trial.set_user_attr(TRIAL, number)
-            self.ids[number] = trial._trial_id
+            self.ids[number] = number
         params = self._values(trial.params)
         try:
             runs = self.search.trial_runs(number, params)
         except SpecError:  # a drawn value no run can take: the trial fails, the next is drawn
-            self.study.tell(trial, state=_optuna().trial.TrialState.FAIL)
+            self._told(number, None, _optuna().trial.TrialState.FAIL)
             self.finished.add(number)
             return self.more()
         for run in runs:
@@ -435,14 +438,12 @@ class Study:
         if not math.isfinite(mean):
             return False  # the run diverged: it ends by itself
         self.told[number].add(step)
-        with warnings.catch_warnings():
+        in_study = self._in_study(number)
+        with self._locked(refresh=False), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            try:
-                trial = self._trial(number)
-                trial.report(mean, step)
-                prune = trial.should_prune()
-            except RuntimeError:  # a trial the study holds as finished (told by a sweep beside this one)
-                return False
+            prune = optuna_private.report(self.study, self.storage, in_study, step, mean)
+        if prune is None:  # a trial the study holds as finished (told by a sweep beside this one)
+            return False
         if prune:
             self.pruned.add(number)
         return prune
@@ -488,16 +489,13 @@ class Study:
         # A trial drawn up front that no pruner asked about goes into the study as it ended.
         if number not in self.ids and not self.search.draws_later and self._add(number, state, value):
             return
-        with warnings.catch_warnings():
+        self._told(self._in_study(number), value, None if value is not None else state)
+
+    def _told(self, in_study: int, value: float | None, state: Any) -> None:
+        """Tell the study a trial's end (by Optuna's number), unless a sweep beside this one did."""
+        with self._locked(refresh=False), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            try:
-                trial = self._trial(number)
-                if value is not None:
-                    self.study.tell(trial, value)
-                else:
-                    self.study.tell(trial, state=state)
-            except RuntimeError:
-                pass  # told already (by a sweep beside this one)
+            self.study.tell(in_study, value, state=state, skip_if_finished=True)
 
 
 class Studies:

@@ -30,7 +30,7 @@ class Trial:
     direction: str = "minimize"
     replicates: tuple[str, ...] = ()  # the settings its trials repeat over
     verdicts: tuple[int, ...] = ()  # the evaluation steps at which its pruner may stop it
-    search: str = ""  # what drew it, as JSON (trainer.spec.sweep.identity): its study's identity
+    search: str = ""  # what drew it, as JSON (trainer.spec.trials.identity): its study's identity
 
 
 @dataclass(frozen=True)

@@ -18,32 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from trainer.core.strict import Invalid, at_least, below, build, setting, show, suggest
+from trainer.spec.pruners import PRUNERS, Prune, kinds_text, settings_problems
 from trainer.spec.schema import RANK_METRIC, UNSET_NOT_IDENTITY, beside_identity, rank_metric
 
 METHODS = ("grid", "random", "sobol", "tpe")
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 # Trials a search draws at most, as a grid's runs are bounded.
 MAX_TRIALS = 10_000
-
-
-@dataclass(frozen=True, kw_only=True)
-class Prune:
-    """Stop runs whose evaluations are behind the other trials' at the same step."""
-
-    kind: Literal["none", "median", "asha", "hyperband"] = setting(
-        "none",
-        doc="none; median (Optuna's MedianPruner); asha (asynchronous successive halving); hyperband "
-        "(several halvings at once, from later first rungs too)",
-    )
-    min_steps: int = setting(
-        100,
-        at_least(1),
-        doc="steps every trial trains before it may be pruned (asha: the first rung; hyperband: the earliest)",
-    )
-    reduction_factor: int = setting(
-        3, at_least(2), doc="asha and hyperband: one trial in this many goes on at each rung"
-    )
-    startup_trials: int = setting(5, at_least(0), doc="median: trials that complete before any is pruned")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,7 +53,11 @@ class SearchSettings:
     direction: Literal["minimize", "maximize"] | None = setting(
         None, doc="default: minimize a loss, mae or rmse or the distance; maximize accuracy"
     )
-    prune: Prune = setting(Prune(), doc="none (the default), median or asha, with their settings")
+    prune: Prune = setting(
+        Prune(),
+        doc=kinds_text([f"{k} (the default)" if k == Prune().kind else k for k in PRUNERS])
+        + ", with their settings",
+    )
     replicates: tuple[str, ...] | None = setting(
         None,
         doc="swept keys crossed with every trial instead of searched (default: report.replicates, "
@@ -187,41 +172,17 @@ def distribution(value: dict[str, Any]) -> Distribution:
     return Distribution(kind, float(low), float(high), kind == "loguniform")
 
 
-# The settings of each pruner beside its kind and min_steps.
-PRUNER_SETTINGS = {
-    "median": ("startup_trials",),
-    "asha": ("reduction_factor",),
-    "hyperband": ("reduction_factor",),
-    "none": (),
-}
-
-
 def read_search(raw: Any) -> SearchSettings:
     """The `search:` section; `prune` may be written as its kind alone (prune: asha). A pruner's
-    settings are its own: median takes startup_trials, asha reduction_factor."""
+    settings are its own (trainer.spec.pruners): median takes startup_trials, asha reduction_factor."""
     if isinstance(raw, dict) and isinstance(raw.get("prune"), str):
         raw = {**raw, "prune": {"kind": raw["prune"]}}
     settings = build(SearchSettings, raw, "search")
     given = raw.get("prune") if isinstance(raw, dict) else None
     if isinstance(given, dict) and given:
         if "kind" not in given:
-            raise Invalid([("search.prune.kind", "missing; give none, median or asha")])
-        kind = settings.prune.kind
-        problems = [
-            (
-                f"search.prune.{key}",
-                f"is a setting of {other}, and search.prune.kind is {kind}",
-            )
-            for key in given
-            for other, keys in PRUNER_SETTINGS.items()
-            if key in keys and key not in PRUNER_SETTINGS[kind] and other != kind
-        ]
-        if kind == "none":
-            problems += [
-                (f"search.prune.{k}", "is a setting of a pruner, and search.prune.kind is none")
-                for k in given
-                if k == "min_steps"
-            ]
+            raise Invalid([("search.prune.kind", f"missing; give {kinds_text()}")])
+        problems = settings_problems(given, settings.prune.kind)
         if problems:
             raise Invalid(problems)
     return settings

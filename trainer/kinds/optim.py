@@ -279,13 +279,13 @@ def _adam_update(step: RuleStep, params: list[Any], grads: list[Any], decoupled:
     out = []
     for i, (p, g) in enumerate(zip(params, grads)):
         shape = _run_shape(p)
-        zeros = p.new_zeros(p.shape)  # the moments' start
         if decay is not None:
             p = p * decay.view(shape)
         elif step.constants["decays"]:
             g = g.addcmul(p, columns["weight_decay"].view(shape))  # grad.add(param, alpha=decay)
-        exp_avg = zeros if state["exp_avg"][i] is None else state["exp_avg"][i]
-        exp_avg_sq = zeros if state["exp_avg_sq"][i] is None else state["exp_avg_sq"][i]
+        exp_avg, exp_avg_sq = state["exp_avg"][i], state["exp_avg_sq"][i]
+        if exp_avg is None:  # the first update: torch.optim's moments start at zero
+            exp_avg = exp_avg_sq = p.new_zeros(p.shape)
         # Each line is torch's kernel, operation by operation (lerp rounds as torch.lerp, addcmul).
         exp_avg = exp_avg.lerp(g, columns["one_minus_beta1"].view(shape))
         exp_avg_sq = (
@@ -295,7 +295,9 @@ def _adam_update(step: RuleStep, params: list[Any], grads: list[Any], decoupled:
         second = exp_avg_sq
         if step.spec.amsgrad:
             highest = state["max_exp_avg_sq"][i]
-            second = (zeros if highest is None else highest).maximum(exp_avg_sq)
+            if highest is None:
+                highest = exp_avg_sq.new_zeros(exp_avg_sq.shape)
+            second = highest.maximum(exp_avg_sq)
             state["max_exp_avg_sq"][i] = second
         denom = second.sqrt() / bias2_sqrt.view(shape) + columns["eps"].view(shape)
         out.append(p - step_size.view(shape) * exp_avg / denom)  # addcdiv: (value * t1) / t2

@@ -339,7 +339,7 @@ def register_optimizer(
         if problem is not None:
             name = get_args(strict_hints(config)["kind"])[0]
             raise ValueError(f"optimizer kind {name!r}: per-run key {key!r} {problem}")
-    return kinds.register("optimizer", config, build, rule=rule)
+    return kinds.register("optimizer", config, build, batched=rule is not None, rule=rule)
 
 
 def _per_run_problem(config: type, key: str) -> str | None:

@@ -88,14 +88,11 @@ def define_family(
     return family
 
 
-def register(
-    family: str, config: type, build: Callable[..., Any], batched: bool = False, rule: Any = None
-) -> Kind:
+def register(family: str, config: type, build: Callable[..., Any], **entry: Any) -> Kind:
     """Add a built-in kind: its settings dataclass (whose `kind` field names it), its builder, and
-    whether the batched engine trains it (an optimizer kind: with its `rule`)."""
+    the rest of its entry (`batched`: whether the batched engine trains it; an optimizer's `rule`)."""
     name = get_args(strict.hints(config)["kind"])[0]
-    kind = Kind(family, name, config, build, batched=batched or rule is not None, rule=rule)
-    _families[family].kinds[name] = kind
+    kind = _families[family].kinds[name] = Kind(family, name, config, build, **entry)
     return kind
 
 

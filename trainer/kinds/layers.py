@@ -7,11 +7,13 @@ per-run shapes whichever engine trains it and however many runs share its progra
 program (`torch.bmm`, which sums small products in a plain loop of its own): the two agree on some
 processors and not on others (a dot product of four terms summed in another order), so a run's
 logged loss depended on whether it shared a program. One kernel for both makes it independent of
-the processor's BLAS as well.
+the processor's BLAS as well. The activations between layers are one table for both engines too.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,6 +21,21 @@ from torch import nn
 
 if TYPE_CHECKING:
     from torch import Tensor
+
+# The built-in models' activations (model.activation), as the layers an MLP holds.
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "sigmoid": nn.Sigmoid,
+}
+
+
+@functools.cache
+def activation(name: str) -> Callable[[Tensor], Tensor]:
+    """An activation as a function of tensors of any shape, a leading run dimension included: the
+    forward of the layer a built-in MLP holds, so that both engines compute it alike."""
+    return ACTIVATIONS[name]().forward
 
 
 def dense(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

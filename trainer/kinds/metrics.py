@@ -23,10 +23,18 @@ from trainer.kinds.losses import fit
 @dataclass(frozen=True)
 class Metric:
     name: str  # the curve's name: val/<name>, train/<name>
-    compute: Callable[[Any, Any], Any]
+    compute: Callable[[Any, Any], Any]  # of one run's outputs and targets
     greater_is_better: bool | dict[str, bool]
     doc: str
     classes_only: bool = False  # needs class labels (accuracy)
+    # A built-in metric of many runs at once: outputs and targets with a leading run dimension
+    # [runs, ...] -> [runs]; `compute` is it for a run dimension of one, so both engines agree.
+    over_runs: Callable[[Any, Any], Any] | None = None
+
+
+def per_run_mean(values: Any) -> Any:
+    """Each run's mean of its [runs, ...] values: [runs]."""
+    return values.reshape(values.shape[0], -1).mean(dim=1)
 
 
 def accuracy(output: Any, target: Any) -> Any:
@@ -36,23 +44,31 @@ def accuracy(output: Any, target: Any) -> Any:
         predicted = output.argmax(dim=-1)
     else:
         predicted = (fit(output, target) > 0).to(target.dtype)
-    return (predicted == target).float().mean()
+    return per_run_mean((predicted == target).float())
 
 
 def mae(output: Any, target: Any) -> Any:
     """Mean absolute error."""
-    return (fit(output, target) - target).abs().float().mean()
+    return per_run_mean((fit(output, target) - target).abs().float())
 
 
 def rmse(output: Any, target: Any) -> Any:
     """Root mean squared error."""
-    return (fit(output, target) - target).float().square().mean().sqrt()
+    return per_run_mean((fit(output, target) - target).float().square()).sqrt()
 
 
+def _builtin(name: str, over_runs: Callable[[Any, Any], Any], greater: bool, doc: str, **more: Any) -> Metric:
+    def one_run(output: Any, target: Any) -> Any:
+        return over_runs(output.unsqueeze(0), target.unsqueeze(0))[0]
+
+    return Metric(name, one_run, greater, doc, over_runs=over_runs, **more)
+
+
+# Each is written for outputs [runs, rows, ...] and targets [runs, rows]: the value of each run.
 BUILTIN = {
-    "accuracy": Metric("accuracy", accuracy, True, accuracy.__doc__.splitlines()[0], classes_only=True),
-    "mae": Metric("mae", mae, False, "mean absolute error"),
-    "rmse": Metric("rmse", rmse, False, "root mean squared error"),
+    "accuracy": _builtin("accuracy", accuracy, True, accuracy.__doc__.splitlines()[0], classes_only=True),
+    "mae": _builtin("mae", mae, False, "mean absolute error"),
+    "rmse": _builtin("rmse", rmse, False, "root mean squared error"),
 }
 
 

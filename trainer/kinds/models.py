@@ -85,15 +85,14 @@ def _linear(kind: kinds.Kind, spec: LinearModel, shape: Shape) -> nn.Module:
 def _mlp(kind: kinds.Kind, spec: MlpModel, shape: Shape) -> nn.Module:
     from torch import nn
 
-    from trainer.kinds.layers import Dense
+    from trainer.kinds.layers import ACTIVATIONS, Dense
 
-    activations = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}
     layers: list[tuple[str, nn.Module]] = []
     width = shape.features
     for i, hidden in enumerate(spec.hidden, start=1):
         layers += [
             (f"hidden{i}", Dense(width, hidden, bias=spec.bias)),
-            (f"act{i}", activations[spec.activation]()),
+            (f"act{i}", ACTIVATIONS[spec.activation]()),
         ]
         width = hidden
     layers.append(("output", Dense(width, shape.outputs, bias=spec.bias)))

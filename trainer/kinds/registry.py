@@ -49,6 +49,7 @@ class Kind:
     build: Callable[..., Any]
     target: Any = None  # the user's callable, for a user kind
     batched: bool = False  # the batched engine trains it (trainer.training.batched)
+    rule: Any = None  # an optimizer kind's batched update rule (trainer.kinds.optim.BatchedRule)
 
     @property
     def is_user_code(self) -> bool:
@@ -87,11 +88,11 @@ def define_family(
     return family
 
 
-def register(family: str, config: type, build: Callable[..., Any], batched: bool = False) -> Kind:
+def register(family: str, config: type, build: Callable[..., Any], **entry: Any) -> Kind:
     """Add a built-in kind: its settings dataclass (whose `kind` field names it), its builder, and
-    whether the batched engine trains it."""
+    the rest of its entry (`batched`: whether the batched engine trains it; an optimizer's `rule`)."""
     name = get_args(strict.hints(config)["kind"])[0]
-    kind = _families[family].kinds[name] = Kind(family, name, config, build, batched=batched)
+    kind = _families[family].kinds[name] = Kind(family, name, config, build, **entry)
     return kind
 
 

@@ -12,15 +12,16 @@ from typing import Any
 
 from trainer.kinds import losses, metrics, models
 from trainer.kinds import registry as kinds
+from trainer.kinds.optim import rule_of
 from trainer.spec.plan import RunPlan
 
 # 'auto' batches groups of at least this many runs; a group of one gains nothing from it.
 MIN_GROUP = 2
 # Runs per program: bounds its memory and the event files it holds open at once.
 MAX_GROUP = 1024
-# What runs of one group may differ in: settings that become per-run numbers of one program.
+# What runs of one group may differ in besides their optimizer's per-run settings (which its kind's
+# update rule names, trainer.kinds.optim): settings that become per-run numbers of one program.
 PER_RUN = {
-    "optimizer": ("lr", "weight_decay", "momentum", "betas", "eps"),
     "train": ("seed", "engine"),
     "model": ("init",),
 }
@@ -79,15 +80,12 @@ def unbatchable(run: RunPlan) -> str | None:
     return None
 
 
-# Optimizers whose batched update rounds as torch.optim's, whatever the run's neighbours: 'auto'
-# batches these only, so that a run trained alone and in a group gives the same bits.
-EXACT_OPTIMIZERS = ("sgd",)
-
-
 def inexact(run: RunPlan) -> str | None:
-    """Why 'auto' trains a batchable run alone: its batched result could differ in the last bits."""
+    """Why 'auto' trains a batchable run alone: its batched result could differ in the last bits.
+    'auto' batches only optimizers whose update rule rounds as torch.optim's whatever the run's
+    neighbours, so that a run trained alone and in a group gives the same bits."""
     kind = run.config.optimizer.kind
-    if kind in EXACT_OPTIMIZERS:
+    if rule_of(run.config.optimizer).exact:
         return None
     return (
         f"{kind}'s batched update can differ from torch's in the last bits (relative 1e-6), so 'auto' "
@@ -99,11 +97,11 @@ def group_key(run: RunPlan) -> str:
     """Runs with equal keys can train as one program."""
     data = {section: dict(v) if isinstance(v, dict) else v for section, v in run.config_data.items()}
     data.pop("description", None)
-    for section, keys in PER_RUN.items():
+    rule = rule_of(run.config.optimizer)
+    for section, keys in (PER_RUN | {"optimizer": rule.per_run}).items():
         for key in keys:
             data[section].pop(key, None)
-    optimizer = run.config.optimizer
-    data["optimizer"]["momentum>0"] = getattr(optimizer, "momentum", 0) > 0
+    data["optimizer"] |= rule.program(run.config.optimizer)
     data["schedule"] = {"kind": run.config.schedule.kind}
     shared = {
         "spec": run.spec_path,

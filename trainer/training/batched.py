@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 
 from trainer.core.status import Status
-from trainer.kinds import data, losses
-from trainer.kinds.layers import dense
+from trainer.kinds import data, losses, metrics
+from trainer.kinds.layers import activation, dense
 from trainer.kinds.losses import build_loss
 from trainer.kinds.models import build_model
 from trainer.spec.plan import RunPlan
@@ -39,7 +38,6 @@ from trainer.training.sink import Evaluation, NullSink, Sink
 
 # Steps whose rows are gathered at once: one gather instead of one a step, in bounded memory.
 GATHER_STEPS = 100
-ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "gelu": F.gelu, "sigmoid": torch.sigmoid}
 
 
 class NotBatchable(Exception):
@@ -58,13 +56,8 @@ def forward(spec: Any, params: list[torch.Tensor], x: torch.Tensor) -> torch.Ten
     for depth, layer in enumerate(layers):
         h = dense(h, layer[0], layer[1] if spec.bias else None)
         if depth < len(layers) - 1:
-            h = ACTIVATIONS[spec.activation](h)
+            h = activation(spec.activation)(h)
     return h
-
-
-def fit(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """losses.fit for many runs: outputs [runs, N, 1] as [runs, N] against targets [runs, N]."""
-    return output.squeeze(-1) if output.dim() == target.dim() + 1 and output.shape[-1] == 1 else output
 
 
 def per_run(values: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -83,23 +76,9 @@ class Loss:
     def __call__(self, output: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
         runs = output.shape[0]
         if self.squeezes:
-            output = fit(output, target)
+            output = losses.fit(output, target)  # outputs [runs, N, 1] as [runs, N]
         values = self.elementwise(output.flatten(0, 1), target.flatten(0, 1))
         return per_run(values.view(runs, -1), reduction)
-
-
-def metric(name: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """A built-in metric of every run (trainer.metrics, run by run): [runs]."""
-    if name == "accuracy":
-        if output.dim() == target.dim() + 1 and output.shape[-1] > 1:
-            predicted = output.argmax(dim=-1)
-        else:
-            predicted = (fit(output, target) > 0).to(target.dtype)
-        return per_run((predicted == target).float(), "mean")
-    error = fit(output, target) - target
-    if name == "mae":
-        return per_run(error.abs().float(), "mean")
-    return per_run(error.float().square(), "mean").sqrt()
 
 
 class Evaluate:
@@ -108,7 +87,7 @@ class Evaluate:
     def __init__(self, run: RunPlan, dataset: data.Dataset, loss: Loss, truth: torch.Tensor | None):
         self.spec = run.config.model
         self.loss = loss
-        self.metrics = list(run.config.eval.metrics)
+        self.metrics = [metrics.BUILTIN[name].over_runs for name in run.config.eval.metrics]
         self.splits = [dataset.train] + ([dataset.validation] if dataset.validation is not None else [])
         self.truth = truth
 
@@ -120,7 +99,7 @@ class Evaluate:
             output = forward(self.spec, params, split.x)
             target = split.y.expand(runs, *split.y.shape)
             values.append(self.loss(output, target, "mean").float())
-            values += [metric(name, output, target) for name in self.metrics]
+            values += [metric(output, target) for metric in self.metrics]
         if self.truth is not None:
             weights = torch.cat([p.reshape(runs, -1) for p in params], dim=1)
             values.append(torch.linalg.vector_norm(weights - self.truth, dim=1))

@@ -200,3 +200,44 @@ def test_without_slurm_the_sweep_is_refused_in_one_sentence(tmp_path):
         "cluster's login node, or in a job of its own\n"
     )
     assert not (tmp_path / "logs").exists()
+
+
+def test_a_spec_s_executor_section_asks_slurm_for_its_resources_under_the_command_line_s(
+    tmp_path, slurm, sweeps
+):
+    spec = project(tmp_path, hold=[100])
+    spec.write_text(spec.read_text() + "executor:\n  slurm: {time: 7, cpus: 2}\n  ray: {address: auto}\n")
+    args = ["sweep", spec, "--logdir", "logs", "--executor", "slurm", "--executor-opt", "cpus=1"]
+    sweeps.append(sweep := start(tmp_path, args, name="resources"))
+    wait_until(lambda: list(spec.parent.glob("holding-100-*")), "the run is held at step 100", sweep, TIMEOUT)
+    job = job_of(tmp_path / "logs", "toy/lr=0.01")
+    shown = subprocess.run(
+        ["scontrol", "show", "job", job], capture_output=True, text=True, timeout=60
+    ).stdout
+    assert "TimeLimit=00:07:00" in shown, shown  # the spec's
+    assert "MinCPUsNode=1" in shown, shown  # the command line's, over the spec's 2
+    (spec.parent / "gate-100").write_text("")
+    code, out, err = sweep.finish(TIMEOUT)
+    assert code == 0, out + err
+    # The section is no setting of the run: the same run as without it.
+    (spec.parent / "no-hold").write_text("")
+    assert numbers(tmp_path / "logs") == in_process(tmp_path, spec, "resources")
+
+
+@pytest.mark.parametrize(
+    "section, expected",
+    [
+        ("slurm: {tme: 5}", "toy.yaml:12: executor.slurm.tme: unknown key 'tme' (did you mean 'time'?)"),
+        ("slurm: {time: 0}", "toy.yaml:12: executor.slurm.time: must be >= 1, got 0"),
+        (
+            "slurmm: {time: 5}",
+            "toy.yaml:12: executor.slurmm: no executor of that name (did you mean 'slurm'?)",
+        ),
+    ],
+)
+def test_a_wrong_executor_section_is_one_sentence_naming_its_line(tmp_path, section, expected):
+    spec = project(tmp_path, hold=[])
+    spec.write_text(spec.read_text() + f"executor:\n  {section}\n")
+    code, out, err = trainer(tmp_path, "sweep", spec, "--executor", "slurm")
+    assert code == 2 and expected in err and err.startswith("error: "), err
+    assert "Traceback" not in err and not list((tmp_path / "logs").glob("*/*/record.json"))

@@ -38,7 +38,7 @@ class SweepRequest:
     quiet: bool = False
     executor: str = "local"
     option_texts: list[str] = field(default_factory=list)  # the executor's options as KEY=VALUE texts
-    executor_options: Any = None  # built from option_texts by check_executor
+    executor_options: Any = None  # the options given, checked, by check_executor
     again: str | None = None  # how the caller says "the same again", where not the command line
     continue_with: Callable[[str], tuple[str, str]] | None = None  # replace and keep, said the caller's way
 
@@ -47,12 +47,12 @@ def check_executor(
     request: SweepRequest, options: dict[str, Any] | None = None, running: bool = True
 ) -> None:
     """Refuse, before anything is planned, an executor that is none, options it does not have, or
-    (where the sweep is to run) one that cannot run here; the options are built into
-    request.executor_options, from `options` (a mapping) or request.option_texts."""
-    from trainer.executors.base import executor, options_of, require
+    (where the sweep is to run) one that cannot run here; the options given, from `options` (a
+    mapping) or request.option_texts, are kept in request.executor_options."""
+    from trainer.executors.base import executor, given_options, require
 
     executor(request.executor)
-    request.executor_options = options_of(
+    request.executor_options = given_options(
         request.executor, options if options is not None else request.option_texts
     )
     if options is not None:

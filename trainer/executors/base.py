@@ -103,6 +103,42 @@ def options_of(name: str, given: dict[str, Any] | list[str] | None) -> Any:
         ) from None
 
 
+def spec_options(name: str, run: Any, given: dict[str, Any]) -> Any:
+    """The options a run's units ask of the executor: its spec's `executor:` section for this
+    executor, under the ones the command line (or the API) gave. A section naming no executor, or an
+    option that is none or wrong, is one sentence naming the spec's line."""
+    raw: dict[str, Any] = {}
+    for executor_name, key, value, where in getattr(run, "executor", ()):
+        if executor_name not in EXECUTORS:
+            names = ", ".join(EXECUTORS)
+            raise UserError(
+                f"{where}: executor.{executor_name}: no executor of that name"
+                f"{strict.suggest(executor_name, list(EXECUTORS))}; the executors: {names}"
+            )
+        if executor_name == name:
+            raw[key] = value
+    cls = executor(name).Options
+    try:
+        return strict.build(cls, {**raw, **given}, "")
+    except strict.Invalid as invalid:
+        key, problem = invalid.problems[0]
+        where = next((w for n, k, _, w in run.executor if n == name and k == key and key not in given), None)
+        known = ", ".join(f.name for f in _fields(cls)) or "none"
+        if where is None:
+            raise UserError(
+                f"--executor-opt {key}: {problem} (the {name} executor's options: {known})"
+            ) from None
+        raise UserError(
+            f"{where}: executor.{name}.{key}: {problem} (the {name} executor's options: {known})"
+        ) from None
+
+
+def given_options(name: str, given: dict[str, Any] | list[str] | None) -> dict[str, Any]:
+    """The options given on the command line (KEY=VALUE texts) or the API (a mapping), checked."""
+    options_of(name, given)
+    return _key_values(name, given)
+
+
 def _key_values(name: str, given: dict[str, Any] | list[str] | None) -> dict[str, Any]:
     import yaml
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer.executors.base import executor, options_of
+from trainer.executors.base import executor, given_options, options_of, spec_options
 from trainer.executors.progress import Progress
 from trainer.executors.schedule import Sweep, drive
 from trainer.executors.stopping import StopRequest
@@ -40,7 +40,7 @@ class Options:
     rerun_failed: bool = False  # rerun runs that failed before
     progress: Progress | None = None
     executor: str = "local"  # where runs run: a name in trainer.executors.EXECUTORS
-    executor_options: Any = None  # its Options (trainer.executors.base.options_of), or a mapping of them
+    executor_options: Any = None  # its options: KEY=VALUE texts, or a mapping of them
     searches: dict[str, Search] = field(default_factory=dict)  # the specs' searches, by experiment
 
 
@@ -69,14 +69,16 @@ def run_all(runs: list[RunPlan], opts: Options) -> Report:
             units = units_of(todo, opts.workers)
             # With no workers, runs run in this process, whatever the executor.
             name = "local" if opts.workers == 0 else opts.executor
-            options = opts.executor_options if name == opts.executor else None
-            if not isinstance(options, executor(name).Options):
-                options = options_of(name, options)
+            given = given_options(name, opts.executor_options if name == opts.executor else None)
+            options = options_of(name, given)
+            for run in todo:  # a spec's executor: section, checked before any run starts
+                spec_options(name, run, given)
             claims = Held(opts.logdir)
             folders = {str(Path(r.data_folder).resolve()) for r in todo}
             if studies is not None:
                 folders |= studies.data_folders()
             sweep = Sweep(opts.logdir, opts.workers, seen, report, progress, stop, claims, studies, folders)
+            sweep.given = given
             try:
                 with executor(name).start(sweep, options) as backend:
                     drive(backend, units, sweep)

@@ -43,6 +43,7 @@ class Sweep:
     search: Studies | None = None  # the sweep's searches: pruning verdicts and TPE's next trials
     folders: set[str] = field(default_factory=set)  # every spec folder a unit of this sweep may come from
     adopted: dict[str, str] = field(default_factory=dict)  # run folder -> the token of a claim to take back
+    given: dict[str, Any] = field(default_factory=dict)  # the executor's options the caller gave
 
     def judge(self, folder: str, step: int, value: float) -> bool:
         """Whether a search's run that reported `value` at `step` is to be pruned now."""

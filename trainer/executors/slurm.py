@@ -28,7 +28,7 @@ from trainer.core.errors import UserError
 from trainer.core.status import Status
 from trainer.core.strict import at_least, setting
 from trainer.executors import slurm_queue as queue
-from trainer.executors.base import Ended
+from trainer.executors.base import Ended, spec_options
 from trainer.executors.schedule import Sweep, ended_all
 from trainer.executors.slurm_job import STOPPING, UnitJob, folder_of
 from trainer.run.claims import Claim
@@ -156,7 +156,9 @@ class SlurmBackend:
                 queue.write_entry(self.logdir, job.id, {f: c.token for f, c in job.claims.items()})
 
     def _resources(self, unit: Unit) -> tuple:
-        o = self.options
+        o = spec_options(
+            "slurm", unit.runs[0], self.sweep.given
+        )  # the spec's executor: section, under the caller's
         cuda = unit.runs[0].config.train.device == "cuda"
         gpus = o.gpus if o.gpus is not None else (1 if cuda else 0)
         given = {

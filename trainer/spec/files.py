@@ -50,7 +50,7 @@ __all__ = [
 
 DOTTED_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 # Anchors and aliases can make a short file stand for an enormous one; specs never need that many values.
-SPEC_LEVEL = ("sweep", "report", "search")  # top-level keys that are no setting of a run
+SPEC_LEVEL = ("sweep", "report", "search", "executor")  # top-level keys that are no setting of a run
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,9 @@ class Spec:
     space: dict[str, Distribution] = field(default_factory=dict)  # swept keys drawn from a distribution
     search: SearchSettings | None = None  # the `search:` section, where there is one (and it is valid)
     search_given: bool = False  # the spec has a `search:` section
+    # The `executor:` section: (executor, option, value, 'file:line') for each option given there,
+    # checked by the executor the sweep runs on (the spec layer knows none).
+    executor: tuple[tuple[str, str, Any, str], ...] = ()
     order: list[str] = field(default_factory=list)  # the swept keys, lists and distributions, as written
     problems: list[str] = field(default_factory=list)  # found while reading; reported with the runs'
 
@@ -255,6 +258,7 @@ def load_spec(path: str, overrides: Sequence[str | Override] = (), data: Any = N
         _read_sweep(data.get("sweep"), lines, path, problems, open_sections, space) if "sweep" in data else {}
     )
     report = _read_report(data.get("report", {}), lines, path, problems, open_sections)
+    executor = _read_executor(data.get("executor", {}), lines, path, problems)
     texts = [o for o in overrides if isinstance(o, str)]
     parsed, override_problems = parse_overrides(texts, open_sections)
     problems.extend(override_problems)
@@ -276,6 +280,7 @@ def load_spec(path: str, overrides: Sequence[str | Override] = (), data: Any = N
         space=space,
         search=search,
         search_given="search" in data,
+        executor=executor,
         order=[k for k in (data.get("sweep") or {}) if k in sweep or k in space]
         if isinstance(data.get("sweep"), dict)
         else [],
@@ -417,6 +422,30 @@ def _read_report(
         if problem:
             problems.append(f"{at(f'report.replicates[{i}]')}: {problem}")
     return report
+
+
+def _read_executor(
+    raw: Any, lines: dict[str, int], path: str, problems: list[str]
+) -> tuple[tuple[str, str, Any, str], ...]:
+    """The spec's `executor:` section: per executor, the options its runs ask for (a Slurm job's
+    time, CPUs, memory, GPUs), e.g. `executor: {slurm: {time: 120, gpus: 1}}`. Not part of a run's
+    configuration: the same run on another executor is the same run."""
+    if not isinstance(raw, dict):
+        problems.append(
+            f"{_at(path, lines, 'executor')}: executor: must be a mapping of executors to their options"
+        )
+        return ()
+    found = []
+    for name, options in raw.items():
+        where = _at(path, lines, f"executor.{name}", "executor")
+        if not isinstance(options, dict):
+            problems.append(f"{where}: executor.{name}: must be a mapping of the {name} executor's options")
+            continue
+        for key, value in options.items():
+            found.append(
+                (str(name), str(key), value, _at(path, lines, f"executor.{name}.{key}", f"executor.{name}"))
+            )
+    return tuple(found)
 
 
 def _identity(value: Any) -> str:

@@ -59,6 +59,8 @@ class RunPlan:
     report: ReportSettings = ReportSettings()  # the spec's report section: replicates, ranking metric
     true_weights: tuple[float, ...] | None = None  # of a linear model where the data knows them
     trial: Trial | None = None  # of a search: its trial, whose replicates are its other runs
+    # The spec's `executor:` section: (executor, option, value, 'file:line'); not part of the run's identity.
+    executor: tuple[tuple[str, str, Any, str], ...] = ()
 
     @property
     def folder(self) -> str:

@@ -139,6 +139,7 @@ def validate_run(
         regression=losses.task_of(config.loss) == losses.REGRESSION,
         code=tuple(code),
         report=spec.report,
+        executor=spec.executor,
         true_weights=tuple(info.true_weights) if has_truth else None,
     )
 

@@ -50,16 +50,15 @@ def execute_unit(
 
 
 class Stopping:
-    """A task's should_stop: whether the sweep asked its tasks to stop, asked of the store at most
-    every half second (a chunk of steps may take far less)."""
+    """A task's should_stop: whether the sweep asked its tasks to stop, asked of the store between
+    chunks of steps (a chunk is 100 to 1,000 steps: one call to an actor on the sweep's machine
+    each is little)."""
 
     def __init__(self, ray: Any, store: Any):
-        self.ray, self.store, self.asked, self.stopped = ray, store, 0.0, False
+        self.ray, self.store, self.stopped = ray, store, False
 
     def __call__(self) -> bool:
-        if not self.stopped and time.monotonic() - self.asked >= 0.5:
-            self.asked = time.monotonic()
-            self.stopped = bool(self.ray.get(self.store.stopping.remote()))
+        self.stopped = self.stopped or bool(self.ray.get(self.store.stopping.remote()))
         return self.stopped
 
 
@@ -122,7 +121,6 @@ class Verdicts:
 
 def _verdict(ray: Any, verdicts: Any) -> Any:
     """A task's judge: ask the sweep through the Verdicts actor, and wait for its answer."""
-    import time
 
     def verdict(folder: str, step: int, value: float) -> bool:
         number = ray.get(verdicts.ask.remote(folder, step, value))

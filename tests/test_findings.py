@@ -13,7 +13,7 @@ from conftest import read_events, scalars
 
 from trainer.cli.commands import main
 from trainer.reporting import bands, index
-from trainer.reporting.findings import stats, t_critical, welch
+from trainer.reporting.stats import stats, t_critical, welch
 from trainer.reporting.writeup import REPORT, SUMMARY, num
 from trainer.run import rundir
 from trainer.tensorboard import curves

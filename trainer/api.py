@@ -102,7 +102,7 @@ def _sweep(
     executor_options: Mapping[str, Any] | None,
 ) -> pd.DataFrame:
     from trainer.service import EXIT_INTERRUPTED, SweepRequest, check_executor, run_sweep
-    from trainer.spec.files import MAPPING
+    from trainer.spec.sections import MAPPING
     from trainer.spec.sweep import plan
 
     overrides = _override_texts(overrides)

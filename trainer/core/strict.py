@@ -1,5 +1,9 @@
 """The strict converter: YAML data to frozen dataclasses, with checks, did-you-mean and messages that
-name the key. It knows nothing of experiments; trainer.schema and the kind families build on it."""
+name the key. It knows nothing of experiments; trainer.schema and the kind families build on it.
+
+The module is over 400 lines because it is one converter: its checks, the conversion of each type,
+the messages that describe what was expected and the dotted-key checks all read the same
+dataclass fields and must agree on them."""
 
 from __future__ import annotations
 

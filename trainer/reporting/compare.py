@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from trainer.core.status import Status
-from trainer.reporting.findings import DEFAULT_REPLICATES, SKIPPED, settings_of, shown, stats, trial_label
+from trainer.reporting.findings import DEFAULT_REPLICATES, SKIPPED, settings_of, shown, trial_label
+from trainer.reporting.stats import stats
 from trainer.reporting.tables import code_column
 from trainer.spec.names import BASE_RUN, labels
 

@@ -169,7 +169,7 @@ def summary_lines(search: Any, records: list[dict[str, Any]]) -> list[str]:
 def importances(logdir: Path, experiment: str) -> dict[str, float]:
     """Optuna's parameter importances (fANOVA) over the study's complete trials; empty where the
     study has too few."""
-    from trainer.run.study import open_study
+    from trainer.run.journal import open_study
 
     try:
         study = open_study(logdir, experiment, create=False)

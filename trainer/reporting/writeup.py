@@ -6,25 +6,24 @@ with computed effects, so they stay true when a spec or the trainer changes.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Any
 
 from trainer.core.errors import UserError
 from trainer.core.status import Status
 from trainer.core.strict import suggest
 from trainer.core.visible import visible
 from trainer.reporting import index
-from trainer.reporting.bands import eval_tag, group_bands
-from trainer.reporting.findings import CONVERGED, DISTANCE, Effect, ExperimentFindings, Group, Stats, findings
+from trainer.reporting.findings import CONVERGED, DISTANCE, Effect, ExperimentFindings, Group, findings
+from trainer.reporting.page import page
+from trainer.reporting.pictures import draw
 from trainer.reporting.search import pruned_at
+from trainer.reporting.stats import Stats
 from trainer.run import rundir
 
 REPORT = "report.md"
 PAGE = "report.html"  # the same, one self-contained page with the pictures inside
 SUMMARY = "summary.md"  # the findings in brief: what the terminal shows and docs/findings.md quotes
 SIGNIFICANT = 3  # digits printed for a value
-POINT_BUDGET, MIN_POINTS = 50_000, 50  # steps read of each curve: at most 200, fewer over many runs
 
 
 def num(value: float | None) -> str:
@@ -291,54 +290,6 @@ def report_lines(
     return lines
 
 
-# --- pictures -----------------------------------------------------------------------------------
-
-
-MAX_WEIGHT_LINES = 64  # weights drawn against their true values, the first ones
-
-
-def _truth(f: ExperimentFindings) -> list[float] | None:
-    for group in f.groups:
-        for run in group.runs:
-            truth = run.get("true_weights")
-            if isinstance(truth, list) and truth and all(_number(w) for w in truth[:MAX_WEIGHT_LINES]):
-                return [float(w) for w in truth[:MAX_WEIGHT_LINES]]
-    return None
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def draw(logdir: Path, f: ExperimentFindings, out: Path) -> dict[str, str]:
-    """The experiment's pictures in `out`: kind -> file name."""
-    from trainer.reporting import plots
-
-    tag = eval_tag(f)
-    truth = _truth(f)
-    # One line a weight: past a few dozen a picture shows nothing more, and a record may claim millions.
-    weight_tags = [f"w/{i}" for i in range(min(len(truth), MAX_WEIGHT_LINES))] if truth else []
-    # Per-step weight curves cost a parse per kept step; a large experiment keeps fewer steps of each.
-    points = max(MIN_POINTS, min(200, POINT_BUDGET // max(1, f.runs)))
-    bands = {g.label: group_bands(logdir, g, [tag, *weight_tags], points) for g in f.groups}
-    images = {}
-    loss_bands = {label: b[tag] for label, b in bands.items() if tag in b}
-    if loss_bands:
-        images["curves"] = plots.curves(f, tag, loss_bands, out / f"{f.name}-curves.png").name
-    drawn = plots.settings(f, out / f"{f.name}-settings.png")
-    if drawn is not None:
-        images["settings"] = drawn.name
-    if f.search is not None:
-        searched = plots.search(f, out / f"{f.name}-search.png")
-        if searched is not None:
-            images["search"] = searched.name
-    trajectories = {label: {t: b[t] for t in weight_tags if t in b} for label, b in bands.items()}
-    trajectories = {label: t for label, t in trajectories.items() if t}
-    if truth and trajectories:
-        images["weights"] = plots.weights(f, trajectories, truth, out / f"{f.name}-weights.png").name
-    return images
-
-
 # --- the command --------------------------------------------------------------------------------
 
 
@@ -384,61 +335,6 @@ def write(logdir: Path, out: Path, experiments: list[str] = ()) -> list[str]:
         durable=False,
     )
     return summary
-
-
-# A picture line of the report: ![what](file.png), the file one the report drew.
-_PICTURE = re.compile(r"!\[([^\]]*)\]\(([A-Za-z0-9._-]+\.png)\)")
-# What Markdown would make of a name from the folder that the report's own text never needs: raw
-# HTML (a <script>), links and images (javascript: URLs, ![x](../secret.png)), entities.
-_UNSAFE_MARKDOWN = (
-    ("html_block",),
-    (
-        "reference",
-        "link",
-        "image_link",
-        "image_reference",
-        "short_reference",
-        "short_image_ref",
-        "autolink",
-        "automail",
-        "html",
-        "entity",
-    ),
-)
-
-
-def page(lines: list[str], out: Path, drawn: set[str]) -> str:
-    """report.md as one HTML page, its pictures embedded, so that it can be mailed or opened anywhere.
-    (Markdown comes with TensorBoard.) Only the pictures the report drew (`drawn`) are embedded;
-    Markdown makes no raw HTML, link or image of any other text, so that a name from the folder
-    (`<script>`, `[x](javascript:...)`, `![x](../secret.png)`) is shown as it is written."""
-    import base64
-    import html
-    import uuid
-
-    import markdown
-
-    converter = markdown.Markdown(extensions=["tables"])
-    for name in _UNSAFE_MARKDOWN[0]:
-        converter.preprocessors.deregister(name)
-    for name in _UNSAFE_MARKDOWN[1]:
-        converter.inlinePatterns.deregister(name)
-    token = f"picture{uuid.uuid4().hex}n"
-    pictures: list[str] = []
-    shown = []
-    for line in lines:
-        picture = _PICTURE.fullmatch(line)
-        if picture is not None and picture.group(2) in drawn:
-            data = base64.b64encode((out / picture.group(2)).read_bytes()).decode()
-            pictures.append(f'<img alt="{html.escape(picture.group(1))}" src="data:image/png;base64,{data}">')
-            shown.append(f"{token}{len(pictures) - 1}")
-        else:
-            shown.append(line)
-    body = converter.convert("\n".join(shown))
-    body = re.sub(rf"{token}(\d+)", lambda m: pictures[int(m.group(1))], body)
-    style = "body{font-family:sans-serif;max-width:60em;margin:auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}"
-    title = html.escape(lines[0][2:])
-    return f"<!doctype html>\n<meta charset=utf-8>\n<title>{title}</title>\n<style>{style}</style>\n{body}\n"
 
 
 START, END = "<!-- report:start -->", "<!-- report:end -->"

@@ -1,48 +1,43 @@
-"""One run, start to finish: a clean folder, the resolved configuration, training, the final record."""
+"""One run, start to finish: a clean folder, the resolved configuration, training, the final record
+(written by trainer.run.commit)."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import itertools
 import shutil
 import signal
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from trainer.core.deadline import TimedOut, limit_of, time_limit
 from trainer.core.status import Status
 from trainer.run import resuming, rundir
-from trainer.run.claims import Claim, ClaimLost, owns
-from trainer.run.record import RunRecord, base_record, config_text, now, portable, start_record
+from trainer.run.claims import Claim, ClaimLost
+from trainer.run.commit import (
+    LOGDIR_ERRNOS,
+    LOST,
+    Summary,
+    Unrecorded,
+    claim_allows,
+    commit,
+    finish,
+    finish_all,
+    record_ended,
+)
+from trainer.run.record import RunRecord, config_text, portable, start_record
 from trainer.spec.plan import RunPlan
 from trainer.spec.units import engine_record
 from trainer.tensorboard import curves
-from trainer.tensorboard.endings import end_killed_run, end_session
+from trainer.tensorboard.endings import end_session
 from trainer.training.context import Judge, RunContext
 
-# Errors of the file system itself: no run can succeed until someone frees space or fixes rights.
-LOGDIR_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
-# A run whose claim another sweep took over: its result was discarded, the other sweep's stands.
-LOST = Status.LOST
-
-
-@dataclass
-class Summary:
-    """The one line a sweep keeps per run."""
-
-    folder: str
-    status: str
-    metrics: dict[str, Any]
-    duration: float
-    error: str | None = None
-    logdir_fault: bool = False  # the log folder itself is unusable: stop the sweep
-    steps_done: int | None = None  # as its record says
+# The executors take a run's summary, its commit and the record of a run killed from here too.
+__all__ = ["LOST", "Summary", "commit", "execute", "execute_group", "execute_unit", "record_ended"]
 
 
 def execute(run: RunPlan, logdir: Path, context: RunContext) -> Summary:
@@ -75,10 +70,10 @@ def execute(run: RunPlan, logdir: Path, context: RunContext) -> Summary:
         record_outcome(run, folder, record, outcome)
     except (Exception, TimedOut) as exc:  # the run's fault is recorded; the sweep goes on
         if record_fault(folder, record, sink, claim, exc):
-            return _finish(folder, record, clock, logdir_fault=True, claim=claim)
+            return finish(folder, record, clock, logdir_fault=True, claim=claim)
     finally:
         _close(sink)
-    return _finish(folder, record, clock, claim=claim)
+    return finish(folder, record, clock, claim=claim)
 
 
 def execute_unit(
@@ -128,7 +123,7 @@ def execute_group(runs: list[RunPlan], logdir: Path, context: RunContext) -> lis
             claim = context.claim(run)
             ended.append(Unrecorded(folder, record, claim, record_fault(folder, record, sink, claim, exc)))
             _close(sink)
-        return _finish_all(ended, clock)
+        return finish_all(ended, clock)
     except Exception as exc:
         for sink in sinks:
             _close(sink)
@@ -152,7 +147,7 @@ def execute_group(runs: list[RunPlan], logdir: Path, context: RunContext) -> lis
         finally:
             _close(sink)
         ended.append(Unrecorded(folder, record, claim, logdir_fault))
-    return _finish_all(ended, clock)
+    return finish_all(ended, clock)
 
 
 class UserExit(Exception):
@@ -198,11 +193,6 @@ def new_sink(run: RunPlan, folder: Path, record: RunRecord, text: str | None = N
 
     text = config_text(run, record["config"]) if text is None else text
     return build_sink(run.config.log, folder, record["hparams"], text)
-
-
-def claim_allows(claim: Claim | None) -> bool:
-    """Whether the run folder is this sweep's to go on in (no claim: a run of its own process)."""
-    return claim is None or owns(claim)
 
 
 def record_outcome(run: RunPlan, folder: Path, record: RunRecord, outcome: Any) -> None:
@@ -278,127 +268,3 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     torch.save({name: t.detach().cpu() for name, t in state.items()}, buffer)
     # Made durable with the run's record (see rundir.commit_record).
     rundir.write_atomic(path, buffer.getvalue(), durable=False)
-
-
-@dataclass
-class Unrecorded:
-    """A run whose files are complete, its record still to write."""
-
-    folder: Path
-    record: RunRecord
-    claim: Claim | None = None
-    logdir_fault: bool = False
-
-
-def _finish(
-    folder: Path,
-    record: RunRecord,
-    clock: float,
-    logdir_fault: bool = False,
-    claim: Claim | None = None,
-) -> Summary:
-    return _finish_all([Unrecorded(folder, record, claim, logdir_fault)], clock)[0]
-
-
-def _finish_all(ended: list[Unrecorded], clock: float) -> list[Summary]:
-    """The records of runs whose files are complete, stamped with their end and written."""
-    duration = round(time.monotonic() - clock, 3)
-    for run in ended:
-        run.record.update(ended=now(), duration_s=duration)
-    return commit_all(ended)
-
-
-def commit(
-    folder: Path, record: RunRecord, logdir_fault: bool = False, claim: Claim | None = None
-) -> Summary:
-    """Write the record of a run whose files are complete (see commit_all)."""
-    return commit_all([Unrecorded(folder, record, claim, logdir_fault)])[0]
-
-
-def commit_all(ended: list[Unrecorded]) -> list[Summary]:
-    """Write the records of runs whose files are complete: each staged, all made durable at once,
-    then each moved into place while its claim is still this sweep's (see rundir.commit_record).
-    Each summary says what became of its run (lost to another sweep, or unfinished when its record
-    could not be written)."""
-    staged: list[Path | OSError] = []
-    for run in ended:
-        try:
-            staged.append(rundir.stage_record(run.folder, run.record))
-        except OSError as exc:
-            staged.append(exc)
-    ready = [(run, path) for run, path in zip(ended, staged) if isinstance(path, Path)]
-    try:
-        rundir.make_durable(
-            [path for _, path in ready]
-            + [run.folder / name for run, _ in ready for name in run.record["files"]]
-        )
-    except OSError as exc:
-        for _, path in ready:
-            path.unlink(missing_ok=True)
-        staged = [exc for _ in staged]
-    return [_commit(run, path) for run, path in zip(ended, staged)]
-
-
-def _commit(run: Unrecorded, staged: Path | OSError) -> Summary:
-    folder, record, logdir_fault = run.folder, run.record, run.logdir_fault
-    duration = record.get("duration_s") or 0.0
-    try:
-        if isinstance(staged, OSError):
-            raise staged
-        rundir.commit_record(folder, record, run.claim, staged)
-    except ClaimLost:
-        return Summary(
-            f"{record['experiment']}/{record['run']}",
-            LOST,
-            {},
-            duration,
-            "another sweep took the run over while this one was paused; this result was discarded",
-        )
-    except OSError as exc:  # with no record the run counts as unfinished: the next sweep runs it again
-        logdir_fault = logdir_fault or exc.errno in LOGDIR_ERRNOS
-        record["error"] = record["error"] or f"cannot write {folder / rundir.RECORD}: {exc.strerror}"
-        record["status"] = Status.INTERRUPTED if logdir_fault else Status.FAILED
-    return Summary(
-        f"{record['experiment']}/{record['run']}",
-        record["status"],
-        record["metrics"],
-        duration,
-        record["error"],
-        logdir_fault,
-        record.get("steps_done"),
-    )
-
-
-def record_ended(
-    logdir: Path,
-    run: RunPlan,
-    status: str,
-    error: str,
-    claim: Claim | None = None,
-    steps_done: int | None = None,
-    seconds: float | None = None,
-) -> Summary:
-    """Write the record (and a session end) of a run that could not write its own: its worker
-    died, or the sweep stopped it before its results came back. `steps_done` and `seconds`, where
-    the sweep knows them, are what the run reached: the step of its last checkpoint (where a rerun
-    goes on), and its time, its earlier attempts' included."""
-    folder = logdir / run.folder
-    record = base_record(run, status, error)
-    if steps_done is not None:
-        record["steps_done"] = steps_done
-    if seconds is not None:
-        record.update(ended=now(), duration_s=round(seconds, 3))
-    if not claim_allows(claim):
-        return Summary(run.folder, LOST, {}, 0.0, "taken over by another sweep")
-    try:  # the session end, so TensorBoard agrees
-        folder.mkdir(parents=True, exist_ok=True)
-        end_killed_run(folder, record["hparams"], status)
-    except OSError:
-        pass
-    try:
-        rundir.commit_record(folder, record, claim)
-    except ClaimLost:
-        return Summary(run.folder, LOST, {}, 0.0, "taken over by another sweep")
-    except OSError as exc:
-        error = f"{error}; and its record could not be written: {exc.strerror}"
-    return Summary(run.folder, status, {}, record.get("duration_s") or 0.0, error, steps_done=steps_done)

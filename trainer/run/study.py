@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import math
 import time
 import warnings
@@ -22,133 +21,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from trainer.core import guards, untrusted
 from trainer.core.errors import LogDirError, UserError
 from trainer.core.status import FINISHED, Status
 from trainer.run import optuna_private, rundir
+from trainer.run.drawn_by import SEARCH, changed, check_records, other, record_params, search_records
+from trainer.run.journal import JOURNAL, LOCK, journal_problem, opened, quiet_optuna
 from trainer.spec.plan import RunPlan
-from trainer.spec.pruners import pruner_kind
-from trainer.spec.search import sampler, study_configuration
+from trainer.spec.search import sampler
 from trainer.spec.searches import Search
 
-JOURNAL = "study.journal"
-# A journal a reader (the report) opens at the most: a study of 10,000 trials each told 100
-# evaluations is about 200 MB.
-MAX_READ_JOURNAL = 512 << 20
-LOCK = ".study.lock"  # held while a trial is made, drawn, told or ended: two sweeps make each once
 TRIAL = "trial"  # the user attribute holding a trial's number in the spec's order of trials
-SEARCH = "search"  # the study's user attribute holding what drew it (trainer.spec.trials.identity)
-CONFIG = "config"  # the part of that identity that is its trials' configuration, searched settings apart
-
-
-class StudyChanged(UserError):
-    """The experiment's study (or its runs) were drawn by another search than the spec's."""
-
-
-def _optuna() -> Any:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    return optuna
-
-
-def pruner(search: Search) -> Any:
-    """The search's Optuna pruner, as its kind builds it (trainer.spec.pruners)."""
-    prune = search.settings.prune
-    steps = max((r.steps for r in [*search.runs, *search.probes]), default=None)
-    return pruner_kind(prune.kind).build(prune, steps)
-
-
-def open_study(logdir: Path, experiment: str, search: Search | None = None, create: bool = True) -> Any:
-    """The experiment's Optuna study in its log folder (None if it has none and `create` is false)."""
-    opened = _opened(logdir, experiment, search, create)
-    return opened[0] if opened is not None else None
-
-
-def _opened(logdir: Path, experiment: str, search: Search | None, create: bool) -> tuple[Any, Any] | None:
-    """The study and the journal storage it is kept in."""
-    optuna = _optuna()
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-    path = logdir / experiment / JOURNAL
-    problem = journal_problem(logdir, experiment)
-    if problem is not None:
-        if not create:
-            return None  # a reader leaves it be
-        raise LogDirError(problem)
-    existed = path.is_file()
-    if not create and (not existed or path.stat().st_size > MAX_READ_JOURNAL):
-        return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        storage = JournalStorage(JournalFileBackend(str(path)))
-        if search is None:
-            return optuna.load_study(study_name=experiment, storage=storage), storage
-        held = [s.study_name for s in storage.get_all_studies()] if existed else []
-        if existed and experiment not in held and path.stat().st_size:
-            # Optuna skips a broken last line (a write cut short): what it could read holds no study.
-            raise ValueError(f"it holds no study of the experiment {experiment}")
-        if experiment in held:
-            # Read, writing nothing: a study drawn otherwise is refused with its journal as it was.
-            study = optuna.load_study(
-                study_name=experiment,
-                storage=storage,
-                sampler=sampler(search.settings),
-                pruner=pruner(search),
-            )
-            return study, storage
-        study = optuna.create_study(
-            study_name=experiment,
-            storage=storage,
-            load_if_exists=True,  # a sweep beside this one may have just made it
-            direction=search.direction,
-            sampler=sampler(search.settings),
-            pruner=pruner(search),
-        )
-        return study, storage
-
-
-def journal_problem(logdir: Path, experiment: str) -> str | None:
-    """Why the experiment's journal or its lock may not be opened (a symlink, dangling or not: the
-    journal would be appended wherever it leads; a named pipe would block), or None."""
-    folder = logdir / experiment
-    return guards.file_problem(logdir, folder / JOURNAL) or guards.file_problem(logdir, folder / LOCK)
-
-
-def _differences(before: dict[str, Any], now: dict[str, Any]) -> str:
-    changes = []
-    for key in dict.fromkeys([*before, *now]):
-        if key == CONFIG:  # the trials' configuration, by setting
-            changes += _changes(before.get(key) or {}, now.get(key) or {})
-        elif before.get(key) != now.get(key):
-            changes.append(f"{key} {_shown(before.get(key))} -> {_shown(now.get(key))}")
-    return "; ".join(changes)
-
-
-def _changes(before: dict[str, Any], now: dict[str, Any], shown: int = 6) -> list[str]:
-    def value(settings: dict[str, Any], key: str) -> str:
-        return _shown(settings[key]) if key in settings else "unset"
-
-    changes = [
-        f"{key} {value(before, key)} -> {value(now, key)}"
-        for key in dict.fromkeys([*before, *now])
-        if (key in before, before.get(key)) != (key in now, now.get(key))
-    ]
-    if len(changes) > shown:
-        return [*changes[:shown], f"and {len(changes) - shown} more"]
-    return changes
-
-
-def _shown(value: Any) -> str:
-    """A setting's value as a spec writes it (true, null, {kind: median, ...})."""
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_shown(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list):
-        return "[" + ", ".join(_shown(v) for v in value) + "]"
-    if isinstance(value, bool) or value is None:
-        return json.dumps(value)
-    return str(value)
 
 
 class Study:
@@ -167,14 +49,14 @@ class Study:
         if existed and fresh:  # --force: the search runs again from its start, its old journal kept
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
             path.rename(path.with_name(f"{JOURNAL}.replaced-{stamp}"))
-        records = self._records()
+        records = search_records(logdir, search.experiment)
         if existed and not fresh:
             self.study, self.storage = self._open(path)
             drawn_by = (self.study.user_attrs or {}).get(SEARCH)
-            if drawn_by is not None and self._other(drawn_by):
-                raise StudyChanged(self._changed(path, drawn_by))
+            if drawn_by is not None and other(self.identity, drawn_by):
+                raise changed(search, path, drawn_by)
         if not fresh:  # with --force the runs of another search stay as they are, out of the new study
-            self._check_records(records)
+            check_records(search, logdir, records)
         if not existed or fresh:  # made once nothing refuses it
             self.study, self.storage = self._open(path)
             self.study.set_user_attr(SEARCH, self.identity)
@@ -197,58 +79,12 @@ class Study:
 
     def _open(self, path: Path) -> tuple[Any, Any]:
         try:
-            return _opened(self.logdir, self.search.experiment, self.search, True)
+            return opened(self.logdir, self.search.experiment, self.search, True)
         except (OSError, ValueError) as exc:  # a journal that cannot be read or written
             raise UserError(
                 f"{path}: the study cannot be opened ({type(exc).__name__}: {exc}); move it away, and "
                 f"the next sweep makes it again from the runs' records"
             ) from None
-
-    def _other(self, drawn_by: Any) -> bool:
-        """Whether what drew a study (or a run) is another search than this one."""
-        return drawn_by != self._as_recorded(drawn_by)
-
-    def _as_recorded(self, drawn_by: Any) -> dict[str, Any]:
-        """This search's identity as `drawn_by` was recorded: without the trials' configuration
-        where it has none (recorded before it was part of it; the runs' records have it)."""
-        if isinstance(drawn_by, dict) and CONFIG not in drawn_by:
-            return {k: v for k, v in self.identity.items() if k != CONFIG}
-        return self.identity
-
-    def _changed(self, where: Path, before: dict[str, Any]) -> str:
-        name = self.search.experiment
-        return (
-            f"{where}: the experiment {name} was searched with other settings than its spec's "
-            f"({_differences(before, self._as_recorded(before))}); its trials cannot join that study. "
-            f"Give the spec a new name (--set name={name}-2), or move {where.parent} away"
-        )
-
-    def _records(self) -> list[dict[str, Any]]:
-        """The experiment's run records that belong to a search."""
-        folder = self.logdir / self.search.experiment
-        found = []
-        for name in untrusted.real_folders(folder):
-            record = rundir.read_record(folder / name)
-            if record is not None and isinstance(record.get("trial"), dict):
-                found.append(record)
-        return found
-
-    def _check_records(self, records: list[dict[str, Any]]) -> None:
-        """Runs drawn by another search than this one (merged in, or left from before an edit of
-        the spec) cannot join its study."""
-        for record in records:
-            drawn_by = record["trial"].get("search")
-            if (
-                isinstance(drawn_by, dict)
-                and CONFIG not in drawn_by
-                and isinstance(record.get("config"), dict)
-            ):
-                space = self.search.space  # recorded before the identity held it: the record's own
-                config = study_configuration(record["config"], space.dimensions, space.replicates)
-                drawn_by = {**drawn_by, CONFIG: config}
-            if drawn_by is not None and self._other(drawn_by):
-                where = self.logdir / self.search.experiment / record.get("run", "")
-                raise StudyChanged(self._changed(where, drawn_by))
 
     def _rebuild(self, records: list[dict[str, Any]]) -> None:
         """A study begun where runs of its trials are already (a merged folder, a journal that was
@@ -269,7 +105,7 @@ class Study:
             self._add_from(number, params)
 
     def _add_from(self, number: int, params: dict[str, Any]) -> None:
-        optuna = _optuna()
+        optuna = quiet_optuna()
         states = [self._recorded(f)[0] for f in self.replicas[number]]
         if all(s in FINISHED for s in states):
             self._tell(number)
@@ -318,13 +154,13 @@ class Study:
         """Optuna's number of the trial of this number, made (running, as the spec drew it) where
         the study has none yet: one record in the journal."""
         if number not in self.ids:
-            self._add(number, _optuna().trial.TrialState.RUNNING)
+            self._add(number, quiet_optuna().trial.TrialState.RUNNING)
         return self.ids[number]
 
     def _add(self, number: int, state: Any, value: float | None = None, params: dict | None = None) -> bool:
         """Put a trial drawn up front into the study, in the given state, unless a sweep beside
         this one did first (then False)."""
-        optuna = _optuna()
+        optuna = quiet_optuna()
         with self._locked(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if number in self.ids:
@@ -388,7 +224,7 @@ class Study:
             # A sampler seeded by the search's seed and the trial's number: a sweep that starts
             # again (or one beside this one) draws on from the study, not its first draws again.
             # A study's sampler is given when it is opened: the study is opened again with it.
-            drawing = _optuna().load_study(
+            drawing = quiet_optuna().load_study(
                 study_name=self.study.study_name,
                 storage=self.storage,
                 sampler=sampler(self.search.settings, (self.search.settings.seed, drawn)),
@@ -402,7 +238,7 @@ class Study:
         try:
             runs = self.search.trial_runs(number, params)
         except SpecError:  # a drawn value no run can take: the trial fails, the next is drawn
-            self._told(number, None, _optuna().trial.TrialState.FAIL)
+            self._told(number, None, quiet_optuna().trial.TrialState.FAIL)
             self.finished.add(number)
             return self.more()
         for run in runs:
@@ -474,7 +310,7 @@ class Study:
         return state.state, record.get("metrics") or {}
 
     def _tell(self, number: int) -> None:
-        optuna = _optuna()
+        optuna = quiet_optuna()
         ended = [self._recorded(f) for f in self.replicas[number]]
         states = [s for s, _ in ended]
         values = [m.get(self.search.metric) for _, m in ended]
@@ -553,12 +389,3 @@ class Studies:
             for s in self.by_experiment.values()
             for run in s.search.probes[:1]
         }
-
-
-def record_params(record: dict[str, Any], search: Search) -> dict[str, Any] | None:
-    """A trial's drawn values as its run's record keeps them; None where they are not this
-    search's (another space)."""
-    params = (record.get("trial") or {}).get("params") or {}
-    if set(params) != set(search.space.dimensions):
-        return None
-    return dict(params)

@@ -11,8 +11,9 @@ from typing import Any
 from trainer.core.errors import SpecError
 from trainer.core.strict import reusing
 from trainer.spec.apart import Apart
-from trainer.spec.files import Spec, combine, parent_key
+from trainer.spec.files import Spec, combine
 from trainer.spec.names import run_name
+from trainer.spec.overrides import parent_key
 from trainer.spec.plan import RunPlan
 from trainer.spec.schema import Invalid
 from trainer.spec.validate import validate_run

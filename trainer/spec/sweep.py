@@ -10,12 +10,14 @@ from typing import Any
 
 from trainer.core.errors import SpecError
 from trainer.spec.apart import Apart
-from trainer.spec.files import MAPPING, Spec, load_spec, parse_overrides, spec_level
+from trainer.spec.files import Spec, load_spec
 from trainer.spec.grid import case_note, expand, locate
+from trainer.spec.overrides import parse_overrides, spec_level
 from trainer.spec.plan import RunPlan
 from trainer.spec.probe import probe_apart
 from trainer.spec.schema import Config, check_key, experiment_name
 from trainer.spec.searches import Search, searched
+from trainer.spec.sections import MAPPING
 
 # Planning is about 0.3 ms a run: a dry run of more than this would say nothing for over 15 s.
 MAX_LISTED_RUNS = 50_000

@@ -4,6 +4,10 @@ and the one reader of the framing.
 The files are the ones `SummaryWriter` writes (same naming, same records); what differs is the cost.
 tensorboard's writer checksums every record in pure Python and builds one protobuf object per value;
 here a step's scalars become one event, encoded from precomputed bytes.
+
+The module is over 400 lines because it is one file format: the framing, its checksums, the
+encoders that write it and the reader that checks it back must agree byte for byte, and are kept
+side by side so that a change to one is seen beside the others.
 """
 
 from __future__ import annotations

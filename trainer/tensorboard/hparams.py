@@ -4,6 +4,10 @@ experiment record that declares the columns of TensorBoard's HParams table.
 A run's hparams are its resolved settings, flattened to dotted keys, each with a fixed type:
 booleans stay booleans, numbers are numbers, everything else (lists, choices, missing values)
 is a string spelled the same way in every run, so no column mixes types.
+
+The module is over 400 lines because it is one record format, TensorBoard's HParams plugin data:
+the runs' session records and the experiment record that declares their columns must agree on
+every key, type and metric tag, so they are built in one place.
 """
 
 from __future__ import annotations

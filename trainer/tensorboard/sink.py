@@ -3,6 +3,10 @@
 Captured values reach the host once per chunk of steps (see trainer.capture), and a step's
 scalars become one event. Logging only reads: it never draws random numbers or touches the
 model's state.
+
+The module is over 400 lines because it is one class with one job, the TensorBoard sink, with
+the few pure helpers that lay out its histograms and event blocks; the event encoding itself is
+in trainer.tensorboard.events.
 """
 
 from __future__ import annotations

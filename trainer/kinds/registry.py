@@ -7,7 +7,9 @@ dataclass is made from the callable's signature, so an unknown key, a missing ar
 of the wrong type is found when the spec is read, with the same messages as for a built-in.
 
 Modules are looked up in the spec file's own folder first, then among installed packages.
-Nothing here imports torch.
+Nothing here imports torch. It is one module over 400 lines because it is one door: a built-in
+kind and a user's import path go through the same lookup, settings and checks, and splitting them
+would make two.
 """
 
 from __future__ import annotations

@@ -241,3 +241,16 @@ def test_a_wrong_executor_section_is_one_sentence_naming_its_line(tmp_path, sect
     code, out, err = trainer(tmp_path, "sweep", spec, "--executor", "slurm")
     assert code == 2 and expected in err and err.startswith("error: "), err
     assert "Traceback" not in err and not list((tmp_path / "logs").glob("*/*/record.json"))
+
+
+def test_the_api_takes_the_executor_s_options_as_a_mapping_and_names_a_wrong_one(tmp_path):
+    from trainer import api
+    from trainer.core.errors import UserError
+
+    spec = project(tmp_path, hold=[])
+    with pytest.raises(UserError) as raised:
+        api.sweep(spec, tmp_path / "logs", executor="slurm", executor_options={"tim": 5})
+    assert str(raised.value).startswith("executor_options: tim: unknown key 'tim' (did you mean 'time'?)")
+    with pytest.raises(UserError, match="executor_options: expected a mapping"):
+        api.sweep(spec, tmp_path / "logs", executor="slurm", executor_options=["time=5"])
+    assert not (tmp_path / "logs").exists()

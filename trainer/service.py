@@ -52,9 +52,10 @@ def check_executor(
     from trainer.executors.base import executor, given_options, require
 
     executor(request.executor)
-    request.executor_options = given_options(
-        request.executor, options if options is not None else request.option_texts
-    )
+    if options is not None:  # the API's mapping
+        request.executor_options = given_options(request.executor, options, "executor_options:")
+    else:
+        request.executor_options = given_options(request.executor, request.option_texts)
     if options is not None:
         request.option_texts = [f"{k}={v}" for k, v in options.items()]
     if running:

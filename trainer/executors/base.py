@@ -87,7 +87,7 @@ def executor(name: str) -> Executor:
     return importlib.import_module(EXECUTORS[name]).EXECUTOR
 
 
-def options_of(name: str, given: dict[str, Any] | list[str] | None) -> Any:
+def options_of(name: str, given: dict[str, Any] | list[str] | None, label: str = "--executor-opt") -> Any:
     """The executor's Options, built strictly from a mapping, or from KEY=VALUE texts whose values
     are read as YAML (`--executor-opt time=60`); an unknown key or a wrong value is one sentence
     naming the executor and the key."""
@@ -98,9 +98,7 @@ def options_of(name: str, given: dict[str, Any] | list[str] | None) -> Any:
     except strict.Invalid as invalid:
         where, problem = invalid.problems[0]
         known = ", ".join(f.name for f in _fields(cls)) or "none"
-        raise UserError(
-            f"--executor-opt {where}: {problem} (the {name} executor's options: {known})"
-        ) from None
+        raise UserError(f"{label} {where}: {problem} (the {name} executor's options: {known})") from None
 
 
 def spec_options(name: str, run: Any, given: dict[str, Any]) -> Any:
@@ -133,9 +131,12 @@ def spec_options(name: str, run: Any, given: dict[str, Any]) -> Any:
         ) from None
 
 
-def given_options(name: str, given: dict[str, Any] | list[str] | None) -> dict[str, Any]:
-    """The options given on the command line (KEY=VALUE texts) or the API (a mapping), checked."""
-    options_of(name, given)
+def given_options(
+    name: str, given: dict[str, Any] | list[str] | None, label: str = "--executor-opt"
+) -> dict[str, Any]:
+    """The options given on the command line (KEY=VALUE texts) or the API (a mapping), checked;
+    `label` names where they were given, for the message."""
+    options_of(name, given, label)
     return _key_values(name, given)
 
 

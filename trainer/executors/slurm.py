@@ -139,29 +139,27 @@ class SlurmBackend:
 
     def _flush(self) -> None:
         """Submit the units handed over since the last look: one job array per kind of resources."""
-        waiting = [(h, j) for h, j in self.jobs.items() if j.id is None]
-        by_resources: dict[tuple, list[tuple[int, Job]]] = {}
-        for handle, job in waiting:
-            by_resources.setdefault(self._resources(job.unit), []).append((handle, job))
-        for resources, group in by_resources.items():
-            self.executor.update_parameters(**{k: getattr(v, "value", v) for k, v in resources})
-            judging = self.sweep.judging
+        by_resources: dict[str, tuple[dict[str, Any], list[Job]]] = {}
+        for job in (j for j in self.jobs.values() if j.id is None):
+            asked = self._resources(job.unit)
+            by_resources.setdefault(json.dumps(asked, sort_keys=True), (asked, []))[1].append(job)
+        for asked, group in by_resources.values():
+            self.executor.update_parameters(**asked)
             with self.executor.batch():
                 submitted = [
-                    self.executor.submit(UnitJob(job.unit, str(self.logdir), job.claims, judging))
-                    for _, job in group
+                    self.executor.submit(UnitJob(job.unit, str(self.logdir), job.claims, self.sweep.judging))
+                    for job in group
                 ]
-            for (_, job), done in zip(group, submitted):
+            for job, done in zip(group, submitted):
                 job.id = str(done.job_id)
                 queue.write_entry(self.logdir, job.id, {f: c.token for f, c in job.claims.items()})
 
-    def _resources(self, unit: Unit) -> tuple:
-        o = spec_options(
-            "slurm", unit.runs[0], self.sweep.given
-        )  # the spec's executor: section, under the caller's
+    def _resources(self, unit: Unit) -> dict[str, Any]:
+        """What a unit's job asks Slurm for: its spec's executor: section, under the caller's options."""
+        o = spec_options("slurm", unit.runs[0], self.sweep.given)
         cuda = unit.runs[0].config.train.device == "cuda"
         gpus = o.gpus if o.gpus is not None else (1 if cuda else 0)
-        given = {
+        asked = {
             "job_name": f"trainer-{unit.runs[0].experiment}",
             "time": o.time,
             "cpus_per_task": o.cpus,
@@ -174,11 +172,7 @@ class SlurmBackend:
             "setup": list(o.setup) or None,
             "additional_parameters": {"requeue": True},
         }
-        return tuple(
-            (k, v if not isinstance(v, (list, dict)) else _Frozen(v))
-            for k, v in given.items()
-            if v is not None
-        )
+        return {k: v for k, v in asked.items() if v is not None}
 
     def wait(self, timeout: float) -> list[Ended]:
         try:
@@ -279,15 +273,6 @@ class SlurmBackend:
     def _forget(self, job: Job) -> None:
         if job.id is not None:
             folder_of(self.logdir, "jobs", f"{job.id}.json").unlink(missing_ok=True)
-
-
-class _Frozen(tuple):
-    """A list or mapping among the resources, hashable so that units can be grouped by them."""
-
-    def __new__(cls, value: Any) -> _Frozen:
-        self = super().__new__(cls, tuple(sorted(value.items())) if isinstance(value, dict) else tuple(value))
-        self.value = value
-        return self
 
 
 def _summary(said: Any) -> Summary:

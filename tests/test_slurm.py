@@ -254,3 +254,21 @@ def test_the_api_takes_the_executor_s_options_as_a_mapping_and_names_a_wrong_one
     with pytest.raises(UserError, match="executor_options: expected a mapping"):
         api.sweep(spec, tmp_path / "logs", executor="slurm", executor_options=["time=5"])
     assert not (tmp_path / "logs").exists()
+
+
+def test_a_log_folder_whose_slurm_folders_lead_elsewhere_is_refused_and_nothing_is_written_there(
+    tmp_path, slurm
+):
+    spec = project(tmp_path, hold=[])
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "logs" / ".slurm").mkdir(parents=True)
+    (tmp_path / "logs" / ".slurm" / "answers").symlink_to(outside)
+    code, out, err = trainer(tmp_path, "sweep", spec, "--logdir", "logs", "--executor", "slurm")
+    assert code == 2 and "Traceback" not in err, out + err
+    assert (
+        f"{tmp_path / 'logs' / '.slurm' / 'answers'} is a symlink: the Slurm executor writes only inside"
+        in err
+    )
+    assert list(outside.iterdir()) == []
+    assert not list((tmp_path / "logs").glob("*/*/record.json"))

@@ -90,54 +90,44 @@ def executor(name: str) -> Executor:
 def options_of(name: str, given: dict[str, Any] | list[str] | None, label: str = "--executor-opt") -> Any:
     """The executor's Options, built strictly from a mapping, or from KEY=VALUE texts whose values
     are read as YAML (`--executor-opt time=60`); an unknown key or a wrong value is one sentence
-    naming the executor and the key."""
-    cls = executor(name).Options
-    raw = _key_values(name, given)
-    try:
-        return strict.build(cls, raw, "")
-    except strict.Invalid as invalid:
-        where, problem = invalid.problems[0]
-        known = ", ".join(f.name for f in _fields(cls)) or "none"
-        raise UserError(f"{label} {where}: {problem} (the {name} executor's options: {known})") from None
-
-
-def spec_options(name: str, run: Any, given: dict[str, Any]) -> Any:
-    """The options a run's units ask of the executor: its spec's `executor:` section for this
-    executor, under the ones the command line (or the API) gave. A section naming no executor, or an
-    option that is none or wrong, is one sentence naming the spec's line."""
-    raw: dict[str, Any] = {}
-    for executor_name, key, value, where in getattr(run, "executor", ()):
-        if executor_name not in EXECUTORS:
-            names = ", ".join(EXECUTORS)
-            raise UserError(
-                f"{where}: executor.{executor_name}: no executor of that name"
-                f"{strict.suggest(executor_name, list(EXECUTORS))}; the executors: {names}"
-            )
-        if executor_name == name:
-            raw[key] = value
-    cls = executor(name).Options
-    try:
-        return strict.build(cls, {**raw, **given}, "")
-    except strict.Invalid as invalid:
-        key, problem = invalid.problems[0]
-        where = next((w for n, k, _, w in run.executor if n == name and k == key and key not in given), None)
-        known = ", ".join(f.name for f in _fields(cls)) or "none"
-        if where is None:
-            raise UserError(
-                f"--executor-opt {key}: {problem} (the {name} executor's options: {known})"
-            ) from None
-        raise UserError(
-            f"{where}: executor.{name}.{key}: {problem} (the {name} executor's options: {known})"
-        ) from None
+    naming the executor and the key (`label`: where the options were given)."""
+    return _build(name, _key_values(name, given), lambda key: f"{label} {key}")
 
 
 def given_options(
     name: str, given: dict[str, Any] | list[str] | None, label: str = "--executor-opt"
 ) -> dict[str, Any]:
-    """The options given on the command line (KEY=VALUE texts) or the API (a mapping), checked;
-    `label` names where they were given, for the message."""
-    options_of(name, given, label)
-    return _key_values(name, given)
+    """The options given on the command line (KEY=VALUE texts) or the API (a mapping), checked."""
+    raw = _key_values(name, given)
+    _build(name, raw, lambda key: f"{label} {key}")
+    return raw
+
+
+def spec_options(name: str, section: tuple[tuple[str, str, Any, str], ...], given: dict[str, Any]) -> Any:
+    """The options a run's units ask of the executor: its spec's `executor:` section (a RunPlan's
+    `executor`) for this executor, under the ones the caller gave. A section naming no executor,
+    or an option that is none or wrong, is one sentence naming the spec's line."""
+    raw: dict[str, Any] = {}
+    lines: dict[str, str] = {}
+    for executor_name, key, value, where in section:
+        if executor_name not in EXECUTORS:
+            raise UserError(
+                f"{where}: executor.{executor_name}: no executor of that name"
+                f"{strict.suggest(executor_name, list(EXECUTORS))}; the executors: {', '.join(EXECUTORS)}"
+            )
+        if executor_name == name and key not in given:
+            raw[key], lines[key] = value, f"{where}: executor.{name}.{key}"
+    return _build(name, {**raw, **given}, lambda key: lines.get(key, f"--executor-opt {key}"))
+
+
+def _build(name: str, raw: dict[str, Any], where: Any) -> Any:
+    cls = executor(name).Options
+    try:
+        return strict.build(cls, raw, "")
+    except strict.Invalid as invalid:
+        key, problem = invalid.problems[0]
+        known = ", ".join(f.name for f in _fields(cls)) or "none"
+        raise UserError(f"{where(key)}: {problem} (the {name} executor's options: {known})") from None
 
 
 def _key_values(name: str, given: dict[str, Any] | list[str] | None) -> dict[str, Any]:

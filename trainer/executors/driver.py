@@ -27,7 +27,6 @@ from trainer.run.selection import (
 from trainer.run.study import Studies
 from trainer.spec.plan import RunPlan
 from trainer.spec.searches import Search
-from trainer.spec.units import units_of
 
 __all__ = ["ChangedConfig", "Options", "Report", "run_all"]
 
@@ -66,22 +65,22 @@ def run_all(runs: list[RunPlan], opts: Options) -> Report:
         if todo or (studies is not None and studies.left_to_draw()):
             check_inside(todo, opts.logdir)
             check_writable(opts.logdir)  # after select: a refused sweep leaves the folder untouched
-            units = units_of(todo, opts.workers)
             # With no workers, runs run in this process, whatever the executor.
             name = "local" if opts.workers == 0 else opts.executor
             given = given_options(name, opts.executor_options if name == opts.executor else None)
             options = options_of(name, given)
-            for run in todo:  # a spec's executor: section, checked before any run starts
-                spec_options(name, run, given)
+            for section in {run.executor for run in todo}:  # the specs' executor: sections, checked first
+                spec_options(name, section, given)
             claims = Held(opts.logdir)
             folders = {str(Path(r.data_folder).resolve()) for r in todo}
             if studies is not None:
                 folders |= studies.data_folders()
-            sweep = Sweep(opts.logdir, opts.workers, seen, report, progress, stop, claims, studies, folders)
-            sweep.given = given
+            sweep = Sweep(
+                opts.logdir, opts.workers, seen, report, progress, stop, claims, studies, folders, given=given
+            )
             try:
                 with executor(name).start(sweep, options) as backend:
-                    drive(backend, units, sweep)
+                    drive(backend, todo, sweep)
             finally:
                 claims.close()
             recorded_otherwise(todo, opts.logdir, report)

@@ -210,11 +210,11 @@ class Ahead:
             self.sweep.release(self.ready.popleft()[1])
 
 
-def drive(backend: Backend, todo: list[Unit], sweep: Sweep) -> None:
-    """Run the units on the backend until none is left or the sweep stops; every unit started is
-    tallied (or, where the backend failed, left as it was and its claims released)."""
-    runs = [run for unit in todo for run in unit.runs]
-    todo = units_of(runs, backend.parallel) if runs else []  # the groups split to keep the backend busy
+def drive(backend: Backend, runs: list[RunPlan], sweep: Sweep) -> None:
+    """Run the runs on the backend until none is left or the sweep stops, in units split so as to
+    keep it busy; every unit started is tallied (or, where the backend failed, left as it was and
+    its claims released)."""
+    todo = units_of(runs, backend.parallel) if runs else []
     drawing = sweep.search is not None and sweep.search.left_to_draw() > 0
     queue = Ahead(todo, backend.slots if drawing else min(backend.slots, len(todo)), sweep, backend.parallel)
     running: dict[Any, dict[str, Claim]] = {}
@@ -250,14 +250,11 @@ def drive(backend: Backend, todo: list[Unit], sweep: Sweep) -> None:
                     start()  # its slot's next unit first: releasing this one's claims takes a while
                 sweep.finish(held, ended.summaries)
             start()
-    except BackendFailed as failed:
+    except BackendFailed as failed:  # the units in progress are left as they were
         sweep.report.startup_fault = sweep.report.startup_fault or str(failed)
-        for held in running.values():
-            sweep.release(held)
-        running.clear()
     finally:
         queue.release()
-        for held in running.values():  # left by an error of this program's own: still claimed
+        for held in running.values():  # not begun, or left by a fault: their claims go
             sweep.release(held)
 
 

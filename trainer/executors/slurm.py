@@ -27,10 +27,12 @@ from typing import Any
 from trainer.core.errors import UserError
 from trainer.core.status import Status
 from trainer.core.strict import at_least, setting
+from trainer.core.visible import visible
 from trainer.executors import slurm_queue as queue
 from trainer.executors.base import Ended, spec_options
 from trainer.executors.schedule import Sweep, ended_all
-from trainer.executors.slurm_job import STOPPING, UnitJob, folder_of
+from trainer.executors.slurm_job import FOLDERS, SLURM, STOPPING, UnitJob, folder_of
+from trainer.run import rundir
 from trainer.run.claims import Claim
 from trainer.run.job import Summary
 from trainer.spec.units import Unit
@@ -86,11 +88,26 @@ class Slurm:
     @contextlib.contextmanager
     def start(self, sweep: Sweep, options: Options) -> Iterator[SlurmBackend]:
         self.require()
+        _own_folders(sweep.logdir)
         folder_of(sweep.logdir, STOPPING).unlink(missing_ok=True)
         yield SlurmBackend(sweep, options)
 
 
 EXECUTOR = Slurm()
+
+
+def _own_folders(logdir: Path) -> None:
+    """The executor's folders in the log folder, made here; a log folder from elsewhere whose
+    `.slurm` or one of its folders is a symlink (or no folder) is refused, so that nothing the
+    executor writes or removes lands outside the log folder."""
+    top = logdir / SLURM
+    for path in [top, *(top / name for name in FOLDERS)]:
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            raise UserError(
+                f"{visible(path)} is {'a symlink' if path.is_symlink() else 'no folder'}: the Slurm executor "
+                f"writes only inside the log folder; remove it, or sweep into another --logdir"
+            )
+        path.mkdir(parents=True, exist_ok=True)
 
 
 @dataclass
@@ -156,7 +173,7 @@ class SlurmBackend:
 
     def _resources(self, unit: Unit) -> dict[str, Any]:
         """What a unit's job asks Slurm for: its spec's executor: section, under the caller's options."""
-        o = spec_options("slurm", unit.runs[0], self.sweep.given)
+        o = spec_options("slurm", unit.runs[0].executor, self.sweep.given)
         cuda = unit.runs[0].config.train.device == "cuda"
         gpus = o.gpus if o.gpus is not None else (1 if cuda else 0)
         asked = {
@@ -228,8 +245,6 @@ class SlurmBackend:
         asks = folder_of(self.logdir, "asks")
         if not asks.is_dir():
             return
-        from trainer.run import rundir
-
         for path in sorted(asks.glob("*.json")):
             question = queue.read_json(path)
             if isinstance(question, dict) and {"folder", "step", "value"} <= set(question):
@@ -237,7 +252,6 @@ class SlurmBackend:
                     str(question["folder"]), int(question["step"]), float(question["value"])
                 )
                 answer = folder_of(self.logdir, "answers", path.name)
-                answer.parent.mkdir(parents=True, exist_ok=True)
                 rundir.write_atomic(answer, json.dumps(verdict).encode())
             path.unlink(missing_ok=True)
 
@@ -247,9 +261,7 @@ class SlurmBackend:
         from submitit.core.job_environment import JobEnvironment
 
         self.stopping = True
-        stopping = folder_of(self.logdir, STOPPING)
-        stopping.parent.mkdir(parents=True, exist_ok=True)
-        stopping.touch()
+        rundir.write_atomic(folder_of(self.logdir, STOPPING), b"")
         states = queue.squeue() or {}
         pending = [j.id for j in self.jobs.values() if j.id is not None and states.get(j.id) == "PENDING"]
         queue.scancel(pending)

@@ -25,6 +25,8 @@ from trainer.spec.units import Unit
 # The driver's folder in the log folder: the jobs' ledger, their summaries, questions of pruning.
 SLURM = ".slurm"
 STOPPING = "stopping"  # a file the driver writes before it signals its jobs to stop: no requeue
+# Its folders: the ledger, the jobs' summaries, questions of pruning and their answers, submitit's logs.
+FOLDERS = ("jobs", "endings", "asks", "answers", "logs")
 
 
 def folder_of(logdir: Path, *parts: str) -> Path:
@@ -78,9 +80,7 @@ class UnitJob:
         if folder_of(Path(self.logdir), STOPPING).exists():
             self._tell()
             return None
-        marker = folder_of(Path(self.logdir), "endings", f"{job_id()}.requeued")
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
+        rundir.write_atomic(folder_of(Path(self.logdir), "endings", f"{job_id()}.requeued"), b"")
         return DelayedSubmission(UnitJob(self.unit, self.logdir, self.claims, self.judging))
 
 

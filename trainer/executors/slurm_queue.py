@@ -68,8 +68,7 @@ def write_entry(logdir: Path, job: str, runs: dict[str, str]) -> None:
     """The ledger's entry for a submitted job: its runs, each with its claim's token."""
     from trainer.run import rundir
 
-    path = folder_of(logdir, "jobs", f"{job}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = folder_of(logdir, "jobs", f"{job}.json")  # the folder is made when the sweep starts
     rundir.write_atomic(path, json.dumps({"job": job, "runs": runs}).encode())
 
 
